@@ -1,0 +1,150 @@
+//! The CA client: what a node proxy (or ztunnel) does to obtain a certificate.
+//!
+//! It dials the CA over TLS, trusting only the mesh root for the CA's own
+//! certificate, and sends `CreateCertificate` with the node's bearer token.
+
+use std::time::Duration;
+
+use thiserror::Error;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+use crate::identity::Identity;
+use crate::proto::{CREATE_CERTIFICATE_PATH, IstioCertificateRequest};
+
+#[derive(Debug, Error)]
+pub enum ClientError {
+    #[error("bad CA address {address:?}: {reason}")]
+    Address { address: String, reason: String },
+    #[error("cannot reach the CA at {address}: {source}")]
+    Connect {
+        address: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("the CA refused: {code:?}: {message}")]
+    Refused { code: tonic::Code, message: String },
+    #[error("the CA answered with an empty certificate chain")]
+    EmptyChain,
+}
+
+impl ClientError {
+    /// True when retrying later may help (the CA is down or overloaded).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Connect { .. } => true,
+            ClientError::Refused { code, .. } => matches!(
+                code,
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// A connection to an Istio-compatible CA.
+#[derive(Clone)]
+pub struct CaClient {
+    address: String,
+    channel: Channel,
+    token: String,
+}
+
+impl std::fmt::Debug for CaClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaClient")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CaClient {
+    /// `address` is `https://host:port`; `root_pem` verifies the CA's serving certificate.
+    /// The connection is made on first use and re-made after failures.
+    pub fn new(
+        address: &str,
+        root_pem: &str,
+        token: impl Into<String>,
+    ) -> Result<Self, ClientError> {
+        let bad = |reason: String| ClientError::Address {
+            address: address.to_string(),
+            reason,
+        };
+        let uri: http::Uri = address.parse().map_err(|e| bad(format!("{e}")))?;
+        if uri.scheme_str() != Some("https") {
+            return Err(bad(
+                "the CA is reached over TLS: use https://host:port".into()
+            ));
+        }
+        let host = uri.host().ok_or_else(|| bad("no host".into()))?;
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(root_pem))
+            .domain_name(host);
+        let channel = Endpoint::from_shared(address.to_string())
+            .map_err(|e| bad(e.to_string()))?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10))
+            .tls_config(tls)
+            .map_err(|e| bad(e.to_string()))?
+            .connect_lazy();
+        Ok(CaClient {
+            address: address.to_string(),
+            channel,
+            token: token.into(),
+        })
+    }
+
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Sends a CSR; `impersonate` names the workload when a node proxy asks on its behalf.
+    pub async fn create_certificate(
+        &self,
+        csr_pem: &str,
+        ttl: Duration,
+        impersonate: Option<&Identity>,
+    ) -> Result<Vec<String>, ClientError> {
+        let mut message = IstioCertificateRequest {
+            csr: csr_pem.to_string(),
+            validity_duration: ttl.as_secs() as i64,
+            metadata: None,
+        };
+        if let Some(identity) = impersonate {
+            message.set_impersonated_identity(&identity.uri());
+        }
+        let mut request = tonic::Request::new(message);
+        let bearer = format!("Bearer {}", self.token);
+        request.metadata_mut().insert(
+            "authorization",
+            bearer.parse().map_err(|_| ClientError::Refused {
+                code: tonic::Code::InvalidArgument,
+                message: "the token holds characters not allowed in a header".into(),
+            })?,
+        );
+        let mut grpc = tonic::client::Grpc::new(self.channel.clone());
+        grpc.ready().await.map_err(|source| ClientError::Connect {
+            address: self.address.clone(),
+            source,
+        })?;
+        let response: tonic::Response<crate::proto::IstioCertificateResponse> = grpc
+            .unary(
+                request,
+                http::uri::PathAndQuery::from_static(CREATE_CERTIFICATE_PATH),
+                tonic_prost::ProstCodec::default(),
+            )
+            .await
+            .map_err(|status| ClientError::Refused {
+                code: status.code(),
+                message: status.message().to_string(),
+            })?;
+        let chain: Vec<String> = response.into_inner().cert_chain;
+        if chain.is_empty() {
+            return Err(ClientError::EmptyChain);
+        }
+        Ok(chain)
+    }
+}

@@ -1,0 +1,28 @@
+//! hbone-ca: a miniature SPIFFE certificate authority that speaks Istio's CA
+//! protocol, and the client side that keeps workload certificates fresh.
+//!
+//! How the modules fit, from the bottom up:
+//! - [`identity`]: SPIFFE IDs in Istio's `ns/<ns>/sa/<sa>` shape.
+//! - [`csr`]: reading a PKCS#10 request (key + SAN only).
+//! - [`plugin`]: Istio's plug-in CA files, shared with istiod.
+//! - [`authority`]: signs X.509-SVIDs (24 h by default).
+//! - [`inspect`]: reads certificates back and explains them.
+//! - [`tokens`]: which bearer token may obtain which identity.
+//! - [`proto`], [`server`], [`metrics`]: `IstioCertificateService/CreateCertificate` on 15012.
+//! - [`client`], [`manager`]: obtaining certificates, renewing at half-life.
+
+pub mod authority;
+pub mod client;
+pub mod csr;
+pub mod identity;
+pub mod inspect;
+pub mod manager;
+pub mod metrics;
+pub mod plugin;
+pub mod proto;
+pub mod server;
+pub mod tokens;
+
+pub use authority::{AuthorityConfig, IssuedCertificate, SigningAuthority};
+pub use identity::{Identity, IdentityPattern};
+pub use manager::{CertState, CertificateManager, RenewalPolicy, Svid};

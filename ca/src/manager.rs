@@ -1,0 +1,339 @@
+//! The certificate manager: one SVID per workload identity, always fresh.
+//!
+//! For each identity it generates a key pair in memory (the key never touches
+//! disk), sends a CSR to the CA, and publishes the certificate on a watch
+//! channel. It renews at half the certificate's lifetime — 12 h of a 24 h
+//! certificate — plus a little jitter so that a fleet of proxies started
+//! together does not renew in one burst. When the CA is unreachable, the
+//! current certificate stays in use while it is valid, and the manager retries
+//! with exponential backoff (0.5–1 s, doubling, ±20 %, up to 150 s).
+//!
+//! Deadlines are computed once from the certificate's wall-clock validity and
+//! then kept on tokio's clock, so the 12 h / 24 h schedule can be tested on a
+//! paused clock.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use rcgen::{CertificateParams, KeyPair, SanType};
+use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
+use thiserror::Error;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::authority::SigningAuthority;
+use crate::client::CaClient;
+use crate::identity::Identity;
+use crate::inspect::{CertFacts, InspectError, read_cert_facts};
+
+/// Why a certificate could not be obtained.
+#[derive(Debug, Error, Clone)]
+pub enum FetchError {
+    #[error("CA request failed: {0}")]
+    Ca(String),
+    #[error("cannot build the CSR: {0}")]
+    Csr(String),
+    #[error("the CA's answer is unusable: {0}")]
+    BadAnswer(String),
+    #[error("no certificate for {0} yet, and the last attempt failed: {1}")]
+    Unavailable(Identity, String),
+}
+
+/// Where certificates come from: a remote CA over gRPC, or an authority in
+/// this process (the standalone lab runs its CA in-process too).
+#[async_trait]
+pub trait CertificateSource: Send + Sync + 'static {
+    async fn sign(
+        &self,
+        identity: &Identity,
+        csr_pem: &str,
+        ttl: Duration,
+    ) -> Result<Vec<String>, FetchError>;
+}
+
+#[async_trait]
+impl CertificateSource for CaClient {
+    async fn sign(
+        &self,
+        identity: &Identity,
+        csr_pem: &str,
+        ttl: Duration,
+    ) -> Result<Vec<String>, FetchError> {
+        self.create_certificate(csr_pem, ttl, Some(identity))
+            .await
+            .map_err(|e| FetchError::Ca(e.to_string()))
+    }
+}
+
+#[async_trait]
+impl CertificateSource for SigningAuthority {
+    async fn sign(
+        &self,
+        identity: &Identity,
+        csr_pem: &str,
+        ttl: Duration,
+    ) -> Result<Vec<String>, FetchError> {
+        self.sign_csr(csr_pem, identity, Some(ttl))
+            .map(|issued| issued.chain_pem)
+            .map_err(|e| FetchError::Ca(e.to_string()))
+    }
+}
+
+/// A workload's certificate, its chain and its private key.
+pub struct Svid {
+    pub identity: Identity,
+    /// Leaf first, root last.
+    pub chain: Vec<CertificateDer<'static>>,
+    pub chain_pem: Vec<String>,
+    pub key: PrivatePkcs8KeyDer<'static>,
+    pub leaf: CertFacts,
+    /// When the manager will (or did) ask for the next one.
+    pub refresh_at: SystemTime,
+}
+
+impl std::fmt::Debug for Svid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Svid")
+            .field("identity", &self.identity.to_string())
+            .field("serial", &self.leaf.serial_hex)
+            .field("not_after", &self.leaf.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Svid {
+    pub fn root(&self) -> &CertificateDer<'static> {
+        self.chain.last().expect("a chain holds at least the leaf")
+    }
+}
+
+/// What subscribers see for one identity.
+#[derive(Debug, Clone, Default)]
+pub struct CertState {
+    pub current: Option<Arc<Svid>>,
+    pub last_error: Option<FetchError>,
+    /// How many certificates have been obtained (1 after the first, 2 after the first renewal …).
+    pub generation: u64,
+}
+
+/// Renewal timing knobs.
+#[derive(Debug, Clone)]
+pub struct RenewalPolicy {
+    /// Lifetime asked of the CA (`SECRET_TTL` in ztunnel).
+    pub ttl: Duration,
+    /// Upper bound of the random delay added after the half-life, as a fraction of the lifetime.
+    pub jitter_fraction: f64,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RenewalPolicy {
+    fn default() -> Self {
+        RenewalPolicy {
+            ttl: Duration::from_secs(24 * 3600),
+            jitter_fraction: 0.01,
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(150),
+        }
+    }
+}
+
+impl RenewalPolicy {
+    /// Half the lifetime after notBefore, plus up to `jitter_fraction` of the lifetime.
+    pub fn refresh_at(&self, not_before: SystemTime, not_after: SystemTime) -> SystemTime {
+        let lifetime = not_after.duration_since(not_before).unwrap_or_default();
+        let jitter = lifetime.mul_f64(self.jitter_fraction * rand::random::<f64>());
+        not_before + lifetime / 2 + jitter
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let base = self.initial_backoff.mul_f64(1.0 + rand::random::<f64>()); // 0.5–1 s
+        let grown = base.saturating_mul(1u32 << attempt.min(16));
+        let jittered = grown.mul_f64(0.8 + 0.4 * rand::random::<f64>());
+        jittered.min(self.max_backoff)
+    }
+}
+
+/// Keeps one SVID per identity fresh.
+pub struct CertificateManager {
+    source: Arc<dyn CertificateSource>,
+    policy: RenewalPolicy,
+    entries: Mutex<HashMap<Identity, watch::Receiver<CertState>>>,
+}
+
+impl CertificateManager {
+    pub fn new(source: Arc<dyn CertificateSource>, policy: RenewalPolicy) -> Self {
+        CertificateManager {
+            source,
+            policy,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A channel that always holds the identity's latest state; starts the
+    /// identity's renewal task on first call.
+    pub fn watch(&self, identity: &Identity) -> watch::Receiver<CertState> {
+        let mut entries = self.entries.lock().expect("manager lock");
+        if let Some(rx) = entries.get(identity) {
+            return rx.clone();
+        }
+        let (tx, rx) = watch::channel(CertState::default());
+        tokio::spawn(renew_forever(
+            self.source.clone(),
+            self.policy.clone(),
+            identity.clone(),
+            tx,
+        ));
+        entries.insert(identity.clone(), rx.clone());
+        rx
+    }
+
+    /// The current certificate, waiting for the first one if needed. Fails if
+    /// the first attempt failed (the task keeps retrying in the background).
+    pub async fn get(&self, identity: &Identity) -> Result<Arc<Svid>, FetchError> {
+        let mut rx = self.watch(identity);
+        loop {
+            {
+                let state = rx.borrow_and_update();
+                if let Some(svid) = &state.current {
+                    return Ok(svid.clone());
+                }
+                if let Some(err) = &state.last_error {
+                    return Err(FetchError::Unavailable(identity.clone(), err.to_string()));
+                }
+            }
+            if rx.changed().await.is_err() {
+                return Err(FetchError::Unavailable(
+                    identity.clone(),
+                    "manager stopped".into(),
+                ));
+            }
+        }
+    }
+
+    /// Identities currently managed, with their state (for admin endpoints).
+    pub fn snapshot(&self) -> Vec<(Identity, CertState)> {
+        let entries = self.entries.lock().expect("manager lock");
+        let mut all: Vec<_> = entries
+            .iter()
+            .map(|(id, rx)| (id.clone(), rx.borrow().clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+}
+
+/// Builds a fresh key and a CSR naming `identity`, the way ztunnel does:
+/// ECDSA P-256, empty subject, one URI SAN.
+pub fn new_key_and_csr(identity: &Identity) -> Result<(KeyPair, String), FetchError> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| FetchError::Csr(e.to_string()))?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let uri = identity
+        .uri()
+        .as_str()
+        .try_into()
+        .map_err(|e: rcgen::Error| FetchError::Csr(e.to_string()))?;
+    params.subject_alt_names = vec![SanType::URI(uri)];
+    let csr = params
+        .serialize_request(&key)
+        .and_then(|csr| csr.pem())
+        .map_err(|e| FetchError::Csr(e.to_string()))?;
+    Ok((key, csr))
+}
+
+/// Turns the CA's PEM answer into an [`Svid`], checking it names the identity.
+pub fn assemble_svid(
+    identity: &Identity,
+    key: &KeyPair,
+    chain_pem: Vec<String>,
+    policy: &RenewalPolicy,
+) -> Result<Svid, FetchError> {
+    let bad = |e: InspectError| FetchError::BadAnswer(e.to_string());
+    let mut chain = Vec::new();
+    for pem in &chain_pem {
+        chain.extend(crate::inspect::pem_certs(pem).map_err(bad)?);
+    }
+    let leaf_der = chain
+        .first()
+        .ok_or_else(|| FetchError::BadAnswer("empty chain".into()))?;
+    let leaf = read_cert_facts(leaf_der.as_ref()).map_err(bad)?;
+    if leaf.uri_sans != [identity.uri()] {
+        return Err(FetchError::BadAnswer(format!(
+            "the certificate names {:?}, expected {identity}",
+            leaf.uri_sans
+        )));
+    }
+    if leaf.public_key != key.public_key_raw() {
+        return Err(FetchError::BadAnswer(
+            "the certificate is not for our key".into(),
+        ));
+    }
+    let refresh_at = policy.refresh_at(leaf.not_before, leaf.not_after);
+    Ok(Svid {
+        identity: identity.clone(),
+        chain,
+        chain_pem,
+        key: PrivatePkcs8KeyDer::from(key.serialize_der()),
+        leaf,
+        refresh_at,
+    })
+}
+
+async fn renew_forever(
+    source: Arc<dyn CertificateSource>,
+    policy: RenewalPolicy,
+    identity: Identity,
+    tx: watch::Sender<CertState>,
+) {
+    let mut failures: u32 = 0;
+    // tokio-clock deadline after which the current certificate is expired.
+    let mut expires: Option<Instant> = None;
+    loop {
+        let outcome = match new_key_and_csr(&identity) {
+            Ok((key, csr)) => match source.sign(&identity, &csr, policy.ttl).await {
+                Ok(chain) => assemble_svid(&identity, &key, chain, &policy),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        let wait = match outcome {
+            Ok(svid) => {
+                failures = 0;
+                let now_wall = SystemTime::now();
+                let until = |t: SystemTime| t.duration_since(now_wall).unwrap_or_default();
+                let refresh_in = until(svid.refresh_at);
+                expires = Some(Instant::now() + until(svid.leaf.not_after));
+                info!(%identity, serial = %svid.leaf.serial_hex, refresh_in = ?refresh_in, "certificate obtained");
+                tx.send_modify(|state| {
+                    state.current = Some(Arc::new(svid));
+                    state.last_error = None;
+                    state.generation += 1;
+                });
+                refresh_in
+            }
+            Err(err) => {
+                let backoff = policy.backoff(failures);
+                failures += 1;
+                let now = Instant::now();
+                let still_valid = expires.is_some_and(|e| e > now);
+                warn!(%identity, error = %err, retry_in = ?backoff, keeping_current = still_valid, "certificate request failed");
+                tx.send_modify(|state| {
+                    if !still_valid {
+                        state.current = None;
+                    }
+                    state.last_error = Some(err);
+                });
+                backoff
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = tx.closed() => return,
+        }
+    }
+}

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh Debian machine or a developer's laptop.
+#
+# As root on Debian it first installs what the tests need and is missing:
+# PostgreSQL server binaries, iptables, iproute2, openssl, shellcheck.
+# Then: format check, clippy (warnings are errors), and every test with
+# cargo-nextest (or cargo test where nextest is not installed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\n==> %s\n' "$*"; }
+
+need_packages=()
+have_pg_server() { compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || command -v initdb >/dev/null; }
+have_pg_server || need_packages+=(postgresql)
+command -v iptables >/dev/null || need_packages+=(iptables)
+command -v ip >/dev/null || need_packages+=(iproute2)
+command -v openssl >/dev/null || need_packages+=(openssl)
+command -v shellcheck >/dev/null || need_packages+=(shellcheck)
+
+if ((${#need_packages[@]})); then
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+    say "installing ${need_packages[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need_packages[@]}" >/dev/null
+  else
+    echo "missing: ${need_packages[*]} — install them (as root: apt-get install ${need_packages[*]}); tests that need them will say they were skipped" >&2
+  fi
+fi
+
+say "cargo fmt --check"
+cargo fmt --all -- --check
+
+say "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+if cargo nextest --version >/dev/null 2>&1; then
+  say "cargo nextest run"
+  cargo nextest run --workspace --no-fail-fast "$@"
+else
+  say "cargo test (cargo-nextest not installed)"
+  cargo test --workspace --no-fail-fast "$@"
+fi

@@ -1,0 +1,226 @@
+//! `hbone-lab ca …`: serve, init, issue and inspect.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use hbone_ca::identity::validate_trust_domain;
+use hbone_ca::inspect::explain;
+use hbone_ca::metrics::CaMetrics;
+use hbone_ca::plugin::{PluginCerts, write_with_mode};
+use hbone_ca::server::{CaService, serve};
+use hbone_ca::tokens::{Authenticator, TokenFile};
+use hbone_ca::{AuthorityConfig, Identity, IdentityPattern, SigningAuthority};
+
+#[derive(Subcommand)]
+pub enum CaCommand {
+    /// Serve Istio's CreateCertificate API over TLS (what ztunnel's CA_ADDRESS points at).
+    ///
+    /// Example, with a real ztunnel as the client:
+    ///   hbone-lab ca serve --tokens tokens.yaml --write-root /tmp/root.pem
+    ///   CA_ADDRESS=https://127.0.0.1:15012 CA_ROOT_CA=/tmp/root.pem AUTH_TOKEN=/tmp/token ztunnel
+    Serve(ServeArgs),
+    /// Write a new root and intermediate in Istio's plug-in CA layout.
+    ///
+    /// Load them into istiod with
+    ///   kubectl create secret generic cacerts -n istio-system --from-file=DIR
+    /// and pass the same DIR to `ca serve --plugin-certs DIR`: both CAs then share one root.
+    Init {
+        /// Directory to write ca-cert.pem, ca-key.pem, root-cert.pem and cert-chain.pem into.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+    },
+    /// Issue one workload certificate to files, to look at (teaching only).
+    ///
+    /// Writes cert.pem, key.pem, chain.pem (leaf → root) and root.pem. Real
+    /// workloads never put their key on disk: a proxy keeps it in memory.
+    Issue(IssueArgs),
+    /// Explain a certificate in plain words, and check it against a root.
+    Inspect {
+        /// PEM file: a certificate, or a chain with the leaf first.
+        file: PathBuf,
+        /// Root certificate to verify the chain against.
+        #[arg(long)]
+        root: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+pub struct AuthorityArgs {
+    /// Trust domain this CA signs for.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// Sign from Istio plug-in CA files (ca-cert.pem, ca-key.pem, root-cert.pem,
+    /// cert-chain.pem) instead of a root made in memory for this run.
+    #[arg(long, value_name = "DIR")]
+    plugin_certs: Option<PathBuf>,
+    /// Lifetime given when a request asks for none.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    default_ttl: Duration,
+    /// Longest lifetime granted; longer requests are refused.
+    #[arg(long, default_value = "90days", value_parser = humantime::parse_duration)]
+    max_ttl: Duration,
+}
+
+impl AuthorityArgs {
+    fn build(&self) -> anyhow::Result<SigningAuthority> {
+        let trust_domain = validate_trust_domain(&self.trust_domain)?;
+        let mut config = AuthorityConfig::new(trust_domain);
+        config.default_ttl = self.default_ttl;
+        config.max_ttl = self.max_ttl;
+        anyhow::ensure!(
+            config.default_ttl <= config.max_ttl,
+            "--default-ttl {:?} is above --max-ttl {:?}",
+            config.default_ttl,
+            config.max_ttl
+        );
+        match &self.plugin_certs {
+            Some(dir) => {
+                let certs = PluginCerts::read(dir)?;
+                Ok(SigningAuthority::from_plugin(&certs, config)
+                    .with_context(|| format!("plug-in CA files in {}", dir.display()))?)
+            }
+            None => Ok(SigningAuthority::generate(config)?),
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address to listen on (istiod's CA port is 15012).
+    #[arg(long, default_value = "127.0.0.1:15012")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    authority: AuthorityArgs,
+    /// YAML token file: `tokens: [{token: <string>, identities: [<SPIFFE ID or prefix/*>]}]`.
+    /// Without it, a random token is printed that may obtain any identity in the trust domain.
+    #[arg(long, value_name = "FILE")]
+    tokens: Option<PathBuf>,
+    /// Write the root certificate here (for CA_ROOT_CA and for proxies' trust).
+    #[arg(long, value_name = "FILE")]
+    write_root: Option<PathBuf>,
+    /// Extra DNS names or IPs for the CA's serving certificate (repeatable),
+    /// e.g. hbone-lab-ca.hbone-demo.svc.
+    #[arg(long = "san", value_name = "NAME")]
+    sans: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct IssueArgs {
+    /// The identity, e.g. spiffe://cluster.local/ns/demo/sa/hello-app.
+    #[arg(long)]
+    spiffe_id: String,
+    /// Lifetime of the certificate.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    /// Directory for cert.pem, key.pem, chain.pem and root.pem.
+    #[arg(long)]
+    out_dir: PathBuf,
+    #[command(flatten)]
+    authority: AuthorityArgs,
+}
+
+pub async fn run(command: CaCommand) -> anyhow::Result<()> {
+    match command {
+        CaCommand::Serve(args) => run_serve(args).await,
+        CaCommand::Init { out, trust_domain } => {
+            let trust_domain = validate_trust_domain(&trust_domain)?;
+            let certs = PluginCerts::generate(&trust_domain)?;
+            for path in certs.write(&out)? {
+                println!("wrote {}", path.display());
+            }
+            println!(
+                "\nNext: kubectl create secret generic cacerts -n istio-system --from-file={}",
+                out.display()
+            );
+            Ok(())
+        }
+        CaCommand::Issue(args) => run_issue(args),
+        CaCommand::Inspect { file, root } => {
+            let chain = read(&file)?;
+            let root = root.as_deref().map(read).transpose()?;
+            print!(
+                "{}",
+                explain(&chain, root.as_deref(), SystemTime::now())
+                    .with_context(|| format!("reading {}", file.display()))?
+            );
+            Ok(())
+        }
+    }
+}
+
+fn read(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
+    let authority = Arc::new(args.authority.build()?);
+    let authenticator: Arc<dyn Authenticator> = match &args.tokens {
+        Some(path) => Arc::new(TokenFile::load(path)?),
+        None => {
+            let token = format!("{:032x}", rand::random::<u128>());
+            let everything: IdentityPattern =
+                format!("spiffe://{}/*", authority.trust_domain()).parse()?;
+            println!("No --tokens file: this run accepts the bearer token {token}");
+            println!(
+                "for any identity in {}. Give it to clients (ztunnel: AUTH_TOKEN=<file holding it>).",
+                authority.trust_domain()
+            );
+            Arc::new(TokenFile::single(&token, vec![everything]))
+        }
+    };
+    if let Some(path) = &args.write_root {
+        std::fs::write(path, authority.root_pem())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        println!("root certificate written to {}", path.display());
+    }
+    let service = Arc::new(CaService::new(
+        authority,
+        authenticator,
+        Arc::new(CaMetrics::default()),
+    ));
+    let running = serve(service, args.listen, &args.sans).await?;
+    println!("CA listening on {} (Ctrl-C to stop)", running.url());
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => {
+            result?;
+            running.shutdown().await;
+            Ok(())
+        }
+    }
+}
+
+fn run_issue(args: IssueArgs) -> anyhow::Result<()> {
+    let authority = args.authority.build()?;
+    let identity: Identity = args.spiffe_id.parse()?;
+    let (key, issued) = authority.issue_with_new_key(&identity, Some(args.ttl))?;
+    std::fs::create_dir_all(&args.out_dir)
+        .with_context(|| format!("cannot create {}", args.out_dir.display()))?;
+    let files = [
+        ("cert.pem", issued.leaf_pem().to_string(), 0o644),
+        ("key.pem", key.serialize_pem(), 0o600),
+        ("chain.pem", issued.chain_pem.concat(), 0o644),
+        ("root.pem", issued.root_pem().to_string(), 0o644),
+    ];
+    for (name, contents, mode) in files {
+        let path = args.out_dir.join(name);
+        write_with_mode(&path, &contents, mode)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    eprintln!(
+        "warning: key.pem holds a private key on disk. This is for looking at; \
+         real workloads keep their key in the proxy's memory only."
+    );
+    if args.authority.plugin_certs.is_none() {
+        eprintln!(
+            "note: no --plugin-certs, so this certificate chains to a root made for this run only (root.pem)."
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,44 @@
+//! `hbone-lab`: the one command-line entry point. It parses arguments and
+//! hands each command to the crate that does the work; no logic lives here.
+
+mod ca_cmd;
+mod demo_cmd;
+mod logging;
+
+use clap::{Parser, Subcommand};
+
+/// A testbed for Istio ambient's data plane: a SPIFFE CA, an HBONE proxy
+/// (mTLS + HTTP/2 CONNECT on 15008), the lab's policies and workloads,
+/// and benchmarks against ztunnel.
+///
+/// Logs go to stderr; set RUST_LOG (for example RUST_LOG=debug or
+/// RUST_LOG=hbone_ca=debug) to see more, and HBONE_LOG_FORMAT=json for JSON lines.
+#[derive(Parser)]
+#[command(name = "hbone-lab", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the standalone lab and show each scenario working or refused.
+    Demo(demo_cmd::DemoArgs),
+    /// The miniature SPIFFE certificate authority (Istio's CA protocol on 15012).
+    #[command(subcommand)]
+    Ca(ca_cmd::CaCommand),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    logging::init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Demo(args) => demo_cmd::run(args).await,
+            Command::Ca(cmd) => ca_cmd::run(cmd).await,
+        }
+    })
+}

@@ -1,0 +1,221 @@
+//! The CA server over real TLS on loopback: issuance in both of ztunnel's
+//! modes, and every refusal with its gRPC status, log reason and metric.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hbone_ca::client::{CaClient, ClientError};
+use hbone_ca::manager::new_key_and_csr;
+use hbone_ca::metrics::CaMetrics;
+use hbone_ca::server::{CaService, RunningCa, serve};
+use hbone_ca::tokens::TokenFile;
+use hbone_ca::{AuthorityConfig, Identity, SigningAuthority};
+
+const TOKENS: &str = r#"
+tokens:
+  - token: node-token
+    identities: ["spiffe://cluster.local/ns/demo/sa/*"]
+  - token: gateway-token
+    identities: ["spiffe://cluster.local/ns/demo/sa/hello-gateway-istio"]
+"#;
+
+struct Lab {
+    ca: RunningCa,
+    root_pem: String,
+}
+
+impl Lab {
+    async fn start() -> Lab {
+        let authority =
+            Arc::new(SigningAuthority::generate(AuthorityConfig::new("cluster.local")).unwrap());
+        let root_pem = authority.root_pem().to_string();
+        let tokens = Arc::new(TokenFile::parse(TOKENS, "tokens.yaml").unwrap());
+        let service = Arc::new(CaService::new(
+            authority,
+            tokens,
+            Arc::new(CaMetrics::default()),
+        ));
+        let ca = serve(service, "127.0.0.1:0".parse().unwrap(), &[])
+            .await
+            .unwrap();
+        Lab { ca, root_pem }
+    }
+
+    fn client(&self, token: &str) -> CaClient {
+        CaClient::new(&self.ca.url(), &self.root_pem, token).unwrap()
+    }
+
+    fn metrics(&self) -> &CaMetrics {
+        self.ca.service.metrics()
+    }
+}
+
+fn id(s: &str) -> Identity {
+    s.parse().unwrap()
+}
+
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+#[tokio::test]
+async fn issues_in_dedicated_and_shared_mode() {
+    let lab = Lab::start().await;
+    let gateway = id("spiffe://cluster.local/ns/demo/sa/hello-gateway-istio");
+    let (_, csr) = new_key_and_csr(&gateway).unwrap();
+
+    // Dedicated mode: no metadata, the identity is the CSR's SAN.
+    let chain = lab
+        .client("gateway-token")
+        .create_certificate(&csr, DAY, None)
+        .await
+        .unwrap();
+    assert_eq!(chain.len(), 3);
+    assert_eq!(chain.last().unwrap(), &lab.root_pem);
+
+    // Shared mode: a node proxy asks on the workload's behalf.
+    let app = id("spiffe://cluster.local/ns/demo/sa/hello-app");
+    let (_, csr) = new_key_and_csr(&app).unwrap();
+    let chain = lab
+        .client("node-token")
+        .create_certificate(&csr, DAY, Some(&app))
+        .await
+        .unwrap();
+    let facts = hbone_ca::inspect::read_cert_facts(
+        hbone_ca::inspect::pem_certs(&chain[0]).unwrap()[0].as_ref(),
+    )
+    .unwrap();
+    assert_eq!(facts.uri_sans, vec![app.uri()]);
+    assert_eq!(lab.metrics().issued(), 2);
+    assert!(
+        lab.metrics()
+            .encode()
+            .contains("hbone_ca_certificates_issued_total 2")
+    );
+    lab.ca.shutdown().await;
+}
+
+async fn refused(result: Result<Vec<String>, ClientError>) -> (tonic::Code, String) {
+    match result {
+        Err(ClientError::Refused { code, message }) => (code, message),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn every_refusal_has_a_status_a_reason_and_a_count() {
+    let lab = Lab::start().await;
+    let app = id("spiffe://cluster.local/ns/demo/sa/hello-app");
+    let (_, app_csr) = new_key_and_csr(&app).unwrap();
+    let node = lab.client("node-token");
+
+    let cases: Vec<(&str, tonic::Code, Result<Vec<String>, ClientError>)> = vec![
+        (
+            "unknown_token",
+            tonic::Code::Unauthenticated,
+            lab.client("who-am-i")
+                .create_certificate(&app_csr, DAY, None)
+                .await,
+        ),
+        (
+            "missing_token",
+            tonic::Code::Unauthenticated,
+            lab.client("").create_certificate(&app_csr, DAY, None).await,
+        ),
+        (
+            "malformed_csr",
+            tonic::Code::InvalidArgument,
+            node.create_certificate(
+                "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+                DAY,
+                None,
+            )
+            .await,
+        ),
+        (
+            "san_mismatch",
+            tonic::Code::InvalidArgument,
+            node.create_certificate(
+                &app_csr,
+                DAY,
+                Some(&id("spiffe://cluster.local/ns/demo/sa/postgres")),
+            )
+            .await,
+        ),
+        ("foreign_trust_domain", tonic::Code::PermissionDenied, {
+            let foreign = id("spiffe://evil.example/ns/demo/sa/hello-app");
+            let (_, csr) = new_key_and_csr(&foreign).unwrap();
+            node.create_certificate(&csr, DAY, None).await
+        }),
+        (
+            "identity_not_allowed",
+            tonic::Code::PermissionDenied,
+            lab.client("gateway-token")
+                .create_certificate(&app_csr, DAY, None)
+                .await,
+        ),
+        ("identity_not_allowed", tonic::Code::PermissionDenied, {
+            let other_ns = id("spiffe://cluster.local/ns/prod/sa/db");
+            let (_, csr) = new_key_and_csr(&other_ns).unwrap();
+            node.create_certificate(&csr, DAY, Some(&other_ns)).await
+        }),
+        (
+            "ttl_too_long",
+            tonic::Code::InvalidArgument,
+            node.create_certificate(&app_csr, DAY * 365, None).await,
+        ),
+    ];
+    for (reason, code, result) in cases {
+        let (got_code, message) = refused(result).await;
+        assert_eq!(got_code, code, "{reason}: {message}");
+        assert!(
+            message.contains(reason),
+            "{reason} not named in {message:?}"
+        );
+    }
+    for reason in [
+        "unknown_token",
+        "missing_token",
+        "malformed_csr",
+        "san_mismatch",
+        "foreign_trust_domain",
+        "ttl_too_long",
+    ] {
+        assert_eq!(lab.metrics().refusals(reason), 1, "{reason}");
+    }
+    assert_eq!(lab.metrics().refusals("identity_not_allowed"), 2);
+    assert_eq!(lab.metrics().issued(), 0);
+    let text = lab.metrics().encode();
+    assert!(
+        text.contains(r#"hbone_ca_refusals_total{reason="san_mismatch"} 1"#),
+        "{text}"
+    );
+    lab.ca.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_trusting_another_root_refuses_the_ca() {
+    let lab = Lab::start().await;
+    let stranger = SigningAuthority::generate(AuthorityConfig::new("cluster.local")).unwrap();
+    let client = CaClient::new(&lab.ca.url(), stranger.root_pem(), "node-token").unwrap();
+    let app = id("spiffe://cluster.local/ns/demo/sa/hello-app");
+    let (_, csr) = new_key_and_csr(&app).unwrap();
+    let err = client
+        .create_certificate(&csr, DAY, None)
+        .await
+        .unwrap_err();
+    assert!(
+        err.is_transient() || matches!(err, ClientError::Refused { .. }),
+        "{err}"
+    );
+    assert_eq!(
+        lab.metrics().issued(),
+        0,
+        "no request may reach the CA over an untrusted TLS session"
+    );
+    lab.ca.shutdown().await;
+}
+
+#[test]
+fn plaintext_addresses_are_refused_up_front() {
+    let err = CaClient::new("http://127.0.0.1:15012", "", "t").unwrap_err();
+    assert!(err.to_string().contains("https"), "{err}");
+}

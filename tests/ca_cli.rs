@@ -1,0 +1,208 @@
+//! `hbone-lab ca …` end to end: the files it writes, checked by openssl.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn hbone_lab(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_hbone-lab"))
+        .args(args)
+        .output()
+        .expect("run hbone-lab");
+    assert!(
+        out.status.success(),
+        "hbone-lab {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn openssl(args: &[&str]) -> Option<String> {
+    let out = match Command::new("openssl").args(args).output() {
+        Ok(out) => out,
+        Err(_) => {
+            eprintln!("SKIPPED: openssl is not installed (scripts/test.sh installs it)");
+            return None;
+        }
+    };
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn init_issue_and_openssl_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let cacerts = dir.path().join("cacerts");
+    let svid = dir.path().join("svid");
+    hbone_lab(&["ca", "init", "--out", s(&cacerts)]);
+    for f in [
+        "ca-cert.pem",
+        "ca-key.pem",
+        "root-cert.pem",
+        "cert-chain.pem",
+    ] {
+        assert!(cacerts.join(f).is_file(), "{f} missing");
+    }
+    let out = hbone_lab(&[
+        "ca",
+        "issue",
+        "--plugin-certs",
+        s(&cacerts),
+        "--spiffe-id",
+        "spiffe://cluster.local/ns/demo/sa/hello-app",
+        "--out-dir",
+        s(&svid),
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("memory only"),
+        "the key-on-disk warning is shown"
+    );
+    // The root it reports is the plug-in root.
+    assert_eq!(
+        std::fs::read_to_string(svid.join("root.pem")).unwrap(),
+        std::fs::read_to_string(cacerts.join("root-cert.pem")).unwrap()
+    );
+
+    let Some(verify) = openssl(&[
+        "verify",
+        "-CAfile",
+        s(&svid.join("root.pem")),
+        "-untrusted",
+        s(&svid.join("chain.pem")),
+        s(&svid.join("cert.pem")),
+    ]) else {
+        return;
+    };
+    assert!(verify.trim_end().ends_with(": OK"), "{verify}");
+
+    let text = openssl(&["x509", "-in", s(&svid.join("cert.pem")), "-noout", "-text"]).unwrap();
+    assert!(
+        text.contains("URI:spiffe://cluster.local/ns/demo/sa/hello-app"),
+        "{text}"
+    );
+    assert!(
+        text.contains("TLS Web Server Authentication, TLS Web Client Authentication"),
+        "{text}"
+    );
+    assert!(
+        text.contains("X509v3 Subject Alternative Name: critical"),
+        "{text}"
+    );
+
+    // 24 h of validity after notBefore's 1 min backdating: read the dates back.
+    let dates = openssl(&[
+        "x509",
+        "-in",
+        s(&svid.join("cert.pem")),
+        "-noout",
+        "-startdate",
+        "-enddate",
+    ])
+    .unwrap();
+    let parse = |key: &str| {
+        let line = dates.lines().find(|l| l.starts_with(key)).unwrap();
+        let value = line.split_once('=').unwrap().1;
+        let fmt = time::macros::format_description!(
+            "[month repr:short] [day padding:space] [hour]:[minute]:[second] [year] GMT"
+        );
+        time::PrimitiveDateTime::parse(value, fmt).unwrap()
+    };
+    let lifetime = parse("notAfter") - parse("notBefore");
+    assert_eq!(
+        lifetime,
+        time::Duration::hours(24) + time::Duration::minutes(1)
+    );
+
+    // A certificate of a different root does not verify.
+    let other = dir.path().join("other");
+    hbone_lab(&["ca", "init", "--out", s(&other)]);
+    let refused = Command::new("openssl")
+        .args([
+            "verify",
+            "-CAfile",
+            s(&other.join("root-cert.pem")),
+            "-untrusted",
+        ])
+        .args([s(&svid.join("chain.pem")), s(&svid.join("cert.pem"))])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+}
+
+#[test]
+fn inspect_explains_and_checks_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    hbone_lab(&[
+        "ca",
+        "issue",
+        "--spiffe-id",
+        "spiffe://cluster.local/ns/demo/sa/worker-app",
+        "--ttl",
+        "2h",
+        "--out-dir",
+        s(dir.path()),
+    ]);
+    let out = hbone_lab(&[
+        "ca",
+        "inspect",
+        s(&dir.path().join("chain.pem")),
+        "--root",
+        s(&dir.path().join("root.pem")),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("spiffe://cluster.local/ns/demo/sa/worker-app"),
+        "{text}"
+    );
+    assert!(text.contains("service account worker-app"), "{text}");
+    assert!(text.contains("a lifetime of 2h 01m"), "{text}");
+    assert!(text.contains("renews it at half its lifetime"), "{text}");
+    assert!(text.contains("Chain check: VERIFIED"), "{text}");
+
+    let other = tempfile::tempdir().unwrap();
+    hbone_lab(&["ca", "init", "--out", s(other.path())]);
+    let out = hbone_lab(&[
+        "ca",
+        "inspect",
+        s(&dir.path().join("chain.pem")),
+        "--root",
+        s(&other.path().join("root-cert.pem")),
+    ]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Chain check: FAILED"));
+}
+
+#[test]
+fn bad_input_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_hbone-lab"))
+        .args([
+            "ca",
+            "issue",
+            "--spiffe-id",
+            "spiffe://cluster.local/ns/demo",
+            "--out-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Istio's workload form"), "{err}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_hbone-lab"))
+        .args(["ca", "serve", "--plugin-certs"])
+        .arg(dir.path().join("nope"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ca-cert.pem"), "{err}");
+}

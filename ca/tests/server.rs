@@ -93,7 +93,9 @@ async fn issues_in_dedicated_and_shared_mode() {
     lab.ca.shutdown().await;
 }
 
-async fn refused(result: Result<Vec<String>, ClientError>) -> (tonic::Code, String) {
+type Outcome = Result<Vec<String>, ClientError>;
+
+async fn refused(result: Outcome) -> (tonic::Code, String) {
     match result {
         Err(ClientError::Refused { code, message }) => (code, message),
         other => panic!("expected a refusal, got {other:?}"),
@@ -107,7 +109,7 @@ async fn every_refusal_has_a_status_a_reason_and_a_count() {
     let (_, app_csr) = new_key_and_csr(&app).unwrap();
     let node = lab.client("node-token");
 
-    let cases: Vec<(&str, tonic::Code, Result<Vec<String>, ClientError>)> = vec![
+    let cases: Vec<(&str, tonic::Code, Outcome)> = vec![
         (
             "unknown_token",
             tonic::Code::Unauthenticated,

@@ -1,1 +1,13 @@
-//! hbone-policies: typed Istio and Cilium policies and their evaluation. Lands with issue 4.
+//! hbone-policies: the lab's two layers of policy, typed and evaluated.
+//!
+//! A connection in the lab succeeds only when both layers allow it: Cilium
+//! (L3/L4, on the wire) and Istio (identity, in ztunnel or hbone-lab's
+//! proxy). This crate reads both kinds of policy from YAML into typed
+//! resources (unknown fields refused, naming file and field), evaluates each
+//! layer the way its data plane does, and says which policy and rule decided.
+//!
+//! - [`istio`]: AuthorizationPolicy and PeerAuthentication, ztunnel's L4 semantics.
+//! - [`load`]: reading multi-document YAML files and directories.
+
+pub mod istio;
+pub mod load;

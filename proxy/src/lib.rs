@@ -1,1 +1,29 @@
-//! hbone-proxy: the HBONE node proxy (mTLS + HTTP/2 CONNECT on 15008). Lands with issue 3.
+//! hbone-proxy: the HBONE node proxy, wire-compatible with ztunnel.
+//!
+//! Layers, bottom up (lower modules never import higher ones):
+//! - [`config`], [`registry`]: what the proxy is told (settings, workloads, services).
+//! - [`tls`]: mutual TLS with SPIFFE identities.
+//! - [`metrics`]: ztunnel's metric names and labels.
+//! - [`core`]: the state every listener shares, TLS configs cached per certificate.
+//! - [`copy`]: the byte-moving hot path between TCP and HTTP/2 streams.
+//! - [`pool`]: the HBONE client and its connection pool.
+//! - [`inbound`]: HBONE on 15008, where policy is enforced.
+//! - [`outbound`], [`socks5`], [`capture`]: ways into the mesh (15080, 15001) and plaintext in (15006).
+//! - [`admin`]: metrics (15020), readiness (15021), admin (15000).
+//! - [`proxy`]: binding it all, and draining on shutdown.
+
+pub mod admin;
+pub mod capture;
+pub mod config;
+pub mod copy;
+pub mod core;
+pub mod inbound;
+pub mod metrics;
+pub mod outbound;
+pub mod pool;
+pub mod proxy;
+pub mod registry;
+pub mod socks5;
+pub mod tls;
+
+pub use proxy::{BoundAddrs, ProxyHandle};

@@ -1,0 +1,165 @@
+//! Transparent capture: outbound on 15001 and plaintext inbound on 15006.
+//!
+//! iptables REDIRECT rewrites a connection's destination to the proxy's
+//! port; the kernel remembers the original, and `SO_ORIGINAL_DST` gives it
+//! back. Outbound, the source workload is the one owning the client's IP.
+//! Inbound plaintext is what PeerAuthentication governs: under STRICT it is
+//! refused, under PERMISSIVE it is authorized without a peer identity.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hbone_policies::istio::{ConnectionAttrs, TargetWorkload};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::core::ProxyCore;
+use crate::metrics::{ConnectionGuard, ConnectionLabels};
+use crate::outbound::Outbound;
+
+/// The destination before iptables REDIRECT, or `None` when the connection was not redirected.
+pub fn original_destination(tcp: &TcpStream) -> Option<SocketAddr> {
+    let sock = socket2::SockRef::from(tcp);
+    let original = sock
+        .original_dst_v4()
+        .ok()
+        .or_else(|| sock.original_dst_v6().ok())?;
+    let original = original.as_socket()?;
+    let local = tcp.local_addr().ok()?;
+    (original != local).then_some(original)
+}
+
+async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    what: &'static str,
+    handle: F,
+) where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = shutdown.cancelled() => return,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                let _ = tcp.set_nodelay(true);
+                tasks.spawn(handle(tcp, peer));
+            }
+            Err(e) => warn!(error = %e, listener = what, "accept failed"),
+        }
+    }
+}
+
+/// 15001: redirected outbound connections.
+pub async fn serve_outbound(
+    core: Arc<ProxyCore>,
+    outbound: Arc<Outbound>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    accept_loop(listener, shutdown, tasks, "outbound", move |tcp, peer| {
+        let (core, outbound) = (core.clone(), outbound.clone());
+        async move {
+            let refuse = |reason: &str, detail: String| {
+                core.metrics.refused("outbound", reason);
+                warn!(%peer, reason, error = %detail, "outbound connection refused");
+            };
+            let Some(dst) = original_destination(&tcp) else {
+                return refuse(
+                    "not_redirected",
+                    "no SO_ORIGINAL_DST: the connection was not redirected here".into(),
+                );
+            };
+            let Some(source) = core
+                .registry
+                .workload_by_ip(peer.ip())
+                .filter(|w| w.node == core.node)
+                .cloned()
+            else {
+                return refuse(
+                    "unknown_source",
+                    format!("{} is not a workload on node {}", peer.ip(), core.node),
+                );
+            };
+            match outbound.open(&source, peer, dst).await {
+                Ok((upstream, route)) => outbound.relay(tcp, peer, &source, upstream, route).await,
+                Err(e) => outbound.record_failure("outbound", &source, dst, &e),
+            }
+        }
+    })
+    .await
+}
+
+/// 15006: plaintext arriving for a local workload.
+pub async fn serve_plaintext(
+    core: Arc<ProxyCore>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    accept_loop(listener, shutdown, tasks, "plaintext", move |tcp, peer| {
+        let core = core.clone();
+        async move { plaintext(core, tcp, peer).await }
+    })
+    .await
+}
+
+async fn plaintext(core: Arc<ProxyCore>, mut tcp: TcpStream, peer: SocketAddr) {
+    let refuse = |reason: &str, detail: String| {
+        core.metrics.refused("plaintext", reason);
+        warn!(%peer, reason, error = %detail, "plaintext connection refused");
+    };
+    let Some(dst) = original_destination(&tcp) else {
+        return refuse(
+            "not_redirected",
+            "plaintext inbound needs the original destination (iptables REDIRECT)".into(),
+        );
+    };
+    let Some(workload) = core
+        .registry
+        .workload_by_ip(dst.ip())
+        .filter(|w| w.node == core.node)
+    else {
+        return refuse(
+            "no_local_workload",
+            format!("{dst} is not a workload on node {}", core.node),
+        );
+    };
+    let decision = core.policies.evaluate(
+        &TargetWorkload {
+            namespace: &workload.namespace,
+            labels: &workload.labels,
+        },
+        &ConnectionAttrs {
+            principal: None,
+            src_ip: peer.ip(),
+            dst_ip: dst.ip(),
+            dst_port: dst.port(),
+        },
+    );
+    if !decision.allowed {
+        return refuse("policy_denied", decision.reason);
+    }
+    let mut upstream = match TcpStream::connect(dst).await {
+        Ok(s) => s,
+        Err(e) => return refuse("upstream_unreachable", format!("{dst}: {e}")),
+    };
+    let source = core.registry.workload_by_ip(peer.ip());
+    let labels = ConnectionLabels::new("destination", source, None, Some(workload), None, false);
+    let mut guard = ConnectionGuard::open(core.metrics.clone(), labels);
+    let result = tokio::io::copy_bidirectional(&mut tcp, &mut upstream).await;
+    if let Ok((up, down)) = result {
+        guard.received = up;
+        guard.sent = down;
+    } else {
+        guard.failed = true;
+    }
+    info!(direction = "inbound_plaintext", src.addr = %peer, dst.addr = %dst, dst.workload = %workload.name, policy = %decision.reason, "connection complete");
+}

@@ -1,0 +1,204 @@
+//! The proxy's configuration: plain serde structs, every default written
+//! down here, validated once at load with errors naming file and field.
+//!
+//! ```yaml
+//! node: node-1                      # which registry node this proxy serves
+//! registry: registry.yaml           # workloads, nodes, services (paths relative to this file)
+//! policies: [../../policies/istio]  # AuthorizationPolicy / PeerAuthentication files or dirs
+//! rootNamespace: istio-system
+//! ca:
+//!   address: https://127.0.0.1:15012
+//!   rootCert: root.pem              # the mesh root (also trusts the CA's serving cert)
+//!   tokenFile: node-1.token         # bearer token for CreateCertificate
+//!   ttl: 24h
+//! listeners:
+//!   hbonePort: 15008                # bound on every local workload IP
+//!   plaintextPort: 15006            # optional, bound on every local workload IP
+//!   socks5: 127.0.1.1:15080         # optional
+//!   outbound: 127.0.0.1:15001       # optional, transparent capture (SO_ORIGINAL_DST)
+//!   metrics: 127.0.1.1:15020
+//!   admin: 127.0.0.1:15000
+//!   readiness: 127.0.1.1:15021
+//! h2:
+//!   streamWindow: 4194304           # 4 MiB
+//!   connectionWindow: 16777216      # 16 MiB
+//!   maxFrameSize: 1048576           # 1 MiB
+//!   maxStreamsPerConnection: 100    # client pool
+//!   serverMaxStreams: 200           # per inbound connection
+//!   poolIdleTimeout: 300s
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config {file}: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: field `{field}`: {message}")]
+    Field {
+        file: String,
+        field: String,
+        message: String,
+    },
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+/// HTTP/2 tuning, defaults as ztunnel's.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct H2Settings {
+    pub stream_window: u32,
+    pub connection_window: u32,
+    pub max_frame_size: u32,
+    pub max_streams_per_connection: usize,
+    pub server_max_streams: usize,
+    #[serde(deserialize_with = "duration")]
+    pub pool_idle_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub handshake_timeout: Duration,
+}
+
+impl Default for H2Settings {
+    fn default() -> Self {
+        H2Settings {
+            stream_window: 4 * 1024 * 1024,
+            connection_window: 16 * 1024 * 1024,
+            max_frame_size: 1024 * 1024,
+            max_streams_per_connection: 100,
+            server_max_streams: 200,
+            pool_idle_timeout: Duration::from_secs(300),
+            connect_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct Listeners {
+    pub hbone_port: u16,
+    pub plaintext_port: Option<u16>,
+    pub socks5: Option<SocketAddr>,
+    pub outbound: Option<SocketAddr>,
+    pub metrics: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    pub readiness: Option<SocketAddr>,
+}
+
+impl Default for Listeners {
+    fn default() -> Self {
+        Listeners {
+            hbone_port: 15008,
+            plaintext_port: None,
+            socks5: None,
+            outbound: None,
+            metrics: None,
+            admin: None,
+            readiness: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CaSettings {
+    pub address: String,
+    pub root_cert: PathBuf,
+    pub token_file: PathBuf,
+    #[serde(default = "default_ttl", deserialize_with = "duration")]
+    pub ttl: Duration,
+}
+
+fn default_ttl() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+fn default_root_namespace() -> String {
+    "istio-system".into()
+}
+
+/// The proxy's YAML file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ProxyConfig {
+    pub node: String,
+    pub registry: PathBuf,
+    #[serde(default)]
+    pub policies: Vec<PathBuf>,
+    #[serde(default = "default_root_namespace")]
+    pub root_namespace: String,
+    pub ca: CaSettings,
+    #[serde(default)]
+    pub listeners: Listeners,
+    #[serde(default)]
+    pub h2: H2Settings,
+    /// Dial HBONE from the source workload's IP (loopback mode), as a socket
+    /// inside the pod's network namespace would.
+    #[serde(default = "yes")]
+    pub bind_source_ip: bool,
+    #[serde(default = "default_grace", deserialize_with = "duration")]
+    pub drain_grace: Duration,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_grace() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl ProxyConfig {
+    /// Reads the file; relative paths inside it are taken from its directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        let mut config: ProxyConfig = serde_path_to_error::deserialize(
+            serde_yaml::Deserializer::from_str(&text),
+        )
+        .map_err(|e| ConfigError::Field {
+            file: file.clone(),
+            field: e.path().to_string(),
+            message: e.into_inner().to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let rebase = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        rebase(&mut config.registry);
+        config.policies.iter_mut().for_each(rebase);
+        rebase(&mut config.ca.root_cert);
+        rebase(&mut config.ca.token_file);
+        if config.h2.max_frame_size < 16_384 || config.h2.max_frame_size > 16_777_215 {
+            return Err(ConfigError::Field {
+                file,
+                field: "h2.maxFrameSize".into(),
+                message: format!(
+                    "{} is outside HTTP/2's 16384..=16777215",
+                    config.h2.max_frame_size
+                ),
+            });
+        }
+        Ok(config)
+    }
+}

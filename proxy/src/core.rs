@@ -1,0 +1,114 @@
+//! What every listener of a proxy shares: the registry, the policies, the
+//! certificates, the mesh trust, the metrics and the settings — and the TLS
+//! configurations built from them, cached per certificate.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use hbone_ca::Identity;
+use hbone_ca::manager::{CertificateManager, FetchError, Svid};
+use hbone_policies::istio::IstioPolicies;
+use thiserror::Error;
+
+use crate::config::H2Settings;
+use crate::metrics::ProxyMetrics;
+use crate::registry::Registry;
+use crate::tls::{MeshTrust, TlsSetupError};
+
+#[derive(Debug, Error)]
+pub enum CoreError {
+    #[error("no certificate: {0}")]
+    Certificate(#[from] FetchError),
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
+}
+
+type ConfigCache<C> = Mutex<HashMap<Identity, (Arc<Svid>, Arc<C>)>>;
+
+/// The settings the data path reads.
+#[derive(Debug, Clone)]
+pub struct CoreSettings {
+    pub node: String,
+    pub h2: H2Settings,
+    /// Port peers listen for HBONE on (15008).
+    pub hbone_port: u16,
+    /// Dial HBONE from the source workload's IP.
+    pub bind_source_ip: bool,
+}
+
+/// The shared state of one proxy.
+pub struct ProxyCore {
+    pub node: String,
+    pub h2: H2Settings,
+    pub hbone_port: u16,
+    pub bind_source_ip: bool,
+    pub registry: Arc<Registry>,
+    pub policies: Arc<IstioPolicies>,
+    pub certs: Arc<CertificateManager>,
+    pub trust: MeshTrust,
+    pub metrics: Arc<ProxyMetrics>,
+    server_configs: ConfigCache<rustls::ServerConfig>,
+}
+
+impl ProxyCore {
+    pub fn new(
+        settings: CoreSettings,
+        registry: Arc<Registry>,
+        policies: Arc<IstioPolicies>,
+        certs: Arc<CertificateManager>,
+        trust: MeshTrust,
+    ) -> Self {
+        ProxyCore {
+            node: settings.node,
+            h2: settings.h2,
+            hbone_port: settings.hbone_port,
+            bind_source_ip: settings.bind_source_ip,
+            registry,
+            policies,
+            certs,
+            trust,
+            metrics: Arc::new(ProxyMetrics::default()),
+            server_configs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The workload at `ip`, if it runs on this proxy's node.
+    pub fn local_workload(&self, ip: std::net::IpAddr) -> Option<&crate::registry::Workload> {
+        self.registry
+            .workload_by_ip(ip)
+            .filter(|w| w.node == self.node)
+    }
+
+    /// The TLS server config for a local workload, rebuilt only when its certificate changes.
+    pub async fn server_config(
+        &self,
+        identity: &Identity,
+    ) -> Result<Arc<rustls::ServerConfig>, CoreError> {
+        let svid = self.certs.get(identity).await?;
+        if let Some((cached_svid, config)) = self
+            .server_configs
+            .lock()
+            .expect("cache lock")
+            .get(identity)
+            && Arc::ptr_eq(cached_svid, &svid)
+        {
+            return Ok(config.clone());
+        }
+        let config = self.trust.server_config(&svid)?;
+        self.server_configs
+            .lock()
+            .expect("cache lock")
+            .insert(identity.clone(), (svid, config.clone()));
+        Ok(config)
+    }
+
+    /// A TLS client config dialing as `source`, accepting only `expected` as the server.
+    pub async fn client_config(
+        &self,
+        source: &Identity,
+        expected: Vec<Identity>,
+    ) -> Result<Arc<rustls::ClientConfig>, CoreError> {
+        let svid = self.certs.get(source).await?;
+        Ok(self.trust.client_config(&svid, expected)?)
+    }
+}

@@ -1,0 +1,363 @@
+//! HBONE inbound (port 15008): the receiving side, where policy is enforced.
+//!
+//! For each accepted TCP connection: find the local workload it arrived for
+//! (by local address), present that workload's certificate, require the
+//! peer's (TLS 1.3, ALPN h2, chain to the mesh root, our trust domain), then
+//! serve HTTP/2. Each CONNECT stream is checked — method, authority, that
+//! the authority is this workload, PeerAuthentication and
+//! AuthorizationPolicy — and only then is the upstream dialed and 200 sent.
+//! Every refusal carries a status, a reason (in the `hbone-lab-refusal`
+//! response header, the log and the `hbone_refusals_total` metric).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use hbone_ca::Identity;
+use hbone_policies::istio::{ConnectionAttrs, TargetWorkload};
+use http::{Method, Request, Response, StatusCode};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::copy::bidirectional;
+use crate::core::ProxyCore;
+use crate::metrics::{ConnectionGuard, ConnectionLabels};
+use crate::registry::Workload;
+use crate::tls::{ALPN_H2, handshake_failure_reason, identity_of};
+
+/// Response header that names why a CONNECT was refused (an hbone-lab addition; ztunnel sends none).
+pub const REFUSAL_HEADER: &str = "hbone-lab-refusal";
+
+/// Ports of the proxy itself; a CONNECT to one of them is refused (as ztunnel does).
+pub const PROXY_PORTS: [u16; 8] = [15000, 15001, 15006, 15008, 15020, 15021, 15053, 15080];
+
+const DIRECTION: &str = "inbound";
+
+/// Accepts HBONE connections until `shutdown`.
+pub async fn serve(
+    core: Arc<ProxyCore>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = shutdown.cancelled() => return,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                let _ = tcp.set_nodelay(true);
+                tasks.spawn(handle_connection(
+                    core.clone(),
+                    tcp,
+                    peer,
+                    shutdown.clone(),
+                    tasks.clone(),
+                ));
+            }
+            Err(e) => warn!(error = %e, "accept failed on the HBONE listener"),
+        }
+    }
+}
+
+async fn handle_connection(
+    core: Arc<ProxyCore>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    let Ok(local) = tcp.local_addr() else { return };
+    let refuse = |reason: &str, detail: &dyn std::fmt::Display| {
+        core.metrics.refused(DIRECTION, reason);
+        warn!(%peer, %local, reason, error = %detail, "HBONE connection refused");
+    };
+    let Some(workload) = core.local_workload(local.ip()) else {
+        refuse(
+            "no_local_workload",
+            &format!(
+                "no workload of node {} has address {}",
+                core.node,
+                local.ip()
+            ),
+        );
+        return;
+    };
+    let config = match core.server_config(workload.identity()).await {
+        Ok(c) => c,
+        Err(e) => return refuse("no_certificate", &e),
+    };
+    let handshake = tokio_rustls::TlsAcceptor::from(config).accept(tcp);
+    let tls = match tokio::time::timeout(core.h2.handshake_timeout, handshake).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => return refuse(handshake_failure_reason(&e), &e),
+        Err(_) => return refuse("handshake_timeout", &"no TLS handshake in time"),
+    };
+    let (peer_identity, tls_version) = {
+        let (_, session) = tls.get_ref();
+        if session.alpn_protocol() != Some(ALPN_H2) {
+            return refuse(
+                "alpn",
+                &format!(
+                    "ALPN {:?} negotiated; HBONE needs h2",
+                    session.alpn_protocol().map(String::from_utf8_lossy)
+                ),
+            );
+        }
+        let identity = session
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .ok_or(crate::tls::PeerIdentityError::NoCertificate)
+            .and_then(identity_of);
+        match identity {
+            Ok(id) => (id, format!("{:?}", session.protocol_version())),
+            Err(e) => return refuse(e.reason(), &e),
+        }
+    };
+    let h2s = &core.h2;
+    let mut connection = match h2::server::Builder::new()
+        .initial_window_size(h2s.stream_window)
+        .initial_connection_window_size(h2s.connection_window)
+        .max_frame_size(h2s.max_frame_size)
+        .max_header_list_size(64 * 1024)
+        .handshake::<_, Bytes>(tls)
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => return refuse("h2_handshake", &e),
+    };
+    tracing::debug!(%peer, %local, peer_identity = %peer_identity, tls = %tls_version, "HBONE connection accepted");
+    let active = Arc::new(AtomicUsize::new(0));
+    let workload = Arc::new(workload.clone());
+    let peer_identity = Arc::new(peer_identity);
+    let mut draining = false;
+    loop {
+        let next = tokio::select! {
+            n = connection.accept() => n,
+            _ = shutdown.cancelled(), if !draining => {
+                draining = true;
+                connection.graceful_shutdown();
+                continue;
+            }
+        };
+        match next {
+            Some(Ok((request, respond))) => {
+                let ctx = StreamContext {
+                    core: core.clone(),
+                    workload: workload.clone(),
+                    peer_identity: peer_identity.clone(),
+                    peer,
+                    local,
+                    active: active.clone(),
+                };
+                tasks.spawn(ctx.handle(request, respond));
+            }
+            Some(Err(e)) => {
+                if !e.is_go_away() && !e.is_io() {
+                    warn!(%peer, error = %e, "HBONE connection error");
+                }
+                break;
+            }
+            None => break,
+        }
+    }
+}
+
+struct StreamContext {
+    core: Arc<ProxyCore>,
+    workload: Arc<Workload>,
+    peer_identity: Arc<Identity>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    active: Arc<AtomicUsize>,
+}
+
+struct ActiveStream(Arc<AtomicUsize>);
+
+impl Drop for ActiveStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl StreamContext {
+    fn refuse(
+        &self,
+        mut respond: SendResponse<Bytes>,
+        status: StatusCode,
+        reason: &str,
+        detail: String,
+    ) {
+        self.core.metrics.refused(DIRECTION, reason);
+        warn!(
+            src = %self.peer,
+            src_identity = %self.peer_identity,
+            dst_workload = %self.workload.name,
+            status = status.as_u16(),
+            reason,
+            detail = %detail,
+            "HBONE stream refused"
+        );
+        let header = format!("{reason}: {detail}");
+        let response = Response::builder()
+            .status(status)
+            .header(
+                REFUSAL_HEADER,
+                header.replace(|c: char| !c.is_ascii() || c.is_ascii_control(), " "),
+            )
+            .body(())
+            .expect("a status and a header make a response");
+        let _ = respond.send_response(response, true);
+    }
+
+    async fn handle(self, request: Request<h2::RecvStream>, respond: SendResponse<Bytes>) {
+        let _slot = ActiveStream(self.active.clone());
+        let limit = self.core.h2.server_max_streams;
+        if self.active.fetch_add(1, Ordering::AcqRel) >= limit {
+            return self.refuse(
+                respond,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_streams",
+                format!("this connection already carries {limit} streams"),
+            );
+        }
+        if request.method() != Method::CONNECT {
+            let detail = format!("method {} (HBONE accepts only CONNECT)", request.method());
+            return self.refuse(respond, StatusCode::BAD_REQUEST, "not_connect", detail);
+        }
+        let authority = request
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .unwrap_or_default();
+        let Ok(target) = authority.parse::<SocketAddr>() else {
+            let detail = format!(":authority {authority:?} is not ip:port");
+            return self.refuse(respond, StatusCode::BAD_REQUEST, "bad_authority", detail);
+        };
+        if target.ip() != self.local.ip() || !self.workload.ips.contains(&target.ip()) {
+            let detail = format!(
+                "{target} is not the workload this connection arrived for ({})",
+                self.local.ip()
+            );
+            return self.refuse(
+                respond,
+                StatusCode::BAD_REQUEST,
+                "authority_mismatch",
+                detail,
+            );
+        }
+        if PROXY_PORTS.contains(&target.port()) {
+            let detail = format!("port {} belongs to the proxy", target.port());
+            return self.refuse(
+                respond,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "proxy_port",
+                detail,
+            );
+        }
+        let principal = self.peer_identity.principal();
+        let decision = self.core.policies.evaluate(
+            &TargetWorkload {
+                namespace: &self.workload.namespace,
+                labels: &self.workload.labels,
+            },
+            &ConnectionAttrs {
+                principal: Some(&principal),
+                src_ip: self.peer.ip(),
+                dst_ip: target.ip(),
+                dst_port: target.port(),
+            },
+        );
+        if !decision.allowed {
+            return self.refuse(
+                respond,
+                StatusCode::UNAUTHORIZED,
+                "policy_denied",
+                decision.reason,
+            );
+        }
+        let upstream =
+            tokio::time::timeout(self.core.h2.connect_timeout, TcpStream::connect(target)).await;
+        let upstream = match upstream {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                return self.refuse(
+                    respond,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream_unreachable",
+                    format!("{target}: {e}"),
+                );
+            }
+            Err(_) => {
+                return self.refuse(
+                    respond,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream_unreachable",
+                    format!("{target}: connect timed out"),
+                );
+            }
+        };
+        let _ = upstream.set_nodelay(true);
+        self.relay(request, respond, upstream, target, decision.reason)
+            .await;
+    }
+
+    async fn relay(
+        &self,
+        request: Request<h2::RecvStream>,
+        mut respond: SendResponse<Bytes>,
+        upstream: TcpStream,
+        target: SocketAddr,
+        allowed_by: String,
+    ) {
+        let started = Instant::now();
+        let source = self.core.registry.workload_by_identity(&self.peer_identity);
+        let labels = ConnectionLabels::new(
+            "destination",
+            source,
+            Some(self.peer_identity.to_string()),
+            Some(&self.workload),
+            None,
+            true,
+        );
+        let mut guard = ConnectionGuard::open(self.core.metrics.clone(), labels);
+        let response = Response::builder()
+            .status(StatusCode::OK)
+            .body(())
+            .expect("200");
+        let send = match respond.send_response(response, false) {
+            Ok(s) => s,
+            Err(e) => {
+                guard.failed = true;
+                warn!(error = %e, "cannot answer the CONNECT");
+                return;
+            }
+        };
+        let recv = request.into_body();
+        let (moved, error) = bidirectional(upstream, send, recv).await;
+        guard.received = moved.from_tunnel;
+        guard.sent = moved.to_tunnel;
+        guard.failed = error.is_some();
+        info!(
+            direction = "inbound",
+            src.addr = %self.peer,
+            src.workload = source.map(|w| w.name.as_str()).unwrap_or("-"),
+            src.identity = %self.peer_identity,
+            dst.addr = %target,
+            dst.workload = %self.workload.name,
+            dst.identity = %self.workload.identity(),
+            policy = %allowed_by,
+            bytes_sent = moved.to_tunnel,
+            bytes_recv = moved.from_tunnel,
+            duration_ms = started.elapsed().as_millis() as u64,
+            error = error.as_ref().map(|e| e.to_string()).unwrap_or_default(),
+            "connection complete"
+        );
+    }
+}

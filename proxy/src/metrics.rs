@@ -1,0 +1,253 @@
+//! Prometheus metrics with ztunnel's names and labels, so the same Grafana
+//! dashboards read either data plane, plus a counter of refusals by reason.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::registry::{Service, Workload};
+
+/// ztunnel's connection labels (src/proxy/metrics.rs in istio/ztunnel).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, Default, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    pub reporter: String,
+    pub source_workload: String,
+    pub source_canonical_service: String,
+    pub source_canonical_revision: String,
+    pub source_workload_namespace: String,
+    pub source_principal: String,
+    pub source_app: String,
+    pub source_version: String,
+    pub source_cluster: String,
+    pub destination_service: String,
+    pub destination_service_namespace: String,
+    pub destination_service_name: String,
+    pub destination_workload: String,
+    pub destination_canonical_service: String,
+    pub destination_canonical_revision: String,
+    pub destination_workload_namespace: String,
+    pub destination_principal: String,
+    pub destination_app: String,
+    pub destination_version: String,
+    pub destination_cluster: String,
+    pub request_protocol: String,
+    pub response_flags: String,
+    pub connection_security_policy: String,
+}
+
+const UNKNOWN: &str = "unknown";
+
+fn canonical(w: &Workload) -> (String, String, String, String) {
+    let label = |k: &str| w.labels.get(k).cloned();
+    let app = label("app")
+        .or_else(|| label("app.kubernetes.io/name"))
+        .unwrap_or_else(|| w.name.clone());
+    let service = label("service.istio.io/canonical-name").unwrap_or_else(|| app.clone());
+    let version = label("version").unwrap_or_else(|| "latest".into());
+    let revision = label("service.istio.io/canonical-revision").unwrap_or_else(|| version.clone());
+    (service, revision, app, version)
+}
+
+impl ConnectionLabels {
+    /// Labels for one connection; `reporter` is "source" or "destination".
+    pub fn new(
+        reporter: &str,
+        source: Option<&Workload>,
+        source_principal: Option<String>,
+        destination: Option<&Workload>,
+        service: Option<&Service>,
+        mtls: bool,
+    ) -> Self {
+        let mut l = ConnectionLabels {
+            reporter: reporter.into(),
+            request_protocol: "tcp".into(),
+            response_flags: "-".into(),
+            connection_security_policy: if mtls { "mutual_tls" } else { "unknown" }.into(),
+            source_principal: source_principal.unwrap_or_else(|| UNKNOWN.into()),
+            ..Default::default()
+        };
+        match source {
+            Some(w) => {
+                let (svc, rev, app, ver) = canonical(w);
+                l.source_workload = w.name.clone();
+                l.source_workload_namespace = w.namespace.clone();
+                l.source_canonical_service = svc;
+                l.source_canonical_revision = rev;
+                l.source_app = app;
+                l.source_version = ver;
+                l.source_cluster = "Kubernetes".into();
+            }
+            None => {
+                for f in [
+                    &mut l.source_workload,
+                    &mut l.source_workload_namespace,
+                    &mut l.source_canonical_service,
+                ] {
+                    *f = UNKNOWN.into();
+                }
+            }
+        }
+        if let Some(w) = destination {
+            let (svc, rev, app, ver) = canonical(w);
+            l.destination_workload = w.name.clone();
+            l.destination_workload_namespace = w.namespace.clone();
+            l.destination_principal = w.identity().to_string();
+            l.destination_canonical_service = svc;
+            l.destination_canonical_revision = rev;
+            l.destination_app = app;
+            l.destination_version = ver;
+            l.destination_cluster = "Kubernetes".into();
+        } else {
+            l.destination_workload = UNKNOWN.into();
+            l.destination_principal = UNKNOWN.into();
+        }
+        if let Some(s) = service {
+            l.destination_service = s.hostname("cluster.local");
+            l.destination_service_namespace = s.namespace.clone();
+            l.destination_service_name = s.name.clone();
+        } else {
+            l.destination_service = UNKNOWN.into();
+        }
+        l
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// inbound | outbound | socks5 | plaintext
+    pub direction: String,
+    pub reason: String,
+}
+
+/// Every metric the proxy keeps.
+pub struct ProxyMetrics {
+    registry: Registry,
+    pub opened: Family<ConnectionLabels, Counter>,
+    pub closed: Family<ConnectionLabels, Counter>,
+    pub sent_bytes: Family<ConnectionLabels, Counter>,
+    pub received_bytes: Family<ConnectionLabels, Counter>,
+    pub failed: Family<ConnectionLabels, Counter>,
+    pub refusals: Family<RefusalLabels, Counter>,
+    pub sockets_open: Gauge,
+}
+
+impl Default for ProxyMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let m = ProxyMetrics {
+            registry: Registry::default(),
+            opened: Family::default(),
+            closed: Family::default(),
+            sent_bytes: Family::default(),
+            received_bytes: Family::default(),
+            failed: Family::default(),
+            refusals: Family::default(),
+            sockets_open: Gauge::default(),
+        };
+        registry.register(
+            "istio_tcp_connections_opened",
+            "Connections opened",
+            m.opened.clone(),
+        );
+        registry.register(
+            "istio_tcp_connections_closed",
+            "Connections closed",
+            m.closed.clone(),
+        );
+        registry.register(
+            "istio_tcp_sent_bytes",
+            "Bytes sent during the connection (from the client)",
+            m.sent_bytes.clone(),
+        );
+        registry.register(
+            "istio_tcp_received_bytes",
+            "Bytes received during the connection (to the client)",
+            m.received_bytes.clone(),
+        );
+        registry.register(
+            "istio_tcp_connections_failed",
+            "Connections that failed",
+            m.failed.clone(),
+        );
+        registry.register(
+            "hbone_refusals",
+            "Connections and streams refused, by direction and reason",
+            m.refusals.clone(),
+        );
+        registry.register(
+            "tcp_sockets_open",
+            "Proxied sockets currently open",
+            m.sockets_open.clone(),
+        );
+        ProxyMetrics { registry, ..m }
+    }
+}
+
+impl ProxyMetrics {
+    pub fn refused(&self, direction: &str, reason: &str) {
+        self.refusals
+            .get_or_create(&RefusalLabels {
+                direction: direction.into(),
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    pub fn refusal_count(&self, direction: &str, reason: &str) -> u64 {
+        self.refusals
+            .get_or_create(&RefusalLabels {
+                direction: direction.into(),
+                reason: reason.into(),
+            })
+            .get()
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Counts a connection open on creation and closed (with its bytes) on drop.
+pub struct ConnectionGuard {
+    metrics: Arc<ProxyMetrics>,
+    labels: ConnectionLabels,
+    pub sent: u64,
+    pub received: u64,
+    pub failed: bool,
+}
+
+impl ConnectionGuard {
+    pub fn open(metrics: Arc<ProxyMetrics>, labels: ConnectionLabels) -> Self {
+        metrics.opened.get_or_create(&labels).inc();
+        metrics.sockets_open.inc();
+        ConnectionGuard {
+            metrics,
+            labels,
+            sent: 0,
+            received: 0,
+            failed: false,
+        }
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        let m = &self.metrics;
+        m.closed.get_or_create(&self.labels).inc();
+        m.sent_bytes.get_or_create(&self.labels).inc_by(self.sent);
+        m.received_bytes
+            .get_or_create(&self.labels)
+            .inc_by(self.received);
+        if self.failed {
+            m.failed.get_or_create(&self.labels).inc();
+        }
+        m.sockets_open.dec();
+    }
+}

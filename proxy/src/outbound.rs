@@ -1,0 +1,260 @@
+//! The sending side: from a captured (or SOCKS5) TCP connection to the
+//! destination, through an HBONE tunnel when the destination is meshed.
+//!
+//! The destination is looked up in the registry (a service VIP picks an
+//! endpoint; a workload IP is itself). A meshed destination gets a CONNECT
+//! stream to `<its IP>:15008` with `:authority` = `<its IP>:<target port>`,
+//! carrying ztunnel's `forwarded`, `traceparent` and `baggage` headers; a
+//! TCP-protocol or unknown destination gets plain passthrough.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use http::{HeaderMap, HeaderValue};
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tracing::{info, warn};
+
+use crate::core::ProxyCore;
+use crate::metrics::{ConnectionGuard, ConnectionLabels};
+use crate::pool::{Pool, PoolKey, Tunnel, TunnelError, connect_from};
+use crate::registry::{Destination, Protocol, Service, Workload};
+
+#[derive(Debug, Error)]
+pub enum OutboundError {
+    #[error("no route to {0}: {1}")]
+    NoRoute(SocketAddr, String),
+    #[error("cannot reach {addr} directly: {source}")]
+    Direct {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tunnel(#[from] TunnelError),
+}
+
+impl OutboundError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            OutboundError::NoRoute(..) => "no_route",
+            OutboundError::Direct { .. } => "connect_failed",
+            OutboundError::Tunnel(t) => t.reason(),
+        }
+    }
+}
+
+/// Where an outbound connection is going, as decided.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub original: SocketAddr,
+    pub target: SocketAddr,
+    pub workload: Option<Workload>,
+    pub service: Option<Service>,
+}
+
+/// An upstream ready to carry bytes.
+pub enum Upstream {
+    Tunnel(Box<Tunnel>),
+    Direct(TcpStream),
+}
+
+pub struct Outbound {
+    core: Arc<ProxyCore>,
+    pool: Arc<Pool>,
+    round_robin: AtomicUsize,
+}
+
+impl Outbound {
+    pub fn new(core: Arc<ProxyCore>, pool: Arc<Pool>) -> Self {
+        Outbound {
+            core,
+            pool,
+            round_robin: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// Decides the route for `dst` and opens the upstream.
+    pub async fn open(
+        &self,
+        source: &Workload,
+        client: SocketAddr,
+        dst: SocketAddr,
+    ) -> Result<(Upstream, Route), OutboundError> {
+        let pick = self.round_robin.fetch_add(1, Ordering::Relaxed);
+        let destination = self
+            .core
+            .registry
+            .resolve(dst, pick)
+            .map_err(|e| OutboundError::NoRoute(dst, e))?;
+        match destination {
+            Destination::Workload {
+                workload,
+                addr,
+                service,
+            } if workload.protocol == Protocol::Hbone => {
+                let route = Route {
+                    original: dst,
+                    target: addr,
+                    workload: Some(workload.clone()),
+                    service: service.cloned(),
+                };
+                let key = PoolKey {
+                    source: source.identity().clone(),
+                    destination: workload.identity().clone(),
+                    addr: SocketAddr::new(addr.ip(), self.core.hbone_port),
+                    source_ip: self.core.bind_source_ip.then(|| source.ips[0]),
+                };
+                let headers = connect_headers(source, client, service);
+                let tunnel = self.pool.open(&key, addr, headers).await?;
+                Ok((Upstream::Tunnel(Box::new(tunnel)), route))
+            }
+            Destination::Workload {
+                workload,
+                addr,
+                service,
+            } => {
+                let stream = connect_from(None, addr)
+                    .await
+                    .map_err(|source| OutboundError::Direct { addr, source })?;
+                let route = Route {
+                    original: dst,
+                    target: addr,
+                    workload: Some(workload.clone()),
+                    service: service.cloned(),
+                };
+                Ok((Upstream::Direct(stream), route))
+            }
+            Destination::External(addr) => {
+                let stream = connect_from(None, addr)
+                    .await
+                    .map_err(|source| OutboundError::Direct { addr, source })?;
+                let route = Route {
+                    original: dst,
+                    target: addr,
+                    workload: None,
+                    service: None,
+                };
+                Ok((Upstream::Direct(stream), route))
+            }
+        }
+    }
+
+    /// Carries bytes between the client and the upstream until both sides are done.
+    pub async fn relay<S>(
+        &self,
+        client: S,
+        client_addr: SocketAddr,
+        source: &Workload,
+        upstream: Upstream,
+        route: Route,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let started = Instant::now();
+        let mtls = matches!(upstream, Upstream::Tunnel(_));
+        let labels = ConnectionLabels::new(
+            "source",
+            Some(source),
+            Some(source.identity().to_string()),
+            route.workload.as_ref(),
+            route.service.as_ref(),
+            mtls,
+        );
+        let mut guard = ConnectionGuard::open(self.core.metrics.clone(), labels);
+        let (sent, received, error) = match upstream {
+            Upstream::Tunnel(tunnel) => {
+                let Tunnel {
+                    send,
+                    recv,
+                    guard: slot,
+                    ..
+                } = *tunnel;
+                let (moved, error) = crate::copy::bidirectional(client, send, recv).await;
+                drop(slot);
+                (moved.to_tunnel, moved.from_tunnel, error)
+            }
+            Upstream::Direct(mut stream) => {
+                let mut client = client;
+                match tokio::io::copy_bidirectional(&mut client, &mut stream).await {
+                    Ok((up, down)) => (up, down, None),
+                    Err(e) => (0, 0, Some(e)),
+                }
+            }
+        };
+        guard.received = sent;
+        guard.sent = received;
+        guard.failed = error.is_some();
+        info!(
+            direction = "outbound",
+            src.addr = %client_addr,
+            src.workload = %source.name,
+            src.identity = %source.identity(),
+            dst.addr = %route.target,
+            dst.service = route.service.as_ref().map(|s| s.name.as_str()).unwrap_or("-"),
+            dst.workload = route.workload.as_ref().map(|w| w.name.as_str()).unwrap_or("-"),
+            dst.identity = route.workload.as_ref().map(|w| w.identity().to_string()).unwrap_or_default(),
+            hbone = mtls,
+            bytes_sent = sent,
+            bytes_recv = received,
+            duration_ms = started.elapsed().as_millis() as u64,
+            error = error.as_ref().map(|e| e.to_string()).unwrap_or_default(),
+            "connection complete"
+        );
+    }
+
+    /// Counts and logs a failed outbound attempt.
+    pub fn record_failure(
+        &self,
+        direction: &str,
+        source: &Workload,
+        dst: SocketAddr,
+        err: &OutboundError,
+    ) {
+        self.core.metrics.refused(direction, err.reason());
+        warn!(direction, src.workload = %source.name, src.identity = %source.identity(), dst = %dst, reason = err.reason(), error = %err, "outbound connection failed");
+    }
+}
+
+/// ztunnel's CONNECT headers: `forwarded` (with the service host when one was used),
+/// a W3C `traceparent`, and `baggage` describing the source.
+fn connect_headers(source: &Workload, client: SocketAddr, service: Option<&Service>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    let mut forwarded = format!("for=\"{client}\"");
+    if let Some(s) = service {
+        forwarded.push_str(&format!(";host={}", s.hostname("cluster.local")));
+    }
+    let trace: u128 = rand::random();
+    let span: u64 = rand::random();
+    let app = source
+        .labels
+        .get("app")
+        .cloned()
+        .unwrap_or_else(|| source.name.clone());
+    let version = source
+        .labels
+        .get("version")
+        .cloned()
+        .unwrap_or_else(|| "latest".into());
+    let baggage = format!(
+        "k8s.cluster.name=Kubernetes,k8s.namespace.name={},k8s.pod.name={},service.name={app},service.version={version}",
+        source.namespace, source.name
+    );
+    for (name, value) in [
+        ("forwarded", forwarded),
+        ("traceparent", format!("00-{trace:032x}-{span:016x}-01")),
+        ("baggage", baggage),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(name, v);
+        }
+    }
+    headers
+}

@@ -1,0 +1,369 @@
+//! The HBONE client: mTLS + HTTP/2 connections to other proxies, pooled.
+//!
+//! A connection is keyed by (source identity, destination identity,
+//! destination address, source IP): only traffic that would present the same
+//! certificate to the same peer may share it. Each proxied TCP connection is
+//! one HTTP/2 stream; a connection carries at most `maxStreamsPerConnection`
+//! streams, and concurrent first requests for one key share a single dial.
+//! Connections idle longer than `poolIdleTimeout` are released.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use h2::{RecvStream, SendStream};
+use hbone_ca::Identity;
+use http::{HeaderMap, Method, Request, StatusCode};
+use rustls::pki_types::ServerName;
+use thiserror::Error;
+use tokio::net::{TcpSocket, TcpStream};
+use tracing::{debug, warn};
+
+use crate::core::{CoreError, ProxyCore};
+use crate::tls::handshake_failure_reason;
+
+/// Which connections may be shared.
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+pub struct PoolKey {
+    pub source: Identity,
+    pub destination: Identity,
+    pub addr: SocketAddr,
+    pub source_ip: Option<IpAddr>,
+}
+
+/// What was negotiated on a connection (for `demo --explain` and the admin page).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsInfo {
+    pub version: String,
+    pub cipher: String,
+    pub alpn: String,
+    pub local: SocketAddr,
+    pub peer: SocketAddr,
+}
+
+#[derive(Debug, Error)]
+pub enum TunnelError {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS handshake with {addr} failed ({reason}): {source}")]
+    Tls {
+        addr: SocketAddr,
+        reason: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("HTTP/2 with {addr} failed: {source}")]
+    H2 {
+        addr: SocketAddr,
+        #[source]
+        source: h2::Error,
+    },
+    #[error("the destination proxy refused the tunnel: {status} {reason}")]
+    Refused { status: StatusCode, reason: String },
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+impl TunnelError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            TunnelError::Connect { .. } => "connect_failed",
+            TunnelError::Tls { reason, .. } => reason,
+            TunnelError::H2 { .. } => "h2_error",
+            TunnelError::Refused { status, .. } => match *status {
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => "policy_denied",
+                StatusCode::BAD_REQUEST => "bad_request",
+                _ => "upstream_unavailable",
+            },
+            TunnelError::Core(_) => "no_certificate",
+            TunnelError::Timeout(_) => "timeout",
+        }
+    }
+}
+
+struct PooledConnection {
+    id: u64,
+    sender: h2::client::SendRequest<Bytes>,
+    active: AtomicUsize,
+    closed: Arc<AtomicBool>,
+    idle_since: Mutex<Instant>,
+    tls: TlsInfo,
+}
+
+/// Keeps a stream's slot on its connection until dropped.
+pub struct StreamGuard {
+    conn: Arc<PooledConnection>,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if self.conn.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *self.conn.idle_since.lock().expect("idle lock") = Instant::now();
+        }
+    }
+}
+
+/// An open CONNECT stream, answered 200.
+pub struct Tunnel {
+    pub send: SendStream<Bytes>,
+    pub recv: RecvStream,
+    pub response_headers: HeaderMap,
+    pub tls: TlsInfo,
+    pub connection_id: u64,
+    pub guard: StreamGuard,
+}
+
+pub struct Pool {
+    core: Arc<ProxyCore>,
+    conns: Mutex<HashMap<PoolKey, Vec<Arc<PooledConnection>>>>,
+    dialing: Mutex<HashMap<PoolKey, Arc<tokio::sync::Mutex<()>>>>,
+    next_id: AtomicU64,
+}
+
+impl Pool {
+    pub fn new(core: Arc<ProxyCore>) -> Arc<Self> {
+        let pool = Arc::new(Pool {
+            core,
+            conns: Mutex::new(HashMap::new()),
+            dialing: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+        });
+        tokio::spawn(release_idle(Arc::downgrade(&pool)));
+        pool
+    }
+
+    /// Connections dialed so far (each a TLS handshake).
+    pub fn dials(&self) -> u64 {
+        self.next_id.load(Ordering::Relaxed) - 1
+    }
+
+    /// Open connections, all keys.
+    pub fn open_connections(&self) -> usize {
+        self.conns
+            .lock()
+            .expect("pool lock")
+            .values()
+            .map(Vec::len)
+            .sum()
+    }
+
+    fn checkout(&self, key: &PoolKey) -> Option<Arc<PooledConnection>> {
+        let max = self.core.h2.max_streams_per_connection;
+        let mut conns = self.conns.lock().expect("pool lock");
+        let list = conns.get_mut(key)?;
+        list.retain(|c| !c.closed.load(Ordering::Acquire));
+        for conn in list.iter() {
+            let mut current = conn.active.load(Ordering::Acquire);
+            while current < max {
+                match conn.active.compare_exchange(
+                    current,
+                    current + 1,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => return Some(conn.clone()),
+                    Err(now) => current = now,
+                }
+            }
+        }
+        None
+    }
+
+    async fn connection(&self, key: &PoolKey) -> Result<Arc<PooledConnection>, TunnelError> {
+        if let Some(conn) = self.checkout(key) {
+            return Ok(conn);
+        }
+        let gate = self
+            .dialing
+            .lock()
+            .expect("pool lock")
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let _dialing = gate.lock().await;
+        if let Some(conn) = self.checkout(key) {
+            return Ok(conn);
+        }
+        let conn = Arc::new(self.dial(key).await?);
+        conn.active.store(1, Ordering::Release);
+        self.conns
+            .lock()
+            .expect("pool lock")
+            .entry(key.clone())
+            .or_default()
+            .push(conn.clone());
+        Ok(conn)
+    }
+
+    async fn dial(&self, key: &PoolKey) -> Result<PooledConnection, TunnelError> {
+        let h2s = &self.core.h2;
+        let config = self
+            .core
+            .client_config(&key.source, vec![key.destination.clone()])
+            .await?;
+        let addr = key.addr;
+        let tcp = tokio::time::timeout(h2s.connect_timeout, connect_from(key.source_ip, addr))
+            .await
+            .map_err(|_| TunnelError::Timeout(h2s.connect_timeout))?
+            .map_err(|source| TunnelError::Connect { addr, source })?;
+        let local = tcp
+            .local_addr()
+            .map_err(|source| TunnelError::Connect { addr, source })?;
+        let connector = tokio_rustls::TlsConnector::from(config);
+        let tls = tokio::time::timeout(
+            h2s.handshake_timeout,
+            connector.connect(ServerName::IpAddress(addr.ip().into()), tcp),
+        )
+        .await
+        .map_err(|_| TunnelError::Timeout(h2s.handshake_timeout))?
+        .map_err(|source| TunnelError::Tls {
+            addr,
+            reason: handshake_failure_reason(&source),
+            source,
+        })?;
+        let info = {
+            let (_, session) = tls.get_ref();
+            TlsInfo {
+                version: session
+                    .protocol_version()
+                    .map(|v| format!("{v:?}"))
+                    .unwrap_or_default(),
+                cipher: session
+                    .negotiated_cipher_suite()
+                    .map(|c| format!("{:?}", c.suite()))
+                    .unwrap_or_default(),
+                alpn: session
+                    .alpn_protocol()
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .unwrap_or_default(),
+                local,
+                peer: addr,
+            }
+        };
+        let (sender, connection) = h2::client::Builder::new()
+            .initial_window_size(h2s.stream_window)
+            .initial_connection_window_size(h2s.connection_window)
+            .max_frame_size(h2s.max_frame_size)
+            .max_header_list_size(16 * 1024)
+            .enable_push(false)
+            .handshake::<_, Bytes>(tls)
+            .await
+            .map_err(|source| TunnelError::H2 { addr, source })?;
+        let closed = Arc::new(AtomicBool::new(false));
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let flag = closed.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                debug!(connection = id, error = %e, "HBONE connection ended");
+            }
+            flag.store(true, Ordering::Release);
+        });
+        debug!(connection = id, %addr, src = %key.source, dst = %key.destination, "HBONE connection established");
+        Ok(PooledConnection {
+            id,
+            sender,
+            active: AtomicUsize::new(0),
+            closed,
+            idle_since: Mutex::new(Instant::now()),
+            tls: info,
+        })
+    }
+
+    /// Opens a CONNECT stream to `authority` through a pooled connection for `key`.
+    pub async fn open(
+        &self,
+        key: &PoolKey,
+        authority: SocketAddr,
+        headers: HeaderMap,
+    ) -> Result<Tunnel, TunnelError> {
+        let conn = self.connection(key).await?;
+        let guard = StreamGuard { conn: conn.clone() };
+        let addr = key.addr;
+        let h2_err = |source| TunnelError::H2 { addr, source };
+        let mut request = Request::builder()
+            .method(Method::CONNECT)
+            .uri(authority.to_string())
+            .version(http::Version::HTTP_2)
+            .body(())
+            .expect("a CONNECT request is well-formed");
+        *request.headers_mut() = headers;
+        let mut sender = conn.sender.clone().ready().await.map_err(h2_err)?;
+        let (response, send) = sender.send_request(request, false).map_err(h2_err)?;
+        let response = response.await.map_err(h2_err)?;
+        let (parts, recv) = response.into_parts();
+        if parts.status != StatusCode::OK {
+            let reason = parts
+                .headers
+                .get(crate::inbound::REFUSAL_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            return Err(TunnelError::Refused {
+                status: parts.status,
+                reason,
+            });
+        }
+        Ok(Tunnel {
+            send,
+            recv,
+            response_headers: parts.headers,
+            tls: conn.tls.clone(),
+            connection_id: conn.id,
+            guard,
+        })
+    }
+}
+
+/// Dials `addr`, from `source_ip` when given (as a socket in the source pod would).
+pub async fn connect_from(
+    source_ip: Option<IpAddr>,
+    addr: SocketAddr,
+) -> std::io::Result<TcpStream> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(ip) = source_ip {
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    socket.set_nodelay(true)?;
+    socket.connect(addr).await
+}
+
+async fn release_idle(pool: Weak<Pool>) {
+    loop {
+        let period = match pool.upgrade() {
+            Some(p) => (p.core.h2.pool_idle_timeout / 4)
+                .clamp(Duration::from_millis(50), Duration::from_secs(30)),
+            None => return,
+        };
+        tokio::time::sleep(period).await;
+        let Some(pool) = pool.upgrade() else { return };
+        let timeout = pool.core.h2.pool_idle_timeout;
+        let mut conns = pool.conns.lock().expect("pool lock");
+        for list in conns.values_mut() {
+            list.retain(|c| {
+                let idle = c.active.load(Ordering::Acquire) == 0
+                    && c.idle_since.lock().expect("idle lock").elapsed() >= timeout;
+                if idle {
+                    debug!(connection = c.id, "releasing idle HBONE connection");
+                }
+                !idle && !c.closed.load(Ordering::Acquire)
+            });
+        }
+        conns.retain(|_, list| !list.is_empty());
+        if conns.len() > 10_000 {
+            warn!(keys = conns.len(), "the HBONE pool holds very many keys");
+        }
+    }
+}

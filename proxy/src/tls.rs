@@ -1,0 +1,358 @@
+//! Mutual TLS with SPIFFE identities, as HBONE needs it.
+//!
+//! Both sides present their workload certificate; both verify the other's
+//! chain against the mesh root; then identity comes from the one URI SAN.
+//! The server additionally requires the client's trust domain to be its own.
+//! The client ignores host names (it sends no SNI) and instead requires the
+//! server's SAN to be one of the identities it expects for the destination.
+//! TLS 1.3 only, ALPN `h2`, no session resumption — as ztunnel.
+//!
+//! Configs are built once per certificate (not per connection, as ztunnel
+//! does) and cached by the callers: a rustls config is immutable and cheap
+//! to share.
+
+use std::sync::Arc;
+
+use hbone_ca::Identity;
+use hbone_ca::manager::Svid;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, Error as TlsError, OtherError,
+    RootCertStore, SignatureScheme,
+};
+use thiserror::Error;
+use x509_parser::extensions::{GeneralName, ParsedExtension};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+pub const ALPN_H2: &[u8] = b"h2";
+
+/// Why a peer's certificate does not carry an acceptable identity.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum PeerIdentityError {
+    #[error("the peer presented no certificate")]
+    NoCertificate,
+    #[error("the peer certificate is not valid X.509")]
+    Unparseable,
+    #[error("the peer certificate carries no single SPIFFE ID (URI SANs: {0:?})")]
+    NoSpiffeId(Vec<String>),
+    #[error("the peer's SPIFFE ID is not an Istio workload identity: {0}")]
+    BadSpiffeId(String),
+    #[error("the peer {identity} is in trust domain {found:?}, not ours ({expected:?})")]
+    ForeignTrustDomain {
+        identity: String,
+        found: String,
+        expected: String,
+    },
+    #[error("the server is {found}, expected {}", expected.join(" or "))]
+    UnexpectedServer {
+        found: String,
+        expected: Vec<String>,
+    },
+}
+
+impl PeerIdentityError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PeerIdentityError::NoCertificate => "no_client_cert",
+            PeerIdentityError::Unparseable
+            | PeerIdentityError::NoSpiffeId(_)
+            | PeerIdentityError::BadSpiffeId(_) => "no_spiffe_id",
+            PeerIdentityError::ForeignTrustDomain { .. } => "foreign_trust_domain",
+            PeerIdentityError::UnexpectedServer { .. } => "unexpected_server_identity",
+        }
+    }
+}
+
+/// Reads the workload identity from a DER certificate's URI SAN.
+pub fn identity_of(cert: &CertificateDer<'_>) -> Result<Identity, PeerIdentityError> {
+    let (_, parsed) =
+        X509Certificate::from_der(cert.as_ref()).map_err(|_| PeerIdentityError::Unparseable)?;
+    let mut uris = Vec::new();
+    for ext in parsed.extensions() {
+        if let ParsedExtension::SubjectAlternativeName(san) = ext.parsed_extension() {
+            for name in &san.general_names {
+                if let GeneralName::URI(u) = name {
+                    uris.push(u.to_string());
+                }
+            }
+        }
+    }
+    match uris.as_slice() {
+        [one] if one.starts_with("spiffe://") => one
+            .parse::<Identity>()
+            .map_err(|e| PeerIdentityError::BadSpiffeId(e.to_string())),
+        _ => Err(PeerIdentityError::NoSpiffeId(uris)),
+    }
+}
+
+fn identity_error(e: PeerIdentityError) -> TlsError {
+    TlsError::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
+}
+
+/// The mesh's trust: its root(s) and its trust domain.
+#[derive(Clone)]
+pub struct MeshTrust {
+    pub roots: Arc<RootCertStore>,
+    pub trust_domain: String,
+    provider: Arc<CryptoProvider>,
+}
+
+impl std::fmt::Debug for MeshTrust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshTrust")
+            .field("roots", &self.roots.len())
+            .field("trust_domain", &self.trust_domain)
+            .finish()
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum TlsSetupError {
+    #[error("the root certificate is unusable: {0}")]
+    Root(String),
+    #[error("cannot build the TLS configuration: {0}")]
+    Config(#[from] TlsError),
+    #[error("cannot build the client verifier: {0}")]
+    Verifier(String),
+}
+
+/// aws-lc-rs with ztunnel's two TLS 1.3 suites.
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider.cipher_suites = vec![
+        rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_256_GCM_SHA384,
+        rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256,
+    ];
+    Arc::new(provider)
+}
+
+impl MeshTrust {
+    pub fn new(
+        roots: &[CertificateDer<'static>],
+        trust_domain: &str,
+    ) -> Result<Self, TlsSetupError> {
+        let mut store = RootCertStore::empty();
+        for root in roots {
+            store
+                .add(root.clone())
+                .map_err(|e| TlsSetupError::Root(e.to_string()))?;
+        }
+        Ok(MeshTrust {
+            roots: Arc::new(store),
+            trust_domain: trust_domain.to_string(),
+            provider: crypto_provider(),
+        })
+    }
+
+    fn algorithms(&self) -> WebPkiSupportedAlgorithms {
+        self.provider.signature_verification_algorithms
+    }
+
+    /// The config a proxy serves HBONE with, as the workload whose SVID it holds.
+    pub fn server_config(&self, svid: &Svid) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
+        let inner =
+            WebPkiClientVerifier::builder_with_provider(self.roots.clone(), self.provider.clone())
+                .build()
+                .map_err(|e| TlsSetupError::Verifier(e.to_string()))?;
+        let verifier = Arc::new(SpiffeClientVerifier {
+            inner,
+            trust_domain: self.trust_domain.clone(),
+        });
+        let mut config = rustls::ServerConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(
+                presented_chain(svid),
+                PrivateKeyDer::Pkcs8(svid.key.clone_key()),
+            )?;
+        config.alpn_protocols = vec![ALPN_H2.to_vec()];
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+        Ok(Arc::new(config))
+    }
+
+    /// The config a proxy dials HBONE with, as `svid`, accepting only `expected` servers.
+    pub fn client_config(
+        &self,
+        svid: &Svid,
+        expected: Vec<Identity>,
+    ) -> Result<Arc<rustls::ClientConfig>, TlsSetupError> {
+        let verifier = Arc::new(SpiffeServerVerifier {
+            roots: self.roots.clone(),
+            algorithms: self.algorithms(),
+            expected,
+        });
+        let mut config = rustls::ClientConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_auth_cert(
+                presented_chain(svid),
+                PrivateKeyDer::Pkcs8(svid.key.clone_key()),
+            )?;
+        config.alpn_protocols = vec![ALPN_H2.to_vec()];
+        config.enable_sni = false;
+        config.resumption = rustls::client::Resumption::disabled();
+        Ok(Arc::new(config))
+    }
+}
+
+/// The chain a workload presents: its leaf and intermediates (the root is the peer's own anchor).
+fn presented_chain(svid: &Svid) -> Vec<CertificateDer<'static>> {
+    let n = svid.chain.len();
+    let keep = if n > 1 { n - 1 } else { n };
+    svid.chain[..keep].to_vec()
+}
+
+#[derive(Debug)]
+struct SpiffeClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    trust_domain: String,
+}
+
+impl ClientCertVerifier for SpiffeClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, TlsError> {
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let identity = identity_of(end_entity).map_err(identity_error)?;
+        if identity.trust_domain() != self.trust_domain {
+            return Err(identity_error(PeerIdentityError::ForeignTrustDomain {
+                identity: identity.to_string(),
+                found: identity.trust_domain().to_string(),
+                expected: self.trust_domain.clone(),
+            }));
+        }
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+#[derive(Debug)]
+struct SpiffeServerVerifier {
+    roots: Arc<RootCertStore>,
+    algorithms: WebPkiSupportedAlgorithms,
+    expected: Vec<Identity>,
+}
+
+impl ServerCertVerifier for SpiffeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, TlsError> {
+        let parsed = ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &self.roots,
+            intermediates,
+            now,
+            self.algorithms.all,
+        )?;
+        let identity = identity_of(end_entity).map_err(identity_error)?;
+        if !self.expected.contains(&identity) {
+            return Err(identity_error(PeerIdentityError::UnexpectedServer {
+                found: identity.to_string(),
+                expected: self.expected.iter().map(|i| i.to_string()).collect(),
+            }));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        Err(TlsError::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// A short label for why a TLS handshake failed, for logs and metrics.
+pub fn handshake_failure_reason(err: &std::io::Error) -> &'static str {
+    let Some(tls) = err.get_ref().and_then(|e| e.downcast_ref::<TlsError>()) else {
+        return match err.kind() {
+            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => {
+                "handshake_aborted"
+            }
+            std::io::ErrorKind::TimedOut => "handshake_timeout",
+            _ => "tls_handshake",
+        };
+    };
+    match tls {
+        TlsError::InvalidMessage(_) => "not_tls",
+        TlsError::PeerIncompatible(_) => "tls_version",
+        TlsError::NoCertificatesPresented => "no_client_cert",
+        TlsError::NoApplicationProtocol => "alpn",
+        TlsError::InvalidCertificate(cert) => match cert {
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                "expired_certificate"
+            }
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "certificate_not_yet_valid"
+            }
+            CertificateError::UnknownIssuer | CertificateError::BadSignature => {
+                "untrusted_certificate"
+            }
+            CertificateError::Other(OtherError(inner)) => inner
+                .downcast_ref::<PeerIdentityError>()
+                .map(PeerIdentityError::reason)
+                .unwrap_or("bad_certificate"),
+            _ => "bad_certificate",
+        },
+        TlsError::AlertReceived(_) => "peer_alert",
+        _ => "tls_handshake",
+    }
+}

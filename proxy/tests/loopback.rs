@@ -1,0 +1,147 @@
+//! End to end on loopback: client → SOCKS5 → proxy A → HBONE → proxy B → echo.
+
+mod support;
+
+use std::net::SocketAddr;
+
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn carries_100_mib_intact_both_ways_and_counts_it() {
+    let lab = Lab::start(41).await;
+    let echo = SocketAddr::new(lab.ip("2.1"), 9000);
+    echo_server(echo).await;
+    let socks = lab.a.addrs.socks5.unwrap();
+
+    let tcp = socks5_connect(socks, lab.ip("1.1"), echo)
+        .await
+        .expect("allowed");
+    let total = 100 * 1024 * 1024 + 17;
+    let (sent, received, n) = echo_roundtrip(tcp, total).await;
+    assert_eq!(n, total, "every byte came back");
+    assert_eq!(sent, received, "bytes arrived intact (checksums match)");
+
+    // Through the service VIP as well, with a small payload.
+    let vip = SocketAddr::new(lab.ip("3.1"), 80);
+    let tcp = socks5_connect(socks, lab.ip("1.1"), vip)
+        .await
+        .expect("allowed via VIP");
+    let (sent, received, n) = echo_roundtrip(tcp, 4096).await;
+    assert_eq!((n, sent), (4096, received));
+
+    // A second connection reused the pooled HBONE connection: one dial in all.
+    assert_eq!(lab.a.outbound.pool().dials(), 1);
+
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let metrics = http_get(lab.b.addrs.metrics.unwrap(), "/metrics").await.1;
+    let opened = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("istio_tcp_connections_opened_total{reporter=\"destination\"")
+                && l.contains("source_principal=\"spiffe://cluster.local/ns/demo/sa/client\"")
+        })
+        .unwrap_or_else(|| panic!("no destination-side open counter in\n{metrics}"));
+    assert!(opened.ends_with(" 2"), "{opened}");
+    let received_line = metrics
+        .lines()
+        .find(|l| l.starts_with("istio_tcp_received_bytes_total{reporter=\"destination\""))
+        .unwrap();
+    let counted: u64 = received_line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert_eq!(counted, (total + 4096) as u64, "{received_line}");
+    assert!(metrics.contains("destination_workload=\"echo\""));
+    assert!(metrics.contains("connection_security_policy=\"mutual_tls\""));
+
+    let logs = log_text();
+    assert!(
+        logs.contains("connection complete") && logs.contains("direction=\"inbound\""),
+        "{logs}"
+    );
+    assert!(
+        logs.contains(&format!("bytes_recv={total}")),
+        "access log shows the bytes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_principal_not_allowed_is_refused_and_counted() {
+    let lab = Lab::start(42).await;
+    let echo = SocketAddr::new(lab.ip("2.1"), 9000);
+    echo_server(echo).await;
+    let socks = lab.a.addrs.socks5.unwrap();
+
+    let refused = socks5_connect(socks, lab.ip("1.2"), echo).await.err();
+    assert_eq!(refused, Some(0x02), "SOCKS5 'not allowed by ruleset'");
+    assert_eq!(
+        lab.b.core.metrics.refusal_count("inbound", "policy_denied"),
+        1
+    );
+    assert_eq!(
+        lab.a.core.metrics.refusal_count("socks5", "policy_denied"),
+        1
+    );
+    let logs = log_text();
+    assert!(
+        logs.contains(
+            "no rule of ALLOW policy demo/echo-clients matches cluster.local/ns/demo/sa/stranger"
+        ),
+        "{logs}"
+    );
+
+    // The allowed client still gets through afterwards, over the same proxies.
+    let tcp = socks5_connect(socks, lab.ip("1.1"), echo)
+        .await
+        .expect("allowed");
+    let (sent, received, n) = echo_roundtrip(tcp, 1000).await;
+    assert_eq!((n, sent), (1000, received));
+
+    let metrics = http_get(lab.b.addrs.metrics.unwrap(), "/metrics").await.1;
+    assert!(
+        metrics.contains("hbone_refusals_total{direction=\"inbound\",reason=\"policy_denied\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_destinations_and_unknown_hosts_pass_through() {
+    let lab = Lab::start(43).await;
+    let legacy = SocketAddr::new(lab.ip("2.9"), 7000);
+    echo_server(legacy).await;
+    let tcp = socks5_connect(lab.a.addrs.socks5.unwrap(), lab.ip("1.2"), legacy)
+        .await
+        .expect("passthrough");
+    let (sent, received, n) = echo_roundtrip(tcp, 5000).await;
+    assert_eq!((n, sent), (5000, received));
+    assert_eq!(
+        lab.a.outbound.pool().dials(),
+        0,
+        "no HBONE for a TCP-protocol workload"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_shows_certificates_and_config() {
+    let lab = Lab::start(44).await;
+    let certs = http_get(lab.b.addrs.admin.unwrap(), "/certs").await.1;
+    let json: serde_json::Value = serde_json::from_str(&certs).unwrap();
+    let ids: Vec<&str> = json["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["identity"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&"spiffe://cluster.local/ns/demo/sa/echo"),
+        "{certs}"
+    );
+    assert!(
+        json["certificates"][0]["expiresInSeconds"]
+            .as_u64()
+            .unwrap()
+            > 23 * 3600
+    );
+    let dump = http_get(lab.b.addrs.admin.unwrap(), "/config_dump").await.1;
+    assert!(
+        dump.contains("\"node\":\"n2\"") && dump.contains("demo/echo-clients"),
+        "{dump}"
+    );
+}

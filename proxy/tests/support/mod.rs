@@ -1,0 +1,295 @@
+//! A two-node loopback lab for the proxy tests: a real CA over gRPC + TLS,
+//! two proxies, and real TCP servers, each test on its own 127.x range.
+#![allow(dead_code)]
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::Hasher;
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use hbone_ca::client::CaClient;
+use hbone_ca::metrics::CaMetrics;
+use hbone_ca::server::{CaService, RunningCa, serve};
+use hbone_ca::tokens::TokenFile;
+use hbone_ca::{
+    AuthorityConfig, CertificateManager, IdentityPattern, RenewalPolicy, SigningAuthority,
+};
+use hbone_policies::load::{istio_policies, parse_documents};
+use hbone_proxy::ProxyHandle;
+use hbone_proxy::config::{H2Settings, Listeners};
+use hbone_proxy::core::{CoreSettings, ProxyCore};
+use hbone_proxy::registry::Registry;
+use hbone_proxy::tls::MeshTrust;
+use rustls::pki_types::CertificateDer;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+pub const TOKEN: &str = "lab-node-token";
+
+/// Captured log lines of this test process.
+pub fn logs() -> &'static Mutex<Vec<u8>> {
+    static LOGS: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
+    LOGS.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        logs().lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+pub fn capture_logs() {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("info")
+            .with_ansi(false)
+            .with_writer(|| LogWriter)
+            .try_init();
+    });
+}
+
+pub fn log_text() -> String {
+    String::from_utf8_lossy(&logs().lock().unwrap()).into_owned()
+}
+
+/// The registry of a test: nodes n1 and n2 on `127.<net>.x.y` addresses.
+pub fn registry_yaml(net: u8) -> String {
+    format!(
+        "
+nodes: [{{name: n1}}, {{name: n2}}]
+workloads:
+  - {{name: client, namespace: demo, serviceAccount: client, ips: [127.{net}.1.1], node: n1}}
+  - {{name: stranger, namespace: demo, serviceAccount: stranger, ips: [127.{net}.1.2], node: n1}}
+  - {{name: echo, namespace: demo, serviceAccount: echo, labels: {{app: echo}}, ips: [127.{net}.2.1], node: n2}}
+  - {{name: legacy, namespace: demo, serviceAccount: legacy, ips: [127.{net}.2.9], node: n2, protocol: TCP}}
+services:
+  - {{name: echo, namespace: demo, vips: [127.{net}.3.1], ports: {{80: 9000}}, selector: {{app: echo}}}}
+"
+    )
+}
+
+pub const POLICY: &str = "
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: echo-clients, namespace: demo}
+spec:
+  selector: {matchLabels: {app: echo}}
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/demo/sa/client]}}]
+    to: [{operation: {ports: [\"9000\"]}}]
+";
+
+pub struct Lab {
+    pub net: u8,
+    pub ca: RunningCa,
+    pub authority: Arc<SigningAuthority>,
+    pub root: CertificateDer<'static>,
+    pub a: ProxyHandle,
+    pub b: ProxyHandle,
+}
+
+pub fn ip(net: u8, host: &str) -> IpAddr {
+    format!("127.{net}.{host}").parse().unwrap()
+}
+
+impl Lab {
+    pub async fn start(net: u8) -> Lab {
+        Self::start_with(net, H2Settings::default()).await
+    }
+
+    pub async fn start_with(net: u8, h2: H2Settings) -> Lab {
+        capture_logs();
+        let authority =
+            Arc::new(SigningAuthority::generate(AuthorityConfig::new("cluster.local")).unwrap());
+        let everyone: IdentityPattern = "spiffe://cluster.local/*".parse().unwrap();
+        let service = Arc::new(CaService::new(
+            authority.clone(),
+            Arc::new(TokenFile::single(TOKEN, vec![everyone])),
+            Arc::new(CaMetrics::default()),
+        ));
+        let ca = serve(service, SocketAddr::new(ip(net, "0.1"), 0), &[])
+            .await
+            .unwrap();
+        let root = hbone_ca::inspect::pem_certs(authority.root_pem())
+            .unwrap()
+            .remove(0);
+        let registry = Arc::new(Registry::parse(&registry_yaml(net), "registry.yaml").unwrap());
+        let policies = Arc::new(istio_policies(
+            &parse_documents(POLICY, "policy.yaml").unwrap(),
+            "istio-system",
+        ));
+        let mut proxies = Vec::new();
+        for node in ["n1", "n2"] {
+            let client = CaClient::new(&ca.url(), authority.root_pem(), TOKEN).unwrap();
+            let certs = Arc::new(CertificateManager::new(
+                Arc::new(client),
+                RenewalPolicy::default(),
+            ));
+            let core = Arc::new(ProxyCore::new(
+                CoreSettings {
+                    node: node.into(),
+                    h2: h2.clone(),
+                    hbone_port: 15008,
+                    bind_source_ip: true,
+                },
+                registry.clone(),
+                policies.clone(),
+                certs,
+                MeshTrust::new(std::slice::from_ref(&root), "cluster.local").unwrap(),
+            ));
+            let host = if node == "n1" { "1.254" } else { "2.254" };
+            let listeners = Listeners {
+                socks5: Some(SocketAddr::new(ip(net, host), 0)),
+                metrics: Some(SocketAddr::new(ip(net, host), 0)),
+                readiness: Some(SocketAddr::new(ip(net, host), 0)),
+                admin: Some(SocketAddr::new(ip(net, host), 0)),
+                ..Listeners::default()
+            };
+            proxies.push(ProxyHandle::start(core, &listeners).await.unwrap());
+        }
+        let b = proxies.pop().unwrap();
+        let a = proxies.pop().unwrap();
+        let lab = Lab {
+            net,
+            ca,
+            authority,
+            root,
+            a,
+            b,
+        };
+        lab.wait_ready().await;
+        lab
+    }
+
+    async fn wait_ready(&self) {
+        for proxy in [&self.a, &self.b] {
+            let addr = proxy.addrs.readiness.unwrap();
+            for _ in 0..100 {
+                if http_get(addr, "/healthz/ready").await.0 == 200 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    pub fn ip(&self, host: &str) -> IpAddr {
+        ip(self.net, host)
+    }
+}
+
+/// A minimal HTTP/1.0 GET, returning status and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let Ok(mut tcp) = TcpStream::connect(addr).await else {
+        return (0, String::new());
+    };
+    let request = format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tcp.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// An echo server: every byte back, until the client half-closes.
+pub async fn echo_server(addr: SocketAddr) -> tokio::task::JoinHandle<()> {
+    let listener = TcpListener::bind(addr).await.unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let (mut r, mut w) = tcp.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    })
+}
+
+/// Connects to `socks` from `source`, asks for `dst`; returns the stream or the SOCKS5 reply code.
+pub async fn socks5_connect(
+    socks: SocketAddr,
+    source: IpAddr,
+    dst: SocketAddr,
+) -> Result<TcpStream, u8> {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(source, 0)).unwrap();
+    let mut tcp = socket.connect(socks).await.unwrap();
+    tcp.write_all(&[0x05, 0x01, 0x00]).await.unwrap();
+    let mut choice = [0u8; 2];
+    tcp.read_exact(&mut choice).await.unwrap();
+    assert_eq!(choice, [0x05, 0x00]);
+    let IpAddr::V4(v4) = dst.ip() else {
+        panic!("v4 only")
+    };
+    let mut req = vec![0x05, 0x01, 0x00, 0x01];
+    req.extend_from_slice(&v4.octets());
+    req.extend_from_slice(&dst.port().to_be_bytes());
+    tcp.write_all(&req).await.unwrap();
+    let mut reply = [0u8; 10];
+    tcp.read_exact(&mut reply).await.unwrap();
+    if reply[1] == 0 {
+        Ok(tcp)
+    } else {
+        Err(reply[1])
+    }
+}
+
+/// Sends `total` bytes of a deterministic pattern while reading the echo;
+/// returns (hash sent, hash received, bytes received).
+pub async fn echo_roundtrip(tcp: TcpStream, total: usize) -> (u64, u64, usize) {
+    let (mut r, mut w) = tcp.into_split();
+    let writer = tokio::spawn(async move {
+        let mut hasher = DefaultHasher::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        let mut sent = 0usize;
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        while sent < total {
+            let n = chunk.len().min(total - sent);
+            for b in chunk[..n].iter_mut() {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                *b = seed as u8;
+            }
+            hasher.write(&chunk[..n]);
+            w.write_all(&chunk[..n]).await.unwrap();
+            sent += n;
+        }
+        w.shutdown().await.unwrap();
+        hasher.finish()
+    });
+    let mut hasher = DefaultHasher::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut received = 0usize;
+    loop {
+        let n = r.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        hasher.write(&buf[..n]);
+        received += n;
+    }
+    (writer.await.unwrap(), hasher.finish(), received)
+}

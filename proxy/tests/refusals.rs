@@ -1,0 +1,457 @@
+//! Bad input on every listener: each is refused with its reason, counted,
+//! and the proxy keeps serving.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hbone_ca::manager::{Svid, assemble_svid};
+use hbone_ca::plugin::PluginCerts;
+use hbone_ca::{AuthorityConfig, Identity, RenewalPolicy, SigningAuthority};
+use hbone_proxy::config::H2Settings;
+use hbone_proxy::tls::MeshTrust;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+fn svid_from(authority: &SigningAuthority, id: &str, ttl: Option<Duration>) -> Svid {
+    let identity: Identity = id.parse().unwrap();
+    let (key, issued) = authority.issue_with_new_key(&identity, ttl).unwrap();
+    assemble_svid(&identity, &key, issued.chain_pem, &RenewalPolicy::default()).unwrap()
+}
+
+/// Test-only: a client that accepts any server, to probe the server's own checks.
+#[derive(Debug)]
+struct AcceptAnyServer;
+
+impl ServerCertVerifier for AcceptAnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        rustls::crypto::aws_lc_rs::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+struct Probe {
+    versions: &'static [&'static rustls::SupportedProtocolVersion],
+    svid: Option<Svid>,
+    alpn: Vec<Vec<u8>>,
+}
+
+impl Probe {
+    fn config(&self) -> Arc<rustls::ClientConfig> {
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_protocol_versions(self.versions)
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyServer));
+        let mut config = match &self.svid {
+            Some(svid) => builder
+                .with_client_auth_cert(
+                    svid.chain[..svid.chain.len() - 1].to_vec(),
+                    PrivateKeyDer::Pkcs8(svid.key.clone_key()),
+                )
+                .unwrap(),
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = self.alpn.clone();
+        Arc::new(config)
+    }
+
+    /// Handshakes and then reads until the server closes; the server decides after our Finished.
+    async fn run(&self, addr: SocketAddr) {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let connector = tokio_rustls::TlsConnector::from(self.config());
+        if let Ok(mut tls) = connector
+            .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+            .await
+        {
+            let _ = tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+            let mut buf = [0u8; 64];
+            let _ = tokio::time::timeout(Duration::from_secs(2), tls.read(&mut buf)).await;
+        }
+    }
+}
+
+static TLS12: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS12];
+static TLS13: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(150)).await;
+}
+
+fn good(lab: &Lab) -> Svid {
+    svid_from(
+        &lab.authority,
+        "spiffe://cluster.local/ns/demo/sa/client",
+        None,
+    )
+}
+
+async fn still_serving(lab: &Lab) {
+    let echo = SocketAddr::new(lab.ip("2.1"), 9000);
+    let tcp = socks5_connect(lab.a.addrs.socks5.unwrap(), lab.ip("1.1"), echo)
+        .await
+        .expect("still serving");
+    let (sent, received, n) = echo_roundtrip(tcp, 2048).await;
+    assert_eq!((n, sent), (2048, received));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_level_refusals_on_15008() {
+    let lab = Lab::start(51).await;
+    echo_server(SocketAddr::new(lab.ip("2.1"), 9000)).await;
+    let hbone = SocketAddr::new(lab.ip("2.1"), 15008);
+    let m = &lab.b.core.metrics;
+
+    // Plaintext: an HTTP/1 request where a TLS ClientHello belongs.
+    let mut tcp = TcpStream::connect(hbone).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), tcp.read_to_end(&mut buf)).await;
+    settle().await;
+    assert_eq!(m.refusal_count("inbound", "not_tls"), 1);
+
+    let (tls12, tls13) = (TLS12, TLS13);
+    let h2 = vec![b"h2".to_vec()];
+    Probe {
+        versions: tls12,
+        svid: Some(good(&lab)),
+        alpn: h2.clone(),
+    }
+    .run(hbone)
+    .await;
+    settle().await;
+    assert_eq!(m.refusal_count("inbound", "tls_version"), 1, "TLS 1.2");
+
+    Probe {
+        versions: tls13,
+        svid: None,
+        alpn: h2.clone(),
+    }
+    .run(hbone)
+    .await;
+    settle().await;
+    assert_eq!(m.refusal_count("inbound", "no_client_cert"), 1);
+
+    let stranger_ca = SigningAuthority::generate(AuthorityConfig::new("cluster.local")).unwrap();
+    let foreign_root = svid_from(
+        &stranger_ca,
+        "spiffe://cluster.local/ns/demo/sa/client",
+        None,
+    );
+    Probe {
+        versions: tls13,
+        svid: Some(foreign_root),
+        alpn: h2.clone(),
+    }
+    .run(hbone)
+    .await;
+    settle().await;
+    assert_eq!(
+        m.refusal_count("inbound", "untrusted_certificate"),
+        1,
+        "another root"
+    );
+
+    let expired = svid_from(
+        &lab.authority,
+        "spiffe://cluster.local/ns/demo/sa/client",
+        Some(Duration::from_secs(1)),
+    );
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    Probe {
+        versions: tls13,
+        svid: Some(expired),
+        alpn: h2.clone(),
+    }
+    .run(hbone)
+    .await;
+    settle().await;
+    assert_eq!(m.refusal_count("inbound", "expired_certificate"), 1);
+
+    Probe {
+        versions: tls13,
+        svid: Some(good(&lab)),
+        alpn: vec![b"http/1.1".to_vec()],
+    }
+    .run(hbone)
+    .await;
+    Probe {
+        versions: tls13,
+        svid: Some(good(&lab)),
+        alpn: vec![],
+    }
+    .run(hbone)
+    .await;
+    settle().await;
+    assert_eq!(
+        m.refusal_count("inbound", "alpn"),
+        2,
+        "wrong ALPN and no ALPN"
+    );
+
+    still_serving(&lab).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_trust_domain_under_the_same_root_is_refused() {
+    // A chain can verify and still name another trust domain (several trust
+    // domains may share a root). The server trusts both roots here, so only
+    // its trust-domain check stands between the impostor and the workload.
+    let lab = Lab::start(52).await;
+    let evil = SigningAuthority::from_plugin(
+        &PluginCerts::generate("evil.example").unwrap(),
+        AuthorityConfig::new("evil.example"),
+    )
+    .unwrap();
+    let impostor = svid_from(&evil, "spiffe://evil.example/ns/demo/sa/client", None);
+    let trust = MeshTrust::new(
+        &[lab.root.clone(), impostor.root().clone()],
+        "cluster.local",
+    )
+    .unwrap();
+    let server = trust.server_config(&good(&lab)).unwrap();
+    let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+    let acceptor = tokio_rustls::TlsAcceptor::from(server);
+    let probe = Probe {
+        versions: TLS13,
+        svid: Some(impostor),
+        alpn: vec![b"h2".to_vec()],
+    };
+    let connector = tokio_rustls::TlsConnector::from(probe.config());
+    let client = tokio::spawn(async move {
+        let mut tls = connector
+            .connect(ServerName::try_from("x").unwrap(), client_io)
+            .await?;
+        tls.write_all(b"x").await?;
+        let mut b = [0u8; 1];
+        tls.read(&mut b).await
+    });
+    let err = acceptor.accept(server_io).await.err().expect("refused");
+    assert_eq!(
+        hbone_proxy::tls::handshake_failure_reason(&err),
+        "foreign_trust_domain",
+        "{err}"
+    );
+    assert!(err.to_string().contains("evil.example"), "{err}");
+    let _ = client.await;
+}
+
+async fn h2_session(lab: &Lab, to: SocketAddr) -> h2::client::SendRequest<Bytes> {
+    let trust = MeshTrust::new(std::slice::from_ref(&lab.root), "cluster.local").unwrap();
+    let echo_id: Identity = "spiffe://cluster.local/ns/demo/sa/echo".parse().unwrap();
+    let config = trust.client_config(&good(lab), vec![echo_id]).unwrap();
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(lab.ip("1.1"), 0)).unwrap();
+    let tcp = socket.connect(to).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(ServerName::IpAddress(to.ip().into()), tcp)
+        .await
+        .unwrap();
+    let (send, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+async fn ask(
+    send: &mut h2::client::SendRequest<Bytes>,
+    method: http::Method,
+    uri: &str,
+) -> (u16, String, h2::SendStream<Bytes>) {
+    let request = http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(())
+        .unwrap();
+    let mut ready = send.clone().ready().await.unwrap();
+    let (response, stream) = ready.send_request(request, false).unwrap();
+    let response = response.await.unwrap();
+    let reason = response
+        .headers()
+        .get("hbone-lab-refusal")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    *send = ready;
+    (response.status().as_u16(), reason, stream)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_level_refusals() {
+    let lab = Lab::start(53).await;
+    echo_server(SocketAddr::new(lab.ip("2.1"), 9000)).await;
+    let hbone = SocketAddr::new(lab.ip("2.1"), 15008);
+    let m = &lab.b.core.metrics;
+    let mut send = h2_session(&lab, hbone).await;
+
+    let (status, reason, _) = ask(
+        &mut send,
+        http::Method::GET,
+        &format!("http://{}:9000/", lab.ip("2.1")),
+    )
+    .await;
+    assert_eq!(
+        (status, reason.starts_with("not_connect")),
+        (400, true),
+        "{reason}"
+    );
+
+    let (status, reason, _) = ask(&mut send, http::Method::CONNECT, "not-an-ip:9000").await;
+    assert_eq!(
+        (status, reason.starts_with("bad_authority")),
+        (400, true),
+        "{reason}"
+    );
+
+    let (status, reason, _) = ask(
+        &mut send,
+        http::Method::CONNECT,
+        &format!("{}:9000", lab.ip("2.9")),
+    )
+    .await;
+    assert_eq!(
+        (status, reason.starts_with("authority_mismatch")),
+        (400, true),
+        "{reason}"
+    );
+
+    let (status, reason, _) = ask(
+        &mut send,
+        http::Method::CONNECT,
+        &format!("{}:15008", lab.ip("2.1")),
+    )
+    .await;
+    assert_eq!(
+        (status, reason.starts_with("proxy_port")),
+        (503, true),
+        "{reason}"
+    );
+
+    let (status, reason, _) = ask(
+        &mut send,
+        http::Method::CONNECT,
+        &format!("{}:9000", lab.ip("2.1")),
+    )
+    .await;
+    assert_eq!(status, 200, "{reason}");
+
+    let (status, reason, _) = ask(
+        &mut send,
+        http::Method::CONNECT,
+        &format!("{}:9001", lab.ip("2.1")),
+    )
+    .await;
+    assert_eq!(
+        (status, reason.starts_with("policy_denied")),
+        (401, true),
+        "port 9001 is not in the policy: {reason}"
+    );
+
+    for reason in [
+        "not_connect",
+        "bad_authority",
+        "authority_mismatch",
+        "proxy_port",
+        "policy_denied",
+    ] {
+        assert_eq!(m.refusal_count("inbound", reason), 1, "{reason}");
+    }
+    still_serving(&lab).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_streams_than_allowed_are_refused() {
+    let h2 = H2Settings {
+        server_max_streams: 2,
+        ..H2Settings::default()
+    };
+    let lab = Lab::start_with(54, h2).await;
+    echo_server(SocketAddr::new(lab.ip("2.1"), 9000)).await;
+    let mut send = h2_session(&lab, SocketAddr::new(lab.ip("2.1"), 15008)).await;
+    let target = format!("{}:9000", lab.ip("2.1"));
+    let (a, _, _held_a) = ask(&mut send, http::Method::CONNECT, &target).await;
+    let (b, _, _held_b) = ask(&mut send, http::Method::CONNECT, &target).await;
+    let (c, reason, _) = ask(&mut send, http::Method::CONNECT, &target).await;
+    assert_eq!((a, b, c), (200, 200, 503), "{reason}");
+    assert!(reason.starts_with("too_many_streams"), "{reason}");
+    assert_eq!(
+        lab.b
+            .core
+            .metrics
+            .refusal_count("inbound", "too_many_streams"),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socks5_garbage_is_refused() {
+    let lab = Lab::start(55).await;
+    echo_server(SocketAddr::new(lab.ip("2.1"), 9000)).await;
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(lab.ip("1.1"), 0)).unwrap();
+    let mut tcp = socket.connect(lab.a.addrs.socks5.unwrap()).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), tcp.read_to_end(&mut buf)).await;
+    settle().await;
+    assert_eq!(lab.a.core.metrics.refusal_count("socks5", "not_socks5"), 1);
+    assert!(log_text().contains("not a SOCKS5 greeting (first byte 0x47"));
+
+    // A source that is no workload of this node.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(lab.ip("9.9"), 0)).unwrap();
+    let mut tcp = socket.connect(lab.a.addrs.socks5.unwrap()).await.unwrap();
+    tcp.write_all(&[5, 1, 0]).await.unwrap();
+    let mut choice = [0u8; 2];
+    tcp.read_exact(&mut choice).await.unwrap();
+    let mut req = vec![5, 1, 0, 1];
+    if let std::net::IpAddr::V4(v4) = lab.ip("2.1") {
+        req.extend_from_slice(&v4.octets());
+    }
+    req.extend_from_slice(&9000u16.to_be_bytes());
+    tcp.write_all(&req).await.unwrap();
+    let mut reply = [0u8; 10];
+    tcp.read_exact(&mut reply).await.unwrap();
+    assert_eq!(reply[1], 0x02);
+    assert_eq!(
+        lab.a.core.metrics.refusal_count("socks5", "unknown_source"),
+        1
+    );
+    still_serving(&lab).await;
+}

@@ -186,13 +186,9 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     ));
     let running = serve(service, args.listen, &args.sans).await?;
     println!("CA listening on {} (Ctrl-C to stop)", running.url());
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => {
-            result?;
-            running.shutdown().await;
-            Ok(())
-        }
-    }
+    crate::proxy_cmd::wait_for_stop().await?;
+    running.shutdown().await;
+    Ok(())
 }
 
 fn run_issue(args: IssueArgs) -> anyhow::Result<()> {

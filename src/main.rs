@@ -4,6 +4,7 @@
 mod ca_cmd;
 mod demo_cmd;
 mod logging;
+mod proxy_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +28,8 @@ enum Command {
     /// The miniature SPIFFE certificate authority (Istio's CA protocol on 15012).
     #[command(subcommand)]
     Ca(ca_cmd::CaCommand),
+    /// Run an HBONE node proxy from a config file.
+    Proxy(proxy_cmd::ProxyArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,6 +42,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Demo(args) => demo_cmd::run(args).await,
             Command::Ca(cmd) => ca_cmd::run(cmd).await,
+            Command::Proxy(args) => proxy_cmd::run(args).await,
         }
     })
 }

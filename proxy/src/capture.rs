@@ -147,7 +147,7 @@ async fn plaintext(core: Arc<ProxyCore>, mut tcp: TcpStream, peer: SocketAddr) {
     if !decision.allowed {
         return refuse("policy_denied", decision.reason);
     }
-    let mut upstream = match TcpStream::connect(dst).await {
+    let mut upstream = match core.connect(Some(workload), None, dst).await {
         Ok(s) => s,
         Err(e) => return refuse("upstream_unreachable", format!("{dst}: {e}")),
     };

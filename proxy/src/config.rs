@@ -16,6 +16,7 @@
 //!   plaintextPort: 15006            # optional, bound on every local workload IP
 //!   socks5: 127.0.1.1:15080         # optional
 //!   outbound: 127.0.0.1:15001       # optional, transparent capture (SO_ORIGINAL_DST)
+//!   podOutboundPort: 15001          # optional, capture inside each local pod's netns
 //!   metrics: 127.0.1.1:15020
 //!   admin: 127.0.0.1:15000
 //!   readiness: 127.0.1.1:15021
@@ -95,6 +96,9 @@ pub struct Listeners {
     pub plaintext_port: Option<u16>,
     pub socks5: Option<SocketAddr>,
     pub outbound: Option<SocketAddr>,
+    /// In-pod capture: an outbound listener on `0.0.0.0:<port>` inside the
+    /// network namespace of every local workload that has one (15001).
+    pub pod_outbound_port: Option<u16>,
     pub metrics: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
     pub readiness: Option<SocketAddr>,
@@ -107,6 +111,7 @@ impl Default for Listeners {
             plaintext_port: None,
             socks5: None,
             outbound: None,
+            pod_outbound_port: None,
             metrics: None,
             admin: None,
             readiness: None,

@@ -19,6 +19,7 @@ pub mod copy;
 pub mod core;
 pub mod inbound;
 pub mod metrics;
+pub mod netns;
 pub mod outbound;
 pub mod pool;
 pub mod proxy;

@@ -20,7 +20,7 @@ use tracing::{info, warn};
 
 use crate::core::ProxyCore;
 use crate::metrics::{ConnectionGuard, ConnectionLabels};
-use crate::pool::{Pool, PoolKey, Tunnel, TunnelError, connect_from};
+use crate::pool::{Pool, PoolKey, Tunnel, TunnelError};
 use crate::registry::{Destination, Protocol, Service, Workload};
 
 #[derive(Debug, Error)]
@@ -94,57 +94,37 @@ impl Outbound {
             .registry
             .resolve(dst, pick)
             .map_err(|e| OutboundError::NoRoute(dst, e))?;
-        match destination {
+        let (workload, addr, service) = match destination {
             Destination::Workload {
                 workload,
                 addr,
                 service,
-            } if workload.protocol == Protocol::Hbone => {
-                let route = Route {
-                    original: dst,
-                    target: addr,
-                    workload: Some(workload.clone()),
-                    service: service.cloned(),
-                };
-                let key = PoolKey {
-                    source: source.identity().clone(),
-                    destination: workload.identity().clone(),
-                    addr: SocketAddr::new(addr.ip(), self.core.hbone_port),
-                    source_ip: self.core.bind_source_ip.then(|| source.ips[0]),
-                };
-                let headers = connect_headers(source, client, service);
-                let tunnel = self.pool.open(&key, addr, headers).await?;
-                Ok((Upstream::Tunnel(Box::new(tunnel)), route))
-            }
-            Destination::Workload {
-                workload,
-                addr,
-                service,
-            } => {
-                let stream = connect_from(None, addr)
-                    .await
-                    .map_err(|source| OutboundError::Direct { addr, source })?;
-                let route = Route {
-                    original: dst,
-                    target: addr,
-                    workload: Some(workload.clone()),
-                    service: service.cloned(),
-                };
-                Ok((Upstream::Direct(stream), route))
-            }
-            Destination::External(addr) => {
-                let stream = connect_from(None, addr)
-                    .await
-                    .map_err(|source| OutboundError::Direct { addr, source })?;
-                let route = Route {
-                    original: dst,
-                    target: addr,
-                    workload: None,
-                    service: None,
-                };
-                Ok((Upstream::Direct(stream), route))
-            }
+            } => (Some(workload), addr, service),
+            Destination::External(addr) => (None, addr, None),
+        };
+        let route = Route {
+            original: dst,
+            target: addr,
+            workload: workload.cloned(),
+            service: service.cloned(),
+        };
+        if let Some(workload) = workload.filter(|w| w.protocol == Protocol::Hbone) {
+            let key = PoolKey {
+                source: source.identity().clone(),
+                destination: workload.identity().clone(),
+                addr: SocketAddr::new(addr.ip(), self.core.hbone_port),
+                source_ip: self.core.bind_source_ip.then(|| source.ips[0]),
+            };
+            let headers = connect_headers(source, client, service);
+            let tunnel = self.pool.open(&key, addr, headers).await?;
+            return Ok((Upstream::Tunnel(Box::new(tunnel)), route));
         }
+        let stream = self
+            .core
+            .connect(Some(source), None, addr)
+            .await
+            .map_err(|source| OutboundError::Direct { addr, source })?;
+        Ok((Upstream::Direct(stream), route))
     }
 
     /// Carries bytes between the client and the upstream until both sides are done.

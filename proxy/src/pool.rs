@@ -19,7 +19,6 @@ use hbone_ca::Identity;
 use http::{HeaderMap, Method, Request, StatusCode};
 use rustls::pki_types::ServerName;
 use thiserror::Error;
-use tokio::net::{TcpSocket, TcpStream};
 use tracing::{debug, warn};
 
 use crate::core::{CoreError, ProxyCore};
@@ -32,6 +31,16 @@ pub struct PoolKey {
     pub destination: Identity,
     pub addr: SocketAddr,
     pub source_ip: Option<IpAddr>,
+}
+
+impl PoolKey {
+    fn source_workload<'a>(&self, core: &'a ProxyCore) -> Option<&'a crate::registry::Workload> {
+        core.registry.workloads.iter().find(|w| {
+            w.node == core.node
+                && w.identity() == &self.source
+                && self.source_ip.is_none_or(|ip| w.ips.contains(&ip))
+        })
+    }
 }
 
 /// What was negotiated on a connection (for `demo --explain` and the admin page).
@@ -211,10 +220,14 @@ impl Pool {
             .client_config(&key.source, vec![key.destination.clone()])
             .await?;
         let addr = key.addr;
-        let tcp = tokio::time::timeout(h2s.connect_timeout, connect_from(key.source_ip, addr))
-            .await
-            .map_err(|_| TunnelError::Timeout(h2s.connect_timeout))?
-            .map_err(|source| TunnelError::Connect { addr, source })?;
+        let from = key.source_workload(&self.core);
+        let tcp = tokio::time::timeout(
+            h2s.connect_timeout,
+            self.core.connect(from, key.source_ip, addr),
+        )
+        .await
+        .map_err(|_| TunnelError::Timeout(h2s.connect_timeout))?
+        .map_err(|source| TunnelError::Connect { addr, source })?;
         let local = tcp
             .local_addr()
             .map_err(|source| TunnelError::Connect { addr, source })?;
@@ -321,23 +334,6 @@ impl Pool {
             guard,
         })
     }
-}
-
-/// Dials `addr`, from `source_ip` when given (as a socket in the source pod would).
-pub async fn connect_from(
-    source_ip: Option<IpAddr>,
-    addr: SocketAddr,
-) -> std::io::Result<TcpStream> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    if let Some(ip) = source_ip {
-        socket.bind(SocketAddr::new(ip, 0))?;
-    }
-    socket.set_nodelay(true)?;
-    socket.connect(addr).await
 }
 
 async fn release_idle(pool: Weak<Pool>) {

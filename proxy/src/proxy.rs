@@ -36,6 +36,8 @@ pub struct BoundAddrs {
     pub plaintext: Vec<SocketAddr>,
     pub socks5: Option<SocketAddr>,
     pub outbound: Option<SocketAddr>,
+    /// In-pod outbound listeners: (workload name, address inside its namespace).
+    pub pod_outbound: Vec<(String, SocketAddr)>,
     pub metrics: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
     pub readiness: Option<SocketAddr>,
@@ -51,9 +53,21 @@ pub struct ProxyHandle {
 }
 
 async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { addr, what, source })
+    bind_in(None, addr, what)
+}
+
+/// Binds inside a network namespace (in-pod mode) or here.
+fn bind_in(
+    netns: Option<&std::path::Path>,
+    addr: SocketAddr,
+    what: &'static str,
+) -> Result<TcpListener, StartError> {
+    let std = crate::netns::bind_listener(netns, addr).map_err(|e| StartError::Bind {
+        addr,
+        what,
+        source: std::io::Error::other(e),
+    })?;
+    TcpListener::from_std(std).map_err(|source| StartError::Bind { addr, what, source })
 }
 
 impl ProxyHandle {

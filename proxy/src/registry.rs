@@ -81,6 +81,10 @@ pub struct Workload {
     pub node: String,
     #[serde(default)]
     pub protocol: Protocol,
+    /// The network namespace holding this workload's sockets (in-pod mode),
+    /// e.g. `/var/run/netns/pod-hello-app`. The proxy binds and dials there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<std::path::PathBuf>,
     /// Filled in at load from the registry's trust domain.
     #[serde(skip)]
     pub identity: Option<Identity>,

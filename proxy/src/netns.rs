@@ -1,0 +1,245 @@
+//! Network namespaces: the lab's pods and nodes on one Linux machine.
+//!
+//! Ambient's in-pod mode puts the proxy's sockets inside each pod's network
+//! namespace while the proxy process lives outside it. The same trick works
+//! here: a socket belongs to the namespace of the thread that created it, so
+//! [`NetNs::run`] creates sockets on a short-lived thread that has entered
+//! the namespace, and the proxy's runtime then drives them from anywhere.
+//! Creating namespaces and veth pairs needs root (CAP_NET_ADMIN).
+
+use std::fs::File;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum NetnsError {
+    #[error("`{command}` failed: {stderr}")]
+    Command { command: String, stderr: String },
+    #[error("cannot run `{command}`: {source} (is iproute2 installed?)")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot enter network namespace {path}: {reason}")]
+    Enter { path: PathBuf, reason: String },
+    #[error("socket in network namespace {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs a command, turning a non-zero exit into an error with its stderr.
+pub fn run_command(program: &str, args: &[&str]) -> Result<String, NetnsError> {
+    let command = format!("{program} {}", args.join(" "));
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|source| NetnsError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(NetnsError::Command {
+            command,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// True when this process may create namespaces (root).
+pub fn can_create() -> bool {
+    nix::unistd::geteuid().is_root() && Command::new("ip").arg("-V").output().is_ok()
+}
+
+/// A named network namespace (`ip netns add`), deleted when dropped if owned.
+#[derive(Debug)]
+pub struct NetNs {
+    name: String,
+    owned: bool,
+}
+
+impl NetNs {
+    /// Creates `name` with its loopback up.
+    pub fn create(name: &str) -> Result<Self, NetnsError> {
+        let _ = run_command("ip", &["netns", "del", name]);
+        run_command("ip", &["netns", "add", name])?;
+        let ns = NetNs {
+            name: name.to_string(),
+            owned: true,
+        };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn path(&self) -> PathBuf {
+        Path::new("/var/run/netns").join(&self.name)
+    }
+
+    /// `ip -n <ns> …`
+    pub fn ip(&self, args: &[&str]) -> Result<String, NetnsError> {
+        let mut full = vec!["-n", &self.name];
+        full.extend_from_slice(args);
+        run_command("ip", &full)
+    }
+
+    /// Runs a program inside the namespace (`ip netns exec`).
+    pub fn exec(&self, program: &str, args: &[&str]) -> Result<String, NetnsError> {
+        let mut full = vec!["netns", "exec", &self.name, program];
+        full.extend_from_slice(args);
+        run_command("ip", &full)
+    }
+
+    /// A `Command` that starts `program` inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    /// Runs `f` on a thread inside the namespace; sockets it creates stay there.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T, NetnsError> {
+        run_in(&self.path(), f)
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        if self.owned {
+            let _ = run_command("ip", &["netns", "del", &self.name]);
+        }
+    }
+}
+
+/// Runs `f` on a scoped thread that has entered the namespace at `path`.
+pub fn run_in<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result<T, NetnsError> {
+    let file = File::open(path).map_err(|e| NetnsError::Enter {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
+                    NetnsError::Enter {
+                        path: path.to_path_buf(),
+                        reason: e.to_string(),
+                    }
+                })?;
+                Ok(f())
+            })
+            .join()
+            .expect("the namespace thread does not panic")
+    })
+}
+
+/// Joins two namespaces with a veth pair, addressing each end (`10.0.0.1/24`).
+pub fn veth(
+    a: &NetNs,
+    a_if: &str,
+    a_addr: &str,
+    b: &NetNs,
+    b_if: &str,
+    b_addr: &str,
+) -> Result<(), NetnsError> {
+    run_command(
+        "ip",
+        &[
+            "link",
+            "add",
+            a_if,
+            "netns",
+            a.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            b_if,
+            "netns",
+            b.name(),
+        ],
+    )?;
+    for (ns, ifname, addr) in [(a, a_if, a_addr), (b, b_if, b_addr)] {
+        ns.ip(&["addr", "add", addr, "dev", ifname])?;
+        ns.ip(&["link", "set", ifname, "up"])?;
+    }
+    Ok(())
+}
+
+/// A TCP listener bound inside the namespace at `path` (or here, for `None`).
+pub fn bind_listener(
+    path: Option<&Path>,
+    addr: SocketAddr,
+) -> Result<std::net::TcpListener, NetnsError> {
+    let bind = move || -> std::io::Result<std::net::TcpListener> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        socket.set_nonblocking(true)?;
+        Ok(socket.into())
+    };
+    match path {
+        None => bind().map_err(|source| NetnsError::Socket {
+            path: PathBuf::from("(this namespace)"),
+            source,
+        }),
+        Some(p) => run_in(p, bind)?.map_err(|source| NetnsError::Socket {
+            path: p.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// An unconnected TCP socket made inside the namespace at `path`, bound to
+/// `source` if given, with `mark` as SO_MARK (so capture rules can skip it).
+pub fn tcp_socket(
+    path: Option<&Path>,
+    remote: SocketAddr,
+    source: Option<IpAddr>,
+    mark: Option<u32>,
+) -> Result<tokio::net::TcpSocket, NetnsError> {
+    let make = move || -> std::io::Result<std::net::TcpStream> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(remote),
+            socket2::Type::STREAM,
+            None,
+        )?;
+        if let Some(ip) = source {
+            socket.bind(&SocketAddr::new(ip, 0).into())?;
+        }
+        if let Some(mark) = mark {
+            socket.set_mark(mark)?;
+        }
+        socket.set_tcp_nodelay(true)?;
+        socket.set_nonblocking(true)?;
+        Ok(socket.into())
+    };
+    let label = || {
+        path.map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("(this namespace)"))
+    };
+    let std = match path {
+        None => make(),
+        Some(p) => run_in(p, make)?,
+    }
+    .map_err(|source| NetnsError::Socket {
+        path: label(),
+        source,
+    })?;
+    Ok(tokio::net::TcpSocket::from_std_stream(std))
+}

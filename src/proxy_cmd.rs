@@ -1,0 +1,129 @@
+//! `hbone-lab proxy`: run one node proxy from a config file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use hbone_ca::client::CaClient;
+use hbone_ca::{CertificateManager, RenewalPolicy};
+use hbone_policies::load::{istio_policies, load_dir, load_file};
+use hbone_proxy::ProxyHandle;
+use hbone_proxy::config::ProxyConfig;
+use hbone_proxy::core::{CoreSettings, ProxyCore};
+use hbone_proxy::registry::Registry;
+use hbone_proxy::tls::MeshTrust;
+
+/// Run an HBONE node proxy (mTLS + HTTP/2 CONNECT on 15008), like ztunnel.
+///
+/// The config file (YAML) names the node, the workload registry, the Istio
+/// policies, the CA and the listeners; see proxy/examples/node-1.yaml:
+///
+///   node: node-1
+///   registry: registry.yaml
+///   policies: [../../policies/istio]
+///   ca: {address: "https://127.0.0.1:15012", rootCert: root.pem, tokenFile: node.token}
+///   listeners: {hbonePort: 15008, socks5: "127.0.1.1:15080", metrics: "127.0.1.1:15020"}
+///   h2: {streamWindow: 4194304, connectionWindow: 16777216, maxFrameSize: 1048576}
+///
+/// SIGTERM or Ctrl-C drains: listeners close, open connections get drainGrace to finish.
+#[derive(Args)]
+pub struct ProxyArgs {
+    /// The proxy's YAML config.
+    #[arg(long)]
+    config: PathBuf,
+    /// Override `node`.
+    #[arg(long)]
+    node: Option<String>,
+    /// Override `listeners.socks5`.
+    #[arg(long)]
+    socks5: Option<SocketAddr>,
+    /// Override `listeners.outbound` (transparent capture, 15001).
+    #[arg(long)]
+    outbound: Option<SocketAddr>,
+    /// Override `listeners.metrics`.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+    /// Override `listeners.admin`.
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+    /// Override `listeners.hbonePort`.
+    #[arg(long)]
+    hbone_port: Option<u16>,
+}
+
+pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
+    let mut config = ProxyConfig::load(&args.config)?;
+    if let Some(node) = args.node {
+        config.node = node;
+    }
+    let l = &mut config.listeners;
+    l.socks5 = args.socks5.or(l.socks5);
+    l.outbound = args.outbound.or(l.outbound);
+    l.metrics = args.metrics.or(l.metrics);
+    l.admin = args.admin.or(l.admin);
+    l.hbone_port = args.hbone_port.unwrap_or(l.hbone_port);
+
+    let registry = Arc::new(Registry::load(&config.registry)?);
+    anyhow::ensure!(
+        registry.nodes.iter().any(|n| n.name == config.node),
+        "node {:?} is not in the registry {} (nodes: {})",
+        config.node,
+        config.registry.display(),
+        registry
+            .nodes
+            .iter()
+            .map(|n| n.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut loaded = Vec::new();
+    for path in &config.policies {
+        loaded.extend(if path.is_dir() {
+            load_dir(path)?
+        } else {
+            load_file(path)?
+        });
+    }
+    let policies = Arc::new(istio_policies(&loaded, &config.root_namespace));
+    let root_pem = std::fs::read_to_string(&config.ca.root_cert)
+        .with_context(|| format!("cannot read ca.rootCert {}", config.ca.root_cert.display()))?;
+    let token = std::fs::read_to_string(&config.ca.token_file).with_context(|| {
+        format!(
+            "cannot read ca.tokenFile {}",
+            config.ca.token_file.display()
+        )
+    })?;
+    let client = CaClient::new(&config.ca.address, &root_pem, token.trim())?;
+    let policy = RenewalPolicy {
+        ttl: config.ca.ttl,
+        ..RenewalPolicy::default()
+    };
+    let certs = Arc::new(CertificateManager::new(Arc::new(client), policy));
+    let roots = hbone_ca::inspect::pem_certs(&root_pem)?;
+    let trust = MeshTrust::new(&roots, &registry.trust_domain)?;
+    let settings = CoreSettings {
+        node: config.node.clone(),
+        h2: config.h2.clone(),
+        hbone_port: config.listeners.hbone_port,
+        bind_source_ip: config.bind_source_ip,
+    };
+    let core = Arc::new(ProxyCore::new(settings, registry, policies, certs, trust));
+    let proxy = ProxyHandle::start(core, &config.listeners).await?;
+    println!("proxy for node {} running: {:?}", config.node, proxy.addrs);
+    wait_for_stop().await?;
+    println!("draining (up to {:?})…", config.drain_grace);
+    proxy.shutdown(config.drain_grace).await;
+    Ok(())
+}
+
+/// Waits for SIGTERM or Ctrl-C.
+pub async fn wait_for_stop() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}

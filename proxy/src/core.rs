@@ -86,6 +86,7 @@ impl ProxyCore {
     ) -> std::io::Result<tokio::net::TcpStream> {
         let netns = from.and_then(|w| w.netns.as_deref());
         let mark = netns.map(|_| PACKET_MARK);
+        tracing::debug!(?netns, %addr, ?bind_ip, "dialing");
         let socket =
             crate::netns::tcp_socket(netns, addr, bind_ip, mark).map_err(std::io::Error::other)?;
         socket.connect(addr).await

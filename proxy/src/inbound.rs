@@ -282,8 +282,8 @@ impl StreamContext {
                 decision.reason,
             );
         }
-        let upstream =
-            tokio::time::timeout(self.core.h2.connect_timeout, TcpStream::connect(target)).await;
+        let dial = self.core.connect(Some(&self.workload), None, target);
+        let upstream = tokio::time::timeout(self.core.h2.connect_timeout, dial).await;
         let upstream = match upstream {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {

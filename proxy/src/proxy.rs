@@ -79,25 +79,42 @@ impl ProxyHandle {
         let pool = Pool::new(core.clone());
         let outbound = Arc::new(Outbound::new(core.clone(), pool));
         let mut addrs = BoundAddrs::default();
-        let local_ips: Vec<_> = core
-            .registry
-            .local_workloads(&core.node)
-            .flat_map(|w| w.ips.clone())
-            .collect();
-        for ip in &local_ips {
-            let l = bind(SocketAddr::new(*ip, listeners.hbone_port), "HBONE inbound").await?;
-            addrs.hbone.push(l.local_addr().expect("bound"));
-            tasks.spawn(inbound::serve(
-                core.clone(),
-                l,
-                shutdown.clone(),
-                tasks.clone(),
-            ));
-            if let Some(port) = listeners.plaintext_port {
-                let l = bind(SocketAddr::new(*ip, port), "plaintext inbound").await?;
-                addrs.plaintext.push(l.local_addr().expect("bound"));
-                tasks.spawn(capture::serve_plaintext(
+        let local: Vec<_> = core.registry.local_workloads(&core.node).cloned().collect();
+        for workload in &local {
+            let netns = workload.netns.as_deref();
+            for ip in &workload.ips {
+                let l = bind_in(
+                    netns,
+                    SocketAddr::new(*ip, listeners.hbone_port),
+                    "HBONE inbound",
+                )?;
+                addrs.hbone.push(l.local_addr().expect("bound"));
+                tasks.spawn(inbound::serve(
                     core.clone(),
+                    l,
+                    shutdown.clone(),
+                    tasks.clone(),
+                ));
+                if let Some(port) = listeners.plaintext_port {
+                    let l = bind_in(netns, SocketAddr::new(*ip, port), "plaintext inbound")?;
+                    addrs.plaintext.push(l.local_addr().expect("bound"));
+                    tasks.spawn(capture::serve_plaintext(
+                        core.clone(),
+                        l,
+                        shutdown.clone(),
+                        tasks.clone(),
+                    ));
+                }
+            }
+            if let (Some(port), Some(ns)) = (listeners.pod_outbound_port, netns) {
+                let any = SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), port);
+                let l = bind_in(Some(ns), any, "in-pod outbound capture")?;
+                addrs
+                    .pod_outbound
+                    .push((workload.name.clone(), l.local_addr().expect("bound")));
+                tasks.spawn(capture::serve_outbound(
+                    core.clone(),
+                    outbound.clone(),
                     l,
                     shutdown.clone(),
                     tasks.clone(),

@@ -38,6 +38,9 @@ struct LogWriter;
 
 impl Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if std::env::var_os("HBONE_TEST_LOG_STDERR").is_some() {
+            eprint!("{}", String::from_utf8_lossy(buf));
+        }
         logs().lock().unwrap().extend_from_slice(buf);
         Ok(buf.len())
     }
@@ -50,7 +53,11 @@ pub fn capture_logs() {
     static INIT: OnceLock<()> = OnceLock::new();
     INIT.get_or_init(|| {
         let _ = tracing_subscriber::fmt()
-            .with_env_filter("info")
+            .with_env_filter(
+                std::env::var("HBONE_TEST_LOG")
+                    .unwrap_or_else(|_| "info".into())
+                    .as_str(),
+            )
             .with_ansi(false)
             .with_writer(|| LogWriter)
             .try_init();

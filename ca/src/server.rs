@@ -314,8 +314,19 @@ pub async fn serve(
             addr: listen,
             source,
         })?;
+    serve_listener(service, listener, extra_names).await
+}
+
+/// Serves the CA over TLS on a listener already bound (for example inside a
+/// network namespace), until shut down.
+pub async fn serve_listener(
+    service: Arc<CaService>,
+    listener: TcpListener,
+    extra_names: &[String],
+) -> Result<RunningCa, ServerError> {
+    let unknown: SocketAddr = ([0, 0, 0, 0], 0).into();
     let addr = listener.local_addr().map_err(|source| ServerError::Bind {
-        addr: listen,
+        addr: unknown,
         source,
     })?;
     let names = serving_names(addr, extra_names);

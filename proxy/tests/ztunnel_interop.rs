@@ -1,0 +1,256 @@
+//! Interop with a real ztunnel (runs when ZTUNNEL_BIN is set, as root).
+//!
+//! Two pod namespaces joined by a veth: `zt` holds a dedicated-mode ztunnel
+//! and an echo server; `hb` holds hbone-lab's proxy (in-pod), hbone-lab's CA
+//! and another echo server. ztunnel gets its certificate from hbone-lab's CA,
+//! so both sides chain to one root. Then bytes flow both ways:
+//! hbone-lab → ztunnel (captured client in `hb`) and ztunnel → hbone-lab
+//! (client through ztunnel's SOCKS5 in `zt`).
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hbone_ca::metrics::CaMetrics;
+use hbone_ca::server::{CaService, serve_listener};
+use hbone_ca::tokens::TokenFile;
+use hbone_ca::{AuthorityConfig, CertificateManager, RenewalPolicy, SigningAuthority};
+use hbone_policies::istio::IstioPolicies;
+use hbone_proxy::ProxyHandle;
+use hbone_proxy::config::{H2Settings, Listeners};
+use hbone_proxy::core::{CoreSettings, ProxyCore};
+use hbone_proxy::netns::{NetNs, bind_listener, can_create, tcp_socket, veth};
+use hbone_proxy::registry::Registry;
+use hbone_proxy::tls::MeshTrust;
+use support::echo_roundtrip;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const ZT_IP: &str = "10.252.0.2";
+const HB_IP: &str = "10.252.0.3";
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn ztunnel_config() -> String {
+    let workload = |name: &str, sa: &str, ip: &str, node: &str| {
+        format!(
+            "- uid: cluster1//v1/Pod/demo/{name}\n  name: {name}\n  namespace: demo\n  serviceAccount: {sa}\n  workloadIps: [\"{ip}\"]\n  protocol: HBONE\n  node: {node}\n  trustDomain: cluster.local\n  network: \"\"\n  services: {{}}\n"
+        )
+    };
+    format!(
+        "workloads:\n{}{}policies: []\nservices: []\n",
+        workload("zt-pod", "zt-sa", ZT_IP, "zt-node"),
+        workload("hb-pod", "hb-sa", HB_IP, "hb-node")
+    )
+}
+
+async fn echo_in(ns: &NetNs, addr: SocketAddr) {
+    let listener =
+        tokio::net::TcpListener::from_std(bind_listener(Some(&ns.path()), addr).unwrap()).unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = tcp.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hbone_lab_and_ztunnel_carry_bytes_both_ways() {
+    let Some(ztunnel) = std::env::var_os("ZTUNNEL_BIN") else {
+        eprintln!("SKIPPED: set ZTUNNEL_BIN to a ztunnel binary to run the interop test");
+        return;
+    };
+    if !can_create() {
+        eprintln!("SKIPPED: the interop test needs root for network namespaces");
+        return;
+    }
+    support::capture_logs();
+    let tag = std::process::id() % 10_000;
+    let zt = NetNs::create(&format!("hlzt-{tag}")).unwrap();
+    let hb = NetNs::create(&format!("hlhb-{tag}")).unwrap();
+    veth(
+        &zt,
+        "eth0",
+        &format!("{ZT_IP}/24"),
+        &hb,
+        "eth0",
+        &format!("{HB_IP}/24"),
+    )
+    .unwrap();
+
+    // hbone-lab's CA, listening inside `hb`, trusted by both.
+    let authority =
+        Arc::new(SigningAuthority::generate(AuthorityConfig::new("cluster.local")).unwrap());
+    let tokens =
+        "tokens:\n  - token: zt-token\n    identities: [spiffe://cluster.local/ns/demo/sa/zt-sa]\n";
+    let ca_metrics = Arc::new(CaMetrics::default());
+    let service = Arc::new(CaService::new(
+        authority.clone(),
+        Arc::new(TokenFile::parse(tokens, "tokens.yaml").unwrap()),
+        ca_metrics.clone(),
+    ));
+    let ca_addr: SocketAddr = format!("{HB_IP}:15012").parse().unwrap();
+    let ca_listener =
+        tokio::net::TcpListener::from_std(bind_listener(Some(&hb.path()), ca_addr).unwrap())
+            .unwrap();
+    let ca = serve_listener(service, ca_listener, &[]).await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let root_file = dir.path().join("root.pem");
+    std::fs::write(&root_file, authority.root_pem()).unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "zt-token").unwrap();
+    let config_file = dir.path().join("ztunnel.yaml");
+    std::fs::write(&config_file, ztunnel_config()).unwrap();
+
+    // ztunnel: dedicated mode for zt-pod, certificates from hbone-lab's CA.
+    let log_file = std::fs::File::create(dir.path().join("ztunnel.log")).unwrap();
+    let child = zt
+        .command(ztunnel.to_str().unwrap())
+        .env("XDS_ADDRESS", "")
+        .env("LOCAL_XDS_PATH", &config_file)
+        .env("PROXY_MODE", "dedicated")
+        .env("PROXY_WORKLOAD_INFO", "demo/zt-pod/zt-sa")
+        .env("CA_ADDRESS", format!("https://{ca_addr}"))
+        .env("CA_ROOT_CA", &root_file)
+        .env("AUTH_TOKEN", &token_file)
+        .env("UNSTABLE_ENABLE_SOCKS5", "true")
+        .env("ENABLE_ORIG_SRC", "false")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::from(log_file.try_clone().unwrap()))
+        .stderr(Stdio::from(log_file))
+        .spawn()
+        .unwrap();
+    let _ztunnel = KillOnDrop(child);
+
+    // hbone-lab's proxy for hb-pod, in-pod, with capture of hb-pod's outbound traffic.
+    let registry = format!(
+        "nodes: [{{name: hb-node}}, {{name: zt-node}}]\nworkloads:\n  - {{name: hb-pod, namespace: demo, serviceAccount: hb-sa, ips: [{HB_IP}], node: hb-node, netns: {}}}\n  - {{name: zt-pod, namespace: demo, serviceAccount: zt-sa, ips: [{ZT_IP}], node: zt-node}}\n",
+        hb.path().display()
+    );
+    let registry = Arc::new(Registry::parse(&registry, "registry.yaml").unwrap());
+    let root = hbone_ca::inspect::pem_certs(authority.root_pem())
+        .unwrap()
+        .remove(0);
+    let core = Arc::new(ProxyCore::new(
+        CoreSettings {
+            node: "hb-node".into(),
+            h2: H2Settings::default(),
+            hbone_port: 15008,
+            bind_source_ip: false,
+        },
+        registry,
+        Arc::new(IstioPolicies::new("istio-system")),
+        Arc::new(CertificateManager::new(
+            authority.clone(),
+            RenewalPolicy::default(),
+        )),
+        MeshTrust::new(&[root], "cluster.local").unwrap(),
+    ));
+    let proxy = ProxyHandle::start(
+        core,
+        &Listeners {
+            pod_outbound_port: Some(15001),
+            ..Listeners::default()
+        },
+    )
+    .await
+    .unwrap();
+    for rule in [
+        "-t nat -A OUTPUT -p tcp -m mark --mark 0x539/0xfff -j RETURN",
+        "-t nat -A OUTPUT -p tcp -o lo -j RETURN",
+        "-t nat -A OUTPUT -p tcp -d 10.252.0.2 --dport 9000 -j REDIRECT --to-ports 15001",
+    ] {
+        hb.exec("iptables", &rule.split(' ').collect::<Vec<_>>())
+            .unwrap();
+    }
+    echo_in(&zt, format!("{ZT_IP}:9000").parse().unwrap()).await;
+    echo_in(&hb, format!("{HB_IP}:9000").parse().unwrap()).await;
+
+    // Wait for ztunnel to be ready (its readiness port, inside `zt`).
+    let ready: SocketAddr = format!("{ZT_IP}:15021").parse().unwrap();
+    let mut ok = false;
+    for _ in 0..100 {
+        if let Ok(socket) = tcp_socket(Some(&zt.path()), ready, None, None)
+            && let Ok(Ok(mut tcp)) =
+                tokio::time::timeout(Duration::from_secs(1), socket.connect(ready)).await
+        {
+            let _ = tcp.write_all(b"GET /healthz/ready HTTP/1.0\r\n\r\n").await;
+            let mut out = String::new();
+            let _ = tcp.read_to_string(&mut out).await;
+            if out.starts_with("HTTP/1.1 200") || out.starts_with("HTTP/1.0 200") {
+                ok = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ztlog = || std::fs::read_to_string(dir.path().join("ztunnel.log")).unwrap_or_default();
+    assert!(ok, "ztunnel never became ready:\n{}", ztlog());
+
+    // 1. hbone-lab → ztunnel: an unmodified client in hb-pod dials zt-pod's echo.
+    let target: SocketAddr = format!("{ZT_IP}:9000").parse().unwrap();
+    let tcp = tcp_socket(Some(&hb.path()), target, None, None)
+        .unwrap()
+        .connect(target)
+        .await
+        .unwrap();
+    let (sent, received, n) = echo_roundtrip(tcp, 4 * 1024 * 1024).await;
+    assert_eq!(
+        (n, sent == received),
+        (4 * 1024 * 1024, true),
+        "hbone-lab → ztunnel:\n{}",
+        ztlog()
+    );
+    assert_eq!(proxy.outbound.pool().dials(), 1, "it went over HBONE");
+
+    // 2. ztunnel → hbone-lab: a client in zt-pod through ztunnel's SOCKS5.
+    let socks: SocketAddr = "127.0.0.1:15080".parse().unwrap();
+    let mut tcp = tcp_socket(Some(&zt.path()), socks, None, None)
+        .unwrap()
+        .connect(socks)
+        .await
+        .unwrap();
+    tcp.write_all(&[5, 1, 0]).await.unwrap();
+    let mut choice = [0u8; 2];
+    tcp.read_exact(&mut choice).await.unwrap();
+    let mut req = vec![5, 1, 0, 1, 10, 252, 0, 3];
+    req.extend_from_slice(&9000u16.to_be_bytes());
+    tcp.write_all(&req).await.unwrap();
+    let mut reply = [0u8; 10];
+    tcp.read_exact(&mut reply).await.unwrap();
+    assert_eq!(reply[1], 0, "ztunnel's SOCKS5 refused:\n{}", ztlog());
+    let (sent, received, n) = echo_roundtrip(tcp, 4 * 1024 * 1024).await;
+    assert_eq!(
+        (n, sent == received),
+        (4 * 1024 * 1024, true),
+        "ztunnel → hbone-lab:\n{}",
+        ztlog()
+    );
+
+    // ztunnel's certificate came from hbone-lab's CA, and our inbound saw its identity.
+    assert!(
+        ca_metrics.issued() >= 1,
+        "ztunnel obtained a certificate from hbone-lab's CA"
+    );
+    let logs = support::log_text();
+    assert!(
+        logs.contains("src.identity=spiffe://cluster.local/ns/demo/sa/zt-sa"),
+        "{logs}"
+    );
+    proxy.shutdown(Duration::from_secs(1)).await;
+    ca.shutdown().await;
+}

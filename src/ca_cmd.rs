@@ -12,17 +12,20 @@ use hbone_ca::inspect::explain;
 use hbone_ca::metrics::CaMetrics;
 use hbone_ca::plugin::{PluginCerts, write_with_mode};
 use hbone_ca::server::{CaService, serve};
+use hbone_ca::token_review::{KubeTokenReviewer, TokenReviewAuthenticator};
 use hbone_ca::tokens::{Authenticator, TokenFile};
 use hbone_ca::{AuthorityConfig, Identity, IdentityPattern, SigningAuthority};
 
 #[derive(Subcommand)]
 pub enum CaCommand {
+    #[command(verbatim_doc_comment)]
     /// Serve Istio's CreateCertificate API over TLS (what ztunnel's CA_ADDRESS points at).
     ///
     /// Example, with a real ztunnel as the client:
     ///   hbone-lab ca serve --tokens tokens.yaml --write-root /tmp/root.pem
     ///   CA_ADDRESS=https://127.0.0.1:15012 CA_ROOT_CA=/tmp/root.pem AUTH_TOKEN=/tmp/token ztunnel
     Serve(ServeArgs),
+    #[command(verbatim_doc_comment)]
     /// Write a new root and intermediate in Istio's plug-in CA layout.
     ///
     /// Load them into istiod with
@@ -101,6 +104,16 @@ pub struct ServeArgs {
     /// Without it, a random token is printed that may obtain any identity in the trust domain.
     #[arg(long, value_name = "FILE")]
     tokens: Option<PathBuf>,
+    /// Authenticate callers with Kubernetes TokenReviews (in a cluster) instead of a token file.
+    #[arg(long, conflicts_with = "tokens")]
+    token_review: bool,
+    /// With --token-review: a node proxy's service account (namespace/name) that
+    /// may obtain identities for the workloads on its node (repeatable).
+    #[arg(long = "node-proxy", value_name = "NS/NAME", default_values_t = ["istio-system/ztunnel".to_string()])]
+    node_proxies: Vec<String>,
+    /// With --token-review: the audience tokens must carry.
+    #[arg(long, default_value = "istio-ca")]
+    audience: String,
     /// Write the root certificate here (for CA_ROOT_CA and for proxies' trust).
     #[arg(long, value_name = "FILE")]
     write_root: Option<PathBuf>,
@@ -162,6 +175,16 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let authority = Arc::new(args.authority.build()?);
     let authenticator: Arc<dyn Authenticator> = match &args.tokens {
         Some(path) => Arc::new(TokenFile::load(path)?),
+        None if args.token_review => {
+            let api = KubeTokenReviewer::connect(vec![args.audience.clone()])
+                .await
+                .context("--token-review needs a Kubernetes API server (in-cluster config or kubeconfig)")?;
+            Arc::new(TokenReviewAuthenticator::new(
+                api,
+                authority.trust_domain(),
+                args.node_proxies.clone(),
+            ))
+        }
         None => {
             let token = format!("{:032x}", rand::random::<u128>());
             let everything: IdentityPattern =

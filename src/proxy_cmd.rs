@@ -29,6 +29,7 @@ use hbone_proxy::tls::MeshTrust;
 ///
 /// SIGTERM or Ctrl-C drains: listeners close, open connections get drainGrace to finish.
 #[derive(Args)]
+#[command(verbatim_doc_comment)]
 pub struct ProxyArgs {
     /// The proxy's YAML config.
     #[arg(long)]

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod plugin;
 pub mod proto;
 pub mod server;
+pub mod token_review;
 pub mod tokens;
 
 pub use authority::{AuthorityConfig, IssuedCertificate, SigningAuthority};

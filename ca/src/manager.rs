@@ -3,8 +3,8 @@
 //! For each identity it generates a key pair in memory (the key never touches
 //! disk), sends a CSR to the CA, and publishes the certificate on a watch
 //! channel. It renews at half the certificate's lifetime — 12 h of a 24 h
-//! certificate — plus a little jitter so that a fleet of proxies started
-//! together does not renew in one burst. When the CA is unreachable, the
+//! certificate, counted from when it arrived — plus a little jitter so that
+//! a fleet of proxies started together does not renew in one burst. When the CA is unreachable, the
 //! current certificate stays in use while it is valid, and the manager retries
 //! with exponential backoff (0.5–1 s, doubling, ±20 %, up to 150 s).
 //!
@@ -142,11 +142,19 @@ impl Default for RenewalPolicy {
 }
 
 impl RenewalPolicy {
-    /// Half the lifetime after notBefore, plus up to `jitter_fraction` of the lifetime.
-    pub fn refresh_at(&self, not_before: SystemTime, not_after: SystemTime) -> SystemTime {
-        let lifetime = not_after.duration_since(not_before).unwrap_or_default();
-        let jitter = lifetime.mul_f64(self.jitter_fraction * rand::random::<f64>());
-        not_before + lifetime / 2 + jitter
+    /// Half of the usable lifetime after `received` (notBefore may be backdated
+    /// for clock skew; that part is not counted), plus up to `jitter_fraction`
+    /// of the lifetime. For a 24 h certificate: 12 h after it arrived.
+    pub fn refresh_at(
+        &self,
+        not_before: SystemTime,
+        not_after: SystemTime,
+        received: SystemTime,
+    ) -> SystemTime {
+        let start = not_before.max(received);
+        let usable = not_after.duration_since(start).unwrap_or_default();
+        let jitter = usable.mul_f64(self.jitter_fraction * rand::random::<f64>());
+        start + usable / 2 + jitter
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
@@ -273,7 +281,7 @@ pub fn assemble_svid(
             "the certificate is not for our key".into(),
         ));
     }
-    let refresh_at = policy.refresh_at(leaf.not_before, leaf.not_after);
+    let refresh_at = policy.refresh_at(leaf.not_before, leaf.not_after, SystemTime::now());
     Ok(Svid {
         identity: identity.clone(),
         chain,

@@ -79,7 +79,7 @@ async fn renews_at_half_life_not_before() {
     let rx = manager.watch(&me);
     assert_eq!(generation(&rx), 1);
 
-    // 24 h certificate, backdated 1 min: half-life is 11 h 59.5 min from now, plus ≤ 1 % jitter.
+    // 24 h certificate: renewal 12 h after it arrived, plus ≤ 1 % jitter (≤ 14.4 min).
     pass(Duration::from_secs(11 * H + 59 * M)).await;
     assert_eq!(generation(&rx), 1, "renewed before half-life");
     assert_eq!(source.calls.load(Ordering::SeqCst), 1);

@@ -121,14 +121,4 @@ impl ProxyCore {
             .insert(identity.clone(), (svid, config.clone()));
         Ok(config)
     }
-
-    /// A TLS client config dialing as `source`, accepting only `expected` as the server.
-    pub async fn client_config(
-        &self,
-        source: &Identity,
-        expected: Vec<Identity>,
-    ) -> Result<Arc<rustls::ClientConfig>, CoreError> {
-        let svid = self.certs.get(source).await?;
-        Ok(self.trust.client_config(&svid, expected)?)
-    }
 }

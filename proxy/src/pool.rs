@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use h2::{RecvStream, SendStream};
 use hbone_ca::Identity;
+use hbone_ca::manager::Svid;
 use http::{HeaderMap, Method, Request, StatusCode};
 use rustls::pki_types::ServerName;
 use thiserror::Error;
@@ -101,6 +102,9 @@ impl TunnelError {
 
 struct PooledConnection {
     id: u64,
+    /// The source certificate this connection presented; after a renewal,
+    /// new streams go to a connection made with the new one.
+    cert: Arc<Svid>,
     sender: h2::client::SendRequest<Bytes>,
     active: AtomicUsize,
     closed: Arc<AtomicBool>,
@@ -165,12 +169,12 @@ impl Pool {
             .sum()
     }
 
-    fn checkout(&self, key: &PoolKey) -> Option<Arc<PooledConnection>> {
+    fn checkout(&self, key: &PoolKey, cert: &Arc<Svid>) -> Option<Arc<PooledConnection>> {
         let max = self.core.h2.max_streams_per_connection;
         let mut conns = self.conns.lock().expect("pool lock");
         let list = conns.get_mut(key)?;
         list.retain(|c| !c.closed.load(Ordering::Acquire));
-        for conn in list.iter() {
+        for conn in list.iter().filter(|c| Arc::ptr_eq(&c.cert, cert)) {
             let mut current = conn.active.load(Ordering::Acquire);
             while current < max {
                 match conn.active.compare_exchange(
@@ -188,7 +192,13 @@ impl Pool {
     }
 
     async fn connection(&self, key: &PoolKey) -> Result<Arc<PooledConnection>, TunnelError> {
-        if let Some(conn) = self.checkout(key) {
+        let cert = self
+            .core
+            .certs
+            .get(&key.source)
+            .await
+            .map_err(CoreError::from)?;
+        if let Some(conn) = self.checkout(key, &cert) {
             return Ok(conn);
         }
         let gate = self
@@ -199,10 +209,10 @@ impl Pool {
             .or_default()
             .clone();
         let _dialing = gate.lock().await;
-        if let Some(conn) = self.checkout(key) {
+        if let Some(conn) = self.checkout(key, &cert) {
             return Ok(conn);
         }
-        let conn = Arc::new(self.dial(key).await?);
+        let conn = Arc::new(self.dial(key, cert).await?);
         conn.active.store(1, Ordering::Release);
         self.conns
             .lock()
@@ -213,12 +223,13 @@ impl Pool {
         Ok(conn)
     }
 
-    async fn dial(&self, key: &PoolKey) -> Result<PooledConnection, TunnelError> {
+    async fn dial(&self, key: &PoolKey, cert: Arc<Svid>) -> Result<PooledConnection, TunnelError> {
         let h2s = &self.core.h2;
         let config = self
             .core
-            .client_config(&key.source, vec![key.destination.clone()])
-            .await?;
+            .trust
+            .client_config(&cert, vec![key.destination.clone()])
+            .map_err(CoreError::from)?;
         let addr = key.addr;
         let from = key.source_workload(&self.core);
         let tcp = tokio::time::timeout(
@@ -283,6 +294,7 @@ impl Pool {
         debug!(connection = id, %addr, src = %key.source, dst = %key.destination, "HBONE connection established");
         Ok(PooledConnection {
             id,
+            cert,
             sender,
             active: AtomicUsize::new(0),
             closed,

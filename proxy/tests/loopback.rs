@@ -145,3 +145,61 @@ async fn admin_shows_certificates_and_config() {
         "{dump}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_serves_new_connections_without_dropping_old_ones() {
+    use hbone_ca::RenewalPolicy;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    // 4 s certificates: renewed about 2 s after they arrive.
+    let renewal = RenewalPolicy {
+        ttl: Duration::from_secs(4),
+        ..RenewalPolicy::default()
+    };
+    let lab = Lab::start_custom(45, hbone_proxy::config::H2Settings::default(), renewal).await;
+    let echo = SocketAddr::new(lab.ip("2.1"), 9000);
+    echo_server(echo).await;
+    let socks = lab.a.addrs.socks5.unwrap();
+    let client_id: hbone_ca::Identity = "spiffe://cluster.local/ns/demo/sa/client".parse().unwrap();
+    let first_serial = lab
+        .a
+        .core
+        .certs
+        .get(&client_id)
+        .await
+        .unwrap()
+        .leaf
+        .serial_hex
+        .clone();
+
+    let mut held = socks5_connect(socks, lab.ip("1.1"), echo)
+        .await
+        .expect("allowed");
+    held.write_all(b"before renewal").await.unwrap();
+    let mut buf = [0u8; 14];
+    held.read_exact(&mut buf).await.unwrap();
+
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let renewed = lab.a.core.certs.get(&client_id).await.unwrap();
+    assert_ne!(
+        renewed.leaf.serial_hex, first_serial,
+        "the client certificate was renewed"
+    );
+
+    // The established connection still carries bytes…
+    held.write_all(b"after renewal!").await.unwrap();
+    held.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"after renewal!");
+    // …and a new one is made with the new certificate, on a new HBONE connection.
+    let tcp = socks5_connect(socks, lab.ip("1.1"), echo)
+        .await
+        .expect("allowed");
+    let (sent, received, n) = echo_roundtrip(tcp, 10_000).await;
+    assert_eq!((n, sent), (10_000, received));
+    assert_eq!(
+        lab.a.outbound.pool().dials(),
+        2,
+        "a second HBONE connection for the renewed certificate"
+    );
+}

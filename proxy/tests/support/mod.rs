@@ -115,6 +115,10 @@ impl Lab {
     }
 
     pub async fn start_with(net: u8, h2: H2Settings) -> Lab {
+        Self::start_custom(net, h2, RenewalPolicy::default()).await
+    }
+
+    pub async fn start_custom(net: u8, h2: H2Settings, renewal: RenewalPolicy) -> Lab {
         capture_logs();
         let authority =
             Arc::new(SigningAuthority::generate(AuthorityConfig::new("cluster.local")).unwrap());
@@ -138,10 +142,7 @@ impl Lab {
         let mut proxies = Vec::new();
         for node in ["n1", "n2"] {
             let client = CaClient::new(&ca.url(), authority.root_pem(), TOKEN).unwrap();
-            let certs = Arc::new(CertificateManager::new(
-                Arc::new(client),
-                RenewalPolicy::default(),
-            ));
+            let certs = Arc::new(CertificateManager::new(Arc::new(client), renewal.clone()));
             let core = Arc::new(ProxyCore::new(
                 CoreSettings {
                     node: node.into(),

@@ -17,7 +17,10 @@ fn the_lab_istio_policies_decide_as_documented() {
     let p = istio_policies(&loaded, "istio-system");
     let labels = |app: &str| BTreeMap::from([("app".to_string(), app.to_string())]);
     let (hello, pg) = (labels("hello-app"), labels("postgres"));
-    let at = |l| TargetWorkload { namespace: "demo", labels: l };
+    let at = |l| TargetWorkload {
+        namespace: "demo",
+        labels: l,
+    };
     let conn = |principal, port| ConnectionAttrs {
         principal,
         src_ip: "10.0.0.1".parse().unwrap(),
@@ -31,8 +34,17 @@ fn the_lab_istio_policies_decide_as_documented() {
     assert!(!p.evaluate(&at(&hello), &conn(gw, 9090)).allowed);
     assert!(!p.evaluate(&at(&hello), &conn(test_pod, 8000)).allowed);
     assert!(p.evaluate(&at(&pg), &conn(app, 5432)).allowed);
-    assert!(p.evaluate(&at(&pg), &conn(Some("cluster.local/ns/demo/sa/worker-app"), 5432)).allowed);
+    assert!(
+        p.evaluate(
+            &at(&pg),
+            &conn(Some("cluster.local/ns/demo/sa/worker-app"), 5432)
+        )
+        .allowed
+    );
     assert!(!p.evaluate(&at(&pg), &conn(test_pod, 5432)).allowed);
     let plaintext = p.evaluate(&at(&hello), &conn(None, 8000));
-    assert!(!plaintext.allowed && plaintext.reason.contains("STRICT"), "{plaintext}");
+    assert!(
+        !plaintext.allowed && plaintext.reason.contains("STRICT"),
+        "{plaintext}"
+    );
 }

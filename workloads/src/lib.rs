@@ -1,1 +1,16 @@
-//! hbone-workloads: hello-app, the gateway and the load peers. Lands with issue 5.
+//! hbone-workloads: the applications that live in the lab's pods.
+//!
+//! - [`dial`]: how a workload connects — directly (captured) or via SOCKS5.
+//! - [`db`], [`external`], [`hello`]: hello-app on PostgreSQL with its outside checks.
+//! - [`gateway`]: the standalone stand-in for the Istio gateway.
+//! - [`worker`]: worker-app, the second database client.
+//! - [`peers`]: echo, sink, source and request/response load for the benchmarks.
+
+pub mod db;
+pub mod dial;
+pub mod external;
+pub mod gateway;
+pub mod hello;
+pub mod peers;
+pub mod pgserver;
+pub mod worker;

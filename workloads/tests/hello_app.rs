@@ -1,0 +1,256 @@
+//! hello-app against a real PostgreSQL (started from the installed server
+//! binaries) and local TLS servers standing in for the public APIs.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hbone_workloads::db::{Database, DbConfig};
+use hbone_workloads::dial::Dialer;
+use hbone_workloads::external::{Reachability, check, client_tls};
+use hbone_workloads::hello::{HelloConfig, serve};
+use hbone_workloads::pgserver::{PgServer, find_binaries};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+async fn get(addr: SocketAddr, path: &str, accept: &str) -> (u16, String) {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: hello\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tcp.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, text.split_once("\r\n\r\n").unwrap().1.to_string())
+}
+
+async fn start_hello(pg: &PgServer, listen: SocketAddr, github: String, cloudflare: String) {
+    let db = Database::new(
+        DbConfig::new(
+            &pg.addr.ip().to_string(),
+            pg.addr.port(),
+            &pg.user,
+            &pg.password,
+            &pg.dbname,
+        ),
+        Dialer::Direct,
+    );
+    let config = HelloConfig {
+        listen,
+        identity: Some("spiffe://cluster.local/ns/demo/sa/hello-app".into()),
+        github_url: github,
+        cloudflare_url: cloudflare,
+        extra_ca_pem: None,
+        check_timeout: Duration::from_millis(500),
+    };
+    let listener = TcpListener::bind(listen).await.unwrap();
+    tokio::spawn(serve(
+        config,
+        db,
+        Dialer::Direct,
+        listener,
+        std::future::pending(),
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_json_and_health_follow_the_database() {
+    if find_binaries().is_err() {
+        eprintln!("SKIPPED: no PostgreSQL server binaries (scripts/test.sh installs them)");
+        return;
+    }
+    let mut pg = tokio::task::spawn_blocking(|| {
+        PgServer::start(ip("127.61.0.1"), 0, "hello", "s3cret", "hellodb").unwrap()
+    })
+    .await
+    .unwrap();
+    let listen: SocketAddr = "127.61.0.2:18000".parse().unwrap();
+    start_hello(
+        &pg,
+        listen,
+        "https://127.61.0.9:1/".into(),
+        "https://127.61.0.9:2/".into(),
+    )
+    .await;
+
+    let (status, body) = get(listen, "/", "application/json").await;
+    assert_eq!(status, 200);
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["database"]["reachable"], true, "{body}");
+    assert!(
+        json["database"]["server_version"]
+            .as_str()
+            .unwrap()
+            .chars()
+            .next()
+            .unwrap()
+            .is_ascii_digit()
+    );
+    assert_eq!(json["database"]["visits"], 1);
+    assert_eq!(
+        json["identity"],
+        "spiffe://cluster.local/ns/demo/sa/hello-app"
+    );
+    assert_eq!(json["external"].as_array().unwrap().len(), 2);
+    let (_, body) = get(listen, "/", "application/json").await;
+    assert!(
+        body.contains("\"visits\":2"),
+        "each page view is recorded: {body}"
+    );
+
+    let (status, html) = get(listen, "/", "text/html").await;
+    assert_eq!(status, 200);
+    assert!(
+        html.contains("<h2>PostgreSQL</h2>") && html.contains("3 visits recorded"),
+        "{html}"
+    );
+    assert!(html.contains("GitHub API") && html.contains("Cloudflare API"));
+    assert!(
+        !html.contains("s3cret") && !body.contains("s3cret"),
+        "the password never shows"
+    );
+
+    assert_eq!(get(listen, "/health", "*/*").await.0, 200);
+
+    tokio::task::block_in_place(|| pg.stop());
+    let (status, body) = get(listen, "/health", "*/*").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("unhealthy") && body.contains("reason"),
+        "{body}"
+    );
+    let (status, html) = get(listen, "/", "text/html").await;
+    assert_eq!(status, 200, "the page still serves without its database");
+    assert!(html.contains("did not answer"), "{html}");
+
+    tokio::task::block_in_place(|| pg.restart().unwrap());
+    let mut healthy = false;
+    for _ in 0..50 {
+        if get(listen, "/health", "*/*").await.0 == 200 {
+            healthy = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(healthy, "recovered after the database came back");
+}
+
+/// A "public" CA and a TLS server on `addr` answering HTTP 403, like an unauthenticated API call.
+async fn https_stand_in(addr: SocketAddr) -> String {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec![addr.ip().to_string()]).unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind(addr).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(tcp).await {
+                    let mut buf = [0u8; 1024];
+                    let _ = tls.read(&mut buf).await;
+                    let _ = tls
+                        .write_all(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                    let _ = tls.shutdown().await;
+                }
+            });
+        }
+    });
+    ca_cert.pem()
+}
+
+#[tokio::test]
+async fn external_checks_tell_reachable_blocked_refused_and_timed_out() {
+    let open: SocketAddr = "127.61.1.1:18443".parse().unwrap();
+    let ca = https_stand_in(open).await;
+    let tls = client_tls(Some(&ca));
+    let t = Duration::from_millis(500);
+
+    let reachable = check(
+        "GitHub API",
+        &format!("https://{open}/"),
+        &Dialer::Direct,
+        tls.clone(),
+        t,
+    )
+    .await;
+    assert_eq!(
+        reachable.result,
+        Reachability::Reachable { status: 403 },
+        "a 403 still proves the path is open"
+    );
+    assert!(reachable.result.explain().contains("path is open"));
+
+    // An SNI filter: accepts TCP, reads the ClientHello, cuts the connection.
+    let cut: SocketAddr = "127.61.1.2:18443".parse().unwrap();
+    let listener = TcpListener::bind(cut).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let mut hello = [0u8; 512];
+            let _ = tcp.read(&mut hello).await;
+            drop(tcp);
+        }
+    });
+    let blocked = check(
+        "Cloudflare API",
+        &format!("https://{cut}/"),
+        &Dialer::Direct,
+        tls.clone(),
+        t,
+    )
+    .await;
+    assert!(
+        matches!(blocked.result, Reachability::Blocked { .. }),
+        "{:?}",
+        blocked.result
+    );
+    assert!(blocked.result.explain().contains("SNI"));
+
+    let refused = check(
+        "x",
+        "https://127.61.1.3:18443/",
+        &Dialer::Direct,
+        tls.clone(),
+        t,
+    )
+    .await;
+    assert!(
+        matches!(refused.result, Reachability::Unreachable { .. }),
+        "{:?}",
+        refused.result
+    );
+
+    // Accepts and never answers.
+    let silent: SocketAddr = "127.61.1.4:18443".parse().unwrap();
+    let listener = TcpListener::bind(silent).await.unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            held.push(tcp);
+        }
+    });
+    let timed_out = check("x", &format!("https://{silent}/"), &Dialer::Direct, tls, t).await;
+    assert_eq!(timed_out.result, Reachability::TimedOut);
+}

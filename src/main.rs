@@ -34,7 +34,10 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    logging::init();
+    logging::init(match cli.command {
+        Command::Demo(_) => "error",
+        _ => "info",
+    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -169,7 +169,13 @@ impl RenewalPolicy {
 pub struct CertificateManager {
     source: Arc<dyn CertificateSource>,
     policy: RenewalPolicy,
-    entries: Mutex<HashMap<Identity, watch::Receiver<CertState>>>,
+    entries: Mutex<HashMap<Identity, Entry>>,
+}
+
+struct Entry {
+    state: watch::Receiver<CertState>,
+    /// Wakes the renewal task early (an operator's "rotate now").
+    renew_now: Arc<tokio::sync::Notify>,
 }
 
 impl CertificateManager {
@@ -185,18 +191,35 @@ impl CertificateManager {
     /// identity's renewal task on first call.
     pub fn watch(&self, identity: &Identity) -> watch::Receiver<CertState> {
         let mut entries = self.entries.lock().expect("manager lock");
-        if let Some(rx) = entries.get(identity) {
-            return rx.clone();
+        if let Some(entry) = entries.get(identity) {
+            return entry.state.clone();
         }
         let (tx, rx) = watch::channel(CertState::default());
+        let renew_now = Arc::new(tokio::sync::Notify::new());
         tokio::spawn(renew_forever(
             self.source.clone(),
             self.policy.clone(),
             identity.clone(),
             tx,
+            renew_now.clone(),
         ));
-        entries.insert(identity.clone(), rx.clone());
+        entries.insert(
+            identity.clone(),
+            Entry {
+                state: rx.clone(),
+                renew_now,
+            },
+        );
         rx
+    }
+
+    /// Asks for a new certificate now instead of at half-life (rotation on
+    /// demand). Connections holding the current one keep it.
+    pub fn renew_now(&self, identity: &Identity) {
+        let _ = self.watch(identity);
+        if let Some(entry) = self.entries.lock().expect("manager lock").get(identity) {
+            entry.renew_now.notify_one();
+        }
     }
 
     /// The current certificate, waiting for the first one if needed. Fails if
@@ -227,7 +250,7 @@ impl CertificateManager {
         let entries = self.entries.lock().expect("manager lock");
         let mut all: Vec<_> = entries
             .iter()
-            .map(|(id, rx)| (id.clone(), rx.borrow().clone()))
+            .map(|(id, entry)| (id.clone(), entry.state.borrow().clone()))
             .collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
@@ -297,6 +320,7 @@ async fn renew_forever(
     policy: RenewalPolicy,
     identity: Identity,
     tx: watch::Sender<CertState>,
+    renew_now: Arc<tokio::sync::Notify>,
 ) {
     let mut failures: u32 = 0;
     // tokio-clock deadline after which the current certificate is expired.
@@ -341,6 +365,7 @@ async fn renew_forever(
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
+            _ = renew_now.notified() => info!(%identity, "renewing on request"),
             _ = tx.closed() => return,
         }
     }

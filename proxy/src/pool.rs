@@ -130,6 +130,8 @@ pub struct Tunnel {
     pub send: SendStream<Bytes>,
     pub recv: RecvStream,
     pub response_headers: HeaderMap,
+    /// The CONNECT request as sent (for teaching views).
+    pub request_headers: HeaderMap,
     pub tls: TlsInfo,
     pub connection_id: u64,
     pub guard: StreamGuard,
@@ -320,7 +322,7 @@ impl Pool {
             .version(http::Version::HTTP_2)
             .body(())
             .expect("a CONNECT request is well-formed");
-        *request.headers_mut() = headers;
+        *request.headers_mut() = headers.clone();
         let mut sender = conn.sender.clone().ready().await.map_err(h2_err)?;
         let (response, send) = sender.send_request(request, false).map_err(h2_err)?;
         let response = response.await.map_err(h2_err)?;
@@ -341,6 +343,7 @@ impl Pool {
             send,
             recv,
             response_headers: parts.headers,
+            request_headers: headers,
             tls: conn.tls.clone(),
             connection_id: conn.id,
             guard,

@@ -1,6 +1,7 @@
 //! `hbone-lab`: the one command-line entry point. It parses arguments and
 //! hands each command to the crate that does the work; no logic lives here.
 
+mod bench_cmd;
 mod ca_cmd;
 mod demo_cmd;
 mod logging;
@@ -30,6 +31,8 @@ enum Command {
     Ca(ca_cmd::CaCommand),
     /// Run an HBONE node proxy from a config file.
     Proxy(proxy_cmd::ProxyArgs),
+    /// Benchmark direct vs hbone-lab vs ztunnel on the same path (root).
+    Bench(bench_cmd::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,6 +49,7 @@ fn main() -> anyhow::Result<()> {
             Command::Demo(args) => demo_cmd::run(args).await,
             Command::Ca(cmd) => ca_cmd::run(cmd).await,
             Command::Proxy(args) => proxy_cmd::run(args).await,
+            Command::Bench(args) => bench_cmd::run_bench(args).await,
         }
     })
 }

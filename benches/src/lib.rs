@@ -1,1 +1,11 @@
-//! hbone-bench: direct vs hbone-lab vs ztunnel benchmarks. Lands with issue 8.
+//! hbone-bench: direct vs hbone-lab vs ztunnel on the same two-pod path.
+//!
+//! - [`topology`]: two pod namespaces joined by a veth, capture rules in the client pod.
+//! - [`subjects`]: starting and stopping each subject; one CA for both meshes.
+//! - [`runner`]: scenarios, interleaved repetitions, medians and ratios.
+//! - [`report`]: table and Markdown (JSON comes from serde).
+
+pub mod report;
+pub mod runner;
+pub mod subjects;
+pub mod topology;

@@ -33,11 +33,26 @@ impl DialError {
     }
 }
 
+/// Opens a TCP connection to an address; see [`Dialer::Custom`].
+pub trait Connect: Send + Sync + std::fmt::Debug {
+    fn connect(&self, addr: SocketAddr) -> futures_lite::BoxedConnect;
+}
+
+/// The future a [`Connect`] returns.
+pub mod futures_lite {
+    pub type BoxedConnect = std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::io::Result<tokio::net::TcpStream>> + Send>,
+    >;
+}
+
 /// A way to open TCP connections.
 #[derive(Debug, Clone)]
 pub enum Dialer {
     /// Plain connect (captured transparently where a mesh is present).
     Direct,
+    /// A caller-supplied way to open sockets, for example inside a pod's
+    /// network namespace (the benchmarks' client pod).
+    Custom(std::sync::Arc<dyn Connect>),
     /// Through a SOCKS5 proxy, from `source` (the pod's address).
     Socks5 {
         proxy: SocketAddr,
@@ -84,6 +99,17 @@ impl Dialer {
             source,
         };
         match self {
+            Dialer::Custom(connector) => {
+                let addr: SocketAddr = match host.parse::<IpAddr>() {
+                    Ok(ip) => SocketAddr::new(ip, port),
+                    Err(_) => tokio::net::lookup_host((host, port))
+                        .await
+                        .map_err(io)?
+                        .next()
+                        .ok_or_else(|| io(std::io::ErrorKind::NotFound.into()))?,
+                };
+                connector.connect(addr).await.map_err(io)
+            }
             Dialer::Direct => {
                 let tcp = TcpStream::connect((host, port)).await.map_err(io)?;
                 let _ = tcp.set_nodelay(true);

@@ -1,0 +1,324 @@
+//! Running the comparison: every scenario for every subject, interleaved
+//! (direct, hbone-lab, ztunnel, direct, …) so drift on a shared machine hits
+//! all subjects alike, then medians and ratios measured in the same run.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use hbone_workloads::peers::{RrSettings, rr_client, rr_server, sink, source};
+use serde::Serialize;
+
+use crate::subjects::{Running, Shared, Subject, SubjectError, cpu_seconds, rss_bytes, start};
+use crate::topology::{SERVER_IP, Topology};
+
+pub const SINK_PORT: u16 = 5201;
+pub const RR_PORT: u16 = 5202;
+
+/// How long and how often.
+#[derive(Debug, Clone)]
+pub struct BenchSettings {
+    pub seconds: f64,
+    pub repetitions: usize,
+    pub parallel_streams: usize,
+    pub idle_connections: usize,
+}
+
+impl BenchSettings {
+    pub fn quick() -> Self {
+        BenchSettings {
+            seconds: 1.0,
+            repetitions: 1,
+            parallel_streams: 4,
+            idle_connections: 100,
+        }
+    }
+
+    pub fn full() -> Self {
+        BenchSettings {
+            seconds: 5.0,
+            repetitions: 3,
+            parallel_streams: 4,
+            idle_connections: 1000,
+        }
+    }
+}
+
+/// One measurement: subject × scenario × repetition.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    pub subject: String,
+    pub scenario: String,
+    pub repetition: usize,
+    pub figures: BTreeMap<String, f64>,
+}
+
+/// The medians of one subject × scenario, with ratios against direct and ztunnel.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub subject: String,
+    pub scenario: String,
+    #[serde(flatten)]
+    pub figures: BTreeMap<String, f64>,
+    pub ratio_vs_direct: BTreeMap<String, f64>,
+    pub ratio_vs_ztunnel: BTreeMap<String, f64>,
+}
+
+pub const SCENARIOS: &[&str] = &[
+    "throughput_1",
+    "throughput_n",
+    "rr_unthrottled",
+    "rr_1000",
+    "crr",
+    "idle_memory",
+];
+
+fn figure(map: &mut BTreeMap<String, f64>, key: &str, value: f64) {
+    map.insert(key.into(), (value * 1000.0).round() / 1000.0);
+}
+
+async fn measure(
+    scenario: &str,
+    topology: &Topology,
+    running: &Running,
+    s: &BenchSettings,
+) -> std::io::Result<BTreeMap<String, f64>> {
+    let dialer = topology.client_dialer();
+    let host = SERVER_IP;
+    let time = Duration::from_secs_f64(s.seconds);
+    let mut f = BTreeMap::new();
+    match scenario {
+        "throughput_1" | "throughput_n" => {
+            let streams = if scenario == "throughput_1" {
+                1
+            } else {
+                s.parallel_streams
+            };
+            let cpu_before = cpu_seconds(&running.pids());
+            let runs = (0..streams).map(|_| source(&dialer, host, SINK_PORT, u64::MAX, time));
+            let results = futures::future::join_all(runs).await;
+            let mut bytes = 0u64;
+            let mut secs: f64 = 0.0;
+            for r in results {
+                let r = r?;
+                bytes += r.bytes;
+                secs = secs.max(r.seconds);
+            }
+            let cpu = cpu_seconds(&running.pids()) - cpu_before;
+            figure(&mut f, "throughput_gbps", bytes as f64 * 8.0 / secs / 1e9);
+            if !running.pids().is_empty() {
+                figure(
+                    &mut f,
+                    "proxy_cpu_s_per_gib",
+                    cpu / (bytes as f64 / (1u64 << 30) as f64),
+                );
+            }
+        }
+        "rr_unthrottled" | "rr_1000" | "crr" => {
+            let settings = RrSettings {
+                request: 1024,
+                response: 1024,
+                rate: (scenario == "rr_1000").then_some(1000.0),
+                max_requests: 10_000_000,
+                duration: time,
+                new_connection_each: scenario == "crr",
+            };
+            let r = rr_client(&dialer, host, RR_PORT, &settings).await?;
+            let rate_key = if scenario == "crr" {
+                "conn_per_s"
+            } else {
+                "rps"
+            };
+            figure(&mut f, rate_key, r.per_second);
+            figure(&mut f, "p50_ms", r.p50_ms);
+            figure(&mut f, "p90_ms", r.p90_ms);
+            figure(&mut f, "p99_ms", r.p99_ms);
+            figure(&mut f, "p999_ms", r.p999_ms);
+        }
+        "idle_memory" => {
+            let pids = running.pids();
+            let before = rss_bytes(&pids);
+            let mut held = Vec::new();
+            for _ in 0..s.idle_connections {
+                held.push(
+                    dialer
+                        .connect(host, RR_PORT)
+                        .await
+                        .map_err(std::io::Error::other)?,
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let after = rss_bytes(&pids);
+            drop(held);
+            if !pids.is_empty() {
+                figure(
+                    &mut f,
+                    "bytes_per_idle_conn",
+                    after.saturating_sub(before) as f64 / s.idle_connections as f64,
+                );
+            }
+        }
+        other => return Err(std::io::Error::other(format!("unknown scenario {other}"))),
+    }
+    Ok(f)
+}
+
+/// Progress of a run, for a progress bar.
+pub trait Progress {
+    fn step(&mut self, done: usize, total: usize, what: &str);
+}
+
+/// Runs the whole comparison.
+pub async fn run(
+    subjects: &[Subject],
+    scenarios: &[&str],
+    settings: &BenchSettings,
+    topology: &Topology,
+    shared: &Shared,
+    progress: &mut dyn Progress,
+) -> Result<Vec<Sample>, SubjectError> {
+    let sink_listener = topology
+        .server_listener(SINK_PORT)
+        .map_err(|e| SubjectError::Setup(e.to_string()))?;
+    let rr_listener = topology
+        .server_listener(RR_PORT)
+        .map_err(|e| SubjectError::Setup(e.to_string()))?;
+    let sink_task = tokio::spawn(sink(sink_listener, Arc::new(AtomicU64::new(0))));
+    let rr_task = tokio::spawn(rr_server(rr_listener, 1024, 1024));
+    let total = subjects.len() * scenarios.len() * settings.repetitions;
+    let mut done = 0;
+    let mut samples = Vec::new();
+    for repetition in 0..settings.repetitions {
+        for subject in subjects {
+            let running = start(subject, topology, shared).await?;
+            // Warm up: certificates are fetched and connections pooled on first use.
+            let warm = RrSettings {
+                request: 1024,
+                response: 1024,
+                rate: None,
+                max_requests: 20,
+                duration: Duration::from_secs(5),
+                new_connection_each: true,
+            };
+            let dialer = topology.client_dialer();
+            let warm_up = rr_client(&dialer, SERVER_IP, RR_PORT, &warm);
+            match tokio::time::timeout(Duration::from_secs(30), warm_up).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    return Err(SubjectError::Setup(format!(
+                        "{} does not carry traffic: {e}",
+                        subject.name()
+                    )));
+                }
+                Err(_) => {
+                    return Err(SubjectError::Setup(format!(
+                        "{} carried no traffic within 30 s",
+                        subject.name()
+                    )));
+                }
+            }
+            for scenario in scenarios {
+                progress.step(
+                    done,
+                    total,
+                    &format!(
+                        "{} · {scenario} · repetition {}",
+                        subject.name(),
+                        repetition + 1
+                    ),
+                );
+                let limit = Duration::from_secs_f64(settings.seconds * 3.0 + 30.0);
+                let figures =
+                    tokio::time::timeout(limit, measure(scenario, topology, &running, settings))
+                        .await
+                        .map_err(|_| {
+                            SubjectError::Setup(format!(
+                                "{} {scenario}: stalled for {limit:?}",
+                                subject.name()
+                            ))
+                        })?
+                        .map_err(|e| {
+                            SubjectError::Setup(format!("{} {scenario}: {e}", subject.name()))
+                        })?;
+                samples.push(Sample {
+                    subject: subject.name().into(),
+                    scenario: scenario.to_string(),
+                    repetition,
+                    figures,
+                });
+                done += 1;
+            }
+            running.stop();
+        }
+    }
+    progress.step(total, total, "done");
+    sink_task.abort();
+    rr_task.abort();
+    let _ = topology.capture(false);
+    Ok(samples)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+/// Medians per subject × scenario, and ratios measured in the same run.
+pub fn summarize(samples: &[Sample]) -> Vec<Summary> {
+    let mut groups: BTreeMap<(String, String), BTreeMap<String, Vec<f64>>> = BTreeMap::new();
+    let mut order: Vec<(String, String)> = Vec::new();
+    for s in samples {
+        let key = (s.scenario.clone(), s.subject.clone());
+        if !order.contains(&key) {
+            order.push(key.clone());
+        }
+        let g = groups.entry(key).or_default();
+        for (k, v) in &s.figures {
+            g.entry(k.clone()).or_default().push(*v);
+        }
+    }
+    let medians: BTreeMap<(String, String), BTreeMap<String, f64>> = groups
+        .into_iter()
+        .map(|(k, g)| (k, g.into_iter().map(|(f, v)| (f, median(v))).collect()))
+        .collect();
+    order
+        .into_iter()
+        .map(|(scenario, subject)| {
+            let figures = medians[&(scenario.clone(), subject.clone())].clone();
+            let ratio = |against: &str| -> BTreeMap<String, f64> {
+                let Some(base) = medians.get(&(scenario.clone(), against.to_string())) else {
+                    return BTreeMap::new();
+                };
+                figures
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        base.get(k)
+                            .filter(|b| **b != 0.0)
+                            .map(|b| (k.clone(), (v / b * 100.0).round() / 100.0))
+                    })
+                    .collect()
+            };
+            Summary {
+                ratio_vs_direct: if subject == "direct" {
+                    BTreeMap::new()
+                } else {
+                    ratio("direct")
+                },
+                ratio_vs_ztunnel: if subject == "ztunnel" {
+                    BTreeMap::new()
+                } else {
+                    ratio("ztunnel")
+                },
+                subject,
+                scenario,
+                figures,
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,103 @@
+//! The benchmark path: a client pod and a server pod, each in its own
+//! network namespace, joined by a veth pair — the same two-namespace path
+//! on which one ztunnel per pod namespace (dedicated mode) is measured.
+//! Capture rules in the client pod send its outbound TCP to port 15001
+//! while a mesh subject runs, exempting the proxies' own marked sockets.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use hbone_proxy::netns::{NetNs, NetnsError, bind_listener, tcp_socket, veth};
+use hbone_workloads::dial::{Connect, Dialer, futures_lite::BoxedConnect};
+
+pub const CLIENT_IP: &str = "10.253.0.1";
+pub const SERVER_IP: &str = "10.253.0.2";
+
+pub struct Topology {
+    pub client: NetNs,
+    pub server: NetNs,
+}
+
+/// Opens sockets inside a namespace (the load generator's client side).
+#[derive(Debug)]
+struct InNamespace(PathBuf);
+
+impl Connect for InNamespace {
+    fn connect(&self, addr: SocketAddr) -> BoxedConnect {
+        let path = self.0.clone();
+        Box::pin(async move {
+            let socket =
+                tcp_socket(Some(&path), addr, None, None).map_err(std::io::Error::other)?;
+            socket.connect(addr).await
+        })
+    }
+}
+
+const CAPTURE: &[&str] = &[
+    "-t nat -N HBONE_LAB_OUTPUT",
+    "-t nat -A HBONE_LAB_OUTPUT -p tcp -m mark --mark 0x539/0xfff -j RETURN",
+    "-t nat -A HBONE_LAB_OUTPUT -p tcp -o lo -j RETURN",
+    // The CA is infrastructure, not workload traffic: a dedicated-mode ztunnel
+    // dials it from inside the pod, unmarked, and must not be sent to itself.
+    "-t nat -A HBONE_LAB_OUTPUT -p tcp --dport 15012 -j RETURN",
+    "-t nat -A HBONE_LAB_OUTPUT -p tcp -j REDIRECT --to-ports 15001",
+];
+
+impl Topology {
+    pub fn create() -> Result<Self, NetnsError> {
+        let tag = std::process::id() % 100_000;
+        let client = NetNs::create(&format!("hlb-c-{tag}"))?;
+        let server = NetNs::create(&format!("hlb-s-{tag}"))?;
+        veth(
+            &client,
+            "eth0",
+            &format!("{CLIENT_IP}/24"),
+            &server,
+            "eth0",
+            &format!("{SERVER_IP}/24"),
+        )?;
+        for rule in CAPTURE {
+            client.exec("iptables", &rule.split(' ').collect::<Vec<_>>())?;
+        }
+        Ok(Topology { client, server })
+    }
+
+    pub fn server_ip(&self) -> IpAddr {
+        SERVER_IP.parse().expect("literal")
+    }
+
+    /// Turns the client pod's redirection to 15001 on or off.
+    /// Idempotent: the jump into the capture chain is present exactly when `on`.
+    pub fn capture(&self, on: bool) -> Result<(), NetnsError> {
+        let rule = |action: &str| {
+            self.client.exec(
+                "iptables",
+                &["-t", "nat", action, "OUTPUT", "-j", "HBONE_LAB_OUTPUT"],
+            )
+        };
+        let present = rule("-C").is_ok();
+        match (on, present) {
+            (true, false) => rule("-A").map(|_| ()),
+            (false, true) => rule("-D").map(|_| ()),
+            _ => Ok(()),
+        }
+    }
+
+    /// The load generator's way out of the client pod.
+    pub fn client_dialer(&self) -> Dialer {
+        Dialer::Custom(Arc::new(InNamespace(self.client.path())))
+    }
+
+    /// A listener inside the server pod.
+    pub fn server_listener(&self, port: u16) -> Result<tokio::net::TcpListener, NetnsError> {
+        let std = bind_listener(
+            Some(&self.server.path()),
+            SocketAddr::new(self.server_ip(), port),
+        )?;
+        tokio::net::TcpListener::from_std(std).map_err(|source| NetnsError::Socket {
+            path: self.server.path(),
+            source,
+        })
+    }
+}

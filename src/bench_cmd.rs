@@ -1,0 +1,128 @@
+//! `hbone-lab bench`: direct vs hbone-lab vs ztunnel, one table.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use hbone_bench::report::{markdown, table};
+use hbone_bench::runner::{BenchSettings, Progress, SCENARIOS, run, summarize};
+use hbone_bench::subjects::{Shared, Subject};
+use hbone_bench::topology::Topology;
+
+/// Measure hbone-lab's proxy against no proxy and a real ztunnel, on the same
+/// two-pod network-namespace path (needs root), interleaved, with medians and
+/// ratios from one run.
+///
+/// Scenarios: throughput_1 (one stream), throughput_n (parallel streams),
+/// rr_unthrottled (requests/s on one connection), rr_1000 (1 KiB at 1000/s,
+/// p50…p99.9), crr (new connections/s), idle_memory (RSS per idle connection).
+/// Writes bench.json, bench.md into --out.
+#[derive(Args)]
+#[command(verbatim_doc_comment)]
+pub struct BenchArgs {
+    /// A ztunnel binary to compare against (or ZTUNNEL_BIN); without it ztunnel is not measured.
+    #[arg(long, env = "ZTUNNEL_BIN")]
+    ztunnel: Option<PathBuf>,
+    /// About a minute: 1 s per measurement, one repetition.
+    #[arg(long)]
+    quick: bool,
+    /// Repetitions (default 3, or 1 with --quick).
+    #[arg(long)]
+    reps: Option<usize>,
+    /// Seconds per measurement (default 5, or 1 with --quick).
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Only these scenarios (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    scenarios: Vec<String>,
+    /// Where to write bench.json and bench.md.
+    #[arg(long, default_value = "bench-out")]
+    out: PathBuf,
+}
+
+struct Bar;
+
+impl Progress for Bar {
+    fn step(&mut self, done: usize, total: usize, what: &str) {
+        let width = 30;
+        let filled = done * width / total.max(1);
+        eprint!(
+            "\r[{}{}] {done}/{total} {what:<60}",
+            "#".repeat(filled),
+            ".".repeat(width - filled)
+        );
+        if done == total {
+            eprintln!();
+        }
+        let _ = std::io::stderr().flush();
+    }
+}
+
+pub async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        hbone_proxy::netns::can_create(),
+        "the benchmark builds two pod network namespaces: run it as root (iproute2 and iptables installed)"
+    );
+    let mut settings = if args.quick {
+        BenchSettings::quick()
+    } else {
+        BenchSettings::full()
+    };
+    if let Some(r) = args.reps {
+        settings.repetitions = r.max(1);
+    }
+    if let Some(s) = args.seconds {
+        settings.seconds = s;
+    }
+    let mut subjects = vec![Subject::Direct, Subject::HboneLab];
+    match &args.ztunnel {
+        Some(bin) => {
+            anyhow::ensure!(bin.is_file(), "--ztunnel {} is not a file", bin.display());
+            subjects.push(Subject::Ztunnel(bin.clone()));
+        }
+        None => eprintln!(
+            "note: no --ztunnel / ZTUNNEL_BIN given, so ztunnel is not measured in this run"
+        ),
+    }
+    let scenarios: Vec<&str> = if args.scenarios.is_empty() {
+        SCENARIOS.to_vec()
+    } else {
+        for s in &args.scenarios {
+            anyhow::ensure!(
+                SCENARIOS.contains(&s.as_str()),
+                "unknown scenario {s:?}; known: {}",
+                SCENARIOS.join(", ")
+            );
+        }
+        args.scenarios.iter().map(String::as_str).collect()
+    };
+    let topology = Topology::create().context("creating the benchmark namespaces")?;
+    let shared = Shared::new(&topology, std::env::current_exe()?).await?;
+    let samples = run(
+        &subjects, &scenarios, &settings, &topology, &shared, &mut Bar,
+    )
+    .await;
+    shared.shutdown().await;
+    let samples = samples?;
+    let summaries = summarize(&samples);
+    println!("{}", table(&summaries));
+    std::fs::create_dir_all(&args.out)?;
+    let json = serde_json::json!({
+        "settings": {"seconds": settings.seconds, "repetitions": settings.repetitions, "parallel_streams": settings.parallel_streams, "idle_connections": settings.idle_connections},
+        "subjects": subjects.iter().map(|s| s.name()).collect::<Vec<_>>(),
+        "results": summaries,
+        "samples": samples,
+    });
+    std::fs::write(
+        args.out.join("bench.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
+    std::fs::write(args.out.join("bench.md"), markdown(&summaries))?;
+    println!(
+        "wrote {} and {}",
+        args.out.join("bench.json").display(),
+        args.out.join("bench.md").display()
+    );
+    Ok(())
+}

@@ -203,3 +203,32 @@ async fn a_renewed_certificate_serves_new_connections_without_dropping_old_ones(
         "a second HBONE connection for the renewed certificate"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_accepting_and_waits_for_open_connections_within_the_grace() {
+    use std::time::{Duration, Instant};
+    let lab = Lab::start(46).await;
+    let echo = SocketAddr::new(lab.ip("2.1"), 9000);
+    echo_server(echo).await;
+    let socks = lab.a.addrs.socks5.unwrap();
+    let held = socks5_connect(socks, lab.ip("1.1"), echo)
+        .await
+        .expect("allowed");
+
+    let started = Instant::now();
+    let drained = lab.a.shutdown(Duration::from_millis(800)).await;
+    assert!(!drained, "an open connection keeps the drain busy");
+    assert!(
+        started.elapsed() >= Duration::from_millis(700),
+        "the grace period was honoured"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(socks).await.is_err(),
+        "the listener is closed"
+    );
+    drop(held);
+    assert!(
+        lab.b.shutdown(Duration::from_secs(2)).await,
+        "an idle proxy drains at once"
+    );
+}

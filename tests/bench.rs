@@ -1,0 +1,83 @@
+//! `hbone-lab bench --quick` produces the report's structure (not its numbers).
+//! Needs root for the two pod namespaces; says so and skips otherwise.
+
+use std::process::Command;
+
+#[test]
+fn quick_bench_writes_table_json_and_markdown() {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    if !root {
+        eprintln!("SKIPPED: the benchmark needs root (CI runs it as root)");
+        return;
+    }
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_hbone-lab"))
+        .args(["bench", "--quick", "--seconds", "0.3", "--out"])
+        .arg(out_dir.path())
+        .env_remove("ZTUNNEL_BIN")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ztunnel is not measured"));
+    assert!(
+        stdout.contains("÷ direct") && stdout.contains("hbone-lab"),
+        "{stdout}"
+    );
+
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.path().join("bench.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["subjects"], serde_json::json!(["direct", "hbone-lab"]));
+    let results = json["results"].as_array().unwrap();
+    assert_eq!(results.len(), 12, "6 scenarios × 2 subjects");
+    let find = |subject: &str, scenario: &str| {
+        results
+            .iter()
+            .find(|r| r["subject"] == subject && r["scenario"] == scenario)
+            .unwrap_or_else(|| panic!("{subject} {scenario}"))
+    };
+    for (scenario, key) in [
+        ("throughput_1", "throughput_gbps"),
+        ("rr_unthrottled", "rps"),
+        ("rr_1000", "p99_ms"),
+        ("crr", "conn_per_s"),
+    ] {
+        assert!(
+            find("direct", scenario)[key].as_f64().is_some(),
+            "{scenario} {key}"
+        );
+        let mesh = find("hbone-lab", scenario);
+        assert!(mesh[key].as_f64().is_some(), "{scenario} {key}");
+        assert!(
+            mesh["ratio_vs_direct"][key].as_f64().is_some(),
+            "{scenario} ratio"
+        );
+    }
+    assert!(
+        find("hbone-lab", "idle_memory")["bytes_per_idle_conn"]
+            .as_f64()
+            .is_some()
+    );
+    assert!(
+        find("hbone-lab", "throughput_1")["proxy_cpu_s_per_gib"]
+            .as_f64()
+            .is_some()
+    );
+    let md = std::fs::read_to_string(out_dir.path().join("bench.md")).unwrap();
+    assert!(md.starts_with("| scenario |"), "{md}");
+    let leftover = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&leftover.stdout).contains("hlb-"),
+        "namespaces left behind"
+    );
+}

@@ -128,14 +128,9 @@ pub async fn serve(
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = shutdown.cancelled() => return,
-        };
-        let Ok((tcp, _)) = accepted else { continue };
+    crate::listen::accept_loop(listener, shutdown, tasks, "admin", move |tcp, _| {
         let core = core.clone();
-        tasks.spawn(async move {
+        async move {
             let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let (status, content_type, body) = route(&core, endpoints, req.uri().path());
                 let response = Response::builder()
@@ -151,6 +146,7 @@ pub async fn serve(
             {
                 debug!(error = %e, "admin connection ended");
             }
-        });
-    }
+        }
+    })
+    .await
 }

@@ -31,31 +31,6 @@ pub fn original_destination(tcp: &TcpStream) -> Option<SocketAddr> {
     (original != local).then_some(original)
 }
 
-async fn accept_loop<F, Fut>(
-    listener: TcpListener,
-    shutdown: CancellationToken,
-    tasks: TaskTracker,
-    what: &'static str,
-    handle: F,
-) where
-    F: Fn(TcpStream, SocketAddr) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = shutdown.cancelled() => return,
-        };
-        match accepted {
-            Ok((tcp, peer)) => {
-                let _ = tcp.set_nodelay(true);
-                tasks.spawn(handle(tcp, peer));
-            }
-            Err(e) => warn!(error = %e, listener = what, "accept failed"),
-        }
-    }
-}
-
 /// 15001: redirected outbound connections.
 pub async fn serve_outbound(
     core: Arc<ProxyCore>,
@@ -64,7 +39,7 @@ pub async fn serve_outbound(
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
-    accept_loop(listener, shutdown, tasks, "outbound", move |tcp, peer| {
+    crate::listen::accept_loop(listener, shutdown, tasks, "outbound", move |tcp, peer| {
         let (core, outbound) = (core.clone(), outbound.clone());
         async move {
             let refuse = |reason: &str, detail: String| {
@@ -104,7 +79,7 @@ pub async fn serve_plaintext(
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
-    accept_loop(listener, shutdown, tasks, "plaintext", move |tcp, peer| {
+    crate::listen::accept_loop(listener, shutdown, tasks, "plaintext", move |tcp, peer| {
         let core = core.clone();
         async move { plaintext(core, tcp, peer).await }
     })

@@ -45,25 +45,11 @@ pub async fn serve(
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = shutdown.cancelled() => return,
-        };
-        match accepted {
-            Ok((tcp, peer)) => {
-                let _ = tcp.set_nodelay(true);
-                tasks.spawn(handle_connection(
-                    core.clone(),
-                    tcp,
-                    peer,
-                    shutdown.clone(),
-                    tasks.clone(),
-                ));
-            }
-            Err(e) => warn!(error = %e, "accept failed on the HBONE listener"),
-        }
-    }
+    let (stop, spawner) = (shutdown.clone(), tasks.clone());
+    crate::listen::accept_loop(listener, shutdown, tasks, "HBONE", move |tcp, peer| {
+        handle_connection(core.clone(), tcp, peer, stop.clone(), spawner.clone())
+    })
+    .await
 }
 
 async fn handle_connection(

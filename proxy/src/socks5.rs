@@ -70,25 +70,16 @@ pub async fn serve(
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = shutdown.cancelled() => return,
-        };
-        match accepted {
-            Ok((tcp, peer)) => {
-                let _ = tcp.set_nodelay(true);
-                let (core, outbound) = (core.clone(), outbound.clone());
-                tasks.spawn(async move {
-                    if let Err(e) = handle(&core, &outbound, tcp, peer).await {
-                        core.metrics.refused(DIRECTION, e.reason());
-                        warn!(%peer, reason = e.reason(), error = %e, "SOCKS5 request refused");
-                    }
-                });
+    crate::listen::accept_loop(listener, shutdown, tasks, "SOCKS5", move |tcp, peer| {
+        let (core, outbound) = (core.clone(), outbound.clone());
+        async move {
+            if let Err(e) = handle(&core, &outbound, tcp, peer).await {
+                core.metrics.refused(DIRECTION, e.reason());
+                warn!(%peer, reason = e.reason(), error = %e, "SOCKS5 request refused");
             }
-            Err(e) => warn!(error = %e, "accept failed on the SOCKS5 listener"),
         }
-    }
+    })
+    .await
 }
 
 async fn send_reply(tcp: &mut TcpStream, code: u8, bound: SocketAddr) -> std::io::Result<()> {

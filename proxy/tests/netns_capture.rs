@@ -13,11 +13,10 @@ use hbone_policies::load::{istio_policies, parse_documents};
 use hbone_proxy::ProxyHandle;
 use hbone_proxy::config::{H2Settings, Listeners};
 use hbone_proxy::core::{CoreSettings, ProxyCore};
-use hbone_proxy::netns::{NetNs, bind_listener, can_create, tcp_socket, veth};
+use hbone_proxy::netns::{NetNs, can_create, tcp_socket, veth};
 use hbone_proxy::registry::Registry;
 use hbone_proxy::tls::MeshTrust;
-use support::{POLICY, echo_roundtrip};
-use tokio::io::AsyncWriteExt;
+use support::{POLICY, echo_roundtrip, echo_server_in};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirected_traffic_crosses_namespaces_over_hbone() {
@@ -97,18 +96,7 @@ workloads:
 
     // The echo server lives in the server pod's namespace.
     let echo = SocketAddr::from(([10, 251, 7, 2], 9000));
-    let listener =
-        tokio::net::TcpListener::from_std(bind_listener(Some(&server_ns.path()), echo).unwrap())
-            .unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = tcp.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
+    echo_server_in(Some(&server_ns.path()), echo);
 
     // An unmodified client in the client pod: a plain connect to the server's address.
     let socket = tcp_socket(Some(&client_ns.path()), echo, None, None).unwrap();

@@ -436,21 +436,13 @@ async fn socks5_garbage_is_refused() {
     assert!(log_text().contains("not a SOCKS5 greeting (first byte 0x47"));
 
     // A source that is no workload of this node.
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(SocketAddr::new(lab.ip("9.9"), 0)).unwrap();
-    let mut tcp = socket.connect(lab.a.addrs.socks5.unwrap()).await.unwrap();
-    tcp.write_all(&[5, 1, 0]).await.unwrap();
-    let mut choice = [0u8; 2];
-    tcp.read_exact(&mut choice).await.unwrap();
-    let mut req = vec![5, 1, 0, 1];
-    if let std::net::IpAddr::V4(v4) = lab.ip("2.1") {
-        req.extend_from_slice(&v4.octets());
-    }
-    req.extend_from_slice(&9000u16.to_be_bytes());
-    tcp.write_all(&req).await.unwrap();
-    let mut reply = [0u8; 10];
-    tcp.read_exact(&mut reply).await.unwrap();
-    assert_eq!(reply[1], 0x02);
+    let refused = socks5_connect(
+        lab.a.addrs.socks5.unwrap(),
+        lab.ip("9.9"),
+        SocketAddr::new(lab.ip("2.1"), 9000),
+    )
+    .await;
+    assert_eq!(refused.err(), Some(0x02));
     assert_eq!(
         lab.a.core.metrics.refusal_count("socks5", "unknown_source"),
         1

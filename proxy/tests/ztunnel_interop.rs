@@ -25,7 +25,7 @@ use hbone_proxy::core::{CoreSettings, ProxyCore};
 use hbone_proxy::netns::{NetNs, bind_listener, can_create, tcp_socket, veth};
 use hbone_proxy::registry::Registry;
 use hbone_proxy::tls::MeshTrust;
-use support::echo_roundtrip;
+use support::{echo_roundtrip, echo_server_in};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ZT_IP: &str = "10.252.0.2";
@@ -51,20 +51,6 @@ fn ztunnel_config() -> String {
         workload("zt-pod", "zt-sa", ZT_IP, "zt-node"),
         workload("hb-pod", "hb-sa", HB_IP, "hb-node")
     )
-}
-
-async fn echo_in(ns: &NetNs, addr: SocketAddr) {
-    let listener =
-        tokio::net::TcpListener::from_std(bind_listener(Some(&ns.path()), addr).unwrap()).unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = tcp.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,8 +163,8 @@ async fn hbone_lab_and_ztunnel_carry_bytes_both_ways() {
         hb.exec("iptables", &rule.split(' ').collect::<Vec<_>>())
             .unwrap();
     }
-    echo_in(&zt, format!("{ZT_IP}:9000").parse().unwrap()).await;
-    echo_in(&hb, format!("{HB_IP}:9000").parse().unwrap()).await;
+    echo_server_in(Some(&zt.path()), format!("{ZT_IP}:9000").parse().unwrap());
+    echo_server_in(Some(&hb.path()), format!("{HB_IP}:9000").parse().unwrap());
 
     // Wait for ztunnel to be ready (its readiness port, inside `zt`).
     let ready: SocketAddr = format!("{ZT_IP}:15021").parse().unwrap();

@@ -220,7 +220,16 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 
 /// An echo server: every byte back, until the client half-closes.
 pub async fn echo_server(addr: SocketAddr) -> tokio::task::JoinHandle<()> {
-    let listener = TcpListener::bind(addr).await.unwrap();
+    echo_server_in(None, addr)
+}
+
+/// The same, listening inside the network namespace at `netns` (or here).
+pub fn echo_server_in(
+    netns: Option<&std::path::Path>,
+    addr: SocketAddr,
+) -> tokio::task::JoinHandle<()> {
+    let listener =
+        TcpListener::from_std(hbone_proxy::netns::bind_listener(netns, addr).unwrap()).unwrap();
     tokio::spawn(async move {
         loop {
             let Ok((mut tcp, _)) = listener.accept().await else {

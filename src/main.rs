@@ -1,6 +1,7 @@
 //! `hbone-lab`: the one command-line entry point. It parses arguments and
 //! hands each command to the crate that does the work; no logic lives here.
 
+mod app_cmd;
 mod bench_cmd;
 mod ca_cmd;
 mod demo_cmd;
@@ -31,6 +32,9 @@ enum Command {
     Ca(ca_cmd::CaCommand),
     /// Run an HBONE node proxy from a config file.
     Proxy(proxy_cmd::ProxyArgs),
+    /// The lab's workloads: hello-app, gateway, worker, and the load peers.
+    #[command(subcommand)]
+    App(app_cmd::AppCommand),
     /// Benchmark direct vs hbone-lab vs ztunnel on the same path (root).
     Bench(bench_cmd::BenchArgs),
 }
@@ -50,6 +54,7 @@ fn main() -> anyhow::Result<()> {
             Command::Ca(cmd) => ca_cmd::run(cmd).await,
             Command::Proxy(args) => proxy_cmd::run(args).await,
             Command::Bench(args) => bench_cmd::run_bench(args).await,
+            Command::App(cmd) => app_cmd::run(cmd).await,
         }
     })
 }

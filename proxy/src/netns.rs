@@ -3,8 +3,11 @@
 //! Ambient's in-pod mode puts the proxy's sockets inside each pod's network
 //! namespace while the proxy process lives outside it. The same trick works
 //! here: a socket belongs to the namespace of the thread that created it, so
-//! [`NetNs::run`] creates sockets on a short-lived thread that has entered
-//! the namespace, and the proxy's runtime then drives them from anywhere.
+//! sockets are made on a thread that has entered the namespace, and the
+//! proxy's runtime then drives them from anywhere. The data path uses one
+//! long-lived thread per namespace for this: spawning a thread per
+//! connection cost hbone-lab four fifths of its connection rate
+//! (benches/RESULTS.md).
 //! Creating namespaces and veth pairs needs root (CAP_NET_ADMIN).
 
 use std::fs::File;
@@ -116,6 +119,7 @@ impl NetNs {
 impl Drop for NetNs {
     fn drop(&mut self) {
         if self.owned {
+            forget_worker(&self.path());
             let _ = run_command("ip", &["netns", "del", &self.name]);
         }
     }
@@ -140,6 +144,84 @@ pub fn run_in<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result<T, N
             })
             .join()
             .expect("the namespace thread does not panic")
+    })
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+type Workers = std::sync::Mutex<std::collections::HashMap<PathBuf, std::sync::mpsc::Sender<Job>>>;
+
+fn workers() -> &'static Workers {
+    static WORKERS: std::sync::OnceLock<Workers> = std::sync::OnceLock::new();
+    WORKERS.get_or_init(Default::default)
+}
+
+/// The long-lived thread that stays inside the namespace at `path` and makes
+/// sockets there, so the data path does not spawn a thread per connection.
+fn worker(path: &Path) -> Result<std::sync::mpsc::Sender<Job>, NetnsError> {
+    let mut all = workers().lock().expect("worker lock");
+    if let Some(tx) = all.get(path) {
+        return Ok(tx.clone());
+    }
+    let file = File::open(path).map_err(|e| NetnsError::Enter {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let (tx, rx) = std::sync::mpsc::channel::<Job>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("netns-sockets".into())
+        .spawn(move || {
+            let entered = nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET);
+            let ok = entered.is_ok();
+            let _ = ready_tx.send(entered.map_err(|e| e.to_string()));
+            if ok {
+                while let Ok(job) = rx.recv() {
+                    job();
+                }
+            }
+        })
+        .map_err(|e| NetnsError::Enter {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => {
+            all.insert(path.to_path_buf(), tx.clone());
+            Ok(tx)
+        }
+        Ok(Err(reason)) => Err(NetnsError::Enter {
+            path: path.to_path_buf(),
+            reason,
+        }),
+        Err(_) => Err(NetnsError::Enter {
+            path: path.to_path_buf(),
+            reason: "the namespace thread ended".into(),
+        }),
+    }
+}
+
+/// Lets the namespace's socket thread end (it would otherwise keep a deleted namespace alive).
+fn forget_worker(path: &Path) {
+    workers().lock().expect("worker lock").remove(path);
+}
+
+/// Runs `f` on the namespace's long-lived socket thread.
+fn run_on_worker<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, NetnsError> {
+    let (result_tx, result_rx) = std::sync::mpsc::sync_channel(1);
+    let job: Job = Box::new(move || {
+        let _ = result_tx.send(f());
+    });
+    worker(path)?.send(job).map_err(|_| NetnsError::Enter {
+        path: path.to_path_buf(),
+        reason: "the namespace thread ended".into(),
+    })?;
+    result_rx.recv().map_err(|_| NetnsError::Enter {
+        path: path.to_path_buf(),
+        reason: "the namespace thread dropped the job".into(),
     })
 }
 
@@ -235,7 +317,7 @@ pub fn tcp_socket(
     };
     let std = match path {
         None => make(),
-        Some(p) => run_in(p, make)?,
+        Some(p) => run_on_worker(p, make)?,
     }
     .map_err(|source| NetnsError::Socket {
         path: label(),

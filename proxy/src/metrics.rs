@@ -160,12 +160,12 @@ impl Default for ProxyMetrics {
         );
         registry.register(
             "istio_tcp_sent_bytes",
-            "Bytes sent during the connection (from the client)",
+            "Bytes sent towards the client (responses), as Istio counts them",
             m.sent_bytes.clone(),
         );
         registry.register(
             "istio_tcp_received_bytes",
-            "Bytes received during the connection (to the client)",
+            "Bytes received from the client (requests), as Istio counts them",
             m.received_bytes.clone(),
         );
         registry.register(

@@ -46,12 +46,16 @@ impl CaMetrics {
         self.issued.inc();
     }
 
-    pub fn record_refusal(&self, reason: &str) {
+    fn refusal(&self, reason: &str) -> Counter {
         self.refusals
             .get_or_create(&ReasonLabel {
                 reason: reason.to_string(),
             })
-            .inc();
+            .clone()
+    }
+
+    pub fn record_refusal(&self, reason: &str) {
+        self.refusal(reason).inc();
     }
 
     pub fn issued(&self) -> u64 {
@@ -59,11 +63,7 @@ impl CaMetrics {
     }
 
     pub fn refusals(&self, reason: &str) -> u64 {
-        self.refusals
-            .get_or_create(&ReasonLabel {
-                reason: reason.to_string(),
-            })
-            .get()
+        self.refusal(reason).get()
     }
 
     /// The Prometheus text exposition of every counter.

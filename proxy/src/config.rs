@@ -52,6 +52,13 @@ pub enum ConfigError {
     },
 }
 
+/// Parses YAML into `T`, or says which field (as a path like
+/// `h2.streamWindow`) is wrong and why. Every config file of the proxy reads through here.
+pub fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, (String, String)> {
+    serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text))
+        .map_err(|e| (e.path().to_string(), e.into_inner().to_string()))
+}
+
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     humantime::parse_duration(&text).map_err(serde::de::Error::custom)
@@ -176,14 +183,12 @@ impl ProxyConfig {
             file: file.clone(),
             source,
         })?;
-        let mut config: ProxyConfig = serde_path_to_error::deserialize(
-            serde_yaml::Deserializer::from_str(&text),
-        )
-        .map_err(|e| ConfigError::Field {
-            file: file.clone(),
-            field: e.path().to_string(),
-            message: e.into_inner().to_string(),
-        })?;
+        let mut config: ProxyConfig =
+            parse_yaml(&text).map_err(|(field, message)| ConfigError::Field {
+                file: file.clone(),
+                field,
+                message,
+            })?;
         let base = path.parent().unwrap_or(Path::new("."));
         let rebase = |p: &mut PathBuf| {
             if p.is_relative() {

@@ -188,22 +188,21 @@ impl Default for ProxyMetrics {
 }
 
 impl ProxyMetrics {
-    pub fn refused(&self, direction: &str, reason: &str) {
+    fn refusal(&self, direction: &str, reason: &str) -> Counter {
         self.refusals
             .get_or_create(&RefusalLabels {
                 direction: direction.into(),
                 reason: reason.into(),
             })
-            .inc();
+            .clone()
+    }
+
+    pub fn refused(&self, direction: &str, reason: &str) {
+        self.refusal(direction, reason).inc();
     }
 
     pub fn refusal_count(&self, direction: &str, reason: &str) -> u64 {
-        self.refusals
-            .get_or_create(&RefusalLabels {
-                direction: direction.into(),
-                reason: reason.into(),
-            })
-            .get()
+        self.refusal(direction, reason).get()
     }
 
     pub fn encode(&self) -> String {

@@ -176,8 +176,7 @@ impl Registry {
             message,
         };
         let doc: RegistryFile =
-            serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text))
-                .map_err(|e| err(e.path().to_string(), e.into_inner().to_string()))?;
+            crate::config::parse_yaml(text).map_err(|(field, message)| err(field, message))?;
         Self::from_file(doc).map_err(|(field, message)| err(field, message))
     }
 

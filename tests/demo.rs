@@ -77,7 +77,7 @@ fn demo_runs_every_scenario_explains_and_cleans_up() {
         "ALPN \"h2\"",
         ":authority = 127.0.12.3:8000",
         "forwarded = for=",
-        "ALLOW policy demo/hello-app-policy rule 0 matches",
+        "ALLOW policy demo/hello-app-policy rules[0] matches",
         "HTTP/1.1 200 OK",
     ] {
         assert!(

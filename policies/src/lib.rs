@@ -3,11 +3,18 @@
 //! A connection in the lab succeeds only when both layers allow it: Cilium
 //! (L3/L4, on the wire) and Istio (identity, in ztunnel or hbone-lab's
 //! proxy). This crate reads both kinds of policy from YAML into typed
-//! resources (unknown fields refused, naming file and field), evaluates each
-//! layer the way its data plane does, and says which policy and rule decided.
+//! resources (checked against the upstream CRD schemas, unknown fields
+//! refused, naming file and field), evaluates each layer the way its data
+//! plane does, and says which policy and rule decided.
 //!
 //! - [`istio`]: AuthorizationPolicy and PeerAuthentication, ztunnel's L4 semantics.
+//! - [`cilium`]: CiliumNetworkPolicy and CiliumClusterwideNetworkPolicy at L3/L4.
+//! - [`schema`]: the upstream CRD schemas, checked before typing.
 //! - [`load`]: reading multi-document YAML files and directories.
+//! - [`decision`]: a verdict and the policy and rule behind it.
 
+pub mod cilium;
+pub mod decision;
 pub mod istio;
 pub mod load;
+pub mod schema;

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use thiserror::Error;
 
+use crate::cilium::{CiliumClusterwideNetworkPolicy, CiliumNetworkPolicy, CiliumPolicies};
 use crate::istio::{AuthorizationPolicy, IstioPolicies, PeerAuthentication};
+use crate::schema::{SchemaKind, validate_spec};
 
 #[derive(Debug, Error)]
 pub enum LoadError {
@@ -41,6 +43,27 @@ pub enum LoadError {
 pub enum Resource {
     AuthorizationPolicy(Box<AuthorizationPolicy>),
     PeerAuthentication(Box<PeerAuthentication>),
+    CiliumNetworkPolicy(Box<CiliumNetworkPolicy>),
+    CiliumClusterwideNetworkPolicy(Box<CiliumClusterwideNetworkPolicy>),
+}
+
+impl Resource {
+    /// `Kind namespace/name`, for listings.
+    pub fn describe(&self) -> String {
+        let (kind, meta) = match self {
+            Resource::AuthorizationPolicy(p) => ("AuthorizationPolicy", &p.metadata),
+            Resource::PeerAuthentication(p) => ("PeerAuthentication", &p.metadata),
+            Resource::CiliumNetworkPolicy(p) => ("CiliumNetworkPolicy", &p.metadata),
+            Resource::CiliumClusterwideNetworkPolicy(p) => {
+                ("CiliumClusterwideNetworkPolicy", &p.metadata)
+            }
+        };
+        let name = meta.name.as_deref().unwrap_or("?");
+        match &meta.namespace {
+            Some(ns) => format!("{kind} {ns}/{name}"),
+            None => format!("{kind} {name}"),
+        }
+    }
 }
 
 /// A resource and where it came from.
@@ -105,12 +128,15 @@ pub fn parse_documents(text: &str, file: &str) -> Result<Vec<Loaded>, LoadError>
                 ));
             }
         }
-        let resource = match (api_version.as_str(), kind.as_str()) {
+        let schema_kind = match (api_version.as_str(), kind.as_str()) {
             ("security.istio.io/v1" | "security.istio.io/v1beta1", "AuthorizationPolicy") => {
-                Resource::AuthorizationPolicy(Box::new(typed(value, &field_err, &what)?))
+                SchemaKind::AuthorizationPolicy
             }
             ("security.istio.io/v1" | "security.istio.io/v1beta1", "PeerAuthentication") => {
-                Resource::PeerAuthentication(Box::new(typed(value, &field_err, &what)?))
+                SchemaKind::PeerAuthentication
+            }
+            ("cilium.io/v2", "CiliumNetworkPolicy" | "CiliumClusterwideNetworkPolicy") => {
+                SchemaKind::Cilium
             }
             _ => {
                 return Err(field_err(
@@ -118,6 +144,37 @@ pub fn parse_documents(text: &str, file: &str) -> Result<Vec<Loaded>, LoadError>
                     "kind".into(),
                     format!("{api_version} {kind} is not a policy this lab reads"),
                 ));
+            }
+        };
+        if map.contains_key("specs") {
+            return Err(field_err(
+                what,
+                "specs".into(),
+                "a list of rules under `specs` is valid Cilium, but this lab reads one rule per \
+                 policy: split it into one document per rule, each with `spec`"
+                    .into(),
+            ));
+        }
+        let spec = map
+            .get("spec")
+            .map(serde_json::to_value)
+            .transpose()
+            .map_err(|e| field_err(what.clone(), "spec".into(), e.to_string()))?
+            .unwrap_or_else(|| serde_json::Value::Object(Default::default()));
+        validate_spec(schema_kind, &spec)
+            .map_err(|e| field_err(what.clone(), e.path, e.message))?;
+        let resource = match kind.as_str() {
+            "AuthorizationPolicy" => {
+                Resource::AuthorizationPolicy(Box::new(typed(value, &field_err, &what)?))
+            }
+            "PeerAuthentication" => {
+                Resource::PeerAuthentication(Box::new(typed(value, &field_err, &what)?))
+            }
+            "CiliumNetworkPolicy" => {
+                Resource::CiliumNetworkPolicy(Box::new(typed(value, &field_err, &what)?))
+            }
+            _ => {
+                Resource::CiliumClusterwideNetworkPolicy(Box::new(typed(value, &field_err, &what)?))
             }
         };
         out.push(Loaded {
@@ -187,7 +244,22 @@ pub fn istio_policies(loaded: &[Loaded], root_namespace: &str) -> IstioPolicies 
         match &l.resource {
             Resource::AuthorizationPolicy(p) => policies.authorization.push((**p).clone()),
             Resource::PeerAuthentication(p) => policies.peer_authentication.push((**p).clone()),
+            Resource::CiliumNetworkPolicy(_) | Resource::CiliumClusterwideNetworkPolicy(_) => {}
         }
     }
     policies
+}
+
+/// Gathers the Cilium resources into an evaluator.
+pub fn cilium_policies(loaded: &[Loaded]) -> CiliumPolicies {
+    let mut namespaced = Vec::new();
+    let mut clusterwide = Vec::new();
+    for l in loaded {
+        match &l.resource {
+            Resource::CiliumNetworkPolicy(p) => namespaced.push((**p).clone()),
+            Resource::CiliumClusterwideNetworkPolicy(p) => clusterwide.push((**p).clone()),
+            Resource::AuthorizationPolicy(_) | Resource::PeerAuthentication(_) => {}
+        }
+    }
+    CiliumPolicies::new(namespaced, clusterwide)
 }

@@ -102,7 +102,7 @@ fn principals_exact_prefix_suffix_any_and_not() {
                 Some(GW),
                 8000,
                 true,
-                "ALLOW policy demo/p rule 0",
+                "ALLOW policy demo/p rules[0]",
             ),
             case(
                 "app",
@@ -117,28 +117,28 @@ fn principals_exact_prefix_suffix_any_and_not() {
     run(
         &allow_policy("  - from: [{source: {principals: [\"cluster.local/ns/demo/*\"]}}]\n"),
         &[
-            case("prefix in", Some(APP), 1, true, "rule 0"),
+            case("prefix in", Some(APP), 1, true, "rules[0]"),
             case("prefix out", Some(OTHER_NS), 1, false, "no rule"),
         ],
     );
     run(
         &allow_policy("  - from: [{source: {principals: [\"*/sa/hello-app\"]}}]\n"),
         &[
-            case("suffix in", Some(APP), 1, true, "rule 0"),
+            case("suffix in", Some(APP), 1, true, "rules[0]"),
             case("suffix out", Some(GW), 1, false, "no rule"),
         ],
     );
     run(
         &allow_policy("  - from: [{source: {principals: [\"*\"]}}]\n"),
         &[
-            case("any identity", Some(OTHER_NS), 1, true, "rule 0"),
+            case("any identity", Some(OTHER_NS), 1, true, "rules[0]"),
             case("no identity", None, 1, false, "no rule"),
         ],
     );
     run(
         &allow_policy("  - from: [{source: {notPrincipals: [\"cluster.local/ns/other/*\"]}}]\n"),
         &[
-            case("not excluded", Some(APP), 1, true, "rule 0"),
+            case("not excluded", Some(APP), 1, true, "rules[0]"),
             case("excluded", Some(OTHER_NS), 1, false, "no rule"),
         ],
     );
@@ -147,7 +147,7 @@ fn principals_exact_prefix_suffix_any_and_not() {
         &allow_policy(&format!(
             "  - from: [{{source: {{principals: [\"spiffe://{APP}\"]}}}}]\n"
         )),
-        &[case("with scheme", Some(APP), 1, true, "rule 0")],
+        &[case("with scheme", Some(APP), 1, true, "rules[0]")],
     );
 }
 
@@ -156,21 +156,21 @@ fn namespaces_and_service_accounts() {
     run(
         &allow_policy("  - from: [{source: {namespaces: [demo]}}]\n"),
         &[
-            case("same ns", Some(APP), 1, true, "rule 0"),
+            case("same ns", Some(APP), 1, true, "rules[0]"),
             case("other ns", Some(OTHER_NS), 1, false, "no rule"),
         ],
     );
     run(
         &allow_policy("  - from: [{source: {notNamespaces: [demo]}}]\n"),
         &[
-            case("other ns", Some(OTHER_NS), 1, true, "rule 0"),
+            case("other ns", Some(OTHER_NS), 1, true, "rules[0]"),
             case("demo", Some(APP), 1, false, "no rule"),
         ],
     );
     run(
         &allow_policy("  - from: [{source: {serviceAccounts: [demo/hello-app]}}]\n"),
         &[
-            case("sa", Some(APP), 1, true, "rule 0"),
+            case("sa", Some(APP), 1, true, "rules[0]"),
             case("other sa", Some(GW), 1, false, "no rule"),
         ],
     );
@@ -181,14 +181,14 @@ fn ports_and_not_ports() {
     run(
         &allow_policy("  - to: [{operation: {ports: [\"8000\"]}}]\n"),
         &[
-            case("8000", Some(APP), 8000, true, "rule 0"),
+            case("8000", Some(APP), 8000, true, "rules[0]"),
             case("9000", Some(APP), 9000, false, "port 9000"),
         ],
     );
     run(
         &allow_policy("  - to: [{operation: {notPorts: [\"9000\"]}}]\n"),
         &[
-            case("8000", Some(APP), 8000, true, "rule 0"),
+            case("8000", Some(APP), 8000, true, "rules[0]"),
             case("9000", Some(APP), 9000, false, "no rule"),
         ],
     );
@@ -198,7 +198,7 @@ fn ports_and_not_ports() {
 fn ip_blocks() {
     let p =
         allow_policy("  - from: [{source: {ipBlocks: [10.0.0.0/24], notIpBlocks: [10.0.0.9]}}]\n");
-    let mut inside = case("inside", Some(APP), 1, true, "rule 0");
+    let mut inside = case("inside", Some(APP), 1, true, "rules[0]");
     inside.src_ip = "10.0.0.1";
     let mut excluded = case("excluded", Some(APP), 1, false, "no rule");
     excluded.src_ip = "10.0.0.9";
@@ -214,7 +214,7 @@ fn when_conditions_at_l4() {
             "  - when: [{key: source.namespace, values: [demo]}, {key: destination.port, notValues: [\"22\"]}]\n",
         ),
         &[
-            case("both hold", Some(APP), 8000, true, "rule 0"),
+            case("both hold", Some(APP), 8000, true, "rules[0]"),
             case("port excluded", Some(APP), 22, false, "no rule"),
             case("wrong ns", Some(OTHER_NS), 8000, false, "no rule"),
         ],
@@ -223,7 +223,7 @@ fn when_conditions_at_l4() {
         &allow_policy(
             "  - when: [{key: source.ip, values: [10.0.0.0/8]}, {key: destination.ip, values: [10.0.1.5]}]\n",
         ),
-        &[case("ips", Some(APP), 1, true, "rule 0")],
+        &[case("ips", Some(APP), 1, true, "rules[0]")],
     );
 }
 
@@ -241,7 +241,7 @@ fn deny_wins_over_allow() {
                 Some(GW),
                 9090,
                 false,
-                "DENY policy demo/d rule 0",
+                "DENY policy demo/d rules[0]",
             ),
             case("other port", Some(GW), 8000, true, "ALLOW policy demo/p"),
         ],
@@ -301,7 +301,7 @@ fn empty_rules_and_empty_rule() {
     );
     run(
         &allow_policy("  - {}\n"),
-        &[case("allow-all rule", None, 8000, true, "rule 0")],
+        &[case("allow-all rule", None, 8000, true, "rules[0]")],
     );
 }
 

@@ -19,11 +19,10 @@
 //! (external authorization) needs a waypoint too: ztunnel skips both.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::IpAddr;
 
+pub use crate::decision::Decision;
 use ipnet::IpNet;
-use serde::Serialize;
 
 use super::types::{
     Action, AuthorizationPolicy, Condition, MtlsMode, Operation, PeerAuthentication, Rule, Source,
@@ -67,50 +66,6 @@ fn principal_parts(principal: &str) -> Option<(&str, &str)> {
     match segments.as_slice() {
         [_, "ns", ns, "sa", sa] => Some((ns, sa)),
         _ => None,
-    }
-}
-
-/// Which policy and rule decided, for people and for `policy check`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Decision {
-    pub allowed: bool,
-    /// `namespace/name` of the deciding policy, if one decided.
-    pub policy: Option<String>,
-    /// Index of the deciding rule within the policy.
-    pub rule: Option<usize>,
-    pub reason: String,
-}
-
-impl Decision {
-    fn allow(reason: impl Into<String>) -> Self {
-        Decision {
-            allowed: true,
-            policy: None,
-            rule: None,
-            reason: reason.into(),
-        }
-    }
-
-    fn deny(reason: impl Into<String>) -> Self {
-        Decision {
-            allowed: false,
-            policy: None,
-            rule: None,
-            reason: reason.into(),
-        }
-    }
-
-    fn by(mut self, policy: String, rule: Option<usize>) -> Self {
-        self.policy = Some(policy);
-        self.rule = rule;
-        self
-    }
-}
-
-impl fmt::Display for Decision {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let verdict = if self.allowed { "allow" } else { "deny" };
-        write!(f, "{verdict}: {}", self.reason)
     }
 }
 
@@ -253,8 +208,8 @@ impl IstioPolicies {
         for p in policies.iter().filter(|p| p.spec.action == Action::Deny) {
             if let Some(i) = matching_rule(&p.spec.rules, Action::Deny, conn) {
                 let name = full_name(&p.metadata);
-                return Decision::deny(format!("DENY policy {name} rule {i} matches"))
-                    .by(name, Some(i));
+                return Decision::deny(format!("DENY policy {name} rules[{i}] matches"))
+                    .by(name, Some(format!("rules[{i}]")));
             }
         }
         let allows: Vec<&&AuthorizationPolicy> = policies
@@ -269,8 +224,8 @@ impl IstioPolicies {
         for p in &allows {
             if let Some(i) = matching_rule(&p.spec.rules, Action::Allow, conn) {
                 let name = full_name(&p.metadata);
-                return Decision::allow(format!("ALLOW policy {name} rule {i} matches"))
-                    .by(name, Some(i));
+                return Decision::allow(format!("ALLOW policy {name} rules[{i}] matches"))
+                    .by(name, Some(format!("rules[{i}]")));
             }
         }
         let names: Vec<String> = allows.iter().map(|p| full_name(&p.metadata)).collect();

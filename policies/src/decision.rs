@@ -1,0 +1,51 @@
+//! A verdict and what made it — shared by both layers so that `policy check`,
+//! the proxy's logs and the demo all say "which policy, which rule" the same way.
+
+use std::fmt;
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    pub allowed: bool,
+    /// The deciding policy (`demo/hello-app-policy`), when one decided.
+    pub policy: Option<String>,
+    /// The deciding rule within it (`rules[0]`, `egress[1]`).
+    pub rule: Option<String>,
+    pub reason: String,
+}
+
+impl Decision {
+    pub fn allow(reason: impl Into<String>) -> Self {
+        Decision {
+            allowed: true,
+            policy: None,
+            rule: None,
+            reason: reason.into(),
+        }
+    }
+
+    pub fn deny(reason: impl Into<String>) -> Self {
+        Decision {
+            allowed: false,
+            ..Decision::allow(reason)
+        }
+    }
+
+    /// Names the policy (and rule) behind this decision.
+    pub fn by(mut self, policy: impl Into<String>, rule: Option<String>) -> Self {
+        self.policy = Some(policy.into());
+        self.rule = rule;
+        self
+    }
+
+    pub fn verdict(&self) -> &'static str {
+        if self.allowed { "allow" } else { "deny" }
+    }
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.verdict(), self.reason)
+    }
+}

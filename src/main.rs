@@ -6,6 +6,7 @@ mod bench_cmd;
 mod ca_cmd;
 mod demo_cmd;
 mod logging;
+mod policy_cmd;
 mod proxy_cmd;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +36,9 @@ enum Command {
     /// The lab's workloads: hello-app, gateway, worker, and the load peers.
     #[command(subcommand)]
     App(app_cmd::AppCommand),
+    /// Who may reach whom under the lab's Cilium and Istio policies.
+    #[command(subcommand)]
+    Policy(policy_cmd::PolicyCommand),
     /// Benchmark direct vs hbone-lab vs ztunnel on the same path (root).
     Bench(bench_cmd::BenchArgs),
 }
@@ -42,7 +46,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     logging::init(match cli.command {
-        Command::Demo(_) => "error",
+        Command::Demo(_) | Command::Policy(_) => "error",
         _ => "info",
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -55,6 +59,7 @@ fn main() -> anyhow::Result<()> {
             Command::Proxy(args) => proxy_cmd::run(args).await,
             Command::Bench(args) => bench_cmd::run_bench(args).await,
             Command::App(cmd) => app_cmd::run(cmd).await,
+            Command::Policy(cmd) => policy_cmd::run(cmd),
         }
     })
 }

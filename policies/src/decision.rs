@@ -39,6 +39,17 @@ impl Decision {
         self
     }
 
+    /// The policy and rule in a few words: `demo/p rules[0]`, or
+    /// `default deny (cnp demo/default-deny)`, or `no policy`.
+    pub fn cite(&self) -> String {
+        match (&self.policy, &self.rule) {
+            (Some(p), Some(r)) => format!("{p} {r}"),
+            (Some(p), None) if self.allowed => p.clone(),
+            (Some(p), None) => format!("{p} (no rule allows)"),
+            (None, _) => "no policy applies".into(),
+        }
+    }
+
     pub fn verdict(&self) -> &'static str {
         if self.allowed { "allow" } else { "deny" }
     }

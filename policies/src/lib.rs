@@ -12,9 +12,17 @@
 //! - [`schema`]: the upstream CRD schemas, checked before typing.
 //! - [`load`]: reading multi-document YAML files and directories.
 //! - [`decision`]: a verdict and the policy and rule behind it.
+//! - [`lab`]: the lab's own policy files, compiled in.
+//! - [`topology`], [`matrix`], [`render`], [`expect`]: `policy check` — who
+//!   may reach whom, in both layers, shown and compared with expectations.
 
 pub mod cilium;
 pub mod decision;
+pub mod expect;
 pub mod istio;
+pub mod lab;
 pub mod load;
+pub mod matrix;
+pub mod render;
 pub mod schema;
+pub mod topology;

@@ -74,7 +74,7 @@ pub struct Loaded {
     pub resource: Resource,
 }
 
-const TOP_LEVEL: &[&str] = &["apiVersion", "kind", "metadata", "spec", "status"];
+const TOP_LEVEL: &[&str] = &["apiVersion", "kind", "metadata", "spec", "specs", "status"];
 
 /// Parses every document of a YAML text; `file` names it in errors.
 pub fn parse_documents(text: &str, file: &str) -> Result<Vec<Loaded>, LoadError> {
@@ -147,13 +147,14 @@ pub fn parse_documents(text: &str, file: &str) -> Result<Vec<Loaded>, LoadError>
             }
         };
         if map.contains_key("specs") {
-            return Err(field_err(
-                what,
-                "specs".into(),
-                "a list of rules under `specs` is valid Cilium, but this lab reads one rule per \
-                 policy: split it into one document per rule, each with `spec`"
-                    .into(),
-            ));
+            let message = match schema_kind {
+                SchemaKind::Cilium => {
+                    "a list of rules under `specs` is valid Cilium, but this lab reads one rule \
+                     per policy: split it into one document per rule, each with `spec`"
+                }
+                _ => "unknown field `specs` (did you mean `spec`?)",
+            };
+            return Err(field_err(what, "specs".into(), message.into()));
         }
         let spec = map
             .get("spec")

@@ -4,8 +4,9 @@
 //!
 //! ```text
 //!  node-1 (proxy 127.0.11.1)              node-2 (proxy 127.0.11.2)
-//!   gateway   127.0.12.1 ──HBONE──────────▶ hello-app 127.0.12.3:8000
-//!   test-pod  127.0.12.2                     postgres  127.0.12.4:5432
+//!   gateway    127.0.12.1 ──HBONE─────────▶ hello-app 127.0.12.3:8000
+//!   test-pod   127.0.12.2                    postgres  127.0.12.4:5432
+//!   worker-app 127.0.12.5
 //!  CA 127.0.10.1 (gRPC, TLS)     services: hello-app 127.0.13.1:8000, postgres 127.0.13.2:5432
 //! ```
 
@@ -22,7 +23,11 @@ use hbone_ca::{
     AuthorityConfig, CertificateManager, IdentityPattern, RenewalPolicy, SigningAuthority,
 };
 use hbone_policies::istio::IstioPolicies;
-use hbone_policies::load::{istio_policies, parse_documents};
+use hbone_policies::lab::lab_resources;
+use hbone_policies::matrix::PolicySet;
+use hbone_policies::topology::{
+    ExternalHost, KUBELET_PROBE_IP, LabTopology, LabWorkload, MeshMode, OutsideClient,
+};
 use hbone_proxy::ProxyHandle;
 use hbone_proxy::config::{H2Settings, Listeners};
 use hbone_proxy::core::{CoreSettings, ProxyCore};
@@ -35,22 +40,6 @@ use hbone_workloads::hello::{HelloConfig, serve as serve_hello};
 use hbone_workloads::pgserver::{PgError, PgServer};
 use thiserror::Error;
 use tokio::net::TcpListener;
-
-/// The lab's Istio policies, compiled in from `policies/istio/` (the one copy).
-pub const ISTIO_POLICY_FILES: &[(&str, &str)] = &[
-    (
-        "policies/istio/peer-authentication.yaml",
-        include_str!("../../policies/istio/peer-authentication.yaml"),
-    ),
-    (
-        "policies/istio/hello-policy-l4.yaml",
-        include_str!("../../policies/istio/hello-policy-l4.yaml"),
-    ),
-    (
-        "policies/istio/postgres-policy-l4.yaml",
-        include_str!("../../policies/istio/postgres-policy-l4.yaml"),
-    ),
-];
 
 const NODE_TOKEN: &str = "standalone-lab-node-token";
 
@@ -70,25 +59,127 @@ fn ip(s: &str) -> IpAddr {
     s.parse().expect("a literal address")
 }
 
-/// The lab's pods: (name, service account, app label, IP, node).
-pub const PODS: &[(&str, &str, &str, &str, &str)] = &[
-    (
-        "hello-gateway",
-        "hello-gateway-istio",
-        "hello-gateway",
-        "127.0.12.1",
-        "node-1",
-    ),
-    ("test-pod", "default", "test-pod", "127.0.12.2", "node-1"),
-    (
-        "hello-app",
-        "hello-app",
-        "hello-app",
-        "127.0.12.3",
-        "node-2",
-    ),
-    ("postgres", "postgres", "postgres", "127.0.12.4", "node-2"),
+/// One pod of the loopback lab, labelled as in the kind lab so that the
+/// same policies select it.
+#[derive(Debug, Clone, Copy)]
+pub struct LabPod {
+    pub name: &'static str,
+    pub service_account: &'static str,
+    pub labels: &'static [(&'static str, &'static str)],
+    pub ip: &'static str,
+    pub node: &'static str,
+    pub mesh: MeshMode,
+    /// The ports it serves.
+    pub ports: &'static [u16],
+}
+
+/// The lab's pods. The test pod runs as the namespace's `default` service
+/// account: it has a mesh identity, but not one any policy names.
+pub const PODS: &[LabPod] = &[
+    LabPod {
+        name: "hello-gateway",
+        service_account: "hello-gateway-istio",
+        labels: &[("gateway.networking.k8s.io/gateway-name", "hello-gateway")],
+        ip: "127.0.12.1",
+        node: "node-1",
+        mesh: MeshMode::HboneClient,
+        ports: &[80],
+    },
+    LabPod {
+        name: "test-pod",
+        service_account: "default",
+        labels: &[("run", "test-pod")],
+        ip: "127.0.12.2",
+        node: "node-1",
+        mesh: MeshMode::Ambient,
+        ports: &[],
+    },
+    LabPod {
+        name: "hello-app",
+        service_account: "hello-app",
+        labels: &[("app", "hello-app")],
+        ip: "127.0.12.3",
+        node: "node-2",
+        mesh: MeshMode::Ambient,
+        ports: &[HELLO_PORT],
+    },
+    LabPod {
+        name: "postgres",
+        service_account: "postgres",
+        labels: &[("app", "postgres")],
+        ip: "127.0.12.4",
+        node: "node-2",
+        mesh: MeshMode::Ambient,
+        ports: &[5432],
+    },
+    LabPod {
+        name: "worker-app",
+        service_account: "worker-app",
+        labels: &[("app", "worker-app")],
+        ip: "127.0.12.5",
+        node: "node-1",
+        mesh: MeshMode::Ambient,
+        ports: &[],
+    },
 ];
+
+/// The pod called `name`.
+pub fn lab_pod(name: &str) -> &'static LabPod {
+    PODS.iter()
+        .find(|p| p.name == name)
+        .expect("a pod of the lab")
+}
+
+impl LabPod {
+    pub fn label_map(&self) -> BTreeMap<String, String> {
+        self.labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+}
+
+/// The lab as `policy check` sees it: its pods, the two external APIs
+/// hello-app calls, a person's browser and the kubelet's probes.
+pub fn policy_topology() -> LabTopology {
+    LabTopology {
+        trust_domain: "cluster.local".into(),
+        workloads: PODS
+            .iter()
+            .map(|p| LabWorkload {
+                name: p.name.into(),
+                namespace: "demo".into(),
+                service_account: p.service_account.into(),
+                labels: p.label_map(),
+                ip: Some(ip(p.ip)),
+                ports: p.ports.to_vec(),
+                named_ports: BTreeMap::new(),
+                mesh: p.mesh,
+            })
+            .collect(),
+        externals: ["api.github.com", "api.cloudflare.com"]
+            .into_iter()
+            .map(|name| ExternalHost {
+                name: name.into(),
+                port: 443,
+                ip: None,
+                tls: true,
+            })
+            .collect(),
+        outside_clients: vec![
+            OutsideClient {
+                name: "browser".into(),
+                ip: ip("203.0.113.10"),
+                bypasses_mesh: false,
+            },
+            OutsideClient {
+                name: "kubelet-probe".into(),
+                ip: ip(KUBELET_PROBE_IP),
+                bypasses_mesh: true,
+            },
+        ],
+    }
+}
 
 pub const HELLO_PORT: u16 = 8000;
 pub const HELLO_VIP: &str = "127.0.13.1";
@@ -129,13 +220,13 @@ pub struct LoopbackLab {
 fn registry(pg_port: u16) -> Result<Registry, LabError> {
     let workloads = PODS
         .iter()
-        .map(|(name, sa, app, addr, node)| Workload {
-            name: name.to_string(),
+        .map(|p| Workload {
+            name: p.name.to_string(),
             namespace: "demo".into(),
-            service_account: sa.to_string(),
-            labels: BTreeMap::from([("app".to_string(), app.to_string())]),
-            ips: vec![ip(addr)],
-            node: node.to_string(),
+            service_account: p.service_account.to_string(),
+            labels: p.label_map(),
+            ips: vec![ip(p.ip)],
+            node: p.node.to_string(),
             protocol: Protocol::Hbone,
             netns: None,
             identity: None,
@@ -168,13 +259,10 @@ fn registry(pg_port: u16) -> Result<Registry, LabError> {
     .map_err(|(field, message)| LabError::Workload(format!("registry {field}: {message}")))
 }
 
-/// Loads the lab's Istio policies.
-pub fn lab_policies() -> Result<IstioPolicies, LabError> {
-    let mut loaded = Vec::new();
-    for (file, text) in ISTIO_POLICY_FILES {
-        loaded.extend(parse_documents(text, file).map_err(|e| LabError::Policies(e.to_string()))?);
-    }
-    Ok(istio_policies(&loaded, "istio-system"))
+/// Loads the lab's policies, both layers (`policies/`, compiled in).
+pub fn lab_policies() -> Result<PolicySet, LabError> {
+    let loaded = lab_resources().map_err(|e| LabError::Policies(e.to_string()))?;
+    Ok(PolicySet::from_loaded(&loaded))
 }
 
 impl LoopbackLab {
@@ -206,7 +294,7 @@ impl LoopbackLab {
 
     pub async fn start(options: LabOptions) -> Result<Self, LabError> {
         // PostgreSQL first: its port goes into the registry.
-        let pg_ip = ip(PODS[3].3);
+        let pg_ip = ip(lab_pod("postgres").ip);
         let (postgres, postgres_missing) = match tokio::task::spawn_blocking(move || {
             PgServer::start(pg_ip, 5432, "hello", "hello", "hellodb")
         })
@@ -219,7 +307,7 @@ impl LoopbackLab {
         };
         let pg_port = postgres.as_ref().map(|p| p.addr.port()).unwrap_or(5432);
         let registry = Arc::new(registry(pg_port)?);
-        let policies = Arc::new(lab_policies()?);
+        let policies = Arc::new(lab_policies()?.istio);
 
         let authority = Arc::new(
             SigningAuthority::generate(AuthorityConfig::new("cluster.local"))
@@ -288,7 +376,7 @@ impl LoopbackLab {
             postgres,
             postgres_missing,
             gateway: options.gateway_listen,
-            hello: SocketAddr::new(ip(PODS[2].3), HELLO_PORT),
+            hello: SocketAddr::new(ip(lab_pod("hello-app").ip), HELLO_PORT),
         };
         lab.wait_for_certificates().await?;
         lab.start_apps(options.gateway_listen).await?;

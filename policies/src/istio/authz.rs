@@ -202,7 +202,7 @@ impl IstioPolicies {
             return Decision::deny(format!(
                 "PeerAuthentication {name} is STRICT: a connection without a peer identity (plaintext) is refused"
             ))
-            .by(name, None);
+            .by(name, Some("mtls STRICT".into()));
         }
         let policies: Vec<&AuthorizationPolicy> = self.selecting(target).collect();
         for p in policies.iter().filter(|p| p.spec.action == Action::Deny) {

@@ -1,0 +1,97 @@
+//! What `policy check` needs to know about the lab's workloads: their
+//! labels and identities (what policies select), how they take part in the
+//! mesh (which decides the port Cilium sees), and the outside world they
+//! talk to. The standalone lab and the kind lab's manifests both describe
+//! themselves this way.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// How a workload takes part in the ambient mesh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MeshMode {
+    /// Captured by ztunnel both ways: sends and receives HBONE on 15008, and
+    /// its inbound is subject to PeerAuthentication and AuthorizationPolicy.
+    Ambient,
+    /// Speaks HBONE itself to meshed backends but is not captured inbound
+    /// (an Istio gateway).
+    HboneClient,
+    /// Not in the mesh: plain TCP both ways.
+    None,
+}
+
+impl MeshMode {
+    /// Does this workload's outbound to a meshed pod travel as HBONE?
+    pub fn sends_hbone(self) -> bool {
+        matches!(self, MeshMode::Ambient | MeshMode::HboneClient)
+    }
+}
+
+/// A pod of the lab.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LabWorkload {
+    pub name: String,
+    pub namespace: String,
+    pub service_account: String,
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub ip: Option<IpAddr>,
+    /// The application ports it serves (the ports clients dial).
+    #[serde(default)]
+    pub ports: Vec<u16>,
+    #[serde(default)]
+    pub named_ports: BTreeMap<String, u16>,
+    pub mesh: MeshMode,
+}
+
+/// A destination outside the cluster, reached by name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExternalHost {
+    /// The DNS name (also the TLS SNI when `tls`).
+    pub name: String,
+    pub port: u16,
+    #[serde(default)]
+    pub ip: Option<IpAddr>,
+    #[serde(default)]
+    pub tls: bool,
+}
+
+/// A client that is not a pod: a person's browser, the kubelet's probes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutsideClient {
+    pub name: String,
+    pub ip: IpAddr,
+    /// True for the kubelet's probes, which ambient SNATs to 169.254.7.127
+    /// and lets past ztunnel, so no Istio policy sees them.
+    #[serde(default)]
+    pub bypasses_mesh: bool,
+}
+
+/// Everything `policy check` draws its matrix from.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LabTopology {
+    pub trust_domain: String,
+    pub workloads: Vec<LabWorkload>,
+    #[serde(default)]
+    pub externals: Vec<ExternalHost>,
+    #[serde(default)]
+    pub outside_clients: Vec<OutsideClient>,
+}
+
+impl LabWorkload {
+    /// The principal Istio policies name: `<td>/ns/<ns>/sa/<sa>`.
+    pub fn principal(&self, trust_domain: &str) -> String {
+        format!(
+            "{trust_domain}/ns/{}/sa/{}",
+            self.namespace, self.service_account
+        )
+    }
+}
+
+/// The kubelet's probe address in ambient mode.
+pub const KUBELET_PROBE_IP: &str = "169.254.7.127";
+/// The port every meshed pod receives HBONE on.
+pub const HBONE_PORT: u16 = 15008;

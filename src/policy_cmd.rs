@@ -1,0 +1,143 @@
+//! `hbone-lab policy`: check who may reach whom under the lab's Cilium and
+//! Istio policies, and validate policy files.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use hbone_policies::expect::{differences, load_expected};
+use hbone_policies::lab::lab_resources;
+use hbone_policies::load::{Loaded, load_dir, load_file};
+use hbone_policies::matrix::{PolicySet, matrix};
+use hbone_policies::render::{Format, render};
+use hbone_policies::topology::LabTopology;
+
+#[derive(Subcommand)]
+pub enum PolicyCommand {
+    /// Print the matrix of source × destination × port with the Cilium
+    /// verdict (on the port Cilium sees on the wire), the Istio verdict, the
+    /// final verdict and the rules that decided.
+    ///
+    /// By default it uses the lab's own policies (policies/istio and
+    /// policies/cilium, compiled in) and the standalone lab's workloads.
+    ///
+    /// Examples:
+    ///   hbone-lab policy check
+    ///   hbone-lab policy check --format svg --out matrix.svg
+    ///   hbone-lab policy check --expect policies/expected-matrix.yaml
+    #[command(verbatim_doc_comment)]
+    Check(CheckArgs),
+    /// Check policy files (YAML, one or more documents each) against the
+    /// upstream CRD schemas and this lab's types, and list what they hold.
+    /// A mistake is reported with its file, document and field path.
+    Validate {
+        /// Files or directories (searched for *.yaml / *.yml).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+pub struct CheckArgs {
+    /// Read policies from this directory (recursively) instead of the lab's own.
+    #[arg(long, value_name = "DIR")]
+    policies: Option<PathBuf>,
+    /// Read the workloads from this YAML file (trust_domain, workloads,
+    /// externals, outside_clients) instead of the standalone lab's.
+    #[arg(long, value_name = "FILE")]
+    topology: Option<PathBuf>,
+    /// table, json, markdown, svg, or expected (the verdicts only, in the
+    /// shape --expect reads: how policies/expected-matrix.json is made).
+    #[arg(long, default_value = "table")]
+    format: Format,
+    /// Write the output here instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Compare with an expected matrix (YAML or JSON rows of src, dst,
+    /// port, cilium, istio, verdict); exit 1 naming every difference.
+    #[arg(long, value_name = "FILE")]
+    expect: Option<PathBuf>,
+}
+
+pub fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
+    match cmd {
+        PolicyCommand::Check(args) => check(args),
+        PolicyCommand::Validate { paths } => validate(&paths),
+    }
+}
+
+fn read(path: &Path) -> anyhow::Result<Vec<Loaded>> {
+    Ok(match path.is_dir() {
+        true => load_dir(path)?,
+        false => load_file(path)?,
+    })
+}
+
+fn check(args: CheckArgs) -> anyhow::Result<()> {
+    let loaded = match &args.policies {
+        Some(dir) => read(dir)?,
+        None => lab_resources()?,
+    };
+    let topology: LabTopology = match &args.topology {
+        Some(file) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let de = serde_yaml::Deserializer::from_str(&text);
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                anyhow::anyhow!("{}: field `{}`: {}", file.display(), e.path(), e.inner())
+            })?
+        }
+        None => hbone_standalone::topology::policy_topology(),
+    };
+    let policies = PolicySet::from_loaded(&loaded);
+    for warning in policies.cilium.warnings() {
+        eprintln!("warning: {warning}");
+    }
+    let rows = matrix(&topology, &policies);
+    let text = render(&rows, args.format);
+    match &args.out {
+        Some(path) => {
+            std::fs::write(path, &text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            eprintln!("wrote {} ({} rows)", path.display(), rows.len());
+        }
+        None => print!("{text}"),
+    }
+    if let Some(path) = &args.expect {
+        let expected = load_expected(path)?;
+        let diffs = differences(&rows, &expected);
+        if !diffs.is_empty() {
+            for d in &diffs {
+                eprintln!("difference: {d}");
+            }
+            bail!(
+                "{} difference(s) from the expected matrix {}",
+                diffs.len(),
+                path.display()
+            );
+        }
+        eprintln!(
+            "all {} rows match the expected matrix {}",
+            rows.len(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+fn validate(paths: &[PathBuf]) -> anyhow::Result<()> {
+    let mut count = 0;
+    for path in paths {
+        for l in read(path)? {
+            println!(
+                "ok  {}: document {}: {}",
+                l.file,
+                l.doc,
+                l.resource.describe()
+            );
+            count += 1;
+        }
+    }
+    println!("{count} resource(s) valid");
+    Ok(())
+}

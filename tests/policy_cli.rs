@@ -1,0 +1,126 @@
+//! `hbone-lab policy check|validate` as a user runs them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn hbone_lab(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hbone-lab"))
+        .args(args)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn expected_matrix() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/expected-matrix.json")
+}
+
+#[test]
+fn check_passes_against_the_committed_matrix_and_fails_naming_a_difference() {
+    let good = expected_matrix();
+    let out = hbone_lab(&["policy", "check", "--expect", good.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    assert!(table.starts_with("SOURCE"), "{table}");
+    assert!(table.contains("connections:"), "{table}");
+
+    // `--format expected` regenerates the committed file exactly.
+    let out = hbone_lab(&["policy", "check", "--format", "expected"]);
+    assert_eq!(text(&out.stdout), std::fs::read_to_string(&good).unwrap());
+
+    // Flip one verdict: the check must fail and say which row and why.
+    let tampered = std::fs::read_to_string(&good).unwrap().replace(
+        r#"{"src": "hello-app", "dst": "api.cloudflare.com", "port": 443, "cilium": "deny", "istio": "allow", "verdict": "deny"}"#,
+        r#"{"src": "hello-app", "dst": "api.cloudflare.com", "port": 443, "cilium": "allow", "istio": "allow", "verdict": "allow"}"#,
+    );
+    assert_ne!(tampered, std::fs::read_to_string(&good).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("expected.json");
+    std::fs::write(&bad, tampered).unwrap();
+    let out = hbone_lab(&["policy", "check", "--expect", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("hello-app → api.cloudflare.com:443: cilium expected allow, got deny"),
+        "{err}"
+    );
+    assert!(err.contains("not in serverNames"), "{err}");
+    assert!(err.contains("2 difference(s)"), "{err}");
+}
+
+#[test]
+fn check_writes_json_markdown_and_svg() {
+    let out = hbone_lab(&["policy", "check", "--format", "json"]);
+    assert!(out.status.success());
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert!(rows.len() > 20, "{}", rows.len());
+    for row in rows {
+        for key in [
+            "src", "dst", "port", "cilium", "istio", "verdict", "reasons",
+        ] {
+            assert!(row.get(key).is_some(), "{key} missing in {row}");
+        }
+        let verdict = row["verdict"].as_str().unwrap();
+        let both = row["cilium"] == "allow" && row["istio"] == "allow";
+        assert_eq!(verdict == "allow", both, "{row}");
+    }
+
+    let out = hbone_lab(&["policy", "check", "--format", "markdown"]);
+    let md = text(&out.stdout);
+    assert!(md.starts_with("| source | destination |"), "{md}");
+    assert_eq!(md.lines().count(), rows.len() + 2);
+
+    let dir = tempfile::tempdir().unwrap();
+    let svg_path = dir.path().join("matrix.svg");
+    let out = hbone_lab(&[
+        "policy",
+        "check",
+        "--format",
+        "svg",
+        "--out",
+        svg_path.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    // One coloured cell per row, each with its explanation as a tooltip.
+    assert!(svg.matches("<title>").count() >= rows.len());
+    assert!(svg.contains("✗ both") && svg.contains("✗ Istio") && svg.contains("✓ allowed"));
+}
+
+#[test]
+fn validate_names_the_file_and_field_of_a_mistake() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("typo.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: t, namespace: demo}\nspec:\n  endpointSelector: {}\n  egress:\n    - toEndpoints: [{}]\n      toPorts: [{ports: [{port: \"53\", protocl: UDP}]}]\n",
+    )
+    .unwrap();
+    let out = hbone_lab(&["policy", "validate", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("typo.yaml: document 1 (CiliumNetworkPolicy demo/t)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("spec.egress[0].toPorts[0].ports[0].protocl"),
+        "{err}"
+    );
+
+    let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let out = hbone_lab(&[
+        "policy",
+        "validate",
+        policies.join("istio").to_str().unwrap(),
+        policies.join("cilium").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("15 resource(s) valid"));
+}

@@ -45,6 +45,16 @@ pub struct LabWorkload {
     #[serde(default)]
     pub named_ports: BTreeMap<String, u16>,
     pub mesh: MeshMode,
+    /// The node it runs on, when known (Cilium's `host` / `remote-node`).
+    #[serde(default)]
+    pub node: Option<String>,
+}
+
+/// A node of the cluster and its address.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LabNode {
+    pub name: String,
+    pub ip: IpAddr,
 }
 
 /// A destination outside the cluster, reached by name.
@@ -75,6 +85,8 @@ pub struct OutsideClient {
 pub struct LabTopology {
     pub trust_domain: String,
     pub workloads: Vec<LabWorkload>,
+    #[serde(default)]
+    pub nodes: Vec<LabNode>,
     #[serde(default)]
     pub externals: Vec<ExternalHost>,
     #[serde(default)]

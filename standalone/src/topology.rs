@@ -155,8 +155,10 @@ pub fn policy_topology() -> LabTopology {
                 ports: p.ports.to_vec(),
                 named_ports: BTreeMap::new(),
                 mesh: p.mesh,
+                node: Some(p.node.into()),
             })
             .collect(),
+        nodes: Vec::new(),
         externals: ["api.github.com", "api.cloudflare.com"]
             .into_iter()
             .map(|name| ExternalHost {

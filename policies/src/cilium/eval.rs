@@ -104,14 +104,14 @@ pub struct CiliumPolicies {
     pub entries: Vec<PolicyEntry>,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Direction {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
     Ingress,
     Egress,
 }
 
 impl Direction {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Direction::Ingress => "ingress",
             Direction::Egress => "egress",
@@ -120,14 +120,14 @@ impl Direction {
 }
 
 /// A direction-neutral view of an ingress or egress rule.
-struct PeerRule<'r> {
-    endpoints: &'r [EndpointSelector],
-    entities: &'r [Entity],
-    cidrs: Vec<(&'r str, &'r [String])>,
-    fqdns: &'r [FqdnSelector],
-    unevaluated: bool,
-    icmps: bool,
-    ports: &'r [PortRule],
+pub(crate) struct PeerRule<'r> {
+    pub(crate) endpoints: &'r [EndpointSelector],
+    pub(crate) entities: &'r [Entity],
+    pub(crate) cidrs: Vec<(&'r str, &'r [String])>,
+    pub(crate) fqdns: &'r [FqdnSelector],
+    pub(crate) unevaluated: bool,
+    pub(crate) icmps: bool,
+    pub(crate) ports: &'r [PortRule],
 }
 
 impl<'r> From<&'r IngressRule> for PeerRule<'r> {
@@ -180,7 +180,7 @@ fn cidrs<'r>(
 }
 
 impl PeerRule<'_> {
-    fn has_peer_part(&self) -> bool {
+    pub(crate) fn has_peer_part(&self) -> bool {
         !(self.endpoints.is_empty()
             && self.entities.is_empty()
             && self.cidrs.is_empty()
@@ -262,7 +262,10 @@ impl CiliumPolicies {
         out
     }
 
-    fn selecting<'p>(&'p self, ep: &'p EndpointInfo<'_>) -> impl Iterator<Item = &'p PolicyEntry> {
+    pub(crate) fn selecting<'p>(
+        &'p self,
+        ep: &'p EndpointInfo<'_>,
+    ) -> impl Iterator<Item = &'p PolicyEntry> {
         self.entries.iter().filter(move |e| {
             let in_scope = e.namespace.as_deref().is_none_or(|ns| ns == ep.namespace);
             in_scope
@@ -284,7 +287,8 @@ impl CiliumPolicies {
         self.decide(Direction::Ingress, dst, src, flow, false)
     }
 
-    fn dns_visible(&self, src: &EndpointInfo<'_>) -> bool {
+    /// Whether Cilium's DNS proxy sees `src`'s lookups (what toFQDNs needs).
+    pub fn dns_visible(&self, src: &EndpointInfo<'_>) -> bool {
         self.selecting(src).any(|e| {
             e.rule.egress.iter().any(|r| {
                 r.to_ports
@@ -294,7 +298,7 @@ impl CiliumPolicies {
         })
     }
 
-    fn rules_of(
+    pub(crate) fn rules_of(
         entry: &PolicyEntry,
         direction: Direction,
         deny: bool,
@@ -317,7 +321,8 @@ impl CiliumPolicies {
             .collect()
     }
 
-    fn enforces(entry: &PolicyEntry, direction: Direction) -> bool {
+    /// Does this policy put the endpoints it selects into default deny for `direction`?
+    pub fn enforces(entry: &PolicyEntry, direction: Direction) -> bool {
         let r = &entry.rule;
         let (has_section, switch) = match direction {
             Direction::Ingress => (
@@ -443,7 +448,7 @@ pub fn selector_matches(selector: &EndpointSelector, ep: &EndpointInfo<'_>) -> b
         })
 }
 
-fn names_namespace(selector: &EndpointSelector) -> bool {
+pub(crate) fn names_namespace(selector: &EndpointSelector) -> bool {
     let is_ns =
         |k: &str| k.trim_start_matches("k8s:").trim_start_matches("any:") == NAMESPACE_LABEL;
     selector.match_labels.keys().any(|k| is_ns(k))

@@ -3,6 +3,7 @@
 //! from a flow's description).
 
 pub mod eval;
+pub mod iptables;
 pub mod types;
 
 pub use eval::{CiliumPolicies, EndpointInfo, Flow, Peer, PolicyEntry};

@@ -4,12 +4,19 @@ use std::net::SocketAddr;
 
 use clap::Args;
 use hbone_standalone::explain::explain;
+use hbone_standalone::lab::{Lab, LabOptions};
 use hbone_standalone::scenarios::run_all;
-use hbone_standalone::topology::{LabOptions, LoopbackLab};
+use hbone_standalone::topology::{LabError, Mode};
 
 /// Stand up the whole lab on this machine — CA, a proxy per node, PostgreSQL,
 /// hello-app, the gateway, a test pod and the lab's policies — and run its
 /// scenarios, each with what the policies predict and what actually happened.
+///
+/// By default everything runs on loopback addresses without privileges. With
+/// --netns (root), nodes and pods are network namespaces: traffic is
+/// captured by iptables inside each pod as ambient's in-pod mode does, the
+/// Cilium policies are compiled to iptables in each pod, and a "world"
+/// namespace holds stand-ins for api.github.com and api.cloudflare.com.
 ///
 /// Exits 0 only when every outcome matches the prediction.
 #[derive(Args)]
@@ -27,31 +34,42 @@ pub struct DemoArgs {
     /// Print the results as JSON instead of a table.
     #[arg(long)]
     json: bool,
-    /// Network-namespace mode with transparent capture and the Cilium layer (root).
+    /// Network-namespace mode (root): in-pod capture with iptables, the Cilium
+    /// layer compiled to iptables, the outside world's stand-ins. Unmodified
+    /// clients (curl, psql) work with `ip netns exec` (see --keep).
     #[arg(long)]
     netns: bool,
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    if args.netns {
-        anyhow::bail!(
-            "--netns (namespaces, iptables capture and the Cilium layer) is not built yet; \
-             run `hbone-lab demo` for the loopback lab"
-        );
-    }
-    eprintln!("Starting the lab (loopback mode: every pod and node on its own 127.x address)…");
+    let mode = if args.netns {
+        Mode::Netns
+    } else {
+        Mode::Loopback
+    };
+    eprintln!(
+        "Starting the lab ({})…",
+        match mode {
+            Mode::Loopback => "loopback mode: every pod and node on its own 127.x address",
+            Mode::Netns =>
+                "netns mode: pods and nodes as network namespaces, in-pod capture, the Cilium layer as iptables",
+        }
+    );
     let options = LabOptions {
         gateway_listen: args.gateway_listen,
+        mode,
         ..LabOptions::default()
     };
-    let lab = match LoopbackLab::start(options.clone()).await {
+    let lab = match Lab::start(options.clone()).await {
         Ok(lab) => lab,
-        Err(e) if args.gateway_listen.port() != 0 && e.to_string().contains("in use") => {
+        Err(LabError::GatewayListen(_, std::io::ErrorKind::AddrInUse, _))
+            if args.gateway_listen.port() != 0 =>
+        {
             eprintln!(
                 "{} is taken; the gateway takes a free port instead",
                 args.gateway_listen
             );
-            LoopbackLab::start(LabOptions {
+            Lab::start(LabOptions {
                 gateway_listen: SocketAddr::new(args.gateway_listen.ip(), 0),
                 ..options
             })
@@ -99,14 +117,40 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     if args.keep {
         println!();
         println!("The lab keeps running. Try:");
-        println!(
-            "  curl http://{}/                       # the status page, through the gateway",
-            lab.gateway
-        );
-        println!(
-            "  curl -H 'Accept: application/json' http://{}/",
-            lab.gateway
-        );
+        match &lab.plumbing {
+            None => {
+                println!(
+                    "  curl http://{}/                       # the status page, through the gateway",
+                    lab.gateway
+                );
+                println!(
+                    "  curl -H 'Accept: application/json' http://{}/",
+                    lab.gateway
+                );
+            }
+            Some(p) => {
+                let ns = |pod: &str| p.pods[pod].name().to_string();
+                let (hello_vip, postgres_vip) = lab.mode.vips();
+                println!(
+                    "  ip netns exec {} curl http://{}/          # a browser outside the cluster → gateway → hello-app",
+                    p.world.name(),
+                    lab.gateway
+                );
+                println!(
+                    "  ip netns exec {} curl -m 3 http://{hello_vip}:8000/health   # refused by Istio (sa/default)",
+                    ns("test-pod")
+                );
+                println!(
+                    "  ip netns exec {} psql postgresql://hello:hello@{postgres_vip}:5432/hellodb -c 'select 1'   # allowed",
+                    ns("hello-app")
+                );
+                println!(
+                    "  ip netns exec {} iptables -L HBL_CILIUM_EGRESS -v -n   # the Cilium layer, with packet counters",
+                    ns("test-pod")
+                );
+                println!("  namespaces: {}", p.names().join(" "));
+            }
+        }
         for node in &lab.nodes {
             println!(
                 "  curl http://{}/metrics   # {} metrics;  admin: http://{}/certs",

@@ -4,19 +4,20 @@
 
 use std::process::Command;
 
-fn leftover_pg_dirs() -> Vec<String> {
+/// PostgreSQL data directories made by the process `pid` (named after it).
+fn pg_dirs_of(pid: u32) -> Vec<String> {
+    let prefix = format!("hbone-lab-pg-{pid}-");
     std::fs::read_dir(std::env::temp_dir())
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("hbone-lab-pg-"))
+        .filter(|n| n.starts_with(&prefix))
         .collect()
 }
 
 #[test]
 fn demo_runs_every_scenario_explains_and_cleans_up() {
-    let before = leftover_pg_dirs();
-    let out = Command::new(env!("CARGO_BIN_EXE_hbone-lab"))
+    let child = Command::new(env!("CARGO_BIN_EXE_hbone-lab"))
         .args([
             "demo",
             "--json",
@@ -24,8 +25,12 @@ fn demo_runs_every_scenario_explains_and_cleans_up() {
             "--gateway-listen",
             "127.0.0.1:0",
         ])
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
@@ -87,7 +92,11 @@ fn demo_runs_every_scenario_explains_and_cleans_up() {
     }
 
     // Nothing left behind: no PostgreSQL data directory, no listener on the lab's addresses.
-    assert_eq!(leftover_pg_dirs(), before, "temp dirs left behind");
+    assert_eq!(
+        pg_dirs_of(pid),
+        Vec::<String>::new(),
+        "temp dirs left behind"
+    );
     assert!(
         std::net::TcpStream::connect("127.0.12.3:15008").is_err(),
         "a proxy is still listening"
@@ -95,5 +104,198 @@ fn demo_runs_every_scenario_explains_and_cleans_up() {
     assert!(
         std::net::TcpStream::connect("127.0.12.4:5432").is_err(),
         "PostgreSQL is still running"
+    );
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+}
+
+fn namespaces_with(prefix: &str) -> Vec<String> {
+    let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
+        .filter(|cmd| cmd.contains(needle))
+        .collect()
+}
+
+#[test]
+fn netns_demo_enforces_both_layers_and_ctrl_c_leaves_nothing_behind() {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    if !is_root() {
+        eprintln!("SKIPPED: --netns needs root (CI runs this as root)");
+        return;
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hbone-lab"))
+        .args(["demo", "--netns", "--json", "--keep"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let prefix = format!("hbl{}-", child.id());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut printed = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !printed
+        .iter()
+        .any(|l: &String| l.contains("Ctrl-C tears it all down"))
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => printed.push(line),
+            Err(_) => {
+                let _ = child.kill();
+                let out = child.wait_with_output().unwrap();
+                panic!(
+                    "the demo did not reach --keep:\n{}\n{}",
+                    printed.join("\n"),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
+    let text = printed.join("\n");
+    let json_end = text.find("\n]").expect("a JSON array first") + 2;
+    let results: serde_json::Value = serde_json::from_str(&text[..json_end]).unwrap();
+    let outcome: Vec<(String, String)> = results
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert_eq!(r["expected"], r["observed"], "{r:#}");
+            (
+                r["name"].as_str().unwrap().to_string(),
+                r["observed"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let have_pg = !outcome.is_empty() && !text.contains("running without the database");
+    let expected = [
+        ("gateway → hello-app", "allow"),
+        ("test-pod → hello-app", "deny"),
+        ("test-pod → postgres", "deny"),
+        (
+            "hello-app → postgres",
+            if have_pg { "allow" } else { "deny" },
+        ),
+        ("hello-app → api.github.com", "allow"),
+        ("hello-app → api.cloudflare.com", "deny"),
+        ("plaintext → hello-app (STRICT)", "deny"),
+        ("certificate rotated mid-connection", "allow"),
+    ];
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+    assert_eq!(outcome, expected);
+    // Each refusal is attributed to the layer the policies name.
+    let evidence = |i: usize| results[i]["evidence"].as_str().unwrap().to_string();
+    assert!(
+        evidence(1).contains("refused the CONNECT by AuthorizationPolicy"),
+        "{}",
+        evidence(1)
+    );
+    assert!(
+        evidence(2).contains("Cilium (iptables in test-pod) dropped"),
+        "{}",
+        evidence(2)
+    );
+    assert!(
+        evidence(5).contains("saw SNI api.cloudflare.com and reset"),
+        "{}",
+        evidence(5)
+    );
+    assert!(
+        text.contains("ip netns exec"),
+        "--keep prints how to poke the lab"
+    );
+
+    // While it runs: the namespaces exist, with the compiled Cilium rules.
+    let running = namespaces_with(&prefix);
+    assert!(running.len() >= 8, "{running:?}");
+    let rules = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &format!("{prefix}test-pod"),
+            "iptables",
+            "-S",
+            "HBL_CILIUM_EGRESS",
+        ])
+        .output()
+        .unwrap();
+    let rules = String::from_utf8_lossy(&rules.stdout);
+    assert!(rules.contains("--dport 15008"), "{rules}");
+    let pg_dirs = pg_dirs_of(child.id());
+    if have_pg {
+        assert_eq!(pg_dirs.len(), 1, "{pg_dirs:?}");
+        assert!(
+            !processes_mentioning(&pg_dirs[0]).is_empty(),
+            "PostgreSQL runs"
+        );
+    }
+
+    // Ctrl-C: everything goes — namespaces (with their veths and iptables
+    // rules), PostgreSQL, its temp dir, the process itself.
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the demo did not stop within 30 s of Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "exit status after Ctrl-C: {status}");
+    assert_eq!(
+        namespaces_with(&prefix),
+        Vec::<String>::new(),
+        "namespaces left behind"
+    );
+    for dir in &pg_dirs {
+        assert!(
+            processes_mentioning(dir).is_empty(),
+            "PostgreSQL still runs from {dir}"
+        );
+    }
+    assert_eq!(
+        pg_dirs_of(child.id()),
+        Vec::<String>::new(),
+        "temp dirs left behind"
     );
 }

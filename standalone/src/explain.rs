@@ -9,8 +9,9 @@ use hbone_ca::inspect::{human_duration, rfc3339};
 use hbone_ca::manager::Svid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::lab::Lab;
 use crate::scenarios::predict;
-use crate::topology::{HELLO_PORT, HELLO_VIP, LoopbackLab};
+use crate::topology::{HELLO_PORT, Mode};
 
 fn svid_lines(out: &mut String, who: &str, svid: &Svid) {
     let now = SystemTime::now();
@@ -33,7 +34,7 @@ fn svid_lines(out: &mut String, who: &str, svid: &Svid) {
 }
 
 /// Tells the story of gateway → hello-app, opening one real connection.
-pub async fn explain(lab: &LoopbackLab) -> Result<String, String> {
+pub async fn explain(lab: &Lab) -> Result<String, String> {
     let gateway = lab.pod("hello-gateway").clone();
     let hello = lab.pod("hello-app").clone();
     let node1 = lab.node("node-1");
@@ -69,21 +70,35 @@ pub async fn explain(lab: &LoopbackLab) -> Result<String, String> {
     svid_lines(w, "gateway", &gw_svid);
     svid_lines(w, "hello-app", &app_svid);
 
-    let vip = SocketAddr::new(HELLO_VIP.parse().expect("literal"), HELLO_PORT);
+    let vip = SocketAddr::new(lab.mode.vips().0.parse().expect("literal"), HELLO_PORT);
     let _ = writeln!(
         w,
         "\n2. The application opens a plain TCP connection to hello-app.demo.svc.cluster.local:{HELLO_PORT}."
     );
-    let _ = writeln!(
-        w,
-        "   In this loopback lab it asks node-1's SOCKS5 port ({}) from its own pod address {};",
-        node1.addrs.socks5.expect("socks5"),
-        gateway.ips[0]
-    );
-    let _ = writeln!(
-        w,
-        "   in a cluster, iptables inside the pod would redirect it to the proxy's port 15001 instead."
-    );
+    match lab.mode {
+        Mode::Loopback => {
+            let _ = writeln!(
+                w,
+                "   In this loopback lab it asks node-1's SOCKS5 port ({}) from its own pod address {};",
+                node1.addrs.socks5.expect("socks5"),
+                gateway.ips[0]
+            );
+            let _ = writeln!(
+                w,
+                "   in a cluster (and with --netns), iptables inside the pod redirect it to the proxy's port 15001 instead."
+            );
+        }
+        Mode::Netns => {
+            let _ = writeln!(
+                w,
+                "   Inside the gateway pod's network namespace, iptables (nat OUTPUT) redirect it to port 15001,"
+            );
+            let _ = writeln!(
+                w,
+                "   where node-1's proxy listens in that same namespace — ambient's in-pod mode. The app never knows."
+            );
+        }
+    }
     let _ = writeln!(
         w,
         "   node-1 resolves the service VIP {vip} to the endpoint {}:{HELLO_PORT} (hello-app, on node-2).",

@@ -1,11 +1,17 @@
 //! hbone-standalone: the whole lab on one Linux machine, without Kubernetes.
 //!
-//! - [`topology`]: CA, two node proxies, PostgreSQL, hello-app and the gateway, on loopback addresses.
+//! - [`topology`]: what the lab is made of — pods, addresses per mode, the policy view.
+//! - [`lab`]: the running lab — CA, two node proxies, PostgreSQL, hello-app and the gateway.
+//! - [`netns_topology`]: netns mode's namespaces, in-pod capture and the Cilium layer.
+//! - [`sni_relay`]: the node-side SNI check that stands in for Cilium's Envoy.
 //! - [`scenarios`]: the lab's connections, predicted by the policies and then tried for real.
 //! - [`explain`]: one connection's story with the real values of the run.
 //!
 //! The benchmarks reuse the topology.
 
 pub mod explain;
+pub mod lab;
+pub mod netns_topology;
 pub mod scenarios;
+pub mod sni_relay;
 pub mod topology;

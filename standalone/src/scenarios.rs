@@ -1,16 +1,29 @@
 //! The lab's scenarios: each connection the lab is about, what the policies
 //! predict for it, what actually happened, and why.
+//!
+//! In loopback mode the prediction is Istio's alone (nothing emulates
+//! Cilium there) and clients go through SOCKS5, whose reply says whether the
+//! mesh refused. In netns mode the prediction is `policy check`'s combined
+//! verdict, clients are unmodified sockets in their pod's namespace (the
+//! connection always "opens", into the pod's own proxy), and the outcome is
+//! whether the application answers — with the proxies' refusal counters and
+//! the Cilium chains' packet counters as evidence of who stopped it.
 
 use std::time::Duration;
 
 use hbone_policies::istio::{ConnectionAttrs, Decision, TargetWorkload};
+use hbone_policies::matrix::{Row, matrix};
+use hbone_proxy::netns::tcp_socket;
 use hbone_workloads::db::{Database, DbConfig};
 use hbone_workloads::dial::DialError;
+use hbone_workloads::external::{Reachability, check, client_tls};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::topology::{HELLO_PORT, LoopbackLab};
+use crate::lab::Lab;
+use crate::netns_topology::BROWSER_IP;
+use crate::topology::{HELLO_HOST, HELLO_PORT, Mode, POSTGRES_HOST, POSTGRES_PORT, topology_for};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -57,10 +70,10 @@ fn verdict(allowed: bool) -> Verdict {
 }
 
 /// What the Istio policies say for `source` → `target_pod:port` (None: plaintext).
-pub fn predict(lab: &LoopbackLab, source: Option<&str>, target_pod: &str, port: u16) -> Decision {
+pub fn predict(lab: &Lab, source: Option<&str>, target_pod: &str, port: u16) -> Decision {
     let target = lab.pod(target_pod);
     let principal = source.map(|s| lab.pod(s).identity().principal());
-    lab.policies.evaluate(
+    lab.policies.istio.evaluate(
         &TargetWorkload {
             namespace: &target.namespace,
             labels: &target.labels,
@@ -118,85 +131,275 @@ async fn http_get(
     ))
 }
 
-async fn dial_outcome(lab: &LoopbackLab, pod: &str, host: &str, port: u16) -> (Verdict, String) {
-    match lab.dialer(pod).connect(host, port).await {
-        Ok(_) => (
-            Verdict::Allow,
-            "the tunnel opened (HTTP/2 CONNECT answered 200)".into(),
-        ),
+/// What the policies say for one connection, in this lab's mode.
+struct Prediction {
+    allowed: bool,
+    reason: String,
+}
+
+impl Prediction {
+    fn from_row(row: &Row) -> Self {
+        // Cilium's reasons already start with their direction.
+        let why: Vec<String> = row
+            .deciding()
+            .iter()
+            .map(|c| match c.layer.strip_prefix("cilium ") {
+                Some(_) => format!("cilium {}", c.reason),
+                None => format!("{}: {}", c.layer, c.reason),
+            })
+            .collect();
+        Prediction {
+            allowed: row.verdict.allowed(),
+            reason: why.join("; "),
+        }
+    }
+}
+
+/// The combined verdict for `src → dst:port` (netns mode), or Istio's alone (loopback).
+fn expect(lab: &Lab, rows: &[Row], src: &str, dst: &str, port: u16) -> Prediction {
+    match (
+        lab.mode,
+        rows.iter()
+            .find(|r| r.src == src && r.dst == dst && r.port == port),
+    ) {
+        (Mode::Netns, Some(row)) => Prediction::from_row(row),
+        _ => {
+            let decision = predict(lab, Some(src), dst, port);
+            Prediction {
+                allowed: decision.allowed,
+                reason: decision.reason,
+            }
+        }
+    }
+}
+
+/// The application's answer on a fresh connection: an HTTP status line, or
+/// PostgreSQL's one-byte reply to an SSLRequest.
+#[derive(Clone, Copy)]
+enum Probe {
+    Http,
+    Postgres,
+}
+
+async fn probe_answer(stream: &mut TcpStream, probe: Probe) -> Result<String, String> {
+    let exchange = async {
+        match probe {
+            Probe::Http => http_get(stream, "/health", "*/*")
+                .await
+                .map(|(status, _)| format!("HTTP {status}")),
+            Probe::Postgres => {
+                // SSLRequest: length 8, code 80877103. The server answers 'S' or 'N'.
+                stream.write_all(&[0, 0, 0, 8, 4, 210, 22, 47]).await?;
+                let mut one = [0u8; 1];
+                stream.read_exact(&mut one).await?;
+                Ok(format!("PostgreSQL answered '{}'", one[0] as char))
+            }
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(3), exchange).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(e)) => Err(format!("the connection closed without an answer ({e})")),
+        Err(_) => Err("no answer within 3 s".into()),
+    }
+}
+
+/// Counters that say who stopped a connection, read before and after it.
+struct Witness<'a> {
+    lab: &'a Lab,
+    src: &'a str,
+    dst: &'a str,
+    dst_node: String,
+    before: (u64, u64, u64),
+}
+
+impl<'a> Witness<'a> {
+    fn new(lab: &'a Lab, src: &'a str, dst: &'a str) -> Self {
+        let dst_node = lab.pod(dst).node.clone();
+        let mut w = Witness {
+            lab,
+            src,
+            dst,
+            dst_node,
+            before: (0, 0, 0),
+        };
+        w.before = w.read();
+        w
+    }
+
+    fn read(&self) -> (u64, u64, u64) {
+        let refused = self
+            .lab
+            .node(&self.dst_node)
+            .core
+            .metrics
+            .refusal_count("inbound", "policy_denied");
+        let (egress_drops, ingress_drops) = match &self.lab.plumbing {
+            Some(p) => (
+                p.packets(self.src, "default deny"),
+                p.packets(self.dst, "default deny"),
+            ),
+            None => (0, 0),
+        };
+        (refused, egress_drops, ingress_drops)
+    }
+
+    fn story(&self) -> String {
+        let after = self.read();
+        let mut seen = Vec::new();
+        if after.1 > self.before.1 {
+            seen.push(format!(
+                "Cilium (iptables in {}) dropped {} packet(s) leaving the pod on its default deny",
+                self.src,
+                after.1 - self.before.1
+            ));
+        }
+        if after.2 > self.before.2 {
+            seen.push(format!(
+                "Cilium (iptables in {}) dropped {} packet(s) arriving on its default deny",
+                self.dst,
+                after.2 - self.before.2
+            ));
+        }
+        if after.0 > self.before.0 {
+            seen.push(format!(
+                "{}'s proxy refused the CONNECT by AuthorizationPolicy (hbone_refusals_total{{reason=\"policy_denied\"}} +{})",
+                self.dst,
+                after.0 - self.before.0
+            ));
+        }
+        seen.join("; ")
+    }
+}
+
+/// One client → pod connection, tried for real.
+async fn attempt(
+    lab: &Lab,
+    src: &str,
+    dst: &str,
+    host: &str,
+    port: u16,
+    probe: Probe,
+) -> (Verdict, String) {
+    let witness = Witness::new(lab, src, dst);
+    let outcome = match lab.dialer(src).connect(host, port).await {
+        Ok(mut stream) => match probe_answer(&mut stream, probe).await {
+            Ok(answer) => (Verdict::Allow, format!("{answer} through the mesh")),
+            Err(e) => (Verdict::Deny, e),
+        },
         Err(e @ DialError::Refused { .. }) if e.is_policy() => (
             Verdict::Deny,
             format!("{e}: the receiving proxy answered 401"),
         ),
         Err(e) => (Verdict::Deny, e.to_string()),
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let story = witness.story();
+    match story.is_empty() {
+        true => outcome,
+        false => (outcome.0, format!("{}; {story}", outcome.1)),
+    }
+}
+
+/// The gateway scenario: a person's HTTP request through the gateway.
+async fn through_gateway(lab: &Lab) -> (Verdict, String) {
+    let connected = match &lab.plumbing {
+        // From the "world" namespace, as a browser outside the cluster.
+        Some(p) => match tcp_socket(
+            Some(&p.world.path()),
+            lab.gateway,
+            Some(BROWSER_IP.parse().expect("literal")),
+            None,
+        ) {
+            Ok(socket) => socket.connect(lab.gateway).await,
+            Err(e) => Err(std::io::Error::other(e)),
+        },
+        None => TcpStream::connect(lab.gateway).await,
+    };
+    let mut tcp = match connected {
+        Ok(tcp) => tcp,
+        Err(e) => return (Verdict::Deny, e.to_string()),
+    };
+    let from = match lab.mode {
+        Mode::Netns => format!("from the world namespace ({BROWSER_IP}), "),
+        Mode::Loopback => String::new(),
+    };
+    match tokio::time::timeout(
+        Duration::from_secs(5),
+        http_get(&mut tcp, "/", "application/json"),
+    )
+    .await
+    {
+        Ok(Ok((200, body))) => {
+            let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            (
+                Verdict::Allow,
+                format!(
+                    "{from}curl http://{}/ → 200 from hello-app (running as {})",
+                    lab.gateway,
+                    json["identity"].as_str().unwrap_or("?")
+                ),
+            )
+        }
+        Ok(Ok((status, body))) => (Verdict::Deny, format!("HTTP {status}: {}", body.trim())),
+        Ok(Err(e)) => (Verdict::Deny, e.to_string()),
+        Err(_) => (Verdict::Deny, "no answer within 5 s".into()),
     }
 }
 
 /// Runs every scenario, in the lab's order.
-pub async fn run_all(lab: &LoopbackLab) -> Vec<ScenarioResult> {
+pub async fn run_all(lab: &Lab) -> Vec<ScenarioResult> {
+    let rows = matrix(&topology_for(lab.mode), &lab.policies);
     let mut out = Vec::new();
+    let identity = |pod: &str| lab.pod(pod).identity().to_string();
 
     // 1. gateway → hello-app, from a person's curl through the gateway.
-    let decision = predict(lab, Some("hello-gateway"), "hello-app", HELLO_PORT);
-    let (observed, evidence) = match TcpStream::connect(lab.gateway).await {
-        Ok(mut tcp) => match http_get(&mut tcp, "/", "application/json").await {
-            Ok((200, body)) => {
-                let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-                (
-                    Verdict::Allow,
-                    format!(
-                        "curl http://{}/ → 200 from hello-app (running as {})",
-                        lab.gateway,
-                        json["identity"].as_str().unwrap_or("?")
-                    ),
-                )
-            }
-            Ok((status, body)) => (Verdict::Deny, format!("HTTP {status}: {}", body.trim())),
-            Err(e) => (Verdict::Deny, e.to_string()),
-        },
-        Err(e) => (Verdict::Deny, e.to_string()),
-    };
+    let mut p = expect(lab, &rows, "hello-gateway", "hello-app", HELLO_PORT);
+    if lab.mode == Mode::Netns {
+        let door = expect(lab, &rows, "browser", "hello-gateway", 80);
+        p = Prediction {
+            allowed: door.allowed && p.allowed,
+            reason: format!(
+                "browser → gateway: {}. gateway → hello-app: {}",
+                door.reason, p.reason
+            ),
+        };
+    }
+    let (observed, evidence) = through_gateway(lab).await;
     out.push(ScenarioResult {
         name: "gateway → hello-app".into(),
-        source: lab.pod("hello-gateway").identity().to_string(),
+        source: identity("hello-gateway"),
         destination: format!("hello-app:{HELLO_PORT}"),
-        expected: verdict(decision.allowed),
+        expected: verdict(p.allowed),
         observed,
-        reason: decision.reason,
+        reason: p.reason,
         evidence,
     });
 
     // 2-3. The test pod, whose identity (sa/default) nobody granted.
-    for (target, port, host) in [
-        ("hello-app", HELLO_PORT, "hello-app.demo.svc.cluster.local"),
-        ("postgres", 5432, "postgres.demo.svc.cluster.local"),
+    for (target, port, host, probe) in [
+        ("hello-app", HELLO_PORT, HELLO_HOST, Probe::Http),
+        ("postgres", POSTGRES_PORT, POSTGRES_HOST, Probe::Postgres),
     ] {
-        let decision = predict(lab, Some("test-pod"), target, port);
-        let (observed, evidence) = dial_outcome(lab, "test-pod", host, port).await;
+        let p = expect(lab, &rows, "test-pod", target, port);
+        let (observed, evidence) = attempt(lab, "test-pod", target, host, port, probe).await;
         out.push(ScenarioResult {
             name: format!("test-pod → {target}"),
-            source: lab.pod("test-pod").identity().to_string(),
+            source: identity("test-pod"),
             destination: format!("{target}:{port}"),
-            expected: verdict(decision.allowed),
+            expected: verdict(p.allowed),
             observed,
-            reason: decision.reason,
+            reason: p.reason,
             evidence,
         });
     }
 
     // 4. hello-app → postgres: a real query through the mesh.
-    let decision = predict(lab, Some("hello-app"), "postgres", 5432);
+    let p = expect(lab, &rows, "hello-app", "postgres", POSTGRES_PORT);
     let (observed, evidence) = match &lab.postgres_missing {
         Some(why) => (Verdict::Deny, format!("no database in this run: {why}")),
         None => {
             let db = Database::new(
-                DbConfig::new(
-                    "postgres.demo.svc.cluster.local",
-                    5432,
-                    "hello",
-                    "hello",
-                    "hellodb",
-                ),
+                DbConfig::new(POSTGRES_HOST, POSTGRES_PORT, "hello", "hello", "hellodb"),
                 lab.dialer("hello-app"),
             );
             let status = db.probe(false).await;
@@ -216,27 +419,128 @@ pub async fn run_all(lab: &LoopbackLab) -> Vec<ScenarioResult> {
     };
     out.push(ScenarioResult {
         name: "hello-app → postgres".into(),
-        source: lab.pod("hello-app").identity().to_string(),
-        destination: "postgres:5432".into(),
-        expected: verdict(decision.allowed && lab.postgres_missing.is_none()),
+        source: identity("hello-app"),
+        destination: format!("postgres:{POSTGRES_PORT}"),
+        expected: verdict(p.allowed && lab.postgres_missing.is_none()),
         observed,
         reason: if lab.postgres_missing.is_some() {
             "PostgreSQL is not installed, so this cannot succeed".into()
         } else {
-            decision.reason
+            p.reason
         },
         evidence,
     });
 
-    // 5. Plaintext into a STRICT workload.
-    out.push(plaintext(lab).await);
+    // 5-6. Netns mode: the outside world, through Cilium's SNI rule.
+    if lab.mode == Mode::Netns {
+        for (name, url) in [
+            ("api.github.com", "https://api.github.com/"),
+            (
+                "api.cloudflare.com",
+                "https://api.cloudflare.com/client/v4/",
+            ),
+        ] {
+            out.push(outside(lab, &rows, name, url).await);
+        }
+    }
 
-    // 6. A certificate rotated mid-connection.
+    // 7. Plaintext into a STRICT workload.
+    out.push(match lab.mode {
+        Mode::Loopback => plaintext(lab).await,
+        Mode::Netns => plaintext_from_outside(lab, &rows).await,
+    });
+
+    // 8. A certificate rotated mid-connection.
     out.push(rotation(lab).await);
     out
 }
 
-async fn plaintext(lab: &LoopbackLab) -> ScenarioResult {
+async fn outside(lab: &Lab, rows: &[Row], name: &str, url: &str) -> ScenarioResult {
+    let p = expect(lab, rows, "hello-app", name, 443);
+    let tls = client_tls(lab.public_ca.as_ref().map(|ca| ca.pem()));
+    let before = relay_events(lab);
+    let result = check(
+        name,
+        url,
+        &lab.dialer("hello-app"),
+        tls,
+        Duration::from_secs(3),
+    )
+    .await;
+    let relayed: Vec<String> = relay_events(lab)
+        .into_iter()
+        .skip(before.len())
+        .map(|(rule, e)| {
+            format!(
+                "the node's SNI relay for {rule} saw SNI {} and {}",
+                e.sni.as_deref().unwrap_or("(none)"),
+                if e.allowed {
+                    "passed it on"
+                } else {
+                    "reset the handshake"
+                }
+            )
+        })
+        .collect();
+    let observed = verdict(matches!(result.result, Reachability::Reachable { .. }));
+    ScenarioResult {
+        name: format!("hello-app → {name}"),
+        source: lab.pod("hello-app").identity().to_string(),
+        destination: format!("{name}:443 (TLS stand-in in the world namespace)"),
+        expected: verdict(p.allowed),
+        observed,
+        reason: p.reason,
+        evidence: format!("{}; {}", result.result.explain(), relayed.join("; ")),
+    }
+}
+
+fn relay_events(lab: &Lab) -> Vec<(String, crate::sni_relay::SniEvent)> {
+    lab.plumbing
+        .iter()
+        .flat_map(|p| &p.relays)
+        .flat_map(|(_, relay, _)| {
+            let events = relay.events.lock().expect("events").clone();
+            events.into_iter().map(|e| (relay.rule.clone(), e))
+        })
+        .collect()
+}
+
+/// Netns mode: plain TCP from outside the cluster to hello-app's port.
+async fn plaintext_from_outside(lab: &Lab, rows: &[Row]) -> ScenarioResult {
+    let p = expect(lab, rows, "browser", "hello-app", HELLO_PORT);
+    let witness = Witness::new(lab, "hello-gateway", "hello-app");
+    let world = lab.plumbing.as_ref().map(|p| p.world.path());
+    let attempt = async {
+        let socket = tcp_socket(
+            world.as_deref(),
+            lab.hello,
+            Some(BROWSER_IP.parse().expect("literal")),
+            None,
+        )
+        .map_err(|e| e.to_string())?;
+        let mut tcp = tokio::time::timeout(Duration::from_secs(2), socket.connect(lab.hello))
+            .await
+            .map_err(|_| "the SYN went unanswered for 2 s".to_string())?
+            .map_err(|e| e.to_string())?;
+        probe_answer(&mut tcp, Probe::Http).await
+    };
+    let (observed, seen) = match attempt.await {
+        Ok(answer) => (Verdict::Allow, answer),
+        Err(e) => (Verdict::Deny, e),
+    };
+    let story = witness.story();
+    ScenarioResult {
+        name: "plaintext → hello-app (STRICT)".into(),
+        source: format!("a client outside the mesh ({BROWSER_IP}, world)"),
+        destination: format!("hello-app {}", lab.hello),
+        expected: verdict(p.allowed),
+        observed,
+        reason: p.reason,
+        evidence: format!("{seen}; {story}"),
+    }
+}
+
+async fn plaintext(lab: &Lab) -> ScenarioResult {
     let decision = predict(lab, None, "hello-app", HELLO_PORT);
     let node2 = &lab.node("node-2").core.metrics;
     let before = node2.refusal_count("inbound", "not_tls");
@@ -270,7 +574,7 @@ async fn plaintext(lab: &LoopbackLab) -> ScenarioResult {
     }
 }
 
-async fn rotation(lab: &LoopbackLab) -> ScenarioResult {
+async fn rotation(lab: &Lab) -> ScenarioResult {
     let gateway = lab.pod("hello-gateway").identity().clone();
     let certs = &lab.node("node-1").core.certs;
     let result = async {

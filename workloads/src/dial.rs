@@ -36,6 +36,12 @@ impl DialError {
 /// Opens a TCP connection to an address; see [`Dialer::Custom`].
 pub trait Connect: Send + Sync + std::fmt::Debug {
     fn connect(&self, addr: SocketAddr) -> futures_lite::BoxedConnect;
+
+    /// An address for `host` from this connector's own name table (a pod's
+    /// view of DNS); `None` falls back to the system resolver.
+    fn resolve(&self, _host: &str) -> Option<IpAddr> {
+        None
+    }
 }
 
 /// The future a [`Connect`] returns.
@@ -100,9 +106,13 @@ impl Dialer {
         };
         match self {
             Dialer::Custom(connector) => {
-                let addr: SocketAddr = match host.parse::<IpAddr>() {
-                    Ok(ip) => SocketAddr::new(ip, port),
-                    Err(_) => tokio::net::lookup_host((host, port))
+                let addr: SocketAddr = match host
+                    .parse::<IpAddr>()
+                    .ok()
+                    .or_else(|| connector.resolve(host))
+                {
+                    Some(ip) => SocketAddr::new(ip, port),
+                    None => tokio::net::lookup_host((host, port))
                         .await
                         .map_err(io)?
                         .next()

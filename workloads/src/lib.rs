@@ -4,6 +4,7 @@
 //! - [`db`], [`external`], [`hello`]: hello-app on PostgreSQL with its outside checks.
 //! - [`gateway`]: the standalone stand-in for the Istio gateway.
 //! - [`worker`]: worker-app, the second database client.
+//! - [`public_api`]: TLS stand-ins for api.github.com and api.cloudflare.com.
 //! - [`peers`]: echo, sink, source and request/response load for the benchmarks.
 
 pub mod db;
@@ -13,4 +14,5 @@ pub mod gateway;
 pub mod hello;
 pub mod peers;
 pub mod pgserver;
+pub mod public_api;
 pub mod worker;

@@ -64,6 +64,8 @@ pub struct PgServer {
     bin: PathBuf,
     dir: tempfile::TempDir,
     run_as: Option<String>,
+    /// The network namespace the server runs in, if not this one.
+    netns: Option<PathBuf>,
     pub addr: SocketAddr,
     pub user: String,
     pub password: String,
@@ -80,8 +82,23 @@ impl PgServer {
         password: &str,
         dbname: &str,
     ) -> Result<Self, PgError> {
+        Self::start_in(None, ip, port, user, password, dbname)
+    }
+
+    /// Like [`PgServer::start`], with the server inside the network
+    /// namespace at `netns` (entered with `nsenter`), listening on `ip` there.
+    pub fn start_in(
+        netns: Option<&Path>,
+        ip: IpAddr,
+        port: u16,
+        user: &str,
+        password: &str,
+        dbname: &str,
+    ) -> Result<Self, PgError> {
         let bin = find_binaries()?;
-        let dir = tempfile::Builder::new().prefix("hbone-lab-pg-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("hbone-lab-pg-{}-", std::process::id()))
+            .tempdir()?;
         let run_as = if nix::unistd::geteuid().is_root() {
             Some(unprivileged_user())
         } else {
@@ -95,6 +112,7 @@ impl PgServer {
             bin,
             dir,
             run_as,
+            netns: netns.map(Path::to_path_buf),
             addr: SocketAddr::new(ip, port),
             user: user.into(),
             password: password.into(),
@@ -112,23 +130,56 @@ impl PgServer {
     }
 
     fn command(&self, program: &str) -> Command {
+        // nsenter and setpriv exec in place, so the child's pid is the
+        // server's own (signals reach PostgreSQL, not a wrapper).
+        let mut prefix: Vec<String> = Vec::new();
+        if let Some(ns) = &self.netns {
+            prefix.extend([
+                "nsenter".into(),
+                format!("--net={}", ns.display()),
+                "--".into(),
+            ]);
+        }
+        if let Some(user) = &self.run_as {
+            prefix.extend([
+                "setpriv".into(),
+                format!("--reuid={user}"),
+                format!("--regid={user}"),
+                "--init-groups".into(),
+                "--".into(),
+            ]);
+        }
         let exe = self.bin.join(program);
-        match &self.run_as {
-            Some(user) => {
-                // setpriv execs in place, so the child's pid is the server's own
-                // (signals reach PostgreSQL, not a wrapper).
-                let mut c = Command::new("setpriv");
-                c.args([
-                    &format!("--reuid={user}"),
-                    &format!("--regid={user}"),
-                    "--init-groups",
-                    "--",
-                ])
-                .arg(exe);
+        match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(exe);
                 c
             }
             None => Command::new(exe),
         }
+    }
+
+    fn answers_on_socket(&self) -> bool {
+        let mut c = self.command("pg_isready");
+        c.args([
+            "-q",
+            "-h",
+            &self.dir.path().display().to_string(),
+            "-p",
+            &self.addr.port().to_string(),
+        ]);
+        c.stdin(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    }
+
+    /// The server's Unix socket: present once it accepts connections, in
+    /// whichever network namespace it listens.
+    fn socket_path(&self) -> PathBuf {
+        self.dir
+            .path()
+            .join(format!(".s.PGSQL.{}", self.addr.port()))
     }
 
     fn run(&self, step: &str, mut command: Command) -> Result<(), PgError> {
@@ -196,8 +247,14 @@ impl PgServer {
         self.child = Some(c.spawn()?);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if std::net::TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok()
-            {
+            let ready = match self.netns {
+                Some(_) => self.socket_path().exists() && self.answers_on_socket(),
+                None => {
+                    std::net::TcpStream::connect_timeout(&self.addr, Duration::from_millis(200))
+                        .is_ok()
+                }
+            };
+            if ready {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));

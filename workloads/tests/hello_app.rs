@@ -2,7 +2,6 @@
 //! binaries) and local TLS servers standing in for the public APIs.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
 use hbone_workloads::db::{Database, DbConfig};
@@ -10,6 +9,7 @@ use hbone_workloads::dial::Dialer;
 use hbone_workloads::external::{Reachability, check, client_tls};
 use hbone_workloads::hello::{HelloConfig, serve};
 use hbone_workloads::pgserver::{PgServer, find_binaries};
+use hbone_workloads::public_api::{self, PublicCa, StandIn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -143,42 +143,16 @@ async fn page_json_and_health_follow_the_database() {
 
 /// A "public" CA and a TLS server on `addr` answering HTTP 403, like an unauthenticated API call.
 async fn https_stand_in(addr: SocketAddr) -> String {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let params = rcgen::CertificateParams::new(vec![addr.ip().to_string()]).unwrap();
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let ca = PublicCa::generate().unwrap();
+    let tls = ca.server_config(&[&addr.ip().to_string()]).unwrap();
     let listener = TcpListener::bind(addr).await.unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                if let Ok(mut tls) = acceptor.accept(tcp).await {
-                    let mut buf = [0u8; 1024];
-                    let _ = tls.read(&mut buf).await;
-                    let _ = tls
-                        .write_all(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n")
-                        .await;
-                    let _ = tls.shutdown().await;
-                }
-            });
-        }
-    });
-    ca_cert.pem()
+    let answer = StandIn {
+        status: 403,
+        reason: "Forbidden",
+        body: String::new(),
+    };
+    tokio::spawn(public_api::serve(listener, tls, answer));
+    ca.pem().to_string()
 }
 
 #[tokio::test]

@@ -392,9 +392,12 @@ impl CiliumPolicies {
             true => String::new(),
             false => format!("; note: {}", hints.join("; ")),
         };
+        let switched_on_by = match enforcing.len() {
+            1 => first.to_string(),
+            n => format!("{first} and {} more", n - 1),
+        };
         Decision::deny(format!(
-            "{dir}: default deny (switched on by {}); no {dir} rule allows {} on {}/{}{hint}",
-            enforcing.join(", "),
+            "{dir}: default deny (switched on by {switched_on_by}); no {dir} rule allows {} on {}/{}{hint}",
             describe_peer(peer),
             flow.port,
             protocol_name(flow.protocol),

@@ -253,8 +253,14 @@ pub fn compile(
     ] {
         let cmd = |parts: &[&str]| parts.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         fw.commands.push(cmd(&["-N", chain]));
-        fw.commands
-            .push(cmd(&["-A", hook, iface_flag, iface, "-j", chain]));
+        let mut hook_rule = cmd(&["-A", hook, iface_flag, iface]);
+        if direction == Direction::Egress {
+            // Connections the pod's own redirection sent to its proxy never
+            // reach the wire; the proxy's onward connection is what Cilium sees.
+            hook_rule.extend(cmd(&["-m", "conntrack", "!", "--ctstate", "DNAT"]));
+        }
+        hook_rule.extend(cmd(&["-j", chain]));
+        fw.commands.push(hook_rule);
         fw.commands.push(cmd(&[
             "-A",
             chain,
@@ -268,6 +274,10 @@ pub fn compile(
         for deny in [true, false] {
             for entry in &selecting {
                 for (rule_name, rule) in CiliumPolicies::rules_of(entry, direction, deny) {
+                    if !rule.has_peer_part() && rule.ports.is_empty() {
+                        // `{}`: matches nothing; it only switched default deny on.
+                        continue;
+                    }
                     let name = format!("{} {rule_name}", entry.name);
                     let peers = peer_matches(
                         &rule,

@@ -1,0 +1,454 @@
+//! The running standalone lab: CA, a proxy per node, PostgreSQL, hello-app,
+//! the gateway — in loopback mode (127.x addresses, SOCKS5) or in netns
+//! mode (namespaces, in-pod capture, the Cilium layer, the outside world's
+//! stand-ins).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hbone_ca::client::CaClient;
+use hbone_ca::metrics::CaMetrics;
+use hbone_ca::server::{CaService, RunningCa, serve};
+use hbone_ca::tokens::TokenFile;
+use hbone_ca::{
+    AuthorityConfig, CertificateManager, IdentityPattern, RenewalPolicy, SigningAuthority,
+};
+use hbone_policies::lab::lab_resources;
+use hbone_policies::matrix::PolicySet;
+use hbone_proxy::ProxyHandle;
+use hbone_proxy::config::{H2Settings, Listeners};
+use hbone_proxy::core::{CoreSettings, ProxyCore};
+use hbone_proxy::netns::{bind_listener, can_create, tcp_socket};
+use hbone_proxy::registry::{Node, Protocol, Registry, RegistryFile, Service, Workload};
+use hbone_proxy::tls::MeshTrust;
+use hbone_workloads::db::{Database, DbConfig};
+use hbone_workloads::dial::{Connect, Dialer, futures_lite::BoxedConnect};
+use hbone_workloads::gateway::{GatewayConfig, serve as serve_gateway};
+use hbone_workloads::hello::{HelloConfig, serve as serve_hello};
+use hbone_workloads::pgserver::{PgError, PgServer};
+use hbone_workloads::public_api::{self, PublicCa, StandIn};
+use tokio::net::TcpListener;
+
+use crate::netns_topology::{CLOUDFLARE_IP, GITHUB_IP, NetnsPlumbing, remove_stale};
+use crate::topology::{
+    HELLO_HOST, HELLO_PORT, LabError, Mode, PODS, POSTGRES_HOST, POSTGRES_PORT, ip, lab_pod,
+    topology_for,
+};
+
+const NODE_TOKEN: &str = "standalone-lab-node-token";
+
+/// Options for starting the lab.
+#[derive(Debug, Clone)]
+pub struct LabOptions {
+    /// Where the gateway listens for people in loopback mode (`curl http://…/`).
+    pub gateway_listen: SocketAddr,
+    pub renewal: RenewalPolicy,
+    pub mode: Mode,
+}
+
+impl Default for LabOptions {
+    fn default() -> Self {
+        LabOptions {
+            gateway_listen: "127.0.0.1:0".parse().expect("literal"),
+            renewal: RenewalPolicy::default(),
+            mode: Mode::Loopback,
+        }
+    }
+}
+
+/// A running lab.
+pub struct Lab {
+    pub mode: Mode,
+    pub ca: RunningCa,
+    pub ca_metrics: Arc<CaMetrics>,
+    pub authority: Arc<SigningAuthority>,
+    pub registry: Arc<Registry>,
+    /// Both layers; the proxies enforce the Istio half, netns mode's
+    /// iptables the Cilium half.
+    pub policies: Arc<PolicySet>,
+    pub nodes: Vec<ProxyHandle>,
+    pub postgres: Option<PgServer>,
+    /// Why there is no database, when there is none.
+    pub postgres_missing: Option<String>,
+    /// Where people reach the gateway (in netns mode: from the world namespace).
+    pub gateway: SocketAddr,
+    pub hello: SocketAddr,
+    /// Netns mode: the namespaces and what runs in them.
+    pub plumbing: Option<NetnsPlumbing>,
+    /// Netns mode: the CA behind the outside world's stand-ins.
+    pub public_ca: Option<PublicCa>,
+}
+
+/// Loads the lab's policies, both layers (`policies/`, compiled in).
+pub fn lab_policies() -> Result<PolicySet, LabError> {
+    let loaded = lab_resources().map_err(|e| LabError::Policies(e.to_string()))?;
+    Ok(PolicySet::from_loaded(&loaded))
+}
+
+fn registry(
+    mode: Mode,
+    pg_port: u16,
+    netns: &dyn Fn(&str) -> Option<PathBuf>,
+) -> Result<Registry, LabError> {
+    let workloads = PODS
+        .iter()
+        .map(|p| Workload {
+            name: p.name.to_string(),
+            namespace: "demo".into(),
+            service_account: p.service_account.to_string(),
+            labels: p.label_map(),
+            ips: vec![p.addr(mode)],
+            node: p.node.to_string(),
+            protocol: Protocol::Hbone,
+            netns: netns(p.name),
+            identity: None,
+        })
+        .collect();
+    let service = |name: &str, vip: &str, port: u16, target: u16| Service {
+        name: name.into(),
+        namespace: "demo".into(),
+        hostname: None,
+        vips: vec![ip(vip)],
+        ports: BTreeMap::from([(port, target)]),
+        selector: BTreeMap::from([("app".to_string(), name.to_string())]),
+    };
+    let (hello_vip, postgres_vip) = mode.vips();
+    Registry::from_file(RegistryFile {
+        trust_domain: "cluster.local".into(),
+        nodes: ["node-1", "node-2"]
+            .map(|n| Node { name: n.into() })
+            .to_vec(),
+        workloads,
+        services: vec![
+            service("hello-app", hello_vip, HELLO_PORT, HELLO_PORT),
+            service("postgres", postgres_vip, POSTGRES_PORT, pg_port),
+        ],
+    })
+    .map_err(|(field, message)| LabError::Workload(format!("registry {field}: {message}")))
+}
+
+/// A pod's own way out in netns mode: sockets made inside its namespace,
+/// so the pod's iptables capture them exactly as they would an unmodified
+/// client's. Names resolve from a fixed table, like the pod's DNS would.
+#[derive(Debug)]
+struct InPod {
+    netns: PathBuf,
+    names: BTreeMap<String, IpAddr>,
+}
+
+impl Connect for InPod {
+    fn connect(&self, addr: SocketAddr) -> BoxedConnect {
+        let path = self.netns.clone();
+        Box::pin(async move {
+            let socket =
+                tcp_socket(Some(&path), addr, None, None).map_err(std::io::Error::other)?;
+            socket.connect(addr).await
+        })
+    }
+
+    fn resolve(&self, host: &str) -> Option<IpAddr> {
+        self.names.get(host).copied()
+    }
+}
+
+async fn start_postgres(
+    mode: Mode,
+    netns: Option<PathBuf>,
+) -> Result<(Option<PgServer>, Option<String>), LabError> {
+    let pg_ip = lab_pod("postgres").addr(mode);
+    // Its own address, so the usual port: policies name 5432.
+    let started = tokio::task::spawn_blocking(move || {
+        PgServer::start_in(
+            netns.as_deref(),
+            pg_ip,
+            POSTGRES_PORT,
+            "hello",
+            "hello",
+            "hellodb",
+        )
+    })
+    .await
+    .map_err(|e| LabError::Workload(e.to_string()))?;
+    match started {
+        Ok(pg) => Ok((Some(pg), None)),
+        Err(e @ PgError::NotInstalled) => Ok((None, Some(e.to_string()))),
+        Err(e) => Err(LabError::Workload(format!("PostgreSQL: {e}"))),
+    }
+}
+
+impl Lab {
+    /// The proxy of `node`.
+    pub fn node(&self, node: &str) -> &ProxyHandle {
+        self.nodes
+            .iter()
+            .find(|p| p.core.node == node)
+            .expect("a lab node")
+    }
+
+    /// The pod's workload entry.
+    pub fn pod(&self, name: &str) -> &Workload {
+        self.registry
+            .workloads
+            .iter()
+            .find(|w| w.name == name)
+            .expect("a lab pod")
+    }
+
+    /// How a pod reaches the mesh: in loopback mode its node's SOCKS5 from
+    /// its own address; in netns mode a plain socket in its namespace, which
+    /// the pod's iptables redirect to the proxy.
+    pub fn dialer(&self, pod: &str) -> Dialer {
+        let w = self.pod(pod);
+        match &w.netns {
+            Some(netns) => {
+                let (hello_vip, postgres_vip) = self.mode.vips();
+                let names = [
+                    (HELLO_HOST, hello_vip),
+                    (POSTGRES_HOST, postgres_vip),
+                    ("api.github.com", GITHUB_IP),
+                    ("api.cloudflare.com", CLOUDFLARE_IP),
+                ]
+                .into_iter()
+                .map(|(name, addr)| (name.to_string(), ip(addr)))
+                .collect();
+                Dialer::Custom(Arc::new(InPod {
+                    netns: netns.clone(),
+                    names,
+                }))
+            }
+            None => Dialer::Socks5 {
+                proxy: self.node(&w.node).addrs.socks5.expect("socks5 is on"),
+                source: Some(w.ips[0]),
+            },
+        }
+    }
+
+    pub async fn start(options: LabOptions) -> Result<Self, LabError> {
+        let mode = options.mode;
+        let policies = Arc::new(lab_policies()?);
+        let plumbing = match mode {
+            Mode::Loopback => None,
+            Mode::Netns => {
+                if !can_create() {
+                    return Err(LabError::Netns(
+                        "--netns needs root and iproute2 (`ip`); run it with sudo, or without --netns for the loopback lab".into(),
+                    ));
+                }
+                let topology = topology_for(Mode::Netns);
+                let cilium = policies.cilium.clone();
+                let plumbing = tokio::task::spawn_blocking(move || {
+                    for name in remove_stale() {
+                        tracing::warn!(%name, "removed a namespace left by an earlier run");
+                    }
+                    NetnsPlumbing::create(&topology, &cilium)
+                })
+                .await
+                .map_err(|e| LabError::Netns(e.to_string()))??;
+                Some(plumbing)
+            }
+        };
+        let netns_of = |pod: &str| plumbing.as_ref().map(|p| p.pod_path(pod));
+        // PostgreSQL first: its port goes into the registry.
+        let (postgres, postgres_missing) = start_postgres(mode, netns_of("postgres")).await?;
+        let pg_port = postgres
+            .as_ref()
+            .map(|p| p.addr.port())
+            .unwrap_or(POSTGRES_PORT);
+        let registry = Arc::new(registry(mode, pg_port, &netns_of)?);
+
+        let authority = Arc::new(
+            SigningAuthority::generate(AuthorityConfig::new("cluster.local"))
+                .map_err(|e| LabError::Ca(e.to_string()))?,
+        );
+        let everyone: IdentityPattern = "spiffe://cluster.local/ns/demo/sa/*"
+            .parse()
+            .map_err(|e: hbone_ca::identity::IdentityError| LabError::Ca(e.to_string()))?;
+        let ca_metrics = Arc::new(CaMetrics::default());
+        let service = Arc::new(CaService::new(
+            authority.clone(),
+            Arc::new(TokenFile::single(NODE_TOKEN, vec![everyone])),
+            ca_metrics.clone(),
+        ));
+        let ca = serve(service, SocketAddr::new(ip("127.0.10.1"), 0), &[])
+            .await
+            .map_err(|e| LabError::Ca(e.to_string()))?;
+        let root = hbone_ca::inspect::pem_certs(authority.root_pem())
+            .map_err(|e| LabError::Ca(e.to_string()))?;
+
+        let mut nodes = Vec::new();
+        for (node, addr) in [("node-1", "127.0.11.1"), ("node-2", "127.0.11.2")] {
+            let client = CaClient::new(&ca.url(), authority.root_pem(), NODE_TOKEN)
+                .map_err(|e| LabError::Ca(e.to_string()))?;
+            let certs = Arc::new(CertificateManager::new(
+                Arc::new(client),
+                options.renewal.clone(),
+            ));
+            let trust = MeshTrust::new(&root, "cluster.local")
+                .map_err(|e| LabError::Proxy(e.to_string()))?;
+            let settings = CoreSettings {
+                node: node.into(),
+                h2: H2Settings::default(),
+                hbone_port: 15008,
+                bind_source_ip: mode == Mode::Loopback,
+            };
+            let core = Arc::new(ProxyCore::new(
+                settings,
+                registry.clone(),
+                Arc::new(policies.istio.clone()),
+                certs,
+                trust,
+            ));
+            let at = |port| Some(SocketAddr::new(ip(addr), port));
+            let in_pod = mode == Mode::Netns;
+            let listeners = Listeners {
+                socks5: at(0),
+                metrics: at(0),
+                admin: at(0),
+                readiness: at(0),
+                pod_outbound_port: in_pod.then_some(15001),
+                plaintext_port: in_pod.then_some(15006),
+                ..Listeners::default()
+            };
+            nodes.push(
+                ProxyHandle::start(core, &listeners)
+                    .await
+                    .map_err(|e| LabError::Proxy(e.to_string()))?,
+            );
+        }
+
+        let hello = SocketAddr::new(lab_pod("hello-app").addr(mode), HELLO_PORT);
+        let gateway = match mode {
+            Mode::Loopback => options.gateway_listen,
+            Mode::Netns => SocketAddr::new(lab_pod("hello-gateway").addr(mode), 80),
+        };
+        let mut lab = Lab {
+            mode,
+            ca,
+            ca_metrics,
+            authority,
+            registry,
+            policies,
+            nodes,
+            postgres,
+            postgres_missing,
+            gateway,
+            hello,
+            plumbing,
+            public_ca: None,
+        };
+        lab.wait_for_certificates().await?;
+        if lab.plumbing.is_some() {
+            lab.start_world().await?;
+        }
+        lab.start_apps().await?;
+        Ok(lab)
+    }
+
+    async fn wait_for_certificates(&self) -> Result<(), LabError> {
+        for w in &self.registry.workloads {
+            let certs = &self.node(&w.node).core.certs;
+            tokio::time::timeout(Duration::from_secs(10), certs.get(w.identity()))
+                .await
+                .map_err(|_| LabError::Ca(format!("no certificate for {} in 10 s", w.identity())))?
+                .map_err(|e| LabError::Ca(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// A listener for a pod: inside its namespace in netns mode.
+    fn listen(&self, pod: &str, addr: SocketAddr) -> Result<TcpListener, LabError> {
+        let netns = self.pod(pod).netns.clone();
+        let std = bind_listener(netns.as_deref(), addr)
+            .map_err(|e| LabError::Workload(format!("{pod} cannot listen on {addr}: {e}")))?;
+        TcpListener::from_std(std).map_err(|e| LabError::Workload(e.to_string()))
+    }
+
+    /// Netns mode: the outside world's stand-ins and the nodes' SNI relays.
+    async fn start_world(&mut self) -> Result<(), LabError> {
+        let public = PublicCa::generate().map_err(|e| LabError::Workload(e.to_string()))?;
+        let Some(plumbing) = self.plumbing.as_mut() else {
+            return Ok(());
+        };
+        let world = plumbing.world.path();
+        for (name, addr, answer) in [
+            ("api.github.com", GITHUB_IP, StandIn::github()),
+            ("api.cloudflare.com", CLOUDFLARE_IP, StandIn::cloudflare()),
+        ] {
+            let tls = public
+                .server_config(&[name])
+                .map_err(|e| LabError::Workload(e.to_string()))?;
+            let std = bind_listener(Some(&world), SocketAddr::new(ip(addr), 443))
+                .map_err(|e| LabError::Netns(e.to_string()))?;
+            let listener =
+                TcpListener::from_std(std).map_err(|e| LabError::Netns(e.to_string()))?;
+            tokio::spawn(public_api::serve(listener, tls, answer));
+        }
+        plumbing
+            .start_sni_relays(&topology_for(Mode::Netns))
+            .await?;
+        self.public_ca = Some(public);
+        Ok(())
+    }
+
+    async fn start_apps(&mut self) -> Result<(), LabError> {
+        // hello-app: reaches postgres through the mesh by its service name.
+        let db = Database::new(
+            DbConfig::new(POSTGRES_HOST, POSTGRES_PORT, "hello", "hello", "hellodb"),
+            self.dialer("hello-app"),
+        );
+        let mut config = HelloConfig::from_env(self.hello);
+        config.identity = Some(self.pod("hello-app").identity().to_string());
+        config.check_timeout = Duration::from_secs(2);
+        if let Some(ca) = &self.public_ca {
+            config.extra_ca_pem = Some(ca.pem().to_string());
+        }
+        let listener = self.listen("hello-app", self.hello)?;
+        tokio::spawn(serve_hello(
+            config,
+            db,
+            self.dialer("hello-app"),
+            listener,
+            std::future::pending(),
+        ));
+
+        // The gateway: plain HTTP from people, into the mesh as hello-gateway-istio.
+        let listener = match self.mode {
+            Mode::Loopback => TcpListener::bind(self.gateway)
+                .await
+                .map_err(|e| LabError::GatewayListen(self.gateway, e.kind(), e.to_string()))?,
+            Mode::Netns => self.listen("hello-gateway", self.gateway)?,
+        };
+        self.gateway = listener
+            .local_addr()
+            .map_err(|e| LabError::Workload(e.to_string()))?;
+        let config = GatewayConfig {
+            upstream_host: HELLO_HOST.into(),
+            upstream_port: HELLO_PORT,
+            identity: Some(self.pod("hello-gateway").identity().to_string()),
+        };
+        tokio::spawn(serve_gateway(
+            listener,
+            config,
+            self.dialer("hello-gateway"),
+        ));
+        Ok(())
+    }
+
+    /// Stops the proxies, the CA and PostgreSQL, then removes the namespaces
+    /// (and with them every veth and iptables rule of netns mode).
+    pub async fn shutdown(mut self) {
+        for node in self.nodes.drain(..) {
+            node.shutdown(Duration::from_secs(1)).await;
+        }
+        self.ca.shutdown().await;
+        if let Some(mut pg) = self.postgres.take() {
+            let _ = tokio::task::spawn_blocking(move || pg.stop()).await;
+        }
+        if let Some(plumbing) = self.plumbing.take() {
+            let _ = tokio::task::spawn_blocking(move || drop(plumbing)).await;
+        }
+    }
+}

@@ -107,6 +107,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             results.len()
         );
     }
+    if let (Some(plumbing), false) = (&lab.plumbing, args.json) {
+        println!();
+        println!("How this emulates the Cilium layer, and where it differs from Cilium:");
+        for line in plumbing.differences_from_cilium() {
+            println!("  - {line}");
+        }
+    }
     if args.explain {
         println!();
         match explain(&lab).await {

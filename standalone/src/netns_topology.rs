@@ -376,4 +376,23 @@ impl NetnsPlumbing {
             .map(|n| n.name().to_string())
             .collect()
     }
+
+    /// Where this emulation of the Cilium layer differs from Cilium's own
+    /// datapath — printed by the demo so nobody mistakes one for the other.
+    pub fn differences_from_cilium(&self) -> Vec<String> {
+        let mut out = vec![
+            "Cilium enforces in eBPF on security identities; here the same rules are iptables chains in each pod (HBL_CILIUM_EGRESS/INGRESS), with label selectors resolved to the pods' addresses once, at start".to_string(),
+            format!("`world` is every address outside {CLUSTER_CIDR}; there is no kube-dns here, so the DNS rule has nothing to match and toFQDNs is not exercised"),
+            "dropped packets are silently dropped, as Cilium does: a refused client waits for its own timeout".to_string(),
+        ];
+        let mut notes: Vec<String> = self
+            .firewalls
+            .values()
+            .flat_map(|f| f.notes.clone())
+            .collect();
+        notes.sort();
+        notes.dedup();
+        out.extend(notes);
+        out
+    }
 }

@@ -2,7 +2,8 @@
 # The whole test suite, on a fresh Debian machine or a developer's laptop.
 #
 # As root on Debian it first installs what the tests need and is missing:
-# PostgreSQL server binaries, iptables, iproute2, openssl, shellcheck.
+# PostgreSQL server binaries, iptables, iproute2, procps, openssl, the
+# shell linter, and Chromium (the status page is checked in a real browser).
 # Then: format check, clippy (warnings are errors), and every test with
 # cargo-nextest (or cargo test where nextest is not installed).
 set -euo pipefail
@@ -15,8 +16,11 @@ have_pg_server() { compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || c
 have_pg_server || need_packages+=(postgresql)
 command -v iptables >/dev/null || need_packages+=(iptables)
 command -v ip >/dev/null || need_packages+=(iproute2)
+command -v sysctl >/dev/null || need_packages+=(procps)
+command -v nsenter >/dev/null || need_packages+=(util-linux)
 command -v openssl >/dev/null || need_packages+=(openssl)
 command -v shellcheck >/dev/null || need_packages+=(shellcheck)
+command -v chromium >/dev/null || need_packages+=(chromium fonts-dejavu-core)
 
 if ((${#need_packages[@]})); then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then

@@ -228,3 +228,136 @@ async fn external_checks_tell_reachable_blocked_refused_and_timed_out() {
     let timed_out = check("x", &format!("https://{silent}/"), &Dialer::Direct, tls, t).await;
     assert_eq!(timed_out.result, Reachability::TimedOut);
 }
+
+/// Runs headless Chromium on `url` with extra `args`; `None` when Chromium is not installed.
+async fn chromium(url: &str, args: &[String]) -> Option<std::process::Output> {
+    let exe = ["chromium", "chromium-browser"].into_iter().find(|exe| {
+        std::process::Command::new(exe)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })?;
+    let profile = tempfile::tempdir().unwrap();
+    let run = tokio::process::Command::new(exe)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--hide-scrollbars",
+            "--no-first-run",
+            "--window-size=1280,1100",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .arg(url)
+        .kill_on_drop(true)
+        .output();
+    Some(
+        tokio::time::timeout(Duration::from_secs(90), run)
+            .await
+            .expect("Chromium finished within 90 s")
+            .unwrap(),
+    )
+}
+
+/// The status page as a person sees it: rendered by a real browser, with
+/// the database card and both outside checks, and a screenshot to look at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_page_renders_in_a_real_browser() {
+    if find_binaries().is_err() {
+        eprintln!("SKIPPED: no PostgreSQL server binaries (scripts/test.sh installs them)");
+        return;
+    }
+    let pg = tokio::task::spawn_blocking(|| {
+        PgServer::start(ip("127.61.2.1"), 0, "hello", "hello", "hellodb").unwrap()
+    })
+    .await
+    .unwrap();
+    let ca = PublicCa::generate().unwrap();
+    let mut urls = Vec::new();
+    for (addr, answer) in [
+        ("127.61.2.3:18443", StandIn::github()),
+        ("127.61.2.4:18443", StandIn::cloudflare()),
+    ] {
+        let addr: SocketAddr = addr.parse().unwrap();
+        let tls = ca.server_config(&[&addr.ip().to_string()]).unwrap();
+        let listener = TcpListener::bind(addr).await.unwrap();
+        tokio::spawn(public_api::serve(listener, tls, answer));
+        urls.push(format!("https://{addr}/"));
+    }
+    let listen: SocketAddr = "127.61.2.2:18000".parse().unwrap();
+    let db = Database::new(
+        DbConfig::new(
+            &pg.addr.ip().to_string(),
+            pg.addr.port(),
+            &pg.user,
+            &pg.password,
+            &pg.dbname,
+        ),
+        Dialer::Direct,
+    );
+    let config = HelloConfig {
+        listen,
+        identity: Some("spiffe://cluster.local/ns/demo/sa/hello-app".into()),
+        github_url: urls[0].clone(),
+        cloudflare_url: urls[1].clone(),
+        extra_ca_pem: Some(ca.pem().to_string()),
+        check_timeout: Duration::from_secs(2),
+    };
+    tokio::spawn(serve(
+        config,
+        db,
+        Dialer::Direct,
+        TcpListener::bind(listen).await.unwrap(),
+        std::future::pending(),
+    ));
+
+    let url = format!("http://{listen}/");
+    let Some(dom) = chromium(&url, &["--dump-dom".to_string()]).await else {
+        eprintln!("SKIPPED: Chromium is not installed (scripts/test.sh installs it as root)");
+        return;
+    };
+    assert!(
+        dom.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dom.stderr)
+    );
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    for needle in [
+        "PostgreSQL",
+        "GitHub API",
+        "Cloudflare API",
+        "visits recorded",
+        "cluster.local/ns/demo/sa/hello-app",
+    ] {
+        assert!(
+            dom.contains(needle),
+            "the rendered page lacks {needle:?}:\n{dom}"
+        );
+    }
+    // Both outside calls answered (200 and 400): both cards say reachable.
+    assert!(dom.matches("reachable").count() >= 2, "{dom}");
+
+    let out_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let shot = out_dir.join("hello-app-status-page.png");
+    let _ = std::fs::remove_file(&shot);
+    let run = chromium(&url, &[format!("--screenshot={}", shot.display())])
+        .await
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let png = std::fs::read(&shot).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "a PNG was written");
+    assert!(
+        png.len() > 10_000,
+        "the screenshot has content: {} bytes",
+        png.len()
+    );
+    eprintln!("screenshot: {}", shot.display());
+    tokio::task::block_in_place(move || drop(pg));
+}

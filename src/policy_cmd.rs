@@ -24,7 +24,8 @@ pub enum PolicyCommand {
     /// Examples:
     ///   hbone-lab policy check
     ///   hbone-lab policy check --format svg --out matrix.svg
-    ///   hbone-lab policy check --expect policies/expected-matrix.yaml
+    ///   hbone-lab policy check --expect policies/expected-matrix.json
+    ///   hbone-lab policy check --manifests kind/manifests   # the kind lab's workloads
     #[command(verbatim_doc_comment)]
     Check(CheckArgs),
     /// Check policy files (YAML, one or more documents each) against the
@@ -42,6 +43,10 @@ pub struct CheckArgs {
     /// Read policies from this directory (recursively) instead of the lab's own.
     #[arg(long, value_name = "DIR")]
     policies: Option<PathBuf>,
+    /// Read the workloads from the kind lab's manifests in DIR (e.g.
+    /// kind/manifests) instead of the standalone lab's.
+    #[arg(long, value_name = "DIR", conflicts_with = "topology")]
+    manifests: Option<PathBuf>,
     /// Read the workloads from this YAML file (trust_domain, workloads,
     /// externals, outside_clients) instead of the standalone lab's.
     #[arg(long, value_name = "FILE")]
@@ -78,8 +83,9 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
         Some(dir) => read(dir)?,
         None => lab_resources()?,
     };
-    let topology: LabTopology = match &args.topology {
-        Some(file) => {
+    let topology: LabTopology = match (&args.manifests, &args.topology) {
+        (Some(dir), _) => hbone_kind::topology::topology(&hbone_kind::manifests::load_dir(dir)?),
+        (None, Some(file)) => {
             let text = std::fs::read_to_string(file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
             let de = serde_yaml::Deserializer::from_str(&text);
@@ -87,7 +93,7 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
                 anyhow::anyhow!("{}: field `{}`: {}", file.display(), e.path(), e.inner())
             })?
         }
-        None => hbone_standalone::topology::policy_topology(),
+        (None, None) => hbone_standalone::topology::policy_topology(),
     };
     let policies = PolicySet::from_loaded(&loaded);
     for warning in policies.cilium.warnings() {

@@ -107,3 +107,40 @@ impl LabWorkload {
 pub const KUBELET_PROBE_IP: &str = "169.254.7.127";
 /// The port every meshed pod receives HBONE on.
 pub const HBONE_PORT: u16 = 15008;
+
+/// Where the lab's "browser outside the cluster" comes from (TEST-NET-3).
+pub const BROWSER_IP: &str = "203.0.113.100";
+
+/// What lies outside the lab's cluster, the same in every lab: the two APIs
+/// hello-app calls (with their addresses when a lab knows them), a person's
+/// browser, and the kubelet's probes.
+pub fn lab_outside(
+    github_ip: Option<IpAddr>,
+    cloudflare_ip: Option<IpAddr>,
+) -> (Vec<ExternalHost>, Vec<OutsideClient>) {
+    let externals = [
+        ("api.github.com", github_ip),
+        ("api.cloudflare.com", cloudflare_ip),
+    ]
+    .into_iter()
+    .map(|(name, ip)| ExternalHost {
+        name: name.into(),
+        port: 443,
+        ip,
+        tls: true,
+    })
+    .collect();
+    let clients = vec![
+        OutsideClient {
+            name: "browser".into(),
+            ip: BROWSER_IP.parse().expect("literal"),
+            bypasses_mesh: false,
+        },
+        OutsideClient {
+            name: "kubelet-probe".into(),
+            ip: KUBELET_PROBE_IP.parse().expect("literal"),
+            bypasses_mesh: true,
+        },
+    ];
+    (externals, clients)
+}

@@ -20,12 +20,10 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use hbone_policies::topology::{
-    ExternalHost, KUBELET_PROBE_IP, LabNode, LabTopology, LabWorkload, MeshMode, OutsideClient,
-};
+use hbone_policies::topology::{LabNode, LabTopology, LabWorkload, MeshMode, lab_outside};
 use thiserror::Error;
 
-use crate::netns_topology::{BROWSER_IP, CLOUDFLARE_IP, GITHUB_IP};
+use crate::netns_topology::{CLOUDFLARE_IP, GITHUB_IP};
 
 #[derive(Debug, Error)]
 pub enum LabError {
@@ -173,6 +171,10 @@ pub fn policy_topology() -> LabTopology {
 /// nodes and the stand-ins' addresses that the Cilium compiler needs).
 pub fn topology_for(mode: Mode) -> LabTopology {
     let netns = mode == Mode::Netns;
+    let (externals, outside_clients) = lab_outside(
+        netns.then(|| ip(GITHUB_IP)),
+        netns.then(|| ip(CLOUDFLARE_IP)),
+    );
     LabTopology {
         trust_domain: "cluster.local".into(),
         workloads: PODS
@@ -202,30 +204,8 @@ pub fn topology_for(mode: Mode) -> LabTopology {
             ],
             false => Vec::new(),
         },
-        externals: [
-            ("api.github.com", GITHUB_IP),
-            ("api.cloudflare.com", CLOUDFLARE_IP),
-        ]
-        .into_iter()
-        .map(|(name, addr)| ExternalHost {
-            name: name.into(),
-            port: 443,
-            ip: netns.then(|| ip(addr)),
-            tls: true,
-        })
-        .collect(),
-        outside_clients: vec![
-            OutsideClient {
-                name: "browser".into(),
-                ip: ip(BROWSER_IP),
-                bypasses_mesh: false,
-            },
-            OutsideClient {
-                name: "kubelet-probe".into(),
-                ip: ip(KUBELET_PROBE_IP),
-                bypasses_mesh: true,
-            },
-        ],
+        externals,
+        outside_clients,
     }
 }
 

@@ -1,0 +1,397 @@
+//! The kind lab, checked without a cluster: every file parses strictly, the
+//! files agree with each other and with the policies, the scripts are sound,
+//! and the matrix the manifests give is the lab's expected one.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use hbone_kind::manifests::{Loaded, Manifest, load_dir, parse_documents};
+use hbone_policies::cilium::eval::{EndpointInfo, NAMESPACE_LABEL, selector_matches};
+use hbone_policies::istio::Action;
+use hbone_policies::lab::lab_resources;
+use hbone_policies::load::Resource;
+use hbone_policies::matrix::{PolicySet, matrix};
+use hbone_policies::topology::{LabTopology, LabWorkload};
+
+fn kind_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
+}
+
+fn manifests() -> Vec<Loaded> {
+    load_dir(&kind_dir().join("manifests")).unwrap()
+}
+
+fn topology() -> LabTopology {
+    hbone_kind::topology::topology(&manifests())
+}
+
+fn info(w: &LabWorkload) -> EndpointInfo<'_> {
+    EndpointInfo {
+        namespace: &w.namespace,
+        labels: &w.labels,
+        service_account: &w.service_account,
+        named_ports: &w.named_ports,
+    }
+}
+
+#[test]
+fn every_file_parses_into_its_type() {
+    let all = manifests();
+    let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+    for l in &all {
+        let kind = match &l.manifest {
+            Manifest::Namespace(_) => "Namespace",
+            Manifest::ServiceAccount(_) => "ServiceAccount",
+            Manifest::Secret(_) => "Secret",
+            Manifest::Deployment(_) => "Deployment",
+            Manifest::Service(_) => "Service",
+            Manifest::Pod(_) => "Pod",
+            Manifest::Gateway(_) => "Gateway",
+            Manifest::HTTPRoute(_) => "HTTPRoute",
+        };
+        *kinds.entry(kind).or_default() += 1;
+    }
+    assert_eq!(kinds["Deployment"], 3, "{kinds:?}");
+    assert_eq!(kinds["Gateway"], 1);
+    assert_eq!(kinds["HTTPRoute"], 1);
+    assert_eq!(kinds["Pod"], 1);
+
+    let text = std::fs::read_to_string(kind_dir().join("kind-config.yaml")).unwrap();
+    let cluster = hbone_kind::kind_config::parse(&text, "kind-config.yaml").unwrap();
+    assert_eq!(cluster.name, "ebpf-lab");
+    assert!(cluster.networking.disable_default_cni, "Cilium is the CNI");
+    assert_eq!(cluster.nodes.len(), 2);
+    assert!(
+        cluster
+            .nodes
+            .iter()
+            .all(|n| n.image.as_deref().is_some_and(|i| i.contains(":v1.34"))),
+        "Kubernetes v1.34"
+    );
+    let err = hbone_kind::kind_config::parse(
+        &text.replace("disableDefaultCNI", "disableDefaultCni"),
+        "k.yaml",
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("networking") && err.contains("disableDefaultCni"),
+        "{err}"
+    );
+}
+
+#[test]
+fn mistakes_are_refused_with_file_and_field() {
+    let cases = [
+        (
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d, namespace: demo}\nspec:\n  selector: {matchLabels: {app: d}}\n  template:\n    metadata: {labels: {app: d}}\n    spec:\n      serviceAcountName: d\n      containers: [{name: c, image: i}]\n",
+            "spec.template.spec.serviceAcountName",
+        ),
+        (
+            "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: demo}\nspec:\n  selector: {app: s}\n  ports: [{port: 80, targetPort: 80, protocl: TCP}]\n",
+            "spec.ports[0].protocl",
+        ),
+        (
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: g, namespace: demo}\nspec:\n  gatewayClassName: istio\n  listeners: [{name: http, port: 80, protocol: HTTP, allowedRoute: {}}]\n",
+            "spec.listeners[0].allowedRoute",
+        ),
+        (
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: demo}\nspec:\n  parentRefs: [{name: g}]\n  rules: [{backendRefs: [{name: s, port: \"8000\"}]}]\n",
+            "spec.rules[0].backendRefs[0].port",
+        ),
+    ];
+    for (yaml, field) in cases {
+        let err = parse_documents(yaml, "kind/manifests/x.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("kind/manifests/x.yaml: document 1"),
+            "{err}"
+        );
+        assert!(err.contains(&format!("field `{field}`")), "{err}");
+    }
+}
+
+/// Every identity, selector, port, Service and Secret that one file names
+/// exists in another.
+#[test]
+fn the_files_agree_with_each_other_and_with_the_policies() {
+    let all = manifests();
+    let topo = topology();
+    let demo: Vec<&LabWorkload> = topo
+        .workloads
+        .iter()
+        .filter(|w| w.namespace == "demo")
+        .collect();
+    let mut service_accounts: Vec<String> = all
+        .iter()
+        .filter_map(|l| match &l.manifest {
+            Manifest::ServiceAccount(sa) => sa.metadata.name.clone(),
+            _ => None,
+        })
+        .collect();
+    service_accounts.push("default".into());
+    // Istio creates the gateway's service account; the topology names it.
+    service_accounts.extend(
+        topo.workloads
+            .iter()
+            .map(|w| w.service_account.clone())
+            .filter(|sa| sa.ends_with("-istio")),
+    );
+    for w in &demo {
+        assert!(
+            service_accounts.contains(&w.service_account),
+            "{} runs as a missing SA {}",
+            w.name,
+            w.service_account
+        );
+    }
+
+    for loaded in lab_resources().unwrap() {
+        let name = loaded.resource.describe();
+        match &loaded.resource {
+            Resource::AuthorizationPolicy(p) => {
+                let selected: Vec<&&LabWorkload> = demo
+                    .iter()
+                    .filter(|w| {
+                        p.spec.selector.as_ref().is_none_or(|s| {
+                            s.match_labels
+                                .iter()
+                                .all(|(k, v)| w.labels.get(k) == Some(v))
+                        })
+                    })
+                    .collect();
+                assert!(!selected.is_empty(), "{name} selects no workload");
+                for rule in &p.spec.rules {
+                    for from in &rule.from {
+                        for principal in &from.source.principals {
+                            let sa = principal.rsplit('/').next().unwrap();
+                            assert!(
+                                service_accounts.iter().any(|s| s == sa),
+                                "{name}: no service account {sa}"
+                            );
+                        }
+                    }
+                    for to in &rule.to {
+                        for port in &to.operation.ports {
+                            let port: u16 = port.parse().unwrap();
+                            assert!(
+                                p.spec.action != Action::Allow
+                                    || selected.iter().any(|w| w.ports.contains(&port)),
+                                "{name}: no selected workload serves port {port}"
+                            );
+                        }
+                    }
+                }
+            }
+            Resource::CiliumNetworkPolicy(p) => {
+                let ns = p.metadata.namespace.as_deref().unwrap_or("default");
+                let in_ns: Vec<&&LabWorkload> = demo.iter().filter(|w| w.namespace == ns).collect();
+                let selector = p.spec.endpoint_selector.as_ref().unwrap();
+                assert!(
+                    in_ns.iter().any(|w| selector_matches(selector, &info(w))),
+                    "{name}: endpointSelector selects nothing"
+                );
+                let peers = p
+                    .spec
+                    .ingress
+                    .iter()
+                    .flat_map(|r| &r.from_endpoints)
+                    .chain(p.spec.egress.iter().flat_map(|r| &r.to_endpoints));
+                for sel in peers {
+                    let foreign = sel
+                        .match_labels
+                        .keys()
+                        .any(|k| k.ends_with(NAMESPACE_LABEL));
+                    if !foreign {
+                        assert!(
+                            in_ns.iter().any(|w| selector_matches(sel, &info(w))),
+                            "{name}: peer selector {sel:?} selects nothing"
+                        );
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    // Services select pods that serve their target ports; routes point at
+    // Services and Gateways that exist; Secrets referenced exist with the key.
+    let mut services = BTreeMap::new();
+    let mut secrets = BTreeMap::new();
+    for l in &all {
+        match &l.manifest {
+            Manifest::Service(s) => {
+                let spec = s.spec.as_ref().unwrap();
+                let selector = spec.selector.clone().unwrap_or_default();
+                let backing: Vec<&&LabWorkload> = demo
+                    .iter()
+                    .filter(|w| selector.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
+                    .collect();
+                let name = s.metadata.name.clone().unwrap();
+                assert!(!backing.is_empty(), "Service {name} selects no pod");
+                for p in spec.ports.iter().flatten() {
+                    let target = match &p.target_port {
+                        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n)) => {
+                            *n as u16
+                        }
+                        _ => p.port as u16,
+                    };
+                    assert!(
+                        backing.iter().all(|w| w.ports.contains(&target)),
+                        "Service {name}: no container port {target}"
+                    );
+                    services.insert((name.clone(), p.port as u16), ());
+                }
+            }
+            Manifest::Secret(s) => {
+                let keys: Vec<String> = s.data.iter().flatten().map(|(k, _)| k.clone()).collect();
+                secrets.insert(s.metadata.name.clone().unwrap(), keys);
+            }
+            _ => {}
+        }
+    }
+    let gateways: Vec<String> = topo
+        .workloads
+        .iter()
+        .filter(|w| w.service_account.ends_with("-istio"))
+        .map(|w| w.name.clone())
+        .collect();
+    for l in &all {
+        match &l.manifest {
+            Manifest::HTTPRoute(r) => {
+                for parent in &r.spec.parent_refs {
+                    assert!(
+                        gateways.contains(&parent.name),
+                        "HTTPRoute parent {} missing",
+                        parent.name
+                    );
+                }
+                for backend in r.spec.rules.iter().flat_map(|rule| &rule.backend_refs) {
+                    let port = backend.port.unwrap();
+                    assert!(
+                        services.contains_key(&(backend.name.clone(), port)),
+                        "no Service {}:{port}",
+                        backend.name
+                    );
+                }
+            }
+            Manifest::Deployment(d) => {
+                let text = serde_json::to_string(d).unwrap();
+                for (secret, keys) in &secrets {
+                    if text.contains(&format!("\"secretName\":\"{secret}\""))
+                        || text.contains(&format!("\"name\":\"{secret}\""))
+                    {
+                        assert!(
+                            keys.contains(&"POSTGRES_PASSWORD".to_string()),
+                            "{secret} lacks POSTGRES_PASSWORD"
+                        );
+                    }
+                }
+                if text.contains("secretName") || text.contains("secretKeyRef") {
+                    assert!(
+                        secrets.keys().any(|s| text.contains(s.as_str())),
+                        "a Deployment references a missing Secret"
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The image the manifests run is the one up.sh builds and loads.
+#[test]
+fn the_image_and_the_policies_come_from_this_repository() {
+    let up = std::fs::read_to_string(kind_dir().join("up.sh")).unwrap();
+    let image = up
+        .lines()
+        .find_map(|l| l.strip_prefix("IMAGE="))
+        .expect("up.sh sets IMAGE");
+    for l in manifests() {
+        if let Manifest::Deployment(d) = &l.manifest {
+            let spec = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+            for c in &spec.containers {
+                let img = c.image.as_deref().unwrap();
+                if img.starts_with("hbone-lab") {
+                    assert_eq!(img, image, "{}", l.file);
+                    assert_eq!(
+                        c.image_pull_policy.as_deref(),
+                        Some("Never"),
+                        "kind-loaded images are never pulled"
+                    );
+                }
+            }
+        }
+    }
+    assert!(
+        up.contains("\"$root/policies/istio/\"") && up.contains("\"$root/policies/cilium/\""),
+        "up.sh applies policies/"
+    );
+    // No second copy of any policy under kind/.
+    for entry in std::fs::read_dir(kind_dir().join("manifests")).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        for kind in [
+            "CiliumNetworkPolicy",
+            "AuthorizationPolicy",
+            "PeerAuthentication",
+        ] {
+            assert!(
+                !text.contains(&format!("kind: {kind}")),
+                "a {kind} copy under kind/"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_manifests_give_the_lab_s_expected_matrix() {
+    let policies = PolicySet::from_loaded(&lab_resources().unwrap());
+    let rows = matrix(&topology(), &policies);
+    let expected =
+        hbone_policies::expect::load_expected(&kind_dir().join("../policies/expected-matrix.json"))
+            .unwrap();
+    let diffs = hbone_policies::expect::differences(&rows, &expected);
+    assert!(diffs.is_empty(), "{diffs:#?}");
+}
+
+#[test]
+fn the_scripts_are_sound() {
+    let mut scripts: Vec<PathBuf> = Vec::new();
+    for dir in [
+        kind_dir(),
+        kind_dir().join("../scripts"),
+        kind_dir().join("../.ci"),
+    ] {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let is_script = path.extension().is_some_and(|e| e == "sh")
+                || std::fs::read_to_string(&path)
+                    .is_ok_and(|t| t.starts_with("#!/usr/bin/env bash"));
+            if path.is_file() && is_script {
+                scripts.push(path);
+            }
+        }
+    }
+    assert!(scripts.len() >= 3, "{scripts:?}");
+    for script in &scripts {
+        let out = Command::new("bash").arg("-n").arg(script).output().unwrap();
+        assert!(
+            out.status.success(),
+            "bash -n {}: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    match Command::new("shellcheck").arg("--version").output() {
+        Ok(o) if o.status.success() => {
+            let out = Command::new("shellcheck").args(&scripts).output().unwrap();
+            assert!(
+                out.status.success(),
+                "shellcheck:\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        _ => eprintln!("SKIPPED shellcheck: not installed (scripts/test.sh installs it as root)"),
+    }
+}

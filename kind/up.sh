@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# Brings up the kind lab: a kind cluster with Cilium, Istio ambient (sharing
+# one root CA with hbone-lab), the Gateway API, the demo application and both
+# layers of policy. Safe to run again: every step checks before it acts.
+#
+# Needs Docker running, and kind, kubectl, helm, the cilium CLI (0.18.x),
+# istioctl (1.28.x) and cargo on PATH. Run from anywhere:  kind/up.sh
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/.." && pwd)"
+
+CLUSTER=ebpf-lab
+CILIUM_VERSION=1.18.3
+ISTIO_VERSION=1.28.1
+GATEWAY_API_VERSION=v1.4.1
+IMAGE=hbone-lab:dev
+CA_DIR="$here/.cacerts"
+
+step() { printf '\n==> %s\n' "$*"; }
+fail() { printf '\nerror: %s\n' "$1" >&2; [[ $# -gt 1 ]] && printf 'what to do: %s\n' "$2" >&2; exit 1; }
+
+need() {
+  command -v "$1" >/dev/null 2>&1 || fail "$1 is not installed" "$2"
+}
+
+version_of() { "$@" 2>/dev/null | grep -Eo '[0-9]+\.[0-9]+\.[0-9]+' | head -n1; }
+
+preflight() {
+  step "checking tools"
+  need docker "install Docker: https://docs.docker.com/engine/install/"
+  need kind "install kind: https://kind.sigs.k8s.io/docs/user/quick-start/#installation"
+  need kubectl "install kubectl: https://kubernetes.io/docs/tasks/tools/"
+  need helm "install helm: https://helm.sh/docs/intro/install/"
+  need cilium "install the cilium CLI 0.18.x: https://docs.cilium.io/en/stable/gettingstarted/k8s-install-default/#install-the-cilium-cli"
+  need istioctl "install istioctl $ISTIO_VERSION: curl -L https://istio.io/downloadIstio | ISTIO_VERSION=$ISTIO_VERSION sh -"
+  need cargo "install Rust: https://rustup.rs"
+  docker info >/dev/null 2>&1 || fail "Docker is not running" "start Docker, then run this again"
+  local cli istio
+  cli="$(version_of cilium version --client)"
+  [[ "$cli" == 0.18.* ]] || fail "cilium CLI $cli found, 0.18.x expected" "install cilium CLI 0.18.x"
+  istio="$(version_of istioctl version --remote=false)"
+  [[ "$istio" == 1.28.* ]] || fail "istioctl $istio found, 1.28.x expected" "install istioctl $ISTIO_VERSION"
+  echo "ok: docker, kind, kubectl, helm, cilium CLI $cli, istioctl $istio, cargo"
+}
+
+create_cluster() {
+  step "kind cluster $CLUSTER"
+  if kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
+    echo "exists"
+  else
+    kind create cluster --config "$here/kind-config.yaml"
+  fi
+  kubectl config use-context "kind-$CLUSTER" >/dev/null
+}
+
+install_cilium() {
+  step "Cilium $CILIUM_VERSION (settings Istio ambient needs)"
+  if kubectl -n kube-system get daemonset cilium >/dev/null 2>&1; then
+    echo "installed"
+  else
+    # cni.exclusive=false: Istio's CNI agent chains itself after Cilium's.
+    # socketLB.hostNamespaceOnly=true: Cilium's socket load-balancing would
+    #   otherwise rewrite service addresses inside pods before ztunnel sees them.
+    # bpf.masquerade=false: eBPF masquerading breaks ambient's health probes.
+    cilium install --version "$CILIUM_VERSION" \
+      --set cni.exclusive=false \
+      --set socketLB.hostNamespaceOnly=true \
+      --set bpf.masquerade=false
+  fi
+  cilium status --wait
+}
+
+install_gateway_api() {
+  step "Gateway API $GATEWAY_API_VERSION CRDs"
+  kubectl apply -f "https://github.com/kubernetes-sigs/gateway-api/releases/download/$GATEWAY_API_VERSION/standard-install.yaml"
+}
+
+shared_root() {
+  step "plug-in CA: one root for istiod and hbone-lab's CA"
+  if [[ ! -f "$CA_DIR/root-cert.pem" ]]; then
+    cargo run --quiet --release --manifest-path "$root/Cargo.toml" -- ca init --out "$CA_DIR"
+  fi
+  kubectl create namespace istio-system --dry-run=client -o yaml | kubectl apply -f -
+  kubectl -n istio-system create secret generic cacerts \
+    --from-file=ca-cert.pem="$CA_DIR/ca-cert.pem" \
+    --from-file=ca-key.pem="$CA_DIR/ca-key.pem" \
+    --from-file=root-cert.pem="$CA_DIR/root-cert.pem" \
+    --from-file=cert-chain.pem="$CA_DIR/cert-chain.pem" \
+    --dry-run=client -o yaml | kubectl apply -f -
+}
+
+install_istio() {
+  step "Istio $ISTIO_VERSION, ambient profile"
+  if kubectl -n istio-system get daemonset ztunnel >/dev/null 2>&1; then
+    echo "installed"
+  else
+    istioctl install --set profile=ambient --skip-confirmation
+  fi
+  kubectl -n istio-system rollout status daemonset/ztunnel --timeout=300s
+  kubectl -n istio-system rollout status deployment/istiod --timeout=300s
+}
+
+build_image() {
+  step "image $IMAGE (built from this repository, loaded into kind)"
+  docker build -f "$here/Dockerfile" -t "$IMAGE" "$root"
+  kind load docker-image "$IMAGE" --name "$CLUSTER"
+}
+
+apply_lab() {
+  step "the demo application"
+  kubectl apply -f "$here/manifests/"
+  step "policies (from policies/ — the one copy)"
+  kubectl apply -f "$root/policies/istio/"
+  kubectl apply -f "$root/policies/cilium/"
+  step "waiting for the pods"
+  kubectl -n demo rollout status deployment/postgres --timeout=300s
+  kubectl -n demo rollout status deployment/hello-app --timeout=300s
+  kubectl -n demo rollout status deployment/worker-app --timeout=300s
+  kubectl -n demo wait --for=condition=programmed gateway/hello-gateway --timeout=300s
+}
+
+main() {
+  preflight
+  create_cluster
+  install_cilium
+  install_gateway_api
+  shared_root
+  install_istio
+  build_image
+  apply_lab
+  step "done"
+  cat <<MSG
+The lab is up. Next:
+  kubectl -n demo port-forward svc/hello-gateway-istio 8080:80 &
+  curl http://localhost:8080/
+  hbone-lab kind verify        # (cargo run --release -- kind verify)
+Walkthrough: kind/README.md.  Tear down: kind/down.sh
+MSG
+}
+
+main "$@"

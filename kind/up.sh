@@ -134,7 +134,7 @@ main() {
 The lab is up. Next:
   kubectl -n demo port-forward svc/hello-gateway-istio 8080:80 &
   curl http://localhost:8080/
-  hbone-lab kind verify        # (cargo run --release -- kind verify)
+  cargo run --release -- policy check --manifests kind/manifests   # who may reach whom, and why
 Walkthrough: kind/README.md.  Tear down: kind/down.sh
 MSG
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
+use hbone_bench::chart;
 use hbone_bench::report::{markdown, table};
 use hbone_bench::runner::{BenchSettings, Progress, SCENARIOS, run, summarize};
 use hbone_bench::subjects::{Shared, Subject};
@@ -17,7 +18,7 @@ use hbone_bench::topology::Topology;
 /// Scenarios: throughput_1 (one stream), throughput_n (parallel streams),
 /// rr_unthrottled (requests/s on one connection), rr_1000 (1 KiB at 1000/s,
 /// p50…p99.9), crr (new connections/s), idle_memory (RSS per idle connection).
-/// Writes bench.json, bench.md into --out.
+/// Writes bench.json, bench.md and bench.svg (a chart) into --out.
 #[derive(Args)]
 #[command(verbatim_doc_comment)]
 pub struct BenchArgs {
@@ -36,7 +37,7 @@ pub struct BenchArgs {
     /// Only these scenarios (comma-separated).
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<String>,
-    /// Where to write bench.json and bench.md.
+    /// Where to write bench.json, bench.md and bench.svg.
     #[arg(long, default_value = "bench-out")]
     out: PathBuf,
 }
@@ -119,10 +120,13 @@ pub async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         serde_json::to_string_pretty(&json)?,
     )?;
     std::fs::write(args.out.join("bench.md"), markdown(&summaries))?;
+    let names: Vec<String> = subjects.iter().map(|s| s.name().to_string()).collect();
+    std::fs::write(args.out.join("bench.svg"), chart::svg(&summaries, &names)?)?;
     println!(
-        "wrote {} and {}",
+        "wrote {}, {} and {}",
         args.out.join("bench.json").display(),
-        args.out.join("bench.md").display()
+        args.out.join("bench.md").display(),
+        args.out.join("bench.svg").display()
     );
     Ok(())
 }

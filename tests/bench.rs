@@ -73,6 +73,12 @@ fn quick_bench_writes_table_json_and_markdown() {
             .as_f64()
             .is_some()
     );
+    let svg = std::fs::read_to_string(out_dir.path().join("bench.svg")).unwrap();
+    assert!(
+        svg.contains("<svg") && svg.contains("÷ direct") && svg.contains("hbone-lab"),
+        "{svg}"
+    );
+    assert!(svg.matches("<rect").count() > 6, "bars were drawn");
     let md = std::fs::read_to_string(out_dir.path().join("bench.md")).unwrap();
     assert!(md.starts_with("| scenario |"), "{md}");
     let leftover = Command::new("ip").args(["netns", "list"]).output().unwrap();

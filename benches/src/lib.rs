@@ -4,7 +4,11 @@
 //! - [`subjects`]: starting and stopping each subject; one CA for both meshes.
 //! - [`runner`]: scenarios, interleaved repetitions, medians and ratios.
 //! - [`report`]: table and Markdown (JSON comes from serde).
+//! - [`chart`]: the same results as an SVG chart.
+//!
+//! Criterion micro-benchmarks of the hot pieces live in `benches/benches/`.
 
+pub mod chart;
 pub mod report;
 pub mod runner;
 pub mod subjects;

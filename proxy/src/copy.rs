@@ -1,19 +1,24 @@
 //! Moving bytes between a TCP socket and an HTTP/2 stream: the hot path.
 //!
-//! Both directions run in the caller's task (no task per direction). Reads
-//! land in a `BytesMut` that starts at 16 KiB and grows to 256 KiB once a
-//! connection has moved 1 MiB, so small request/response traffic stays small
-//! while bulk transfers use large DATA frames. Each read is handed to h2 as
-//! a frozen slice of that buffer, without copying; once h2 has written it,
-//! the buffer's memory is reclaimed for the next read rather than allocated
-//! anew. Flow-control credit is returned to the peer only after the bytes
-//! have been written to the socket, so a slow reader slows the sender.
+//! Both directions run in the caller's task (no task per direction). No read
+//! buffer exists while a connection is idle: the copy waits for the socket
+//! to become readable, and only then takes a buffer — 16 KiB, growing to
+//! 256 KiB once a connection has moved 1 MiB, so small request/response
+//! traffic stays small while bulk transfers use large DATA frames. Each read
+//! is handed to h2 as a frozen slice of that buffer, without copying. A bulk
+//! connection keeps its buffer between reads (h2 hands the memory back once
+//! written); a small one lets it go, so a thousand idle connections cost
+//! no read buffers at all. Flow-control credit is returned to the peer only
+//! after the bytes have been written to the socket, so a slow reader slows
+//! the sender.
 
 use std::io;
 
 use bytes::{Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
 
 const SMALL: usize = 16 * 1024;
 const LARGE: usize = 256 * 1024;
@@ -38,24 +43,34 @@ fn h2_io(e: h2::Error) -> io::Error {
 
 /// Copies from `reader` into the stream until EOF, then half-closes the stream.
 /// `total` counts as it goes, so a failed copy still reports what it moved.
-pub async fn tcp_to_h2<R: AsyncRead + Unpin>(
-    mut reader: R,
+pub async fn tcp_to_h2(
+    reader: &OwnedReadHalf,
     send: &mut SendStream<Bytes>,
     total: &mut u64,
 ) -> io::Result<()> {
-    let mut buf = BytesMut::with_capacity(SMALL);
+    let mut buf = BytesMut::new();
     loop {
-        let want = if *total >= GROW_AFTER { LARGE } else { SMALL };
+        reader.readable().await?;
+        let bulk = *total >= GROW_AFTER;
+        let want = if bulk { LARGE } else { SMALL };
         if buf.capacity() < want {
             buf.reserve(want);
         }
-        let n = reader.read_buf(&mut buf).await?;
+        let n = match reader.try_read_buf(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
         if n == 0 {
             send.send_data(Bytes::new(), true).map_err(h2_io)?;
             return Ok(());
         }
         *total += n as u64;
         let mut chunk = buf.split().freeze();
+        if !bulk {
+            // Idle small connections hold no buffer; the next read takes a fresh one.
+            buf = BytesMut::new();
+        }
         while !chunk.is_empty() {
             send.reserve_capacity(chunk.len());
             let granted = match futures::future::poll_fn(|cx| send.poll_capacity(cx)).await {
@@ -96,18 +111,15 @@ pub async fn h2_to_tcp<W: AsyncWrite + Unpin>(
 /// Runs both directions until both are done, or until one fails (then the
 /// other is abandoned and the stream reset). Returns the byte counts and the
 /// first error, if any.
-pub async fn bidirectional<S>(
-    socket: S,
+pub async fn bidirectional(
+    socket: TcpStream,
     mut send: SendStream<Bytes>,
     mut recv: RecvStream,
-) -> (Transferred, Option<io::Error>)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let (reader, writer) = tokio::io::split(socket);
+) -> (Transferred, Option<io::Error>) {
+    let (reader, writer) = socket.into_split();
     let mut moved = Transferred::default();
     let error = {
-        let up = tcp_to_h2(reader, &mut send, &mut moved.to_tunnel);
+        let up = tcp_to_h2(&reader, &mut send, &mut moved.to_tunnel);
         let down = h2_to_tcp(&mut recv, writer, &mut moved.from_tunnel);
         tokio::pin!(up, down);
         let (mut up_done, mut down_done) = (false, false);

@@ -14,7 +14,6 @@ use std::time::Instant;
 
 use http::{HeaderMap, HeaderValue};
 use thiserror::Error;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tracing::{info, warn};
 
@@ -128,16 +127,14 @@ impl Outbound {
     }
 
     /// Carries bytes between the client and the upstream until both sides are done.
-    pub async fn relay<S>(
+    pub async fn relay(
         &self,
-        client: S,
+        client: TcpStream,
         client_addr: SocketAddr,
         source: &Workload,
         upstream: Upstream,
         route: Route,
-    ) where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
+    ) {
         let started = Instant::now();
         let mtls = matches!(upstream, Upstream::Tunnel(_));
         let labels = ConnectionLabels::new(

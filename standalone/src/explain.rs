@@ -171,8 +171,15 @@ pub async fn explain(lab: &Lab) -> Result<String, String> {
         route.target
     );
 
-    // Carry one real request through the tunnel.
-    let (mut app_side, proxy_side) = tokio::io::duplex(64 * 1024);
+    // Carry one real request through the tunnel, from a socket pair on loopback.
+    let pair = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let pair_addr = pair.local_addr().map_err(|e| e.to_string())?;
+    let (app_side, accepted) =
+        tokio::join!(tokio::net::TcpStream::connect(pair_addr), pair.accept());
+    let mut app_side = app_side.map_err(|e| e.to_string())?;
+    let (proxy_side, _) = accepted.map_err(|e| e.to_string())?;
     let relay = tokio::spawn({
         let outbound = node1.outbound.clone();
         async move {

@@ -1,0 +1,169 @@
+//! The benchmark as a picture: one SVG with three panels — speed relative to
+//! no proxy (higher is better), p99 latency at a fixed rate, and memory per
+//! idle connection (lower is better) — one bar per subject, so hbone-lab and
+//! ztunnel sit next to each other on every figure.
+
+use plotters::prelude::*;
+use thiserror::Error;
+
+use crate::runner::Summary;
+
+#[derive(Debug, Error)]
+#[error("cannot draw the chart: {0}")]
+pub struct ChartError(String);
+
+fn err(e: impl std::fmt::Display) -> ChartError {
+    ChartError(e.to_string())
+}
+
+/// (scenario, figure, label) for the "÷ direct" panel.
+const SPEED: &[(&str, &str, &str)] = &[
+    ("throughput_1", "throughput_gbps", "1 stream"),
+    ("throughput_n", "throughput_gbps", "N streams"),
+    ("rr_unthrottled", "rps", "req/s"),
+    ("crr", "conn_per_s", "conn/s"),
+];
+
+const COLOURS: [RGBColor; 3] = [
+    RGBColor(0x90, 0x90, 0x90),
+    RGBColor(0x2a, 0x7a, 0xc8),
+    RGBColor(0xe0, 0x8a, 0x1e),
+];
+
+fn figure(summaries: &[Summary], subject: &str, scenario: &str, key: &str) -> Option<f64> {
+    summaries
+        .iter()
+        .find(|s| s.subject == subject && s.scenario == scenario)
+        .and_then(|s| s.figures.get(key).copied())
+        .filter(|v| v.is_finite())
+}
+
+/// One panel of grouped bars: for each group, one bar per subject.
+fn bars(
+    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    title: &str,
+    groups: &[(String, Vec<Option<f64>>)],
+    subjects: &[String],
+    y_label: &str,
+) -> Result<(), ChartError> {
+    let top = groups
+        .iter()
+        .flat_map(|(_, v)| v.iter().flatten())
+        .fold(0.0f64, |a, b| a.max(*b))
+        .max(1e-9)
+        * 1.15;
+    let n = subjects.len().max(1) as f64;
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(30)
+        .y_label_area_size(55)
+        .build_cartesian_2d(0.0..groups.len() as f64, 0.0..top)
+        .map_err(err)?;
+    let names: Vec<String> = groups.iter().map(|(g, _)| g.clone()).collect();
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(groups.len() * 2 + 1)
+        .x_label_formatter(&|x| {
+            let i = x.floor() as usize;
+            match (x - x.floor() - 0.5).abs() < 1e-6 {
+                true => names.get(i).cloned().unwrap_or_default(),
+                false => String::new(),
+            }
+        })
+        .y_desc(y_label)
+        .draw()
+        .map_err(err)?;
+    for (s, subject) in subjects.iter().enumerate() {
+        let colour = COLOURS[s % COLOURS.len()];
+        let rects = groups.iter().enumerate().filter_map(|(g, (_, values))| {
+            let v = values.get(s).copied().flatten()?;
+            let x0 = g as f64 + 0.1 + 0.8 * s as f64 / n;
+            let x1 = x0 + 0.8 / n - 0.02;
+            Some(Rectangle::new([(x0, 0.0), (x1, v)], colour.filled()))
+        });
+        chart
+            .draw_series(rects)
+            .map_err(err)?
+            .label(subject.as_str())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], colour.filled()));
+        let labels = groups.iter().enumerate().filter_map(|(g, (_, values))| {
+            let v = values.get(s).copied().flatten()?;
+            let x = g as f64 + 0.1 + 0.8 * (s as f64 + 0.5) / n;
+            let text = if v >= 100.0 {
+                format!("{v:.0}")
+            } else {
+                format!("{v:.2}")
+            };
+            Some(Text::new(
+                text,
+                (x - 0.06, v + top * 0.02),
+                ("sans-serif", 11),
+            ))
+        });
+        chart.draw_series(labels).map_err(err)?;
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.9))
+        .draw()
+        .map_err(err)?;
+    Ok(())
+}
+
+/// Draws the chart into an SVG string.
+pub fn svg(summaries: &[Summary], subjects: &[String]) -> Result<String, ChartError> {
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, (1200, 420)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let (left, rest) = root.split_horizontally(560);
+        let (middle, right) = rest.split_horizontally(320);
+        let speed: Vec<(String, Vec<Option<f64>>)> = SPEED
+            .iter()
+            .map(|(scenario, key, label)| {
+                let base = figure(summaries, "direct", scenario, key);
+                let values = subjects
+                    .iter()
+                    .map(|s| Some(figure(summaries, s, scenario, key)? / base?))
+                    .collect();
+                (label.to_string(), values)
+            })
+            .collect();
+        bars(
+            &left,
+            "÷ direct (higher is better)",
+            &speed,
+            subjects,
+            "ratio to no proxy",
+        )?;
+        let p99 = vec![(
+            "1000 req/s".to_string(),
+            subjects
+                .iter()
+                .map(|s| figure(summaries, s, "rr_1000", "p99_ms"))
+                .collect(),
+        )];
+        bars(&middle, "p99 latency, ms", &p99, subjects, "ms")?;
+        let memory = vec![(
+            "per idle conn".to_string(),
+            subjects
+                .iter()
+                .map(|s| {
+                    figure(summaries, s, "idle_memory", "bytes_per_idle_conn").map(|b| b / 1024.0)
+                })
+                .collect(),
+        )];
+        bars(
+            &right,
+            "memory, KiB (lower is better)",
+            &memory,
+            subjects,
+            "KiB",
+        )?;
+        root.present().map_err(err)?;
+    }
+    Ok(out)
+}

@@ -100,11 +100,18 @@ pub async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     };
     let topology = Topology::create().context("creating the benchmark namespaces")?;
     let shared = Shared::new(&topology, std::env::current_exe()?).await?;
-    let samples = run(
-        &subjects, &scenarios, &settings, &topology, &shared, &mut Bar,
-    )
-    .await;
+    // Ctrl-C or SIGTERM stops the run; the subjects' processes, the CA and
+    // the namespaces are cleaned up on the way out either way.
+    let mut bar = Bar;
+    let samples = tokio::select! {
+        samples = run(&subjects, &scenarios, &settings, &topology, &shared, &mut bar) => Some(samples),
+        _ = crate::proxy_cmd::wait_for_stop() => None,
+    };
     shared.shutdown().await;
+    let Some(samples) = samples else {
+        drop(topology);
+        anyhow::bail!("interrupted: the benchmark's processes and namespaces were removed");
+    };
     let samples = samples?;
     let summaries = summarize(&samples);
     println!("{}", table(&summaries));

@@ -24,6 +24,8 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 ///
 /// Logs go to stderr; set RUST_LOG (for example RUST_LOG=debug or
 /// RUST_LOG=hbone_ca=debug) to see more, and HBONE_LOG_FORMAT=json for JSON lines.
+/// HBONE_WORKER_THREADS sets the async runtime's worker threads (default: one
+/// per core), e.g. to compare with ztunnel's ZTUNNEL_WORKER_THREADS.
 #[derive(Parser)]
 #[command(name = "hbone-lab", version, propagate_version = true)]
 struct Cli {
@@ -58,9 +60,14 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(_) => "warn",
         _ => "info",
     });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = std::env::var("HBONE_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        builder.worker_threads(n.max(1));
+    }
+    let runtime = builder.enable_all().build()?;
     runtime.block_on(async move {
         match cli.command {
             Command::Demo(args) => demo_cmd::run(args).await,

@@ -40,6 +40,37 @@ pub struct BenchArgs {
     /// Where to write bench.json, bench.md and bench.svg.
     #[arg(long, default_value = "bench-out")]
     out: PathBuf,
+    /// Measure nothing: redraw bench.md and bench.svg into --out from a
+    /// bench.json written earlier (no root needed).
+    #[arg(long, value_name = "BENCH_JSON")]
+    replot: Option<PathBuf>,
+}
+
+/// Redraws the Markdown table and the chart from a saved run.
+fn replot(json_path: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(json_path)
+        .with_context(|| format!("cannot read {}", json_path.display()))?;
+    let saved: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not JSON", json_path.display()))?;
+    let summaries: Vec<hbone_bench::runner::Summary> =
+        serde_json::from_value(saved["results"].clone()).with_context(|| {
+            format!(
+                "{}: `results` is not a benchmark's results",
+                json_path.display()
+            )
+        })?;
+    let names: Vec<String> = serde_json::from_value(saved["subjects"].clone())
+        .with_context(|| format!("{}: `subjects` is missing", json_path.display()))?;
+    std::fs::create_dir_all(out)?;
+    std::fs::write(out.join("bench.md"), markdown(&summaries))?;
+    std::fs::write(out.join("bench.svg"), chart::svg(&summaries, &names)?)?;
+    println!("{}", table(&summaries));
+    println!(
+        "wrote {} and {}",
+        out.join("bench.md").display(),
+        out.join("bench.svg").display()
+    );
+    Ok(())
 }
 
 struct Bar;
@@ -61,6 +92,9 @@ impl Progress for Bar {
 }
 
 pub async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(json) = &args.replot {
+        return replot(json, &args.out);
+    }
     anyhow::ensure!(
         hbone_proxy::netns::can_create(),
         "the benchmark builds two pod network namespaces: run it as root (iproute2 and iptables installed)"

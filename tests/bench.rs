@@ -87,3 +87,52 @@ fn quick_bench_writes_table_json_and_markdown() {
         "namespaces left behind"
     );
 }
+
+/// `--replot` redraws the table and chart of a saved run without measuring
+/// (and without root): here, the run recorded in benches/RESULTS.md.
+#[test]
+fn replot_redraws_a_saved_run() {
+    let saved = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("benches/results/full-2026-11-25.json");
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_hbone-lab"))
+        .args(["bench", "--replot"])
+        .arg(&saved)
+        .arg("--out")
+        .arg(out_dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("throughput_1") && stdout.contains("ztunnel"),
+        "{stdout}"
+    );
+    let svg = std::fs::read_to_string(out_dir.path().join("bench.svg")).unwrap();
+    for subject in ["direct", "hbone-lab", "ztunnel"] {
+        assert!(svg.contains(subject), "{subject} missing from the chart");
+    }
+    let md = std::fs::read_to_string(out_dir.path().join("bench.md")).unwrap();
+    // The header row, then 6 scenarios × 3 subjects.
+    assert_eq!(
+        md.lines().filter(|l| l.starts_with("| ")).count(),
+        1 + 18,
+        "{md}"
+    );
+
+    let broken = out_dir.path().join("broken.json");
+    std::fs::write(&broken, "{\"results\": 3}").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_hbone-lab"))
+        .args(["bench", "--replot"])
+        .arg(&broken)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("`results` is not a benchmark's results")
+    );
+}

@@ -45,13 +45,17 @@ fn bars(
     groups: &[(String, Vec<Option<f64>>)],
     subjects: &[String],
     y_label: &str,
+    legend: bool,
 ) -> Result<(), ChartError> {
+    // Headroom above the tallest bar: room for value labels, and for the
+    // legend in the panel that carries it.
+    let headroom = if legend { 1.5 } else { 1.15 };
     let top = groups
         .iter()
         .flat_map(|(_, v)| v.iter().flatten())
         .fold(0.0f64, |a, b| a.max(*b))
         .max(1e-9)
-        * 1.15;
+        * headroom;
     let n = subjects.len().max(1) as f64;
     let mut chart = ChartBuilder::on(area)
         .caption(title, ("sans-serif", 18))
@@ -104,16 +108,20 @@ fn bars(
         });
         chart.draw_series(labels).map_err(err)?;
     }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.9))
-        .draw()
-        .map_err(err)?;
+    if legend {
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.9))
+            .draw()
+            .map_err(err)?;
+    }
     Ok(())
 }
 
-/// Draws the chart into an SVG string.
+/// Draws the chart into an SVG string (colours: direct grey, hbone-lab
+/// blue, ztunnel orange; the legend sits in the first panel).
 pub fn svg(summaries: &[Summary], subjects: &[String]) -> Result<String, ChartError> {
     let mut out = String::new();
     {
@@ -138,6 +146,7 @@ pub fn svg(summaries: &[Summary], subjects: &[String]) -> Result<String, ChartEr
             &speed,
             subjects,
             "ratio to no proxy",
+            true,
         )?;
         let p99 = vec![(
             "1000 req/s".to_string(),
@@ -146,7 +155,7 @@ pub fn svg(summaries: &[Summary], subjects: &[String]) -> Result<String, ChartEr
                 .map(|s| figure(summaries, s, "rr_1000", "p99_ms"))
                 .collect(),
         )];
-        bars(&middle, "p99 latency, ms", &p99, subjects, "ms")?;
+        bars(&middle, "p99 latency, ms", &p99, subjects, "ms", false)?;
         let memory = vec![(
             "per idle conn".to_string(),
             subjects
@@ -162,6 +171,7 @@ pub fn svg(summaries: &[Summary], subjects: &[String]) -> Result<String, ChartEr
             &memory,
             subjects,
             "KiB",
+            false,
         )?;
         root.present().map_err(err)?;
     }

@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use hbone_workloads::peers::{RrSettings, rr_client, rr_server, sink, source};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::subjects::{Running, Shared, Subject, SubjectError, cpu_seconds, rss_bytes, start};
 use crate::topology::{SERVER_IP, Topology};
@@ -56,7 +56,7 @@ pub struct Sample {
 }
 
 /// The medians of one subject × scenario, with ratios against direct and ztunnel.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
     pub subject: String,
     pub scenario: String,

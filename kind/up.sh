@@ -135,6 +135,7 @@ The lab is up. Next:
   kubectl -n demo port-forward svc/hello-gateway-istio 8080:80 &
   curl http://localhost:8080/
   cargo run --release -- policy check --manifests kind/manifests   # who may reach whom, and why
+  cargo run --release -- kind verify                               # the cluster against that prediction
 Walkthrough: kind/README.md.  Tear down: kind/down.sh
 MSG
 }

@@ -11,6 +11,7 @@ use hbone_workloads::dial::Dialer;
 use hbone_workloads::gateway::GatewayConfig;
 use hbone_workloads::hello::HelloConfig;
 use hbone_workloads::peers::{self, RrSettings};
+use hbone_workloads::probe::{ProbeKind, ProbeOutcome, probe};
 
 /// Every app reaches the mesh directly (captured) or, when HBONE_SOCKS5=ip:port
 /// is set, through that SOCKS5 proxy from HBONE_SOURCE_IP.
@@ -37,6 +38,18 @@ pub enum AppCommand {
         /// Stop after this many rounds (default: forever).
         #[arg(long)]
         rounds: Option<u64>,
+    },
+    /// Connect to TARGET (host:port) and tell whether the application
+    /// answers. In an ambient pod the connect itself always succeeds (into
+    /// the pod's own proxy), so the answer is what tells allowed from refused.
+    /// Exit status: 0 answered, 1 refused (closed or reset), 2 no answer in time.
+    Probe {
+        target: String,
+        /// http (GET /health), postgres (SSLRequest) or tls (a handshake with SNI).
+        #[arg(long, default_value = "http")]
+        kind: ProbeKind,
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
     },
     /// Echo every byte back.
     Echo {
@@ -124,6 +137,20 @@ pub async fn run(command: AppCommand) -> anyhow::Result<()> {
             let db = Database::new(DbConfig::from_env()?, dialer);
             let ok = hbone_workloads::worker::run(&db, interval, rounds).await;
             println!("worker-app: {ok} successful rounds");
+        }
+        AppCommand::Probe {
+            target,
+            kind,
+            timeout,
+        } => {
+            let (host, port) = split_target(&target)?;
+            let outcome = match tokio::time::timeout(timeout, dialer.connect(&host, port)).await {
+                Ok(Ok(mut stream)) => probe(&mut stream, kind, &host, timeout).await,
+                Ok(Err(e)) => ProbeOutcome::Refused(e.to_string()),
+                Err(_) => ProbeOutcome::TimedOut,
+            };
+            println!("{target}: {outcome}");
+            std::process::exit(outcome.exit_code());
         }
         AppCommand::Echo { listen } => peers::echo(peers::listen(listen).await?).await?,
         AppCommand::Sink { listen } => {

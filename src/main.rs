@@ -5,6 +5,7 @@ mod app_cmd;
 mod bench_cmd;
 mod ca_cmd;
 mod demo_cmd;
+mod kind_cmd;
 mod logging;
 mod policy_cmd;
 mod proxy_cmd;
@@ -48,6 +49,9 @@ enum Command {
     /// Who may reach whom under the lab's Cilium and Istio policies.
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCommand),
+    /// The kind lab (kind/): verify a running cluster against the lab's files.
+    #[command(subcommand)]
+    Kind(kind_cmd::KindCommand),
     /// Benchmark direct vs hbone-lab vs ztunnel on the same path (root).
     Bench(bench_cmd::BenchArgs),
 }
@@ -76,6 +80,7 @@ fn main() -> anyhow::Result<()> {
             Command::Bench(args) => bench_cmd::run_bench(args).await,
             Command::App(cmd) => app_cmd::run(cmd).await,
             Command::Policy(cmd) => policy_cmd::run(cmd),
+            Command::Kind(cmd) => kind_cmd::run(cmd).await,
         }
     })
 }

@@ -9,8 +9,13 @@
 //!   resources checked against their upstream schemas.
 //! - [`topology`]: the lab's workloads as `policy check` sees them.
 //! - [`kind_config`]: the kind cluster configuration, typed.
+//! - [`verify`]: `kind verify` — the running lab against the files, through
+//!   [`verify::Cluster`]: [`kube_cluster`] for real, [`fake_cluster`] in tests.
 
+pub mod fake_cluster;
 pub mod gateway_api;
 pub mod kind_config;
+pub mod kube_cluster;
 pub mod manifests;
 pub mod topology;
+pub mod verify;

@@ -17,6 +17,7 @@ use hbone_proxy::netns::tcp_socket;
 use hbone_workloads::db::{Database, DbConfig};
 use hbone_workloads::dial::DialError;
 use hbone_workloads::external::{Reachability, check, client_tls};
+use hbone_workloads::probe::{ProbeKind, ProbeOutcome, probe};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -173,33 +174,14 @@ fn expect(lab: &Lab, rows: &[Row], src: &str, dst: &str, port: u16) -> Predictio
     }
 }
 
-/// The application's answer on a fresh connection: an HTTP status line, or
-/// PostgreSQL's one-byte reply to an SSLRequest.
-#[derive(Clone, Copy)]
-enum Probe {
-    Http,
-    Postgres,
-}
-
-async fn probe_answer(stream: &mut TcpStream, probe: Probe) -> Result<String, String> {
-    let exchange = async {
-        match probe {
-            Probe::Http => http_get(stream, "/health", "*/*")
-                .await
-                .map(|(status, _)| format!("HTTP {status}")),
-            Probe::Postgres => {
-                // SSLRequest: length 8, code 80877103. The server answers 'S' or 'N'.
-                stream.write_all(&[0, 0, 0, 8, 4, 210, 22, 47]).await?;
-                let mut one = [0u8; 1];
-                stream.read_exact(&mut one).await?;
-                Ok(format!("PostgreSQL answered '{}'", one[0] as char))
-            }
+/// The application's answer on a fresh connection, within 3 s.
+async fn probe_answer(stream: &mut TcpStream, kind: ProbeKind) -> Result<String, String> {
+    match probe(stream, kind, "hello-app", Duration::from_secs(3)).await {
+        ProbeOutcome::Answered(answer) => Ok(answer),
+        ProbeOutcome::Refused(why) => {
+            Err(format!("the connection closed without an answer ({why})"))
         }
-    };
-    match tokio::time::timeout(Duration::from_secs(3), exchange).await {
-        Ok(Ok(answer)) => Ok(answer),
-        Ok(Err(e)) => Err(format!("the connection closed without an answer ({e})")),
-        Err(_) => Err("no answer within 3 s".into()),
+        ProbeOutcome::TimedOut => Err("no answer within 3 s".into()),
     }
 }
 
@@ -278,7 +260,7 @@ async fn attempt(
     dst: &str,
     host: &str,
     port: u16,
-    probe: Probe,
+    probe: ProbeKind,
 ) -> (Verdict, String) {
     let witness = Witness::new(lab, src, dst);
     let outcome = match lab.dialer(src).connect(host, port).await {
@@ -377,8 +359,13 @@ pub async fn run_all(lab: &Lab) -> Vec<ScenarioResult> {
 
     // 2-3. The test pod, whose identity (sa/default) nobody granted.
     for (target, port, host, probe) in [
-        ("hello-app", HELLO_PORT, HELLO_HOST, Probe::Http),
-        ("postgres", POSTGRES_PORT, POSTGRES_HOST, Probe::Postgres),
+        ("hello-app", HELLO_PORT, HELLO_HOST, ProbeKind::Http),
+        (
+            "postgres",
+            POSTGRES_PORT,
+            POSTGRES_HOST,
+            ProbeKind::Postgres,
+        ),
     ] {
         let p = expect(lab, &rows, "test-pod", target, port);
         let (observed, evidence) = attempt(lab, "test-pod", target, host, port, probe).await;
@@ -522,7 +509,7 @@ async fn plaintext_from_outside(lab: &Lab, rows: &[Row]) -> ScenarioResult {
             .await
             .map_err(|_| "the SYN went unanswered for 2 s".to_string())?
             .map_err(|e| e.to_string())?;
-        probe_answer(&mut tcp, Probe::Http).await
+        probe_answer(&mut tcp, ProbeKind::Http).await
     };
     let (observed, seen) = match attempt.await {
         Ok(answer) => (Verdict::Allow, answer),

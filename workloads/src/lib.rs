@@ -5,6 +5,7 @@
 //! - [`gateway`]: the standalone stand-in for the Istio gateway.
 //! - [`worker`]: worker-app, the second database client.
 //! - [`public_api`]: TLS stand-ins for api.github.com and api.cloudflare.com.
+//! - [`probe`]: "does the application answer?" — how a client in a captured pod tells allowed from refused.
 //! - [`peers`]: echo, sink, source and request/response load for the benchmarks.
 
 pub mod db;
@@ -14,5 +15,6 @@ pub mod gateway;
 pub mod hello;
 pub mod peers;
 pub mod pgserver;
+pub mod probe;
 pub mod public_api;
 pub mod worker;

@@ -1,0 +1,306 @@
+//! `hbone-lab kind verify`: is the running kind lab the lab the files
+//! describe? It checks what the lab's own verification steps check — pods
+//! ready, every policy from `policies/` present, the gateway's service a
+//! ClusterIP, PeerAuthentication STRICT — and then runs the connectivity
+//! matrix for real: for each row whose source is a pod, a short-lived probe
+//! pod with that source's service account and labels (so Cilium and ztunnel
+//! both take it for that workload) tries the destination, and the outcome is
+//! compared with what `policy check` predicts.
+//!
+//! The cluster is reached through [`Cluster`], so the logic is tested
+//! against [`crate::fake_cluster::FakeCluster`]; [`crate::kube_cluster`]
+//! is the real one.
+
+use std::collections::BTreeMap;
+
+use hbone_policies::load::{Loaded, Resource};
+use hbone_policies::matrix::{PolicySet, Row, Verdict, matrix};
+use hbone_policies::topology::{LabTopology, LabWorkload, MeshMode};
+use thiserror::Error;
+
+use crate::gateway_api::istio_gateway_service_account;
+
+#[derive(Debug, Error)]
+pub enum VerifyError {
+    #[error("the Kubernetes API: {0}")]
+    Api(String),
+    #[error("probe pod {pod}: {message}")]
+    Probe { pod: String, message: String },
+}
+
+/// A pod as `verify` needs to see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodInfo {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub ready: bool,
+}
+
+/// A policy resource by kind, namespace (None: cluster-scoped) and name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ResourceRef {
+    pub kind: String,
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+/// A short-lived pod that tries one connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeSpec {
+    pub pod_name: String,
+    pub namespace: String,
+    pub service_account: String,
+    pub labels: BTreeMap<String, String>,
+    pub image: String,
+    /// `hbone-lab` arguments: `app probe <target> --kind <kind> --timeout 5s`.
+    pub args: Vec<String>,
+}
+
+/// How a probe pod ended: its exit code (0 answered, 1 refused, 2 no
+/// answer) and its log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeRun {
+    pub exit_code: i32,
+    pub log: String,
+}
+
+/// What `verify` asks of a cluster.
+pub trait Cluster {
+    fn pods(&self, namespace: &str) -> impl Future<Output = Result<Vec<PodInfo>, VerifyError>>;
+    fn exists(&self, resource: &ResourceRef) -> impl Future<Output = Result<bool, VerifyError>>;
+    fn service_type(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<String>, VerifyError>>;
+    fn peer_authentication_mode(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<String>, VerifyError>>;
+    fn run_probe(&self, spec: &ProbeSpec) -> impl Future<Output = Result<ProbeRun, VerifyError>>;
+}
+
+/// One check and its outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckResult {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// One connectivity row, predicted and observed.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    pub row: Row,
+    pub observed: Option<Verdict>,
+    pub detail: String,
+}
+
+impl Observed {
+    pub fn matches(&self) -> bool {
+        self.observed == Some(self.row.verdict)
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub checks: Vec<CheckResult>,
+    pub connectivity: Vec<Observed>,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.checks.iter().all(|c| c.ok) && self.connectivity.iter().all(Observed::matches)
+    }
+
+    /// Every failed check and every row that did not behave as predicted,
+    /// with the rules involved.
+    pub fn differences(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| format!("{}: {}", c.name, c.detail))
+            .collect();
+        for o in self.connectivity.iter().filter(|o| !o.matches()) {
+            let seen = o.observed.map(Verdict::as_str).unwrap_or("unknown");
+            out.push(format!(
+                "{} → {}:{}: predicted {}, observed {seen} ({}); the rules: {}",
+                o.row.src,
+                o.row.dst,
+                o.row.port,
+                o.row.verdict.as_str(),
+                o.detail,
+                o.row.reasons.join("; ")
+            ));
+        }
+        out
+    }
+}
+
+/// Options of one verification.
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    pub namespace: String,
+    pub image: String,
+    pub connectivity: bool,
+}
+
+fn check(name: impl Into<String>, ok: bool, detail: impl Into<String>) -> CheckResult {
+    CheckResult {
+        name: name.into(),
+        ok,
+        detail: detail.into(),
+    }
+}
+
+fn selects(workload: &LabWorkload, pod: &PodInfo) -> bool {
+    !workload.labels.is_empty()
+        && workload
+            .labels
+            .iter()
+            .all(|(k, v)| pod.labels.get(k) == Some(v))
+}
+
+/// The policy resources the lab applies, as references.
+pub fn resource_refs(resources: &[Loaded]) -> Vec<ResourceRef> {
+    resources
+        .iter()
+        .map(|l| {
+            let (kind, meta) = match &l.resource {
+                Resource::AuthorizationPolicy(p) => ("AuthorizationPolicy", &p.metadata),
+                Resource::PeerAuthentication(p) => ("PeerAuthentication", &p.metadata),
+                Resource::CiliumNetworkPolicy(p) => ("CiliumNetworkPolicy", &p.metadata),
+                Resource::CiliumClusterwideNetworkPolicy(p) => {
+                    ("CiliumClusterwideNetworkPolicy", &p.metadata)
+                }
+            };
+            ResourceRef {
+                kind: kind.into(),
+                namespace: meta.namespace.clone(),
+                name: meta.name.clone().unwrap_or_default(),
+            }
+        })
+        .collect()
+}
+
+/// The probe for one row, or `None` when its source is not a pod.
+pub fn probe_for(
+    row: &Row,
+    topology: &LabTopology,
+    options: &VerifyOptions,
+    index: usize,
+) -> Option<ProbeSpec> {
+    let src = topology.workloads.iter().find(|w| w.name == row.src)?;
+    let (target, kind) = match topology.workloads.iter().find(|w| w.name == row.dst) {
+        Some(dst) => {
+            let service = match dst.mesh {
+                MeshMode::HboneClient => istio_gateway_service_account(&dst.name),
+                _ => dst.name.clone(),
+            };
+            let kind = if row.port == 5432 { "postgres" } else { "http" };
+            (
+                format!("{service}.{}.svc.cluster.local:{}", dst.namespace, row.port),
+                kind,
+            )
+        }
+        None => (format!("{}:{}", row.dst, row.port), "tls"),
+    };
+    let mut labels = src.labels.clone();
+    labels.insert("hbone-lab.dev/probe".into(), "true".into());
+    Some(ProbeSpec {
+        pod_name: format!("hbl-probe-{index}-{}", src.name),
+        namespace: src.namespace.clone(),
+        service_account: src.service_account.clone(),
+        labels,
+        image: options.image.clone(),
+        args: ["app", "probe", &target, "--kind", kind, "--timeout", "5s"]
+            .map(String::from)
+            .to_vec(),
+    })
+}
+
+/// Runs every check against `cluster`.
+pub async fn verify<C: Cluster>(
+    cluster: &C,
+    topology: &LabTopology,
+    resources: &[Loaded],
+    options: &VerifyOptions,
+) -> Result<Report, VerifyError> {
+    let ns = options.namespace.as_str();
+    let mut report = Report::default();
+    let pods = cluster.pods(ns).await?;
+    for w in topology.workloads.iter().filter(|w| w.namespace == ns) {
+        let matching: Vec<&PodInfo> = pods.iter().filter(|p| selects(w, p)).collect();
+        let ready = matching.iter().filter(|p| p.ready).count();
+        report.checks.push(check(
+            format!("pod {} ready", w.name),
+            ready > 0,
+            match (matching.len(), ready) {
+                (0, _) => "no pod with its labels".to_string(),
+                (n, 0) => format!("{n} pod(s), none ready"),
+                (n, r) => format!("{r} of {n} ready"),
+            },
+        ));
+    }
+    for r in resource_refs(resources) {
+        let present = cluster.exists(&r).await?;
+        let at = match &r.namespace {
+            Some(n) => format!("{n}/{}", r.name),
+            None => r.name.clone(),
+        };
+        report.checks.push(check(
+            format!("{} {at} present", r.kind),
+            present,
+            if present {
+                "applied"
+            } else {
+                "missing: apply policies/ (kind/up.sh does)"
+            },
+        ));
+    }
+    for gw in topology
+        .workloads
+        .iter()
+        .filter(|w| w.mesh == MeshMode::HboneClient)
+    {
+        let service = istio_gateway_service_account(&gw.name);
+        let kind = cluster.service_type(&gw.namespace, &service).await?;
+        report.checks.push(check(
+            format!("service {service} is ClusterIP"),
+            kind.as_deref() == Some("ClusterIP"),
+            match kind {
+                Some(k) => format!("type {k}"),
+                None => "no such service".into(),
+            },
+        ));
+    }
+    let mode = cluster.peer_authentication_mode(ns, "default").await?;
+    report.checks.push(check(
+        format!("PeerAuthentication {ns}/default is STRICT"),
+        mode.as_deref() == Some("STRICT"),
+        format!("mode {}", mode.as_deref().unwrap_or("(none)")),
+    ));
+    if options.connectivity {
+        let policies = PolicySet::from_loaded(resources);
+        for (i, row) in matrix(topology, &policies).into_iter().enumerate() {
+            let Some(spec) = probe_for(&row, topology, options, i) else {
+                continue;
+            };
+            let (observed, detail) = match cluster.run_probe(&spec).await {
+                Ok(run) => (
+                    Some(Verdict::of(run.exit_code == 0)),
+                    run.log.trim().to_string(),
+                ),
+                Err(e) => (None, e.to_string()),
+            };
+            report.connectivity.push(Observed {
+                row,
+                observed,
+                detail,
+            });
+        }
+    }
+    Ok(report)
+}

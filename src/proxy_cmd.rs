@@ -111,9 +111,17 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         bind_source_ip: config.bind_source_ip,
     };
     let core = Arc::new(ProxyCore::new(settings, registry, policies, certs, trust));
-    let proxy = ProxyHandle::start(core, &config.listeners).await?;
+    let proxy = ProxyHandle::start(core.clone(), &config.listeners).await?;
     println!("proxy for node {} running: {:?}", config.node, proxy.addrs);
+    let stop_following = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(hbone_proxy::registry_watch::follow_file(
+        core,
+        config.registry.clone(),
+        std::time::Duration::from_secs(2),
+        stop_following.clone(),
+    ));
     wait_for_stop().await?;
+    stop_following.cancel();
     println!("draining (up to {:?})…", config.drain_grace);
     proxy.shutdown(config.drain_grace).await;
     Ok(())

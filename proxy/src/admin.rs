@@ -47,7 +47,7 @@ fn route(core: &ProxyCore, endpoints: Endpoints, path: &str) -> Reply {
 
 fn readiness(core: &ProxyCore) -> Reply {
     let missing: Vec<String> = core
-        .registry
+        .registry()
         .local_workloads(&core.node)
         .filter(|w| {
             let state = core.certs.watch(w.identity());
@@ -68,7 +68,7 @@ fn readiness(core: &ProxyCore) -> Reply {
 
 fn config_dump(core: &ProxyCore) -> serde_json::Value {
     let workloads: Vec<_> = core
-        .registry
+        .registry()
         .workloads
         .iter()
         .map(|w| {
@@ -82,7 +82,7 @@ fn config_dump(core: &ProxyCore) -> serde_json::Value {
         "node": core.node,
         "trustDomain": core.trust.trust_domain,
         "workloads": workloads,
-        "services": core.registry.services,
+        "services": core.registry().services,
         "authorizationPolicies": core.policies.authorization.iter().map(|p| format!("{}/{}", p.metadata.namespace.as_deref().unwrap_or(""), p.metadata.name.as_deref().unwrap_or(""))).collect::<Vec<_>>(),
         "peerAuthentications": core.policies.peer_authentication.len(),
         "h2": {

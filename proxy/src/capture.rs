@@ -53,7 +53,7 @@ pub async fn serve_outbound(
                 );
             };
             let Some(source) = core
-                .registry
+                .registry()
                 .workload_by_ip(peer.ip())
                 .filter(|w| w.node == core.node)
                 .cloned()
@@ -97,11 +97,7 @@ async fn plaintext(core: Arc<ProxyCore>, mut tcp: TcpStream, peer: SocketAddr) {
             "plaintext inbound needs the original destination (iptables REDIRECT)".into(),
         );
     };
-    let Some(workload) = core
-        .registry
-        .workload_by_ip(dst.ip())
-        .filter(|w| w.node == core.node)
-    else {
+    let Some(workload) = core.local_workload(dst.ip()) else {
         return refuse(
             "no_local_workload",
             format!("{dst} is not a workload on node {}", core.node),
@@ -122,12 +118,13 @@ async fn plaintext(core: Arc<ProxyCore>, mut tcp: TcpStream, peer: SocketAddr) {
     if !decision.allowed {
         return refuse("policy_denied", decision.reason);
     }
-    let mut upstream = match core.connect(Some(workload), None, dst).await {
+    let mut upstream = match core.connect(Some(&workload), None, dst).await {
         Ok(s) => s,
         Err(e) => return refuse("upstream_unreachable", format!("{dst}: {e}")),
     };
-    let source = core.registry.workload_by_ip(peer.ip());
-    let labels = ConnectionLabels::new("destination", source, None, Some(workload), None, false);
+    let registry = core.registry();
+    let source = registry.workload_by_ip(peer.ip());
+    let labels = ConnectionLabels::new("destination", source, None, Some(&workload), None, false);
     let mut guard = ConnectionGuard::open(core.metrics.clone(), labels);
     let result = tokio::io::copy_bidirectional(&mut tcp, &mut upstream).await;
     if let Ok((up, down)) = result {

@@ -12,6 +12,8 @@ use thiserror::Error;
 
 use crate::config::H2Settings;
 use crate::metrics::ProxyMetrics;
+use arc_swap::ArcSwap;
+
 use crate::registry::Registry;
 use crate::tls::{MeshTrust, TlsSetupError};
 
@@ -46,7 +48,8 @@ pub struct ProxyCore {
     pub h2: H2Settings,
     pub hbone_port: u16,
     pub bind_source_ip: bool,
-    pub registry: Arc<Registry>,
+    /// Swapped whole when the registry's source changes (file or cluster).
+    registry: ArcSwap<Registry>,
     pub policies: Arc<IstioPolicies>,
     pub certs: Arc<CertificateManager>,
     pub trust: MeshTrust,
@@ -67,7 +70,7 @@ impl ProxyCore {
             h2: settings.h2,
             hbone_port: settings.hbone_port,
             bind_source_ip: settings.bind_source_ip,
-            registry,
+            registry: ArcSwap::new(registry),
             policies,
             certs,
             trust,
@@ -92,11 +95,25 @@ impl ProxyCore {
         socket.connect(addr).await
     }
 
+    /// The registry as it is now. Hold the `Arc` for as long as answers from
+    /// it are used; a newer registry may replace it at any time.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.load_full()
+    }
+
+    /// Replaces the registry: new connections see the new one, established
+    /// ones keep what they resolved.
+    pub fn replace_registry(&self, registry: Registry) {
+        self.registry.store(Arc::new(registry));
+    }
+
     /// The workload at `ip`, if it runs on this proxy's node.
-    pub fn local_workload(&self, ip: std::net::IpAddr) -> Option<&crate::registry::Workload> {
+    pub fn local_workload(&self, ip: std::net::IpAddr) -> Option<crate::registry::Workload> {
         self.registry
+            .load()
             .workload_by_ip(ip)
             .filter(|w| w.node == self.node)
+            .cloned()
     }
 
     /// The TLS server config for a local workload, rebuilt only when its certificate changes.

@@ -303,7 +303,8 @@ impl StreamContext {
         allowed_by: String,
     ) {
         let started = Instant::now();
-        let source = self.core.registry.workload_by_identity(&self.peer_identity);
+        let registry = self.core.registry();
+        let source = registry.workload_by_identity(&self.peer_identity);
         let labels = ConnectionLabels::new(
             "destination",
             source,

@@ -25,6 +25,7 @@ pub mod outbound;
 pub mod pool;
 pub mod proxy;
 pub mod registry;
+pub mod registry_watch;
 pub mod socks5;
 pub mod tls;
 

@@ -88,9 +88,8 @@ impl Outbound {
         dst: SocketAddr,
     ) -> Result<(Upstream, Route), OutboundError> {
         let pick = self.round_robin.fetch_add(1, Ordering::Relaxed);
-        let destination = self
-            .core
-            .registry
+        let registry = self.core.registry();
+        let destination = registry
             .resolve(dst, pick)
             .map_err(|e| OutboundError::NoRoute(dst, e))?;
         let (workload, addr, service) = match destination {

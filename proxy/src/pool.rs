@@ -35,12 +35,16 @@ pub struct PoolKey {
 }
 
 impl PoolKey {
-    fn source_workload<'a>(&self, core: &'a ProxyCore) -> Option<&'a crate::registry::Workload> {
-        core.registry.workloads.iter().find(|w| {
-            w.node == core.node
-                && w.identity() == &self.source
-                && self.source_ip.is_none_or(|ip| w.ips.contains(&ip))
-        })
+    fn source_workload(&self, core: &ProxyCore) -> Option<crate::registry::Workload> {
+        core.registry()
+            .workloads
+            .iter()
+            .find(|w| {
+                w.node == core.node
+                    && w.identity() == &self.source
+                    && self.source_ip.is_none_or(|ip| w.ips.contains(&ip))
+            })
+            .cloned()
     }
 }
 
@@ -236,7 +240,7 @@ impl Pool {
         let from = key.source_workload(&self.core);
         let tcp = tokio::time::timeout(
             h2s.connect_timeout,
-            self.core.connect(from, key.source_ip, addr),
+            self.core.connect(from.as_ref(), key.source_ip, addr),
         )
         .await
         .map_err(|_| TunnelError::Timeout(h2s.connect_timeout))?

@@ -79,7 +79,11 @@ impl ProxyHandle {
         let pool = Pool::new(core.clone());
         let outbound = Arc::new(Outbound::new(core.clone(), pool));
         let mut addrs = BoundAddrs::default();
-        let local: Vec<_> = core.registry.local_workloads(&core.node).cloned().collect();
+        let local: Vec<_> = core
+            .registry()
+            .local_workloads(&core.node)
+            .cloned()
+            .collect();
         for workload in &local {
             let netns = workload.netns.as_deref();
             for ip in &workload.ips {
@@ -171,7 +175,7 @@ impl ProxyHandle {
             }
         }
         // Ask for every local workload's certificate now rather than on first use.
-        for w in core.registry.local_workloads(&core.node) {
+        for w in core.registry().local_workloads(&core.node) {
             core.certs.watch(w.identity());
         }
         info!(node = %core.node, hbone = ?addrs.hbone, socks5 = ?addrs.socks5, outbound = ?addrs.outbound, "proxy started");

@@ -164,7 +164,7 @@ async fn handle(
     };
 
     let Some(source) = core
-        .registry
+        .registry()
         .workload_by_ip(peer.ip())
         .filter(|w| w.node == core.node)
         .cloned()
@@ -197,7 +197,7 @@ fn reply_code(e: &OutboundError) -> u8 {
 
 /// Service hostnames resolve to their VIP; anything else through the system resolver.
 async fn resolve_name(core: &ProxyCore, name: &str, port: u16) -> Option<SocketAddr> {
-    if let Some(service) = core.registry.service_by_host(name) {
+    if let Some(service) = core.registry().service_by_host(name) {
         return service.vips.first().map(|ip| SocketAddr::new(*ip, port));
     }
     tokio::net::lookup_host((name, port)).await.ok()?.next()

@@ -1,0 +1,68 @@
+//! Following a registry file: when it changes on disk, the proxy reads it
+//! again and swaps it in whole, so new connections resolve against the new
+//! workloads and services while established ones carry on. A file that no
+//! longer parses is reported and ignored: the proxy keeps the registry it
+//! has. (The local workloads' listeners are bound at start; adding a local
+//! workload still needs a restart.)
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::core::ProxyCore;
+use crate::registry::Registry;
+
+/// What tells a new version: modification time and size (some file
+/// systems keep whole-second times, and an edit may land within one).
+fn modified(path: &PathBuf) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+/// Polls `path` every `every` until `shutdown`; swaps in each new version
+/// that parses. Returns how many versions were swapped in.
+pub async fn follow_file(
+    core: Arc<ProxyCore>,
+    path: PathBuf,
+    every: Duration,
+    shutdown: CancellationToken,
+) -> usize {
+    let mut seen = modified(&path);
+    let mut swapped = 0;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return swapped,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let now = modified(&path);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match Registry::load(&path) {
+            Ok(registry) if registry.nodes.iter().any(|n| n.name == core.node) => {
+                info!(
+                    file = %path.display(),
+                    workloads = registry.workloads.len(),
+                    services = registry.services.len(),
+                    "registry changed: new connections use the new version"
+                );
+                core.replace_registry(registry);
+                swapped += 1;
+            }
+            Ok(_) => warn!(
+                file = %path.display(),
+                node = %core.node,
+                "the changed registry no longer lists this node; keeping the previous one"
+            ),
+            Err(e) => warn!(
+                file = %path.display(),
+                error = %e,
+                "the changed registry does not parse; keeping the previous one"
+            ),
+        }
+    }
+}

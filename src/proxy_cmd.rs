@@ -12,6 +12,7 @@ use hbone_policies::load::{istio_policies, load_dir, load_file};
 use hbone_proxy::ProxyHandle;
 use hbone_proxy::config::ProxyConfig;
 use hbone_proxy::core::{CoreSettings, ProxyCore};
+use hbone_proxy::kube_registry::{ClusterLister, KubeLister, follow_cluster, registry_from};
 use hbone_proxy::registry::Registry;
 use hbone_proxy::tls::MeshTrust;
 
@@ -66,12 +67,23 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     l.admin = args.admin.or(l.admin);
     l.hbone_port = args.hbone_port.unwrap_or(l.hbone_port);
 
-    let registry = Arc::new(Registry::load(&config.registry)?);
+    let (registry, source) = match (&config.registry, &config.kubernetes) {
+        (Some(file), _) => (Registry::load(file)?, file.display().to_string()),
+        (None, Some(k8s)) => {
+            let lister = KubeLister::connect().await.map_err(anyhow::Error::msg)?;
+            let snapshot = lister.snapshot().await.map_err(anyhow::Error::msg)?;
+            let registry =
+                registry_from(&snapshot, &k8s.trust_domain).map_err(anyhow::Error::msg)?;
+            (registry, "the Kubernetes cluster".to_string())
+        }
+        (None, None) => anyhow::bail!("the config names no registry"),
+    };
+    let registry = Arc::new(registry);
     anyhow::ensure!(
         registry.nodes.iter().any(|n| n.name == config.node),
-        "node {:?} is not in the registry {} (nodes: {})",
+        "node {:?} is not in the registry from {} (nodes: {})",
         config.node,
-        config.registry.display(),
+        source,
         registry
             .nodes
             .iter()
@@ -114,12 +126,27 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let proxy = ProxyHandle::start(core.clone(), &config.listeners).await?;
     println!("proxy for node {} running: {:?}", config.node, proxy.addrs);
     let stop_following = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(hbone_proxy::registry_watch::follow_file(
-        core,
-        config.registry.clone(),
-        std::time::Duration::from_secs(2),
-        stop_following.clone(),
-    ));
+    match (&config.registry, &config.kubernetes) {
+        (Some(file), _) => {
+            tokio::spawn(hbone_proxy::registry_watch::follow_file(
+                core,
+                file.clone(),
+                std::time::Duration::from_secs(2),
+                stop_following.clone(),
+            ));
+        }
+        (None, Some(k8s)) => {
+            let lister = KubeLister::connect().await.map_err(anyhow::Error::msg)?;
+            tokio::spawn(follow_cluster(
+                core,
+                lister,
+                k8s.trust_domain.clone(),
+                k8s.poll_interval,
+                stop_following.clone(),
+            ));
+        }
+        (None, None) => {}
+    }
     wait_for_stop().await?;
     stop_following.cancel();
     println!("draining (up to {:?})…", config.drain_grace);

@@ -3,7 +3,10 @@
 //!
 //! ```yaml
 //! node: node-1                      # which registry node this proxy serves
-//! registry: registry.yaml           # workloads, nodes, services (paths relative to this file)
+//! registry: registry.yaml           # workloads, nodes, services (paths relative to this file);
+//!                                   #   followed: edits take effect without a restart
+//! # kubernetes: {pollInterval: 5s}  # …or, instead of `registry`, follow the cluster's pods
+//! #                                 #   and services (in a pod: start with --node $(POD_NAME))
 //! policies: [../../policies/istio]  # AuthorizationPolicy / PeerAuthentication files or dirs
 //! rootNamespace: istio-system
 //! ca:
@@ -149,7 +152,12 @@ fn default_root_namespace() -> String {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ProxyConfig {
     pub node: String,
-    pub registry: PathBuf,
+    /// The registry file (followed: edits take effect without a restart).
+    #[serde(default)]
+    pub registry: Option<PathBuf>,
+    /// Or: follow a Kubernetes cluster's pods and services instead.
+    #[serde(default)]
+    pub kubernetes: Option<KubernetesRegistry>,
     #[serde(default)]
     pub policies: Vec<PathBuf>,
     #[serde(default = "default_root_namespace")]
@@ -165,6 +173,24 @@ pub struct ProxyConfig {
     pub bind_source_ip: bool,
     #[serde(default = "default_grace", deserialize_with = "duration")]
     pub drain_grace: Duration,
+}
+
+/// `kubernetes:` — build the registry from the cluster the proxy runs in.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KubernetesRegistry {
+    #[serde(default = "default_trust_domain")]
+    pub trust_domain: String,
+    #[serde(default = "default_poll", deserialize_with = "duration")]
+    pub poll_interval: Duration,
+}
+
+fn default_trust_domain() -> String {
+    "cluster.local".into()
+}
+
+fn default_poll() -> Duration {
+    Duration::from_secs(5)
 }
 
 fn yes() -> bool {
@@ -195,7 +221,16 @@ impl ProxyConfig {
                 *p = base.join(&*p);
             }
         };
-        rebase(&mut config.registry);
+        if let Some(registry) = config.registry.as_mut() {
+            rebase(registry);
+        }
+        if config.registry.is_some() == config.kubernetes.is_some() {
+            return Err(ConfigError::Field {
+                file,
+                field: "registry".into(),
+                message: "give exactly one of `registry: <file>` and `kubernetes: {}`".into(),
+            });
+        }
         config.policies.iter_mut().for_each(rebase);
         rebase(&mut config.ca.root_cert);
         rebase(&mut config.ca.token_file);

@@ -1,0 +1,329 @@
+//! A registry that follows a Kubernetes cluster — what ztunnel learns from
+//! istiod over xDS, learned here straight from the API server: every few
+//! seconds the proxy lists namespaces, pods and services, builds a registry
+//! from them, and swaps it in when it changed.
+//!
+//! Who speaks HBONE: pods in a namespace labelled
+//! `istio.io/dataplane-mode: ambient` (ztunnel's, in the kind lab) and pods
+//! labelled `hbone-lab.dev/proxy: sidecar` (hbone-lab's own), unless a pod
+//! opts out with `istio.io/dataplane-mode: none`; everyone else is plain
+//! TCP. Each pod's "node" is the node it is scheduled on, except for pods
+//! with an hbone-lab sidecar, whose proxy serves that pod alone: their node
+//! is the pod's own name (start the sidecar with `--node $(POD_NAME)`).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::core::ProxyCore;
+use crate::registry::{Node, Protocol, Registry, RegistryFile, Service, Workload};
+
+pub const DATAPLANE_MODE_LABEL: &str = "istio.io/dataplane-mode";
+pub const SIDECAR_LABEL: &str = "hbone-lab.dev/proxy";
+
+/// A pod, as the registry needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodFacts {
+    pub name: String,
+    pub namespace: String,
+    pub service_account: String,
+    pub labels: BTreeMap<String, String>,
+    pub ip: Option<IpAddr>,
+    pub node: Option<String>,
+    /// Container port names → numbers, for services that target a name.
+    pub named_ports: BTreeMap<String, u16>,
+}
+
+/// A service port's target: a number, or a container port's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetPort {
+    Number(u16),
+    Name(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceFacts {
+    pub name: String,
+    pub namespace: String,
+    pub cluster_ip: Option<IpAddr>,
+    pub ports: Vec<(u16, TargetPort)>,
+    pub selector: BTreeMap<String, String>,
+}
+
+/// One listing of the cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterSnapshot {
+    /// Namespace → its labels.
+    pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    pub pods: Vec<PodFacts>,
+    pub services: Vec<ServiceFacts>,
+}
+
+/// Where snapshots come from: the API server, or a fake in tests.
+pub trait ClusterLister: Send + Sync {
+    fn snapshot(&self) -> impl Future<Output = Result<ClusterSnapshot, String>> + Send;
+}
+
+fn meshed(pod: &PodFacts, snapshot: &ClusterSnapshot) -> bool {
+    let pod_mode = pod.labels.get(DATAPLANE_MODE_LABEL).map(String::as_str);
+    if pod_mode == Some("none") {
+        return false;
+    }
+    let ns_mode = snapshot
+        .namespaces
+        .get(&pod.namespace)
+        .and_then(|l| l.get(DATAPLANE_MODE_LABEL))
+        .map(String::as_str);
+    pod.labels.contains_key(SIDECAR_LABEL)
+        || pod_mode == Some("ambient")
+        || ns_mode == Some("ambient")
+}
+
+/// The registry a snapshot describes (as a file, before validation).
+pub fn registry_file(snapshot: &ClusterSnapshot, trust_domain: &str) -> RegistryFile {
+    let mut workloads = Vec::new();
+    for pod in &snapshot.pods {
+        let Some(ip) = pod.ip else {
+            continue;
+        };
+        let node = match pod.labels.contains_key(SIDECAR_LABEL) {
+            true => pod.name.clone(),
+            false => pod.node.clone().unwrap_or_else(|| "unscheduled".into()),
+        };
+        workloads.push(Workload {
+            name: pod.name.clone(),
+            namespace: pod.namespace.clone(),
+            service_account: pod.service_account.clone(),
+            labels: pod.labels.clone(),
+            ips: vec![ip],
+            node,
+            protocol: if meshed(pod, snapshot) {
+                Protocol::Hbone
+            } else {
+                Protocol::Tcp
+            },
+            netns: None,
+            identity: None,
+        });
+    }
+    let mut node_names: Vec<String> = workloads.iter().map(|w| w.node.clone()).collect();
+    node_names.sort();
+    node_names.dedup();
+    let services = snapshot
+        .services
+        .iter()
+        .filter_map(|s| {
+            let vip = s.cluster_ip?;
+            let backing: Vec<&PodFacts> = snapshot
+                .pods
+                .iter()
+                .filter(|p| {
+                    p.namespace == s.namespace
+                        && !s.selector.is_empty()
+                        && s.selector.iter().all(|(k, v)| p.labels.get(k) == Some(v))
+                })
+                .collect();
+            let ports = s
+                .ports
+                .iter()
+                .filter_map(|(port, target)| {
+                    let target = match target {
+                        TargetPort::Number(n) => *n,
+                        TargetPort::Name(name) => {
+                            *backing.iter().find_map(|p| p.named_ports.get(name))?
+                        }
+                    };
+                    Some((*port, target))
+                })
+                .collect();
+            Some(Service {
+                name: s.name.clone(),
+                namespace: s.namespace.clone(),
+                hostname: None,
+                vips: vec![vip],
+                ports,
+                selector: s.selector.clone(),
+            })
+        })
+        .collect();
+    RegistryFile {
+        trust_domain: trust_domain.into(),
+        nodes: node_names.into_iter().map(|name| Node { name }).collect(),
+        workloads,
+        services,
+    }
+}
+
+/// The registry a snapshot describes, validated.
+pub fn registry_from(snapshot: &ClusterSnapshot, trust_domain: &str) -> Result<Registry, String> {
+    Registry::from_file(registry_file(snapshot, trust_domain))
+        .map_err(|(field, message)| format!("{field}: {message}"))
+}
+
+/// Lists the cluster every `every` until `shutdown`, swapping in each
+/// changed registry. Returns how many were swapped in.
+pub async fn follow_cluster<L: ClusterLister>(
+    core: Arc<ProxyCore>,
+    lister: L,
+    trust_domain: String,
+    every: Duration,
+    shutdown: CancellationToken,
+) -> usize {
+    let mut last: Option<ClusterSnapshot> = None;
+    let mut swapped = 0;
+    loop {
+        match lister.snapshot().await {
+            Ok(snapshot) if last.as_ref() != Some(&snapshot) => {
+                match registry_from(&snapshot, &trust_domain) {
+                    Ok(registry) => {
+                        info!(
+                            workloads = registry.workloads.len(),
+                            services = registry.services.len(),
+                            "the cluster changed: new connections use the new registry"
+                        );
+                        core.replace_registry(registry);
+                        swapped += 1;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "the cluster's state makes no valid registry; keeping the previous one")
+                    }
+                }
+                last = Some(snapshot);
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "cannot list the cluster; keeping the previous registry"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return swapped,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// The real lister: the Kubernetes API through `kube`.
+pub struct KubeLister {
+    client: kube::Client,
+}
+
+impl KubeLister {
+    /// Uses the in-cluster service account (or the kubeconfig outside one).
+    pub async fn connect() -> Result<Self, String> {
+        kube::Client::try_default()
+            .await
+            .map(|client| KubeLister { client })
+            .map_err(|e| format!("cannot reach the Kubernetes API: {e}"))
+    }
+}
+
+fn labels(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> BTreeMap<String, String> {
+    meta.labels
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect()
+}
+
+impl ClusterLister for KubeLister {
+    async fn snapshot(&self) -> Result<ClusterSnapshot, String> {
+        use k8s_openapi::api::core::v1::{Namespace, Pod, Service as KService};
+        use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+        let list = kube::api::ListParams::default();
+        let err = |e: kube::Error| e.to_string();
+        let namespaces = kube::Api::<Namespace>::all(self.client.clone())
+            .list(&list)
+            .await
+            .map_err(err)?;
+        let pods = kube::Api::<Pod>::all(self.client.clone())
+            .list(&list)
+            .await
+            .map_err(err)?;
+        let services = kube::Api::<KService>::all(self.client.clone())
+            .list(&list)
+            .await
+            .map_err(err)?;
+        Ok(ClusterSnapshot {
+            namespaces: namespaces
+                .items
+                .iter()
+                .map(|n| {
+                    (
+                        n.metadata.name.clone().unwrap_or_default(),
+                        labels(&n.metadata),
+                    )
+                })
+                .collect(),
+            pods: pods
+                .items
+                .iter()
+                .map(|p| {
+                    let spec = p.spec.clone().unwrap_or_default();
+                    PodFacts {
+                        name: p.metadata.name.clone().unwrap_or_default(),
+                        namespace: p.metadata.namespace.clone().unwrap_or_default(),
+                        service_account: spec
+                            .service_account_name
+                            .clone()
+                            .unwrap_or_else(|| "default".into()),
+                        labels: labels(&p.metadata),
+                        ip: p
+                            .status
+                            .as_ref()
+                            .and_then(|s| s.pod_ip.as_deref())
+                            .and_then(|ip| ip.parse().ok()),
+                        node: spec.node_name.clone(),
+                        named_ports: spec
+                            .containers
+                            .iter()
+                            .flat_map(|c| c.ports.iter().flatten())
+                            .filter_map(|port| {
+                                Some((port.name.clone()?, u16::try_from(port.container_port).ok()?))
+                            })
+                            .collect(),
+                    }
+                })
+                .collect(),
+            services: services
+                .items
+                .iter()
+                .map(|s| {
+                    let spec = s.spec.clone().unwrap_or_default();
+                    ServiceFacts {
+                        name: s.metadata.name.clone().unwrap_or_default(),
+                        namespace: s.metadata.namespace.clone().unwrap_or_default(),
+                        cluster_ip: spec.cluster_ip.as_deref().and_then(|ip| ip.parse().ok()),
+                        ports: spec
+                            .ports
+                            .iter()
+                            .flatten()
+                            .filter_map(|p| {
+                                let port = u16::try_from(p.port).ok()?;
+                                let target = match &p.target_port {
+                                    Some(IntOrString::Int(n)) => {
+                                        TargetPort::Number(u16::try_from(*n).ok()?)
+                                    }
+                                    Some(IntOrString::String(name)) => {
+                                        TargetPort::Name(name.clone())
+                                    }
+                                    None => TargetPort::Number(port),
+                                };
+                                Some((port, target))
+                            })
+                            .collect(),
+                        selector: spec
+                            .selector
+                            .clone()
+                            .unwrap_or_default()
+                            .into_iter()
+                            .collect(),
+                    }
+                })
+                .collect(),
+        })
+    }
+}

@@ -1,0 +1,257 @@
+//! The registry built from a Kubernetes cluster's state, and a proxy
+//! following it. The API server is replaced by a fake lister (no cluster
+//! can run here); the proxy and the HBONE path are real.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hbone_proxy::kube_registry::{
+    ClusterLister, ClusterSnapshot, PodFacts, ServiceFacts, TargetPort, follow_cluster,
+    registry_file, registry_from,
+};
+use hbone_proxy::registry::Protocol;
+use support::{Lab, echo_roundtrip, echo_server, socks5_connect};
+use tokio_util::sync::CancellationToken;
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn pod(name: &str, ns: &str, ip: &str, extra: &[(&str, &str)]) -> PodFacts {
+    let mut l = labels(&[("app", name)]);
+    l.extend(labels(extra));
+    PodFacts {
+        name: format!("{name}-abc12"),
+        namespace: ns.into(),
+        service_account: name.into(),
+        labels: l,
+        ip: ip.parse().ok(),
+        node: Some("kind-worker".into()),
+        named_ports: BTreeMap::from([("http".to_string(), 8000)]),
+    }
+}
+
+fn snapshot() -> ClusterSnapshot {
+    ClusterSnapshot {
+        namespaces: BTreeMap::from([
+            (
+                "demo".to_string(),
+                labels(&[("istio.io/dataplane-mode", "ambient")]),
+            ),
+            ("hbone-demo".to_string(), BTreeMap::new()),
+            ("other".to_string(), BTreeMap::new()),
+        ]),
+        pods: vec![
+            pod("hello-app", "demo", "10.244.1.5", &[]),
+            pod(
+                "opted-out",
+                "demo",
+                "10.244.1.6",
+                &[("istio.io/dataplane-mode", "none")],
+            ),
+            pod(
+                "hello-app",
+                "hbone-demo",
+                "10.244.1.7",
+                &[("hbone-lab.dev/proxy", "sidecar")],
+            ),
+            pod("plain", "other", "10.244.1.8", &[]),
+            pod("pending", "other", "not-an-ip", &[]),
+        ],
+        services: vec![
+            ServiceFacts {
+                name: "hello-app".into(),
+                namespace: "demo".into(),
+                cluster_ip: "10.96.0.20".parse().ok(),
+                ports: vec![
+                    (8000, TargetPort::Name("http".into())),
+                    (9000, TargetPort::Number(9001)),
+                ],
+                selector: labels(&[("app", "hello-app")]),
+            },
+            ServiceFacts {
+                name: "headless".into(),
+                namespace: "demo".into(),
+                cluster_ip: None,
+                ports: vec![(1, TargetPort::Number(1))],
+                selector: labels(&[("app", "hello-app")]),
+            },
+        ],
+    }
+}
+
+#[test]
+fn pods_and_services_become_the_registry() {
+    let file = registry_file(&snapshot(), "cluster.local");
+    let protocol = |name: &str, ns: &str| {
+        file.workloads
+            .iter()
+            .find(|w| w.name.starts_with(name) && w.namespace == ns)
+            .map(|w| w.protocol)
+    };
+    assert_eq!(
+        protocol("hello-app", "demo"),
+        Some(Protocol::Hbone),
+        "ambient namespace"
+    );
+    assert_eq!(
+        protocol("opted-out", "demo"),
+        Some(Protocol::Tcp),
+        "opted out of ambient"
+    );
+    assert_eq!(
+        protocol("hello-app", "hbone-demo"),
+        Some(Protocol::Hbone),
+        "hbone-lab sidecar"
+    );
+    assert_eq!(protocol("plain", "other"), Some(Protocol::Tcp));
+    assert_eq!(
+        protocol("pending", "other"),
+        None,
+        "a pod without an address is skipped"
+    );
+    let sidecar = file
+        .workloads
+        .iter()
+        .find(|w| w.namespace == "hbone-demo")
+        .unwrap();
+    assert_eq!(
+        sidecar.node, sidecar.name,
+        "a sidecar serves its own pod: its node is the pod"
+    );
+    let nodes: Vec<&str> = file.nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(nodes, ["hello-app-abc12", "kind-worker"]);
+    assert_eq!(
+        file.services.len(),
+        1,
+        "a headless service has no VIP to resolve"
+    );
+    assert_eq!(
+        file.services[0].ports,
+        BTreeMap::from([(8000, 8000), (9000, 9001)]),
+        "named target ports resolve to the backing pods' container ports"
+    );
+    let registry = registry_from(&snapshot(), "cluster.local").unwrap();
+    let w = registry
+        .workload_by_ip("10.244.1.7".parse().unwrap())
+        .unwrap();
+    assert_eq!(
+        w.identity().to_string(),
+        "spiffe://cluster.local/ns/hbone-demo/sa/hello-app"
+    );
+}
+
+/// A lister whose answer the test changes.
+#[derive(Clone)]
+struct FakeLister(Arc<Mutex<Result<ClusterSnapshot, String>>>);
+
+impl ClusterLister for FakeLister {
+    async fn snapshot(&self) -> Result<ClusterSnapshot, String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_follows_the_cluster() {
+    let net = 48;
+    let lab = Lab::start(net).await;
+    echo_server(SocketAddr::new(lab.ip("2.1"), 9000)).await;
+    // The lab's own workloads, as the API server would list them, plus a new service.
+    let as_pod = |w: &hbone_proxy::registry::Workload| PodFacts {
+        name: w.name.clone(),
+        namespace: w.namespace.clone(),
+        service_account: w.service_account.clone(),
+        labels: w.labels.clone(),
+        ip: Some(w.ips[0]),
+        node: Some(w.node.clone()),
+        named_ports: BTreeMap::new(),
+    };
+    let core = lab.a.core.clone();
+    let mut cluster = ClusterSnapshot {
+        namespaces: BTreeMap::from([(
+            "demo".to_string(),
+            labels(&[("istio.io/dataplane-mode", "ambient")]),
+        )]),
+        pods: core
+            .registry()
+            .workloads
+            .iter()
+            .filter(|w| w.protocol == Protocol::Hbone)
+            .map(as_pod)
+            .collect(),
+        services: vec![],
+    };
+    let lister = FakeLister(Arc::new(Mutex::new(Ok(cluster.clone()))));
+    let stop = CancellationToken::new();
+    let follower = tokio::spawn(follow_cluster(
+        core.clone(),
+        lister.clone(),
+        "cluster.local".into(),
+        Duration::from_millis(50),
+        stop.clone(),
+    ));
+    // The first listing replaces the registry the proxy started with.
+    let started_with = core.registry();
+    for _ in 0..100 {
+        if !Arc::ptr_eq(&started_with, &core.registry()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        !Arc::ptr_eq(&started_with, &core.registry()),
+        "the first listing was swapped in"
+    );
+    let vip = SocketAddr::new(lab.ip("3.7"), 7000);
+    cluster.services.push(ServiceFacts {
+        name: "echo-k8s".into(),
+        namespace: "demo".into(),
+        cluster_ip: Some(vip.ip()),
+        ports: vec![(7000, TargetPort::Number(9000))],
+        selector: labels(&[("app", "echo")]),
+    });
+    *lister.0.lock().unwrap() = Ok(cluster.clone());
+    let mut seen = false;
+    for _ in 0..100 {
+        if core
+            .registry()
+            .services
+            .iter()
+            .any(|s| s.name == "echo-k8s")
+        {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(seen, "the cluster's new service reached the proxy");
+    let tcp = socks5_connect(lab.a.addrs.socks5.unwrap(), lab.ip("1.1"), vip)
+        .await
+        .expect("the new service resolves, over HBONE");
+    let (sent, received, n) = echo_roundtrip(tcp, 1024).await;
+    assert_eq!((n, sent), (1024, received));
+
+    // The API server goes away: the proxy keeps what it has.
+    *lister.0.lock().unwrap() = Err("connection refused".into());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        core.registry()
+            .services
+            .iter()
+            .any(|s| s.name == "echo-k8s")
+    );
+    assert!(support::log_text().contains("cannot list the cluster; keeping the previous registry"));
+    stop.cancel();
+    assert_eq!(
+        follower.await.unwrap(),
+        2,
+        "the first listing and the changed one"
+    );
+}

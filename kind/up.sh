@@ -120,6 +120,21 @@ apply_lab() {
   kubectl -n demo wait --for=condition=programmed gateway/hello-gateway --timeout=300s
 }
 
+side_by_side() {
+  step "side by side: hbone-lab's CA and proxy in namespace hbone-demo"
+  kubectl create namespace hbone-demo --dry-run=client -o yaml | kubectl apply -f -
+  kubectl -n hbone-demo create secret generic cacerts \
+    --from-file=ca-cert.pem="$CA_DIR/ca-cert.pem" \
+    --from-file=ca-key.pem="$CA_DIR/ca-key.pem" \
+    --from-file=root-cert.pem="$CA_DIR/root-cert.pem" \
+    --from-file=cert-chain.pem="$CA_DIR/cert-chain.pem" \
+    --dry-run=client -o yaml | kubectl apply -f -
+  kubectl apply -f "$here/side-by-side/"
+  kubectl apply -f "$root/policies/side-by-side/"
+  kubectl -n hbone-demo rollout status deployment/hbone-ca --timeout=300s
+  kubectl -n hbone-demo rollout status deployment/hello-app --timeout=300s
+}
+
 main() {
   preflight
   create_cluster
@@ -129,6 +144,7 @@ main() {
   install_istio
   build_image
   apply_lab
+  side_by_side
   step "done"
   cat <<MSG
 The lab is up. Next:

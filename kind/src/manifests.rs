@@ -10,7 +10,8 @@
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -53,6 +54,28 @@ pub enum Manifest {
     Pod(Box<Pod>),
     Gateway(Box<Gateway>),
     HTTPRoute(Box<HTTPRoute>),
+    ConfigMap(Box<ConfigMap>),
+    ClusterRole(Box<ClusterRole>),
+    ClusterRoleBinding(Box<ClusterRoleBinding>),
+}
+
+impl Manifest {
+    /// The Kubernetes kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Manifest::Namespace(_) => "Namespace",
+            Manifest::ServiceAccount(_) => "ServiceAccount",
+            Manifest::Secret(_) => "Secret",
+            Manifest::Deployment(_) => "Deployment",
+            Manifest::Service(_) => "Service",
+            Manifest::Pod(_) => "Pod",
+            Manifest::Gateway(_) => "Gateway",
+            Manifest::HTTPRoute(_) => "HTTPRoute",
+            Manifest::ConfigMap(_) => "ConfigMap",
+            Manifest::ClusterRole(_) => "ClusterRole",
+            Manifest::ClusterRoleBinding(_) => "ClusterRoleBinding",
+        }
+    }
 }
 
 /// A manifest and where it came from.
@@ -154,6 +177,15 @@ pub fn parse_documents(text: &str, file: &str) -> Result<Vec<Loaded>, ManifestEr
             ("v1", "Secret") => Manifest::Secret(Box::new(strict(&value).map_err(field_err)?)),
             ("v1", "Service") => Manifest::Service(Box::new(strict(&value).map_err(field_err)?)),
             ("v1", "Pod") => Manifest::Pod(Box::new(strict(&value).map_err(field_err)?)),
+            ("v1", "ConfigMap") => {
+                Manifest::ConfigMap(Box::new(strict(&value).map_err(field_err)?))
+            }
+            ("rbac.authorization.k8s.io/v1", "ClusterRole") => {
+                Manifest::ClusterRole(Box::new(strict(&value).map_err(field_err)?))
+            }
+            ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
+                Manifest::ClusterRoleBinding(Box::new(strict(&value).map_err(field_err)?))
+            }
             ("apps/v1", "Deployment") => {
                 Manifest::Deployment(Box::new(strict(&value).map_err(field_err)?))
             }

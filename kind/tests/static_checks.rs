@@ -40,16 +40,7 @@ fn every_file_parses_into_its_type() {
     let all = manifests();
     let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
     for l in &all {
-        let kind = match &l.manifest {
-            Manifest::Namespace(_) => "Namespace",
-            Manifest::ServiceAccount(_) => "ServiceAccount",
-            Manifest::Secret(_) => "Secret",
-            Manifest::Deployment(_) => "Deployment",
-            Manifest::Service(_) => "Service",
-            Manifest::Pod(_) => "Pod",
-            Manifest::Gateway(_) => "Gateway",
-            Manifest::HTTPRoute(_) => "HTTPRoute",
-        };
+        let kind = l.manifest.kind();
         *kinds.entry(kind).or_default() += 1;
     }
     assert_eq!(kinds["Deployment"], 3, "{kinds:?}");
@@ -394,4 +385,83 @@ fn the_scripts_are_sound() {
         }
         _ => eprintln!("SKIPPED shellcheck: not installed (scripts/test.sh installs it as root)"),
     }
+}
+
+/// The side-by-side files: typed like the rest, the proxy's config loads as
+/// a proxy config, the extra policies as policies, and the names they share
+/// agree.
+#[test]
+fn the_side_by_side_files_parse_and_agree() {
+    let dir = kind_dir().join("side-by-side");
+    let all = load_dir(&dir).unwrap();
+    let kinds: Vec<&str> = all.iter().map(|l| l.manifest.kind()).collect();
+    for kind in [
+        "Namespace",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ConfigMap",
+        "Deployment",
+        "Service",
+    ] {
+        assert!(kinds.contains(&kind), "{kind} missing: {kinds:?}");
+    }
+    let config_text = all
+        .iter()
+        .find_map(|l| match &l.manifest {
+            Manifest::ConfigMap(c) => c.data.as_ref()?.get("proxy.yaml").cloned(),
+            _ => None,
+        })
+        .expect("the proxy's config");
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("proxy.yaml");
+    std::fs::write(&path, config_text).unwrap();
+    let config = hbone_proxy::config::ProxyConfig::load(&path).unwrap();
+    assert!(
+        config.kubernetes.is_some() && config.registry.is_none(),
+        "the sidecar follows the cluster"
+    );
+    assert_eq!(config.ca.address, "https://hbone-ca.hbone-demo.svc:15012");
+    // The CA serves under the name the proxies dial.
+    let ca_args = all
+        .iter()
+        .find_map(|l| match &l.manifest {
+            Manifest::Deployment(d) if d.metadata.name.as_deref() == Some("hbone-ca") => {
+                d.spec.as_ref()?.template.spec.as_ref()?.containers[0]
+                    .args
+                    .clone()
+            }
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        ca_args.contains(&"hbone-ca.hbone-demo.svc".to_string()),
+        "{ca_args:?}"
+    );
+    // The sidecar's pods carry the label the cluster registry looks for.
+    let sidecar_labelled = all.iter().any(|l| match &l.manifest {
+        Manifest::Deployment(d) => d
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref()?.labels.as_ref())
+            .is_some_and(|labels| {
+                labels
+                    .get(hbone_proxy::kube_registry::SIDECAR_LABEL)
+                    .is_some()
+            }),
+        _ => false,
+    });
+    assert!(sidecar_labelled);
+    // The extra policies parse, and up.sh creates the secret they mount and applies them.
+    let policies =
+        hbone_policies::load::load_dir(&kind_dir().join("../policies/side-by-side")).unwrap();
+    assert_eq!(policies.len(), 2);
+    let up = std::fs::read_to_string(kind_dir().join("up.sh")).unwrap();
+    assert!(
+        up.contains("-n hbone-demo create secret generic cacerts"),
+        "up.sh makes the CA secret in hbone-demo"
+    );
+    assert!(
+        up.contains("\"$here/side-by-side/\"") && up.contains("\"$root/policies/side-by-side/\""),
+        "up.sh applies the side-by-side manifests and their policies"
+    );
 }

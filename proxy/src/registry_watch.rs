@@ -23,46 +23,50 @@ fn modified(path: &PathBuf) -> Option<(SystemTime, u64)> {
 }
 
 /// Polls `path` every `every` until `shutdown`; swaps in each new version
-/// that parses. Returns how many versions were swapped in.
-pub async fn follow_file(
+/// that parses. Returns how many versions were swapped in. The file's
+/// current version is taken as the baseline when this is called, so an edit
+/// made right after cannot slip by before the first poll.
+pub fn follow_file(
     core: Arc<ProxyCore>,
     path: PathBuf,
     every: Duration,
     shutdown: CancellationToken,
-) -> usize {
+) -> impl Future<Output = usize> + Send + 'static {
     let mut seen = modified(&path);
-    let mut swapped = 0;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return swapped,
-            _ = tokio::time::sleep(every) => {}
-        }
-        let now = modified(&path);
-        if now == seen {
-            continue;
-        }
-        seen = now;
-        match Registry::load(&path) {
-            Ok(registry) if registry.nodes.iter().any(|n| n.name == core.node) => {
-                info!(
-                    file = %path.display(),
-                    workloads = registry.workloads.len(),
-                    services = registry.services.len(),
-                    "registry changed: new connections use the new version"
-                );
-                core.replace_registry(registry);
-                swapped += 1;
+    async move {
+        let mut swapped = 0;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return swapped,
+                _ = tokio::time::sleep(every) => {}
             }
-            Ok(_) => warn!(
-                file = %path.display(),
-                node = %core.node,
-                "the changed registry no longer lists this node; keeping the previous one"
-            ),
-            Err(e) => warn!(
-                file = %path.display(),
-                error = %e,
-                "the changed registry does not parse; keeping the previous one"
-            ),
+            let now = modified(&path);
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            match Registry::load(&path) {
+                Ok(registry) if registry.nodes.iter().any(|n| n.name == core.node) => {
+                    info!(
+                        file = %path.display(),
+                        workloads = registry.workloads.len(),
+                        services = registry.services.len(),
+                        "registry changed: new connections use the new version"
+                    );
+                    core.replace_registry(registry);
+                    swapped += 1;
+                }
+                Ok(_) => warn!(
+                    file = %path.display(),
+                    node = %core.node,
+                    "the changed registry no longer lists this node; keeping the previous one"
+                ),
+                Err(e) => warn!(
+                    file = %path.display(),
+                    error = %e,
+                    "the changed registry does not parse; keeping the previous one"
+                ),
+            }
         }
     }
 }

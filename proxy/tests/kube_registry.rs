@@ -190,6 +190,8 @@ async fn a_proxy_follows_the_cluster() {
     };
     let lister = FakeLister(Arc::new(Mutex::new(Ok(cluster.clone()))));
     let stop = CancellationToken::new();
+    // Taken before the follower starts, so its first swap cannot be missed.
+    let started_with = core.registry();
     let follower = tokio::spawn(follow_cluster(
         core.clone(),
         lister.clone(),
@@ -198,8 +200,7 @@ async fn a_proxy_follows_the_cluster() {
         stop.clone(),
     ));
     // The first listing replaces the registry the proxy started with.
-    let started_with = core.registry();
-    for _ in 0..100 {
+    for _ in 0..500 {
         if !Arc::ptr_eq(&started_with, &core.registry()) {
             break;
         }

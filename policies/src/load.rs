@@ -76,59 +76,81 @@ pub struct Loaded {
 
 const TOP_LEVEL: &[&str] = &["apiVersion", "kind", "metadata", "spec", "specs", "status"];
 
-/// Parses every document of a YAML text; `file` names it in errors.
-pub fn parse_documents(text: &str, file: &str) -> Result<Vec<Loaded>, LoadError> {
+/// The head of one YAML document: what it is, for dispatch and for errors.
+#[derive(Debug, Clone)]
+pub struct DocumentHead {
+    pub api_version: String,
+    pub kind: String,
+    /// ` (Kind namespace/name)`, as errors show it.
+    pub what: String,
+}
+
+/// Splits a multi-document YAML text and hands each non-empty document, as
+/// JSON, with its head, to `read`. A `(field, message)` from `read` becomes
+/// an error naming the file, the document, the resource and the field. The
+/// kind lab's manifests are read with this too.
+pub fn read_documents<T>(
+    text: &str,
+    file: &str,
+    mut read: impl FnMut(serde_json::Value, &DocumentHead) -> Result<T, (String, String)>,
+) -> Result<Vec<(usize, T)>, LoadError> {
     let mut out = Vec::new();
     for (i, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let doc = i + 1;
-        let value: serde_yaml::Value =
-            serde::Deserialize::deserialize(document).map_err(|e| LoadError::Yaml {
-                file: file.to_string(),
-                doc,
-                message: e.to_string(),
-            })?;
-        if value.is_null() {
-            continue;
-        }
-        let field_err = |what: String, field: String, message: String| LoadError::Field {
+        let yaml_err = |message: String| LoadError::Yaml {
             file: file.to_string(),
             doc,
-            what,
-            field,
             message,
         };
-        let map = value.as_mapping().ok_or_else(|| {
-            field_err(
-                String::new(),
-                ".".into(),
-                "a document must be a mapping".into(),
-            )
-        })?;
-        let text_of = |key: &str| {
-            map.get(key)
-                .and_then(|v| v.as_str())
-                .unwrap_or("")
-                .to_string()
-        };
-        let (api_version, kind) = (text_of("apiVersion"), text_of("kind"));
-        let meta = map.get("metadata");
-        let name_of = |key: &str| {
-            meta.and_then(|m| m.get(key))
-                .and_then(|v| v.as_str())
-                .unwrap_or("")
-        };
-        let what = format!(" ({kind} {}/{})", name_of("namespace"), name_of("name"));
-        for key in map.keys() {
-            let key = key.as_str().unwrap_or("?");
-            if !TOP_LEVEL.contains(&key) {
-                return Err(field_err(
-                    what,
-                    key.into(),
-                    format!("unknown field `{key}`, expected one of {TOP_LEVEL:?}"),
-                ));
-            }
+        let yaml: serde_yaml::Value =
+            serde::Deserialize::deserialize(document).map_err(|e| yaml_err(e.to_string()))?;
+        if yaml.is_null() {
+            continue;
         }
-        let schema_kind = match (api_version.as_str(), kind.as_str()) {
+        let value = serde_json::to_value(&yaml).map_err(|e| yaml_err(e.to_string()))?;
+        let text_at = |p: &str| value.pointer(p).and_then(|v| v.as_str()).unwrap_or("");
+        let head = DocumentHead {
+            api_version: text_at("/apiVersion").to_string(),
+            kind: text_at("/kind").to_string(),
+            what: format!(
+                " ({} {}/{})",
+                text_at("/kind"),
+                text_at("/metadata/namespace"),
+                text_at("/metadata/name")
+            ),
+        };
+        if !value.is_object() {
+            return Err(LoadError::Field {
+                file: file.to_string(),
+                doc,
+                what: String::new(),
+                field: ".".into(),
+                message: "a document must be a mapping".into(),
+            });
+        }
+        let item = read(value, &head).map_err(|(field, message)| LoadError::Field {
+            file: file.to_string(),
+            doc,
+            what: head.what.clone(),
+            field,
+            message,
+        })?;
+        out.push((doc, item));
+    }
+    Ok(out)
+}
+
+/// Parses every document of a YAML text; `file` names it in errors.
+pub fn parse_documents(text: &str, file: &str) -> Result<Vec<Loaded>, LoadError> {
+    let resources = read_documents(text, file, |value, head| {
+        let map = value.as_object().expect("read_documents checked");
+        if let Some(key) = map.keys().find(|k| !TOP_LEVEL.contains(&k.as_str())) {
+            return Err((
+                key.clone(),
+                format!("unknown field `{key}`, expected one of {TOP_LEVEL:?}"),
+            ));
+        }
+        let schema_kind = match (head.api_version.as_str(), head.kind.as_str()) {
             ("security.istio.io/v1" | "security.istio.io/v1beta1", "AuthorizationPolicy") => {
                 SchemaKind::AuthorizationPolicy
             }
@@ -138,9 +160,8 @@ pub fn parse_documents(text: &str, file: &str) -> Result<Vec<Loaded>, LoadError>
             ("cilium.io/v2", "CiliumNetworkPolicy" | "CiliumClusterwideNetworkPolicy") => {
                 SchemaKind::Cilium
             }
-            _ => {
-                return Err(field_err(
-                    what,
+            (api_version, kind) => {
+                return Err((
                     "kind".into(),
                     format!("{api_version} {kind} is not a policy this lab reads"),
                 ));
@@ -154,69 +175,62 @@ pub fn parse_documents(text: &str, file: &str) -> Result<Vec<Loaded>, LoadError>
                 }
                 _ => "unknown field `specs` (did you mean `spec`?)",
             };
-            return Err(field_err(what, "specs".into(), message.into()));
+            return Err(("specs".into(), message.into()));
         }
-        let spec = map
-            .get("spec")
-            .map(serde_json::to_value)
-            .transpose()
-            .map_err(|e| field_err(what.clone(), "spec".into(), e.to_string()))?
-            .unwrap_or_else(|| serde_json::Value::Object(Default::default()));
-        validate_spec(schema_kind, &spec)
-            .map_err(|e| field_err(what.clone(), e.path, e.message))?;
-        let resource = match kind.as_str() {
-            "AuthorizationPolicy" => {
-                Resource::AuthorizationPolicy(Box::new(typed(value, &field_err, &what)?))
-            }
-            "PeerAuthentication" => {
-                Resource::PeerAuthentication(Box::new(typed(value, &field_err, &what)?))
-            }
-            "CiliumNetworkPolicy" => {
-                Resource::CiliumNetworkPolicy(Box::new(typed(value, &field_err, &what)?))
-            }
-            _ => {
-                Resource::CiliumClusterwideNetworkPolicy(Box::new(typed(value, &field_err, &what)?))
-            }
-        };
-        out.push(Loaded {
+        let empty = serde_json::Value::Object(Default::default());
+        let spec = map.get("spec").unwrap_or(&empty);
+        validate_spec(schema_kind, spec).map_err(|e| (e.path, e.message))?;
+        Ok(match head.kind.as_str() {
+            "AuthorizationPolicy" => Resource::AuthorizationPolicy(Box::new(typed(&value)?)),
+            "PeerAuthentication" => Resource::PeerAuthentication(Box::new(typed(&value)?)),
+            "CiliumNetworkPolicy" => Resource::CiliumNetworkPolicy(Box::new(typed(&value)?)),
+            _ => Resource::CiliumClusterwideNetworkPolicy(Box::new(typed(&value)?)),
+        })
+    })?;
+    Ok(resources
+        .into_iter()
+        .map(|(doc, resource)| Loaded {
             file: file.to_string(),
             doc,
             resource,
-        });
-    }
-    Ok(out)
+        })
+        .collect())
 }
 
-fn typed<T: DeserializeOwned>(
-    value: serde_yaml::Value,
-    field_err: &dyn Fn(String, String, String) -> LoadError,
-    what: &str,
-) -> Result<T, LoadError> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let field = e.path().to_string();
-        field_err(what.to_string(), field, e.into_inner().to_string())
-    })
+/// Deserializes into `T`, naming the field path of the first mismatch.
+pub fn typed<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, (String, String)> {
+    serde_path_to_error::deserialize(value)
+        .map_err(|e| (e.path().to_string(), e.into_inner().to_string()))
 }
 
 /// Reads one file.
 pub fn load_file(path: &Path) -> Result<Vec<Loaded>, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    parse_documents(&text, &path.display().to_string())
+    parse_documents(&read_text(path)?, &path.display().to_string())
 }
 
 /// Reads every `.yaml`/`.yml` file under `dir` (recursively, in name order).
 pub fn load_dir(dir: &Path) -> Result<Vec<Loaded>, LoadError> {
-    let mut files = Vec::new();
-    collect_yaml(dir, &mut files)?;
-    files.sort();
     let mut out = Vec::new();
-    for file in files {
+    for file in yaml_files(dir)? {
         out.extend(load_file(&file)?);
     }
     Ok(out)
+}
+
+/// Every `.yaml`/`.yml` file under `dir`, recursively, in name order.
+pub fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    let mut files = Vec::new();
+    collect_yaml(dir, &mut files)?;
+    files.sort();
+    Ok(files)
+}
+
+/// Reads a file's text, naming it in the error.
+pub fn read_text(path: &Path) -> Result<String, LoadError> {
+    std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn collect_yaml(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(), LoadError> {

@@ -30,7 +30,15 @@ async fn get(addr: SocketAddr, path: &str, accept: &str) -> (u16, String) {
     (status, text.split_once("\r\n\r\n").unwrap().1.to_string())
 }
 
-async fn start_hello(pg: &PgServer, listen: SocketAddr, github: String, cloudflare: String) {
+/// hello-app on `listen`, on `pg`, checking `github` and `cloudflare`
+/// (trusting `extra_ca` besides the web's roots).
+async fn start_hello(
+    pg: &PgServer,
+    listen: SocketAddr,
+    github: String,
+    cloudflare: String,
+    extra_ca: Option<String>,
+) {
     let db = Database::new(
         DbConfig::new(
             &pg.addr.ip().to_string(),
@@ -46,8 +54,8 @@ async fn start_hello(pg: &PgServer, listen: SocketAddr, github: String, cloudfla
         identity: Some("spiffe://cluster.local/ns/demo/sa/hello-app".into()),
         github_url: github,
         cloudflare_url: cloudflare,
-        extra_ca_pem: None,
-        check_timeout: Duration::from_millis(500),
+        extra_ca_pem: extra_ca,
+        check_timeout: Duration::from_secs(2),
     };
     let listener = TcpListener::bind(listen).await.unwrap();
     tokio::spawn(serve(
@@ -76,6 +84,7 @@ async fn page_json_and_health_follow_the_database() {
         listen,
         "https://127.61.0.9:1/".into(),
         "https://127.61.0.9:2/".into(),
+        None,
     )
     .await;
 
@@ -287,31 +296,8 @@ async fn status_page_renders_in_a_real_browser() {
         urls.push(format!("https://{addr}/"));
     }
     let listen: SocketAddr = "127.61.2.2:18000".parse().unwrap();
-    let db = Database::new(
-        DbConfig::new(
-            &pg.addr.ip().to_string(),
-            pg.addr.port(),
-            &pg.user,
-            &pg.password,
-            &pg.dbname,
-        ),
-        Dialer::Direct,
-    );
-    let config = HelloConfig {
-        listen,
-        identity: Some("spiffe://cluster.local/ns/demo/sa/hello-app".into()),
-        github_url: urls[0].clone(),
-        cloudflare_url: urls[1].clone(),
-        extra_ca_pem: Some(ca.pem().to_string()),
-        check_timeout: Duration::from_secs(2),
-    };
-    tokio::spawn(serve(
-        config,
-        db,
-        Dialer::Direct,
-        TcpListener::bind(listen).await.unwrap(),
-        std::future::pending(),
-    ));
+    let [github, cloudflare] = [urls[0].clone(), urls[1].clone()];
+    start_hello(&pg, listen, github, cloudflare, Some(ca.pem().to_string())).await;
 
     let url = format!("http://{listen}/");
     let Some(dom) = chromium(&url, &["--dump-dom".to_string()]).await else {

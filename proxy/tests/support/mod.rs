@@ -310,3 +310,33 @@ pub async fn echo_roundtrip(tcp: TcpStream, total: usize) -> (u64, u64, usize) {
     }
     (writer.await.unwrap(), hasher.finish(), received)
 }
+
+impl Lab {
+    /// Waits (up to 2 s) until proxy `a`'s registry lists the service `name`.
+    pub async fn a_knows_service(&self, name: &str) -> bool {
+        for _ in 0..100 {
+            if self
+                .a
+                .core
+                .registry()
+                .services
+                .iter()
+                .any(|s| s.name == name)
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    /// Through proxy `a`'s SOCKS5, from the client workload, to `dst`:
+    /// `len` bytes echoed back intact over HBONE.
+    pub async fn echo_via_a(&self, dst: SocketAddr, len: usize) {
+        let tcp = socks5_connect(self.a.addrs.socks5.unwrap(), self.ip("1.1"), dst)
+            .await
+            .unwrap_or_else(|code| panic!("{dst} refused with SOCKS5 reply {code}"));
+        let (sent, received, n) = echo_roundtrip(tcp, len).await;
+        assert_eq!((n, sent), (len, received), "every byte came back intact");
+    }
+}

@@ -82,6 +82,12 @@ pub struct H2Settings {
     pub connect_timeout: Duration,
     #[serde(deserialize_with = "duration")]
     pub handshake_timeout: Duration,
+    /// PING pooled connections this often…
+    #[serde(deserialize_with = "duration")]
+    pub keepalive_interval: Duration,
+    /// …and drop one whose PING goes unanswered this long.
+    #[serde(deserialize_with = "duration")]
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for H2Settings {
@@ -95,6 +101,8 @@ impl Default for H2Settings {
             pool_idle_timeout: Duration::from_secs(300),
             connect_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(20),
         }
     }
 }

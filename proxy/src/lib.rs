@@ -18,6 +18,7 @@ pub mod config;
 pub mod copy;
 pub mod core;
 pub mod inbound;
+pub mod keepalive;
 pub mod kube_registry;
 mod listen;
 pub mod metrics;

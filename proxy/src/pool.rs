@@ -279,7 +279,7 @@ impl Pool {
                 peer: addr,
             }
         };
-        let (sender, connection) = h2::client::Builder::new()
+        let (sender, mut connection) = h2::client::Builder::new()
             .initial_window_size(h2s.stream_window)
             .initial_connection_window_size(h2s.connection_window)
             .max_frame_size(h2s.max_frame_size)
@@ -291,9 +291,25 @@ impl Pool {
         let closed = Arc::new(AtomicBool::new(false));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let flag = closed.clone();
+        let keepalive = connection
+            .ping_pong()
+            .map(|pp| crate::keepalive::watch(pp, h2s.keepalive_interval, h2s.keepalive_timeout));
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                debug!(connection = id, error = %e, "HBONE connection ended");
+            let watch = async {
+                match keepalive {
+                    Some(watch) => watch.await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                ended = connection => {
+                    if let Err(e) = ended {
+                        debug!(connection = id, error = %e, "HBONE connection ended");
+                    }
+                }
+                why = watch => {
+                    warn!(connection = id, %addr, "{why}: dropping the HBONE connection and its streams");
+                }
             }
             flag.store(true, Ordering::Release);
         });

@@ -76,18 +76,24 @@ install_gateway_api() {
   kubectl apply -f "https://github.com/kubernetes-sigs/gateway-api/releases/download/$GATEWAY_API_VERSION/standard-install.yaml"
 }
 
-shared_root() {
-  step "plug-in CA: one root for istiod and hbone-lab's CA"
-  if [[ ! -f "$CA_DIR/root-cert.pem" ]]; then
-    cargo run --quiet --release --manifest-path "$root/Cargo.toml" -- ca init --out "$CA_DIR"
-  fi
-  kubectl create namespace istio-system --dry-run=client -o yaml | kubectl apply -f -
-  kubectl -n istio-system create secret generic cacerts \
+# The plug-in CA files from kind/.cacerts as secret `cacerts` in namespace $1
+# (created if missing) — istiod reads it in istio-system, hbone-lab's CA in hbone-demo.
+cacerts_secret() {
+  kubectl create namespace "$1" --dry-run=client -o yaml | kubectl apply -f -
+  kubectl -n "$1" create secret generic cacerts \
     --from-file=ca-cert.pem="$CA_DIR/ca-cert.pem" \
     --from-file=ca-key.pem="$CA_DIR/ca-key.pem" \
     --from-file=root-cert.pem="$CA_DIR/root-cert.pem" \
     --from-file=cert-chain.pem="$CA_DIR/cert-chain.pem" \
     --dry-run=client -o yaml | kubectl apply -f -
+}
+
+shared_root() {
+  step "plug-in CA: one root for istiod and hbone-lab's CA"
+  if [[ ! -f "$CA_DIR/root-cert.pem" ]]; then
+    cargo run --quiet --release --manifest-path "$root/Cargo.toml" -- ca init --out "$CA_DIR"
+  fi
+  cacerts_secret istio-system
 }
 
 install_istio() {
@@ -122,13 +128,7 @@ apply_lab() {
 
 side_by_side() {
   step "side by side: hbone-lab's CA and proxy in namespace hbone-demo"
-  kubectl create namespace hbone-demo --dry-run=client -o yaml | kubectl apply -f -
-  kubectl -n hbone-demo create secret generic cacerts \
-    --from-file=ca-cert.pem="$CA_DIR/ca-cert.pem" \
-    --from-file=ca-key.pem="$CA_DIR/ca-key.pem" \
-    --from-file=root-cert.pem="$CA_DIR/root-cert.pem" \
-    --from-file=cert-chain.pem="$CA_DIR/cert-chain.pem" \
-    --dry-run=client -o yaml | kubectl apply -f -
+  cacerts_secret hbone-demo
   kubectl apply -f "$here/side-by-side/"
   kubectl apply -f "$root/policies/side-by-side/"
   kubectl -n hbone-demo rollout status deployment/hbone-ca --timeout=300s

@@ -8,7 +8,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use hbone_proxy::netns::{NetNs, NetnsError, bind_listener, tcp_socket, veth};
+use hbone_proxy::netns::{
+    NetNs, NetnsError, bind_listener, outbound_capture_rules, tcp_socket, veth,
+};
 use hbone_workloads::dial::{Connect, Dialer, futures_lite::BoxedConnect};
 
 pub const CLIENT_IP: &str = "10.253.0.1";
@@ -34,15 +36,11 @@ impl Connect for InNamespace {
     }
 }
 
-const CAPTURE: &[&str] = &[
-    "-t nat -N HBONE_LAB_OUTPUT",
-    "-t nat -A HBONE_LAB_OUTPUT -p tcp -m mark --mark 0x539/0xfff -j RETURN",
-    "-t nat -A HBONE_LAB_OUTPUT -p tcp -o lo -j RETURN",
-    // The CA is infrastructure, not workload traffic: a dedicated-mode ztunnel
-    // dials it from inside the pod, unmarked, and must not be sent to itself.
-    "-t nat -A HBONE_LAB_OUTPUT -p tcp --dport 15012 -j RETURN",
-    "-t nat -A HBONE_LAB_OUTPUT -p tcp -j REDIRECT --to-ports 15001",
-];
+/// The capture chain; [`Topology::capture`] jumps to it or not.
+const CAPTURE_CHAIN: &str = "HBONE_LAB_OUTPUT";
+/// The CA is infrastructure, not workload traffic: a dedicated-mode ztunnel
+/// dials it from inside the pod, unmarked, and must not be sent to itself.
+const CA_PORT: u16 = 15012;
 
 impl Topology {
     pub fn create() -> Result<Self, NetnsError> {
@@ -57,8 +55,11 @@ impl Topology {
             "eth0",
             &format!("{SERVER_IP}/24"),
         )?;
-        for rule in CAPTURE {
-            client.exec("iptables", &rule.split(' ').collect::<Vec<_>>())?;
+        for rule in outbound_capture_rules(CAPTURE_CHAIN, &[CA_PORT]) {
+            client.exec(
+                "iptables",
+                &rule.iter().map(String::as_str).collect::<Vec<_>>(),
+            )?;
         }
         // Connection-rate runs open tens of thousands of connections from
         // one address to one port: without reuse of TIME_WAIT ports and the
@@ -88,7 +89,7 @@ impl Topology {
         let rule = |action: &str| {
             self.client.exec(
                 "iptables",
-                &["-t", "nat", action, "OUTPUT", "-j", "HBONE_LAB_OUTPUT"],
+                &["-t", "nat", action, "OUTPUT", "-j", CAPTURE_CHAIN],
             )
         };
         let present = rule("-C").is_ok();

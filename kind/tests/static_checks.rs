@@ -26,15 +26,6 @@ fn topology() -> LabTopology {
     hbone_kind::topology::topology(&manifests())
 }
 
-fn info(w: &LabWorkload) -> EndpointInfo<'_> {
-    EndpointInfo {
-        namespace: &w.namespace,
-        labels: &w.labels,
-        service_account: &w.service_account,
-        named_ports: &w.named_ports,
-    }
-}
-
 #[test]
 fn every_file_parses_into_its_type() {
     let all = manifests();
@@ -180,7 +171,9 @@ fn the_files_agree_with_each_other_and_with_the_policies() {
                 let in_ns: Vec<&&LabWorkload> = demo.iter().filter(|w| w.namespace == ns).collect();
                 let selector = p.spec.endpoint_selector.as_ref().unwrap();
                 assert!(
-                    in_ns.iter().any(|w| selector_matches(selector, &info(w))),
+                    in_ns
+                        .iter()
+                        .any(|w| selector_matches(selector, &EndpointInfo::from(**w))),
                     "{name}: endpointSelector selects nothing"
                 );
                 let peers = p
@@ -196,7 +189,9 @@ fn the_files_agree_with_each_other_and_with_the_policies() {
                         .any(|k| k.ends_with(NAMESPACE_LABEL));
                     if !foreign {
                         assert!(
-                            in_ns.iter().any(|w| selector_matches(sel, &info(w))),
+                            in_ns
+                                .iter()
+                                .any(|w| selector_matches(sel, &EndpointInfo::from(**w))),
                             "{name}: peer selector {sel:?} selects nothing"
                         );
                     }
@@ -457,7 +452,7 @@ fn the_side_by_side_files_parse_and_agree() {
     assert_eq!(policies.len(), 2);
     let up = std::fs::read_to_string(kind_dir().join("up.sh")).unwrap();
     assert!(
-        up.contains("-n hbone-demo create secret generic cacerts"),
+        up.contains("cacerts_secret hbone-demo") && up.contains("create secret generic cacerts"),
         "up.sh makes the CA secret in hbone-demo"
     );
     assert!(

@@ -128,15 +128,6 @@ enum Destination<'a> {
     External(&'a ExternalHost),
 }
 
-fn endpoint(w: &LabWorkload) -> EndpointInfo<'_> {
-    EndpointInfo {
-        namespace: &w.namespace,
-        labels: &w.labels,
-        service_account: &w.service_account,
-        named_ports: &w.named_ports,
-    }
-}
-
 /// Computes every row: each source (pods, then outside clients) against
 /// each destination port (pods, then — for pods only — external hosts).
 pub fn matrix(topology: &LabTopology, policies: &PolicySet) -> Vec<Row> {
@@ -192,18 +183,22 @@ fn row(
         sni,
     };
     let egress = match (src, dst) {
-        (Source::Pod(s), _) => policies
-            .cilium
-            .egress(&endpoint(s), &peer_of_dst(dst), &flow),
+        (Source::Pod(s), _) => {
+            policies
+                .cilium
+                .egress(&EndpointInfo::from(*s), &peer_of_dst(dst), &flow)
+        }
         (Source::Outside(o), _) => Decision::allow(format!(
             "egress: {} is not a pod; no Cilium endpoint policy governs its sending",
             o.name
         )),
     };
     let ingress = match dst {
-        Destination::Pod(d) => policies
-            .cilium
-            .ingress(&endpoint(d), &peer_of_src(src), &flow),
+        Destination::Pod(d) => {
+            policies
+                .cilium
+                .ingress(&EndpointInfo::from(*d), &peer_of_src(src), &flow)
+        }
         Destination::External(e) => Decision::allow(format!(
             "ingress: {} is outside the cluster; no Cilium policy of ours receives it",
             e.name
@@ -240,7 +235,7 @@ fn row(
 
 fn peer_of_dst<'a>(dst: &'a Destination<'a>) -> Peer<'a> {
     match dst {
-        Destination::Pod(w) => Peer::Endpoint(endpoint(w)),
+        Destination::Pod(w) => Peer::Endpoint(EndpointInfo::from(*w)),
         Destination::External(e) => Peer::World {
             ip: e.ip,
             name: Some(&e.name),
@@ -250,7 +245,7 @@ fn peer_of_dst<'a>(dst: &'a Destination<'a>) -> Peer<'a> {
 
 fn peer_of_src<'a>(src: &'a Source<'a>) -> Peer<'a> {
     match src {
-        Source::Pod(w) => Peer::Endpoint(endpoint(w)),
+        Source::Pod(w) => Peer::Endpoint(EndpointInfo::from(*w)),
         Source::Outside(o) => Peer::World {
             ip: Some(o.ip),
             name: None,

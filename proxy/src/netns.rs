@@ -325,3 +325,67 @@ pub fn tcp_socket(
     })?;
     Ok(tokio::net::TcpSocket::from_std_stream(std))
 }
+
+fn args(parts: &[&str]) -> Vec<String> {
+    parts.iter().map(|p| p.to_string()).collect()
+}
+
+/// ztunnel-style in-pod outbound redirection, as `iptables` argument lists
+/// (nat table) building chain `chain`, which the caller jumps to from
+/// `OUTPUT`: the proxy's own marked sockets and loopback pass, so do
+/// `exempt_dports`, and every other TCP connection goes to the proxy's 15001.
+pub fn outbound_capture_rules(chain: &str, exempt_dports: &[u16]) -> Vec<Vec<String>> {
+    let mark = format!("0x{:x}/0xfff", crate::core::PACKET_MARK);
+    let mut rules = vec![
+        args(&["-t", "nat", "-N", chain]),
+        args(&[
+            "-t", "nat", "-A", chain, "-p", "tcp", "-m", "mark", "--mark", &mark, "-j", "RETURN",
+        ]),
+        args(&[
+            "-t", "nat", "-A", chain, "-p", "tcp", "-o", "lo", "-j", "RETURN",
+        ]),
+    ];
+    for port in exempt_dports {
+        let port = port.to_string();
+        rules.push(args(&[
+            "-t", "nat", "-A", chain, "-p", "tcp", "--dport", &port, "-j", "RETURN",
+        ]));
+    }
+    rules.push(args(&[
+        "-t",
+        "nat",
+        "-A",
+        chain,
+        "-p",
+        "tcp",
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        "15001",
+    ]));
+    rules
+}
+
+/// The inbound half, for pods captured both ways (chain `chain`, jumped to
+/// from `PREROUTING`): HBONE on 15008 passes, every other TCP connection goes
+/// to the proxy's plaintext port 15006.
+pub fn inbound_capture_rules(chain: &str) -> Vec<Vec<String>> {
+    vec![
+        args(&["-t", "nat", "-N", chain]),
+        args(&[
+            "-t", "nat", "-A", chain, "-p", "tcp", "--dport", "15008", "-j", "RETURN",
+        ]),
+        args(&[
+            "-t",
+            "nat",
+            "-A",
+            chain,
+            "-p",
+            "tcp",
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            "15006",
+        ]),
+    ]
+}

@@ -13,7 +13,7 @@ use hbone_policies::load::{istio_policies, parse_documents};
 use hbone_proxy::ProxyHandle;
 use hbone_proxy::config::{H2Settings, Listeners};
 use hbone_proxy::core::{CoreSettings, ProxyCore};
-use hbone_proxy::netns::{NetNs, can_create, tcp_socket, veth};
+use hbone_proxy::netns::{NetNs, can_create, outbound_capture_rules, tcp_socket, veth};
 use hbone_proxy::registry::Registry;
 use hbone_proxy::tls::MeshTrust;
 use support::{POLICY, echo_roundtrip, echo_server_in};
@@ -38,13 +38,18 @@ async fn redirected_traffic_crosses_namespaces_over_hbone() {
     )
     .unwrap();
     // ztunnel's in-pod rules, reduced: skip the proxy's own marked sockets and loopback, capture the rest.
-    for rule in [
-        "-t nat -A OUTPUT -p tcp -m mark --mark 0x539/0xfff -j RETURN",
-        "-t nat -A OUTPUT -p tcp -o lo -j RETURN",
-        "-t nat -A OUTPUT -p tcp -j REDIRECT --to-ports 15001",
-    ] {
+    let mut rules = outbound_capture_rules("HBL_OUTPUT", &[]);
+    rules.push(
+        ["-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-j", "HBL_OUTPUT"]
+            .map(String::from)
+            .to_vec(),
+    );
+    for rule in rules {
         client_ns
-            .exec("iptables", &rule.split(' ').collect::<Vec<_>>())
+            .exec(
+                "iptables",
+                &rule.iter().map(String::as_str).collect::<Vec<_>>(),
+            )
             .unwrap();
     }
 

@@ -24,8 +24,9 @@ use std::sync::{Arc, Mutex};
 use hbone_policies::cilium::CiliumPolicies;
 use hbone_policies::cilium::iptables::{Addressing, PodFirewall, compile};
 use hbone_policies::topology::{LabTopology, MeshMode};
-use hbone_proxy::core::PACKET_MARK;
-use hbone_proxy::netns::{NetNs, bind_listener, veth};
+use hbone_proxy::netns::{
+    NetNs, bind_listener, inbound_capture_rules, outbound_capture_rules, veth,
+};
 
 use crate::sni_relay::SniRelay;
 use crate::topology::LabError;
@@ -82,40 +83,16 @@ fn iptables(ns: &NetNs, args: &[&str]) -> Result<(), LabError> {
 /// to 15001 except the proxy's own marked sockets; for captured pods, inbound
 /// TCP other than HBONE to 15006.
 fn install_capture(pod: &NetNs, mesh: MeshMode) -> Result<(), LabError> {
-    let mark = format!("0x{PACKET_MARK:x}/0xfff");
-    let mut rules: Vec<Vec<&str>> = vec![
-        vec!["-t", "nat", "-N", "HBL_OUTPUT"],
-        vec!["-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-j", "HBL_OUTPUT"],
-        vec![
-            "-t",
-            "nat",
-            "-A",
-            "HBL_OUTPUT",
-            "-m",
-            "mark",
-            "--mark",
-            &mark,
-            "-j",
-            "RETURN",
-        ],
-        vec!["-t", "nat", "-A", "HBL_OUTPUT", "-o", "lo", "-j", "RETURN"],
-        vec![
-            "-t",
-            "nat",
-            "-A",
-            "HBL_OUTPUT",
-            "-p",
-            "tcp",
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            "15001",
-        ],
-    ];
+    let mut rules = outbound_capture_rules("HBL_OUTPUT", &[]);
+    rules.push(
+        ["-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-j", "HBL_OUTPUT"]
+            .map(String::from)
+            .to_vec(),
+    );
     if mesh == MeshMode::Ambient {
-        rules.extend([
-            vec!["-t", "nat", "-N", "HBL_PREROUTING"],
-            vec![
+        rules.extend(inbound_capture_rules("HBL_PREROUTING"));
+        rules.push(
+            [
                 "-t",
                 "nat",
                 "-A",
@@ -124,34 +101,13 @@ fn install_capture(pod: &NetNs, mesh: MeshMode) -> Result<(), LabError> {
                 "tcp",
                 "-j",
                 "HBL_PREROUTING",
-            ],
-            vec![
-                "-t",
-                "nat",
-                "-A",
-                "HBL_PREROUTING",
-                "-p",
-                "tcp",
-                "--dport",
-                "15008",
-                "-j",
-                "RETURN",
-            ],
-            vec![
-                "-t",
-                "nat",
-                "-A",
-                "HBL_PREROUTING",
-                "-p",
-                "tcp",
-                "-j",
-                "REDIRECT",
-                "--to-ports",
-                "15006",
-            ],
-        ]);
+            ]
+            .map(String::from)
+            .to_vec(),
+        );
     }
     for rule in rules {
+        let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
         iptables(pod, &rule)?;
     }
     Ok(())

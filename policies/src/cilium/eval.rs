@@ -35,6 +35,7 @@ use super::types::{
     FqdnSelector, IngressRule, L4Protocol, LabelOperator, PolicyRule, PortRule,
 };
 use crate::decision::Decision;
+use crate::topology::LabWorkload;
 
 /// The label that carries a pod's namespace in Cilium's identities.
 pub const NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
@@ -61,6 +62,17 @@ impl EndpointInfo<'_> {
             NAMESPACE_LABEL => Some(self.namespace),
             SERVICE_ACCOUNT_LABEL => Some(self.service_account),
             _ => self.labels.get(key).map(String::as_str),
+        }
+    }
+}
+
+impl<'a> From<&'a LabWorkload> for EndpointInfo<'a> {
+    fn from(w: &'a LabWorkload) -> Self {
+        EndpointInfo {
+            namespace: &w.namespace,
+            labels: &w.labels,
+            service_account: &w.service_account,
+            named_ports: &w.named_ports,
         }
     }
 }

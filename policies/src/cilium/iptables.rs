@@ -64,15 +64,6 @@ pub struct Addressing {
     pub interface: String,
 }
 
-fn endpoint(w: &LabWorkload) -> EndpointInfo<'_> {
-    EndpointInfo {
-        namespace: &w.namespace,
-        labels: &w.labels,
-        service_account: &w.service_account,
-        named_ports: &w.named_ports,
-    }
-}
-
 /// One way a rule's peer part can match, as iptables address arguments.
 fn peer_matches(
     rule: &PeerRule<'_>,
@@ -100,7 +91,7 @@ fn peer_matches(
             };
             if let Some(ip) = w.ip
                 && ns_ok
-                && selector_matches(sel, &endpoint(w))
+                && selector_matches(sel, &EndpointInfo::from(w))
             {
                 out.push(addr(format!("{ip}/32")));
             }
@@ -243,7 +234,7 @@ pub fn compile(
     addressing: &Addressing,
 ) -> PodFirewall {
     let mut fw = PodFirewall::default();
-    let ep = endpoint(pod);
+    let ep = EndpointInfo::from(pod);
     let dns_visible = policies.dns_visible(&ep);
     let selecting: Vec<_> = policies.selecting(&ep).collect();
     let iface = addressing.interface.as_str();

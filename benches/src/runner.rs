@@ -4,10 +4,10 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use hbone_workloads::peers::{RrSettings, rr_client, rr_server, sink, source};
+use hbone_workloads::peers::{RrSettings, rr_client, rr_server_counting, sink, source};
 use serde::{Deserialize, Serialize};
 
 use crate::subjects::{Running, Shared, Subject, SubjectError, cpu_seconds, rss_bytes, start};
@@ -84,6 +84,7 @@ async fn measure(
     topology: &Topology,
     running: &Running,
     s: &BenchSettings,
+    accepted: &AtomicU64,
 ) -> std::io::Result<BTreeMap<String, f64>> {
     let dialer = topology.client_dialer();
     let host = SERVER_IP;
@@ -140,6 +141,7 @@ async fn measure(
         "idle_memory" => {
             let pids = running.pids();
             let before = rss_bytes(&pids);
+            let reached = accepted.load(Ordering::Relaxed);
             let mut held = Vec::new();
             for _ in 0..s.idle_connections {
                 held.push(
@@ -149,6 +151,7 @@ async fn measure(
                         .map_err(std::io::Error::other)?,
                 );
             }
+            wait_until_accepted(accepted, reached, s.idle_connections as u64).await?;
             tokio::time::sleep(Duration::from_millis(300)).await;
             let after = rss_bytes(&pids);
             drop(held);
@@ -163,6 +166,62 @@ async fn measure(
         other => return Err(std::io::Error::other(format!("unknown scenario {other}"))),
     }
     Ok(f)
+}
+
+/// Waits until `count` connections beyond `since` have reached the server:
+/// a proxy may accept a connection before its tunnel is open, and memory is
+/// only comparable once every connection exists end to end.
+async fn wait_until_accepted(accepted: &AtomicU64, since: u64, count: u64) -> std::io::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let arrived = accepted.load(Ordering::Relaxed).saturating_sub(since);
+        if arrived >= count {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(std::io::Error::other(format!(
+                "only {arrived} of {count} idle connections reached the server within 20 s"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Starts a subject and sends a little traffic through it, so certificates
+/// are fetched and connections pooled before anything is measured.
+async fn start_warm(
+    subject: &Subject,
+    topology: &Topology,
+    shared: &Shared,
+) -> Result<Running, SubjectError> {
+    let running = start(subject, topology, shared).await?;
+    // Warm up: certificates are fetched and connections pooled on first use.
+    let warm = RrSettings {
+        request: 1024,
+        response: 1024,
+        rate: None,
+        max_requests: 20,
+        duration: Duration::from_secs(5),
+        new_connection_each: true,
+    };
+    let dialer = topology.client_dialer();
+    let warm_up = rr_client(&dialer, SERVER_IP, RR_PORT, &warm);
+    match tokio::time::timeout(Duration::from_secs(30), warm_up).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            return Err(SubjectError::Setup(format!(
+                "{} does not carry traffic: {e}",
+                subject.name()
+            )));
+        }
+        Err(_) => {
+            return Err(SubjectError::Setup(format!(
+                "{} carried no traffic within 30 s",
+                subject.name()
+            )));
+        }
+    }
+    Ok(running)
 }
 
 /// Progress of a run, for a progress bar.
@@ -186,40 +245,26 @@ pub async fn run(
         .server_listener(RR_PORT)
         .map_err(|e| SubjectError::Setup(e.to_string()))?;
     let sink_task = tokio::spawn(sink(sink_listener, Arc::new(AtomicU64::new(0))));
-    let rr_task = tokio::spawn(rr_server(rr_listener, 1024, 1024));
+    let accepted = Arc::new(AtomicU64::new(0));
+    let rr_task = tokio::spawn(rr_server_counting(
+        rr_listener,
+        1024,
+        1024,
+        accepted.clone(),
+    ));
     let total = subjects.len() * scenarios.len() * settings.repetitions;
     let mut done = 0;
     let mut samples = Vec::new();
     for repetition in 0..settings.repetitions {
         for subject in subjects {
-            let running = start(subject, topology, shared).await?;
-            // Warm up: certificates are fetched and connections pooled on first use.
-            let warm = RrSettings {
-                request: 1024,
-                response: 1024,
-                rate: None,
-                max_requests: 20,
-                duration: Duration::from_secs(5),
-                new_connection_each: true,
-            };
-            let dialer = topology.client_dialer();
-            let warm_up = rr_client(&dialer, SERVER_IP, RR_PORT, &warm);
-            match tokio::time::timeout(Duration::from_secs(30), warm_up).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    return Err(SubjectError::Setup(format!(
-                        "{} does not carry traffic: {e}",
-                        subject.name()
-                    )));
+            let mut running = start_warm(subject, topology, shared).await?;
+            for (index, scenario) in scenarios.iter().enumerate() {
+                if *scenario == "idle_memory" && index > 0 {
+                    // A fresh process: memory freed by the earlier scenarios and
+                    // kept by the allocator would otherwise absorb the new connections.
+                    running.stop();
+                    running = start_warm(subject, topology, shared).await?;
                 }
-                Err(_) => {
-                    return Err(SubjectError::Setup(format!(
-                        "{} carried no traffic within 30 s",
-                        subject.name()
-                    )));
-                }
-            }
-            for scenario in scenarios {
                 progress.step(
                     done,
                     total,
@@ -230,18 +275,18 @@ pub async fn run(
                     ),
                 );
                 let limit = Duration::from_secs_f64(settings.seconds * 3.0 + 30.0);
-                let figures =
-                    tokio::time::timeout(limit, measure(scenario, topology, &running, settings))
-                        .await
-                        .map_err(|_| {
-                            SubjectError::Setup(format!(
-                                "{} {scenario}: stalled for {limit:?}",
-                                subject.name()
-                            ))
-                        })?
-                        .map_err(|e| {
-                            SubjectError::Setup(format!("{} {scenario}: {e}", subject.name()))
-                        })?;
+                let figures = tokio::time::timeout(
+                    limit,
+                    measure(scenario, topology, &running, settings, &accepted),
+                )
+                .await
+                .map_err(|_| {
+                    SubjectError::Setup(format!(
+                        "{} {scenario}: stalled for {limit:?}",
+                        subject.name()
+                    ))
+                })?
+                .map_err(|e| SubjectError::Setup(format!("{} {scenario}: {e}", subject.name())))?;
                 samples.push(Sample {
                     subject: subject.name().into(),
                     scenario: scenario.to_string(),

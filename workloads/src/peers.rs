@@ -93,8 +93,20 @@ pub async fn rr_server(
     request: usize,
     response: usize,
 ) -> std::io::Result<()> {
+    rr_server_counting(listener, request, response, Arc::default()).await
+}
+
+/// [`rr_server`] that also counts the connections it accepts, so a caller
+/// holding idle connections can tell when every one has reached the server.
+pub async fn rr_server_counting(
+    listener: TcpListener,
+    request: usize,
+    response: usize,
+    accepted: Arc<AtomicU64>,
+) -> std::io::Result<()> {
     loop {
         let (mut tcp, _) = listener.accept().await?;
+        accepted.fetch_add(1, Ordering::Relaxed);
         let _ = tcp.set_nodelay(true);
         tokio::spawn(async move {
             let mut req = vec![0u8; request.max(1)];

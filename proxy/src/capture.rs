@@ -124,8 +124,15 @@ async fn plaintext(core: Arc<ProxyCore>, mut tcp: TcpStream, peer: SocketAddr) {
     };
     let registry = core.registry();
     let source = registry.workload_by_ip(peer.ip());
-    let labels = ConnectionLabels::new("destination", source, None, Some(&workload), None, false);
-    let mut guard = ConnectionGuard::open(core.metrics.clone(), labels);
+    let labels = ConnectionLabels::new(
+        "destination",
+        source.map(Arc::as_ref),
+        None,
+        Some(&workload),
+        None,
+        false,
+    );
+    let mut guard = ConnectionGuard::open(&core.metrics, labels);
     let result = tokio::io::copy_bidirectional(&mut tcp, &mut upstream).await;
     if let Ok((up, down)) = result {
         guard.received = up;

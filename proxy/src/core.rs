@@ -108,7 +108,7 @@ impl ProxyCore {
     }
 
     /// The workload at `ip`, if it runs on this proxy's node.
-    pub fn local_workload(&self, ip: std::net::IpAddr) -> Option<crate::registry::Workload> {
+    pub fn local_workload(&self, ip: std::net::IpAddr) -> Option<Arc<crate::registry::Workload>> {
         self.registry
             .load()
             .workload_by_ip(ip)

@@ -120,7 +120,6 @@ async fn handle_connection(
     };
     tracing::debug!(%peer, %local, peer_identity = %peer_identity, tls = %tls_version, "HBONE connection accepted");
     let active = Arc::new(AtomicUsize::new(0));
-    let workload = Arc::new(workload.clone());
     let peer_identity = Arc::new(peer_identity);
     let mut draining = false;
     loop {
@@ -142,7 +141,7 @@ async fn handle_connection(
                     local,
                     active: active.clone(),
                 };
-                tasks.spawn(ctx.handle(request, respond));
+                ctx.handle(request, respond, &tasks);
             }
             Some(Err(e)) => {
                 if !e.is_go_away() && !e.is_io() {
@@ -165,6 +164,10 @@ struct StreamContext {
 }
 
 struct ActiveStream(Arc<AtomicUsize>);
+
+/// Why a CONNECT stream is refused: its status, the reason for the header
+/// and the metric, and the detail for the log.
+struct Refusal(StatusCode, &'static str, String);
 
 impl Drop for ActiveStream {
     fn drop(&mut self) {
@@ -202,50 +205,146 @@ impl StreamContext {
         let _ = respond.send_response(response, true);
     }
 
-    async fn handle(self, request: Request<h2::RecvStream>, respond: SendResponse<Bytes>) {
-        let _slot = ActiveStream(self.active.clone());
+    /// Admits or refuses one CONNECT stream, here on the connection's task;
+    /// an admitted stream gets a task of its own for the dial and the relay.
+    fn handle(
+        self,
+        request: Request<h2::RecvStream>,
+        respond: SendResponse<Bytes>,
+        tasks: &TaskTracker,
+    ) {
+        let slot = ActiveStream(self.active.clone());
+        let (parts, body) = request.into_parts();
+        match self.admit(&parts) {
+            Ok((target, allowed_by)) => {
+                tasks.spawn(self.connect_and_relay(slot, body, respond, target, allowed_by));
+            }
+            Err(Refusal(status, reason, detail)) => self.refuse(respond, status, reason, detail),
+        }
+    }
+
+    /// Dials the workload, answers 200 and carries the bytes. An async block
+    /// rather than an async fn, and one level deep: an idle tunnel's task is
+    /// this state, and async fns keep a second copy of their arguments.
+    #[allow(clippy::manual_async_fn)] // on purpose: see above
+    fn connect_and_relay(
+        self,
+        slot: ActiveStream,
+        recv: h2::RecvStream,
+        mut respond: SendResponse<Bytes>,
+        target: SocketAddr,
+        allowed_by: String,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        async move {
+            let dial = self.core.connect(Some(&self.workload), None, target);
+            let dial = Box::pin(tokio::time::timeout(self.core.h2.connect_timeout, dial));
+            let upstream = match dial.await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    let detail = format!("{target}: {e}");
+                    let status = StatusCode::SERVICE_UNAVAILABLE;
+                    return self.refuse(respond, status, "upstream_unreachable", detail);
+                }
+                Err(_) => {
+                    let detail = format!("{target}: connect timed out");
+                    let status = StatusCode::SERVICE_UNAVAILABLE;
+                    return self.refuse(respond, status, "upstream_unreachable", detail);
+                }
+            };
+            let _ = upstream.set_nodelay(true);
+            let started = Instant::now();
+            let source = self
+                .core
+                .registry()
+                .workload_by_identity(&self.peer_identity)
+                .cloned();
+            let labels = ConnectionLabels::new(
+                "destination",
+                source.as_deref(),
+                Some(self.peer_identity.to_string()),
+                Some(&self.workload),
+                None,
+                true,
+            );
+            let mut guard = ConnectionGuard::open(&self.core.metrics, labels);
+            let response = Response::builder()
+                .status(StatusCode::OK)
+                .body(())
+                .expect("200");
+            let send = match respond.send_response(response, false) {
+                Ok(s) => s,
+                Err(e) => {
+                    guard.failed = true;
+                    warn!(error = %e, "cannot answer the CONNECT");
+                    return;
+                }
+            };
+            drop(respond);
+            let (moved, error) = bidirectional(upstream, send, recv).await;
+            drop(slot);
+            guard.received = moved.from_tunnel;
+            guard.sent = moved.to_tunnel;
+            guard.failed = error.is_some();
+            info!(
+                direction = "inbound",
+                src.addr = %self.peer,
+                src.workload = source.as_ref().map(|w| w.name.as_str()).unwrap_or("-"),
+                src.identity = %self.peer_identity,
+                dst.addr = %target,
+                dst.workload = %self.workload.name,
+                dst.identity = %self.workload.identity(),
+                policy = %allowed_by,
+                bytes_sent = moved.to_tunnel,
+                bytes_recv = moved.from_tunnel,
+                duration_ms = started.elapsed().as_millis() as u64,
+                error = error.as_ref().map(|e| e.to_string()).unwrap_or_default(),
+                "connection complete"
+            );
+        }
+    }
+
+    /// Checks a CONNECT request against the stream limit, the protocol, the
+    /// target and the policies; on success, the target and the allowing rule.
+    fn admit(&self, request: &http::request::Parts) -> Result<(SocketAddr, String), Refusal> {
         let limit = self.core.h2.server_max_streams;
         if self.active.fetch_add(1, Ordering::AcqRel) >= limit {
-            return self.refuse(
-                respond,
+            return Err(Refusal(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too_many_streams",
                 format!("this connection already carries {limit} streams"),
-            );
+            ));
         }
-        if request.method() != Method::CONNECT {
-            let detail = format!("method {} (HBONE accepts only CONNECT)", request.method());
-            return self.refuse(respond, StatusCode::BAD_REQUEST, "not_connect", detail);
+        if request.method != Method::CONNECT {
+            let detail = format!("method {} (HBONE accepts only CONNECT)", request.method);
+            return Err(Refusal(StatusCode::BAD_REQUEST, "not_connect", detail));
         }
         let authority = request
-            .uri()
+            .uri
             .authority()
             .map(|a| a.as_str().to_string())
             .unwrap_or_default();
         let Ok(target) = authority.parse::<SocketAddr>() else {
             let detail = format!(":authority {authority:?} is not ip:port");
-            return self.refuse(respond, StatusCode::BAD_REQUEST, "bad_authority", detail);
+            return Err(Refusal(StatusCode::BAD_REQUEST, "bad_authority", detail));
         };
         if target.ip() != self.local.ip() || !self.workload.ips.contains(&target.ip()) {
             let detail = format!(
                 "{target} is not the workload this connection arrived for ({})",
                 self.local.ip()
             );
-            return self.refuse(
-                respond,
+            return Err(Refusal(
                 StatusCode::BAD_REQUEST,
                 "authority_mismatch",
                 detail,
-            );
+            ));
         }
         if PROXY_PORTS.contains(&target.port()) {
             let detail = format!("port {} belongs to the proxy", target.port());
-            return self.refuse(
-                respond,
+            return Err(Refusal(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "proxy_port",
                 detail,
-            );
+            ));
         }
         let principal = self.peer_identity.principal();
         let decision = self.core.policies.evaluate(
@@ -261,90 +360,12 @@ impl StreamContext {
             },
         );
         if !decision.allowed {
-            return self.refuse(
-                respond,
+            return Err(Refusal(
                 StatusCode::UNAUTHORIZED,
                 "policy_denied",
                 decision.reason,
-            );
+            ));
         }
-        let dial = self.core.connect(Some(&self.workload), None, target);
-        let upstream = tokio::time::timeout(self.core.h2.connect_timeout, dial).await;
-        let upstream = match upstream {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                return self.refuse(
-                    respond,
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "upstream_unreachable",
-                    format!("{target}: {e}"),
-                );
-            }
-            Err(_) => {
-                return self.refuse(
-                    respond,
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "upstream_unreachable",
-                    format!("{target}: connect timed out"),
-                );
-            }
-        };
-        let _ = upstream.set_nodelay(true);
-        self.relay(request, respond, upstream, target, decision.reason)
-            .await;
-    }
-
-    async fn relay(
-        &self,
-        request: Request<h2::RecvStream>,
-        mut respond: SendResponse<Bytes>,
-        upstream: TcpStream,
-        target: SocketAddr,
-        allowed_by: String,
-    ) {
-        let started = Instant::now();
-        let registry = self.core.registry();
-        let source = registry.workload_by_identity(&self.peer_identity);
-        let labels = ConnectionLabels::new(
-            "destination",
-            source,
-            Some(self.peer_identity.to_string()),
-            Some(&self.workload),
-            None,
-            true,
-        );
-        let mut guard = ConnectionGuard::open(self.core.metrics.clone(), labels);
-        let response = Response::builder()
-            .status(StatusCode::OK)
-            .body(())
-            .expect("200");
-        let send = match respond.send_response(response, false) {
-            Ok(s) => s,
-            Err(e) => {
-                guard.failed = true;
-                warn!(error = %e, "cannot answer the CONNECT");
-                return;
-            }
-        };
-        let recv = request.into_body();
-        let (moved, error) = bidirectional(upstream, send, recv).await;
-        guard.received = moved.from_tunnel;
-        guard.sent = moved.to_tunnel;
-        guard.failed = error.is_some();
-        info!(
-            direction = "inbound",
-            src.addr = %self.peer,
-            src.workload = source.map(|w| w.name.as_str()).unwrap_or("-"),
-            src.identity = %self.peer_identity,
-            dst.addr = %target,
-            dst.workload = %self.workload.name,
-            dst.identity = %self.workload.identity(),
-            policy = %allowed_by,
-            bytes_sent = moved.to_tunnel,
-            bytes_recv = moved.from_tunnel,
-            duration_ms = started.elapsed().as_millis() as u64,
-            error = error.as_ref().map(|e| e.to_string()).unwrap_or_default(),
-            "connection complete"
-        );
+        Ok((target, decision.reason))
     }
 }

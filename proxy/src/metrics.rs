@@ -1,8 +1,6 @@
 //! Prometheus metrics with ztunnel's names and labels, so the same Grafana
 //! dashboards read either data plane, plus a counter of refusals by reason.
 
-use std::sync::Arc;
-
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -214,21 +212,31 @@ impl ProxyMetrics {
 }
 
 /// Counts a connection open on creation and closed (with its bytes) on drop.
+///
+/// The label set is looked up once, when the connection opens; the guard then
+/// holds the counters themselves (each a reference count), not the two dozen
+/// label strings — it lives as long as the connection, idle ones included.
 pub struct ConnectionGuard {
-    metrics: Arc<ProxyMetrics>,
-    labels: ConnectionLabels,
+    closed: Counter,
+    sent_bytes: Counter,
+    received_bytes: Counter,
+    failed_count: Counter,
+    sockets_open: Gauge,
     pub sent: u64,
     pub received: u64,
     pub failed: bool,
 }
 
 impl ConnectionGuard {
-    pub fn open(metrics: Arc<ProxyMetrics>, labels: ConnectionLabels) -> Self {
+    pub fn open(metrics: &ProxyMetrics, labels: ConnectionLabels) -> Self {
         metrics.opened.get_or_create(&labels).inc();
         metrics.sockets_open.inc();
         ConnectionGuard {
-            metrics,
-            labels,
+            closed: metrics.closed.get_or_create(&labels).clone(),
+            sent_bytes: metrics.sent_bytes.get_or_create(&labels).clone(),
+            received_bytes: metrics.received_bytes.get_or_create(&labels).clone(),
+            failed_count: metrics.failed.get_or_create(&labels).clone(),
+            sockets_open: metrics.sockets_open.clone(),
             sent: 0,
             received: 0,
             failed: false,
@@ -238,15 +246,12 @@ impl ConnectionGuard {
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        let m = &self.metrics;
-        m.closed.get_or_create(&self.labels).inc();
-        m.sent_bytes.get_or_create(&self.labels).inc_by(self.sent);
-        m.received_bytes
-            .get_or_create(&self.labels)
-            .inc_by(self.received);
+        self.closed.inc();
+        self.sent_bytes.inc_by(self.sent);
+        self.received_bytes.inc_by(self.received);
         if self.failed {
-            m.failed.get_or_create(&self.labels).inc();
+            self.failed_count.inc();
         }
-        m.sockets_open.dec();
+        self.sockets_open.dec();
     }
 }

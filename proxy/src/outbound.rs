@@ -51,8 +51,8 @@ impl OutboundError {
 pub struct Route {
     pub original: SocketAddr,
     pub target: SocketAddr,
-    pub workload: Option<Workload>,
-    pub service: Option<Service>,
+    pub workload: Option<Arc<Workload>>,
+    pub service: Option<Arc<Service>>,
 }
 
 /// An upstream ready to carry bytes.
@@ -87,6 +87,17 @@ impl Outbound {
         client: SocketAddr,
         dst: SocketAddr,
     ) -> Result<(Upstream, Route), OutboundError> {
+        // Boxed: the dial and handshake states are large and short-lived, and
+        // the caller's task outlives them by as long as the connection idles.
+        Box::pin(self.open_in_place(source, client, dst)).await
+    }
+
+    async fn open_in_place(
+        &self,
+        source: &Workload,
+        client: SocketAddr,
+        dst: SocketAddr,
+    ) -> Result<(Upstream, Route), OutboundError> {
         let pick = self.round_robin.fetch_add(1, Ordering::Relaxed);
         let registry = self.core.registry();
         let destination = registry
@@ -113,7 +124,7 @@ impl Outbound {
                 addr: SocketAddr::new(addr.ip(), self.core.hbone_port),
                 source_ip: self.core.bind_source_ip.then(|| source.ips[0]),
             };
-            let headers = connect_headers(source, client, service);
+            let headers = connect_headers(source, client, service.map(Arc::as_ref));
             let tunnel = self.pool.open(&key, addr, headers).await?;
             return Ok((Upstream::Tunnel(Box::new(tunnel)), route));
         }
@@ -125,65 +136,67 @@ impl Outbound {
         Ok((Upstream::Direct(stream), route))
     }
 
-    /// Carries bytes between the client and the upstream until both sides are done.
-    pub async fn relay(
-        &self,
+    /// Carries bytes between the client and the upstream until both sides
+    /// are done. The labels are settled before the returned future starts:
+    /// it lives as long as the connection, so it holds only what the copy and
+    /// the final log line need.
+    pub fn relay<'a>(
+        &'a self,
         client: TcpStream,
         client_addr: SocketAddr,
-        source: &Workload,
+        source: &'a Workload,
         upstream: Upstream,
         route: Route,
-    ) {
+    ) -> impl Future<Output = ()> + Send + 'a {
         let started = Instant::now();
         let mtls = matches!(upstream, Upstream::Tunnel(_));
         let labels = ConnectionLabels::new(
             "source",
             Some(source),
             Some(source.identity().to_string()),
-            route.workload.as_ref(),
-            route.service.as_ref(),
+            route.workload.as_deref(),
+            route.service.as_deref(),
             mtls,
         );
-        let mut guard = ConnectionGuard::open(self.core.metrics.clone(), labels);
-        let (sent, received, error) = match upstream {
-            Upstream::Tunnel(tunnel) => {
-                let Tunnel {
-                    send,
-                    recv,
-                    guard: slot,
-                    ..
-                } = *tunnel;
-                let (moved, error) = crate::copy::bidirectional(client, send, recv).await;
-                drop(slot);
-                (moved.to_tunnel, moved.from_tunnel, error)
-            }
-            Upstream::Direct(mut stream) => {
-                let mut client = client;
-                match tokio::io::copy_bidirectional(&mut client, &mut stream).await {
-                    Ok((up, down)) => (up, down, None),
-                    Err(e) => (0, 0, Some(e)),
+        let guard = ConnectionGuard::open(&self.core.metrics, labels);
+        async move {
+            // The whole guard moves in (a field assignment alone would capture a copy).
+            let mut guard = guard;
+            let (sent, received, error) = match upstream {
+                Upstream::Tunnel(tunnel) => {
+                    let (send, recv, slot) = tunnel.into_stream();
+                    let (moved, error) = crate::copy::bidirectional(client, send, recv).await;
+                    drop(slot);
+                    (moved.to_tunnel, moved.from_tunnel, error)
                 }
-            }
-        };
-        guard.received = sent;
-        guard.sent = received;
-        guard.failed = error.is_some();
-        info!(
-            direction = "outbound",
-            src.addr = %client_addr,
-            src.workload = %source.name,
-            src.identity = %source.identity(),
-            dst.addr = %route.target,
-            dst.service = route.service.as_ref().map(|s| s.name.as_str()).unwrap_or("-"),
-            dst.workload = route.workload.as_ref().map(|w| w.name.as_str()).unwrap_or("-"),
-            dst.identity = route.workload.as_ref().map(|w| w.identity().to_string()).unwrap_or_default(),
-            hbone = mtls,
-            bytes_sent = sent,
-            bytes_recv = received,
-            duration_ms = started.elapsed().as_millis() as u64,
-            error = error.as_ref().map(|e| e.to_string()).unwrap_or_default(),
-            "connection complete"
-        );
+                Upstream::Direct(mut stream) => {
+                    let mut client = client;
+                    match tokio::io::copy_bidirectional(&mut client, &mut stream).await {
+                        Ok((up, down)) => (up, down, None),
+                        Err(e) => (0, 0, Some(e)),
+                    }
+                }
+            };
+            guard.received = sent;
+            guard.sent = received;
+            guard.failed = error.is_some();
+            info!(
+                direction = "outbound",
+                src.addr = %client_addr,
+                src.workload = %source.name,
+                src.identity = %source.identity(),
+                dst.addr = %route.target,
+                dst.service = route.service.as_ref().map(|s| s.name.as_str()).unwrap_or("-"),
+                dst.workload = route.workload.as_ref().map(|w| w.name.as_str()).unwrap_or("-"),
+                dst.identity = route.workload.as_ref().map(|w| w.identity().to_string()).unwrap_or_default(),
+                hbone = mtls,
+                bytes_sent = sent,
+                bytes_recv = received,
+                duration_ms = started.elapsed().as_millis() as u64,
+                error = error.as_ref().map(|e| e.to_string()).unwrap_or_default(),
+                "connection complete"
+            );
+        }
     }
 
     /// Counts and logs a failed outbound attempt.

@@ -35,7 +35,7 @@ pub struct PoolKey {
 }
 
 impl PoolKey {
-    fn source_workload(&self, core: &ProxyCore) -> Option<crate::registry::Workload> {
+    fn source_workload(&self, core: &ProxyCore) -> Option<Arc<crate::registry::Workload>> {
         core.registry()
             .workloads
             .iter()
@@ -141,6 +141,15 @@ pub struct Tunnel {
     pub guard: StreamGuard,
 }
 
+impl Tunnel {
+    /// The stream's two halves and its slot in the connection; the headers
+    /// and TLS details, kept for the teaching views, are freed here rather
+    /// than held for as long as the tunnel lives.
+    pub fn into_stream(self) -> (SendStream<Bytes>, RecvStream, StreamGuard) {
+        (self.send, self.recv, self.guard)
+    }
+}
+
 pub struct Pool {
     core: Arc<ProxyCore>,
     conns: Mutex<HashMap<PoolKey, Vec<Arc<PooledConnection>>>>,
@@ -240,7 +249,7 @@ impl Pool {
         let from = key.source_workload(&self.core);
         let tcp = tokio::time::timeout(
             h2s.connect_timeout,
-            self.core.connect(from.as_ref(), key.source_ip, addr),
+            self.core.connect(from.as_deref(), key.source_ip, addr),
         )
         .await
         .map_err(|_| TunnelError::Timeout(h2s.connect_timeout))?

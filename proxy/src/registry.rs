@@ -32,6 +32,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::sync::Arc;
 
 use hbone_ca::Identity;
 use serde::{Deserialize, Serialize};
@@ -141,10 +142,10 @@ fn default_trust_domain() -> String {
 pub enum Destination<'a> {
     /// A known workload, possibly reached through a service.
     Workload {
-        workload: &'a Workload,
+        workload: &'a Arc<Workload>,
         /// The workload's address and target port.
         addr: SocketAddr,
-        service: Option<&'a Service>,
+        service: Option<&'a Arc<Service>>,
     },
     /// Not in the registry: passed through as plain TCP.
     External(SocketAddr),
@@ -155,8 +156,10 @@ pub enum Destination<'a> {
 pub struct Registry {
     pub trust_domain: String,
     pub nodes: Vec<Node>,
-    pub workloads: Vec<Workload>,
-    pub services: Vec<Service>,
+    /// Shared, so a connection holds its endpoints for its lifetime at the
+    /// cost of a reference count, not a copy of every name and label.
+    pub workloads: Vec<Arc<Workload>>,
+    pub services: Vec<Arc<Service>>,
 }
 
 impl Registry {
@@ -221,26 +224,29 @@ impl Registry {
         Ok(Registry {
             trust_domain: doc.trust_domain,
             nodes: doc.nodes,
-            workloads: doc.workloads,
-            services: doc.services,
+            workloads: doc.workloads.into_iter().map(Arc::new).collect(),
+            services: doc.services.into_iter().map(Arc::new).collect(),
         })
     }
 
-    pub fn workload_by_ip(&self, ip: IpAddr) -> Option<&Workload> {
+    pub fn workload_by_ip(&self, ip: IpAddr) -> Option<&Arc<Workload>> {
         self.workloads.iter().find(|w| w.ips.contains(&ip))
     }
 
-    pub fn workload_by_identity(&self, identity: &Identity) -> Option<&Workload> {
+    pub fn workload_by_identity(&self, identity: &Identity) -> Option<&Arc<Workload>> {
         self.workloads.iter().find(|w| w.identity() == identity)
     }
 
     /// Workloads on `node`.
-    pub fn local_workloads<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Workload> + 'a {
+    pub fn local_workloads<'a>(
+        &'a self,
+        node: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<Workload>> + 'a {
         self.workloads.iter().filter(move |w| w.node == node)
     }
 
     /// A service by VIP or by hostname (`name.namespace.svc.cluster.local`, `name.namespace`, or `name`).
-    pub fn service_by_host(&self, host: &str) -> Option<&Service> {
+    pub fn service_by_host(&self, host: &str) -> Option<&Arc<Service>> {
         let host = host.trim_end_matches('.');
         self.services.iter().find(|s| {
             let full = s.hostname("cluster.local");
@@ -269,7 +275,7 @@ impl Registry {
 
     pub fn resolve_service<'a>(
         &'a self,
-        service: &'a Service,
+        service: &'a Arc<Service>,
         port: u16,
         pick: usize,
     ) -> Result<Destination<'a>, String> {
@@ -279,7 +285,7 @@ impl Registry {
                 service.namespace, service.name
             )
         })?;
-        let endpoints: Vec<&Workload> = self
+        let endpoints: Vec<&Arc<Workload>> = self
             .workloads
             .iter()
             .filter(|w| w.namespace == service.namespace)

@@ -184,7 +184,7 @@ async fn a_proxy_follows_the_cluster() {
             .workloads
             .iter()
             .filter(|w| w.protocol == Protocol::Hbone)
-            .map(as_pod)
+            .map(|w| as_pod(w))
             .collect(),
         services: vec![],
     };

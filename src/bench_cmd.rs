@@ -25,6 +25,11 @@ pub struct BenchArgs {
     /// A ztunnel binary to compare against (or ZTUNNEL_BIN); without it ztunnel is not measured.
     #[arg(long, env = "ZTUNNEL_BIN")]
     ztunnel: Option<PathBuf>,
+    /// Another hbone-lab binary (for example `main` before your change),
+    /// measured as subject `baseline`, interleaved in the same run: on a
+    /// shared machine, the way to see what a change did.
+    #[arg(long, value_name = "HBONE_LAB_BINARY")]
+    baseline: Option<PathBuf>,
     /// About a minute: 1 s per measurement, one repetition.
     #[arg(long)]
     quick: bool,
@@ -111,6 +116,10 @@ pub async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         settings.seconds = s;
     }
     let mut subjects = vec![Subject::Direct, Subject::HboneLab];
+    if let Some(exe) = &args.baseline {
+        anyhow::ensure!(exe.is_file(), "--baseline {} is not a file", exe.display());
+        subjects.push(Subject::Baseline(exe.clone()));
+    }
     match &args.ztunnel {
         Some(bin) => {
             anyhow::ensure!(bin.is_file(), "--ztunnel {} is not a file", bin.display());

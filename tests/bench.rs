@@ -3,8 +3,7 @@
 
 use std::process::Command;
 
-#[test]
-fn quick_bench_writes_table_json_and_markdown() {
+fn is_root() -> bool {
     let root = Command::new("id")
         .arg("-u")
         .output()
@@ -12,6 +11,13 @@ fn quick_bench_writes_table_json_and_markdown() {
         .unwrap_or(false);
     if !root {
         eprintln!("SKIPPED: the benchmark needs root (CI runs it as root)");
+    }
+    root
+}
+
+#[test]
+fn quick_bench_writes_table_json_and_markdown() {
+    if !is_root() {
         return;
     }
     let out_dir = tempfile::tempdir().unwrap();
@@ -134,5 +140,65 @@ fn replot_redraws_a_saved_run() {
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("`results` is not a benchmark's results")
+    );
+}
+
+#[test]
+fn a_baseline_build_is_measured_as_its_own_subject() {
+    if !is_root() {
+        return;
+    }
+    let exe = env!("CARGO_BIN_EXE_hbone-lab");
+    let missing = Command::new(exe)
+        .args(["bench", "--baseline", "/nonexistent/hbone-lab"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr)
+            .contains("--baseline /nonexistent/hbone-lab is not a file"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = Command::new(exe)
+        .args([
+            "bench",
+            "--quick",
+            "--seconds",
+            "0.3",
+            "--scenarios",
+            "rr_unthrottled",
+        ])
+        .arg("--baseline")
+        .arg(exe)
+        .arg("--out")
+        .arg(out_dir.path())
+        .env_remove("ZTUNNEL_BIN")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.path().join("bench.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        json["subjects"],
+        serde_json::json!(["direct", "hbone-lab", "baseline"])
+    );
+    let baseline = json["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["subject"] == "baseline")
+        .expect("a row for the baseline");
+    assert!(baseline["rps"].as_f64().unwrap() > 0.0, "{baseline}");
+    assert!(
+        baseline["ratio_vs_direct"]["rps"].as_f64().is_some(),
+        "{baseline}"
     );
 }

@@ -24,10 +24,11 @@ const SPEED: &[(&str, &str, &str)] = &[
     ("crr", "conn_per_s", "conn/s"),
 ];
 
-const COLOURS: [RGBColor; 3] = [
+const COLOURS: [RGBColor; 4] = [
     RGBColor(0x90, 0x90, 0x90),
     RGBColor(0x2a, 0x7a, 0xc8),
     RGBColor(0xe0, 0x8a, 0x1e),
+    RGBColor(0x3a, 0xa0, 0x5a),
 ];
 
 fn figure(summaries: &[Summary], subject: &str, scenario: &str, key: &str) -> Option<f64> {

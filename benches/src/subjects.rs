@@ -38,6 +38,9 @@ fn setup<E: std::fmt::Display>(e: E) -> SubjectError {
 pub enum Subject {
     Direct,
     HboneLab,
+    /// Another hbone-lab binary (say, `main` before a change), measured in
+    /// the same run so that a change's effect is not lost in the drift.
+    Baseline(PathBuf),
     Ztunnel(PathBuf),
 }
 
@@ -46,6 +49,7 @@ impl Subject {
         match self {
             Subject::Direct => "direct",
             Subject::HboneLab => "hbone-lab",
+            Subject::Baseline(_) => "baseline",
             Subject::Ztunnel(_) => "ztunnel",
         }
     }
@@ -198,7 +202,11 @@ pub async fn start(
         }
         Subject::HboneLab => {
             topology.capture(true).map_err(setup)?;
-            start_hbone_lab(topology, shared).await
+            start_hbone_lab(&shared.proxy_exe, topology, shared).await
+        }
+        Subject::Baseline(exe) => {
+            topology.capture(true).map_err(setup)?;
+            start_hbone_lab(exe, topology, shared).await
         }
         Subject::Ztunnel(bin) => {
             topology.capture(true).map_err(setup)?;
@@ -207,7 +215,11 @@ pub async fn start(
     }
 }
 
-async fn start_hbone_lab(topology: &Topology, shared: &Shared) -> Result<Running, SubjectError> {
+async fn start_hbone_lab(
+    exe: &Path,
+    topology: &Topology,
+    shared: &Shared,
+) -> Result<Running, SubjectError> {
     let dir = shared.dir.path();
     let registry = format!(
         "nodes: [{{name: node-c}}, {{name: node-s}}]\nworkloads:\n  - {{name: client, namespace: bench, serviceAccount: client, ips: [{CLIENT_IP}], node: node-c, netns: {}}}\n  - {{name: server, namespace: bench, serviceAccount: server, ips: [{SERVER_IP}], node: node-s, netns: {}}}\n",
@@ -230,7 +242,7 @@ async fn start_hbone_lab(topology: &Topology, shared: &Shared) -> Result<Running
         std::fs::write(&file, config).map_err(setup)?;
         let log = dir.join(format!("hbone-lab-{node}.log"));
         let (out, err) = log_to(&log)?;
-        let child = Command::new(&shared.proxy_exe)
+        let child = Command::new(exe)
             .args(["proxy", "--config"])
             .arg(&file)
             .env("RUST_LOG", "warn")

@@ -27,6 +27,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
+use tokio_util::io::poll_read_buf;
 
 const SMALL: usize = 16 * 1024;
 const LARGE: usize = 256 * 1024;
@@ -123,24 +124,41 @@ impl Relay {
             if self.up == Phase::Done {
                 return Poll::Ready(Ok(()));
             }
+            // Readiness first, so an idle connection holds no buffer…
             ready!(self.socket.poll_read_ready(cx))?;
             let bulk = self.moved.to_tunnel >= GROW_AFTER;
             let want = if bulk { LARGE } else { SMALL };
             if self.read_buf.capacity() < want {
                 self.read_buf.reserve(want);
             }
-            match self.socket.try_read_buf(&mut self.read_buf) {
-                Ok(0) => self.up = Phase::Closing,
-                Ok(n) => {
-                    self.moved.to_tunnel += n as u64;
-                    self.unsent = self.read_buf.split().freeze();
-                    if !bulk {
-                        // Small connections hold no buffer between reads.
-                        self.read_buf = BytesMut::new();
-                    }
+            let n = if bulk {
+                // A bulk sender keeps writing while we read: a short read is
+                // not the end of it, so keep the readiness and read again
+                // (only EAGAIN sends the task back to the reactor).
+                match self.socket.try_read_buf(&mut self.read_buf) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Poll::Ready(Err(e)),
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Poll::Ready(Err(e)),
+            } else {
+                // Request/response: `poll_read` takes a short read as
+                // "drained" and skips the read that would only say EAGAIN
+                // (one syscall per request).
+                ready!(poll_read_buf(
+                    Pin::new(&mut self.socket),
+                    cx,
+                    &mut self.read_buf
+                ))?
+            };
+            if n == 0 {
+                self.up = Phase::Closing;
+                continue;
+            }
+            self.moved.to_tunnel += n as u64;
+            self.unsent = self.read_buf.split().freeze();
+            if !bulk {
+                // Small connections hold no buffer between reads.
+                self.read_buf = BytesMut::new();
             }
         }
     }

@@ -254,6 +254,8 @@ impl Pool {
         .await
         .map_err(|_| TunnelError::Timeout(h2s.connect_timeout))?
         .map_err(|source| TunnelError::Connect { addr, source })?;
+        // Small frames (a request, a WINDOW_UPDATE) must not wait for an ACK.
+        let _ = tcp.set_nodelay(true);
         let local = tcp
             .local_addr()
             .map_err(|source| TunnelError::Connect { addr, source })?;

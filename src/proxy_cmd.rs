@@ -8,11 +8,11 @@ use anyhow::Context;
 use clap::Args;
 use hbone_ca::client::CaClient;
 use hbone_ca::{CertificateManager, RenewalPolicy};
-use hbone_policies::load::{istio_policies, load_dir, load_file};
 use hbone_proxy::ProxyHandle;
 use hbone_proxy::config::ProxyConfig;
 use hbone_proxy::core::{CoreSettings, ProxyCore};
 use hbone_proxy::kube_registry::{ClusterLister, KubeLister, follow_cluster, registry_from};
+use hbone_proxy::policy_watch::{follow_policies, load_policies};
 use hbone_proxy::registry::Registry;
 use hbone_proxy::tls::MeshTrust;
 
@@ -27,6 +27,11 @@ use hbone_proxy::tls::MeshTrust;
 ///   ca: {address: "https://127.0.0.1:15012", rootCert: root.pem, tokenFile: node.token}
 ///   listeners: {hbonePort: 15008, socks5: "127.0.1.1:15080", metrics: "127.0.1.1:15020"}
 ///   h2: {streamWindow: 4194304, connectionWindow: 16777216, maxFrameSize: 1048576}
+///
+/// The registry and policy files are followed (checked every 2 s): a changed
+/// registry serves new connections; changed policies also close the open
+/// HBONE streams they now deny. An edit that does not parse is reported and
+/// ignored.
 ///
 /// SIGTERM or Ctrl-C drains: listeners close, open connections get drainGrace to finish.
 #[derive(Args)]
@@ -91,15 +96,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let mut loaded = Vec::new();
-    for path in &config.policies {
-        loaded.extend(if path.is_dir() {
-            load_dir(path)?
-        } else {
-            load_file(path)?
-        });
-    }
-    let policies = Arc::new(istio_policies(&loaded, &config.root_namespace));
+    let policies = Arc::new(load_policies(&config.policies, &config.root_namespace)?);
     let root_pem = std::fs::read_to_string(&config.ca.root_cert)
         .with_context(|| format!("cannot read ca.rootCert {}", config.ca.root_cert.display()))?;
     let token = std::fs::read_to_string(&config.ca.token_file).with_context(|| {
@@ -126,6 +123,15 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let proxy = ProxyHandle::start(core.clone(), &config.listeners).await?;
     println!("proxy for node {} running: {:?}", config.node, proxy.addrs);
     let stop_following = tokio_util::sync::CancellationToken::new();
+    if !config.policies.is_empty() {
+        tokio::spawn(follow_policies(
+            core.clone(),
+            config.policies.clone(),
+            config.root_namespace.clone(),
+            std::time::Duration::from_secs(2),
+            stop_following.clone(),
+        ));
+    }
     match (&config.registry, &config.kubernetes) {
         (Some(file), _) => {
             tokio::spawn(hbone_proxy::registry_watch::follow_file(

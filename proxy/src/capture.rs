@@ -103,7 +103,7 @@ async fn plaintext(core: Arc<ProxyCore>, mut tcp: TcpStream, peer: SocketAddr) {
             format!("{dst} is not a workload on node {}", core.node),
         );
     };
-    let decision = core.policies.evaluate(
+    let decision = core.policies().evaluate(
         &TargetWorkload {
             namespace: &workload.namespace,
             labels: &workload.labels,

@@ -21,6 +21,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -28,6 +29,8 @@ use h2::{RecvStream, SendStream};
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
+
+use crate::established::Revocation;
 
 const SMALL: usize = 16 * 1024;
 const LARGE: usize = 256 * 1024;
@@ -65,6 +68,7 @@ pub fn bidirectional(socket: TcpStream, send: SendStream<Bytes>, recv: RecvStrea
         moved: Transferred::default(),
         up: Phase::Open,
         down: Phase::Open,
+        revocation: None,
     }
 }
 
@@ -95,9 +99,17 @@ pub struct Relay {
     moved: Transferred,
     up: Phase,
     down: Phase,
+    /// Set when a policy change denies the stream: the relay then ends it.
+    revocation: Option<Arc<Revocation>>,
 }
 
 impl Relay {
+    /// Ends the relay (and resets the stream) if `revocation` is ever set.
+    pub fn revocable(mut self, revocation: Arc<Revocation>) -> Self {
+        self.revocation = Some(revocation);
+        self
+    }
+
     /// Socket → tunnel. Ready when the socket has ended and the stream is half-closed.
     fn poll_up(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
@@ -201,8 +213,17 @@ impl Future for Relay {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        let up = this.poll_up(cx);
-        let down = this.poll_down(cx);
+        let revoked = this.revocation.as_ref().and_then(|r| r.poll_revoked(cx));
+        let (up, down) = match revoked {
+            Some(reason) => {
+                let denied = format!("closed by a policy change: {reason}");
+                (
+                    Poll::Ready(Err(io::Error::new(io::ErrorKind::PermissionDenied, denied))),
+                    Poll::Pending,
+                )
+            }
+            None => (this.poll_up(cx), this.poll_down(cx)),
+        };
         let error = match (up, down) {
             (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => e,
             (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => return Poll::Ready((this.moved, None)),

@@ -14,6 +14,7 @@ use crate::config::H2Settings;
 use crate::metrics::ProxyMetrics;
 use arc_swap::ArcSwap;
 
+use crate::established::{Established, Revoked};
 use crate::registry::Registry;
 use crate::tls::{MeshTrust, TlsSetupError};
 
@@ -50,7 +51,10 @@ pub struct ProxyCore {
     pub bind_source_ip: bool,
     /// Swapped whole when the registry's source changes (file or cluster).
     registry: ArcSwap<Registry>,
-    pub policies: Arc<IstioPolicies>,
+    /// Swapped whole when the policy files change; see [`Self::replace_policies`].
+    policies: ArcSwap<IstioPolicies>,
+    /// The inbound streams being carried, re-judged on a policy change.
+    pub established: Arc<Established>,
     pub certs: Arc<CertificateManager>,
     pub trust: MeshTrust,
     pub metrics: Arc<ProxyMetrics>,
@@ -71,7 +75,8 @@ impl ProxyCore {
             hbone_port: settings.hbone_port,
             bind_source_ip: settings.bind_source_ip,
             registry: ArcSwap::new(registry),
-            policies,
+            policies: ArcSwap::new(policies),
+            established: Arc::default(),
             certs,
             trust,
             metrics: Arc::new(ProxyMetrics::default()),
@@ -105,6 +110,29 @@ impl ProxyCore {
     /// ones keep what they resolved.
     pub fn replace_registry(&self, registry: Registry) {
         self.registry.store(Arc::new(registry));
+    }
+
+    /// The authorization and peer-authentication policies as they are now.
+    pub fn policies(&self) -> Arc<IstioPolicies> {
+        self.policies.load_full()
+    }
+
+    /// Replaces the policies: new streams are judged by them, and so is
+    /// every stream already open; those now denied are closed. Returns them.
+    pub fn replace_policies(&self, policies: IstioPolicies) -> Vec<Revoked> {
+        let policies = Arc::new(policies);
+        self.policies.store(policies.clone());
+        let revoked = self.established.recheck(&policies);
+        for r in &revoked {
+            self.metrics.refused("inbound", "policy_revoked");
+            tracing::warn!(
+                peer = %r.peer,
+                dst = %r.target,
+                reason = %r.reason,
+                "open HBONE stream closed: the changed policies deny it"
+            );
+        }
+        revoked
     }
 
     /// The workload at `ip`, if it runs on this proxy's node.

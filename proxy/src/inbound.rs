@@ -17,7 +17,6 @@ use std::time::Instant;
 use bytes::Bytes;
 use h2::server::SendResponse;
 use hbone_ca::Identity;
-use hbone_policies::istio::{ConnectionAttrs, TargetWorkload};
 use http::{Method, Request, Response, StatusCode};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -26,6 +25,7 @@ use tracing::{info, warn};
 
 use crate::copy::bidirectional;
 use crate::core::ProxyCore;
+use crate::established::Stream;
 use crate::metrics::{ConnectionGuard, ConnectionLabels};
 use crate::registry::Workload;
 use crate::tls::{ALPN_H2, handshake_failure_reason, identity_of};
@@ -216,8 +216,8 @@ impl StreamContext {
         let slot = ActiveStream(self.active.clone());
         let (parts, body) = request.into_parts();
         match self.admit(&parts) {
-            Ok((target, allowed_by)) => {
-                tasks.spawn(self.connect_and_relay(slot, body, respond, target, allowed_by));
+            Ok((stream, allowed_by)) => {
+                tasks.spawn(self.connect_and_relay(slot, body, respond, stream, allowed_by));
             }
             Err(Refusal(status, reason, detail)) => self.refuse(respond, status, reason, detail),
         }
@@ -232,10 +232,11 @@ impl StreamContext {
         slot: ActiveStream,
         recv: h2::RecvStream,
         mut respond: SendResponse<Bytes>,
-        target: SocketAddr,
+        stream: Stream,
         allowed_by: String,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         async move {
+            let target = stream.target;
             let dial = self.core.connect(Some(&self.workload), None, target);
             let dial = Box::pin(tokio::time::timeout(self.core.h2.connect_timeout, dial));
             let upstream = match dial.await {
@@ -280,8 +281,10 @@ impl StreamContext {
                 }
             };
             drop(respond);
-            let (moved, error) = bidirectional(upstream, send, recv).await;
-            drop(slot);
+            let entry = self.core.established.insert(stream);
+            let relay = bidirectional(upstream, send, recv).revocable(entry.revocation.clone());
+            let (moved, error) = relay.await;
+            drop((entry, slot));
             guard.received = moved.from_tunnel;
             guard.sent = moved.to_tunnel;
             guard.failed = error.is_some();
@@ -305,7 +308,7 @@ impl StreamContext {
 
     /// Checks a CONNECT request against the stream limit, the protocol, the
     /// target and the policies; on success, the target and the allowing rule.
-    fn admit(&self, request: &http::request::Parts) -> Result<(SocketAddr, String), Refusal> {
+    fn admit(&self, request: &http::request::Parts) -> Result<(Stream, String), Refusal> {
         let limit = self.core.h2.server_max_streams;
         if self.active.fetch_add(1, Ordering::AcqRel) >= limit {
             return Err(Refusal(
@@ -346,19 +349,13 @@ impl StreamContext {
                 detail,
             ));
         }
-        let principal = self.peer_identity.principal();
-        let decision = self.core.policies.evaluate(
-            &TargetWorkload {
-                namespace: &self.workload.namespace,
-                labels: &self.workload.labels,
-            },
-            &ConnectionAttrs {
-                principal: Some(&principal),
-                src_ip: self.peer.ip(),
-                dst_ip: target.ip(),
-                dst_port: target.port(),
-            },
-        );
+        let stream = Stream {
+            peer_identity: self.peer_identity.clone(),
+            src_ip: self.peer.ip(),
+            target,
+            workload: self.workload.clone(),
+        };
+        let decision = stream.decide(&self.core.policies());
         if !decision.allowed {
             return Err(Refusal(
                 StatusCode::UNAUTHORIZED,
@@ -366,6 +363,6 @@ impl StreamContext {
                 decision.reason,
             ));
         }
-        Ok((target, decision.reason))
+        Ok((stream, decision.reason))
     }
 }

@@ -7,8 +7,10 @@
 //! - [`core`]: the state every listener shares, TLS configs cached per certificate.
 //! - [`copy`]: the byte-moving hot path between TCP and HTTP/2 streams.
 //! - [`pool`]: the HBONE client and its connection pool.
+//! - [`established`]: the streams being carried, judged again when policies change.
 //! - [`inbound`]: HBONE on 15008, where policy is enforced.
 //! - [`outbound`], [`socks5`], [`capture`]: ways into the mesh (15080, 15001) and plaintext in (15006).
+//! - [`registry_watch`], [`policy_watch`]: following the registry and policy files.
 //! - [`admin`]: metrics (15020), readiness (15021), admin (15000).
 //! - [`proxy`]: binding it all, and draining on shutdown.
 
@@ -17,6 +19,7 @@ pub mod capture;
 pub mod config;
 pub mod copy;
 pub mod core;
+pub mod established;
 pub mod inbound;
 pub mod keepalive;
 pub mod kube_registry;
@@ -24,6 +27,7 @@ mod listen;
 pub mod metrics;
 pub mod netns;
 pub mod outbound;
+pub mod policy_watch;
 pub mod pool;
 pub mod proxy;
 pub mod registry;

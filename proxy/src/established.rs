@@ -1,0 +1,147 @@
+//! The HBONE streams this proxy has admitted and is carrying, so that a
+//! policy change can judge them again: an AuthorizationPolicy that starts
+//! denying a peer closes that peer's open tunnels too, as ztunnel does, not
+//! only its next ones. Each entry is what the decision needs (who, from
+//! where, to which workload and port) plus a [`Revocation`] the stream's
+//! relay watches.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::Context;
+
+use futures::task::AtomicWaker;
+use hbone_ca::Identity;
+use hbone_policies::decision::Decision;
+use hbone_policies::istio::{ConnectionAttrs, IstioPolicies, TargetWorkload};
+
+use crate::registry::Workload;
+
+/// Set once, when a policy change denies a stream that is already open.
+#[derive(Default)]
+pub struct Revocation {
+    revoked: AtomicBool,
+    waker: AtomicWaker,
+    reason: Mutex<String>,
+}
+
+impl Revocation {
+    fn revoke(&self, reason: String) {
+        *self.reason.lock().expect("revocation lock") = reason;
+        self.revoked.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Why the stream was revoked, once it has been; otherwise registers the
+    /// task to be woken when it is.
+    pub fn poll_revoked(&self, cx: &mut Context<'_>) -> Option<String> {
+        self.waker.register(cx.waker());
+        self.revoked
+            .load(Ordering::Acquire)
+            .then(|| self.reason.lock().expect("revocation lock").clone())
+    }
+}
+
+/// One admitted stream, as a policy sees it.
+pub struct Stream {
+    pub peer_identity: Arc<Identity>,
+    pub src_ip: IpAddr,
+    pub target: SocketAddr,
+    pub workload: Arc<Workload>,
+}
+
+impl Stream {
+    /// The policies' verdict on this stream.
+    pub fn decide(&self, policies: &IstioPolicies) -> Decision {
+        let principal = self.peer_identity.principal();
+        policies.evaluate(
+            &TargetWorkload {
+                namespace: &self.workload.namespace,
+                labels: &self.workload.labels,
+            },
+            &ConnectionAttrs {
+                principal: Some(&principal),
+                src_ip: self.src_ip,
+                dst_ip: self.target.ip(),
+                dst_port: self.target.port(),
+            },
+        )
+    }
+}
+
+/// Every stream being carried, by an id of its own.
+#[derive(Default)]
+pub struct Established {
+    next_id: AtomicU64,
+    streams: Mutex<HashMap<u64, (Stream, Arc<Revocation>)>>,
+}
+
+/// Keeps a stream in the table; removes it when dropped.
+pub struct Entry {
+    table: Arc<Established>,
+    id: u64,
+    pub revocation: Arc<Revocation>,
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        self.table
+            .streams
+            .lock()
+            .expect("established lock")
+            .remove(&self.id);
+    }
+}
+
+/// A stream a policy change closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revoked {
+    pub peer: String,
+    pub target: SocketAddr,
+    pub reason: String,
+}
+
+impl Established {
+    pub fn insert(self: &Arc<Self>, stream: Stream) -> Entry {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let revocation = Arc::new(Revocation::default());
+        self.streams
+            .lock()
+            .expect("established lock")
+            .insert(id, (stream, revocation.clone()));
+        Entry {
+            table: self.clone(),
+            id,
+            revocation,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.streams.lock().expect("established lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Judges every open stream by `policies`; revokes, and returns, those
+    /// now denied.
+    pub fn recheck(&self, policies: &IstioPolicies) -> Vec<Revoked> {
+        let streams = self.streams.lock().expect("established lock");
+        let mut revoked = Vec::new();
+        for (stream, revocation) in streams.values() {
+            let decision = stream.decide(policies);
+            if decision.allowed {
+                continue;
+            }
+            revocation.revoke(decision.reason.clone());
+            revoked.push(Revoked {
+                peer: stream.peer_identity.to_string(),
+                target: stream.target,
+                reason: decision.reason,
+            });
+        }
+        revoked
+    }
+}

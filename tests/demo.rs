@@ -51,7 +51,8 @@ fn demo_runs_every_scenario_explains_and_cleans_up() {
             "test-pod → postgres",
             "hello-app → postgres",
             "plaintext → hello-app (STRICT)",
-            "certificate rotated mid-connection"
+            "certificate rotated mid-connection",
+            "policy changed mid-connection"
         ]
     );
     for r in results.as_array().unwrap() {
@@ -66,7 +67,7 @@ fn demo_runs_every_scenario_explains_and_cleans_up() {
     let have_pg = !stderr.contains("running without the database");
     assert_eq!(verdicts[..3], ["allow", "deny", "deny"]);
     assert_eq!(verdicts[3], if have_pg { "allow" } else { "deny" });
-    assert_eq!(verdicts[4..], ["deny", "allow"]);
+    assert_eq!(verdicts[4..], ["deny", "allow", "deny"]);
     assert!(
         results[1]["reason"]
             .as_str()
@@ -211,6 +212,7 @@ fn netns_demo_enforces_both_layers_and_ctrl_c_leaves_nothing_behind() {
         ("hello-app → api.cloudflare.com", "deny"),
         ("plaintext → hello-app (STRICT)", "deny"),
         ("certificate rotated mid-connection", "allow"),
+        ("policy changed mid-connection", "deny"),
     ];
     let expected: Vec<(String, String)> = expected
         .iter()

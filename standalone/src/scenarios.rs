@@ -11,8 +11,9 @@
 
 use std::time::Duration;
 
-use hbone_policies::istio::{ConnectionAttrs, Decision, TargetWorkload};
-use hbone_policies::matrix::{Row, matrix};
+use hbone_policies::istio::{ConnectionAttrs, Decision, IstioPolicies, TargetWorkload};
+use hbone_policies::load::{istio_policies, parse_documents};
+use hbone_policies::matrix::{ROOT_NAMESPACE, Row, matrix};
 use hbone_proxy::netns::tcp_socket;
 use hbone_workloads::db::{Database, DbConfig};
 use hbone_workloads::dial::DialError;
@@ -439,6 +440,8 @@ pub async fn run_all(lab: &Lab) -> Vec<ScenarioResult> {
 
     // 8. A certificate rotated mid-connection.
     out.push(rotation(lab).await);
+    // 9. A policy changed mid-connection.
+    out.push(policy_change(lab).await);
     out
 }
 
@@ -623,6 +626,112 @@ async fn rotation(lab: &Lab) -> ScenarioResult {
         observed,
         reason: "a renewed SVID serves new connections; established ones keep the old session"
             .into(),
+        evidence,
+    }
+}
+
+/// The DENY that scenario 9 applies for a moment: `principal` (the
+/// gateway's) may no longer reach hello-app.
+fn deny_gateway(principal: &str) -> String {
+    format!(
+        "
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: demo-deny-gateway, namespace: demo}}
+spec:
+  selector: {{matchLabels: {{app: hello-app}}}}
+  action: DENY
+  rules:
+  - from: [{{source: {{principals: [{principal}]}}}}]
+"
+    )
+}
+
+/// Swaps `policies` into every node proxy; returns how many open streams
+/// they closed.
+fn apply_policies(lab: &Lab, policies: &IstioPolicies) -> usize {
+    lab.nodes
+        .iter()
+        .map(|node| node.core.replace_policies(policies.clone()).len())
+        .sum()
+}
+
+/// A held gateway → hello-app connection while a DENY for the gateway is
+/// applied (the way `hbone-lab proxy` applies an edited policy file): the
+/// proxy judges open streams again, so the held connection is closed and a
+/// new one refused. The lab's policies are then restored, and a new
+/// connection answers again.
+async fn policy_change(lab: &Lab) -> ScenarioResult {
+    let gateway = lab.pod("hello-gateway").identity().clone();
+    let connect = || async {
+        let mut tcp = lab
+            .dialer("hello-gateway")
+            .connect("hello-app.demo.svc.cluster.local", HELLO_PORT)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (status, _) =
+            tokio::time::timeout(Duration::from_secs(5), http_get(&mut tcp, "/health", "*/*"))
+                .await
+                .map_err(|_| "no answer within 5 s".to_string())?
+                .map_err(|e| e.to_string())?;
+        Ok::<_, String>((tcp, status))
+    };
+    let original = lab.policies.istio.clone();
+    let mut denying = original.clone();
+    let result = async {
+        let extra = parse_documents(
+            &deny_gateway(&gateway.principal()),
+            "demo-deny-gateway.yaml",
+        )
+        .map_err(|e| e.to_string())?;
+        denying
+            .authorization
+            .extend(istio_policies(&extra, ROOT_NAMESPACE).authorization);
+        let (mut held, before) = connect()
+            .await
+            .map_err(|e| format!("before the change: {e}"))?;
+        let closed = apply_policies(lab, &denying);
+        let mut rest = [0u8; 256];
+        let held_closed = matches!(
+            tokio::time::timeout(Duration::from_secs(5), held.read(&mut rest)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        );
+        let new_one = connect().await;
+        apply_policies(lab, &original);
+        let (_, restored) = connect()
+            .await
+            .map_err(|e| format!("after restoring: {e}"))?;
+        Ok::<_, String>((before, closed, held_closed, new_one.err(), restored))
+    }
+    .await;
+    apply_policies(lab, &original);
+    let (observed, evidence) = match result {
+        Ok((before, closed, true, Some(refused), restored)) => (
+            Verdict::Deny,
+            format!(
+                "the held connection answered {before}; demo-deny-gateway applied: the proxies closed {closed} open stream(s) and the held connection ended; a new one failed ({refused}); policies restored: a new connection answered {restored}"
+            ),
+        ),
+        Ok((_, closed, held_closed, refused, _)) => (
+            Verdict::Allow,
+            format!(
+                "after the DENY: {closed} stream(s) closed, held connection closed: {held_closed}, a new connection {}",
+                if refused.is_some() {
+                    "was refused"
+                } else {
+                    "was answered"
+                }
+            ),
+        ),
+        Err(e) => (Verdict::Allow, e),
+    };
+    ScenarioResult {
+        name: "policy changed mid-connection".into(),
+        source: gateway.to_string(),
+        destination: format!("hello-app:{HELLO_PORT}"),
+        expected: Verdict::Deny,
+        observed,
+        reason: "a new DENY is applied to open streams too: the proxy judges them again and closes those it now denies".into(),
         evidence,
     }
 }

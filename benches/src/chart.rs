@@ -24,12 +24,15 @@ const SPEED: &[(&str, &str, &str)] = &[
     ("crr", "conn_per_s", "conn/s"),
 ];
 
-const COLOURS: [RGBColor; 4] = [
-    RGBColor(0x90, 0x90, 0x90),
-    RGBColor(0x2a, 0x7a, 0xc8),
-    RGBColor(0xe0, 0x8a, 0x1e),
-    RGBColor(0x3a, 0xa0, 0x5a),
-];
+/// Each subject keeps its colour from chart to chart, whoever else ran.
+fn colour(subject: &str) -> RGBColor {
+    match subject {
+        "direct" => RGBColor(0x90, 0x90, 0x90),
+        "hbone-lab" => RGBColor(0x2a, 0x7a, 0xc8),
+        "ztunnel" => RGBColor(0xe0, 0x8a, 0x1e),
+        _ => RGBColor(0x3a, 0xa0, 0x5a),
+    }
+}
 
 fn figure(summaries: &[Summary], subject: &str, scenario: &str, key: &str) -> Option<f64> {
     summaries
@@ -81,7 +84,7 @@ fn bars(
         .draw()
         .map_err(err)?;
     for (s, subject) in subjects.iter().enumerate() {
-        let colour = COLOURS[s % COLOURS.len()];
+        let colour = colour(subject);
         let rects = groups.iter().enumerate().filter_map(|(g, (_, values))| {
             let v = values.get(s).copied().flatten()?;
             let x0 = g as f64 + 0.1 + 0.8 * s as f64 / n;
@@ -122,7 +125,8 @@ fn bars(
 }
 
 /// Draws the chart into an SVG string (colours: direct grey, hbone-lab
-/// blue, ztunnel orange; the legend sits in the first panel).
+/// blue, ztunnel orange, a baseline build green; the legend sits in the
+/// first panel).
 pub fn svg(summaries: &[Summary], subjects: &[String]) -> Result<String, ChartError> {
     let mut out = String::new();
     {

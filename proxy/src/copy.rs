@@ -186,6 +186,9 @@ impl Relay {
                 self.unwritten.advance(n);
                 self.moved.from_tunnel += n as u64;
             }
+            // An emptied slice still points into h2's receive buffer: let
+            // go of it, or an idle connection keeps that buffer alive.
+            self.unwritten = Bytes::new();
             if self.unreleased > 0 {
                 let _ = self.recv.flow_control().release_capacity(self.unreleased);
                 self.unreleased = 0;

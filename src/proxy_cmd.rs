@@ -31,7 +31,9 @@ use hbone_proxy::tls::MeshTrust;
 /// The registry and policy files are followed (checked every 2 s): a changed
 /// registry serves new connections; changed policies also close the open
 /// HBONE streams they now deny. An edit that does not parse is reported and
-/// ignored.
+/// ignored. With `kubernetes:` instead of `registry:`, the workloads,
+/// services and Istio policies come from the cluster's API server (policies
+/// listed there replace those from files).
 ///
 /// SIGTERM or Ctrl-C drains: listeners close, open connections get drainGrace to finish.
 #[derive(Args)]

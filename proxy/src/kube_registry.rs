@@ -1,7 +1,10 @@
 //! A registry that follows a Kubernetes cluster — what ztunnel learns from
 //! istiod over xDS, learned here straight from the API server: every few
 //! seconds the proxy lists namespaces, pods and services, builds a registry
-//! from them, and swaps it in when it changed.
+//! from them, and swaps it in when it changed. It lists Istio's
+//! AuthorizationPolicies and PeerAuthentications too, and swaps those in
+//! when they changed (judging open streams again); a cluster without the
+//! Istio CRDs leaves the proxy's own policies in place.
 //!
 //! Who speaks HBONE: pods in a namespace labelled
 //! `istio.io/dataplane-mode: ambient` (ztunnel's, in the kind lab) and pods
@@ -18,6 +21,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+
+use hbone_policies::istio::IstioPolicies;
+use hbone_policies::istio::types::{AuthorizationPolicy, PeerAuthentication};
 
 use crate::core::ProxyCore;
 use crate::registry::{Node, Protocol, Registry, RegistryFile, Service, Workload};
@@ -55,12 +61,24 @@ pub struct ServiceFacts {
 }
 
 /// One listing of the cluster.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClusterSnapshot {
     /// Namespace → its labels.
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
     pub pods: Vec<PodFacts>,
     pub services: Vec<ServiceFacts>,
+    /// The cluster's AuthorizationPolicies and PeerAuthentications, as
+    /// ztunnel gets them from istiod; `None` where the cluster has no
+    /// Istio CRDs (the proxy keeps the policies it has), an error naming
+    /// the resource where one does not parse (likewise).
+    pub policies: Option<Result<ClusterPolicies, String>>,
+}
+
+/// Istio's security resources, as listed from the cluster.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClusterPolicies {
+    pub authorization: Vec<AuthorizationPolicy>,
+    pub peer_authentication: Vec<PeerAuthentication>,
 }
 
 /// Where snapshots come from: the API server, or a fake in tests.
@@ -178,6 +196,9 @@ pub async fn follow_cluster<L: ClusterLister>(
     loop {
         match lister.snapshot().await {
             Ok(snapshot) if last.as_ref() != Some(&snapshot) => {
+                if last.as_ref().map(|l| &l.policies) != Some(&snapshot.policies) {
+                    apply_cluster_policies(&core, &snapshot.policies);
+                }
                 match registry_from(&snapshot, &trust_domain) {
                     Ok(registry) => {
                         info!(
@@ -202,6 +223,77 @@ pub async fn follow_cluster<L: ClusterLister>(
             _ = tokio::time::sleep(every) => {}
         }
     }
+}
+
+/// Swaps in the cluster's policies, judging open streams again; keeps the
+/// current ones when the cluster has none to give or one does not parse.
+fn apply_cluster_policies(core: &ProxyCore, policies: &Option<Result<ClusterPolicies, String>>) {
+    match policies {
+        Some(Ok(listed)) => {
+            let policies = IstioPolicies {
+                root_namespace: core.policies().root_namespace.clone(),
+                authorization: listed.authorization.clone(),
+                peer_authentication: listed.peer_authentication.clone(),
+            };
+            let revoked = core.replace_policies(policies);
+            info!(
+                authorization_policies = listed.authorization.len(),
+                peer_authentications = listed.peer_authentication.len(),
+                streams_closed = revoked.len(),
+                "the cluster's policies changed: open streams judged again"
+            );
+        }
+        Some(Err(e)) => {
+            warn!(error = %e, "a policy in the cluster does not parse; keeping the previous policies")
+        }
+        None => {}
+    }
+}
+
+/// Lists one Istio resource kind across the cluster, typed one object at a
+/// time so that an error names the object and field. `None`: no such CRD.
+async fn list_typed<K>(client: &kube::Client) -> Option<Result<Vec<K>, String>>
+where
+    K: kube::Resource<DynamicType = ()> + serde::de::DeserializeOwned,
+{
+    let resource = kube::api::ApiResource::erase::<K>(&());
+    let api = kube::Api::<kube::api::DynamicObject>::all_with(client.clone(), &resource);
+    let listed = match api.list(&kube::api::ListParams::default()).await {
+        Ok(listed) => listed,
+        Err(kube::Error::Api(status)) if status.code == 404 => return None,
+        Err(e) => return Some(Err(format!("listing {}: {e}", resource.plural))),
+    };
+    let mut out = Vec::new();
+    for object in listed.items {
+        let name = format!(
+            "{} {}/{}",
+            resource.kind,
+            object.metadata.namespace.as_deref().unwrap_or(""),
+            object.metadata.name.as_deref().unwrap_or("")
+        );
+        let value = serde_json::to_value(&object).map_err(|e| format!("{name}: {e}"));
+        let typed = value.and_then(|v| {
+            hbone_policies::load::typed::<K>(&v)
+                .map_err(|(field, message)| format!("{name}: {field}: {message}"))
+        });
+        match typed {
+            Ok(k) => out.push(k),
+            Err(e) => return Some(Err(e)),
+        }
+    }
+    Some(Ok(out))
+}
+
+/// Both Istio security kinds, or why not.
+async fn list_policies(client: &kube::Client) -> Option<Result<ClusterPolicies, String>> {
+    let authorization = list_typed::<AuthorizationPolicy>(client).await?;
+    let peer_authentication = list_typed::<PeerAuthentication>(client).await?;
+    Some(authorization.and_then(|authorization| {
+        Ok(ClusterPolicies {
+            authorization,
+            peer_authentication: peer_authentication?,
+        })
+    }))
 }
 
 /// The real lister: the Kubernetes API through `kube`.
@@ -247,7 +339,9 @@ impl ClusterLister for KubeLister {
             .list(&list)
             .await
             .map_err(err)?;
+        let policies = list_policies(&self.client).await;
         Ok(ClusterSnapshot {
+            policies,
             namespaces: namespaces
                 .items
                 .iter()

@@ -9,12 +9,14 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hbone_policies::istio::AuthorizationPolicy;
 use hbone_proxy::kube_registry::{
-    ClusterLister, ClusterSnapshot, PodFacts, ServiceFacts, TargetPort, follow_cluster,
-    registry_file, registry_from,
+    ClusterLister, ClusterPolicies, ClusterSnapshot, PodFacts, ServiceFacts, TargetPort,
+    follow_cluster, registry_file, registry_from,
 };
 use hbone_proxy::registry::Protocol;
-use support::{Lab, echo_server};
+use support::{Lab, POLICY, echo_server, socks5_connect};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -40,6 +42,7 @@ fn pod(name: &str, ns: &str, ip: &str, extra: &[(&str, &str)]) -> PodFacts {
 
 fn snapshot() -> ClusterSnapshot {
     ClusterSnapshot {
+        policies: None,
         namespaces: BTreeMap::from([
             (
                 "demo".to_string(),
@@ -187,6 +190,11 @@ async fn a_proxy_follows_the_cluster() {
             .map(|w| as_pod(w))
             .collect(),
         services: vec![],
+        // The lab's policy, as the API server would list it.
+        policies: Some(Ok(ClusterPolicies {
+            authorization: vec![serde_yaml::from_str(POLICY).unwrap()],
+            peer_authentication: vec![],
+        })),
     };
     let lister = FakeLister(Arc::new(Mutex::new(Ok(cluster.clone()))));
     let stop = CancellationToken::new();
@@ -225,6 +233,56 @@ async fn a_proxy_follows_the_cluster() {
     );
     lab.echo_via_a(vip, 1024).await;
 
+    // A DENY for the client appears in the cluster: the open stream closes.
+    let mut open = socks5_connect(lab.a.addrs.socks5.unwrap(), lab.ip("1.1"), vip)
+        .await
+        .unwrap();
+    open.write_all(b"ping").await.unwrap();
+    let mut back = [0u8; 4];
+    open.read_exact(&mut back).await.unwrap();
+    let echo_side = lab.b.core.clone();
+    let deny: AuthorizationPolicy = serde_yaml::from_str(
+        "
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-more-client, namespace: demo}
+spec:
+  selector: {matchLabels: {app: echo}}
+  action: DENY
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/demo/sa/client]}}]
+",
+    )
+    .unwrap();
+    if let Some(Ok(p)) = cluster.policies.as_mut() {
+        p.authorization.push(deny);
+    }
+    // The echo workload's proxy follows the same cluster.
+    let echo_follower = tokio::spawn(follow_cluster(
+        echo_side.clone(),
+        lister.clone(),
+        "cluster.local".into(),
+        Duration::from_millis(50),
+        stop.clone(),
+    ));
+    *lister.0.lock().unwrap() = Ok(cluster.clone());
+    let closed = tokio::time::timeout(Duration::from_secs(3), open.read(&mut back)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the open stream was closed: {closed:?}"
+    );
+    assert_eq!(echo_side.policies().authorization.len(), 2);
+    assert!(support::log_text().contains("the cluster's policies changed"));
+
+    // A policy that does not parse: reported, and the proxy keeps the two.
+    cluster.policies = Some(Err(
+        "AuthorizationPolicy demo/oops: spec.rules[0]: unknown field".into(),
+    ));
+    *lister.0.lock().unwrap() = Ok(cluster.clone());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(echo_side.policies().authorization.len(), 2);
+    assert!(support::log_text().contains("a policy in the cluster does not parse"));
+
     // The API server goes away: the proxy keeps what it has.
     *lister.0.lock().unwrap() = Err("connection refused".into());
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -236,9 +294,12 @@ async fn a_proxy_follows_the_cluster() {
     );
     assert!(support::log_text().contains("cannot list the cluster; keeping the previous registry"));
     stop.cancel();
-    assert_eq!(
-        follower.await.unwrap(),
-        2,
-        "the first listing and the changed one"
+    // The first listing and the new service; the policy changes too, unless
+    // one came and went between two of this follower's polls.
+    let swapped = follower.await.unwrap();
+    assert!(
+        (3..=4).contains(&swapped),
+        "{swapped} registries swapped in"
     );
+    assert!(echo_follower.await.unwrap() >= 1);
 }

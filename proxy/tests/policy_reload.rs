@@ -62,7 +62,7 @@ async fn closed_by_peer(tcp: &mut TcpStream) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_deny_closes_the_streams_it_covers_and_a_broken_edit_is_ignored() {
-    let net = 48;
+    let net = 57;
     let lab = Lab::start(net).await;
     let echo = SocketAddr::new(lab.ip("2.1"), 9000);
     echo_server(echo).await;

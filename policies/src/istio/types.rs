@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
     group = "security.istio.io",
     version = "v1",
     kind = "AuthorizationPolicy",
-    namespaced
+    namespaced,
+    derive = "PartialEq"
 )]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AuthorizationPolicySpec {
@@ -154,7 +155,8 @@ pub struct Condition {
     group = "security.istio.io",
     version = "v1",
     kind = "PeerAuthentication",
-    namespaced
+    namespaced,
+    derive = "PartialEq"
 )]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PeerAuthenticationSpec {

@@ -19,6 +19,10 @@ use hbone_bench::topology::Topology;
 /// rr_unthrottled (requests/s on one connection), rr_1000 (1 KiB at 1000/s,
 /// p50…p99.9), crr (new connections/s), idle_memory (RSS per idle connection).
 /// Writes bench.json, bench.md and bench.svg (a chart) into --out.
+///
+/// The binary that runs the bench is the hbone-lab measured: build it with
+/// `cargo build --profile perf` (fat LTO, one codegen unit, as ztunnel's
+/// release build) to compare like for like.
 #[derive(Args)]
 #[command(verbatim_doc_comment)]
 pub struct BenchArgs {

@@ -10,7 +10,7 @@
 //! - [`established`]: the streams being carried, judged again when policies change.
 //! - [`inbound`]: HBONE on 15008, where policy is enforced.
 //! - [`outbound`], [`socks5`], [`capture`]: ways into the mesh (15080, 15001) and plaintext in (15006).
-//! - [`registry_watch`], [`policy_watch`]: following the registry and policy files.
+//! - [`file_watch`], [`registry_watch`], [`policy_watch`]: following the registry and policy files.
 //! - [`admin`]: metrics (15020), readiness (15021), admin (15000).
 //! - [`proxy`]: binding it all, and draining on shutdown.
 
@@ -20,6 +20,7 @@ pub mod config;
 pub mod copy;
 pub mod core;
 pub mod established;
+pub mod file_watch;
 pub mod inbound;
 pub mod keepalive;
 pub mod kube_registry;

@@ -6,7 +6,7 @@
 //! A set that no longer parses is reported and ignored: the proxy keeps the
 //! policies it has.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::core::ProxyCore;
+use crate::file_watch::{on_change, stamp};
 
 /// Reads every policy in `paths` (files, or directories of YAML files).
 pub fn load_policies(paths: &[PathBuf], root_namespace: &str) -> Result<IstioPolicies, LoadError> {
@@ -30,16 +31,11 @@ pub fn load_policies(paths: &[PathBuf], root_namespace: &str) -> Result<IstioPol
     Ok(istio_policies(&loaded, root_namespace))
 }
 
-/// What tells a new version of the set: every file's name, modification
-/// time and size (an edit can land within a file system's time granularity,
-/// and a file can be added to or removed from a directory).
+/// What tells a new version of the set: every file's name and stamp (a
+/// file can be added to or removed from a directory, too).
 type Fingerprint = Vec<(PathBuf, Option<(SystemTime, u64)>)>;
 
 fn fingerprint(paths: &[PathBuf]) -> Fingerprint {
-    let stamp = |path: &Path| {
-        let meta = std::fs::metadata(path).ok()?;
-        Some((meta.modified().ok()?, meta.len()))
-    };
     let mut files = Vec::new();
     for path in paths {
         if path.is_dir() {
@@ -61,35 +57,29 @@ pub fn follow_policies(
     every: Duration,
     shutdown: CancellationToken,
 ) -> impl Future<Output = usize> + Send + 'static {
-    let mut seen = fingerprint(&paths);
-    async move {
-        let mut swapped = 0;
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return swapped,
-                _ = tokio::time::sleep(every) => {}
+    let watched = paths.clone();
+    on_change(
+        every,
+        shutdown,
+        move || fingerprint(&watched),
+        move || match load_policies(&paths, &root_namespace) {
+            Ok(policies) => {
+                let count = policies.authorization.len();
+                let revoked = core.replace_policies(policies);
+                info!(
+                    authorization_policies = count,
+                    streams_closed = revoked.len(),
+                    "policies changed: open streams judged again, new ones use the new set"
+                );
+                true
             }
-            let now = fingerprint(&paths);
-            if now == seen {
-                continue;
-            }
-            seen = now;
-            match load_policies(&paths, &root_namespace) {
-                Ok(policies) => {
-                    let count = policies.authorization.len();
-                    let revoked = core.replace_policies(policies);
-                    info!(
-                        authorization_policies = count,
-                        streams_closed = revoked.len(),
-                        "policies changed: open streams judged again, new ones use the new set"
-                    );
-                    swapped += 1;
-                }
-                Err(e) => warn!(
+            Err(e) => {
+                warn!(
                     error = %e,
                     "the changed policies do not load; keeping the previous ones"
-                ),
+                );
+                false
             }
-        }
-    }
+        },
+    )
 }

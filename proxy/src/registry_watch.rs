@@ -7,20 +7,14 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::core::ProxyCore;
+use crate::file_watch::{on_change, stamp};
 use crate::registry::Registry;
-
-/// What tells a new version: modification time and size (some file
-/// systems keep whole-second times, and an edit may land within one).
-fn modified(path: &PathBuf) -> Option<(SystemTime, u64)> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
-}
 
 /// Polls `path` every `every` until `shutdown`; swaps in each new version
 /// that parses. Returns how many versions were swapped in. The file's
@@ -32,41 +26,38 @@ pub fn follow_file(
     every: Duration,
     shutdown: CancellationToken,
 ) -> impl Future<Output = usize> + Send + 'static {
-    let mut seen = modified(&path);
-    async move {
-        let mut swapped = 0;
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return swapped,
-                _ = tokio::time::sleep(every) => {}
+    let watched = path.clone();
+    on_change(
+        every,
+        shutdown,
+        move || stamp(&watched),
+        move || match Registry::load(&path) {
+            Ok(registry) if registry.nodes.iter().any(|n| n.name == core.node) => {
+                info!(
+                    file = %path.display(),
+                    workloads = registry.workloads.len(),
+                    services = registry.services.len(),
+                    "registry changed: new connections use the new version"
+                );
+                core.replace_registry(registry);
+                true
             }
-            let now = modified(&path);
-            if now == seen {
-                continue;
-            }
-            seen = now;
-            match Registry::load(&path) {
-                Ok(registry) if registry.nodes.iter().any(|n| n.name == core.node) => {
-                    info!(
-                        file = %path.display(),
-                        workloads = registry.workloads.len(),
-                        services = registry.services.len(),
-                        "registry changed: new connections use the new version"
-                    );
-                    core.replace_registry(registry);
-                    swapped += 1;
-                }
-                Ok(_) => warn!(
+            Ok(_) => {
+                warn!(
                     file = %path.display(),
                     node = %core.node,
                     "the changed registry no longer lists this node; keeping the previous one"
-                ),
-                Err(e) => warn!(
+                );
+                false
+            }
+            Err(e) => {
+                warn!(
                     file = %path.display(),
                     error = %e,
                     "the changed registry does not parse; keeping the previous one"
-                ),
+                );
+                false
             }
-        }
-    }
+        },
+    )
 }

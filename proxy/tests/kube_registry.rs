@@ -15,7 +15,7 @@ use hbone_proxy::kube_registry::{
     follow_cluster, registry_file, registry_from,
 };
 use hbone_proxy::registry::Protocol;
-use support::{Lab, POLICY, echo_server, socks5_connect};
+use support::{DENY_CLIENT, Lab, POLICY, echo_server, socks5_connect};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
@@ -241,19 +241,7 @@ async fn a_proxy_follows_the_cluster() {
     let mut back = [0u8; 4];
     open.read_exact(&mut back).await.unwrap();
     let echo_side = lab.b.core.clone();
-    let deny: AuthorizationPolicy = serde_yaml::from_str(
-        "
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: no-more-client, namespace: demo}
-spec:
-  selector: {matchLabels: {app: echo}}
-  action: DENY
-  rules:
-  - from: [{source: {principals: [cluster.local/ns/demo/sa/client]}}]
-",
-    )
-    .unwrap();
+    let deny: AuthorizationPolicy = serde_yaml::from_str(DENY_CLIENT).unwrap();
     if let Some(Ok(p)) = cluster.policies.as_mut() {
         p.authorization.push(deny);
     }

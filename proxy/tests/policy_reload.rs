@@ -8,21 +8,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use hbone_proxy::policy_watch::follow_policies;
-use support::{Lab, POLICY, echo_server, http_get, log_text, socks5_connect};
+use support::{DENY_CLIENT, Lab, POLICY, echo_server, http_get, log_text, socks5_connect};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
-
-const DENY_CLIENT: &str = "
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: no-more-client, namespace: demo}
-spec:
-  selector: {matchLabels: {app: echo}}
-  action: DENY
-  rules:
-  - from: [{source: {principals: [cluster.local/ns/demo/sa/client]}}]
-";
 
 const UNRELATED: &str = "
 apiVersion: security.istio.io/v1

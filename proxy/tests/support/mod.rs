@@ -96,6 +96,19 @@ spec:
     to: [{operation: {ports: [\"9000\"]}}]
 ";
 
+/// A DENY for the client workload, for the tests that change policies on
+/// a running proxy.
+pub const DENY_CLIENT: &str = "
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-more-client, namespace: demo}
+spec:
+  selector: {matchLabels: {app: echo}}
+  action: DENY
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/demo/sa/client]}}]
+";
+
 pub struct Lab {
     pub net: u8,
     pub ca: RunningCa,

@@ -3,6 +3,11 @@
 
 use std::process::Command;
 
+/// The `bench.json` a run wrote into `dir`.
+fn bench_json(dir: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("bench.json")).unwrap()).unwrap()
+}
+
 fn is_root() -> bool {
     let root = Command::new("id")
         .arg("-u")
@@ -40,9 +45,7 @@ fn quick_bench_writes_table_json_and_markdown() {
         "{stdout}"
     );
 
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out_dir.path().join("bench.json")).unwrap())
-            .unwrap();
+    let json = bench_json(out_dir.path());
     assert_eq!(json["subjects"], serde_json::json!(["direct", "hbone-lab"]));
     let results = json["results"].as_array().unwrap();
     assert_eq!(results.len(), 12, "6 scenarios × 2 subjects");
@@ -183,9 +186,7 @@ fn a_baseline_build_is_measured_as_its_own_subject() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out_dir.path().join("bench.json")).unwrap())
-            .unwrap();
+    let json = bench_json(out_dir.path());
     assert_eq!(
         json["subjects"],
         serde_json::json!(["direct", "hbone-lab", "baseline"])

@@ -9,13 +9,13 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use hbone_policies::istio::{ConnectionAttrs, TargetWorkload};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::core::ProxyCore;
+use crate::established::decide;
 use crate::metrics::{ConnectionGuard, ConnectionLabels};
 use crate::outbound::Outbound;
 
@@ -103,18 +103,7 @@ async fn plaintext(core: Arc<ProxyCore>, mut tcp: TcpStream, peer: SocketAddr) {
             format!("{dst} is not a workload on node {}", core.node),
         );
     };
-    let decision = core.policies().evaluate(
-        &TargetWorkload {
-            namespace: &workload.namespace,
-            labels: &workload.labels,
-        },
-        &ConnectionAttrs {
-            principal: None,
-            src_ip: peer.ip(),
-            dst_ip: dst.ip(),
-            dst_port: dst.port(),
-        },
-    );
+    let decision = decide(&core.policies(), &workload, None, peer.ip(), dst);
     if !decision.allowed {
         return refuse("policy_denied", decision.reason);
     }

@@ -51,21 +51,39 @@ pub struct Stream {
     pub workload: Arc<Workload>,
 }
 
+/// The policies' verdict on a connection from `src_ip` (with a mesh
+/// `principal`, or none for plaintext) to `target` on `workload`.
+pub fn decide(
+    policies: &IstioPolicies,
+    workload: &Workload,
+    principal: Option<&str>,
+    src_ip: IpAddr,
+    target: SocketAddr,
+) -> Decision {
+    policies.evaluate(
+        &TargetWorkload {
+            namespace: &workload.namespace,
+            labels: &workload.labels,
+        },
+        &ConnectionAttrs {
+            principal,
+            src_ip,
+            dst_ip: target.ip(),
+            dst_port: target.port(),
+        },
+    )
+}
+
 impl Stream {
     /// The policies' verdict on this stream.
     pub fn decide(&self, policies: &IstioPolicies) -> Decision {
         let principal = self.peer_identity.principal();
-        policies.evaluate(
-            &TargetWorkload {
-                namespace: &self.workload.namespace,
-                labels: &self.workload.labels,
-            },
-            &ConnectionAttrs {
-                principal: Some(&principal),
-                src_ip: self.src_ip,
-                dst_ip: self.target.ip(),
-                dst_port: self.target.port(),
-            },
+        decide(
+            policies,
+            &self.workload,
+            Some(&principal),
+            self.src_ip,
+            self.target,
         )
     }
 }

@@ -351,7 +351,14 @@ pub fn outbound_capture_rules(chain: &str, exempt_dports: &[u16]) -> Vec<Vec<Str
             "-t", "nat", "-A", chain, "-p", "tcp", "--dport", &port, "-j", "RETURN",
         ]));
     }
-    rules.push(args(&[
+    rules.push(redirect_rest(chain, 15001));
+    rules
+}
+
+/// The rule that sends every TCP connection still in `chain` to `port`.
+fn redirect_rest(chain: &str, port: u16) -> Vec<String> {
+    let port = port.to_string();
+    args(&[
         "-t",
         "nat",
         "-A",
@@ -361,9 +368,8 @@ pub fn outbound_capture_rules(chain: &str, exempt_dports: &[u16]) -> Vec<Vec<Str
         "-j",
         "REDIRECT",
         "--to-ports",
-        "15001",
-    ]));
-    rules
+        &port,
+    ])
 }
 
 /// The inbound half, for pods captured both ways (chain `chain`, jumped to
@@ -375,17 +381,6 @@ pub fn inbound_capture_rules(chain: &str) -> Vec<Vec<String>> {
         args(&[
             "-t", "nat", "-A", chain, "-p", "tcp", "--dport", "15008", "-j", "RETURN",
         ]),
-        args(&[
-            "-t",
-            "nat",
-            "-A",
-            chain,
-            "-p",
-            "tcp",
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            "15006",
-        ]),
+        redirect_rest(chain, 15006),
     ]
 }

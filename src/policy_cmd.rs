@@ -1,13 +1,15 @@
 //! `hbone-lab policy`: check who may reach whom under the lab's Cilium and
-//! Istio policies, and validate policy files.
+//! Istio policies, validate policy files, and show their translation for ztunnel.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
+use hbone_policies::authorization::peer_authn::STATIC_STRICT_NAME;
+use hbone_policies::authorization::render::istiod_yaml;
 use hbone_policies::expect::{differences, load_expected};
 use hbone_policies::lab::lab_resources;
-use hbone_policies::load::{Loaded, load_dir, load_file};
+use hbone_policies::load::{Loaded, istio_policies, load_dir, load_file};
 use hbone_policies::matrix::{PolicySet, matrix};
 use hbone_policies::render::{Format, render};
 use hbone_policies::topology::LabTopology;
@@ -35,6 +37,36 @@ pub enum PolicyCommand {
         /// Files or directories (searched for *.yaml / *.yml).
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+    },
+    /// Print what istiod would send ztunnel for the AuthorizationPolicies
+    /// and PeerAuthentications in the files: the workload API's
+    /// `istio.security.Authorization`, in the YAML shape of istiod's own
+    /// golden files (proto-JSON names groups/rules/matches, enum names,
+    /// zero values left out), one document per policy, nothing for none —
+    /// so it can be diffed against istiod. What istiod leaves out (L7
+    /// attributes, AUDIT/CUSTOM, waypoint policies) is said on stderr.
+    ///
+    /// Each workload-level PeerAuthentication is converted with its
+    /// namespace's and the root namespace's PeerAuthentications (without
+    /// selector) as parents, as istiod does.
+    ///
+    /// Examples:
+    ///   hbone-lab policy translate policies/istio
+    ///   hbone-lab policy translate my-policy.yaml --root-namespace istio-config
+    ///   hbone-lab policy translate policies/istio --mesh   # with the static STRICT policy
+    #[command(verbatim_doc_comment)]
+    Translate {
+        /// Files or directories (searched for *.yaml / *.yml).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// The mesh's root namespace: its policies without selector are GLOBAL.
+        #[arg(long, default_value = "istio-system")]
+        root_namespace: String,
+        /// Also print `<root>/istio_converted_static_strict`, the DENY istiod
+        /// pushes whenever a PeerAuthentication exists (istiod's converter
+        /// tests leave it out, so this is off by default).
+        #[arg(long)]
+        mesh: bool,
     },
 }
 
@@ -68,6 +100,11 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
     match cmd {
         PolicyCommand::Check(args) => check(args),
         PolicyCommand::Validate { paths } => validate(&paths),
+        PolicyCommand::Translate {
+            paths,
+            root_namespace,
+            mesh,
+        } => translate(&paths, &root_namespace, mesh),
     }
 }
 
@@ -145,5 +182,23 @@ fn validate(paths: &[PathBuf]) -> anyhow::Result<()> {
         }
     }
     println!("{count} resource(s) valid");
+    Ok(())
+}
+
+fn translate(paths: &[PathBuf], root_namespace: &str, mesh: bool) -> anyhow::Result<()> {
+    let mut loaded = Vec::new();
+    for path in paths {
+        loaded.extend(read(path)?);
+    }
+    let crds = istio_policies(&loaded, root_namespace);
+    let translated = crds.translated();
+    for (source, note) in translated.notes() {
+        eprintln!("note: {source}: {note}");
+    }
+    let shown = translated
+        .policies()
+        .iter()
+        .filter(|p| mesh || p.name != STATIC_STRICT_NAME);
+    print!("{}", istiod_yaml(shown));
     Ok(())
 }

@@ -124,3 +124,52 @@ fn validate_names_the_file_and_field_of_a_mistake() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("15 resource(s) valid"));
 }
+
+fn vector(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("policies/tests/istiod-vectors")
+        .join(name)
+}
+
+#[test]
+fn translate_prints_what_istiod_emits() {
+    // An AuthorizationPolicy with L7 rules: istiod's output, byte for byte,
+    // and a note on stderr naming what was left out.
+    let input = vector("allow-full-in.yaml");
+    let out = hbone_lab(&["policy", "translate", input.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let golden = std::fs::read_to_string(vector("allow-full.yaml")).unwrap();
+    assert_eq!(text(&out.stdout), golden);
+    let notes = text(&out.stderr);
+    assert!(
+        notes.contains("cfg/allow") && notes.contains("requestPrincipals"),
+        "{notes}"
+    );
+
+    // STRICT alone: the converter emits nothing; --mesh adds the static DENY.
+    let strict = vector("peer-authn-strict-in.yaml");
+    let out = hbone_lab(&["policy", "translate", strict.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "");
+    let out = hbone_lab(&[
+        "policy",
+        "translate",
+        strict.to_str().unwrap(),
+        "--mesh",
+        "--root-namespace",
+        "mesh-root",
+    ]);
+    let yaml = text(&out.stdout);
+    assert!(
+        yaml.contains("name: istio_converted_static_strict")
+            && yaml.contains("namespace: mesh-root")
+            && yaml.contains("action: DENY"),
+        "{yaml}"
+    );
+
+    // The lab's own policies: one document per AuthorizationPolicy.
+    let lab = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/istio");
+    let out = hbone_lab(&["policy", "translate", lab.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("scope: WORKLOAD_SELECTOR"));
+}

@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use tonic::codegen::{BoxFuture, Context, Poll, Service};
 use tonic::metadata::MetadataMap;
 use tonic::server::NamedService;
+use tonic::service::Routes;
 use tonic::{Code, Status};
 use tracing::{info, warn};
 
@@ -85,6 +86,10 @@ impl CaService {
 
     pub fn metrics(&self) -> &Arc<CaMetrics> {
         &self.metrics
+    }
+
+    pub fn authority(&self) -> &Arc<SigningAuthority> {
+        &self.authority
     }
 
     /// Answers one request, logging and counting the outcome.
@@ -163,7 +168,9 @@ impl CaService {
     }
 }
 
-fn bearer_token(metadata: &MetadataMap) -> Result<&str, Refusal> {
+/// The token of an `authorization: Bearer <token>` header (the CA's and
+/// the xDS server's one credential).
+pub fn bearer_token(metadata: &MetadataMap) -> Result<&str, Refusal> {
     let missing = || {
         Refusal::new(
             "missing_token",
@@ -324,6 +331,17 @@ pub async fn serve_listener(
     listener: TcpListener,
     extra_names: &[String],
 ) -> Result<RunningCa, ServerError> {
+    serve_listener_with(service, listener, extra_names, Routes::default()).await
+}
+
+/// Serves the CA and `more` gRPC services on the same TLS port, as istiod
+/// serves its CA and xDS on 15012.
+pub async fn serve_listener_with(
+    service: Arc<CaService>,
+    listener: TcpListener,
+    extra_names: &[String],
+    more: Routes,
+) -> Result<RunningCa, ServerError> {
     let unknown: SocketAddr = ([0, 0, 0, 0], 0).into();
     let addr = listener.local_addr().map_err(|source| ServerError::Bind {
         addr: unknown,
@@ -336,7 +354,7 @@ pub async fn serve_listener(
     let (tx, rx) = oneshot::channel::<()>();
     let router = tonic::transport::Server::builder()
         .tls_config(tls)?
-        .add_service(CertificateServiceServer::new(service.clone()));
+        .add_routes(more.add_service(CertificateServiceServer::new(service.clone())));
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let handle = tokio::spawn(async move {
         router

@@ -7,15 +7,20 @@
 //! refused, naming file and field), evaluates each layer the way its data
 //! plane does, and says which policy and rule decided.
 //!
-//! - [`istio`]: AuthorizationPolicy and PeerAuthentication, ztunnel's L4 semantics.
+//! - [`istio`]: AuthorizationPolicy and PeerAuthentication as written.
+//! - [`authorization`]: their translation as istiod sends it to ztunnel
+//!   (the workload API's `Authorization`), and ztunnel's evaluation of it —
+//!   the form every decision in hbone-lab is made on.
 //! - [`cilium`]: CiliumNetworkPolicy and CiliumClusterwideNetworkPolicy at L3/L4.
 //! - [`schema`]: the upstream CRD schemas, checked before typing.
 //! - [`load`]: reading multi-document YAML files and directories.
 //! - [`decision`]: a verdict and the policy and rule behind it.
+//! - [`selector`]: label selection.
 //! - [`lab`]: the lab's own policy files, compiled in.
 //! - [`topology`], [`matrix`], [`render`], [`expect`]: `policy check` — who
 //!   may reach whom, in both layers, shown and compared with expectations.
 
+pub mod authorization;
 pub mod cilium;
 pub mod decision;
 pub mod expect;
@@ -25,4 +30,5 @@ pub mod load;
 pub mod matrix;
 pub mod render;
 pub mod schema;
+pub mod selector;
 pub mod topology;

@@ -257,8 +257,8 @@ pub fn istio_policies(loaded: &[Loaded], root_namespace: &str) -> IstioPolicies 
     let mut policies = IstioPolicies::new(root_namespace);
     for l in loaded {
         match &l.resource {
-            Resource::AuthorizationPolicy(p) => policies.authorization.push((**p).clone()),
-            Resource::PeerAuthentication(p) => policies.peer_authentication.push((**p).clone()),
+            Resource::AuthorizationPolicy(p) => policies.add_authorization((**p).clone()),
+            Resource::PeerAuthentication(p) => policies.add_peer_authentication((**p).clone()),
             Resource::CiliumNetworkPolicy(_) | Resource::CiliumClusterwideNetworkPolicy(_) => {}
         }
     }

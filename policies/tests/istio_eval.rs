@@ -142,12 +142,13 @@ fn principals_exact_prefix_suffix_any_and_not() {
             case("excluded", Some(OTHER_NS), 1, false, "no rule"),
         ],
     );
-    // The spiffe:// form is accepted in patterns too.
+    // istiod passes the pattern through as written and ztunnel compares it
+    // with the identity stripped of spiffe://, so the spiffe:// form never matches.
     run(
         &allow_policy(&format!(
             "  - from: [{{source: {{principals: [\"spiffe://{APP}\"]}}}}]\n"
         )),
-        &[case("with scheme", Some(APP), 1, true, "rules[0]")],
+        &[case("with scheme", Some(APP), 1, false, "no rule")],
     );
 }
 
@@ -249,7 +250,7 @@ fn deny_wins_over_allow() {
 }
 
 #[test]
-fn l7_rules_fail_closed() {
+fn l7_attributes_as_istiod_translates_them() {
     run(
         &allow_policy(&format!(
             "  - from: [{{source: {{principals: [\"{GW}\"]}}}}]\n    to: [{{operation: {{methods: [GET]}}}}]\n"
@@ -262,27 +263,44 @@ fn l7_rules_fail_closed() {
             "no rule",
         )],
     );
+    // A DENY keeps what is L4 and drops the rest: an entry with only L7
+    // content becomes an empty match, which never holds, so the rule is a no-op.
     let deny_l7 = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: d7, namespace: demo}\nspec:\n  action: DENY\n  rules:\n  - to: [{operation: {paths: [/admin]}}]\n";
     run(
         deny_l7,
         &[case(
-            "deny with paths always matches",
+            "deny with only paths has no effect",
             Some(GW),
             8000,
-            false,
-            "DENY policy demo/d7",
+            true,
+            "open by default",
         )],
     );
     let deny_header = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: dh, namespace: demo}\nspec:\n  action: DENY\n  rules:\n  - when: [{key: \"request.headers[x-user]\", values: [bob]}]\n";
     run(
         deny_header,
         &[case(
-            "deny with L7 when",
+            "deny with only an L7 when has no effect",
             Some(APP),
             1,
-            false,
-            "DENY policy demo/dh",
+            true,
+            "open by default",
         )],
+    );
+    // Ports beside methods: the methods go, the ports stay — it denies the whole port.
+    let deny_mixed = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: dm, namespace: demo}\nspec:\n  action: DENY\n  rules:\n  - to: [{operation: {ports: [\"9090\"], methods: [POST]}}]\n";
+    run(
+        deny_mixed,
+        &[
+            case(
+                "deny keeps the port",
+                Some(APP),
+                9090,
+                false,
+                "DENY policy demo/dm",
+            ),
+            case("other ports pass", Some(APP), 8000, true, "open by default"),
+        ],
     );
 }
 

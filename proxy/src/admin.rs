@@ -83,8 +83,8 @@ fn config_dump(core: &ProxyCore) -> serde_json::Value {
         "trustDomain": core.trust.trust_domain,
         "workloads": workloads,
         "services": core.registry().services,
-        "authorizationPolicies": core.policies().authorization.iter().map(|p| format!("{}/{}", p.metadata.namespace.as_deref().unwrap_or(""), p.metadata.name.as_deref().unwrap_or(""))).collect::<Vec<_>>(),
-        "peerAuthentications": core.policies().peer_authentication.len(),
+        "authorizationPolicies": core.policies().authorization().iter().map(|p| format!("{}/{}", p.metadata.namespace.as_deref().unwrap_or(""), p.metadata.name.as_deref().unwrap_or(""))).collect::<Vec<_>>(),
+        "peerAuthentications": core.policies().peer_authentication().len(),
         "h2": {
             "streamWindow": core.h2.stream_window, "connectionWindow": core.h2.connection_window,
             "maxFrameSize": core.h2.max_frame_size, "maxStreamsPerConnection": core.h2.max_streams_per_connection,

@@ -230,11 +230,11 @@ pub async fn follow_cluster<L: ClusterLister>(
 fn apply_cluster_policies(core: &ProxyCore, policies: &Option<Result<ClusterPolicies, String>>) {
     match policies {
         Some(Ok(listed)) => {
-            let policies = IstioPolicies {
-                root_namespace: core.policies().root_namespace.clone(),
-                authorization: listed.authorization.clone(),
-                peer_authentication: listed.peer_authentication.clone(),
-            };
+            let policies = IstioPolicies::with(
+                core.policies().root_namespace(),
+                listed.authorization.clone(),
+                listed.peer_authentication.clone(),
+            );
             let revoked = core.replace_policies(policies);
             info!(
                 authorization_policies = listed.authorization.len(),

@@ -64,7 +64,7 @@ pub fn follow_policies(
         move || fingerprint(&watched),
         move || match load_policies(&paths, &root_namespace) {
             Ok(policies) => {
-                let count = policies.authorization.len();
+                let count = policies.authorization().len();
                 let revoked = core.replace_policies(policies);
                 info!(
                     authorization_policies = count,

@@ -684,9 +684,9 @@ async fn policy_change(lab: &Lab) -> ScenarioResult {
             "demo-deny-gateway.yaml",
         )
         .map_err(|e| e.to_string())?;
-        denying
-            .authorization
-            .extend(istio_policies(&extra, ROOT_NAMESPACE).authorization);
+        for policy in istio_policies(&extra, ROOT_NAMESPACE).authorization() {
+            denying.add_authorization(policy.clone());
+        }
         let (mut held, before) = connect()
             .await
             .map_err(|e| format!("before the change: {e}"))?;

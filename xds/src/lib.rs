@@ -1,0 +1,25 @@
+//! hbone-xds: hbone-lab in the roles istiod and istio-cni play for a node
+//! proxy, so a real ztunnel (or hbone-lab's own proxy) can run in the lab.
+//!
+//! From the bottom up:
+//! - [`proto`]: the wire messages (delta ADS, workload API, authorization, ZDS).
+//! - [`mesh`]: what is served — workloads, services, Istio policies.
+//! - [`convert`]: the lab's data as workload-API messages, as istiod builds them.
+//! - [`snapshot`]: one consistent state of the mesh, encoded, with per-resource versions.
+//! - [`server`]: the delta ADS server (ACK/NACK, deltas on change).
+//! - [`control_plane`]: the CA and xDS on one TLS port, as istiod serves them.
+//!
+//! The policies are translated by `hbone-policies` (the same translation
+//! hbone-lab's own proxy decides on), so ztunnel and hbone-lab enforce one
+//! set of `Authorization` resources.
+
+pub mod control_plane;
+pub mod convert;
+pub mod mesh;
+pub mod proto;
+pub mod server;
+pub mod snapshot;
+
+pub use control_plane::{RunningControlPlane, serve, serve_on};
+pub use mesh::{Mesh, MeshService, MeshWorkload};
+pub use server::{ClientStatus, XdsState};

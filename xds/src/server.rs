@@ -1,0 +1,350 @@
+//! A delta ADS server: istiod's half of the conversation ztunnel has with it.
+//!
+//! Per stream and per type, the server keeps what the client holds (name →
+//! version). The first request of a type (with the versions a reconnecting
+//! client still has) is answered at once — empty if need be, because
+//! ztunnel opens no listener until both types have been answered — with
+//! what is new or changed, and the names that are gone. Every later change
+//! of the mesh is pushed the same way as a delta. ACKs and NACKs are
+//! matched to the response they answer by nonce; a NACK is logged with the
+//! client's reason and kept in the client's status.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use hbone_ca::tokens::Authenticator;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::codegen::{BoxFuture, Context, Poll, Service};
+use tonic::metadata::MetadataMap;
+use tonic::server::NamedService;
+use tonic::{Status, Streaming};
+use tracing::{debug, info, warn};
+
+use crate::mesh::Mesh;
+use crate::proto::discovery::{
+    DELTA_ADS_PATH, DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource, SERVICE,
+};
+use crate::snapshot::Snapshot;
+
+/// What the server knows of one connected (or once connected) client.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClientStatus {
+    /// The node id it sent (`ztunnel~<ip>~<pod>.<ns>~<ns>.svc.cluster.local`).
+    pub node_id: String,
+    pub connected: bool,
+    /// Responses sent, by type URL.
+    pub pushes: BTreeMap<String, u64>,
+    /// Responses acknowledged, by type URL.
+    pub acks: BTreeMap<String, u64>,
+    /// Every NACK's reason, oldest first.
+    pub nacks: Vec<String>,
+}
+
+/// The mesh as served, and every client's status.
+pub struct XdsState {
+    snapshot: watch::Sender<Arc<Snapshot>>,
+    authenticator: Option<Arc<dyn Authenticator>>,
+    clients: Mutex<BTreeMap<u64, ClientStatus>>,
+    next_client: AtomicU64,
+    next_nonce: AtomicU64,
+}
+
+impl XdsState {
+    /// Serves `mesh`; with an authenticator, clients must present a bearer
+    /// token it knows (as on the CA).
+    pub fn new(mesh: &Mesh, authenticator: Option<Arc<dyn Authenticator>>) -> Arc<XdsState> {
+        let (snapshot, _) = watch::channel(Arc::new(Snapshot::build(mesh, 1)));
+        Arc::new(XdsState {
+            snapshot,
+            authenticator,
+            clients: Mutex::new(BTreeMap::new()),
+            next_client: AtomicU64::new(1),
+            next_nonce: AtomicU64::new(1),
+        })
+    }
+
+    /// Serves a changed mesh: every subscribed client gets the delta.
+    pub fn update(&self, mesh: &Mesh) {
+        let generation = self.snapshot.borrow().generation + 1;
+        let snapshot = Snapshot::build(mesh, generation);
+        info!(
+            generation,
+            "mesh changed: pushing deltas to subscribed clients"
+        );
+        self.snapshot.send_replace(Arc::new(snapshot));
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.borrow().clone()
+    }
+
+    /// Every client seen, in the order they connected.
+    pub fn clients(&self) -> Vec<ClientStatus> {
+        self.lock_clients().values().cloned().collect()
+    }
+
+    fn lock_clients(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, ClientStatus>> {
+        self.clients.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn with_client(&self, id: u64, f: impl FnOnce(&mut ClientStatus)) {
+        f(self.lock_clients().entry(id).or_default());
+    }
+
+    async fn authenticate(&self, metadata: &MetadataMap) -> Result<(), Status> {
+        let Some(authenticator) = &self.authenticator else {
+            return Ok(());
+        };
+        let token = hbone_ca::server::bearer_token(metadata)
+            .map_err(|r| Status::unauthenticated(r.message))?;
+        authenticator
+            .authenticate(token)
+            .await
+            .map(|_| ())
+            .map_err(|e| Status::unauthenticated(format!("xDS refused: {e}")))
+    }
+}
+
+/// What one stream has told the server of one type.
+#[derive(Default)]
+struct Subscription {
+    subscribed: bool,
+    /// What the client holds, as far as the server knows: name → version.
+    held: BTreeMap<String, String>,
+}
+
+/// One client's stream, from its first request to its end.
+struct StreamTask {
+    state: Arc<XdsState>,
+    id: u64,
+    subscriptions: BTreeMap<String, Subscription>,
+    out: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+}
+
+impl StreamTask {
+    async fn run(mut self, mut inbound: Streaming<DeltaDiscoveryRequest>) {
+        let mut snapshots = self.state.snapshot.subscribe();
+        snapshots.mark_unchanged();
+        loop {
+            tokio::select! {
+                message = inbound.message() => match message {
+                    Ok(Some(request)) => {
+                        let snapshot = snapshots.borrow().clone();
+                        if self.handle(request, &snapshot).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(status) => {
+                        debug!(client = self.id, %status, "xDS stream ended with an error");
+                        break;
+                    }
+                },
+                changed = snapshots.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let snapshot = snapshots.borrow_and_update().clone();
+                    if self.push_all(&snapshot).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        self.state.with_client(self.id, |c| c.connected = false);
+        info!(client = self.id, "xDS client disconnected");
+    }
+
+    async fn handle(
+        &mut self,
+        request: DeltaDiscoveryRequest,
+        snapshot: &Arc<Snapshot>,
+    ) -> Result<(), ()> {
+        if let Some(node) = &request.node {
+            let node_id = node.id.clone();
+            self.state.with_client(self.id, |c| c.node_id = node_id);
+        }
+        let type_url = request.type_url.clone();
+        if !request.response_nonce.is_empty() {
+            let name = short(&type_url);
+            match &request.error_detail {
+                Some(error) => {
+                    warn!(client = self.id, r#type = name, nonce = %request.response_nonce, reason = %error.message, "xDS client refused (NACK) resources");
+                    let reason = error.message.clone();
+                    self.state.with_client(self.id, |c| c.nacks.push(reason));
+                }
+                None => {
+                    debug!(client = self.id, r#type = name, nonce = %request.response_nonce, "ACK");
+                    self.state.with_client(self.id, |c| {
+                        *c.acks.entry(type_url.clone()).or_default() += 1;
+                    });
+                }
+            }
+            return Ok(());
+        }
+        let subscription = self.subscriptions.entry(type_url.clone()).or_default();
+        if !subscription.subscribed {
+            subscription.subscribed = true;
+            subscription.held = request.initial_resource_versions.into_iter().collect();
+            info!(
+                client = self.id,
+                r#type = short(&type_url),
+                held = subscription.held.len(),
+                "xDS client subscribed"
+            );
+            // Answer the first request even when there is nothing to send.
+            return self.push(&type_url, snapshot, true).await;
+        }
+        // A later request that is not an ACK: a change of names, which a
+        // wildcard subscription does not need. Answer with what is missing.
+        self.push(&type_url, snapshot, false).await
+    }
+
+    async fn push_all(&mut self, snapshot: &Arc<Snapshot>) -> Result<(), ()> {
+        let types: Vec<String> = self
+            .subscriptions
+            .iter()
+            .filter(|(_, s)| s.subscribed)
+            .map(|(t, _)| t.clone())
+            .collect();
+        for type_url in types {
+            self.push(&type_url, snapshot, false).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends what the client lacks of one type (always, when `even_empty`).
+    async fn push(
+        &mut self,
+        type_url: &str,
+        snapshot: &Snapshot,
+        even_empty: bool,
+    ) -> Result<(), ()> {
+        let subscription = self.subscriptions.entry(type_url.to_string()).or_default();
+        let (changed, removed) = snapshot.delta(type_url, &subscription.held);
+        if changed.is_empty() && removed.is_empty() && !even_empty {
+            return Ok(());
+        }
+        let nonce = self
+            .state
+            .next_nonce
+            .fetch_add(1, Ordering::Relaxed)
+            .to_string();
+        let resources: Vec<Resource> = changed
+            .iter()
+            .map(|(name, entry)| Resource {
+                version: entry.version.clone(),
+                resource: Some(prost_types::Any {
+                    type_url: type_url.to_string(),
+                    value: entry.bytes.clone(),
+                }),
+                name: (*name).clone(),
+                aliases: Vec::new(),
+            })
+            .collect();
+        for (name, entry) in &changed {
+            subscription
+                .held
+                .insert((*name).clone(), entry.version.clone());
+        }
+        for name in &removed {
+            subscription.held.remove(name);
+        }
+        info!(
+            client = self.id,
+            r#type = short(type_url),
+            generation = snapshot.generation,
+            resources = resources.len(),
+            removed = removed.len(),
+            %nonce,
+            "xDS push"
+        );
+        let response = DeltaDiscoveryResponse {
+            system_version_info: snapshot.generation.to_string(),
+            resources,
+            type_url: type_url.to_string(),
+            nonce,
+            removed_resources: removed,
+        };
+        self.state.with_client(self.id, |c| {
+            *c.pushes.entry(type_url.to_string()).or_default() += 1;
+        });
+        self.out.send(Ok(response)).await.map_err(|_| ())
+    }
+}
+
+/// `type.googleapis.com/istio.workload.Address` → `Address`.
+fn short(type_url: &str) -> &str {
+    type_url.rsplit('.').next().unwrap_or(type_url)
+}
+
+/// tonic's view of the ADS service: routes the delta RPC, answers others
+/// with UNIMPLEMENTED.
+#[derive(Clone)]
+pub struct AdsServer(Arc<XdsState>);
+
+impl AdsServer {
+    pub fn new(state: Arc<XdsState>) -> Self {
+        AdsServer(state)
+    }
+}
+
+impl NamedService for AdsServer {
+    const NAME: &'static str = SERVICE;
+}
+
+impl Service<http::Request<tonic::body::Body>> for AdsServer {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let state = self.0.clone();
+        Box::pin(async move {
+            if request.uri().path() != DELTA_ADS_PATH {
+                let status = Status::unimplemented(format!(
+                    "{} is not served here (only delta ADS, as ztunnel uses)",
+                    request.uri().path()
+                ));
+                return Ok(status.into_http());
+            }
+            let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default())
+                .max_decoding_message_size(200 << 20);
+            Ok(grpc.streaming(StreamHandler(state), request).await)
+        })
+    }
+}
+
+struct StreamHandler(Arc<XdsState>);
+
+impl tonic::server::StreamingService<DeltaDiscoveryRequest> for StreamHandler {
+    type Response = DeltaDiscoveryResponse;
+    type ResponseStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+    type Future = BoxFuture<tonic::Response<Self::ResponseStream>, Status>;
+
+    fn call(&mut self, request: tonic::Request<Streaming<DeltaDiscoveryRequest>>) -> Self::Future {
+        let state = self.0.clone();
+        Box::pin(async move {
+            state.authenticate(request.metadata()).await?;
+            let id = state.next_client.fetch_add(1, Ordering::Relaxed);
+            state.with_client(id, |c| c.connected = true);
+            info!(client = id, "xDS client connected");
+            let (out, rx) = mpsc::channel(16);
+            let task = StreamTask {
+                state,
+                id,
+                subscriptions: BTreeMap::new(),
+                out,
+            };
+            tokio::spawn(task.run(request.into_inner()));
+            Ok(tonic::Response::new(ReceiverStream::new(rx)))
+        })
+    }
+}

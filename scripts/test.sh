@@ -39,10 +39,21 @@ cargo fmt --all -- --check
 say "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
+# Tests that drive a real ztunnel are #[ignore]d (shown as skipped) unless a
+# ztunnel binary is given: ZTUNNEL_BIN=/path/to/ztunnel scripts/test.sh
+ignored=()
+if [[ -n "${ZTUNNEL_BIN:-}" ]]; then
+  say "ZTUNNEL_BIN=$ZTUNNEL_BIN: the ztunnel tests run too"
+  ignored=(--run-ignored all)
+else
+  echo "ZTUNNEL_BIN is not set: the tests against a real ztunnel are skipped" >&2
+fi
+
 if cargo nextest --version >/dev/null 2>&1; then
   say "cargo nextest run"
-  cargo nextest run --workspace --no-fail-fast "$@"
+  cargo nextest run --workspace --no-fail-fast "${ignored[@]}" "$@"
 else
   say "cargo test (cargo-nextest not installed)"
-  cargo test --workspace --no-fail-fast "$@"
+  if ((${#ignored[@]})); then ignored=(-- --include-ignored); fi
+  cargo test --workspace --no-fail-fast "$@" "${ignored[@]}"
 fi

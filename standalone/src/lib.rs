@@ -6,6 +6,7 @@
 //! - [`sni_relay`]: the node-side SNI check that stands in for Cilium's Envoy.
 //! - [`scenarios`]: the lab's connections, predicted by the policies and then tried for real.
 //! - [`explain`]: one connection's story with the real values of the run.
+//! - [`ztunnel`]: a real ztunnel as a node proxy, fed by hbone-lab's control plane.
 //!
 //! The benchmarks reuse the topology.
 
@@ -15,3 +16,4 @@ pub mod netns_topology;
 pub mod scenarios;
 pub mod sni_relay;
 pub mod topology;
+pub mod ztunnel;

@@ -1,0 +1,279 @@
+//! A real ztunnel in the lab: found, started inside a network namespace and
+//! pointed at hbone-lab's control plane (CA and xDS on one TLS port), asked
+//! for its config dump, stopped with the lab.
+//!
+//! ztunnel is something the user supplies (`--ztunnel PATH` or
+//! `ZTUNNEL_BIN`); nothing here builds it. Its listeners are fixed
+//! (15001/15006/15008, admin 15000 on localhost, readiness 15021), so each
+//! ztunnel gets a network namespace of its own.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use hbone_proxy::netns::{NetNs, tcp_socket};
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The environment variable that names a ztunnel binary.
+pub const ZTUNNEL_BIN: &str = "ZTUNNEL_BIN";
+
+#[derive(Debug, Error)]
+pub enum ZtunnelError {
+    #[error(
+        "no ztunnel binary: give --ztunnel PATH or set {ZTUNNEL_BIN} (build it from github.com/istio/ztunnel: cargo build --release --bin ztunnel)"
+    )]
+    NotGiven,
+    #[error("ztunnel binary {path}: {reason}")]
+    BadBinary { path: PathBuf, reason: String },
+    #[error("cannot start ztunnel {name}: {source}")]
+    Spawn {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("ztunnel {name} did not {what} within {secs} s; its log ({log}) ends with:\n{tail}")]
+    Timeout {
+        name: String,
+        what: String,
+        secs: u64,
+        log: PathBuf,
+        tail: String,
+    },
+    #[error("ztunnel {name}'s admin answered {status} on {path}")]
+    Admin {
+        name: String,
+        path: String,
+        status: u16,
+    },
+    #[error("ztunnel {name}'s config dump is not JSON: {source}")]
+    Dump {
+        name: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// The binary from `explicit` or `ZTUNNEL_BIN`, checked to be an executable file.
+pub fn find_binary(explicit: Option<&Path>) -> Result<PathBuf, ZtunnelError> {
+    let path = match explicit {
+        Some(p) => p.to_path_buf(),
+        None => std::env::var_os(ZTUNNEL_BIN)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .ok_or(ZtunnelError::NotGiven)?,
+    };
+    use std::os::unix::fs::PermissionsExt;
+    let bad = |reason: &str| ZtunnelError::BadBinary {
+        path: path.clone(),
+        reason: reason.into(),
+    };
+    let meta = std::fs::metadata(&path).map_err(|e| bad(&e.to_string()))?;
+    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+        return Err(bad("not an executable file"));
+    }
+    Ok(path)
+}
+
+/// How ztunnel learns its pods.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// One ztunnel per node; pods arrive over ZDS on this unix socket.
+    Shared { inpod_uds: PathBuf },
+    /// ztunnel proxies one workload (`namespace/name/serviceAccount`) from
+    /// inside that workload's own namespace.
+    Dedicated { workload: String },
+}
+
+/// Everything one ztunnel is started with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// A name for logs and errors (`node-a`).
+    pub name: String,
+    pub binary: PathBuf,
+    /// `https://ip:port` of hbone-lab's control plane (CA and xDS).
+    pub control_plane: String,
+    /// The lab's root certificate (PEM file), trusted for xDS and the CA.
+    pub root_ca: PathBuf,
+    /// A file holding the bearer token.
+    pub token_file: PathBuf,
+    /// ztunnel's `NODE_NAME`: which workloads are local.
+    pub node: String,
+    pub mode: Mode,
+    /// Where its log goes.
+    pub log: PathBuf,
+    /// `RUST_LOG` for it.
+    pub log_level: String,
+}
+
+/// A running ztunnel; killed when dropped.
+pub struct Ztunnel {
+    pub settings: Settings,
+    netns: PathBuf,
+    child: Child,
+}
+
+impl Ztunnel {
+    /// Starts ztunnel inside `netns`.
+    pub fn start(netns: &NetNs, settings: Settings) -> Result<Ztunnel, ZtunnelError> {
+        let spawn_err = |source| ZtunnelError::Spawn {
+            name: settings.name.clone(),
+            source,
+        };
+        let log = std::fs::File::create(&settings.log).map_err(spawn_err)?;
+        let log_err = log.try_clone().map_err(spawn_err)?;
+        let mut command = netns.command(settings.binary.to_str().unwrap_or("ztunnel"));
+        command
+            .current_dir("/")
+            .env("XDS_ADDRESS", &settings.control_plane)
+            .env("XDS_ROOT_CA", &settings.root_ca)
+            .env("CA_ADDRESS", &settings.control_plane)
+            .env("CA_ROOT_CA", &settings.root_ca)
+            .env("AUTH_TOKEN", &settings.token_file)
+            .env("NODE_NAME", &settings.node)
+            .env("ISTIO_META_DNS_CAPTURE", "false")
+            .env("ENABLE_ORIG_SRC", "false")
+            .env("RUST_LOG", &settings.log_level)
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_err));
+        match &settings.mode {
+            Mode::Shared { inpod_uds } => {
+                command
+                    .env("PROXY_MODE", "shared")
+                    .env("INPOD_UDS", inpod_uds)
+                    .env("POD_NAME", format!("ztunnel-{}", settings.node))
+                    .env("POD_NAMESPACE", "istio-system")
+                    .env("SERVICE_ACCOUNT", "ztunnel");
+            }
+            Mode::Dedicated { workload } => {
+                command
+                    .env("PROXY_MODE", "dedicated")
+                    .env("PROXY_WORKLOAD_INFO", workload);
+            }
+        }
+        let child = command.spawn().map_err(spawn_err)?;
+        Ok(Ztunnel {
+            settings,
+            netns: netns.path(),
+            child,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The last lines of its log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.settings.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    fn timeout(&self, what: &str, limit: Duration) -> ZtunnelError {
+        ZtunnelError::Timeout {
+            name: self.settings.name.clone(),
+            what: what.into(),
+            secs: limit.as_secs(),
+            log: self.settings.log.clone(),
+            tail: self.log_tail(15),
+        }
+    }
+
+    /// `GET path` on its admin port (15000, localhost in its namespace).
+    pub async fn admin_get(&self, path: &str) -> Result<(u16, String), ZtunnelError> {
+        let addr: SocketAddr = ([127, 0, 0, 1], 15000).into();
+        http_get(&self.netns, addr, path)
+            .await
+            .map_err(|e| ZtunnelError::Spawn {
+                name: self.settings.name.clone(),
+                source: e,
+            })
+    }
+
+    /// Its `/config_dump`: workloads, services, policies, certificates.
+    pub async fn config_dump(&self) -> Result<serde_json::Value, ZtunnelError> {
+        let (status, body) = self.admin_get("/config_dump").await?;
+        if status != 200 {
+            return Err(ZtunnelError::Admin {
+                name: self.settings.name.clone(),
+                path: "/config_dump".into(),
+                status,
+            });
+        }
+        serde_json::from_str(&body).map_err(|source| ZtunnelError::Dump {
+            name: self.settings.name.clone(),
+            source,
+        })
+    }
+
+    /// Polls the config dump until `done` holds for it.
+    pub async fn wait_for_dump(
+        &self,
+        what: &str,
+        limit: Duration,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> Result<serde_json::Value, ZtunnelError> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(dump) = self.config_dump().await
+                && done(&dump)
+            {
+                return Ok(dump);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Err(self.timeout(what, limit))
+    }
+
+    /// Waits for `/healthz/ready` on 15021 to answer 200 at `addr`.
+    pub async fn wait_ready(
+        &self,
+        addr: std::net::IpAddr,
+        limit: Duration,
+    ) -> Result<(), ZtunnelError> {
+        let deadline = Instant::now() + limit;
+        let ready = SocketAddr::new(addr, 15021);
+        while Instant::now() < deadline {
+            if let Ok((200, _)) = http_get(&self.netns, ready, "/healthz/ready").await {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(self.timeout("become ready", limit))
+    }
+}
+
+impl Drop for Ztunnel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A one-shot HTTP/1.0 GET from inside the namespace at `netns`.
+pub async fn http_get(
+    netns: &Path,
+    addr: SocketAddr,
+    path: &str,
+) -> std::io::Result<(u16, String)> {
+    let socket = tcp_socket(Some(netns), addr, None, None).map_err(std::io::Error::other)?;
+    let mut tcp = tokio::time::timeout(Duration::from_secs(2), socket.connect(addr))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    tcp.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut raw))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok((status, body.to_string()))
+}

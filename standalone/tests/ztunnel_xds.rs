@@ -1,0 +1,190 @@
+//! A real ztunnel fed by hbone-lab's control plane: it connects over TLS
+//! with its bearer token, subscribes to both types, ACKs, shows the served
+//! workloads and translated policies in its config dump, follows a policy
+//! change within seconds, and NACKs a workload it cannot use.
+//!
+//! Needs a ztunnel binary (`ZTUNNEL_BIN`) and root (network namespaces);
+//! ignored otherwise — run with `cargo nextest run --run-ignored all`, as
+//! `scripts/test.sh` does when `ZTUNNEL_BIN` is set.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hbone_ca::metrics::CaMetrics;
+use hbone_ca::server::CaService;
+use hbone_ca::tokens::TokenFile;
+use hbone_ca::{AuthorityConfig, SigningAuthority};
+use hbone_policies::load::{istio_policies, parse_documents};
+use hbone_proxy::netns::{NetNs, bind_listener};
+use hbone_standalone::ztunnel::{Mode, Settings, Ztunnel, find_binary};
+use hbone_xds::{Mesh, MeshWorkload, XdsState};
+
+const POLICY: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-gw, namespace: demo}\nspec:\n  selector: {matchLabels: {app: echo}}\n  rules: [{from: [{source: {principals: [cluster.local/ns/demo/sa/gw]}}]}]\n";
+const DENY_ALL_NS: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-other, namespace: demo}\nspec:\n  action: DENY\n  rules: [{from: [{source: {notNamespaces: [demo]}}]}]\n";
+
+fn workload(name: &str, sa: &str, ip: &str, app: &str) -> MeshWorkload {
+    MeshWorkload {
+        uid: MeshWorkload::pod_uid("demo", name),
+        name: name.into(),
+        namespace: "demo".into(),
+        service_account: sa.into(),
+        trust_domain: "cluster.local".into(),
+        labels: [("app".to_string(), app.to_string())].into(),
+        ips: vec![ip.parse().unwrap()],
+        node: "node-a".into(),
+        hbone: true,
+        services: Default::default(),
+    }
+}
+
+fn mesh(policies: &str) -> Mesh {
+    let loaded = parse_documents(policies, "test.yaml").unwrap();
+    Mesh {
+        workloads: vec![
+            workload("echo-0", "echo", "10.253.0.2", "echo"),
+            workload("gw-0", "gw", "10.253.0.3", "gw"),
+        ],
+        services: vec![],
+        policies: istio_policies(&loaded, "istio-system"),
+    }
+}
+
+fn names(dump: &serde_json::Value, section: &str, key: &str) -> Vec<String> {
+    let mut out: Vec<String> = match &dump[section] {
+        serde_json::Value::Array(items) => items
+            .iter()
+            .filter_map(|i| i[key].as_str().map(String::from))
+            .collect(),
+        serde_json::Value::Object(map) => map.keys().cloned().collect(),
+        _ => Vec::new(),
+    };
+    out.sort();
+    out
+}
+
+async fn wait_until(what: &str, limit: Duration, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs ZTUNNEL_BIN and root"]
+async fn ztunnel_subscribes_acks_and_follows_changes() {
+    let binary = find_binary(None).expect("ZTUNNEL_BIN names a ztunnel binary");
+    assert!(hbone_proxy::netns::can_create(), "this test needs root");
+    let tag = std::process::id() % 10_000;
+    let ns = NetNs::create(&format!("hlx-{tag}")).unwrap();
+
+    let authority =
+        Arc::new(SigningAuthority::generate(AuthorityConfig::new("cluster.local")).unwrap());
+    let tokens = "tokens:\n  - token: node-a-token\n    identities: [\"spiffe://cluster.local/ns/demo/sa/*\"]\n";
+    let authenticator = Arc::new(TokenFile::parse(tokens, "tokens.yaml").unwrap());
+    let ca = Arc::new(CaService::new(
+        authority.clone(),
+        authenticator.clone(),
+        Arc::new(CaMetrics::default()),
+    ));
+    let xds = XdsState::new(&mesh(POLICY), Some(authenticator));
+    let listener = tokio::net::TcpListener::from_std(
+        bind_listener(Some(&ns.path()), "127.0.0.1:15012".parse().unwrap()).unwrap(),
+    )
+    .unwrap();
+    let control = hbone_xds::serve_on(ca, xds.clone(), listener, &[])
+        .await
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root.pem");
+    std::fs::write(&root, authority.root_pem()).unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "node-a-token").unwrap();
+    let ztunnel = Ztunnel::start(
+        &ns,
+        Settings {
+            name: "node-a".into(),
+            binary,
+            control_plane: control.url(),
+            root_ca: root,
+            token_file: token,
+            node: "node-a".into(),
+            mode: Mode::Dedicated {
+                workload: "demo/echo-0/echo".into(),
+            },
+            log: dir.path().join("ztunnel.log"),
+            log_level: "info".into(),
+        },
+    )
+    .unwrap();
+
+    // Both types answered and ACKed, no NACK.
+    let acked = || {
+        xds.clients()
+            .iter()
+            .any(|c| c.acks.len() == 2 && c.node_id.starts_with("ztunnel~") && c.nacks.is_empty())
+    };
+    wait_until("ztunnel to ACK both types", Duration::from_secs(20), acked).await;
+
+    let dump = ztunnel
+        .wait_for_dump("show both workloads", Duration::from_secs(10), |d| {
+            names(d, "workloads", "uid").len() == 2
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        names(&dump, "workloads", "uid"),
+        ["Kubernetes//Pod/demo/echo-0", "Kubernetes//Pod/demo/gw-0"]
+    );
+    let listed = dump["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["uid"] == "Kubernetes//Pod/demo/echo-0")
+        .unwrap()["authorizationPolicies"]
+        .clone();
+    assert_eq!(listed, serde_json::json!(["demo/allow-gw"]), "{dump:#}");
+    assert_eq!(names(&dump, "policies", "name"), ["allow-gw"], "{dump:#}");
+
+    // A policy added while running reaches ztunnel as a delta.
+    xds.update(&mesh(&format!("{POLICY}---\n{DENY_ALL_NS}")));
+    ztunnel
+        .wait_for_dump("show the new DENY", Duration::from_secs(10), |d| {
+            names(d, "policies", "name") == ["allow-gw", "deny-other"]
+        })
+        .await
+        .unwrap();
+    // And a policy removed is removed.
+    xds.update(&mesh(DENY_ALL_NS));
+    ztunnel
+        .wait_for_dump("drop the removed ALLOW", Duration::from_secs(10), |d| {
+            names(d, "policies", "name") == ["deny-other"]
+        })
+        .await
+        .unwrap();
+
+    // A workload ztunnel cannot use (a service key without '/') is NACKed
+    // with its reason; the rest is still applied.
+    let mut broken = mesh(DENY_ALL_NS);
+    broken.workloads[1]
+        .services
+        .insert("no-slash".into(), vec![(80, 8080)]);
+    xds.update(&broken);
+    wait_until("a NACK", Duration::from_secs(10), || {
+        xds.clients().iter().any(|c| !c.nacks.is_empty())
+    })
+    .await;
+    let nack = xds
+        .clients()
+        .into_iter()
+        .find_map(|c| c.nacks.first().cloned());
+    assert!(
+        nack.as_deref()
+            .unwrap_or("")
+            .contains("Kubernetes//Pod/demo/gw-0"),
+        "{nack:?}"
+    );
+    drop(ztunnel);
+    control.server.shutdown().await;
+}

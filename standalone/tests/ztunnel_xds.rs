@@ -17,6 +17,7 @@ use hbone_ca::{AuthorityConfig, SigningAuthority};
 use hbone_policies::load::{istio_policies, parse_documents};
 use hbone_proxy::netns::{NetNs, bind_listener};
 use hbone_standalone::ztunnel::{Mode, Settings, Ztunnel, find_binary};
+use hbone_xds::zds::{NodeAgent, ZdsPod};
 use hbone_xds::{Mesh, MeshWorkload, XdsState};
 
 const POLICY: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-gw, namespace: demo}\nspec:\n  selector: {matchLabels: {app: echo}}\n  rules: [{from: [{source: {principals: [cluster.local/ns/demo/sa/gw]}}]}]\n";
@@ -70,54 +71,72 @@ async fn wait_until(what: &str, limit: Duration, done: impl Fn() -> bool) {
     }
 }
 
+/// hbone-lab's CA and xDS inside `ns`, and the files ztunnel needs.
+struct ControlPlane {
+    xds: Arc<XdsState>,
+    running: hbone_xds::RunningControlPlane,
+    dir: tempfile::TempDir,
+}
+
+impl ControlPlane {
+    async fn start(ns: &NetNs, mesh: &Mesh) -> ControlPlane {
+        let authority =
+            Arc::new(SigningAuthority::generate(AuthorityConfig::new("cluster.local")).unwrap());
+        let tokens =
+            "tokens:\n  - token: node-a-token\n    identities: [\"spiffe://cluster.local/*\"]\n";
+        let authenticator = Arc::new(TokenFile::parse(tokens, "tokens.yaml").unwrap());
+        let ca = Arc::new(CaService::new(
+            authority.clone(),
+            authenticator.clone(),
+            Arc::new(CaMetrics::default()),
+        ));
+        let xds = XdsState::new(mesh, Some(authenticator));
+        let listener = tokio::net::TcpListener::from_std(
+            bind_listener(Some(&ns.path()), "127.0.0.1:15012".parse().unwrap()).unwrap(),
+        )
+        .unwrap();
+        let running = hbone_xds::serve_on(ca, xds.clone(), listener, &[])
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("root.pem"), authority.root_pem()).unwrap();
+        std::fs::write(dir.path().join("token"), "node-a-token").unwrap();
+        ControlPlane { xds, running, dir }
+    }
+
+    fn ztunnel(&self, ns: &NetNs, mode: Mode) -> Ztunnel {
+        Ztunnel::start(
+            ns,
+            Settings {
+                name: "node-a".into(),
+                binary: find_binary(None).expect("ZTUNNEL_BIN names a ztunnel binary"),
+                control_plane: self.running.url(),
+                root_ca: self.dir.path().join("root.pem"),
+                token_file: self.dir.path().join("token"),
+                node: "node-a".into(),
+                mode,
+                log: self.dir.path().join("ztunnel.log"),
+                log_level: "info".into(),
+            },
+        )
+        .unwrap()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs ZTUNNEL_BIN and root"]
 async fn ztunnel_subscribes_acks_and_follows_changes() {
-    let binary = find_binary(None).expect("ZTUNNEL_BIN names a ztunnel binary");
     assert!(hbone_proxy::netns::can_create(), "this test needs root");
     let tag = std::process::id() % 10_000;
     let ns = NetNs::create(&format!("hlx-{tag}")).unwrap();
-
-    let authority =
-        Arc::new(SigningAuthority::generate(AuthorityConfig::new("cluster.local")).unwrap());
-    let tokens = "tokens:\n  - token: node-a-token\n    identities: [\"spiffe://cluster.local/ns/demo/sa/*\"]\n";
-    let authenticator = Arc::new(TokenFile::parse(tokens, "tokens.yaml").unwrap());
-    let ca = Arc::new(CaService::new(
-        authority.clone(),
-        authenticator.clone(),
-        Arc::new(CaMetrics::default()),
-    ));
-    let xds = XdsState::new(&mesh(POLICY), Some(authenticator));
-    let listener = tokio::net::TcpListener::from_std(
-        bind_listener(Some(&ns.path()), "127.0.0.1:15012".parse().unwrap()).unwrap(),
-    )
-    .unwrap();
-    let control = hbone_xds::serve_on(ca, xds.clone(), listener, &[])
-        .await
-        .unwrap();
-
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("root.pem");
-    std::fs::write(&root, authority.root_pem()).unwrap();
-    let token = dir.path().join("token");
-    std::fs::write(&token, "node-a-token").unwrap();
-    let ztunnel = Ztunnel::start(
+    let control = ControlPlane::start(&ns, &mesh(POLICY)).await;
+    let xds = control.xds.clone();
+    let ztunnel = control.ztunnel(
         &ns,
-        Settings {
-            name: "node-a".into(),
-            binary,
-            control_plane: control.url(),
-            root_ca: root,
-            token_file: token,
-            node: "node-a".into(),
-            mode: Mode::Dedicated {
-                workload: "demo/echo-0/echo".into(),
-            },
-            log: dir.path().join("ztunnel.log"),
-            log_level: "info".into(),
+        Mode::Dedicated {
+            workload: "demo/echo-0/echo".into(),
         },
-    )
-    .unwrap();
+    );
 
     // Both types answered and ACKed, no NACK.
     let acked = || {
@@ -186,5 +205,78 @@ async fn ztunnel_subscribes_acks_and_follows_changes() {
         "{nack:?}"
     );
     drop(ztunnel);
-    control.server.shutdown().await;
+    control.running.server.shutdown().await;
+}
+
+/// Is something listening on `port` inside `ns`?
+async fn listening(ns: &NetNs, port: u16) -> bool {
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let socket = hbone_proxy::netns::tcp_socket(Some(&ns.path()), addr, None, None).unwrap();
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), socket.connect(addr)).await,
+        Ok(Ok(_))
+    )
+}
+
+async fn wait_listening(ns: &NetNs, port: u16, want: bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while listening(ns, port).await != want {
+        assert!(
+            Instant::now() < deadline,
+            "port {port} in {} should be {}",
+            ns.name(),
+            if want { "open" } else { "closed" }
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs ZTUNNEL_BIN and root"]
+async fn shared_ztunnel_opens_listeners_in_the_pods_zds_hands_it() {
+    assert!(hbone_proxy::netns::can_create(), "this test needs root");
+    let tag = std::process::id() % 10_000;
+    let node = NetNs::create(&format!("hlxn-{tag}")).unwrap();
+    let pod = NetNs::create(&format!("hlxp-{tag}")).unwrap();
+    let control = ControlPlane::start(&node, &mesh(POLICY)).await;
+    let uds = control.dir.path().join("ztunnel.sock");
+    let echo = ZdsPod {
+        uid: MeshWorkload::pod_uid("demo", "echo-0"),
+        name: "echo-0".into(),
+        namespace: "demo".into(),
+        service_account: "echo".into(),
+        netns: pod.path(),
+    };
+    let agent = NodeAgent::listen(&uds, vec![]).unwrap();
+    let ztunnel = control.ztunnel(
+        &node,
+        Mode::Shared {
+            inpod_uds: uds.clone(),
+        },
+    );
+    // Connected with an empty snapshot: nothing listens in the pod yet.
+    agent.wait_synced(Duration::from_secs(20)).await.unwrap();
+    assert!(!listening(&pod, 15008).await);
+
+    // Handed over: ztunnel's three listeners open inside the pod.
+    agent.add(echo.clone());
+    agent.wait_synced(Duration::from_secs(10)).await.unwrap();
+    for port in [15001, 15006, 15008] {
+        wait_listening(&pod, port, true).await;
+    }
+    assert!(agent.status().nacks.is_empty(), "{:?}", agent.status());
+
+    // Taken back: they close.
+    agent.remove(&echo.uid);
+    agent.wait_synced(Duration::from_secs(10)).await.unwrap();
+    wait_listening(&pod, 15008, false).await;
+
+    // A ztunnel restart replays the pods the agent holds.
+    agent.add(echo.clone());
+    agent.wait_synced(Duration::from_secs(10)).await.unwrap();
+    drop(ztunnel);
+    wait_listening(&pod, 15008, false).await;
+    let _again = control.ztunnel(&node, Mode::Shared { inpod_uds: uds });
+    wait_listening(&pod, 15008, true).await;
+    assert_eq!(agent.status().connections, 2, "{:?}", agent.status());
 }

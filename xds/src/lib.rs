@@ -8,6 +8,7 @@
 //! - [`snapshot`]: one consistent state of the mesh, encoded, with per-resource versions.
 //! - [`server`]: the delta ADS server (ACK/NACK, deltas on change).
 //! - [`control_plane`]: the CA and xDS on one TLS port, as istiod serves them.
+//! - [`zds`]: istio-cni's node agent, handing pods' network namespaces to a shared-mode proxy.
 //!
 //! The policies are translated by `hbone-policies` (the same translation
 //! hbone-lab's own proxy decides on), so ztunnel and hbone-lab enforce one
@@ -19,6 +20,7 @@ pub mod mesh;
 pub mod proto;
 pub mod server;
 pub mod snapshot;
+pub mod zds;
 
 pub use control_plane::{RunningControlPlane, serve, serve_on};
 pub use mesh::{Mesh, MeshService, MeshWorkload};

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 
 use clap::Args;
+use hbone_standalone::dataplane::Dataplane;
 use hbone_standalone::explain::explain;
 use hbone_standalone::lab::{Lab, LabOptions};
 use hbone_standalone::scenarios::run_all;
@@ -39,6 +40,16 @@ pub struct DemoArgs {
     /// clients (curl, psql) work with `ip netns exec` (see --keep).
     #[arg(long)]
     netns: bool,
+    /// Which proxy runs on the nodes: hbone-lab (its own), ztunnel (a real
+    /// ztunnel per node in shared mode, fed by hbone-lab as istiod over xDS
+    /// and as istio-cni over ZDS), or mixed (ztunnel on node-1, hbone-lab on
+    /// node-2, so cross-node traffic goes from one to the other). ztunnel
+    /// and mixed need --netns.
+    #[arg(long, default_value = "hbone-lab", value_parser = ["hbone-lab", "ztunnel", "mixed"])]
+    dataplane: String,
+    /// The ztunnel binary for --dataplane ztunnel|mixed (default: $ZTUNNEL_BIN).
+    #[arg(long, value_name = "PATH")]
+    ztunnel: Option<std::path::PathBuf>,
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -55,9 +66,21 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 "netns mode: pods and nodes as network namespaces, in-pod capture, the Cilium layer as iptables",
         }
     );
+    let dataplane: Dataplane = args.dataplane.parse().map_err(anyhow::Error::msg)?;
+    if dataplane != Dataplane::HboneLab {
+        eprintln!(
+            "Data plane: {} (hbone-lab plays istiod and istio-cni for it)",
+            match dataplane {
+                Dataplane::Mixed => "ztunnel on node-1, hbone-lab on node-2",
+                _ => "a real ztunnel on each node",
+            }
+        );
+    }
     let options = LabOptions {
         gateway_listen: args.gateway_listen,
         mode,
+        dataplane,
+        ztunnel: args.ztunnel.clone(),
         ..LabOptions::default()
     };
     let lab = match Lab::start(options.clone()).await {
@@ -164,6 +187,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 node.addrs.metrics.expect("metrics"),
                 node.core.node,
                 node.addrs.admin.expect("admin")
+            );
+        }
+        for z in &lab.ztunnels {
+            let ns = lab
+                .plumbing
+                .as_ref()
+                .map(|p| p.nodes[&z.node].name().to_string())
+                .unwrap_or_default();
+            println!(
+                "  ip netns exec {ns} curl -s localhost:15000/config_dump   # {}'s ztunnel: workloads, policies, certificates (log: {})",
+                z.node,
+                z.ztunnel.settings.log.display()
             );
         }
         println!("Ctrl-C tears it all down.");

@@ -37,8 +37,9 @@ fn svid_lines(out: &mut String, who: &str, svid: &Svid) {
 pub async fn explain(lab: &Lab) -> Result<String, String> {
     let gateway = lab.pod("hello-gateway").clone();
     let hello = lab.pod("hello-app").clone();
-    let node1 = lab.node("node-1");
-    let node2 = lab.node("node-2");
+    let (Some(node1), Some(node2)) = (lab.node("node-1"), lab.node("node-2")) else {
+        return explain_ztunnel(lab).await;
+    };
     let gw_svid = node1
         .core
         .certs
@@ -226,5 +227,101 @@ pub async fn explain(lab: &Lab) -> Result<String, String> {
         "   http://{}/metrics count this connection under istio_tcp_connections_opened_total.",
         node2.addrs.metrics.expect("metrics")
     );
+    Ok(out)
+}
+
+/// The same connection with ztunnel on a node: hbone-lab cannot look
+/// inside ztunnel, so the story quotes ztunnel's own evidence — its access
+/// log lines for the connection and its connection metrics.
+async fn explain_ztunnel(lab: &Lab) -> Result<String, String> {
+    let gateway = lab.pod("hello-gateway").clone();
+    let hello = lab.pod("hello-app").clone();
+    let mut out = String::new();
+    let w = &mut out;
+    let _ = writeln!(
+        w,
+        "How one request travels with {} as the data plane: the gateway calls hello-app\n",
+        lab.dataplane.name()
+    );
+    let _ = writeln!(
+        w,
+        "1. The roles around ztunnel are hbone-lab's: istiod (its CA and xDS on 127.0.0.1:15012 in the node's namespace) and istio-cni (a ZDS node agent that handed ztunnel each pod's network namespace)."
+    );
+    for z in &lab.ztunnels {
+        let status = z.agent.status();
+        let _ = writeln!(
+            w,
+            "   {}: ztunnel pid {} holds {} pod(s) over ZDS; xDS clients: {}",
+            z.node,
+            z.ztunnel.pid(),
+            status.acked.len(),
+            lab.xds
+                .as_ref()
+                .map(|x| x.clients().iter().filter(|c| c.connected).count())
+                .unwrap_or(0)
+        );
+    }
+    let offsets: Vec<usize> = lab
+        .ztunnels
+        .iter()
+        .map(|z| z.log_since(usize::MAX).1)
+        .collect();
+    let mut tcp = lab
+        .dialer("hello-gateway")
+        .connect("hello-app.demo.svc.cluster.local", HELLO_PORT)
+        .await
+        .map_err(|e| e.to_string())?;
+    let client = tcp.local_addr().map_err(|e| e.to_string())?;
+    let request = b"GET /health HTTP/1.1\r\nHost: hello-app\r\nConnection: close\r\n\r\n";
+    tcp.write_all(request).await.map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    tcp.read_to_end(&mut response)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = String::from_utf8_lossy(&response)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    let _ = writeln!(
+        w,
+        "\n2. {} ({}) opened a plain TCP connection to hello-app.demo.svc.cluster.local:{HELLO_PORT}; iptables in its pod sent it to the node proxy's 15001, which carried it over HBONE to {} ({}:15008). Answer: \"{status}\" ({} bytes).",
+        gateway.name,
+        gateway.identity(),
+        hello.name,
+        hello.ips[0],
+        response.len()
+    );
+    // ztunnel writes its access log line when the connection ends.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    for (z, offset) in lab.ztunnels.iter().zip(offsets) {
+        let (lines, _) = z.log_since(offset);
+        let _ = writeln!(w, "\n   ztunnel on {} logged:", z.node);
+        // The source ztunnel logs the client's own address; the destination
+        // ztunnel logs the source pod's HBONE socket, so match by workload.
+        let ours = |l: &&String| {
+            l.contains("access")
+                && (l.contains(&format!("src.addr={client}"))
+                    || (z.node != gateway.node && l.contains("src.workload=\"hello-gateway\"")))
+        };
+        for line in lines.iter().filter(ours) {
+            let _ = writeln!(w, "     {line}");
+        }
+        let metrics = crate::ztunnel::http_get(
+            &z.ztunnel.netns_path(),
+            ([127, 0, 0, 1], 15020).into(),
+            "/metrics",
+        )
+        .await
+        .map(|(_, body)| body)
+        .unwrap_or_default();
+        for line in metrics
+            .lines()
+            .filter(|l| l.starts_with("istio_tcp_connections_opened_total"))
+            .filter(|l| l.contains("hello-app"))
+        {
+            let _ = writeln!(w, "     metric: {line}");
+        }
+    }
     Ok(out)
 }

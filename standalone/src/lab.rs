@@ -32,11 +32,15 @@ use hbone_workloads::pgserver::{PgError, PgServer};
 use hbone_workloads::public_api::{self, PublicCa, StandIn};
 use tokio::net::TcpListener;
 
+use crate::dataplane::{Dataplane, ZtunnelNode, ZtunnelNodeSpec, mesh};
 use crate::netns_topology::{CLOUDFLARE_IP, GITHUB_IP, NetnsPlumbing, remove_stale};
 use crate::topology::{
     HELLO_HOST, HELLO_PORT, LabError, Mode, PODS, POSTGRES_HOST, POSTGRES_PORT, ip, lab_pod,
     topology_for,
 };
+use crate::ztunnel::find_binary;
+use hbone_policies::istio::IstioPolicies;
+use hbone_xds::XdsState;
 
 const NODE_TOKEN: &str = "standalone-lab-node-token";
 
@@ -47,6 +51,10 @@ pub struct LabOptions {
     pub gateway_listen: SocketAddr,
     pub renewal: RenewalPolicy,
     pub mode: Mode,
+    /// Which proxy runs on each node (ztunnel needs netns mode).
+    pub dataplane: Dataplane,
+    /// The ztunnel binary (else `ZTUNNEL_BIN`), for ztunnel nodes.
+    pub ztunnel: Option<PathBuf>,
 }
 
 impl Default for LabOptions {
@@ -55,6 +63,8 @@ impl Default for LabOptions {
             gateway_listen: "127.0.0.1:0".parse().expect("literal"),
             renewal: RenewalPolicy::default(),
             mode: Mode::Loopback,
+            dataplane: Dataplane::HboneLab,
+            ztunnel: None,
         }
     }
 }
@@ -69,7 +79,15 @@ pub struct Lab {
     /// Both layers; the proxies enforce the Istio half, netns mode's
     /// iptables the Cilium half.
     pub policies: Arc<PolicySet>,
+    /// hbone-lab's node proxies (none on a ztunnel node).
     pub nodes: Vec<ProxyHandle>,
+    pub dataplane: Dataplane,
+    /// The nodes whose proxy is a real ztunnel, with their control plane and node agent.
+    pub ztunnels: Vec<ZtunnelNode>,
+    /// What the ztunnels are served (the registry and the lab's policies).
+    pub xds: Option<Arc<XdsState>>,
+    /// Sockets, tokens and logs of the ztunnel nodes.
+    pub ztunnel_dir: Option<tempfile::TempDir>,
     pub postgres: Option<PgServer>,
     /// Why there is no database, when there is none.
     pub postgres_missing: Option<String>,
@@ -180,12 +198,27 @@ async fn start_postgres(
 }
 
 impl Lab {
-    /// The proxy of `node`.
-    pub fn node(&self, node: &str) -> &ProxyHandle {
+    /// hbone-lab's proxy of `node`; `None` when ztunnel runs there.
+    pub fn node(&self, node: &str) -> Option<&ProxyHandle> {
+        self.nodes.iter().find(|p| p.core.node == node)
+    }
+
+    /// The ztunnel of `node`, when ztunnel runs there.
+    pub fn ztunnel(&self, node: &str) -> Option<&ZtunnelNode> {
+        self.ztunnels.iter().find(|z| z.node == node)
+    }
+
+    /// Serves `policies` to every node proxy — swapped into hbone-lab's
+    /// proxies, pushed over xDS to the ztunnels — and returns how many open
+    /// streams hbone-lab's proxies closed.
+    pub fn apply_policies(&self, policies: &IstioPolicies) -> usize {
+        if let Some(xds) = &self.xds {
+            xds.update(&mesh(&self.registry, policies));
+        }
         self.nodes
             .iter()
-            .find(|p| p.core.node == node)
-            .expect("a lab node")
+            .map(|node| node.core.replace_policies(policies.clone()).len())
+            .sum()
     }
 
     /// The pod's workload entry.
@@ -220,7 +253,10 @@ impl Lab {
                 }))
             }
             None => Dialer::Socks5 {
-                proxy: self.node(&w.node).addrs.socks5.expect("socks5 is on"),
+                proxy: self
+                    .node(&w.node)
+                    .and_then(|n| n.addrs.socks5)
+                    .expect("loopback mode runs hbone-lab's proxies with socks5"),
                 source: Some(w.ips[0]),
             },
         }
@@ -228,6 +264,20 @@ impl Lab {
 
     pub async fn start(options: LabOptions) -> Result<Self, LabError> {
         let mode = options.mode;
+        let dataplane = options.dataplane;
+        let ztunnel_binary = match dataplane {
+            Dataplane::HboneLab => None,
+            _ if mode != Mode::Netns => {
+                return Err(LabError::Netns(format!(
+                    "--dataplane {} runs ztunnel in shared mode, one per node namespace: add --netns (as root)",
+                    dataplane.name()
+                )));
+            }
+            _ => Some(
+                find_binary(options.ztunnel.as_deref())
+                    .map_err(|e| LabError::Proxy(e.to_string()))?,
+            ),
+        };
         let policies = Arc::new(lab_policies()?);
         let plumbing = match mode {
             Mode::Loopback => None,
@@ -259,20 +309,34 @@ impl Lab {
             .unwrap_or(POSTGRES_PORT);
         let registry = Arc::new(registry(mode, pg_port, &netns_of)?);
 
+        let mut authority_config = AuthorityConfig::new("cluster.local");
+        if ztunnel_binary.is_some() {
+            // ztunnel renews at half of (not_after - not_before): with the
+            // default minute of backdating, its short lab certificates would
+            // be due at once.
+            authority_config.backdate = Duration::from_secs(1);
+        }
         let authority = Arc::new(
-            SigningAuthority::generate(AuthorityConfig::new("cluster.local"))
+            SigningAuthority::generate(authority_config)
                 .map_err(|e| LabError::Ca(e.to_string()))?,
         );
-        let everyone: IdentityPattern = "spiffe://cluster.local/ns/demo/sa/*"
-            .parse()
-            .map_err(|e: hbone_ca::identity::IdentityError| LabError::Ca(e.to_string()))?;
+        // A node may obtain any demo identity, and ztunnel its own.
+        let grants: Vec<IdentityPattern> = [
+            "spiffe://cluster.local/ns/demo/sa/*",
+            "spiffe://cluster.local/ns/istio-system/sa/ztunnel",
+        ]
+        .iter()
+        .map(|p| p.parse())
+        .collect::<Result<_, _>>()
+        .map_err(|e: hbone_ca::identity::IdentityError| LabError::Ca(e.to_string()))?;
         let ca_metrics = Arc::new(CaMetrics::default());
+        let tokens = Arc::new(TokenFile::single(NODE_TOKEN, grants));
         let service = Arc::new(CaService::new(
             authority.clone(),
-            Arc::new(TokenFile::single(NODE_TOKEN, vec![everyone])),
+            tokens.clone(),
             ca_metrics.clone(),
         ));
-        let ca = serve(service, SocketAddr::new(ip("127.0.10.1"), 0), &[])
+        let ca = serve(service.clone(), SocketAddr::new(ip("127.0.10.1"), 0), &[])
             .await
             .map_err(|e| LabError::Ca(e.to_string()))?;
         let root = hbone_ca::inspect::pem_certs(authority.root_pem())
@@ -280,6 +344,9 @@ impl Lab {
 
         let mut nodes = Vec::new();
         for (node, addr) in [("node-1", "127.0.11.1"), ("node-2", "127.0.11.2")] {
+            if dataplane.ztunnel_on(node) {
+                continue;
+            }
             let client = CaClient::new(&ca.url(), authority.root_pem(), NODE_TOKEN)
                 .map_err(|e| LabError::Ca(e.to_string()))?;
             let certs = Arc::new(CertificateManager::new(
@@ -319,6 +386,39 @@ impl Lab {
             );
         }
 
+        let mut ztunnels = Vec::new();
+        let mut xds = None;
+        let mut ztunnel_dir = None;
+        if let (Some(binary), Some(plumbing)) = (&ztunnel_binary, &plumbing) {
+            let state = XdsState::new(&mesh(&registry, &policies.istio), Some(tokens.clone()));
+            let dir = tempfile::Builder::new()
+                .prefix("hbone-lab-ztunnel-")
+                .tempdir()
+                .map_err(|e| LabError::Proxy(format!("a directory for ztunnel: {e}")))?;
+            for node in ["node-1", "node-2"]
+                .into_iter()
+                .filter(|n| dataplane.ztunnel_on(n))
+            {
+                ztunnels.push(
+                    ZtunnelNode::start(ZtunnelNodeSpec {
+                        node,
+                        netns: &plumbing.nodes[node],
+                        binary,
+                        ca: service.clone(),
+                        xds: state.clone(),
+                        registry: &registry,
+                        pod_netns: &netns_of,
+                        dir: dir.path(),
+                        root_pem: authority.root_pem(),
+                        token: NODE_TOKEN,
+                    })
+                    .await?,
+                );
+            }
+            xds = Some(state);
+            ztunnel_dir = Some(dir);
+        }
+
         let hello = SocketAddr::new(lab_pod("hello-app").addr(mode), HELLO_PORT);
         let gateway = match mode {
             Mode::Loopback => options.gateway_listen,
@@ -332,6 +432,10 @@ impl Lab {
             registry,
             policies,
             nodes,
+            dataplane,
+            ztunnels,
+            xds,
+            ztunnel_dir,
             postgres,
             postgres_missing,
             gateway,
@@ -349,7 +453,11 @@ impl Lab {
 
     async fn wait_for_certificates(&self) -> Result<(), LabError> {
         for w in &self.registry.workloads {
-            let certs = &self.node(&w.node).core.certs;
+            // ztunnel fetches its pods' certificates on its own.
+            let Some(node) = self.node(&w.node) else {
+                continue;
+            };
+            let certs = &node.core.certs;
             tokio::time::timeout(Duration::from_secs(10), certs.get(w.identity()))
                 .await
                 .map_err(|_| LabError::Ca(format!("no certificate for {} in 10 s", w.identity())))?
@@ -442,6 +550,9 @@ impl Lab {
     pub async fn shutdown(mut self) {
         for node in self.nodes.drain(..) {
             node.shutdown(Duration::from_secs(1)).await;
+        }
+        for node in self.ztunnels.drain(..) {
+            node.shutdown().await;
         }
         self.ca.shutdown().await;
         if let Some(mut pg) = self.postgres.take() {

@@ -1,6 +1,7 @@
 //! hbone-standalone: the whole lab on one Linux machine, without Kubernetes.
 //!
 //! - [`topology`]: what the lab is made of — pods, addresses per mode, the policy view.
+//! - [`dataplane`]: hbone-lab's proxy, ztunnel or one of each on the nodes, and ztunnel's control plane.
 //! - [`lab`]: the running lab — CA, two node proxies, PostgreSQL, hello-app and the gateway.
 //! - [`netns_topology`]: netns mode's namespaces, in-pod capture and the Cilium layer.
 //! - [`sni_relay`]: the node-side SNI check that stands in for Cilium's Envoy.
@@ -10,6 +11,7 @@
 //!
 //! The benchmarks reuse the topology.
 
+pub mod dataplane;
 pub mod explain;
 pub mod lab;
 pub mod netns_topology;

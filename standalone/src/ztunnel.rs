@@ -105,6 +105,8 @@ pub struct Settings {
     pub log: PathBuf,
     /// `RUST_LOG` for it.
     pub log_level: String,
+    /// The certificate lifetime it asks for (`SECRET_TTL`; ztunnel's default is 24 h).
+    pub secret_ttl: Option<Duration>,
 }
 
 /// A running ztunnel; killed when dropped.
@@ -137,6 +139,9 @@ impl Ztunnel {
             .env("RUST_LOG", &settings.log_level)
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err));
+        if let Some(ttl) = settings.secret_ttl {
+            command.env("SECRET_TTL", format!("{}s", ttl.as_secs()));
+        }
         match &settings.mode {
             Mode::Shared { inpod_uds } => {
                 command
@@ -162,6 +167,11 @@ impl Ztunnel {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The network namespace it runs in.
+    pub fn netns_path(&self) -> PathBuf {
+        self.netns.clone()
     }
 
     /// The last lines of its log.

@@ -117,6 +117,7 @@ impl ControlPlane {
                 mode,
                 log: self.dir.path().join("ztunnel.log"),
                 log_level: "info".into(),
+                secret_ttl: None,
             },
         )
         .unwrap()

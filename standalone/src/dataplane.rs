@@ -1,0 +1,265 @@
+//! Which proxy runs on each node of the netns lab — hbone-lab's, a real
+//! ztunnel, or one of each — and, for ztunnel nodes, the roles around it
+//! that hbone-lab plays: istiod (CA and xDS on 15012 inside the node's
+//! namespace) and istio-cni (a ZDS node agent handing over the node's pods).
+//!
+//! Both proxies get the same thing from the same source: the registry's
+//! workloads and services as `Address` resources, and the lab's policies
+//! translated as istiod does — which is also what hbone-lab's own proxy
+//! decides on.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hbone_ca::server::CaService;
+use hbone_policies::istio::IstioPolicies;
+use hbone_proxy::netns::{NetNs, bind_listener};
+use hbone_proxy::registry::{Protocol, Registry};
+use hbone_xds::zds::{NodeAgent, ZdsPod};
+use hbone_xds::{Mesh, MeshService, MeshWorkload, RunningControlPlane, XdsState};
+
+use crate::topology::LabError;
+use crate::ztunnel::{Mode as ZtunnelMode, Settings, Ztunnel};
+
+/// The node proxies of the lab.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dataplane {
+    /// hbone-lab's proxy on every node.
+    #[default]
+    HboneLab,
+    /// A shared-mode ztunnel on every node, fed over xDS and ZDS.
+    Ztunnel,
+    /// ztunnel on node-1, hbone-lab on node-2: every cross-node connection
+    /// crosses from one implementation to the other.
+    Mixed,
+}
+
+impl Dataplane {
+    /// Does `node` run ztunnel?
+    pub fn ztunnel_on(self, node: &str) -> bool {
+        match self {
+            Dataplane::HboneLab => false,
+            Dataplane::Ztunnel => true,
+            Dataplane::Mixed => node == "node-1",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Dataplane::HboneLab => "hbone-lab",
+            Dataplane::Ztunnel => "ztunnel",
+            Dataplane::Mixed => "mixed",
+        }
+    }
+}
+
+impl FromStr for Dataplane {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "hbone-lab" => Ok(Dataplane::HboneLab),
+            "ztunnel" => Ok(Dataplane::Ztunnel),
+            "mixed" => Ok(Dataplane::Mixed),
+            other => Err(format!(
+                "unknown data plane {other:?}: hbone-lab, ztunnel or mixed"
+            )),
+        }
+    }
+}
+
+/// The registry and policies as what a control plane serves.
+pub fn mesh(registry: &Registry, policies: &IstioPolicies) -> Mesh {
+    let services: Vec<MeshService> = registry
+        .services
+        .iter()
+        .map(|s| MeshService {
+            name: s.name.clone(),
+            namespace: s.namespace.clone(),
+            hostname: s.hostname(&registry.trust_domain),
+            vips: s.vips.clone(),
+            ports: s.ports.iter().map(|(p, t)| (*p, *t)).collect(),
+        })
+        .collect();
+    let workloads = registry
+        .workloads
+        .iter()
+        .map(|w| MeshWorkload {
+            uid: MeshWorkload::pod_uid(&w.namespace, &w.name),
+            name: w.name.clone(),
+            namespace: w.namespace.clone(),
+            service_account: w.service_account.clone(),
+            trust_domain: registry.trust_domain.clone(),
+            labels: w.labels.clone(),
+            ips: w.ips.clone(),
+            node: w.node.clone(),
+            hbone: w.protocol == Protocol::Hbone,
+            services: registry
+                .services
+                .iter()
+                .zip(&services)
+                .filter(|(s, _)| {
+                    s.namespace == w.namespace
+                        && hbone_policies::selector::labels_match(&s.selector, &w.labels)
+                })
+                .map(|(s, m)| (m.key(), s.ports.iter().map(|(p, t)| (*p, *t)).collect()))
+                .collect(),
+        })
+        .collect();
+    Mesh {
+        workloads,
+        services,
+        policies: policies.clone(),
+    }
+}
+
+/// The certificate lifetime ztunnel nodes ask for: short, so that the
+/// rotation scenario sees ztunnel renew by itself (at half of it).
+pub const ZTUNNEL_SECRET_TTL: Duration = Duration::from_secs(20);
+
+/// A node of the lab whose proxy is a real ztunnel.
+pub struct ZtunnelNode {
+    pub node: String,
+    pub ztunnel: Ztunnel,
+    pub agent: NodeAgent,
+    /// CA and xDS, listening on 127.0.0.1:15012 inside the node's namespace.
+    pub control: RunningControlPlane,
+}
+
+/// What starting a ztunnel node needs from the lab.
+pub struct ZtunnelNodeSpec<'a> {
+    pub node: &'a str,
+    pub netns: &'a NetNs,
+    pub binary: &'a Path,
+    pub ca: Arc<CaService>,
+    pub xds: Arc<XdsState>,
+    pub registry: &'a Registry,
+    /// Each pod's network namespace.
+    pub pod_netns: &'a dyn Fn(&str) -> Option<PathBuf>,
+    /// Where sockets, tokens and logs go.
+    pub dir: &'a Path,
+    pub root_pem: &'a str,
+    pub token: &'a str,
+}
+
+impl ZtunnelNode {
+    /// Serves the control plane in the node's namespace, starts the node
+    /// agent with the node's pods and a shared-mode ztunnel, and waits until
+    /// ztunnel holds every pod and has answered both xDS types.
+    pub async fn start(spec: ZtunnelNodeSpec<'_>) -> Result<ZtunnelNode, LabError> {
+        let fail = |what: &str, e: &dyn std::fmt::Display| {
+            LabError::Proxy(format!("ztunnel on {}: {what}: {e}", spec.node))
+        };
+        let listener = bind_listener(Some(&spec.netns.path()), ([127, 0, 0, 1], 15012).into())
+            .map_err(|e| fail("control plane listener", &e))?;
+        let listener =
+            tokio::net::TcpListener::from_std(listener).map_err(|e| fail("listener", &e))?;
+        let control = hbone_xds::serve_on(spec.ca, spec.xds.clone(), listener, &[])
+            .await
+            .map_err(|e| fail("control plane", &e))?;
+        let write = |name: &str, text: &str| -> Result<PathBuf, LabError> {
+            let path = spec.dir.join(format!("{}-{name}", spec.node));
+            std::fs::write(&path, text).map_err(|e| fail(name, &e))?;
+            Ok(path)
+        };
+        let root_ca = write("root.pem", spec.root_pem)?;
+        let token_file = write("token", spec.token)?;
+        let pods: Vec<ZdsPod> = spec
+            .registry
+            .workloads
+            .iter()
+            .filter(|w| w.node == spec.node)
+            .filter_map(|w| {
+                Some(ZdsPod {
+                    uid: MeshWorkload::pod_uid(&w.namespace, &w.name),
+                    name: w.name.clone(),
+                    namespace: w.namespace.clone(),
+                    service_account: w.service_account.clone(),
+                    netns: (spec.pod_netns)(&w.name)?,
+                })
+            })
+            .collect();
+        let uds = spec.dir.join(format!("{}-ztunnel.sock", spec.node));
+        let agent = NodeAgent::listen(&uds, pods).map_err(|e| fail("node agent", &e))?;
+        let ztunnel = Ztunnel::start(
+            spec.netns,
+            Settings {
+                name: spec.node.to_string(),
+                binary: spec.binary.to_path_buf(),
+                control_plane: control.url(),
+                root_ca,
+                token_file,
+                node: spec.node.to_string(),
+                mode: ZtunnelMode::Shared { inpod_uds: uds },
+                log: spec.dir.join(format!("{}-ztunnel.log", spec.node)),
+                log_level: "info".into(),
+                secret_ttl: Some(ZTUNNEL_SECRET_TTL),
+            },
+        )
+        .map_err(|e| fail("start", &e))?;
+        let node = ZtunnelNode {
+            node: spec.node.to_string(),
+            ztunnel,
+            agent,
+            control,
+        };
+        node.agent
+            .wait_synced(Duration::from_secs(20))
+            .await
+            .map_err(|e| {
+                fail(
+                    "take its pods over ZDS",
+                    &format!("{e}; its log ends with:\n{}", node.ztunnel.log_tail(15)),
+                )
+            })?;
+        if let Some((uid, error)) = node.agent.status().nacks.first() {
+            return Err(fail("refused a pod", &format!("{uid}: {error}")));
+        }
+        Ok(node)
+    }
+
+    /// Lines of ztunnel's log written since `offset` bytes (its access log
+    /// and errors), and the new offset.
+    pub fn log_since(&self, offset: usize) -> (Vec<String>, usize) {
+        let text = std::fs::read_to_string(&self.ztunnel.settings.log).unwrap_or_default();
+        let start = offset.min(text.len());
+        let lines = text[start..].lines().map(String::from).collect();
+        (lines, text.len())
+    }
+
+    /// Lines of its log that report a connection refused by policy.
+    pub fn policy_rejections(&self) -> Vec<String> {
+        let (lines, _) = self.log_since(0);
+        lines
+            .into_iter()
+            .filter(|l| l.contains("policy rejection"))
+            .collect()
+    }
+
+    /// The serial of the certificate ztunnel holds for `spiffe_id`, from its config dump.
+    pub async fn serial_of(&self, spiffe_id: &str) -> Option<String> {
+        let dump = self.ztunnel.config_dump().await.ok()?;
+        find_serial(&dump, spiffe_id)
+    }
+
+    pub async fn shutdown(self) {
+        drop(self.ztunnel);
+        drop(self.agent);
+        self.control.server.shutdown().await;
+    }
+}
+
+/// ztunnel's config dump lists certificates as
+/// `{identity, state, certChain: [{serialNumber, …}, …]}`; the first of
+/// the chain is the leaf.
+fn find_serial(dump: &serde_json::Value, spiffe_id: &str) -> Option<String> {
+    dump["certificates"]
+        .as_array()?
+        .iter()
+        .find(|c| c["identity"].as_str() == Some(spiffe_id))?["certChain"]
+        .get(0)?["serialNumber"]
+        .as_str()
+        .map(String::from)
+}

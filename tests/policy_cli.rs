@@ -173,3 +173,45 @@ fn translate_prints_what_istiod_emits() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("scope: WORKLOAD_SELECTOR"));
 }
+
+#[test]
+fn diff_names_a_missing_ztunnel() {
+    let out = hbone_lab(&["policy", "diff", "--ztunnel", "/nonexistent/ztunnel"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("ztunnel binary /nonexistent/ztunnel"), "{err}");
+}
+
+/// The differential check against a real ztunnel: a few hundred cases,
+/// every decision the same on both sides and as predicted.
+#[test]
+#[ignore = "needs ZTUNNEL_BIN and root"]
+fn diff_finds_no_disagreement_with_ztunnel() {
+    let ztunnel = std::env::var("ZTUNNEL_BIN").expect("ZTUNNEL_BIN names a ztunnel binary");
+    let out = hbone_lab(&[
+        "policy",
+        "diff",
+        "--ztunnel",
+        &ztunnel,
+        "--cases",
+        "400",
+        "--json",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert_eq!(stdout.lines().last(), Some("400 cases, 0 disagreements"));
+    // The cases are not all alike: both verdicts, over HBONE and plaintext.
+    let cases: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(cases.len(), 400);
+    for (predicted, plaintext) in [(true, true), (true, false), (false, true), (false, false)] {
+        assert!(
+            cases.iter().any(|c| c["predicted"] == predicted
+                && c["source"].as_str().unwrap().starts_with("plaintext") == plaintext),
+            "no case with predicted={predicted}, plaintext={plaintext}"
+        );
+    }
+}

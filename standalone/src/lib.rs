@@ -7,6 +7,7 @@
 //! - [`sni_relay`]: the node-side SNI check that stands in for Cilium's Envoy.
 //! - [`scenarios`]: the lab's connections, predicted by the policies and then tried for real.
 //! - [`explain`]: one connection's story with the real values of the run.
+//! - [`policy_diff`]: the same policies and connections through ztunnel and hbone-lab, compared.
 //! - [`ztunnel`]: a real ztunnel as a node proxy, fed by hbone-lab's control plane.
 //!
 //! The benchmarks reuse the topology.
@@ -15,6 +16,7 @@ pub mod dataplane;
 pub mod explain;
 pub mod lab;
 pub mod netns_topology;
+pub mod policy_diff;
 pub mod scenarios;
 pub mod sni_relay;
 pub mod topology;

@@ -68,6 +68,26 @@ pub enum PolicyCommand {
         #[arg(long)]
         mesh: bool,
     },
+    /// Print a ztunnel local config (the file ztunnel reads with
+    /// LOCAL_XDS_PATH instead of subscribing to xDS) for the standalone
+    /// lab: its workloads and services, and the policies translated as
+    /// istiod does — exactly what `demo --dataplane ztunnel` serves over xDS.
+    ///
+    /// Examples:
+    ///   hbone-lab policy ztunnel-config > lab.yaml
+    ///   XDS_ADDRESS= LOCAL_XDS_PATH=lab.yaml ... ztunnel   # with CA_ADDRESS etc.
+    ///   hbone-lab policy ztunnel-config --policies my-policies/ --loopback
+    #[command(verbatim_doc_comment)]
+    ZtunnelConfig {
+        /// Read policies from this directory instead of the lab's own.
+        #[arg(long, value_name = "DIR")]
+        policies: Option<PathBuf>,
+        /// The loopback lab's 127.x addresses instead of the netns lab's.
+        #[arg(long)]
+        loopback: bool,
+        #[arg(long, default_value = "istio-system")]
+        root_namespace: String,
+    },
     /// The differential check (root, a ztunnel binary): generates seeded,
     /// reproducible sets of AuthorizationPolicies and PeerAuthentications
     /// (principals with prefix/suffix/*, namespaces, not-forms, ports, IP
@@ -135,6 +155,11 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
             root_namespace,
             mesh,
         } => translate(&paths, &root_namespace, mesh),
+        PolicyCommand::ZtunnelConfig {
+            policies,
+            loopback,
+            root_namespace,
+        } => ztunnel_config(policies.as_deref(), loopback, &root_namespace),
         PolicyCommand::Diff {
             ztunnel,
             cases,
@@ -288,5 +313,27 @@ fn diff(ztunnel: Option<PathBuf>, cases: usize, seed: u64, json: bool) -> anyhow
     if disagreements > 0 {
         anyhow::bail!("ztunnel and hbone-lab disagree on {disagreements} case(s)");
     }
+    Ok(())
+}
+
+fn ztunnel_config(
+    policies: Option<&Path>,
+    loopback: bool,
+    root_namespace: &str,
+) -> anyhow::Result<()> {
+    use hbone_standalone::topology::Mode;
+    let loaded = match policies {
+        Some(dir) => read(dir)?,
+        None => lab_resources()?,
+    };
+    let mode = if loopback {
+        Mode::Loopback
+    } else {
+        Mode::Netns
+    };
+    let registry = hbone_standalone::lab::lab_registry(mode)?;
+    let mesh =
+        hbone_standalone::dataplane::mesh(&registry, &istio_policies(&loaded, root_namespace));
+    print!("{}", hbone_xds::local_config::render(&mesh));
     Ok(())
 }

@@ -215,3 +215,39 @@ fn diff_finds_no_disagreement_with_ztunnel() {
         );
     }
 }
+
+#[test]
+fn ztunnel_config_describes_the_lab_in_ztunnels_local_form() {
+    let out = hbone_lab(&["policy", "ztunnel-config"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let yaml = text(&out.stdout);
+    let doc: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
+    let workloads = doc["workloads"].as_sequence().unwrap();
+    assert_eq!(workloads.len(), 5, "{yaml}");
+    let hello = workloads
+        .iter()
+        .find(|w| w["name"].as_str() == Some("hello-app"))
+        .unwrap();
+    assert_eq!(hello["workloadIps"][0].as_str(), Some("10.244.2.10"));
+    assert_eq!(hello["protocol"].as_str(), Some("HBONE"));
+    let listed: Vec<&str> = hello["authorizationPolicies"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert_eq!(
+        listed,
+        ["demo/hello-app-policy", "istio-system/istio_converted_static_strict"]
+    );
+    assert!(yaml.contains("- !Presence []"), "{yaml}");
+    assert!(yaml.contains("- /10.96.0.10"), "{yaml}");
+    // Every policy entry carries the six keys ztunnel requires.
+    for p in doc["policies"].as_sequence().unwrap() {
+        for key in ["name", "namespace", "scope", "action", "rules", "dryRun"] {
+            assert!(!p[key].is_null(), "{key} missing in {p:?}");
+        }
+    }
+    let loopback = text(&hbone_lab(&["policy", "ztunnel-config", "--loopback"]).stdout);
+    assert!(loopback.contains("127.0.12.3"), "{loopback}");
+}

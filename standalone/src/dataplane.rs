@@ -196,6 +196,7 @@ impl ZtunnelNode {
                 log: spec.dir.join(format!("{}-ztunnel.log", spec.node)),
                 log_level: "info".into(),
                 secret_ttl: Some(ZTUNNEL_SECRET_TTL),
+                local_config: None,
             },
         )
         .map_err(|e| fail("start", &e))?;

@@ -106,6 +106,12 @@ pub fn lab_policies() -> Result<PolicySet, LabError> {
     Ok(PolicySet::from_loaded(&loaded))
 }
 
+/// The lab's workloads and services as the proxies' registry (PostgreSQL
+/// on its usual port, no namespaces attached).
+pub fn lab_registry(mode: Mode) -> Result<Registry, LabError> {
+    registry(mode, POSTGRES_PORT, &|_| None)
+}
+
 fn registry(
     mode: Mode,
     pg_port: u16,

@@ -107,6 +107,9 @@ pub struct Settings {
     pub log_level: String,
     /// The certificate lifetime it asks for (`SECRET_TTL`; ztunnel's default is 24 h).
     pub secret_ttl: Option<Duration>,
+    /// Read workloads and policies from this file (`LOCAL_XDS_PATH`) instead
+    /// of subscribing over xDS; the CA is still `control_plane`.
+    pub local_config: Option<PathBuf>,
 }
 
 /// A running ztunnel; killed when dropped.
@@ -139,6 +142,9 @@ impl Ztunnel {
             .env("RUST_LOG", &settings.log_level)
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err));
+        if let Some(file) = &settings.local_config {
+            command.env("XDS_ADDRESS", "").env("LOCAL_XDS_PATH", file);
+        }
         if let Some(ttl) = settings.secret_ttl {
             command.env("SECRET_TTL", format!("{}s", ttl.as_secs()));
         }

@@ -104,23 +104,24 @@ impl ControlPlane {
         ControlPlane { xds, running, dir }
     }
 
+    fn settings(&self, mode: Mode) -> Settings {
+        Settings {
+            name: "node-a".into(),
+            binary: find_binary(None).expect("ZTUNNEL_BIN names a ztunnel binary"),
+            control_plane: self.running.url(),
+            root_ca: self.dir.path().join("root.pem"),
+            token_file: self.dir.path().join("token"),
+            node: "node-a".into(),
+            mode,
+            log: self.dir.path().join("ztunnel.log"),
+            log_level: "info".into(),
+            secret_ttl: None,
+            local_config: None,
+        }
+    }
+
     fn ztunnel(&self, ns: &NetNs, mode: Mode) -> Ztunnel {
-        Ztunnel::start(
-            ns,
-            Settings {
-                name: "node-a".into(),
-                binary: find_binary(None).expect("ZTUNNEL_BIN names a ztunnel binary"),
-                control_plane: self.running.url(),
-                root_ca: self.dir.path().join("root.pem"),
-                token_file: self.dir.path().join("token"),
-                node: "node-a".into(),
-                mode,
-                log: self.dir.path().join("ztunnel.log"),
-                log_level: "info".into(),
-                secret_ttl: None,
-            },
-        )
-        .unwrap()
+        Ztunnel::start(ns, self.settings(mode)).unwrap()
     }
 }
 
@@ -280,4 +281,82 @@ async fn shared_ztunnel_opens_listeners_in_the_pods_zds_hands_it() {
     let _again = control.ztunnel(&node, Mode::Shared { inpod_uds: uds });
     wait_listening(&pod, 15008, true).await;
     assert_eq!(agent.status().connections, 2, "{:?}", agent.status());
+}
+
+/// Policies that use every kind of match: istiod's own `allow-full` vector
+/// (moved to `demo`), a DENY with not-forms and `when` keys, and port-level mTLS.
+fn rich_policies() -> String {
+    let vectors = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../policies/tests/istiod-vectors/allow-full-in.yaml");
+    let allow_full = std::fs::read_to_string(vectors)
+        .unwrap()
+        .replace("namespace: cfg", "namespace: demo");
+    format!(
+        "{allow_full}---\n{DENY_ALL_NS}---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: deny-when, namespace: istio-system}}\nspec:\n  action: DENY\n  rules:\n  - from: [{{source: {{notIpBlocks: [10.0.0.0/8], serviceAccounts: [demo/gw]}}}}]\n    when: [{{key: destination.port, notValues: [\"8000\"]}}, {{key: source.principal, values: [\"*/sa/gw\"]}}]\n---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: ports, namespace: demo}}\nspec:\n  selector: {{matchLabels: {{app: echo}}}}\n  mtls: {{mode: STRICT}}\n  portLevelMtls: {{9090: {{mode: PERMISSIVE}}}}\n"
+    )
+}
+
+fn sorted_policies(dump: &serde_json::Value) -> Vec<serde_json::Value> {
+    let mut policies = dump["policies"].as_array().cloned().unwrap_or_default();
+    policies.sort_by_key(|p| p.to_string());
+    policies
+}
+
+/// `policy ztunnel-config`'s file and the xDS server describe one world:
+/// a ztunnel reading the file and a ztunnel subscribing over xDS end up
+/// with the same policies and the same policy lists on their workloads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs ZTUNNEL_BIN and root"]
+async fn local_config_and_xds_give_ztunnel_the_same_state() {
+    assert!(hbone_proxy::netns::can_create(), "this test needs root");
+    let tag = std::process::id() % 10_000;
+    let over_xds = NetNs::create(&format!("hlxa-{tag}")).unwrap();
+    let from_file = NetNs::create(&format!("hlxb-{tag}")).unwrap();
+    let world = mesh(&rich_policies());
+    let control = ControlPlane::start(&over_xds, &world).await;
+    let file_control = ControlPlane::start(&from_file, &world).await;
+    let file = file_control.dir.path().join("local.yaml");
+    std::fs::write(&file, hbone_xds::local_config::render(&world)).unwrap();
+    let dedicated = || Mode::Dedicated {
+        workload: "demo/echo-0/echo".into(),
+    };
+    let a = control.ztunnel(&over_xds, dedicated());
+    let b = Ztunnel::start(
+        &from_file,
+        Settings {
+            local_config: Some(file),
+            ..file_control.settings(dedicated())
+        },
+    )
+    .unwrap();
+    let want = world.policies.translated().policies().len();
+    let full = |d: &serde_json::Value| {
+        d["policies"].as_array().is_some_and(|p| p.len() == want)
+            && names(d, "workloads", "uid").len() == 2
+    };
+    let dump_a = a
+        .wait_for_dump("take the policies over xDS", Duration::from_secs(20), full)
+        .await
+        .unwrap();
+    let dump_b = b
+        .wait_for_dump("load the local config", Duration::from_secs(20), full)
+        .await
+        .unwrap();
+    assert_eq!(sorted_policies(&dump_a), sorted_policies(&dump_b));
+    let lists = |d: &serde_json::Value| -> Vec<serde_json::Value> {
+        d["workloads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["authorizationPolicies"].clone())
+            .collect()
+    };
+    assert_eq!(lists(&dump_a), lists(&dump_b));
+    // The converted PeerAuthentication is on echo's list, and present.
+    assert!(
+        dump_a
+            .to_string()
+            .contains("converted_peer_authentication_ports"),
+        "{dump_a:#}"
+    );
 }

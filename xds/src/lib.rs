@@ -5,6 +5,7 @@
 //! - [`proto`]: the wire messages (delta ADS, workload API, authorization, ZDS).
 //! - [`mesh`]: what is served — workloads, services, Istio policies.
 //! - [`convert`]: the lab's data as workload-API messages, as istiod builds them.
+//! - [`local_config`]: the same, as ztunnel's `LOCAL_XDS_PATH` file.
 //! - [`snapshot`]: one consistent state of the mesh, encoded, with per-resource versions.
 //! - [`server`]: the delta ADS server (ACK/NACK, deltas on change).
 //! - [`control_plane`]: the CA and xDS on one TLS port, as istiod serves them.
@@ -16,6 +17,7 @@
 
 pub mod control_plane;
 pub mod convert;
+pub mod local_config;
 pub mod mesh;
 pub mod proto;
 pub mod server;

@@ -270,6 +270,7 @@ impl Lab {
                 log: options.dir.join("ztunnel.log"),
                 log_level: "info".into(),
                 secret_ttl: None,
+                local_config: None,
             },
         )
         .map_err(setup)?;

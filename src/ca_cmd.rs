@@ -15,14 +15,24 @@ use hbone_ca::server::{CaService, serve};
 use hbone_ca::token_review::{KubeTokenReviewer, TokenReviewAuthenticator};
 use hbone_ca::tokens::{Authenticator, TokenFile};
 use hbone_ca::{AuthorityConfig, Identity, IdentityPattern, SigningAuthority};
+use hbone_proxy::policy_watch::load_policies;
+use hbone_proxy::registry::Registry;
 
 #[derive(Subcommand)]
 pub enum CaCommand {
     #[command(verbatim_doc_comment)]
-    /// Serve Istio's CreateCertificate API over TLS (what ztunnel's CA_ADDRESS points at).
+    /// Serve Istio's CreateCertificate API over TLS (what ztunnel's CA_ADDRESS points at),
+    /// and with --xds istiod's delta ADS beside it on the same port.
     ///
     /// Example, with a real ztunnel as the client:
     ///   hbone-lab ca serve --tokens tokens.yaml --write-root /tmp/root.pem
+    ///   CA_ADDRESS=https://127.0.0.1:15012 CA_ROOT_CA=/tmp/root.pem AUTH_TOKEN=/tmp/token ztunnel
+    ///
+    /// As ztunnel's whole control plane (workloads, services and translated
+    /// policies over xDS; edits to the files are pushed as deltas):
+    ///   hbone-lab ca serve --xds --registry registry.yaml --policies policies/istio \
+    ///       --tokens tokens.yaml --write-root /tmp/root.pem
+    ///   XDS_ADDRESS=https://127.0.0.1:15012 XDS_ROOT_CA=/tmp/root.pem \
     ///   CA_ADDRESS=https://127.0.0.1:15012 CA_ROOT_CA=/tmp/root.pem AUTH_TOKEN=/tmp/token ztunnel
     Serve(ServeArgs),
     #[command(verbatim_doc_comment)]
@@ -121,6 +131,21 @@ pub struct ServeArgs {
     /// e.g. hbone-lab-ca.hbone-demo.svc.
     #[arg(long = "san", value_name = "NAME")]
     sans: Vec<String>,
+    /// Also serve delta ADS (istiod's xDS for ztunnel: Address and
+    /// Authorization) on the same port, as istiod does on 15012.
+    #[arg(long, requires = "registry")]
+    xds: bool,
+    /// With --xds: the workloads and services to serve (the registry file
+    /// `hbone-lab proxy` reads; see proxy/examples/).
+    #[arg(long, value_name = "FILE")]
+    registry: Option<PathBuf>,
+    /// With --xds: AuthorizationPolicy / PeerAuthentication files or
+    /// directories, served translated as istiod translates them (repeatable).
+    #[arg(long = "policies", value_name = "PATH")]
+    policies: Vec<PathBuf>,
+    /// With --xds: the mesh's root namespace.
+    #[arg(long, default_value = "istio-system")]
+    root_namespace: String,
 }
 
 #[derive(Args)]
@@ -204,13 +229,66 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let service = Arc::new(CaService::new(
         authority,
-        authenticator,
+        authenticator.clone(),
         Arc::new(CaMetrics::default()),
     ));
-    let running = serve(service, args.listen, &args.sans).await?;
-    println!("CA listening on {} (Ctrl-C to stop)", running.url());
+    if !args.xds {
+        let running = serve(service, args.listen, &args.sans).await?;
+        println!("CA listening on {} (Ctrl-C to stop)", running.url());
+        crate::proxy_cmd::wait_for_stop().await?;
+        running.shutdown().await;
+        return Ok(());
+    }
+    let registry = args
+        .registry
+        .clone()
+        .expect("clap requires --registry with --xds");
+    let load = {
+        let (registry, policies, root) = (
+            registry.clone(),
+            args.policies.clone(),
+            args.root_namespace.clone(),
+        );
+        move || -> anyhow::Result<hbone_xds::Mesh> {
+            let workloads = Registry::load(&registry)?;
+            let policies = load_policies(&policies, &root)?;
+            Ok(hbone_standalone::dataplane::mesh(&workloads, &policies))
+        }
+    };
+    let mesh = load()?;
+    let xds = hbone_xds::XdsState::new(&mesh, Some(authenticator));
+    let running = hbone_xds::serve(service, xds.clone(), args.listen, &args.sans).await?;
+    println!(
+        "CA and xDS listening on {} ({} workloads, {} services, {} translated policies; Ctrl-C to stop)",
+        running.url(),
+        mesh.workloads.len(),
+        mesh.services.len(),
+        mesh.policies.translated().policies().len()
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut watched = args.policies.clone();
+    watched.push(registry);
+    let follower = tokio::spawn(hbone_proxy::file_watch::on_change(
+        Duration::from_secs(2),
+        stop.clone(),
+        move || hbone_proxy::policy_watch::fingerprint(&watched),
+        move || match load() {
+            Ok(mesh) => {
+                xds.update(&mesh);
+                true
+            }
+            Err(e) => {
+                eprintln!(
+                    "warning: the changed files do not load ({e:#}); still serving the previous state"
+                );
+                false
+            }
+        },
+    ));
     crate::proxy_cmd::wait_for_stop().await?;
-    running.shutdown().await;
+    stop.cancel();
+    let _ = follower.await;
+    running.server.shutdown().await;
     Ok(())
 }
 

@@ -206,3 +206,101 @@ fn bad_input_is_refused_with_the_reason() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("ca-cert.pem"), "{err}");
 }
+
+/// `ca serve --xds` as ztunnel's whole control plane: a real ztunnel takes
+/// the registry's workloads and the translated policies from it, and an
+/// edited policy file reaches ztunnel as a delta.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs ZTUNNEL_BIN and root"]
+async fn ca_serve_xds_feeds_a_real_ztunnel_and_follows_policy_edits() {
+    use hbone_proxy::netns::NetNs;
+    use hbone_standalone::ztunnel::{Mode, Settings, Ztunnel, find_binary};
+    use std::time::Duration;
+
+    let binary = find_binary(None).expect("ZTUNNEL_BIN names a ztunnel binary");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let ns = NetNs::create(&format!("hlcs-{}", std::process::id() % 10_000)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    for f in ["hello-policy-l4.yaml", "peer-authentication.yaml"] {
+        std::fs::copy(repo.join("policies/istio").join(f), policies.join(f)).unwrap();
+    }
+    let root = dir.path().join("root.pem");
+    let mut server = ns
+        .command(env!("CARGO_BIN_EXE_hbone-lab"))
+        .args(["ca", "serve", "--xds", "--listen", "127.0.0.1:15012"])
+        .args(["--registry", s(&repo.join("proxy/examples/registry.yaml"))])
+        .args(["--policies", s(&policies)])
+        .args(["--tokens", s(&repo.join("proxy/examples/tokens.yaml"))])
+        .args(["--write-root", s(&root)])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "node-2-example-token").unwrap();
+    for _ in 0..100 {
+        if root.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ztunnel = Ztunnel::start(
+        &ns,
+        Settings {
+            name: "node-2".into(),
+            binary,
+            control_plane: "https://127.0.0.1:15012".into(),
+            root_ca: root,
+            token_file: token,
+            node: "node-2".into(),
+            mode: Mode::Dedicated {
+                workload: "demo/hello-app/hello-app".into(),
+            },
+            log: dir.path().join("ztunnel.log"),
+            log_level: "info".into(),
+            secret_ttl: None,
+            local_config: None,
+        },
+    )
+    .unwrap();
+    let names = |d: &serde_json::Value| -> Vec<String> {
+        let mut n: Vec<String> = d["policies"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["name"].as_str().map(String::from))
+            .collect();
+        n.sort();
+        n
+    };
+    let dump = ztunnel
+        .wait_for_dump(
+            "take workloads and policies",
+            Duration::from_secs(20),
+            |d| d["workloads"].as_array().is_some_and(|w| w.len() == 4) && !names(d).is_empty(),
+        )
+        .await;
+    let dump = dump.unwrap_or_else(|e| {
+        let _ = server.kill();
+        panic!("{e}")
+    });
+    assert_eq!(
+        names(&dump),
+        ["hello-app-policy", "istio_converted_static_strict"]
+    );
+    // An added file is followed (the server polls every 2 s).
+    std::fs::copy(
+        repo.join("policies/istio/postgres-policy-l4.yaml"),
+        policies.join("postgres-policy-l4.yaml"),
+    )
+    .unwrap();
+    let followed = ztunnel
+        .wait_for_dump("follow the added policy", Duration::from_secs(15), |d| {
+            names(d).contains(&"postgres-policy".to_string())
+        })
+        .await;
+    let _ = server.kill();
+    let _ = server.wait();
+    followed.unwrap();
+}

@@ -238,7 +238,10 @@ fn ztunnel_config_describes_the_lab_in_ztunnels_local_form() {
         .collect();
     assert_eq!(
         listed,
-        ["demo/hello-app-policy", "istio-system/istio_converted_static_strict"]
+        [
+            "demo/hello-app-policy",
+            "istio-system/istio_converted_static_strict"
+        ]
     );
     assert!(yaml.contains("- !Presence []"), "{yaml}");
     assert!(yaml.contains("- /10.96.0.10"), "{yaml}");

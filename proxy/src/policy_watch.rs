@@ -33,9 +33,9 @@ pub fn load_policies(paths: &[PathBuf], root_namespace: &str) -> Result<IstioPol
 
 /// What tells a new version of the set: every file's name and stamp (a
 /// file can be added to or removed from a directory, too).
-type Fingerprint = Vec<(PathBuf, Option<(SystemTime, u64)>)>;
+pub type Fingerprint = Vec<(PathBuf, Option<(SystemTime, u64)>)>;
 
-fn fingerprint(paths: &[PathBuf]) -> Fingerprint {
+pub fn fingerprint(paths: &[PathBuf]) -> Fingerprint {
     let mut files = Vec::new();
     for path in paths {
         if path.is_dir() {

@@ -112,7 +112,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         println!("{:<36} {:<10} {:<10}", "scenario", "expected", "observed");
         println!("{}", "─".repeat(70));
         for r in &results {
-            let mark = if r.matches() { "✔" } else { "✘ MISMATCH" };
+            let mark = match (r.expected == r.observed, r.matches()) {
+                (true, _) => "✔",
+                (false, true) => "◆ FINDING",
+                (false, false) => "✘ MISMATCH",
+            };
             println!(
                 "{:<36} {:<10} {:<10} {mark}",
                 r.name,
@@ -122,13 +126,22 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             println!("    {} → {}", r.source, r.destination);
             println!("    why:  {}", r.reason);
             println!("    seen: {}", r.evidence);
+            if let Some(finding) = &r.finding {
+                println!("    finding: {finding}");
+            }
         }
         println!();
         println!(
             "{} of {} scenarios behaved as the policies predict.",
-            results.iter().filter(|r| r.matches()).count(),
+            results.iter().filter(|r| r.expected == r.observed).count(),
             results.len()
         );
+        let findings = results.iter().filter(|r| r.finding.is_some()).count();
+        if findings > 0 {
+            println!(
+                "{findings} differed because ztunnel behaves differently there (◆ finding, explained above); that is a result, not a failure of the lab."
+            );
+        }
     }
     if let (Some(plumbing), false) = (&lab.plumbing, args.json) {
         println!();

@@ -52,7 +52,8 @@ fn demo_runs_every_scenario_explains_and_cleans_up() {
             "hello-app → postgres",
             "plaintext → hello-app (STRICT)",
             "certificate rotated mid-connection",
-            "policy changed mid-connection"
+            "policy changed mid-connection",
+            "selector DENY mid-connection"
         ]
     );
     for r in results.as_array().unwrap() {
@@ -67,7 +68,7 @@ fn demo_runs_every_scenario_explains_and_cleans_up() {
     let have_pg = !stderr.contains("running without the database");
     assert_eq!(verdicts[..3], ["allow", "deny", "deny"]);
     assert_eq!(verdicts[3], if have_pg { "allow" } else { "deny" });
-    assert_eq!(verdicts[4..], ["deny", "allow", "deny"]);
+    assert_eq!(verdicts[4..], ["deny", "allow", "deny", "deny"]);
     assert!(
         results[1]["reason"]
             .as_str()
@@ -213,6 +214,7 @@ fn netns_demo_enforces_both_layers_and_ctrl_c_leaves_nothing_behind() {
         ("plaintext → hello-app (STRICT)", "deny"),
         ("certificate rotated mid-connection", "allow"),
         ("policy changed mid-connection", "deny"),
+        ("selector DENY mid-connection", "deny"),
     ];
     let expected: Vec<(String, String)> = expected
         .iter()
@@ -323,9 +325,29 @@ fn netns_demo_on_ztunnel_and_mixed_matches_every_prediction() {
         assert!(stderr.contains("Data plane:"), "{stderr}");
         let results: serde_json::Value = serde_json::from_str(&stdout).unwrap();
         let results = results.as_array().unwrap();
-        assert_eq!(results.len(), 9, "{dataplane}: {results:#?}");
-        for r in results {
+        assert_eq!(results.len(), 10, "{dataplane}: {results:#?}");
+        for r in &results[..9] {
             assert_eq!(r["expected"], r["observed"], "{dataplane}: {r:#}");
+        }
+        // A selector-scoped DENY added mid-connection: hbone-lab closes the
+        // held connection; ztunnel keeps it (its list is the one from accept
+        // time) — reported as a finding, not a failure.
+        let selector = &results[9];
+        match dataplane {
+            "ztunnel" => {
+                assert_eq!(selector["observed"], "allow", "{selector:#}");
+                assert!(
+                    selector["finding"]
+                        .as_str()
+                        .unwrap_or("")
+                        .contains("kept the held connection"),
+                    "{selector:#}"
+                );
+            }
+            _ => {
+                assert_eq!(selector["observed"], "deny", "{selector:#}");
+                assert!(selector.get("finding").is_none(), "{selector:#}");
+            }
         }
         // test-pod → hello-app is refused by hello-app's node proxy: ztunnel
         // on node-2 in ztunnel mode (quoted from its log), hbone-lab in mixed.

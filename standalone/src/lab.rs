@@ -215,11 +215,15 @@ impl Lab {
     }
 
     /// Serves `policies` to every node proxy — swapped into hbone-lab's
-    /// proxies, pushed over xDS to the ztunnels — and returns how many open
-    /// streams hbone-lab's proxies closed.
-    pub fn apply_policies(&self, policies: &IstioPolicies) -> usize {
+    /// proxies, pushed over xDS to the ztunnels (and waited for until they
+    /// have answered) — and returns how many open streams hbone-lab's
+    /// proxies closed.
+    pub async fn apply_policies(&self, policies: &IstioPolicies) -> usize {
         if let Some(xds) = &self.xds {
             xds.update(&mesh(&self.registry, policies));
+            if !xds.wait_answered(Duration::from_secs(10)).await {
+                tracing::warn!("a ztunnel did not answer the policy push within 10 s");
+            }
         }
         self.nodes
             .iter()

@@ -41,6 +41,8 @@ pub struct ClientStatus {
     pub acks: BTreeMap<String, u64>,
     /// Every NACK's reason, oldest first.
     pub nacks: Vec<String>,
+    /// The newest snapshot generation this client has been sent the changes of.
+    pub generation: u64,
 }
 
 /// The mesh as served, and every client's status.
@@ -75,6 +77,26 @@ impl XdsState {
             "mesh changed: pushing deltas to subscribed clients"
         );
         self.snapshot.send_replace(Arc::new(snapshot));
+    }
+
+    /// Waits until every connected client has answered every push (ACK or
+    /// NACK), so what was served is what it holds; `false` on timeout.
+    pub async fn wait_answered(&self, limit: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let current = self.snapshot.borrow().generation;
+            let settled = self.clients().iter().filter(|c| c.connected).all(|c| {
+                let answered: u64 = c.acks.values().sum::<u64>() + c.nacks.len() as u64;
+                c.generation >= current && answered >= c.pushes.values().sum::<u64>()
+            });
+            if settled {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
@@ -196,7 +218,11 @@ impl StreamTask {
                 "xDS client subscribed"
             );
             // Answer the first request even when there is nothing to send.
-            return self.push(&type_url, snapshot, true).await;
+            self.push(&type_url, snapshot, true).await?;
+            let generation = snapshot.generation;
+            self.state
+                .with_client(self.id, |c| c.generation = c.generation.max(generation));
+            return Ok(());
         }
         // A later request that is not an ACK: a change of names, which a
         // wildcard subscription does not need. Answer with what is missing.
@@ -213,6 +239,9 @@ impl StreamTask {
         for type_url in types {
             self.push(&type_url, snapshot, false).await?;
         }
+        let generation = snapshot.generation;
+        self.state
+            .with_client(self.id, |c| c.generation = generation);
         Ok(())
     }
 

@@ -19,7 +19,7 @@ pub mod generate;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hbone_ca::metrics::CaMetrics;
 use hbone_ca::server::CaService;
@@ -343,35 +343,24 @@ impl Lab {
         let before = nacks(&self.xds);
         self.xds.update(&mesh(policies));
         self.proxy.core.replace_policies(policies.clone());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            // Pushes are counted when sent, ACKs when they come back.
-            let settled = self
+        let answered = self.xds.wait_answered(Duration::from_secs(10)).await;
+        if nacks(&self.xds) > before {
+            let detail = self
                 .xds
                 .clients()
                 .iter()
-                .any(|c| c.connected && c.pushes == c.acks);
-            if nacks(&self.xds) > before {
-                let detail = self
-                    .xds
-                    .clients()
-                    .iter()
-                    .flat_map(|c| c.nacks.clone())
-                    .last()
-                    .unwrap_or_default();
-                return Err(DiffError::NotApplied { set, detail });
-            }
-            if settled {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(DiffError::NotApplied {
-                    set,
-                    detail: self.ztunnel.log_tail(10),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+                .flat_map(|c| c.nacks.clone())
+                .last()
+                .unwrap_or_default();
+            return Err(DiffError::NotApplied { set, detail });
         }
+        if !answered {
+            return Err(DiffError::NotApplied {
+                set,
+                detail: self.ztunnel.log_tail(10),
+            });
+        }
+        Ok(())
     }
 
     async fn try_connection(&self, world: &World, source: &Source, port: u16) -> Observed {

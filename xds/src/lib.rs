@@ -8,6 +8,7 @@
 //! - [`local_config`]: the same, as ztunnel's `LOCAL_XDS_PATH` file.
 //! - [`snapshot`]: one consistent state of the mesh, encoded, with per-resource versions.
 //! - [`server`]: the delta ADS server (ACK/NACK, deltas on change).
+//! - [`client`]: the client side of delta ADS (as ztunnel speaks it).
 //! - [`control_plane`]: the CA and xDS on one TLS port, as istiod serves them.
 //! - [`zds`]: istio-cni's node agent, handing pods' network namespaces to a shared-mode proxy.
 //!
@@ -15,6 +16,7 @@
 //! hbone-lab's own proxy decides on), so ztunnel and hbone-lab enforce one
 //! set of `Authorization` resources.
 
+pub mod client;
 pub mod control_plane;
 pub mod convert;
 pub mod local_config;

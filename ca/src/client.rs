@@ -57,6 +57,30 @@ impl std::fmt::Debug for CaClient {
     }
 }
 
+/// A gRPC endpoint for `address` (`https://host:port`) over TLS, trusting
+/// `root_pem` and checking the server's certificate names `host` — how
+/// Istio's node proxies reach istiod, for the CA and for xDS alike.
+pub fn tls_endpoint(address: &str, root_pem: &str) -> Result<Endpoint, String> {
+    let uri: http::Uri = address.parse().map_err(|e| format!("{e}"))?;
+    if uri.scheme_str() != Some("https") {
+        return Err("the control plane is reached over TLS: use https://host:port".into());
+    }
+    let host = uri
+        .host()
+        .ok_or("no host")?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(root_pem))
+        .domain_name(host);
+    Endpoint::from_shared(address.to_string())
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(5))
+        .tls_config(tls)
+        .map_err(|e| e.to_string())
+}
+
 impl CaClient {
     /// `address` is `https://host:port`; `root_pem` verifies the CA's serving certificate.
     /// The connection is made on first use and re-made after failures.
@@ -65,30 +89,12 @@ impl CaClient {
         root_pem: &str,
         token: impl Into<String>,
     ) -> Result<Self, ClientError> {
-        let bad = |reason: String| ClientError::Address {
-            address: address.to_string(),
-            reason,
-        };
-        let uri: http::Uri = address.parse().map_err(|e| bad(format!("{e}")))?;
-        if uri.scheme_str() != Some("https") {
-            return Err(bad(
-                "the CA is reached over TLS: use https://host:port".into()
-            ));
-        }
-        let host = uri.host().ok_or_else(|| bad("no host".into()))?;
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(root_pem))
-            .domain_name(host);
-        let channel = Endpoint::from_shared(address.to_string())
-            .map_err(|e| bad(e.to_string()))?
-            .connect_timeout(Duration::from_secs(5))
+        let channel = tls_endpoint(address, root_pem)
+            .map_err(|reason| ClientError::Address {
+                address: address.to_string(),
+                reason,
+            })?
             .timeout(Duration::from_secs(10))
-            .tls_config(tls)
-            .map_err(|e| bad(e.to_string()))?
             .connect_lazy();
         Ok(CaClient {
             address: address.to_string(),

@@ -8,12 +8,14 @@
 //! - [`authority`]: signs X.509-SVIDs (24 h by default).
 //! - [`inspect`]: reads certificates back and explains them.
 //! - [`tokens`]: which bearer token may obtain which identity.
+//! - [`grpc`]: serving one gRPC method without generated code.
 //! - [`proto`], [`server`], [`metrics`]: `IstioCertificateService/CreateCertificate` on 15012.
 //! - [`client`], [`manager`]: obtaining certificates, renewing at half-life.
 
 pub mod authority;
 pub mod client;
 pub mod csr;
+pub mod grpc;
 pub mod identity;
 pub mod inspect;
 pub mod manager;

@@ -16,15 +16,15 @@ use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::codegen::{BoxFuture, Context, Poll, Service};
+use tonic::codegen::BoxFuture;
 use tonic::metadata::MetadataMap;
-use tonic::server::NamedService;
 use tonic::service::Routes;
 use tonic::{Code, Status};
 use tracing::{info, warn};
 
 use crate::authority::{AuthorityError, SigningAuthority};
 use crate::csr::parse_csr_pem;
+use crate::grpc::{Method, OneMethod};
 use crate::identity::Identity;
 use crate::metrics::CaMetrics;
 use crate::proto::{
@@ -192,39 +192,29 @@ fn humanize(d: Duration) -> String {
     format!("{}h{:02}m", secs / 3600, (secs % 3600) / 60)
 }
 
-/// tonic's view of [`CaService`]: routes the one method, answers others with UNIMPLEMENTED.
+/// tonic's view of [`CaService`]: its one method, `CreateCertificate`.
+pub type CertificateServiceServer = OneMethod<CreateCertificate>;
+
+/// Wraps `service` for tonic.
+pub fn certificate_service(service: Arc<CaService>) -> CertificateServiceServer {
+    OneMethod(CreateCertificate(service))
+}
+
+/// `CreateCertificate`, unary.
 #[derive(Clone)]
-pub struct CertificateServiceServer(Arc<CaService>);
+pub struct CreateCertificate(Arc<CaService>);
 
-impl CertificateServiceServer {
-    pub fn new(service: Arc<CaService>) -> Self {
-        CertificateServiceServer(service)
-    }
-}
+impl Method for CreateCertificate {
+    const SERVICE: &'static str = SERVICE;
+    const PATH: &'static str = CREATE_CERTIFICATE_PATH;
 
-impl NamedService for CertificateServiceServer {
-    const NAME: &'static str = SERVICE;
-}
-
-impl Service<http::Request<tonic::body::Body>> for CertificateServiceServer {
-    type Response = http::Response<tonic::body::Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        let service = self.0.clone();
+    fn call(
+        self,
+        request: http::Request<tonic::body::Body>,
+    ) -> BoxFuture<http::Response<tonic::body::Body>, Infallible> {
         Box::pin(async move {
-            if request.uri().path() != CREATE_CERTIFICATE_PATH {
-                let status =
-                    Status::unimplemented(format!("{} is not served here", request.uri().path()));
-                return Ok(status.into_http());
-            }
             let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
-            Ok(grpc.unary(UnaryHandler(service), request).await)
+            Ok(grpc.unary(UnaryHandler(self.0), request).await)
         })
     }
 }
@@ -315,13 +305,23 @@ pub async fn serve(
     listen: SocketAddr,
     extra_names: &[String],
 ) -> Result<RunningCa, ServerError> {
+    serve_with(service, listen, extra_names, Routes::default()).await
+}
+
+/// Binds `listen` and serves the CA and `more` gRPC services on it.
+pub async fn serve_with(
+    service: Arc<CaService>,
+    listen: SocketAddr,
+    extra_names: &[String],
+    more: Routes,
+) -> Result<RunningCa, ServerError> {
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|source| ServerError::Bind {
             addr: listen,
             source,
         })?;
-    serve_listener(service, listener, extra_names).await
+    serve_listener_with(service, listener, extra_names, more).await
 }
 
 /// Serves the CA over TLS on a listener already bound (for example inside a
@@ -354,7 +354,7 @@ pub async fn serve_listener_with(
     let (tx, rx) = oneshot::channel::<()>();
     let router = tonic::transport::Server::builder()
         .tls_config(tls)?
-        .add_routes(more.add_service(CertificateServiceServer::new(service.clone())));
+        .add_routes(more.add_service(certificate_service(service.clone())));
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let handle = tokio::spawn(async move {
         router

@@ -384,3 +384,18 @@ pub fn inbound_capture_rules(chain: &str) -> Vec<Vec<String>> {
         redirect_rest(chain, 15006),
     ]
 }
+
+/// The rule that sends a built-in chain's TCP (`OUTPUT` or `PREROUTING`,
+/// nat table) to one of the capture chains above.
+pub fn jump_to(from: &str, chain: &str) -> Vec<String> {
+    args(&["-t", "nat", "-A", from, "-p", "tcp", "-j", chain])
+}
+
+/// Runs every rule with `iptables` inside `ns`.
+pub fn install_rules(ns: &NetNs, rules: &[Vec<String>]) -> Result<(), NetnsError> {
+    for rule in rules {
+        let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
+        ns.exec("iptables", &rule)?;
+    }
+    Ok(())
+}

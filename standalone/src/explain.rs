@@ -207,11 +207,7 @@ pub async fn explain(lab: &Lab) -> Result<String, String> {
         .map_err(|e| e.to_string())?;
     drop(app_side);
     let _ = relay.await;
-    let status = String::from_utf8_lossy(&response)
-        .lines()
-        .next()
-        .unwrap_or("")
-        .to_string();
+    let status = first_line(&response);
     let _ = writeln!(
         w,
         "\n6. The bytes. The application sent {} bytes (an HTTP GET /health) and received {} bytes (\"{status}\").",
@@ -278,11 +274,7 @@ async fn explain_ztunnel(lab: &Lab) -> Result<String, String> {
     tcp.read_to_end(&mut response)
         .await
         .map_err(|e| e.to_string())?;
-    let status = String::from_utf8_lossy(&response)
-        .lines()
-        .next()
-        .unwrap_or("")
-        .to_string();
+    let status = first_line(&response);
     let _ = writeln!(
         w,
         "\n2. {} ({}) opened a plain TCP connection to hello-app.demo.svc.cluster.local:{HELLO_PORT}; iptables in its pod sent it to the node proxy's 15001, which carried it over HBONE to {} ({}:15008). Answer: \"{status}\" ({} bytes).",
@@ -324,4 +316,13 @@ async fn explain_ztunnel(lab: &Lab) -> Result<String, String> {
         }
     }
     Ok(out)
+}
+
+/// The status line of an HTTP response.
+fn first_line(response: &[u8]) -> String {
+    String::from_utf8_lossy(response)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
 }

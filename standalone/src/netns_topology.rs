@@ -25,7 +25,8 @@ use hbone_policies::cilium::CiliumPolicies;
 use hbone_policies::cilium::iptables::{Addressing, PodFirewall, compile};
 use hbone_policies::topology::{LabTopology, MeshMode};
 use hbone_proxy::netns::{
-    NetNs, bind_listener, inbound_capture_rules, outbound_capture_rules, veth,
+    NetNs, bind_listener, inbound_capture_rules, install_rules, jump_to, outbound_capture_rules,
+    veth,
 };
 
 use crate::sni_relay::SniRelay;
@@ -84,33 +85,12 @@ fn iptables(ns: &NetNs, args: &[&str]) -> Result<(), LabError> {
 /// TCP other than HBONE to 15006.
 fn install_capture(pod: &NetNs, mesh: MeshMode) -> Result<(), LabError> {
     let mut rules = outbound_capture_rules("HBL_OUTPUT", &[]);
-    rules.push(
-        ["-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-j", "HBL_OUTPUT"]
-            .map(String::from)
-            .to_vec(),
-    );
+    rules.push(jump_to("OUTPUT", "HBL_OUTPUT"));
     if mesh == MeshMode::Ambient {
         rules.extend(inbound_capture_rules("HBL_PREROUTING"));
-        rules.push(
-            [
-                "-t",
-                "nat",
-                "-A",
-                "PREROUTING",
-                "-p",
-                "tcp",
-                "-j",
-                "HBL_PREROUTING",
-            ]
-            .map(String::from)
-            .to_vec(),
-        );
+        rules.push(jump_to("PREROUTING", "HBL_PREROUTING"));
     }
-    for rule in rules {
-        let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
-        iptables(pod, &rule)?;
-    }
-    Ok(())
+    install_rules(pod, &rules).map_err(err)
 }
 
 /// The prefix of every namespace this lab creates: `hbl<pid>-`.

@@ -26,6 +26,7 @@ use tokio::net::TcpStream;
 use crate::lab::Lab;
 use crate::netns_topology::BROWSER_IP;
 use crate::topology::{HELLO_HOST, HELLO_PORT, Mode, POSTGRES_HOST, POSTGRES_PORT, topology_for};
+use hbone_ca::Identity;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -640,11 +641,21 @@ async fn rotation(lab: &Lab) -> ScenarioResult {
         ))
     }
     .await;
+    rotation_result(&gateway, result, "")
+}
+
+/// Scenario 8's result: (old serial, new serial, and the HTTP status of the
+/// held connection before and after, and of a new one), or why it failed.
+fn rotation_result(
+    gateway: &Identity,
+    result: Result<(String, String, u16, u16, u16), String>,
+    who_renewed: &str,
+) -> ScenarioResult {
     let (observed, evidence) = match result {
         Ok((old, new, a, b, c)) if old != new => (
             Verdict::Allow,
             format!(
-                "serial {old} → {new}; the held connection answered {a} before and {b} after; a new connection answered {c}"
+                "{who_renewed}serial {old} → {new}; the held connection answered {a} before and {b} after; a new connection answered {c}"
             ),
         ),
         Ok(_) => (Verdict::Deny, "the certificate did not change".into()),
@@ -711,26 +722,11 @@ async fn ztunnel_rotation(lab: &Lab) -> ScenarioResult {
         Ok::<_, String>((before, after, first, second, third))
     }
     .await;
-    let (observed, evidence) = match result {
-        Ok((old, new, a, b, c)) => (
-            Verdict::Allow,
-            format!(
-                "ztunnel renewed the gateway's certificate by itself (config dump serial {old} → {new}); the held connection answered {a} before and {b} after; a new connection answered {c}"
-            ),
-        ),
-        Err(e) => (Verdict::Deny, e),
-    };
-    ScenarioResult {
-        name: "certificate rotated mid-connection".into(),
-        source: gateway.to_string(),
-        destination: format!("hello-app:{HELLO_PORT}"),
-        expected: Verdict::Allow,
-        observed,
-        reason: "a renewed SVID serves new connections; established ones keep the old session"
-            .into(),
-        evidence,
-        finding: None,
-    }
+    rotation_result(
+        &gateway,
+        result,
+        "ztunnel renewed the gateway's certificate by itself; its config dump's ",
+    )
 }
 
 /// Where the DENY of the mid-connection scenarios applies.

@@ -24,18 +24,7 @@ const POLICY: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolic
 const DENY_ALL_NS: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-other, namespace: demo}\nspec:\n  action: DENY\n  rules: [{from: [{source: {notNamespaces: [demo]}}]}]\n";
 
 fn workload(name: &str, sa: &str, ip: &str, app: &str) -> MeshWorkload {
-    MeshWorkload {
-        uid: MeshWorkload::pod_uid("demo", name),
-        name: name.into(),
-        namespace: "demo".into(),
-        service_account: sa.into(),
-        trust_domain: "cluster.local".into(),
-        labels: [("app".to_string(), app.to_string())].into(),
-        ips: vec![ip.parse().unwrap()],
-        node: "node-a".into(),
-        hbone: true,
-        services: Default::default(),
-    }
+    MeshWorkload::pod("demo", name, sa, ip.parse().unwrap(), app, "node-a")
 }
 
 fn mesh(policies: &str) -> Mesh {

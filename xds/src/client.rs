@@ -7,12 +7,11 @@
 //! server is tested without a ztunnel, and what a proxy fed over xDS builds on.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::Channel;
 
 use crate::proto::discovery::{
     DELTA_ADS_PATH, DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node, Status,
@@ -56,23 +55,8 @@ impl AdsClient {
             address: address.to_string(),
             reason,
         };
-        let uri: http::Uri = address
-            .parse()
-            .map_err(|e: http::uri::InvalidUri| bad(e.to_string()))?;
-        let host = uri
-            .host()
-            .ok_or_else(|| bad("no host".into()))?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(root_pem))
-            .domain_name(host);
-        let channel: Channel = Endpoint::from_shared(address.to_string())
-            .map_err(|e| bad(e.to_string()))?
-            .connect_timeout(Duration::from_secs(5))
-            .tls_config(tls)
-            .map_err(|e| bad(e.to_string()))?
+        let channel: Channel = hbone_ca::client::tls_endpoint(address, root_pem)
+            .map_err(bad)?
             .connect()
             .await
             .map_err(|source| ClientError::Connect {

@@ -9,11 +9,11 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use hbone_ca::server::{CaService, RunningCa, ServerError, serve_listener_with};
+use hbone_ca::server::{CaService, RunningCa, ServerError, serve_listener_with, serve_with};
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 
-use crate::server::{AdsServer, XdsState};
+use crate::server::{XdsState, ads_service};
 
 /// The CA and xDS server running in the background.
 pub struct RunningControlPlane {
@@ -40,13 +40,9 @@ pub async fn serve(
     listen: SocketAddr,
     extra_names: &[String],
 ) -> Result<RunningControlPlane, ServerError> {
-    let listener = TcpListener::bind(listen)
-        .await
-        .map_err(|source| ServerError::Bind {
-            addr: listen,
-            source,
-        })?;
-    serve_on(ca, xds, listener, extra_names).await
+    let routes = Routes::new(ads_service(xds.clone()));
+    let server = serve_with(ca, listen, extra_names, routes).await?;
+    Ok(RunningControlPlane { server, xds })
 }
 
 /// Serves on a listener already bound (for example inside a network namespace).
@@ -56,7 +52,7 @@ pub async fn serve_on(
     listener: TcpListener,
     extra_names: &[String],
 ) -> Result<RunningControlPlane, ServerError> {
-    let routes = Routes::new(AdsServer::new(xds.clone()));
+    let routes = Routes::new(ads_service(xds.clone()));
     let server = serve_listener_with(ca, listener, extra_names, routes).await?;
     tracing::info!(addr = %server.addr, "control plane: delta ADS beside the CA");
     Ok(RunningControlPlane { server, xds })

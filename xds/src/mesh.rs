@@ -26,6 +26,30 @@ pub struct MeshWorkload {
 }
 
 impl MeshWorkload {
+    /// A meshed pod labelled `app: <app>` whose service account is its
+    /// `account` (the shape tests and small labs need).
+    pub fn pod(
+        namespace: &str,
+        name: &str,
+        account: &str,
+        ip: IpAddr,
+        app: &str,
+        node: &str,
+    ) -> Self {
+        MeshWorkload {
+            uid: Self::pod_uid(namespace, name),
+            name: name.into(),
+            namespace: namespace.into(),
+            service_account: account.into(),
+            trust_domain: "cluster.local".into(),
+            labels: [("app".to_string(), app.to_string())].into(),
+            ips: vec![ip],
+            node: node.into(),
+            hbone: true,
+            services: BTreeMap::new(),
+        }
+    }
+
     /// istiod's uid for a Kubernetes pod in cluster `Kubernetes`.
     pub fn pod_uid(namespace: &str, name: &str) -> String {
         format!("Kubernetes//Pod/{namespace}/{name}")

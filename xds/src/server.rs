@@ -14,12 +14,12 @@ use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use hbone_ca::grpc::{Method, OneMethod};
 use hbone_ca::tokens::Authenticator;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::codegen::{BoxFuture, Context, Poll, Service};
+use tonic::codegen::BoxFuture;
 use tonic::metadata::MetadataMap;
-use tonic::server::NamedService;
 use tonic::{Status, Streaming};
 use tracing::{debug, info, warn};
 
@@ -310,43 +310,30 @@ fn short(type_url: &str) -> &str {
     type_url.rsplit('.').next().unwrap_or(type_url)
 }
 
-/// tonic's view of the ADS service: routes the delta RPC, answers others
-/// with UNIMPLEMENTED.
+/// tonic's view of the ADS service: its one method, the delta stream.
+pub type AdsServer = OneMethod<DeltaAds>;
+
+/// Wraps `state` for tonic.
+pub fn ads_service(state: Arc<XdsState>) -> AdsServer {
+    OneMethod(DeltaAds(state))
+}
+
+/// `DeltaAggregatedResources`, a bidirectional stream.
 #[derive(Clone)]
-pub struct AdsServer(Arc<XdsState>);
+pub struct DeltaAds(Arc<XdsState>);
 
-impl AdsServer {
-    pub fn new(state: Arc<XdsState>) -> Self {
-        AdsServer(state)
-    }
-}
+impl Method for DeltaAds {
+    const SERVICE: &'static str = SERVICE;
+    const PATH: &'static str = DELTA_ADS_PATH;
 
-impl NamedService for AdsServer {
-    const NAME: &'static str = SERVICE;
-}
-
-impl Service<http::Request<tonic::body::Body>> for AdsServer {
-    type Response = http::Response<tonic::body::Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        let state = self.0.clone();
+    fn call(
+        self,
+        request: http::Request<tonic::body::Body>,
+    ) -> BoxFuture<http::Response<tonic::body::Body>, Infallible> {
         Box::pin(async move {
-            if request.uri().path() != DELTA_ADS_PATH {
-                let status = Status::unimplemented(format!(
-                    "{} is not served here (only delta ADS, as ztunnel uses)",
-                    request.uri().path()
-                ));
-                return Ok(status.into_http());
-            }
             let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default())
                 .max_decoding_message_size(200 << 20);
-            Ok(grpc.streaming(StreamHandler(state), request).await)
+            Ok(grpc.streaming(StreamHandler(self.0), request).await)
         })
     }
 }

@@ -22,18 +22,7 @@ const ALLOW: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy
 const DENY: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-other, namespace: demo}\nspec:\n  action: DENY\n  rules: [{from: [{source: {notNamespaces: [demo]}}]}]\n";
 
 fn workload(name: &str, ip: &str, app: &str) -> MeshWorkload {
-    MeshWorkload {
-        uid: MeshWorkload::pod_uid("demo", name),
-        name: name.into(),
-        namespace: "demo".into(),
-        service_account: name.into(),
-        trust_domain: "cluster.local".into(),
-        labels: [("app".to_string(), app.to_string())].into(),
-        ips: vec![ip.parse().unwrap()],
-        node: "node-a".into(),
-        hbone: true,
-        services: Default::default(),
-    }
+    MeshWorkload::pod("demo", name, name, ip.parse().unwrap(), app, "node-a")
 }
 
 fn mesh(policies: &str) -> Mesh {

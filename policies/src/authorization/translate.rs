@@ -154,20 +154,14 @@ fn translate_rule(rule: &crd::Rule, namespace: &str) -> (Rule, Vec<String>) {
             .iter()
             .map(|t| {
                 let op = &t.operation;
-                let named = [
+                l7.extend(present(&[
                     ("hosts", &op.hosts),
                     ("notHosts", &op.not_hosts),
                     ("methods", &op.methods),
                     ("notMethods", &op.not_methods),
                     ("paths", &op.paths),
                     ("notPaths", &op.not_paths),
-                ];
-                l7.extend(
-                    named
-                        .iter()
-                        .filter(|(_, v)| !v.is_empty())
-                        .map(|(n, _)| n.to_string()),
-                );
+                ]));
                 Match {
                     destination_ports: ports(&op.ports),
                     not_destination_ports: ports(&op.not_ports),
@@ -183,18 +177,12 @@ fn translate_rule(rule: &crd::Rule, namespace: &str) -> (Rule, Vec<String>) {
             .iter()
             .map(|f| {
                 let s = &f.source;
-                let named = [
+                l7.extend(present(&[
                     ("remoteIpBlocks", &s.remote_ip_blocks),
                     ("notRemoteIpBlocks", &s.not_remote_ip_blocks),
                     ("requestPrincipals", &s.request_principals),
                     ("notRequestPrincipals", &s.not_request_principals),
-                ];
-                l7.extend(
-                    named
-                        .iter()
-                        .filter(|(_, v)| !v.is_empty())
-                        .map(|(n, _)| n.to_string()),
-                );
+                ]));
                 Match {
                     source_ips: ips(&s.ip_blocks),
                     not_source_ips: ips(&s.not_ip_blocks),
@@ -219,6 +207,15 @@ fn translate_rule(rule: &crd::Rule, namespace: &str) -> (Rule, Vec<String>) {
         });
     }
     (Rule { clauses }, l7)
+}
+
+/// The names of the fields that are set.
+fn present(fields: &[(&str, &Vec<String>)]) -> Vec<String> {
+    fields
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(n, _)| n.to_string())
+        .collect()
 }
 
 fn condition_match(c: &Condition) -> Match {

@@ -32,7 +32,9 @@ use hbone_policies::load::{istio_policies, parse_documents};
 use hbone_proxy::ProxyHandle;
 use hbone_proxy::config::{H2Settings, Listeners};
 use hbone_proxy::core::{CoreSettings, ProxyCore};
-use hbone_proxy::netns::{NetNs, bind_listener, inbound_capture_rules, tcp_socket, veth};
+use hbone_proxy::netns::{
+    NetNs, bind_listener, inbound_capture_rules, install_rules, jump_to, tcp_socket, veth,
+};
 use hbone_proxy::registry::{Node, Protocol, Registry, RegistryFile, Workload};
 use hbone_proxy::tls::MeshTrust;
 use hbone_xds::{Mesh, MeshWorkload, RunningControlPlane, XdsState};
@@ -149,24 +151,8 @@ impl World {
                 .map_err(setup)?;
         }
         let mut rules = inbound_capture_rules("HBL_PREROUTING");
-        rules.push(
-            [
-                "-t",
-                "nat",
-                "-A",
-                "PREROUTING",
-                "-p",
-                "tcp",
-                "-j",
-                "HBL_PREROUTING",
-            ]
-            .map(String::from)
-            .to_vec(),
-        );
-        for rule in rules {
-            let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
-            target.exec("iptables", &rule).map_err(setup)?;
-        }
+        rules.push(jump_to("PREROUTING", "HBL_PREROUTING"));
+        install_rules(&target, &rules).map_err(setup)?;
         for port in PORTS {
             echo_server(&target.path(), SocketAddr::new(ip(TARGET_IP), port))?;
         }
@@ -199,18 +185,14 @@ fn target_identity() -> Identity {
 
 fn mesh(policies: &IstioPolicies) -> Mesh {
     Mesh {
-        workloads: vec![MeshWorkload {
-            uid: MeshWorkload::pod_uid(TARGET_NAMESPACE, TARGET_APP),
-            name: TARGET_APP.into(),
-            namespace: TARGET_NAMESPACE.into(),
-            service_account: TARGET_APP.into(),
-            trust_domain: "cluster.local".into(),
-            labels: [("app".to_string(), TARGET_APP.to_string())].into(),
-            ips: vec![ip(TARGET_IP)],
-            node: "node-a".into(),
-            hbone: true,
-            services: Default::default(),
-        }],
+        workloads: vec![MeshWorkload::pod(
+            TARGET_NAMESPACE,
+            TARGET_APP,
+            TARGET_APP,
+            ip(TARGET_IP),
+            TARGET_APP,
+            "node-a",
+        )],
         services: Vec::new(),
         policies: policies.clone(),
     }

@@ -8,7 +8,7 @@ use clap::Args;
 use hbone_bench::chart;
 use hbone_bench::report::{markdown, table};
 use hbone_bench::runner::{BenchSettings, Progress, SCENARIOS, run, summarize};
-use hbone_bench::subjects::{Shared, Subject};
+use hbone_bench::subjects::{Shared, Subject, ZtunnelMode};
 use hbone_bench::topology::Topology;
 
 /// Measure hbone-lab's proxy against no proxy and a real ztunnel, on the same
@@ -29,6 +29,13 @@ pub struct BenchArgs {
     /// A ztunnel binary to compare against (or ZTUNNEL_BIN); without it ztunnel is not measured.
     #[arg(long, env = "ZTUNNEL_BIN")]
     ztunnel: Option<PathBuf>,
+    /// How ztunnel runs: shared (as deployed — one per node, pods handed
+    /// over by ZDS, workloads and policies over xDS from hbone-lab's control
+    /// plane) or dedicated (one inside each pod with a local config, as
+    /// runs before 2026-12 measured it). Both meshes enforce the same
+    /// policies either way: STRICT and one ALLOW by identity.
+    #[arg(long, default_value = "shared", value_parser = ["shared", "dedicated"])]
+    ztunnel_mode: String,
     /// Another hbone-lab binary (for example `main` before your change),
     /// measured as subject `baseline`, interleaved in the same run: on a
     /// shared machine, the way to see what a change did.
@@ -127,7 +134,14 @@ pub async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     match &args.ztunnel {
         Some(bin) => {
             anyhow::ensure!(bin.is_file(), "--ztunnel {} is not a file", bin.display());
-            subjects.push(Subject::Ztunnel(bin.clone()));
+            let mode = match args.ztunnel_mode.as_str() {
+                "dedicated" => ZtunnelMode::Dedicated,
+                _ => ZtunnelMode::Shared,
+            };
+            subjects.push(Subject::Ztunnel {
+                binary: bin.clone(),
+                mode,
+            });
         }
         None => eprintln!(
             "note: no --ztunnel / ZTUNNEL_BIN given, so ztunnel is not measured in this run"
@@ -146,7 +160,16 @@ pub async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         args.scenarios.iter().map(String::as_str).collect()
     };
     let topology = Topology::create().context("creating the benchmark namespaces")?;
-    let shared = Shared::new(&topology, std::env::current_exe()?).await?;
+    let shared_ztunnel = subjects.iter().any(|s| {
+        matches!(
+            s,
+            Subject::Ztunnel {
+                mode: ZtunnelMode::Shared,
+                ..
+            }
+        )
+    });
+    let shared = Shared::new(&topology, std::env::current_exe()?, shared_ztunnel).await?;
     // Ctrl-C or SIGTERM stops the run; the subjects' processes, the CA and
     // the namespaces are cleaned up on the way out either way.
     let mut bar = Bar;
@@ -164,7 +187,7 @@ pub async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     println!("{}", table(&summaries));
     std::fs::create_dir_all(&args.out)?;
     let json = serde_json::json!({
-        "settings": {"seconds": settings.seconds, "repetitions": settings.repetitions, "parallel_streams": settings.parallel_streams, "idle_connections": settings.idle_connections},
+        "settings": {"seconds": settings.seconds, "repetitions": settings.repetitions, "parallel_streams": settings.parallel_streams, "idle_connections": settings.idle_connections, "ztunnel_mode": args.ztunnel_mode, "policies": hbone_bench::subjects::BENCH_POLICIES},
         "subjects": subjects.iter().map(|s| s.name()).collect::<Vec<_>>(),
         "results": summaries,
         "samples": samples,

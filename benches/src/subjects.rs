@@ -12,7 +12,15 @@ use hbone_ca::metrics::CaMetrics;
 use hbone_ca::server::{CaService, RunningCa, serve_listener};
 use hbone_ca::tokens::TokenFile;
 use hbone_ca::{AuthorityConfig, SigningAuthority};
+use hbone_policies::load::{istio_policies, parse_documents};
 use hbone_proxy::netns::{NetNs, bind_listener, tcp_socket};
+use hbone_proxy::registry::Registry;
+use hbone_standalone::dataplane::{
+    ZtunnelNodeSpec, mesh, serve_node_control_plane, start_shared_ztunnel,
+};
+use hbone_standalone::ztunnel::Ztunnel;
+use hbone_xds::zds::NodeAgent;
+use hbone_xds::{Mesh, RunningControlPlane, XdsState};
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -41,7 +49,22 @@ pub enum Subject {
     /// Another hbone-lab binary (say, `main` before a change), measured in
     /// the same run so that a change's effect is not lost in the drift.
     Baseline(PathBuf),
-    Ztunnel(PathBuf),
+    Ztunnel {
+        binary: PathBuf,
+        mode: ZtunnelMode,
+    },
+}
+
+/// How ztunnel is run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ZtunnelMode {
+    /// As deployed: one ztunnel per node, pods handed over by ZDS, config
+    /// and policies over xDS from hbone-lab's control plane.
+    #[default]
+    Shared,
+    /// One ztunnel inside each pod's namespace with a local config file
+    /// (how runs before 2026-12 measured it).
+    Dedicated,
 }
 
 impl Subject {
@@ -50,12 +73,15 @@ impl Subject {
             Subject::Direct => "direct",
             Subject::HboneLab => "hbone-lab",
             Subject::Baseline(_) => "baseline",
-            Subject::Ztunnel(_) => "ztunnel",
+            Subject::Ztunnel { .. } => "ztunnel",
         }
     }
 }
 
-/// What every subject shares: the CA (reachable from the host and from the pods) and files.
+/// What every subject shares: the CA (reachable from the host and from the
+/// pods), the workloads and the policies every mesh subject enforces, and
+/// — for a shared-mode ztunnel — a node namespace per pod with hbone-lab's
+/// control plane in it.
 pub struct Shared {
     pub dir: tempfile::TempDir,
     pub proxy_exe: PathBuf,
@@ -64,12 +90,38 @@ pub struct Shared {
     token_file: PathBuf,
     host_ca: SocketAddr,
     pod_ca: SocketAddr,
+    ca: Arc<CaService>,
+    root_pem: String,
+    registry: Registry,
+    mesh: Mesh,
+    nodes: Vec<(NetNs, RunningControlPlane)>,
 }
 
 const TOKEN: &str = "bench-token";
+/// What both meshes enforce on every connection: STRICT, and one ALLOW by
+/// identity — the per-connection authorization work a real deployment does.
+pub const BENCH_POLICIES: &str = "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: bench}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-client, namespace: bench}
+spec:
+  selector: {matchLabels: {app: server}}
+  rules: [{from: [{source: {principals: [cluster.local/ns/bench/sa/client]}}]}]
+";
+const NODES: [(&str, &str); 2] = [("node-c", "client"), ("node-s", "server")];
 
 impl Shared {
-    pub async fn new(topology: &Topology, proxy_exe: PathBuf) -> Result<Self, SubjectError> {
+    /// With `ztunnel_nodes`, node namespaces and their control planes are
+    /// made for a shared-mode ztunnel.
+    pub async fn new(
+        topology: &Topology,
+        proxy_exe: PathBuf,
+        ztunnel_nodes: bool,
+    ) -> Result<Self, SubjectError> {
         let dir = tempfile::Builder::new()
             .prefix("hbone-lab-bench-")
             .tempdir()
@@ -80,9 +132,10 @@ impl Shared {
         let tokens = format!(
             "tokens:\n  - token: {TOKEN}\n    identities: [\"spiffe://cluster.local/ns/bench/sa/*\"]\n"
         );
+        let tokens = Arc::new(TokenFile::parse(&tokens, "bench tokens").map_err(setup)?);
         let service = Arc::new(CaService::new(
             authority.clone(),
-            Arc::new(TokenFile::parse(&tokens, "bench tokens").map_err(setup)?),
+            tokens.clone(),
             Arc::new(CaMetrics::default()),
         ));
         // One CA, two doors: on loopback for hbone-lab's proxies, inside the server pod for ztunnel.
@@ -95,11 +148,43 @@ impl Shared {
         let host_ca = serve_listener(service.clone(), host, &[])
             .await
             .map_err(setup)?;
-        let pod_ca = serve_listener(service, pod, &[]).await.map_err(setup)?;
+        let pod_ca = serve_listener(service.clone(), pod, &[])
+            .await
+            .map_err(setup)?;
         let root_file = dir.path().join("root.pem");
         std::fs::write(&root_file, authority.root_pem()).map_err(setup)?;
         let token_file = dir.path().join("token");
         std::fs::write(&token_file, TOKEN).map_err(setup)?;
+        let registry_text = format!(
+            "nodes: [{{name: node-c}}, {{name: node-s}}]\nworkloads:\n  - {{name: client, namespace: bench, serviceAccount: client, labels: {{app: client}}, ips: [{CLIENT_IP}], node: node-c, netns: {}}}\n  - {{name: server, namespace: bench, serviceAccount: server, labels: {{app: server}}, ips: [{SERVER_IP}], node: node-s, netns: {}}}\n",
+            topology.client.path().display(),
+            topology.server.path().display()
+        );
+        std::fs::write(dir.path().join("registry.yaml"), &registry_text).map_err(setup)?;
+        std::fs::write(dir.path().join("policies.yaml"), BENCH_POLICIES).map_err(setup)?;
+        let registry = Registry::parse(&registry_text, "registry.yaml").map_err(setup)?;
+        let loaded = parse_documents(BENCH_POLICIES, "policies.yaml").map_err(setup)?;
+        let mesh = mesh(&registry, &istio_policies(&loaded, "istio-system"));
+        let mut nodes = Vec::new();
+        if ztunnel_nodes {
+            let xds = XdsState::new(&mesh, Some(tokens));
+            let tag = std::process::id() % 100_000;
+            for (node, _) in NODES {
+                let ns = NetNs::create(&format!("hlb-{node}-{tag}")).map_err(setup)?;
+                let spec = node_spec(
+                    node,
+                    &ns,
+                    Path::new(""),
+                    &service,
+                    &xds,
+                    &registry,
+                    dir.path(),
+                    authority.root_pem(),
+                );
+                let control = serve_node_control_plane(&spec).await.map_err(setup)?;
+                nodes.push((ns, control));
+            }
+        }
         Ok(Shared {
             proxy_exe,
             root_file,
@@ -107,6 +192,11 @@ impl Shared {
             host_ca: host_ca.addr,
             pod_ca: pod_ca.addr,
             cas: vec![host_ca, pod_ca],
+            ca: service,
+            root_pem: authority.root_pem().to_string(),
+            registry,
+            mesh,
+            nodes,
             dir,
         })
     }
@@ -115,17 +205,33 @@ impl Shared {
         for ca in self.cas {
             ca.shutdown().await;
         }
+        for (_, control) in self.nodes {
+            control.server.shutdown().await;
+        }
     }
 }
 
 /// A started subject; stopping kills its processes.
 pub struct Running {
     children: Vec<Child>,
+    /// Shared-mode ztunnels and the node agents that handed them their pods.
+    ztunnels: Vec<(Ztunnel, NodeAgent)>,
 }
 
 impl Running {
+    fn processes(children: Vec<Child>) -> Running {
+        Running {
+            children,
+            ztunnels: Vec::new(),
+        }
+    }
+
     pub fn pids(&self) -> Vec<u32> {
-        self.children.iter().map(Child::id).collect()
+        self.children
+            .iter()
+            .map(Child::id)
+            .chain(self.ztunnels.iter().map(|(z, _)| z.pid()))
+            .collect()
     }
 
     pub fn stop(mut self) {
@@ -134,6 +240,34 @@ impl Running {
             let _ = child.wait();
         }
         self.children.clear();
+        self.ztunnels.clear();
+    }
+}
+
+/// A shared-mode ztunnel on `node`, as the standalone lab starts one.
+#[allow(clippy::too_many_arguments)]
+fn node_spec<'a>(
+    node: &'a str,
+    netns: &'a NetNs,
+    binary: &'a Path,
+    ca: &Arc<CaService>,
+    xds: &Arc<XdsState>,
+    registry: &'a Registry,
+    dir: &'a Path,
+    root_pem: &'a str,
+) -> ZtunnelNodeSpec<'a> {
+    ZtunnelNodeSpec {
+        node,
+        netns,
+        binary,
+        ca: ca.clone(),
+        xds: xds.clone(),
+        registry,
+        dir,
+        root_pem,
+        token: TOKEN,
+        secret_ttl: None,
+        log_level: "warn",
     }
 }
 
@@ -196,44 +330,46 @@ pub async fn start(
     match subject {
         Subject::Direct => {
             topology.capture(false).map_err(setup)?;
-            Ok(Running {
-                children: Vec::new(),
-            })
+            Ok(Running::processes(Vec::new()))
         }
         Subject::HboneLab => {
             topology.capture(true).map_err(setup)?;
-            start_hbone_lab(&shared.proxy_exe, topology, shared).await
+            start_hbone_lab(&shared.proxy_exe, shared).await
         }
         Subject::Baseline(exe) => {
             topology.capture(true).map_err(setup)?;
-            start_hbone_lab(exe, topology, shared).await
+            start_hbone_lab(exe, shared).await
         }
-        Subject::Ztunnel(bin) => {
+        Subject::Ztunnel {
+            binary,
+            mode: ZtunnelMode::Dedicated,
+        } => {
             topology.capture(true).map_err(setup)?;
-            start_ztunnel(bin, topology, shared).await
+            start_ztunnel(binary, topology, shared).await
+        }
+        Subject::Ztunnel {
+            binary,
+            mode: ZtunnelMode::Shared,
+        } => {
+            topology.capture(true).map_err(setup)?;
+            start_shared_ztunnels(binary, shared).await
         }
     }
 }
 
-async fn start_hbone_lab(
-    exe: &Path,
-    topology: &Topology,
-    shared: &Shared,
-) -> Result<Running, SubjectError> {
+async fn start_hbone_lab(exe: &Path, shared: &Shared) -> Result<Running, SubjectError> {
     let dir = shared.dir.path();
-    let registry = format!(
-        "nodes: [{{name: node-c}}, {{name: node-s}}]\nworkloads:\n  - {{name: client, namespace: bench, serviceAccount: client, ips: [{CLIENT_IP}], node: node-c, netns: {}}}\n  - {{name: server, namespace: bench, serviceAccount: server, ips: [{SERVER_IP}], node: node-s, netns: {}}}\n",
-        topology.client.path().display(),
-        topology.server.path().display()
-    );
-    std::fs::write(dir.join("registry.yaml"), registry).map_err(setup)?;
     let mut children = Vec::new();
+    // Readiness on a loopback address of this run's own (two benches at
+    // once must not answer each other's readiness checks).
+    let pid = std::process::id();
+    let own = |i: u32| format!("127.{}.{}.{i}:15021", 60 + pid % 50, (pid / 50) % 250);
     for (node, ready, extra) in [
-        ("node-c", "127.0.0.1:15121", "  podOutboundPort: 15001\n"),
-        ("node-s", "127.0.0.1:15221", ""),
+        ("node-c", own(1), "  podOutboundPort: 15001\n"),
+        ("node-s", own(2), ""),
     ] {
         let config = format!(
-            "node: {node}\nregistry: registry.yaml\nca: {{address: \"https://{}\", rootCert: {}, tokenFile: {}}}\nlisteners:\n  hbonePort: 15008\n  readiness: \"{ready}\"\n{extra}bindSourceIp: false\ndrainGrace: 1s\n",
+            "node: {node}\nregistry: registry.yaml\npolicies: [policies.yaml]\nca: {{address: \"https://{}\", rootCert: {}, tokenFile: {}}}\nlisteners:\n  hbonePort: 15008\n  readiness: \"{ready}\"\n{extra}bindSourceIp: false\ndrainGrace: 1s\n",
             shared.host_ca,
             shared.root_file.display(),
             shared.token_file.display()
@@ -260,20 +396,7 @@ async fn start_hbone_lab(
         )
         .await?;
     }
-    Ok(Running { children })
-}
-
-fn ztunnel_config() -> String {
-    let workload = |name: &str, ip: &str| {
-        format!(
-            "- uid: cluster1//v1/Pod/bench/{name}\n  name: {name}\n  namespace: bench\n  serviceAccount: {name}\n  workloadIps: [\"{ip}\"]\n  protocol: HBONE\n  node: node-{name}\n  trustDomain: cluster.local\n  network: \"\"\n  services: {{}}\n"
-        )
-    };
-    format!(
-        "workloads:\n{}{}policies: []\nservices: []\n",
-        workload("client", CLIENT_IP),
-        workload("server", SERVER_IP)
-    )
+    Ok(Running::processes(children))
 }
 
 async fn start_ztunnel(
@@ -283,7 +406,7 @@ async fn start_ztunnel(
 ) -> Result<Running, SubjectError> {
     let dir = shared.dir.path();
     let config = dir.join("ztunnel.yaml");
-    std::fs::write(&config, ztunnel_config()).map_err(setup)?;
+    std::fs::write(&config, hbone_xds::local_config::render(&shared.mesh)).map_err(setup)?;
     let mut children = Vec::new();
     for (ns, name, ip) in [
         (&topology.client, "client", CLIENT_IP),
@@ -297,6 +420,7 @@ async fn start_ztunnel(
             .env("LOCAL_XDS_PATH", &config)
             .env("PROXY_MODE", "dedicated")
             .env("PROXY_WORKLOAD_INFO", format!("bench/{name}/{name}"))
+            .env("NODE_NAME", format!("node-{}", &name[..1]))
             .env("CA_ADDRESS", format!("https://{}", shared.pod_ca))
             .env("CA_ROOT_CA", &shared.root_file)
             .env("AUTH_TOKEN", &shared.token_file)
@@ -318,7 +442,36 @@ async fn start_ztunnel(
         )
         .await?;
     }
-    Ok(Running { children })
+    Ok(Running::processes(children))
+}
+
+/// One shared-mode ztunnel per node, its pod handed over by ZDS, fed over xDS.
+async fn start_shared_ztunnels(binary: &Path, shared: &Shared) -> Result<Running, SubjectError> {
+    let mut ztunnels = Vec::new();
+    let xds = shared
+        .nodes
+        .first()
+        .map(|(_, c)| c.xds.clone())
+        .ok_or_else(|| {
+            setup("no node namespaces: Shared::new was told there is no shared-mode ztunnel")
+        })?;
+    for ((node, _), (ns, control)) in NODES.iter().zip(&shared.nodes) {
+        let spec = node_spec(
+            node,
+            ns,
+            binary,
+            &shared.ca,
+            &xds,
+            &shared.registry,
+            shared.dir.path(),
+            &shared.root_pem,
+        );
+        ztunnels.push(start_shared_ztunnel(&spec, control).await.map_err(setup)?);
+    }
+    Ok(Running {
+        children: Vec::new(),
+        ztunnels,
+    })
 }
 
 /// CPU seconds (user + system) used so far by `pids`, from /proc.

@@ -135,90 +135,113 @@ pub struct ZtunnelNodeSpec<'a> {
     pub binary: &'a Path,
     pub ca: Arc<CaService>,
     pub xds: Arc<XdsState>,
+    /// The node's pods are its workloads with a network namespace.
     pub registry: &'a Registry,
-    /// Each pod's network namespace.
-    pub pod_netns: &'a dyn Fn(&str) -> Option<PathBuf>,
     /// Where sockets, tokens and logs go.
     pub dir: &'a Path,
     pub root_pem: &'a str,
     pub token: &'a str,
+    /// The certificate lifetime ztunnel asks for (`None`: its default, 24 h).
+    pub secret_ttl: Option<Duration>,
+    /// ztunnel's `RUST_LOG`.
+    pub log_level: &'a str,
+}
+
+impl ZtunnelNodeSpec<'_> {
+    fn fail(&self, what: &str, e: &dyn std::fmt::Display) -> LabError {
+        LabError::Proxy(format!("ztunnel on {}: {what}: {e}", self.node))
+    }
+}
+
+/// Serves the CA and xDS on 127.0.0.1:15012 inside the node's namespace,
+/// where the node's ztunnel finds them.
+pub async fn serve_node_control_plane(
+    spec: &ZtunnelNodeSpec<'_>,
+) -> Result<RunningControlPlane, LabError> {
+    let listener = bind_listener(Some(&spec.netns.path()), ([127, 0, 0, 1], 15012).into())
+        .map_err(|e| spec.fail("control plane listener", &e))?;
+    let listener =
+        tokio::net::TcpListener::from_std(listener).map_err(|e| spec.fail("listener", &e))?;
+    hbone_xds::serve_on(spec.ca.clone(), spec.xds.clone(), listener, &[])
+        .await
+        .map_err(|e| spec.fail("control plane", &e))
+}
+
+/// Starts the node agent with the node's pods and a shared-mode ztunnel fed
+/// by `control`, and waits until ztunnel holds every pod.
+pub async fn start_shared_ztunnel(
+    spec: &ZtunnelNodeSpec<'_>,
+    control: &RunningControlPlane,
+) -> Result<(Ztunnel, NodeAgent), LabError> {
+    let write = |name: &str, text: &str| -> Result<PathBuf, LabError> {
+        let path = spec.dir.join(format!("{}-{name}", spec.node));
+        std::fs::write(&path, text).map_err(|e| spec.fail(name, &e))?;
+        Ok(path)
+    };
+    let root_ca = write("root.pem", spec.root_pem)?;
+    let token_file = write("token", spec.token)?;
+    let pods: Vec<ZdsPod> = spec
+        .registry
+        .workloads
+        .iter()
+        .filter(|w| w.node == spec.node)
+        .filter_map(|w| {
+            Some(ZdsPod {
+                uid: MeshWorkload::pod_uid(&w.namespace, &w.name),
+                name: w.name.clone(),
+                namespace: w.namespace.clone(),
+                service_account: w.service_account.clone(),
+                netns: w.netns.clone()?,
+            })
+        })
+        .collect();
+    let uds = spec.dir.join(format!("{}-ztunnel.sock", spec.node));
+    let agent = NodeAgent::listen(&uds, pods).map_err(|e| spec.fail("node agent", &e))?;
+    let ztunnel = Ztunnel::start(
+        spec.netns,
+        Settings {
+            name: spec.node.to_string(),
+            binary: spec.binary.to_path_buf(),
+            control_plane: control.url(),
+            root_ca,
+            token_file,
+            node: spec.node.to_string(),
+            mode: ZtunnelMode::Shared { inpod_uds: uds },
+            log: spec.dir.join(format!("{}-ztunnel.log", spec.node)),
+            log_level: spec.log_level.into(),
+            secret_ttl: spec.secret_ttl,
+            local_config: None,
+        },
+    )
+    .map_err(|e| spec.fail("start", &e))?;
+    agent
+        .wait_synced(Duration::from_secs(20))
+        .await
+        .map_err(|e| {
+            spec.fail(
+                "take its pods over ZDS",
+                &format!("{e}; its log ends with:\n{}", ztunnel.log_tail(15)),
+            )
+        })?;
+    if let Some((uid, error)) = agent.status().nacks.first() {
+        return Err(spec.fail("refused a pod", &format!("{uid}: {error}")));
+    }
+    Ok((ztunnel, agent))
 }
 
 impl ZtunnelNode {
     /// Serves the control plane in the node's namespace, starts the node
     /// agent with the node's pods and a shared-mode ztunnel, and waits until
-    /// ztunnel holds every pod and has answered both xDS types.
+    /// ztunnel holds every pod.
     pub async fn start(spec: ZtunnelNodeSpec<'_>) -> Result<ZtunnelNode, LabError> {
-        let fail = |what: &str, e: &dyn std::fmt::Display| {
-            LabError::Proxy(format!("ztunnel on {}: {what}: {e}", spec.node))
-        };
-        let listener = bind_listener(Some(&spec.netns.path()), ([127, 0, 0, 1], 15012).into())
-            .map_err(|e| fail("control plane listener", &e))?;
-        let listener =
-            tokio::net::TcpListener::from_std(listener).map_err(|e| fail("listener", &e))?;
-        let control = hbone_xds::serve_on(spec.ca, spec.xds.clone(), listener, &[])
-            .await
-            .map_err(|e| fail("control plane", &e))?;
-        let write = |name: &str, text: &str| -> Result<PathBuf, LabError> {
-            let path = spec.dir.join(format!("{}-{name}", spec.node));
-            std::fs::write(&path, text).map_err(|e| fail(name, &e))?;
-            Ok(path)
-        };
-        let root_ca = write("root.pem", spec.root_pem)?;
-        let token_file = write("token", spec.token)?;
-        let pods: Vec<ZdsPod> = spec
-            .registry
-            .workloads
-            .iter()
-            .filter(|w| w.node == spec.node)
-            .filter_map(|w| {
-                Some(ZdsPod {
-                    uid: MeshWorkload::pod_uid(&w.namespace, &w.name),
-                    name: w.name.clone(),
-                    namespace: w.namespace.clone(),
-                    service_account: w.service_account.clone(),
-                    netns: (spec.pod_netns)(&w.name)?,
-                })
-            })
-            .collect();
-        let uds = spec.dir.join(format!("{}-ztunnel.sock", spec.node));
-        let agent = NodeAgent::listen(&uds, pods).map_err(|e| fail("node agent", &e))?;
-        let ztunnel = Ztunnel::start(
-            spec.netns,
-            Settings {
-                name: spec.node.to_string(),
-                binary: spec.binary.to_path_buf(),
-                control_plane: control.url(),
-                root_ca,
-                token_file,
-                node: spec.node.to_string(),
-                mode: ZtunnelMode::Shared { inpod_uds: uds },
-                log: spec.dir.join(format!("{}-ztunnel.log", spec.node)),
-                log_level: "info".into(),
-                secret_ttl: Some(ZTUNNEL_SECRET_TTL),
-                local_config: None,
-            },
-        )
-        .map_err(|e| fail("start", &e))?;
-        let node = ZtunnelNode {
+        let control = serve_node_control_plane(&spec).await?;
+        let (ztunnel, agent) = start_shared_ztunnel(&spec, &control).await?;
+        Ok(ZtunnelNode {
             node: spec.node.to_string(),
             ztunnel,
             agent,
             control,
-        };
-        node.agent
-            .wait_synced(Duration::from_secs(20))
-            .await
-            .map_err(|e| {
-                fail(
-                    "take its pods over ZDS",
-                    &format!("{e}; its log ends with:\n{}", node.ztunnel.log_tail(15)),
-                )
-            })?;
-        if let Some((uid, error)) = node.agent.status().nacks.first() {
-            return Err(fail("refused a pod", &format!("{uid}: {error}")));
-        }
-        Ok(node)
+        })
     }
 
     /// Lines of ztunnel's log written since `offset` bytes (its access log

@@ -32,7 +32,7 @@ use hbone_workloads::pgserver::{PgError, PgServer};
 use hbone_workloads::public_api::{self, PublicCa, StandIn};
 use tokio::net::TcpListener;
 
-use crate::dataplane::{Dataplane, ZtunnelNode, ZtunnelNodeSpec, mesh};
+use crate::dataplane::{Dataplane, ZTUNNEL_SECRET_TTL, ZtunnelNode, ZtunnelNodeSpec, mesh};
 use crate::netns_topology::{CLOUDFLARE_IP, GITHUB_IP, NetnsPlumbing, remove_stale};
 use crate::topology::{
     HELLO_HOST, HELLO_PORT, LabError, Mode, PODS, POSTGRES_HOST, POSTGRES_PORT, ip, lab_pod,
@@ -417,10 +417,11 @@ impl Lab {
                         ca: service.clone(),
                         xds: state.clone(),
                         registry: &registry,
-                        pod_netns: &netns_of,
                         dir: dir.path(),
                         root_pem: authority.root_pem(),
                         token: NODE_TOKEN,
+                        secret_ttl: Some(ZTUNNEL_SECRET_TTL),
+                        log_level: "info",
                     })
                     .await?,
                 );

@@ -120,8 +120,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             println!(
                 "{:<36} {:<10} {:<10} {mark}",
                 r.name,
-                r.expected.to_string(),
-                r.observed.to_string()
+                r.expected.past_tense(),
+                r.observed.past_tense()
             );
             println!("    {} → {}", r.source, r.destination);
             println!("    why:  {}", r.reason);

@@ -19,6 +19,7 @@ use hbone_policies::topology::{LabTopology, LabWorkload, MeshMode};
 use thiserror::Error;
 
 use crate::gateway_api::istio_gateway_service_account;
+use hbone_policies::selector::labels_match;
 
 #[derive(Debug, Error)]
 pub enum VerifyError {
@@ -156,11 +157,7 @@ fn check(name: impl Into<String>, ok: bool, detail: impl Into<String>) -> CheckR
 }
 
 fn selects(workload: &LabWorkload, pod: &PodInfo) -> bool {
-    !workload.labels.is_empty()
-        && workload
-            .labels
-            .iter()
-            .all(|(k, v)| pod.labels.get(k) == Some(v))
+    !workload.labels.is_empty() && labels_match(&workload.labels, &pod.labels)
 }
 
 /// The policy resources the lab applies, as references.

@@ -12,6 +12,7 @@ use hbone_policies::istio::Action;
 use hbone_policies::lab::lab_resources;
 use hbone_policies::load::Resource;
 use hbone_policies::matrix::{PolicySet, matrix};
+use hbone_policies::selector::labels_match;
 use hbone_policies::topology::{LabTopology, LabWorkload};
 
 fn kind_dir() -> PathBuf {
@@ -136,11 +137,10 @@ fn the_files_agree_with_each_other_and_with_the_policies() {
                 let selected: Vec<&&LabWorkload> = demo
                     .iter()
                     .filter(|w| {
-                        p.spec.selector.as_ref().is_none_or(|s| {
-                            s.match_labels
-                                .iter()
-                                .all(|(k, v)| w.labels.get(k) == Some(v))
-                        })
+                        p.spec
+                            .selector
+                            .as_ref()
+                            .is_none_or(|s| labels_match(&s.match_labels, &w.labels))
                     })
                     .collect();
                 assert!(!selected.is_empty(), "{name} selects no workload");
@@ -212,7 +212,7 @@ fn the_files_agree_with_each_other_and_with_the_policies() {
                 let selector = spec.selector.clone().unwrap_or_default();
                 let backing: Vec<&&LabWorkload> = demo
                     .iter()
-                    .filter(|w| selector.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
+                    .filter(|w| labels_match(&selector, &w.labels))
                     .collect();
                 let name = s.metadata.name.clone().unwrap();
                 assert!(!backing.is_empty(), "Service {name} selects no pod");

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Decision {
@@ -58,5 +58,42 @@ impl Decision {
 impl fmt::Display for Decision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.verdict(), self.reason)
+    }
+}
+
+/// `allow` or `deny`, as written in matrices and expectation files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Allow,
+    Deny,
+}
+
+impl Verdict {
+    pub fn of(allowed: bool) -> Self {
+        if allowed {
+            Verdict::Allow
+        } else {
+            Verdict::Deny
+        }
+    }
+
+    pub fn allowed(self) -> bool {
+        self == Verdict::Allow
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Allow => "allow",
+            Verdict::Deny => "deny",
+        }
+    }
+
+    /// `allowed` or `refused`, as the demo reports an outcome.
+    pub fn past_tense(self) -> &'static str {
+        match self {
+            Verdict::Allow => "allowed",
+            Verdict::Deny => "refused",
+        }
     }
 }

@@ -8,8 +8,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use serde::{Deserialize, Serialize};
 
 use crate::cilium::{CiliumPolicies, EndpointInfo, Flow, L4Protocol, Peer};
-use crate::decision::Decision;
-use crate::istio::{ConnectionAttrs, IstioPolicies, TargetWorkload};
+pub use crate::decision::{Decision, Verdict};
+use crate::istio::IstioPolicies;
 use crate::load::{Loaded, cilium_policies, istio_policies};
 use crate::topology::{
     ExternalHost, HBONE_PORT, LabTopology, LabWorkload, MeshMode, OutsideClient,
@@ -30,35 +30,6 @@ impl PolicySet {
         PolicySet {
             istio: istio_policies(loaded, ROOT_NAMESPACE),
             cilium: cilium_policies(loaded),
-        }
-    }
-}
-
-/// `allow` or `deny`, as written in matrices and expectation files.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Verdict {
-    Allow,
-    Deny,
-}
-
-impl Verdict {
-    pub fn of(allowed: bool) -> Self {
-        if allowed {
-            Verdict::Allow
-        } else {
-            Verdict::Deny
-        }
-    }
-
-    pub fn allowed(self) -> bool {
-        self == Verdict::Allow
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Verdict::Allow => "allow",
-            Verdict::Deny => "deny",
         }
     }
 }
@@ -290,17 +261,11 @@ fn istio_decision(
         ),
         Source::Pod(w) => (None, w.ip.unwrap_or(unspecified)),
     };
-    let conn = ConnectionAttrs {
-        principal: principal.as_deref(),
+    policies.istio.decide(
+        &target.namespace,
+        &target.labels,
+        principal.as_deref(),
         src_ip,
-        dst_ip: target.ip.unwrap_or(unspecified),
-        dst_port: port,
-    };
-    policies.istio.evaluate(
-        &TargetWorkload {
-            namespace: &target.namespace,
-            labels: &target.labels,
-        },
-        &conn,
+        std::net::SocketAddr::new(target.ip.unwrap_or(unspecified), port),
     )
 }

@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::authorization::decide;
 use crate::core::ProxyCore;
-use crate::established::decide;
 use crate::metrics::{ConnectionGuard, ConnectionLabels};
 use crate::outbound::Outbound;
 

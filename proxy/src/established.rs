@@ -13,9 +13,9 @@ use std::task::Context;
 
 use futures::task::AtomicWaker;
 use hbone_ca::Identity;
-use hbone_policies::decision::Decision;
-use hbone_policies::istio::{ConnectionAttrs, IstioPolicies, TargetWorkload};
+use hbone_policies::istio::IstioPolicies;
 
+use crate::authorization::decide_peer;
 use crate::registry::Workload;
 
 /// Set once, when a policy change denies a stream that is already open.
@@ -49,43 +49,6 @@ pub struct Stream {
     pub src_ip: IpAddr,
     pub target: SocketAddr,
     pub workload: Arc<Workload>,
-}
-
-/// The policies' verdict on a connection from `src_ip` (with a mesh
-/// `principal`, or none for plaintext) to `target` on `workload`.
-pub fn decide(
-    policies: &IstioPolicies,
-    workload: &Workload,
-    principal: Option<&str>,
-    src_ip: IpAddr,
-    target: SocketAddr,
-) -> Decision {
-    policies.evaluate(
-        &TargetWorkload {
-            namespace: &workload.namespace,
-            labels: &workload.labels,
-        },
-        &ConnectionAttrs {
-            principal,
-            src_ip,
-            dst_ip: target.ip(),
-            dst_port: target.port(),
-        },
-    )
-}
-
-impl Stream {
-    /// The policies' verdict on this stream.
-    pub fn decide(&self, policies: &IstioPolicies) -> Decision {
-        let principal = self.peer_identity.principal();
-        decide(
-            policies,
-            &self.workload,
-            Some(&principal),
-            self.src_ip,
-            self.target,
-        )
-    }
 }
 
 /// Every stream being carried, by an id of its own.
@@ -149,7 +112,13 @@ impl Established {
         let streams = self.streams.lock().expect("established lock");
         let mut revoked = Vec::new();
         for (stream, revocation) in streams.values() {
-            let decision = stream.decide(policies);
+            let decision = decide_peer(
+                policies,
+                &stream.workload,
+                &stream.peer_identity,
+                stream.src_ip,
+                stream.target,
+            );
             if decision.allowed {
                 continue;
             }

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::authorization::decide_peer;
 use crate::copy::bidirectional;
 use crate::core::ProxyCore;
 use crate::established::Stream;
@@ -355,7 +356,13 @@ impl StreamContext {
             target,
             workload: self.workload.clone(),
         };
-        let decision = stream.decide(&self.core.policies());
+        let decision = decide_peer(
+            &self.core.policies(),
+            &stream.workload,
+            &stream.peer_identity,
+            stream.src_ip,
+            stream.target,
+        );
         if !decision.allowed {
             return Err(Refusal(
                 StatusCode::UNAUTHORIZED,

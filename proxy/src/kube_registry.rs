@@ -27,6 +27,7 @@ use hbone_policies::istio::types::{AuthorizationPolicy, PeerAuthentication};
 
 use crate::core::ProxyCore;
 use crate::registry::{Node, Protocol, Registry, RegistryFile, Service, Workload};
+use hbone_policies::selector::labels_match;
 
 pub const DATAPLANE_MODE_LABEL: &str = "istio.io/dataplane-mode";
 pub const SIDECAR_LABEL: &str = "hbone-lab.dev/proxy";
@@ -142,7 +143,7 @@ pub fn registry_file(snapshot: &ClusterSnapshot, trust_domain: &str) -> Registry
                 .filter(|p| {
                     p.namespace == s.namespace
                         && !s.selector.is_empty()
-                        && s.selector.iter().all(|(k, v)| p.labels.get(k) == Some(v))
+                        && labels_match(&s.selector, &p.labels)
                 })
                 .collect();
             let ports = s

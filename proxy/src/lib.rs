@@ -8,6 +8,7 @@
 //! - [`copy`]: the byte-moving hot path between TCP and HTTP/2 streams.
 //! - [`pool`]: the HBONE client and its connection pool.
 //! - [`established`]: the streams being carried, judged again when policies change.
+//! - [`authorization`]: the one adapter from a connection to the policies' decision.
 //! - [`inbound`]: HBONE on 15008, where policy is enforced.
 //! - [`outbound`], [`socks5`], [`capture`]: ways into the mesh (15080, 15001) and plaintext in (15006).
 //! - [`file_watch`], [`registry_watch`], [`policy_watch`]: following the registry and policy files.
@@ -15,6 +16,7 @@
 //! - [`proxy`]: binding it all, and draining on shutdown.
 
 pub mod admin;
+pub mod authorization;
 pub mod capture;
 pub mod config;
 pub mod copy;

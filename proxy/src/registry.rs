@@ -35,6 +35,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use hbone_ca::Identity;
+use hbone_policies::selector::labels_match;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -289,12 +290,7 @@ impl Registry {
             .workloads
             .iter()
             .filter(|w| w.namespace == service.namespace)
-            .filter(|w| {
-                service
-                    .selector
-                    .iter()
-                    .all(|(k, v)| w.labels.get(k) == Some(v))
-            })
+            .filter(|w| labels_match(&service.selector, &w.labels))
             .collect();
         if endpoints.is_empty() {
             return Err(format!(

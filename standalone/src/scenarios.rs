@@ -11,7 +11,8 @@
 
 use std::time::Duration;
 
-use hbone_policies::istio::{ConnectionAttrs, Decision, IstioPolicies, TargetWorkload};
+pub use hbone_policies::decision::Verdict;
+use hbone_policies::istio::{Decision, IstioPolicies};
 use hbone_policies::load::{istio_policies, parse_documents};
 use hbone_policies::matrix::{ROOT_NAMESPACE, Row, matrix};
 use hbone_proxy::netns::tcp_socket;
@@ -27,22 +28,6 @@ use crate::lab::Lab;
 use crate::netns_topology::BROWSER_IP;
 use crate::topology::{HELLO_HOST, HELLO_PORT, Mode, POSTGRES_HOST, POSTGRES_PORT, topology_for};
 use hbone_ca::Identity;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Verdict {
-    Allow,
-    Deny,
-}
-
-impl std::fmt::Display for Verdict {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Verdict::Allow => "allowed",
-            Verdict::Deny => "refused",
-        })
-    }
-}
 
 /// One scenario's outcome.
 #[derive(Debug, Clone, Serialize)]
@@ -70,28 +55,19 @@ impl ScenarioResult {
 }
 
 fn verdict(allowed: bool) -> Verdict {
-    if allowed {
-        Verdict::Allow
-    } else {
-        Verdict::Deny
-    }
+    Verdict::of(allowed)
 }
 
 /// What the Istio policies say for `source` → `target_pod:port` (None: plaintext).
 pub fn predict(lab: &Lab, source: Option<&str>, target_pod: &str, port: u16) -> Decision {
     let target = lab.pod(target_pod);
     let principal = source.map(|s| lab.pod(s).identity().principal());
-    lab.policies.istio.evaluate(
-        &TargetWorkload {
-            namespace: &target.namespace,
-            labels: &target.labels,
-        },
-        &ConnectionAttrs {
-            principal: principal.as_deref(),
-            src_ip: source.map(|s| lab.pod(s).ips[0]).unwrap_or(target.ips[0]),
-            dst_ip: target.ips[0],
-            dst_port: port,
-        },
+    lab.policies.istio.decide(
+        &target.namespace,
+        &target.labels,
+        principal.as_deref(),
+        source.map(|s| lab.pod(s).ips[0]).unwrap_or(target.ips[0]),
+        std::net::SocketAddr::new(target.ips[0], port),
     )
 }
 

@@ -173,6 +173,30 @@ impl IstioPolicies {
         }
     }
 
+    /// The one adapter from "a workload and a connection" to [`Self::evaluate`]:
+    /// a connection from `src_ip` (with a mesh `principal` without
+    /// `spiffe://`, or none for plaintext) to `target` on a workload of
+    /// `namespace` with `labels`. The proxy, `policy check` and the demo's
+    /// predictions all ask through here.
+    pub fn decide(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+        principal: Option<&str>,
+        src_ip: IpAddr,
+        target: std::net::SocketAddr,
+    ) -> Decision {
+        self.evaluate(
+            &TargetWorkload { namespace, labels },
+            &ConnectionAttrs {
+                principal,
+                src_ip,
+                dst_ip: target.ip(),
+                dst_port: target.port(),
+            },
+        )
+    }
+
     /// The receiving side's decision for one connection: ztunnel's, on the
     /// translated policies, with the policy and rule that decided.
     pub fn evaluate(&self, target: &TargetWorkload<'_>, conn: &ConnectionAttrs<'_>) -> Decision {

@@ -1,0 +1,45 @@
+//! Authorization: the one place the proxy asks the policies about a
+//! connection — an HBONE stream as it is admitted (15008), a plaintext
+//! connection on 15006, and every open stream again when the policies
+//! change. It turns what the proxy knows of a connection (the peer's
+//! verified identity, the address it came from, the target, the local
+//! workload) into `hbone-policies`' query, whose answer is ztunnel's
+//! decision on the translated policies.
+
+use std::net::{IpAddr, SocketAddr};
+
+use hbone_ca::Identity;
+use hbone_policies::decision::Decision;
+use hbone_policies::istio::IstioPolicies;
+
+use crate::registry::Workload;
+
+/// The policies' verdict on a connection from `src_ip` (with a mesh
+/// `principal`, or none for plaintext) to `target` on `workload`.
+pub fn decide(
+    policies: &IstioPolicies,
+    workload: &Workload,
+    principal: Option<&str>,
+    src_ip: IpAddr,
+    target: SocketAddr,
+) -> Decision {
+    policies.decide(
+        &workload.namespace,
+        &workload.labels,
+        principal,
+        src_ip,
+        target,
+    )
+}
+
+/// The policies' verdict on an HBONE stream from the verified `peer`.
+pub fn decide_peer(
+    policies: &IstioPolicies,
+    workload: &Workload,
+    peer: &Identity,
+    src_ip: IpAddr,
+    target: SocketAddr,
+) -> Decision {
+    let principal = peer.principal();
+    decide(policies, workload, Some(&principal), src_ip, target)
+}

@@ -26,10 +26,6 @@ pub enum CoreError {
     Tls(#[from] TlsSetupError),
 }
 
-/// SO_MARK on the proxy's own sockets inside pod namespaces (ztunnel's
-/// PACKET_MARK 1337), so the pod's capture rules do not redirect them back.
-pub const PACKET_MARK: u32 = 0x539;
-
 type ConfigCache<C> = Mutex<HashMap<Identity, (Arc<Svid>, Arc<C>)>>;
 
 /// The settings the data path reads.
@@ -85,7 +81,7 @@ impl ProxyCore {
     }
 
     /// Dials `addr` as a socket of `from` would: inside its network namespace
-    /// (marked with [`PACKET_MARK`] so capture rules let it pass), from `bind_ip` if given.
+    /// (marked with [`crate::netns::PACKET_MARK`] so capture rules let it pass), from `bind_ip` if given.
     pub async fn connect(
         &self,
         from: Option<&crate::registry::Workload>,
@@ -93,7 +89,7 @@ impl ProxyCore {
         addr: std::net::SocketAddr,
     ) -> std::io::Result<tokio::net::TcpStream> {
         let netns = from.and_then(|w| w.netns.as_deref());
-        let mark = netns.map(|_| PACKET_MARK);
+        let mark = netns.map(|_| crate::netns::PACKET_MARK);
         tracing::debug!(?netns, %addr, ?bind_ip, "dialing");
         let socket =
             crate::netns::tcp_socket(netns, addr, bind_ip, mark).map_err(std::io::Error::other)?;

@@ -28,11 +28,9 @@ use crate::copy::bidirectional;
 use crate::core::ProxyCore;
 use crate::established::Stream;
 use crate::metrics::{ConnectionGuard, ConnectionLabels};
+use crate::refusal::REFUSAL_HEADER;
 use crate::registry::Workload;
 use crate::tls::{ALPN_H2, handshake_failure_reason, identity_of};
-
-/// Response header that names why a CONNECT was refused (an hbone-lab addition; ztunnel sends none).
-pub const REFUSAL_HEADER: &str = "hbone-lab-refusal";
 
 /// Ports of the proxy itself; a CONNECT to one of them is refused (as ztunnel does).
 pub const PROXY_PORTS: [u16; 8] = [15000, 15001, 15006, 15008, 15020, 15021, 15053, 15080];

@@ -2,16 +2,21 @@
 //!
 //! Layers, bottom up (lower modules never import higher ones):
 //! - [`config`], [`registry`]: what the proxy is told (settings, workloads, services).
+//! - [`netns`]: network namespaces, in-pod sockets and capture rules.
+//! - [`refusal`]: how a refusal is named to the client.
 //! - [`tls`]: mutual TLS with SPIFFE identities.
 //! - [`metrics`]: ztunnel's metric names and labels.
 //! - [`core`]: the state every listener shares, TLS configs cached per certificate.
 //! - [`copy`]: the byte-moving hot path between TCP and HTTP/2 streams.
+//! - [`keepalive`]: HTTP/2 PINGs on pooled connections.
 //! - [`pool`]: the HBONE client and its connection pool.
-//! - [`established`]: the streams being carried, judged again when policies change.
 //! - [`authorization`]: the one adapter from a connection to the policies' decision.
+//! - [`established`]: the streams being carried, judged again when policies change.
 //! - [`inbound`]: HBONE on 15008, where policy is enforced.
 //! - [`outbound`], [`socks5`], [`capture`]: ways into the mesh (15080, 15001) and plaintext in (15006).
+//! - `listen`: binding the listeners, on the host or inside pods' namespaces.
 //! - [`file_watch`], [`registry_watch`], [`policy_watch`]: following the registry and policy files.
+//! - [`kube_registry`]: following a Kubernetes cluster's pods, services and policies instead.
 //! - [`admin`]: metrics (15020), readiness (15021), admin (15000).
 //! - [`proxy`]: binding it all, and draining on shutdown.
 
@@ -33,6 +38,7 @@ pub mod outbound;
 pub mod policy_watch;
 pub mod pool;
 pub mod proxy;
+pub mod refusal;
 pub mod registry;
 pub mod registry_watch;
 pub mod socks5;

@@ -38,6 +38,10 @@ pub enum NetnsError {
 }
 
 /// Runs a command, turning a non-zero exit into an error with its stderr.
+/// SO_MARK on the proxy's own sockets inside pod namespaces (ztunnel's
+/// PACKET_MARK 1337), so the pod's capture rules do not redirect them back.
+pub const PACKET_MARK: u32 = 0x539;
+
 pub fn run_command(program: &str, args: &[&str]) -> Result<String, NetnsError> {
     let command = format!("{program} {}", args.join(" "));
     let out = Command::new(program)
@@ -335,7 +339,7 @@ fn args(parts: &[&str]) -> Vec<String> {
 /// `OUTPUT`: the proxy's own marked sockets and loopback pass, so do
 /// `exempt_dports`, and every other TCP connection goes to the proxy's 15001.
 pub fn outbound_capture_rules(chain: &str, exempt_dports: &[u16]) -> Vec<Vec<String>> {
-    let mark = format!("0x{:x}/0xfff", crate::core::PACKET_MARK);
+    let mark = format!("0x{:x}/0xfff", PACKET_MARK);
     let mut rules = vec![
         args(&["-t", "nat", "-N", chain]),
         args(&[

@@ -361,7 +361,7 @@ impl Pool {
         if parts.status != StatusCode::OK {
             let reason = parts
                 .headers
-                .get(crate::inbound::REFUSAL_HEADER)
+                .get(crate::refusal::REFUSAL_HEADER)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("")
                 .to_string();

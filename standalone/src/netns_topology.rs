@@ -34,8 +34,7 @@ use crate::topology::LabError;
 
 /// Every address inside the netns cluster (pods, nodes, their links).
 pub const CLUSTER_CIDR: &str = "10.0.0.0/8";
-pub const GITHUB_IP: &str = "203.0.113.10";
-pub const CLOUDFLARE_IP: &str = "203.0.113.20";
+pub use crate::topology::{CLOUDFLARE_IP, GITHUB_IP};
 pub use hbone_policies::topology::BROWSER_IP;
 /// Where each node's SNI relay listens (in the node's namespace).
 pub const SNI_RELAY_PORT: u16 = 15443;

@@ -23,7 +23,9 @@ use std::net::IpAddr;
 use hbone_policies::topology::{LabNode, LabTopology, LabWorkload, MeshMode, lab_outside};
 use thiserror::Error;
 
-use crate::netns_topology::{CLOUDFLARE_IP, GITHUB_IP};
+/// Where the netns lab's stand-ins for the public APIs listen (the `world` namespace).
+pub const GITHUB_IP: &str = "203.0.113.10";
+pub const CLOUDFLARE_IP: &str = "203.0.113.20";
 
 #[derive(Debug, Error)]
 pub enum LabError {

@@ -8,8 +8,8 @@ use super::eval::{self, Connection, Verdict};
 use super::peer_authn::{self, convert_peer_authentication, oldest, workload_policy_keys};
 use super::translate::translate_authorization_policy;
 use super::{Authorization, Scope};
-use crate::istio::IstioPolicies;
-use crate::istio::types::PeerAuthentication;
+
+use crate::istio::types::{AuthorizationPolicy, PeerAuthentication};
 use crate::selector::labels_match;
 
 /// A workload as policy selection sees it.
@@ -42,13 +42,16 @@ pub struct MeshAuthorization {
 }
 
 impl MeshAuthorization {
-    /// Translates every policy of `crds` as istiod does.
-    pub fn translate(crds: &IstioPolicies) -> MeshAuthorization {
-        let root = crds.root_namespace();
+    /// Translates every policy as istiod does; `root` is the mesh's root namespace.
+    pub fn translate(
+        root: &str,
+        authorization: &[AuthorizationPolicy],
+        peer_authentication: &[PeerAuthentication],
+    ) -> MeshAuthorization {
         let mut policies = Vec::new();
         let mut selections = Vec::new();
         let mut notes = Vec::new();
-        for ap in crds.authorization() {
+        for ap in authorization {
             let t = translate_authorization_policy(ap, root);
             let source = format!(
                 "{}/{}",
@@ -69,7 +72,7 @@ impl MeshAuthorization {
                 policies.push(a);
             }
         }
-        let pas = crds.peer_authentication();
+        let pas = peer_authentication;
         let namespace_level = |ns: &str| {
             oldest(pas.iter().filter(|p| {
                 p.spec.selector.is_none() && p.metadata.namespace.as_deref().unwrap_or("") == ns

@@ -112,8 +112,13 @@ impl IstioPolicies {
 
     /// What istiod would send ztunnel for these CRDs.
     pub fn translated(&self) -> &MeshAuthorization {
-        self.translated
-            .get_or_init(|| MeshAuthorization::translate(self))
+        self.translated.get_or_init(|| {
+            MeshAuthorization::translate(
+                &self.root_namespace,
+                &self.authorization,
+                &self.peer_authentication,
+            )
+        })
     }
 
     /// The PeerAuthentication mode for `target` on `port`: the workload-level

@@ -18,6 +18,7 @@ use crate::authorization::decide;
 use crate::core::ProxyCore;
 use crate::metrics::{ConnectionGuard, ConnectionLabels};
 use crate::outbound::Outbound;
+use crate::refusal::{Direction, Reason};
 
 /// The destination before iptables REDIRECT, or `None` when the connection was not redirected.
 pub fn original_destination(tcp: &TcpStream) -> Option<SocketAddr> {
@@ -42,13 +43,13 @@ pub async fn serve_outbound(
     crate::listen::accept_loop(listener, shutdown, tasks, "outbound", move |tcp, peer| {
         let (core, outbound) = (core.clone(), outbound.clone());
         async move {
-            let refuse = |reason: &str, detail: String| {
-                core.metrics.refused("outbound", reason);
-                warn!(%peer, reason, error = %detail, "outbound connection refused");
+            let refuse = |reason: Reason, detail: String| {
+                core.metrics.refused(Direction::Outbound, reason);
+                warn!(%peer, %reason, error = %detail, "outbound connection refused");
             };
             let Some(dst) = original_destination(&tcp) else {
                 return refuse(
-                    "not_redirected",
+                    Reason::NotRedirected,
                     "no SO_ORIGINAL_DST: the connection was not redirected here".into(),
                 );
             };
@@ -59,13 +60,13 @@ pub async fn serve_outbound(
                 .cloned()
             else {
                 return refuse(
-                    "unknown_source",
+                    Reason::UnknownSource,
                     format!("{} is not a workload on node {}", peer.ip(), core.node),
                 );
             };
             match outbound.open(&source, peer, dst).await {
                 Ok((upstream, route)) => outbound.relay(tcp, peer, &source, upstream, route).await,
-                Err(e) => outbound.record_failure("outbound", &source, dst, &e),
+                Err(e) => outbound.record_failure(Direction::Outbound, &source, dst, &e),
             }
         }
     })
@@ -87,29 +88,29 @@ pub async fn serve_plaintext(
 }
 
 async fn plaintext(core: Arc<ProxyCore>, mut tcp: TcpStream, peer: SocketAddr) {
-    let refuse = |reason: &str, detail: String| {
-        core.metrics.refused("plaintext", reason);
-        warn!(%peer, reason, error = %detail, "plaintext connection refused");
+    let refuse = |reason: Reason, detail: String| {
+        core.metrics.refused(Direction::Plaintext, reason);
+        warn!(%peer, %reason, error = %detail, "plaintext connection refused");
     };
     let Some(dst) = original_destination(&tcp) else {
         return refuse(
-            "not_redirected",
+            Reason::NotRedirected,
             "plaintext inbound needs the original destination (iptables REDIRECT)".into(),
         );
     };
     let Some(workload) = core.local_workload(dst.ip()) else {
         return refuse(
-            "no_local_workload",
+            Reason::NoLocalWorkload,
             format!("{dst} is not a workload on node {}", core.node),
         );
     };
     let decision = decide(&core.policies(), &workload, None, peer.ip(), dst);
     if !decision.allowed {
-        return refuse("policy_denied", decision.reason);
+        return refuse(Reason::PolicyDenied, decision.reason);
     }
     let mut upstream = match core.connect(Some(&workload), None, dst).await {
         Ok(s) => s,
-        Err(e) => return refuse("upstream_unreachable", format!("{dst}: {e}")),
+        Err(e) => return refuse(Reason::UpstreamUnreachable, format!("{dst}: {e}")),
     };
     let registry = core.registry();
     let source = registry.workload_by_ip(peer.ip());

@@ -12,6 +12,7 @@ use thiserror::Error;
 
 use crate::config::H2Settings;
 use crate::metrics::ProxyMetrics;
+use crate::refusal::{Direction, Reason};
 use arc_swap::ArcSwap;
 
 use crate::established::{Established, Revoked};
@@ -120,7 +121,8 @@ impl ProxyCore {
         self.policies.store(policies.clone());
         let revoked = self.established.recheck(&policies);
         for r in &revoked {
-            self.metrics.refused("inbound", "policy_revoked");
+            self.metrics
+                .refused(Direction::Inbound, Reason::PolicyRevoked);
             tracing::warn!(
                 peer = %r.peer,
                 dst = %r.target,

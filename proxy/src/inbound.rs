@@ -28,14 +28,14 @@ use crate::copy::bidirectional;
 use crate::core::ProxyCore;
 use crate::established::Stream;
 use crate::metrics::{ConnectionGuard, ConnectionLabels};
-use crate::refusal::REFUSAL_HEADER;
+use crate::refusal::{Direction, REFUSAL_HEADER, Reason};
 use crate::registry::Workload;
 use crate::tls::{ALPN_H2, handshake_failure_reason, identity_of};
 
 /// Ports of the proxy itself; a CONNECT to one of them is refused (as ztunnel does).
 pub const PROXY_PORTS: [u16; 8] = [15000, 15001, 15006, 15008, 15020, 15021, 15053, 15080];
 
-const DIRECTION: &str = "inbound";
+const DIRECTION: Direction = Direction::Inbound;
 
 /// Accepts HBONE connections until `shutdown`.
 pub async fn serve(
@@ -59,13 +59,13 @@ async fn handle_connection(
     tasks: TaskTracker,
 ) {
     let Ok(local) = tcp.local_addr() else { return };
-    let refuse = |reason: &str, detail: &dyn std::fmt::Display| {
+    let refuse = |reason: Reason, detail: &dyn std::fmt::Display| {
         core.metrics.refused(DIRECTION, reason);
-        warn!(%peer, %local, reason, error = %detail, "HBONE connection refused");
+        warn!(%peer, %local, %reason, error = %detail, "HBONE connection refused");
     };
     let Some(workload) = core.local_workload(local.ip()) else {
         refuse(
-            "no_local_workload",
+            Reason::NoLocalWorkload,
             &format!(
                 "no workload of node {} has address {}",
                 core.node,
@@ -76,19 +76,19 @@ async fn handle_connection(
     };
     let config = match core.server_config(workload.identity()).await {
         Ok(c) => c,
-        Err(e) => return refuse("no_certificate", &e),
+        Err(e) => return refuse(Reason::NoCertificate, &e),
     };
     let handshake = tokio_rustls::TlsAcceptor::from(config).accept(tcp);
     let tls = match tokio::time::timeout(core.h2.handshake_timeout, handshake).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => return refuse(handshake_failure_reason(&e), &e),
-        Err(_) => return refuse("handshake_timeout", &"no TLS handshake in time"),
+        Err(_) => return refuse(Reason::HandshakeTimeout, &"no TLS handshake in time"),
     };
     let (peer_identity, tls_version) = {
         let (_, session) = tls.get_ref();
         if session.alpn_protocol() != Some(ALPN_H2) {
             return refuse(
-                "alpn",
+                Reason::Alpn,
                 &format!(
                     "ALPN {:?} negotiated; HBONE needs h2",
                     session.alpn_protocol().map(String::from_utf8_lossy)
@@ -115,7 +115,7 @@ async fn handle_connection(
         .await
     {
         Ok(c) => c,
-        Err(e) => return refuse("h2_handshake", &e),
+        Err(e) => return refuse(Reason::H2Handshake, &e),
     };
     tracing::debug!(%peer, %local, peer_identity = %peer_identity, tls = %tls_version, "HBONE connection accepted");
     let active = Arc::new(AtomicUsize::new(0));
@@ -166,7 +166,22 @@ struct ActiveStream(Arc<AtomicUsize>);
 
 /// Why a CONNECT stream is refused: its status, the reason for the header
 /// and the metric, and the detail for the log.
-struct Refusal(StatusCode, &'static str, String);
+/// Why a CONNECT is refused: the status answered, the reason counted, what the log says.
+struct Refusal {
+    status: StatusCode,
+    reason: Reason,
+    detail: String,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, reason: Reason, detail: impl Into<String>) -> Self {
+        Refusal {
+            status,
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
 
 impl Drop for ActiveStream {
     fn drop(&mut self) {
@@ -179,7 +194,7 @@ impl StreamContext {
         &self,
         mut respond: SendResponse<Bytes>,
         status: StatusCode,
-        reason: &str,
+        reason: Reason,
         detail: String,
     ) {
         self.core.metrics.refused(DIRECTION, reason);
@@ -188,7 +203,7 @@ impl StreamContext {
             src_identity = %self.peer_identity,
             dst_workload = %self.workload.name,
             status = status.as_u16(),
-            reason,
+            %reason,
             detail = %detail,
             "HBONE stream refused"
         );
@@ -218,7 +233,11 @@ impl StreamContext {
             Ok((stream, allowed_by)) => {
                 tasks.spawn(self.connect_and_relay(slot, body, respond, stream, allowed_by));
             }
-            Err(Refusal(status, reason, detail)) => self.refuse(respond, status, reason, detail),
+            Err(Refusal {
+                status,
+                reason,
+                detail,
+            }) => self.refuse(respond, status, reason, detail),
         }
     }
 
@@ -243,12 +262,12 @@ impl StreamContext {
                 Ok(Err(e)) => {
                     let detail = format!("{target}: {e}");
                     let status = StatusCode::SERVICE_UNAVAILABLE;
-                    return self.refuse(respond, status, "upstream_unreachable", detail);
+                    return self.refuse(respond, status, Reason::UpstreamUnreachable, detail);
                 }
                 Err(_) => {
                     let detail = format!("{target}: connect timed out");
                     let status = StatusCode::SERVICE_UNAVAILABLE;
-                    return self.refuse(respond, status, "upstream_unreachable", detail);
+                    return self.refuse(respond, status, Reason::UpstreamUnreachable, detail);
                 }
             };
             let _ = upstream.set_nodelay(true);
@@ -310,15 +329,19 @@ impl StreamContext {
     fn admit(&self, request: &http::request::Parts) -> Result<(Stream, String), Refusal> {
         let limit = self.core.h2.server_max_streams;
         if self.active.fetch_add(1, Ordering::AcqRel) >= limit {
-            return Err(Refusal(
+            return Err(Refusal::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "too_many_streams",
+                Reason::TooManyStreams,
                 format!("this connection already carries {limit} streams"),
             ));
         }
         if request.method != Method::CONNECT {
             let detail = format!("method {} (HBONE accepts only CONNECT)", request.method);
-            return Err(Refusal(StatusCode::BAD_REQUEST, "not_connect", detail));
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                Reason::NotConnect,
+                detail,
+            ));
         }
         let authority = request
             .uri
@@ -327,24 +350,28 @@ impl StreamContext {
             .unwrap_or_default();
         let Ok(target) = authority.parse::<SocketAddr>() else {
             let detail = format!(":authority {authority:?} is not ip:port");
-            return Err(Refusal(StatusCode::BAD_REQUEST, "bad_authority", detail));
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                Reason::BadAuthority,
+                detail,
+            ));
         };
         if target.ip() != self.local.ip() || !self.workload.ips.contains(&target.ip()) {
             let detail = format!(
                 "{target} is not the workload this connection arrived for ({})",
                 self.local.ip()
             );
-            return Err(Refusal(
+            return Err(Refusal::new(
                 StatusCode::BAD_REQUEST,
-                "authority_mismatch",
+                Reason::AuthorityMismatch,
                 detail,
             ));
         }
         if PROXY_PORTS.contains(&target.port()) {
             let detail = format!("port {} belongs to the proxy", target.port());
-            return Err(Refusal(
+            return Err(Refusal::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "proxy_port",
+                Reason::ProxyPort,
                 detail,
             ));
         }
@@ -362,9 +389,9 @@ impl StreamContext {
             stream.target,
         );
         if !decision.allowed {
-            return Err(Refusal(
+            return Err(Refusal::new(
                 StatusCode::UNAUTHORIZED,
-                "policy_denied",
+                Reason::PolicyDenied,
                 decision.reason,
             ));
         }

@@ -9,6 +9,8 @@ use prometheus_client::registry::Registry;
 
 use crate::registry::{Service, Workload};
 
+use crate::refusal::{Direction, Reason};
+
 /// ztunnel's connection labels (src/proxy/metrics.rs in istio/ztunnel).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, Default, EncodeLabelSet)]
 pub struct ConnectionLabels {
@@ -186,20 +188,20 @@ impl Default for ProxyMetrics {
 }
 
 impl ProxyMetrics {
-    fn refusal(&self, direction: &str, reason: &str) -> Counter {
+    fn refusal(&self, direction: Direction, reason: Reason) -> Counter {
         self.refusals
             .get_or_create(&RefusalLabels {
-                direction: direction.into(),
-                reason: reason.into(),
+                direction: direction.as_str().into(),
+                reason: reason.as_str().into(),
             })
             .clone()
     }
 
-    pub fn refused(&self, direction: &str, reason: &str) {
+    pub fn refused(&self, direction: Direction, reason: Reason) {
         self.refusal(direction, reason).inc();
     }
 
-    pub fn refusal_count(&self, direction: &str, reason: &str) -> u64 {
+    pub fn refusal_count(&self, direction: Direction, reason: Reason) -> u64 {
         self.refusal(direction, reason).get()
     }
 

@@ -20,6 +20,7 @@ use tracing::{info, warn};
 use crate::core::ProxyCore;
 use crate::metrics::{ConnectionGuard, ConnectionLabels};
 use crate::pool::{Pool, PoolKey, Tunnel, TunnelError};
+use crate::refusal::{Direction, Reason};
 use crate::registry::{Destination, Protocol, Service, Workload};
 
 #[derive(Debug, Error)]
@@ -37,10 +38,10 @@ pub enum OutboundError {
 }
 
 impl OutboundError {
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            OutboundError::NoRoute(..) => "no_route",
-            OutboundError::Direct { .. } => "connect_failed",
+            OutboundError::NoRoute(..) => Reason::NoRoute,
+            OutboundError::Direct { .. } => Reason::ConnectFailed,
             OutboundError::Tunnel(t) => t.reason(),
         }
     }
@@ -202,13 +203,13 @@ impl Outbound {
     /// Counts and logs a failed outbound attempt.
     pub fn record_failure(
         &self,
-        direction: &str,
+        direction: Direction,
         source: &Workload,
         dst: SocketAddr,
         err: &OutboundError,
     ) {
         self.core.metrics.refused(direction, err.reason());
-        warn!(direction, src.workload = %source.name, src.identity = %source.identity(), dst = %dst, reason = err.reason(), error = %err, "outbound connection failed");
+        warn!(%direction, src.workload = %source.name, src.identity = %source.identity(), dst = %dst, reason = %err.reason(), error = %err, "outbound connection failed");
     }
 }
 

@@ -23,6 +23,7 @@ use thiserror::Error;
 use tracing::{debug, warn};
 
 use crate::core::{CoreError, ProxyCore};
+use crate::refusal::Reason;
 use crate::tls::handshake_failure_reason;
 
 /// Which connections may be shared.
@@ -69,7 +70,7 @@ pub enum TunnelError {
     #[error("TLS handshake with {addr} failed ({reason}): {source}")]
     Tls {
         addr: SocketAddr,
-        reason: &'static str,
+        reason: Reason,
         #[source]
         source: std::io::Error,
     },
@@ -88,18 +89,18 @@ pub enum TunnelError {
 }
 
 impl TunnelError {
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            TunnelError::Connect { .. } => "connect_failed",
-            TunnelError::Tls { reason, .. } => reason,
-            TunnelError::H2 { .. } => "h2_error",
+            TunnelError::Connect { .. } => Reason::ConnectFailed,
+            TunnelError::Tls { reason, .. } => *reason,
+            TunnelError::H2 { .. } => Reason::H2Error,
             TunnelError::Refused { status, .. } => match *status {
-                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => "policy_denied",
-                StatusCode::BAD_REQUEST => "bad_request",
-                _ => "upstream_unavailable",
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Reason::PolicyDenied,
+                StatusCode::BAD_REQUEST => Reason::BadRequest,
+                _ => Reason::UpstreamUnavailable,
             },
-            TunnelError::Core(_) => "no_certificate",
-            TunnelError::Timeout(_) => "timeout",
+            TunnelError::Core(_) => Reason::NoCertificate,
+            TunnelError::Timeout(_) => Reason::Timeout,
         }
     }
 }

@@ -17,8 +17,9 @@ use tracing::warn;
 
 use crate::core::ProxyCore;
 use crate::outbound::{Outbound, OutboundError};
+use crate::refusal::{Direction, Reason};
 
-const DIRECTION: &str = "socks5";
+const DIRECTION: Direction = Direction::Socks5;
 
 #[derive(Debug, Error)]
 pub enum Socks5Error {
@@ -39,15 +40,15 @@ pub enum Socks5Error {
 }
 
 impl Socks5Error {
-    fn reason(&self) -> &'static str {
+    fn reason(&self) -> Reason {
         match self {
-            Socks5Error::NotSocks5(_) => "not_socks5",
-            Socks5Error::NoAcceptableMethod => "socks5_method",
-            Socks5Error::UnsupportedCommand(_) => "socks5_command",
-            Socks5Error::UnsupportedAddressType(_) => "socks5_address_type",
-            Socks5Error::Unresolvable(_) => "unresolvable",
-            Socks5Error::UnknownSource(_) => "unknown_source",
-            Socks5Error::Io(_) => "socks5_io",
+            Socks5Error::NotSocks5(_) => Reason::NotSocks5,
+            Socks5Error::NoAcceptableMethod => Reason::Socks5Method,
+            Socks5Error::UnsupportedCommand(_) => Reason::Socks5Command,
+            Socks5Error::UnsupportedAddressType(_) => Reason::Socks5AddressType,
+            Socks5Error::Unresolvable(_) => Reason::Unresolvable,
+            Socks5Error::UnknownSource(_) => Reason::UnknownSource,
+            Socks5Error::Io(_) => Reason::Socks5Io,
         }
     }
 }
@@ -75,7 +76,7 @@ pub async fn serve(
         async move {
             if let Err(e) = handle(&core, &outbound, tcp, peer).await {
                 core.metrics.refused(DIRECTION, e.reason());
-                warn!(%peer, reason = e.reason(), error = %e, "SOCKS5 request refused");
+                warn!(%peer, reason = %e.reason(), error = %e, "SOCKS5 request refused");
             }
         }
     })
@@ -188,9 +189,9 @@ async fn handle(
 
 fn reply_code(e: &OutboundError) -> u8 {
     match e.reason() {
-        "policy_denied" => reply::NOT_ALLOWED,
-        "no_route" => reply::HOST_UNREACHABLE,
-        "connect_failed" | "upstream_unavailable" => reply::CONNECTION_REFUSED,
+        Reason::PolicyDenied => reply::NOT_ALLOWED,
+        Reason::NoRoute => reply::HOST_UNREACHABLE,
+        Reason::ConnectFailed | Reason::UpstreamUnavailable => reply::CONNECTION_REFUSED,
         _ => reply::GENERAL_FAILURE,
     }
 }

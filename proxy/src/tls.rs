@@ -13,6 +13,7 @@
 
 use std::sync::Arc;
 
+use crate::refusal::Reason;
 use hbone_ca::Identity;
 use hbone_ca::manager::Svid;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -55,14 +56,14 @@ pub enum PeerIdentityError {
 }
 
 impl PeerIdentityError {
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            PeerIdentityError::NoCertificate => "no_client_cert",
+            PeerIdentityError::NoCertificate => Reason::NoClientCert,
             PeerIdentityError::Unparseable
             | PeerIdentityError::NoSpiffeId(_)
-            | PeerIdentityError::BadSpiffeId(_) => "no_spiffe_id",
-            PeerIdentityError::ForeignTrustDomain { .. } => "foreign_trust_domain",
-            PeerIdentityError::UnexpectedServer { .. } => "unexpected_server_identity",
+            | PeerIdentityError::BadSpiffeId(_) => Reason::NoSpiffeId,
+            PeerIdentityError::ForeignTrustDomain { .. } => Reason::ForeignTrustDomain,
+            PeerIdentityError::UnexpectedServer { .. } => Reason::UnexpectedServerIdentity,
         }
     }
 }
@@ -321,38 +322,38 @@ impl ServerCertVerifier for SpiffeServerVerifier {
 }
 
 /// A short label for why a TLS handshake failed, for logs and metrics.
-pub fn handshake_failure_reason(err: &std::io::Error) -> &'static str {
+pub fn handshake_failure_reason(err: &std::io::Error) -> Reason {
     let Some(tls) = err.get_ref().and_then(|e| e.downcast_ref::<TlsError>()) else {
         return match err.kind() {
             std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => {
-                "handshake_aborted"
+                Reason::HandshakeAborted
             }
-            std::io::ErrorKind::TimedOut => "handshake_timeout",
-            _ => "tls_handshake",
+            std::io::ErrorKind::TimedOut => Reason::HandshakeTimeout,
+            _ => Reason::TlsHandshake,
         };
     };
     match tls {
-        TlsError::InvalidMessage(_) => "not_tls",
-        TlsError::PeerIncompatible(_) => "tls_version",
-        TlsError::NoCertificatesPresented => "no_client_cert",
-        TlsError::NoApplicationProtocol => "alpn",
+        TlsError::InvalidMessage(_) => Reason::NotTls,
+        TlsError::PeerIncompatible(_) => Reason::TlsVersion,
+        TlsError::NoCertificatesPresented => Reason::NoClientCert,
+        TlsError::NoApplicationProtocol => Reason::Alpn,
         TlsError::InvalidCertificate(cert) => match cert {
             CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
-                "expired_certificate"
+                Reason::ExpiredCertificate
             }
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
-                "certificate_not_yet_valid"
+                Reason::CertificateNotYetValid
             }
             CertificateError::UnknownIssuer | CertificateError::BadSignature => {
-                "untrusted_certificate"
+                Reason::UntrustedCertificate
             }
             CertificateError::Other(OtherError(inner)) => inner
                 .downcast_ref::<PeerIdentityError>()
                 .map(PeerIdentityError::reason)
-                .unwrap_or("bad_certificate"),
-            _ => "bad_certificate",
+                .unwrap_or(Reason::BadCertificate),
+            _ => Reason::BadCertificate,
         },
-        TlsError::AlertReceived(_) => "peer_alert",
-        _ => "tls_handshake",
+        TlsError::AlertReceived(_) => Reason::PeerAlert,
+        _ => Reason::TlsHandshake,
     }
 }

@@ -4,6 +4,7 @@ mod support;
 
 use std::net::SocketAddr;
 
+use hbone_proxy::refusal::{Direction, Reason};
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,11 +73,17 @@ async fn a_principal_not_allowed_is_refused_and_counted() {
     let refused = socks5_connect(socks, lab.ip("1.2"), echo).await.err();
     assert_eq!(refused, Some(0x02), "SOCKS5 'not allowed by ruleset'");
     assert_eq!(
-        lab.b.core.metrics.refusal_count("inbound", "policy_denied"),
+        lab.b
+            .core
+            .metrics
+            .refusal_count(Direction::Inbound, Reason::PolicyDenied),
         1
     );
     assert_eq!(
-        lab.a.core.metrics.refusal_count("socks5", "policy_denied"),
+        lab.a
+            .core
+            .metrics
+            .refusal_count(Direction::Socks5, Reason::PolicyDenied),
         1
     );
     let logs = log_text();

@@ -12,6 +12,7 @@ use hbone_ca::manager::{Svid, assemble_svid};
 use hbone_ca::plugin::PluginCerts;
 use hbone_ca::{AuthorityConfig, Identity, RenewalPolicy, SigningAuthority};
 use hbone_proxy::config::H2Settings;
+use hbone_proxy::refusal::{Direction, Reason};
 use hbone_proxy::tls::MeshTrust;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -146,7 +147,7 @@ async fn tls_level_refusals_on_15008() {
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(2), tcp.read_to_end(&mut buf)).await;
     settle().await;
-    assert_eq!(m.refusal_count("inbound", "not_tls"), 1);
+    assert_eq!(m.refusal_count(Direction::Inbound, Reason::NotTls), 1);
 
     let (tls12, tls13) = (TLS12, TLS13);
     let h2 = vec![b"h2".to_vec()];
@@ -158,7 +159,11 @@ async fn tls_level_refusals_on_15008() {
     .run(hbone)
     .await;
     settle().await;
-    assert_eq!(m.refusal_count("inbound", "tls_version"), 1, "TLS 1.2");
+    assert_eq!(
+        m.refusal_count(Direction::Inbound, Reason::TlsVersion),
+        1,
+        "TLS 1.2"
+    );
 
     Probe {
         versions: tls13,
@@ -168,7 +173,7 @@ async fn tls_level_refusals_on_15008() {
     .run(hbone)
     .await;
     settle().await;
-    assert_eq!(m.refusal_count("inbound", "no_client_cert"), 1);
+    assert_eq!(m.refusal_count(Direction::Inbound, Reason::NoClientCert), 1);
 
     let stranger_ca = SigningAuthority::generate(AuthorityConfig::new("cluster.local")).unwrap();
     let foreign_root = svid_from(
@@ -185,7 +190,7 @@ async fn tls_level_refusals_on_15008() {
     .await;
     settle().await;
     assert_eq!(
-        m.refusal_count("inbound", "untrusted_certificate"),
+        m.refusal_count(Direction::Inbound, Reason::UntrustedCertificate),
         1,
         "another root"
     );
@@ -204,7 +209,10 @@ async fn tls_level_refusals_on_15008() {
     .run(hbone)
     .await;
     settle().await;
-    assert_eq!(m.refusal_count("inbound", "expired_certificate"), 1);
+    assert_eq!(
+        m.refusal_count(Direction::Inbound, Reason::ExpiredCertificate),
+        1
+    );
 
     Probe {
         versions: tls13,
@@ -222,7 +230,7 @@ async fn tls_level_refusals_on_15008() {
     .await;
     settle().await;
     assert_eq!(
-        m.refusal_count("inbound", "alpn"),
+        m.refusal_count(Direction::Inbound, Reason::Alpn),
         2,
         "wrong ALPN and no ALPN"
     );
@@ -269,7 +277,7 @@ async fn a_foreign_trust_domain_under_the_same_root_is_refused() {
     };
     assert_eq!(
         hbone_proxy::tls::handshake_failure_reason(&err),
-        "foreign_trust_domain",
+        Reason::ForeignTrustDomain,
         "{err}"
     );
     assert!(err.to_string().contains("evil.example"), "{err}");
@@ -367,13 +375,13 @@ async fn stream_level_refusals() {
     }
 
     for reason in [
-        "not_connect",
-        "bad_authority",
-        "authority_mismatch",
-        "proxy_port",
-        "policy_denied",
+        Reason::NotConnect,
+        Reason::BadAuthority,
+        Reason::AuthorityMismatch,
+        Reason::ProxyPort,
+        Reason::PolicyDenied,
     ] {
-        assert_eq!(m.refusal_count("inbound", reason), 1, "{reason}");
+        assert_eq!(m.refusal_count(Direction::Inbound, reason), 1, "{reason}");
     }
     still_serving(&lab).await;
 }
@@ -397,7 +405,7 @@ async fn more_streams_than_allowed_are_refused() {
         lab.b
             .core
             .metrics
-            .refusal_count("inbound", "too_many_streams"),
+            .refusal_count(Direction::Inbound, Reason::TooManyStreams),
         1
     );
 }
@@ -413,7 +421,13 @@ async fn socks5_garbage_is_refused() {
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(2), tcp.read_to_end(&mut buf)).await;
     settle().await;
-    assert_eq!(lab.a.core.metrics.refusal_count("socks5", "not_socks5"), 1);
+    assert_eq!(
+        lab.a
+            .core
+            .metrics
+            .refusal_count(Direction::Socks5, Reason::NotSocks5),
+        1
+    );
     assert!(log_text().contains("not a SOCKS5 greeting (first byte 0x47"));
 
     // A source that is no workload of this node.
@@ -425,7 +439,10 @@ async fn socks5_garbage_is_refused() {
     .await;
     assert_eq!(refused.err(), Some(0x02));
     assert_eq!(
-        lab.a.core.metrics.refusal_count("socks5", "unknown_source"),
+        lab.a
+            .core
+            .metrics
+            .refusal_count(Direction::Socks5, Reason::UnknownSource),
         1
     );
     still_serving(&lab).await;

@@ -28,6 +28,7 @@ use crate::lab::Lab;
 use crate::netns_topology::BROWSER_IP;
 use crate::topology::{HELLO_HOST, HELLO_PORT, Mode, POSTGRES_HOST, POSTGRES_PORT, topology_for};
 use hbone_ca::Identity;
+use hbone_proxy::refusal::{Direction, Reason};
 
 /// One scenario's outcome.
 #[derive(Debug, Clone, Serialize)]
@@ -242,7 +243,10 @@ impl<'a> Witness<'a> {
 /// or the lines of ztunnel's log that report a policy rejection.
 fn refusals(lab: &Lab, node: &str) -> u64 {
     match (lab.node(node), lab.ztunnel(node)) {
-        (Some(proxy), _) => proxy.core.metrics.refusal_count("inbound", "policy_denied"),
+        (Some(proxy), _) => proxy
+            .core
+            .metrics
+            .refusal_count(Direction::Inbound, Reason::PolicyDenied),
         (None, Some(z)) => z.policy_rejections().len() as u64,
         (None, None) => 0,
     }
@@ -538,7 +542,7 @@ async fn plaintext(lab: &Lab) -> ScenarioResult {
         .expect("loopback mode runs hbone-lab's proxies")
         .core
         .metrics;
-    let before = node2.refusal_count("inbound", "not_tls");
+    let before = node2.refusal_count(Direction::Inbound, Reason::NotTls);
     let hbone = std::net::SocketAddr::new(lab.pod("hello-app").ips[0], 15008);
     let mut evidence = String::new();
     if let Ok(mut tcp) = TcpStream::connect(hbone).await {
@@ -554,7 +558,7 @@ async fn plaintext(lab: &Lab) -> ScenarioResult {
         };
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let refused = node2.refusal_count("inbound", "not_tls") > before;
+    let refused = node2.refusal_count(Direction::Inbound, Reason::NotTls) > before;
     ScenarioResult {
         name: "plaintext → hello-app (STRICT)".into(),
         source: "a client without mesh identity".into(),

@@ -11,9 +11,10 @@ use rustls_pki_types::CertificateSigningRequestDer;
 use rustls_pki_types::pem::PemObject;
 use thiserror::Error;
 use x509_parser::certification_request::X509CertificationRequest;
-use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::oid_registry;
 use x509_parser::prelude::FromDer;
+
+use crate::san::uri_sans;
 
 /// Why a CSR was refused.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -80,16 +81,7 @@ pub fn parse_csr_der(der: &[u8]) -> Result<ParsedCsr, CsrError> {
         algorithm,
     };
 
-    let mut uris = Vec::new();
-    for extension in request.requested_extensions().into_iter().flatten() {
-        if let ParsedExtension::SubjectAlternativeName(san) = extension {
-            for name in &san.general_names {
-                if let GeneralName::URI(uri) = name {
-                    uris.push(uri.to_string());
-                }
-            }
-        }
-    }
+    let mut uris = uri_sans(request.requested_extensions().into_iter().flatten());
     match uris.len() {
         0 => Err(CsrError::NoUriSan),
         1 => Ok(ParsedCsr {

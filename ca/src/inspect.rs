@@ -14,6 +14,8 @@ use thiserror::Error;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use crate::san::san_names;
+
 #[derive(Debug, Error, Clone, PartialEq)]
 pub enum InspectError {
     #[error("no PEM CERTIFICATE block found")]
@@ -105,23 +107,18 @@ pub fn read_cert_facts(der: &[u8]) -> Result<CertFacts, InspectError> {
         client_auth: false,
         public_key: cert.public_key().subject_public_key.data.to_vec(),
     };
-    for ext in cert.extensions() {
-        match ext.parsed_extension() {
-            ParsedExtension::SubjectAlternativeName(san) => {
-                for name in &san.general_names {
-                    match name {
-                        GeneralName::URI(u) => facts.uri_sans.push(u.to_string()),
-                        GeneralName::DNSName(d) => facts.dns_sans.push(d.to_string()),
-                        GeneralName::IPAddress(bytes) => facts.ip_sans.push(ip_to_string(bytes)),
-                        _ => {}
-                    }
-                }
-            }
-            ParsedExtension::ExtendedKeyUsage(eku) => {
-                facts.server_auth = eku.server_auth;
-                facts.client_auth = eku.client_auth;
-            }
+    for name in san_names(cert.extensions().iter().map(|e| e.parsed_extension())) {
+        match name {
+            GeneralName::URI(u) => facts.uri_sans.push(u.to_string()),
+            GeneralName::DNSName(d) => facts.dns_sans.push(d.to_string()),
+            GeneralName::IPAddress(bytes) => facts.ip_sans.push(ip_to_string(bytes)),
             _ => {}
+        }
+    }
+    for ext in cert.extensions() {
+        if let ParsedExtension::ExtendedKeyUsage(eku) = ext.parsed_extension() {
+            facts.server_auth = eku.server_auth;
+            facts.client_auth = eku.client_auth;
         }
     }
     Ok(facts)

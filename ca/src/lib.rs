@@ -4,6 +4,7 @@
 //! How the modules fit, from the bottom up:
 //! - [`identity`]: SPIFFE IDs in Istio's `ns/<ns>/sa/<sa>` shape.
 //! - [`csr`]: reading a PKCS#10 request (key + SAN only).
+//! - [`san`]: subject alternative names, read the same way everywhere.
 //! - [`plugin`]: Istio's plug-in CA files, shared with istiod.
 //! - [`authority`]: signs X.509-SVIDs (24 h by default).
 //! - [`inspect`]: reads certificates back and explains them.
@@ -22,6 +23,7 @@ pub mod manager;
 pub mod metrics;
 pub mod plugin;
 pub mod proto;
+pub mod san;
 pub mod server;
 pub mod token_review;
 pub mod tokens;

@@ -5,17 +5,16 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwap;
 use hbone_ca::Identity;
 use hbone_ca::manager::{CertificateManager, FetchError, Svid};
 use hbone_policies::istio::IstioPolicies;
 use thiserror::Error;
 
 use crate::config::H2Settings;
+use crate::established::{Established, Revoked};
 use crate::metrics::ProxyMetrics;
 use crate::refusal::{Direction, Reason};
-use arc_swap::ArcSwap;
-
-use crate::established::{Established, Revoked};
 use crate::registry::Registry;
 use crate::tls::{MeshTrust, TlsSetupError};
 

@@ -19,15 +19,14 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hbone_policies::istio::IstioPolicies;
+use hbone_policies::istio::types::{AuthorizationPolicy, PeerAuthentication};
+use hbone_policies::selector::labels_match;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use hbone_policies::istio::IstioPolicies;
-use hbone_policies::istio::types::{AuthorizationPolicy, PeerAuthentication};
-
 use crate::core::ProxyCore;
 use crate::registry::{Node, Protocol, Registry, RegistryFile, Service, Workload};
-use hbone_policies::selector::labels_match;
 
 pub const DATAPLANE_MODE_LABEL: &str = "istio.io/dataplane-mode";
 pub const SIDECAR_LABEL: &str = "hbone-lab.dev/proxy";

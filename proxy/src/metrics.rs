@@ -7,9 +7,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::registry::{Service, Workload};
-
 use crate::refusal::{Direction, Reason};
+use crate::registry::{Service, Workload};
 
 /// ztunnel's connection labels (src/proxy/metrics.rs in istio/ztunnel).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, Default, EncodeLabelSet)]

@@ -13,9 +13,9 @@
 
 use std::sync::Arc;
 
-use crate::refusal::Reason;
 use hbone_ca::Identity;
 use hbone_ca::manager::Svid;
+use hbone_ca::san::uri_sans;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -26,8 +26,9 @@ use rustls::{
     RootCertStore, SignatureScheme,
 };
 use thiserror::Error;
-use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::refusal::Reason;
 
 pub const ALPN_H2: &[u8] = b"h2";
 
@@ -72,16 +73,7 @@ impl PeerIdentityError {
 pub fn identity_of(cert: &CertificateDer<'_>) -> Result<Identity, PeerIdentityError> {
     let (_, parsed) =
         X509Certificate::from_der(cert.as_ref()).map_err(|_| PeerIdentityError::Unparseable)?;
-    let mut uris = Vec::new();
-    for ext in parsed.extensions() {
-        if let ParsedExtension::SubjectAlternativeName(san) = ext.parsed_extension() {
-            for name in &san.general_names {
-                if let GeneralName::URI(u) = name {
-                    uris.push(u.to_string());
-                }
-            }
-        }
-    }
+    let uris = uri_sans(parsed.extensions().iter().map(|e| e.parsed_extension()));
     match uris.as_slice() {
         [one] if one.starts_with("spiffe://") => one
             .parse::<Identity>()

@@ -16,6 +16,7 @@ use hbone_ca::tokens::TokenFile;
 use hbone_ca::{
     AuthorityConfig, CertificateManager, IdentityPattern, RenewalPolicy, SigningAuthority,
 };
+use hbone_policies::istio::IstioPolicies;
 use hbone_policies::lab::lab_resources;
 use hbone_policies::matrix::PolicySet;
 use hbone_proxy::ProxyHandle;
@@ -30,6 +31,7 @@ use hbone_workloads::gateway::{GatewayConfig, serve as serve_gateway};
 use hbone_workloads::hello::{HelloConfig, serve as serve_hello};
 use hbone_workloads::pgserver::{PgError, PgServer};
 use hbone_workloads::public_api::{self, PublicCa, StandIn};
+use hbone_xds::XdsState;
 use tokio::net::TcpListener;
 
 use crate::dataplane::{Dataplane, ZTUNNEL_SECRET_TTL, ZtunnelNode, ZtunnelNodeSpec, mesh};
@@ -39,8 +41,6 @@ use crate::topology::{
     topology_for,
 };
 use crate::ztunnel::find_binary;
-use hbone_policies::istio::IstioPolicies;
-use hbone_xds::XdsState;
 
 const NODE_TOKEN: &str = "standalone-lab-node-token";
 

@@ -11,11 +11,13 @@
 
 use std::time::Duration;
 
+use hbone_ca::Identity;
 pub use hbone_policies::decision::Verdict;
 use hbone_policies::istio::{Decision, IstioPolicies};
 use hbone_policies::load::{istio_policies, parse_documents};
 use hbone_policies::matrix::{ROOT_NAMESPACE, Row, matrix};
 use hbone_proxy::netns::tcp_socket;
+use hbone_proxy::refusal::{Direction, Reason};
 use hbone_workloads::db::{Database, DbConfig};
 use hbone_workloads::dial::DialError;
 use hbone_workloads::external::{Reachability, check, client_tls};
@@ -27,8 +29,6 @@ use tokio::net::TcpStream;
 use crate::lab::Lab;
 use crate::netns_topology::BROWSER_IP;
 use crate::topology::{HELLO_HOST, HELLO_PORT, Mode, POSTGRES_HOST, POSTGRES_PORT, topology_for};
-use hbone_ca::Identity;
-use hbone_proxy::refusal::{Direction, Reason};
 
 /// One scenario's outcome.
 #[derive(Debug, Clone, Serialize)]

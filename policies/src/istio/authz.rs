@@ -14,11 +14,10 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::OnceLock;
 
-pub use crate::decision::Decision;
-
 use super::types::{AuthorizationPolicy, MtlsMode, PeerAuthentication};
 use crate::authorization::peer_authn::{CONVERTED_PREFIX, STATIC_STRICT_NAME};
 use crate::authorization::{Connection, MeshAuthorization, Verdict, WorkloadRef};
+pub use crate::decision::Decision;
 use crate::selector::labels_match;
 
 /// The workload a connection arrives at.

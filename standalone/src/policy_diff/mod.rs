@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use generate::{PORTS, SOURCES, Source, TARGET_APP, TARGET_IP, TARGET_NAMESPACE, policy_set};
 use hbone_ca::metrics::CaMetrics;
 use hbone_ca::server::CaService;
 use hbone_ca::tokens::TokenFile;
@@ -43,7 +44,6 @@ use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::ztunnel::{Mode, Settings, Ztunnel};
-use generate::{PORTS, SOURCES, Source, TARGET_APP, TARGET_IP, TARGET_NAMESPACE, policy_set};
 
 const TOKEN: &str = "policy-diff-token";
 

@@ -1,6 +1,8 @@
 //! `hbone-lab bench --quick` produces the report's structure (not its numbers).
 //! Needs root for the two pod namespaces; says so and skips otherwise.
 
+mod support;
+
 use std::process::Command;
 
 /// The `bench.json` a run wrote into `dir`.
@@ -9,11 +11,7 @@ fn bench_json(dir: &std::path::Path) -> serde_json::Value {
 }
 
 fn is_root() -> bool {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false);
+    let root = support::is_root();
     if !root {
         eprintln!("SKIPPED: the benchmark needs root (CI runs it as root)");
     }

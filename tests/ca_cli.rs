@@ -1,20 +1,11 @@
 //! `hbone-lab ca …` end to end: the files it writes, checked by openssl.
 
 use std::path::Path;
-use std::process::{Command, Output};
+mod support;
 
-fn hbone_lab(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_hbone-lab"))
-        .args(args)
-        .output()
-        .expect("run hbone-lab");
-    assert!(
-        out.status.success(),
-        "hbone-lab {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+use std::process::Command;
+
+use support::hbone_lab_ok;
 
 fn openssl(args: &[&str]) -> Option<String> {
     let out = match Command::new("openssl").args(args).output() {
@@ -42,7 +33,7 @@ fn init_issue_and_openssl_agree() {
     let dir = tempfile::tempdir().unwrap();
     let cacerts = dir.path().join("cacerts");
     let svid = dir.path().join("svid");
-    hbone_lab(&["ca", "init", "--out", s(&cacerts)]);
+    hbone_lab_ok(&["ca", "init", "--out", s(&cacerts)]);
     for f in [
         "ca-cert.pem",
         "ca-key.pem",
@@ -51,7 +42,7 @@ fn init_issue_and_openssl_agree() {
     ] {
         assert!(cacerts.join(f).is_file(), "{f} missing");
     }
-    let out = hbone_lab(&[
+    let out = hbone_lab_ok(&[
         "ca",
         "issue",
         "--plugin-certs",
@@ -123,7 +114,7 @@ fn init_issue_and_openssl_agree() {
 
     // A certificate of a different root does not verify.
     let other = dir.path().join("other");
-    hbone_lab(&["ca", "init", "--out", s(&other)]);
+    hbone_lab_ok(&["ca", "init", "--out", s(&other)]);
     let refused = Command::new("openssl")
         .args([
             "verify",
@@ -140,7 +131,7 @@ fn init_issue_and_openssl_agree() {
 #[test]
 fn inspect_explains_and_checks_the_chain() {
     let dir = tempfile::tempdir().unwrap();
-    hbone_lab(&[
+    hbone_lab_ok(&[
         "ca",
         "issue",
         "--spiffe-id",
@@ -150,7 +141,7 @@ fn inspect_explains_and_checks_the_chain() {
         "--out-dir",
         s(dir.path()),
     ]);
-    let out = hbone_lab(&[
+    let out = hbone_lab_ok(&[
         "ca",
         "inspect",
         s(&dir.path().join("chain.pem")),
@@ -168,8 +159,8 @@ fn inspect_explains_and_checks_the_chain() {
     assert!(text.contains("Chain check: VERIFIED"), "{text}");
 
     let other = tempfile::tempdir().unwrap();
-    hbone_lab(&["ca", "init", "--out", s(other.path())]);
-    let out = hbone_lab(&[
+    hbone_lab_ok(&["ca", "init", "--out", s(other.path())]);
+    let out = hbone_lab_ok(&[
         "ca",
         "inspect",
         s(&dir.path().join("chain.pem")),

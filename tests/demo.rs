@@ -2,7 +2,11 @@
 //! policies, `--explain` names the real values of its run, and nothing is
 //! left behind.
 
+mod support;
+
 use std::process::Command;
+
+use support::is_root;
 
 /// PostgreSQL data directories made by the process `pid` (named after it).
 fn pg_dirs_of(pid: u32) -> Vec<String> {
@@ -107,13 +111,6 @@ fn demo_runs_every_scenario_explains_and_cleans_up() {
         std::net::TcpStream::connect("127.0.12.4:5432").is_err(),
         "PostgreSQL is still running"
     );
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
 }
 
 fn namespaces_with(prefix: &str) -> Vec<String> {

@@ -1,19 +1,9 @@
 //! `hbone-lab policy check|validate` as a user runs them.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod support;
 
-fn hbone_lab(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hbone-lab"))
-        .args(args)
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use support::{hbone_lab, text};
 
 fn expected_matrix() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/expected-matrix.json")

@@ -20,7 +20,7 @@ use crate::tls::{MeshTrust, TlsSetupError};
 
 #[derive(Debug, Error)]
 pub enum CoreError {
-    #[error("no certificate: {0}")]
+    #[error(transparent)]
     Certificate(#[from] FetchError),
     #[error(transparent)]
     Tls(#[from] TlsSetupError),

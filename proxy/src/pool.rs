@@ -84,8 +84,28 @@ pub enum TunnelError {
     Refused { status: StatusCode, reason: String },
     #[error(transparent)]
     Core(#[from] CoreError),
-    #[error("timed out after {0:?}")]
-    Timeout(Duration),
+    #[error("{phase} to {addr} timed out after {after:?}")]
+    Timeout {
+        phase: TunnelPhase,
+        addr: SocketAddr,
+        after: Duration,
+    },
+}
+
+/// Which step of opening a tunnel ran out of time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelPhase {
+    TcpConnect,
+    TlsHandshake,
+}
+
+impl std::fmt::Display for TunnelPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TunnelPhase::TcpConnect => "the TCP connect",
+            TunnelPhase::TlsHandshake => "the TLS handshake",
+        })
+    }
 }
 
 impl TunnelError {
@@ -100,7 +120,7 @@ impl TunnelError {
                 _ => Reason::UpstreamUnavailable,
             },
             TunnelError::Core(_) => Reason::NoCertificate,
-            TunnelError::Timeout(_) => Reason::Timeout,
+            TunnelError::Timeout { .. } => Reason::Timeout,
         }
     }
 }
@@ -253,7 +273,11 @@ impl Pool {
             self.core.connect(from.as_deref(), key.source_ip, addr),
         )
         .await
-        .map_err(|_| TunnelError::Timeout(h2s.connect_timeout))?
+        .map_err(|_| TunnelError::Timeout {
+            phase: TunnelPhase::TcpConnect,
+            addr,
+            after: h2s.connect_timeout,
+        })?
         .map_err(|source| TunnelError::Connect { addr, source })?;
         // Small frames (a request, a WINDOW_UPDATE) must not wait for an ACK.
         let _ = tcp.set_nodelay(true);
@@ -266,7 +290,11 @@ impl Pool {
             connector.connect(ServerName::IpAddress(addr.ip().into()), tcp),
         )
         .await
-        .map_err(|_| TunnelError::Timeout(h2s.handshake_timeout))?
+        .map_err(|_| TunnelError::Timeout {
+            phase: TunnelPhase::TlsHandshake,
+            addr,
+            after: h2s.handshake_timeout,
+        })?
         .map_err(|source| TunnelError::Tls {
             addr,
             reason: handshake_failure_reason(&source),

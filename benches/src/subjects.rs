@@ -13,16 +13,15 @@ use hbone_ca::server::{CaService, RunningCa, serve_listener};
 use hbone_ca::tokens::TokenFile;
 use hbone_ca::{AuthorityConfig, SigningAuthority};
 use hbone_policies::load::{istio_policies, parse_documents};
-use hbone_proxy::netns::{NetNs, bind_listener, tcp_socket};
+use hbone_proxy::netns::{NetNs, bind_listener};
 use hbone_proxy::registry::Registry;
 use hbone_standalone::dataplane::{
     ZtunnelNodeSpec, mesh, serve_node_control_plane, start_shared_ztunnel,
 };
-use hbone_standalone::ztunnel::Ztunnel;
+use hbone_standalone::ztunnel::{Ztunnel, http_get};
 use hbone_xds::zds::NodeAgent;
 use hbone_xds::{Mesh, RunningControlPlane, XdsState};
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::topology::{CLIENT_IP, SERVER_IP, Topology};
 
@@ -90,7 +89,6 @@ pub struct Shared {
     token_file: PathBuf,
     host_ca: SocketAddr,
     pod_ca: SocketAddr,
-    ca: Arc<CaService>,
     root_pem: String,
     registry: Registry,
     mesh: Mesh,
@@ -171,17 +169,9 @@ impl Shared {
             let tag = std::process::id() % 100_000;
             for (node, _) in NODES {
                 let ns = NetNs::create(&format!("hlb-{node}-{tag}")).map_err(setup)?;
-                let spec = node_spec(
-                    node,
-                    &ns,
-                    Path::new(""),
-                    &service,
-                    &xds,
-                    &registry,
-                    dir.path(),
-                    authority.root_pem(),
-                );
-                let control = serve_node_control_plane(&spec).await.map_err(setup)?;
+                let control = serve_node_control_plane(node, &ns, service.clone(), xds.clone())
+                    .await
+                    .map_err(setup)?;
                 nodes.push((ns, control));
             }
         }
@@ -192,7 +182,6 @@ impl Shared {
             host_ca: host_ca.addr,
             pod_ca: pod_ca.addr,
             cas: vec![host_ca, pod_ca],
-            ca: service,
             root_pem: authority.root_pem().to_string(),
             registry,
             mesh,
@@ -244,33 +233,6 @@ impl Running {
     }
 }
 
-/// A shared-mode ztunnel on `node`, as the standalone lab starts one.
-#[allow(clippy::too_many_arguments)]
-fn node_spec<'a>(
-    node: &'a str,
-    netns: &'a NetNs,
-    binary: &'a Path,
-    ca: &Arc<CaService>,
-    xds: &Arc<XdsState>,
-    registry: &'a Registry,
-    dir: &'a Path,
-    root_pem: &'a str,
-) -> ZtunnelNodeSpec<'a> {
-    ZtunnelNodeSpec {
-        node,
-        netns,
-        binary,
-        ca: ca.clone(),
-        xds: xds.clone(),
-        registry,
-        dir,
-        root_pem,
-        token: TOKEN,
-        secret_ttl: None,
-        log_level: "warn",
-    }
-}
-
 impl Drop for Running {
     fn drop(&mut self) {
         for child in &mut self.children {
@@ -296,21 +258,10 @@ async fn wait_http_ready(
     log: &Path,
 ) -> Result<(), SubjectError> {
     let deadline = Instant::now() + Duration::from_secs(20);
+    let netns = ns.map(|n| n.path());
     while Instant::now() < deadline {
-        let socket =
-            tcp_socket(ns.map(|n| n.path()).as_deref(), addr, None, None).map_err(setup)?;
-        if let Ok(Ok(mut tcp)) =
-            tokio::time::timeout(Duration::from_millis(500), socket.connect(addr)).await
-        {
-            let _ = tcp
-                .write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
-                .await;
-            let mut out = String::new();
-            let _ =
-                tokio::time::timeout(Duration::from_secs(1), tcp.read_to_string(&mut out)).await;
-            if out.starts_with("HTTP/1.1 200") || out.starts_with("HTTP/1.0 200") {
-                return Ok(());
-            }
+        if let Ok((200, _)) = http_get(netns.as_deref(), addr, path).await {
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -448,24 +399,23 @@ async fn start_ztunnel(
 /// One shared-mode ztunnel per node, its pod handed over by ZDS, fed over xDS.
 async fn start_shared_ztunnels(binary: &Path, shared: &Shared) -> Result<Running, SubjectError> {
     let mut ztunnels = Vec::new();
-    let xds = shared
-        .nodes
-        .first()
-        .map(|(_, c)| c.xds.clone())
-        .ok_or_else(|| {
-            setup("no node namespaces: Shared::new was told there is no shared-mode ztunnel")
-        })?;
-    for ((node, _), (ns, control)) in NODES.iter().zip(&shared.nodes) {
-        let spec = node_spec(
+    if shared.nodes.is_empty() {
+        return Err(setup(
+            "no node namespaces: Shared::new was told there is no shared-mode ztunnel",
+        ));
+    }
+    for ((node, _), (netns, control)) in NODES.iter().zip(&shared.nodes) {
+        let spec = ZtunnelNodeSpec {
             node,
-            ns,
+            netns,
             binary,
-            &shared.ca,
-            &xds,
-            &shared.registry,
-            shared.dir.path(),
-            &shared.root_pem,
-        );
+            registry: &shared.registry,
+            dir: shared.dir.path(),
+            root_pem: &shared.root_pem,
+            token: TOKEN,
+            secret_ttl: None,
+            log_level: "warn",
+        };
         ztunnels.push(start_shared_ztunnel(&spec, control).await.map_err(setup)?);
     }
     Ok(Running {

@@ -133,8 +133,6 @@ pub struct ZtunnelNodeSpec<'a> {
     pub node: &'a str,
     pub netns: &'a NetNs,
     pub binary: &'a Path,
-    pub ca: Arc<CaService>,
-    pub xds: Arc<XdsState>,
     /// The node's pods are its workloads with a network namespace.
     pub registry: &'a Registry,
     /// Where sockets, tokens and logs go.
@@ -156,15 +154,20 @@ impl ZtunnelNodeSpec<'_> {
 /// Serves the CA and xDS on 127.0.0.1:15012 inside the node's namespace,
 /// where the node's ztunnel finds them.
 pub async fn serve_node_control_plane(
-    spec: &ZtunnelNodeSpec<'_>,
+    node: &str,
+    netns: &NetNs,
+    ca: Arc<CaService>,
+    xds: Arc<XdsState>,
 ) -> Result<RunningControlPlane, LabError> {
-    let listener = bind_listener(Some(&spec.netns.path()), ([127, 0, 0, 1], 15012).into())
-        .map_err(|e| spec.fail("control plane listener", &e))?;
-    let listener =
-        tokio::net::TcpListener::from_std(listener).map_err(|e| spec.fail("listener", &e))?;
-    hbone_xds::serve_on(spec.ca.clone(), spec.xds.clone(), listener, &[])
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        LabError::Proxy(format!("control plane on {node}: {what}: {e}"))
+    };
+    let listener = bind_listener(Some(&netns.path()), ([127, 0, 0, 1], 15012).into())
+        .map_err(|e| fail("listener", &e))?;
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| fail("listener", &e))?;
+    hbone_xds::serve_on(ca, xds, listener, &[])
         .await
-        .map_err(|e| spec.fail("control plane", &e))
+        .map_err(|e| fail("serving", &e))
 }
 
 /// Starts the node agent with the node's pods and a shared-mode ztunnel fed
@@ -233,8 +236,12 @@ impl ZtunnelNode {
     /// Serves the control plane in the node's namespace, starts the node
     /// agent with the node's pods and a shared-mode ztunnel, and waits until
     /// ztunnel holds every pod.
-    pub async fn start(spec: ZtunnelNodeSpec<'_>) -> Result<ZtunnelNode, LabError> {
-        let control = serve_node_control_plane(&spec).await?;
+    pub async fn start(
+        spec: ZtunnelNodeSpec<'_>,
+        ca: Arc<CaService>,
+        xds: Arc<XdsState>,
+    ) -> Result<ZtunnelNode, LabError> {
+        let control = serve_node_control_plane(spec.node, spec.netns, ca, xds).await?;
         let (ztunnel, agent) = start_shared_ztunnel(&spec, &control).await?;
         Ok(ZtunnelNode {
             node: spec.node.to_string(),
@@ -242,6 +249,11 @@ impl ZtunnelNode {
             agent,
             control,
         })
+    }
+
+    /// How long ztunnel's log is now, as an offset for [`Self::log_since`].
+    pub fn log_len(&self) -> usize {
+        std::fs::metadata(&self.ztunnel.settings.log).map_or(0, |m| m.len() as usize)
     }
 
     /// Lines of ztunnel's log written since `offset` bytes (its access log

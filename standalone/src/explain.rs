@@ -257,11 +257,7 @@ async fn explain_ztunnel(lab: &Lab) -> Result<String, String> {
                 .unwrap_or(0)
         );
     }
-    let offsets: Vec<usize> = lab
-        .ztunnels
-        .iter()
-        .map(|z| z.log_since(usize::MAX).1)
-        .collect();
+    let offsets: Vec<usize> = lab.ztunnels.iter().map(|z| z.log_len()).collect();
     let mut tcp = lab
         .dialer("hello-gateway")
         .connect("hello-app.demo.svc.cluster.local", HELLO_PORT)
@@ -300,7 +296,7 @@ async fn explain_ztunnel(lab: &Lab) -> Result<String, String> {
             let _ = writeln!(w, "     {line}");
         }
         let metrics = crate::ztunnel::http_get(
-            &z.ztunnel.netns_path(),
+            Some(&z.ztunnel.netns_path()),
             ([127, 0, 0, 1], 15020).into(),
             "/metrics",
         )

@@ -410,19 +410,21 @@ impl Lab {
                 .filter(|n| dataplane.ztunnel_on(n))
             {
                 ztunnels.push(
-                    ZtunnelNode::start(ZtunnelNodeSpec {
-                        node,
-                        netns: &plumbing.nodes[node],
-                        binary,
-                        ca: service.clone(),
-                        xds: state.clone(),
-                        registry: &registry,
-                        dir: dir.path(),
-                        root_pem: authority.root_pem(),
-                        token: NODE_TOKEN,
-                        secret_ttl: Some(ZTUNNEL_SECRET_TTL),
-                        log_level: "info",
-                    })
+                    ZtunnelNode::start(
+                        ZtunnelNodeSpec {
+                            node,
+                            netns: &plumbing.nodes[node],
+                            binary,
+                            registry: &registry,
+                            dir: dir.path(),
+                            root_pem: authority.root_pem(),
+                            token: NODE_TOKEN,
+                            secret_ttl: Some(ZTUNNEL_SECRET_TTL),
+                            log_level: "info",
+                        },
+                        service.clone(),
+                        state.clone(),
+                    )
                     .await?,
                 );
             }

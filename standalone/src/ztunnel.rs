@@ -41,6 +41,12 @@ pub enum ZtunnelError {
         log: PathBuf,
         tail: String,
     },
+    #[error("cannot reach ztunnel {name}'s admin port: {source}")]
+    AdminUnreachable {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("ztunnel {name}'s admin answered {status} on {path}")]
     Admin {
         name: String,
@@ -200,11 +206,11 @@ impl Ztunnel {
     /// `GET path` on its admin port (15000, localhost in its namespace).
     pub async fn admin_get(&self, path: &str) -> Result<(u16, String), ZtunnelError> {
         let addr: SocketAddr = ([127, 0, 0, 1], 15000).into();
-        http_get(&self.netns, addr, path)
+        http_get(Some(&self.netns), addr, path)
             .await
-            .map_err(|e| ZtunnelError::Spawn {
+            .map_err(|source| ZtunnelError::AdminUnreachable {
                 name: self.settings.name.clone(),
-                source: e,
+                source,
             })
     }
 
@@ -252,7 +258,7 @@ impl Ztunnel {
         let deadline = Instant::now() + limit;
         let ready = SocketAddr::new(addr, 15021);
         while Instant::now() < deadline {
-            if let Ok((200, _)) = http_get(&self.netns, ready, "/healthz/ready").await {
+            if let Ok((200, _)) = http_get(Some(&self.netns), ready, "/healthz/ready").await {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -268,13 +274,14 @@ impl Drop for Ztunnel {
     }
 }
 
-/// A one-shot HTTP/1.0 GET from inside the namespace at `netns`.
+/// A one-shot HTTP/1.0 GET, from inside the namespace at `netns` if given:
+/// the status and the body.
 pub async fn http_get(
-    netns: &Path,
+    netns: Option<&Path>,
     addr: SocketAddr,
     path: &str,
 ) -> std::io::Result<(u16, String)> {
-    let socket = tcp_socket(Some(netns), addr, None, None).map_err(std::io::Error::other)?;
+    let socket = tcp_socket(netns, addr, None, None).map_err(std::io::Error::other)?;
     let mut tcp = tokio::time::timeout(Duration::from_secs(2), socket.connect(addr))
         .await
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;

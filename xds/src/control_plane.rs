@@ -23,10 +23,6 @@ pub struct RunningControlPlane {
 }
 
 impl RunningControlPlane {
-    pub fn addr(&self) -> SocketAddr {
-        self.server.addr
-    }
-
     /// `https://ip:port`, for ztunnel's `XDS_ADDRESS` and `CA_ADDRESS`.
     pub fn url(&self) -> String {
         self.server.url()

@@ -1,21 +1,11 @@
 //! The lab's data as workload-API messages, as istiod builds them.
 
-use std::net::IpAddr;
-
-use hbone_policies::authorization::{self as authz, Authorization, StringMatch};
+use hbone_policies::authorization::{self as authz, Authorization, StringMatch, ip_bytes};
 use ipnet::IpNet;
 
 use crate::mesh::{MeshService, MeshWorkload};
 use crate::proto::security as pb;
 use crate::proto::workload::{self as wl, AddressType};
-
-/// 4 or 16 bytes, as the workload API carries addresses.
-pub fn ip_bytes(ip: IpAddr) -> Vec<u8> {
-    match ip {
-        IpAddr::V4(a) => a.octets().to_vec(),
-        IpAddr::V6(a) => a.octets().to_vec(),
-    }
-}
 
 fn string_match(m: &StringMatch) -> pb::StringMatch {
     let match_type = match m {

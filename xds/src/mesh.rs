@@ -54,14 +54,6 @@ impl MeshWorkload {
     pub fn pod_uid(namespace: &str, name: &str) -> String {
         format!("Kubernetes//Pod/{namespace}/{name}")
     }
-
-    /// `spiffe://td/ns/<ns>/sa/<sa>`.
-    pub fn spiffe_id(&self) -> String {
-        format!(
-            "spiffe://{}/ns/{}/sa/{}",
-            self.trust_domain, self.namespace, self.service_account
-        )
-    }
 }
 
 /// One service and its virtual IPs.

@@ -99,10 +99,6 @@ impl XdsState {
         }
     }
 
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.borrow().clone()
-    }
-
     /// Every client seen, in the order they connected.
     pub fn clients(&self) -> Vec<ClientStatus> {
         self.lock_clients().values().cloned().collect()

@@ -146,10 +146,6 @@ impl NodeAgent {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Hands a new pod to the proxy (or replaces one with the same uid).
     pub fn add(&self, pod: ZdsPod) {
         self.shared.pods.send_modify(|m| {

@@ -31,7 +31,17 @@ pub mod translate;
 pub use eval::{Connection, Verdict};
 pub use index::{MeshAuthorization, WorkloadRef};
 
+use std::net::IpAddr;
+
 use ipnet::IpNet;
+
+/// An address as the workload API carries it: 4 or 16 bytes.
+pub fn ip_bytes(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
 
 /// Which workloads a policy applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -62,12 +72,6 @@ impl Scope {
             Scope::WorkloadSelector => 2,
         }
     }
-
-    pub fn from_number(n: i32) -> Option<Scope> {
-        [Scope::Global, Scope::Namespace, Scope::WorkloadSelector]
-            .into_iter()
-            .find(|s| s.number() == n)
-    }
 }
 
 /// What a matching policy does. ztunnel knows no AUDIT or CUSTOM.
@@ -90,12 +94,6 @@ impl Action {
             Action::Allow => 0,
             Action::Deny => 1,
         }
-    }
-
-    pub fn from_number(n: i32) -> Option<Action> {
-        [Action::Allow, Action::Deny]
-            .into_iter()
-            .find(|a| a.number() == n)
     }
 }
 

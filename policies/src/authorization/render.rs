@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use serde_yaml::value::{Tag, TaggedValue};
 use serde_yaml::{Mapping, Value};
 
-use super::{Action, Authorization, Match, Scope, ServiceAccountMatch, StringMatch};
+use super::{Action, Authorization, Match, Scope, ServiceAccountMatch, StringMatch, ip_bytes};
 
 /// A mapping with its keys sorted and empty values left out.
 fn sorted(entries: Vec<(&str, Option<Value>)>) -> Value {
@@ -49,15 +49,8 @@ fn istiod_string(m: &StringMatch) -> Value {
     sorted(vec![(key, Some(value))])
 }
 
-fn ip_bytes(net: &IpNet) -> Vec<u8> {
-    match net.addr() {
-        std::net::IpAddr::V4(a) => a.octets().to_vec(),
-        std::net::IpAddr::V6(a) => a.octets().to_vec(),
-    }
-}
-
 fn istiod_address(net: &IpNet) -> Value {
-    let encoded = base64::engine::general_purpose::STANDARD.encode(ip_bytes(net));
+    let encoded = base64::engine::general_purpose::STANDARD.encode(ip_bytes(net.addr()));
     let length = net.prefix_len();
     sorted(vec![
         ("address", Some(Value::String(encoded))),

@@ -282,6 +282,7 @@ fn diff(ztunnel: Option<PathBuf>, cases: usize, seed: u64, json: bool) -> anyhow
     );
     let mut disagreements = 0usize;
     let mut shown_sets = std::collections::BTreeSet::new();
+    let mut reported = 0;
     let handle = tokio::runtime::Handle::current();
     let results = tokio::task::block_in_place(|| {
         handle.block_on(run(&options, |case, yaml| {
@@ -303,9 +304,10 @@ fn diff(ztunnel: Option<PathBuf>, cases: usize, seed: u64, json: bool) -> anyhow
                     case.hbone_lab.word()
                 );
             }
-            let done = case.set + 1;
-            if done % 10 == 0 && case.port == 9090 && case.source.starts_with("plaintext") {
-                eprintln!("  {done} policy sets…");
+            // The first case of set N means N sets are done.
+            if case.set > reported && case.set % 10 == 0 {
+                reported = case.set;
+                eprintln!("  {reported} policy sets…");
             }
         }))
     })?;

@@ -98,7 +98,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let policies = Arc::new(load_policies(&config.policies, &config.root_namespace)?);
+    let policies = load_policies(&config.policies, &config.root_namespace)?;
     let root_pem = std::fs::read_to_string(&config.ca.root_cert)
         .with_context(|| format!("cannot read ca.rootCert {}", config.ca.root_cert.display()))?;
     let token = std::fs::read_to_string(&config.ca.token_file).with_context(|| {

@@ -75,6 +75,7 @@ fn config_dump(core: &ProxyCore) -> serde_json::Value {
             json!({
                 "name": w.name, "namespace": w.namespace, "identity": w.identity().to_string(),
                 "ips": w.ips, "node": w.node, "protocol": w.protocol, "local": w.node == core.node,
+                "authorizationPolicies": w.authorization_policies,
             })
         })
         .collect();
@@ -83,8 +84,7 @@ fn config_dump(core: &ProxyCore) -> serde_json::Value {
         "trustDomain": core.trust.trust_domain,
         "workloads": workloads,
         "services": core.registry().services,
-        "authorizationPolicies": core.policies().authorization().iter().map(|p| format!("{}/{}", p.metadata.namespace.as_deref().unwrap_or(""), p.metadata.name.as_deref().unwrap_or(""))).collect::<Vec<_>>(),
-        "peerAuthentications": core.policies().peer_authentication().len(),
+        "policies": core.policies().policies().iter().map(|p| p.key()).collect::<Vec<_>>(),
         "h2": {
             "streamWindow": core.h2.stream_window, "connectionWindow": core.h2.connection_window,
             "maxFrameSize": core.h2.max_frame_size, "maxStreamsPerConnection": core.h2.max_streams_per_connection,

@@ -3,38 +3,44 @@
 //! connection on 15006, and every open stream again when the policies
 //! change. It turns what the proxy knows of a connection (the peer's
 //! verified identity, the address it came from, the target, the local
-//! workload) into `hbone-policies`' query, whose answer is ztunnel's
-//! decision on the translated policies.
+//! workload and the policy keys its record lists) into `hbone-policies`'
+//! query on the translated policies, whose answer is ztunnel's decision.
 
 use std::net::{IpAddr, SocketAddr};
 
 use hbone_ca::Identity;
+use hbone_policies::authorization::{Connection, MeshAuthorization, WorkloadRef};
 use hbone_policies::decision::Decision;
-use hbone_policies::istio::IstioPolicies;
 
 use crate::registry::Workload;
 
 /// The policies' verdict on a connection from `src_ip` (with a mesh
 /// `principal`, or none for plaintext) to `target` on `workload`.
 pub fn decide(
-    policies: &IstioPolicies,
+    policies: &MeshAuthorization,
     workload: &Workload,
     principal: Option<&str>,
     src_ip: IpAddr,
     target: SocketAddr,
 ) -> Decision {
     policies.decide(
-        &workload.namespace,
-        &workload.labels,
-        principal,
-        src_ip,
-        target,
+        &WorkloadRef {
+            namespace: &workload.namespace,
+            labels: &workload.labels,
+            listed: &workload.authorization_policies,
+        },
+        &Connection {
+            principal,
+            src_ip,
+            dst_ip: target.ip(),
+            dst_port: target.port(),
+        },
     )
 }
 
 /// The policies' verdict on an HBONE stream from the verified `peer`.
 pub fn decide_peer(
-    policies: &IstioPolicies,
+    policies: &MeshAuthorization,
     workload: &Workload,
     peer: &Identity,
     src_ip: IpAddr,

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use hbone_ca::Identity;
 use hbone_ca::manager::{CertificateManager, FetchError, Svid};
-use hbone_policies::istio::IstioPolicies;
+use hbone_policies::authorization::MeshAuthorization;
 use thiserror::Error;
 
 use crate::config::H2Settings;
@@ -47,8 +47,9 @@ pub struct ProxyCore {
     pub bind_source_ip: bool,
     /// Swapped whole when the registry's source changes (file or cluster).
     registry: ArcSwap<Registry>,
-    /// Swapped whole when the policy files change; see [`Self::replace_policies`].
-    policies: ArcSwap<IstioPolicies>,
+    /// The translated policies (what ztunnel would be sent), swapped whole
+    /// when their source changes; see [`Self::replace_policies`].
+    policies: ArcSwap<MeshAuthorization>,
     /// The inbound streams being carried, re-judged on a policy change.
     pub established: Arc<Established>,
     pub certs: Arc<CertificateManager>,
@@ -61,7 +62,7 @@ impl ProxyCore {
     pub fn new(
         settings: CoreSettings,
         registry: Arc<Registry>,
-        policies: Arc<IstioPolicies>,
+        policies: impl Into<MeshAuthorization>,
         certs: Arc<CertificateManager>,
         trust: MeshTrust,
     ) -> Self {
@@ -71,7 +72,7 @@ impl ProxyCore {
             hbone_port: settings.hbone_port,
             bind_source_ip: settings.bind_source_ip,
             registry: ArcSwap::new(registry),
-            policies: ArcSwap::new(policies),
+            policies: ArcSwap::new(Arc::new(policies.into())),
             established: Arc::default(),
             certs,
             trust,
@@ -108,15 +109,15 @@ impl ProxyCore {
         self.registry.store(Arc::new(registry));
     }
 
-    /// The authorization and peer-authentication policies as they are now.
-    pub fn policies(&self) -> Arc<IstioPolicies> {
+    /// The authorization policies as they are now, translated.
+    pub fn policies(&self) -> Arc<MeshAuthorization> {
         self.policies.load_full()
     }
 
     /// Replaces the policies: new streams are judged by them, and so is
     /// every stream already open; those now denied are closed. Returns them.
-    pub fn replace_policies(&self, policies: IstioPolicies) -> Vec<Revoked> {
-        let policies = Arc::new(policies);
+    pub fn replace_policies(&self, policies: impl Into<MeshAuthorization>) -> Vec<Revoked> {
+        let policies = Arc::new(policies.into());
         self.policies.store(policies.clone());
         let revoked = self.established.recheck(&policies);
         for r in &revoked {

@@ -13,7 +13,7 @@ use std::task::Context;
 
 use futures::task::AtomicWaker;
 use hbone_ca::Identity;
-use hbone_policies::istio::IstioPolicies;
+use hbone_policies::authorization::MeshAuthorization;
 
 use crate::authorization::decide_peer;
 use crate::registry::Workload;
@@ -108,7 +108,7 @@ impl Established {
 
     /// Judges every open stream by `policies`; revokes, and returns, those
     /// now denied.
-    pub fn recheck(&self, policies: &IstioPolicies) -> Vec<Revoked> {
+    pub fn recheck(&self, policies: &MeshAuthorization) -> Vec<Revoked> {
         let streams = self.streams.lock().expect("established lock");
         let mut revoked = Vec::new();
         for (stream, revocation) in streams.values() {

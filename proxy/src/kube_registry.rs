@@ -124,8 +124,7 @@ pub fn registry_file(snapshot: &ClusterSnapshot, trust_domain: &str) -> Registry
             } else {
                 Protocol::Tcp
             },
-            netns: None,
-            identity: None,
+            ..Workload::default()
         });
     }
     let mut node_names: Vec<String> = workloads.iter().map(|w| w.node.clone()).collect();
@@ -164,7 +163,7 @@ pub fn registry_file(snapshot: &ClusterSnapshot, trust_domain: &str) -> Registry
                 hostname: None,
                 vips: vec![vip],
                 ports,
-                selector: s.selector.clone(),
+                selector: Some(s.selector.clone()),
             })
         })
         .collect();

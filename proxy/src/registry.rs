@@ -71,7 +71,7 @@ pub struct Node {
     pub name: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Workload {
     pub name: String,
@@ -90,6 +90,15 @@ pub struct Workload {
     /// Filled in at load from the registry's trust domain.
     #[serde(skip)]
     pub identity: Option<Identity>,
+    /// The selector-scoped policy keys the workload's record lists (from
+    /// xDS, where the selectors are not sent); empty in a registry file,
+    /// whose policies' selectors are matched against `labels` instead.
+    #[serde(skip)]
+    pub authorization_policies: Vec<String>,
+    /// The services (`namespace/hostname`) whose endpoint the workload's
+    /// record says it is (from xDS, where services carry no selector).
+    #[serde(skip)]
+    pub services: Vec<String>,
 }
 
 impl Workload {
@@ -110,10 +119,27 @@ pub struct Service {
     pub vips: Vec<IpAddr>,
     /// Service port → target port.
     pub ports: BTreeMap<u16, u16>,
-    pub selector: BTreeMap<String, String>,
+    /// The labels of its endpoints; without one, its endpoints are the
+    /// workloads that name it (xDS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<BTreeMap<String, String>>,
 }
 
 impl Service {
+    /// `namespace/hostname`, the key a workload's record names it by.
+    pub fn key(&self, trust_domain_suffix: &str) -> String {
+        format!("{}/{}", self.namespace, self.hostname(trust_domain_suffix))
+    }
+
+    /// Whether `w` is one of its endpoints.
+    pub fn selects(&self, w: &Workload) -> bool {
+        w.namespace == self.namespace
+            && match &self.selector {
+                Some(labels) => labels_match(labels, &w.labels),
+                None => w.services.contains(&self.key("cluster.local")),
+            }
+    }
+
     pub fn hostname(&self, trust_domain_suffix: &str) -> String {
         self.hostname.clone().unwrap_or_else(|| {
             format!("{}.{}.svc.{trust_domain_suffix}", self.name, self.namespace)
@@ -289,8 +315,7 @@ impl Registry {
         let endpoints: Vec<&Arc<Workload>> = self
             .workloads
             .iter()
-            .filter(|w| w.namespace == service.namespace)
-            .filter(|w| labels_match(&service.selector, &w.labels))
+            .filter(|w| service.selects(w))
             .collect();
         if endpoints.is_empty() {
             return Err(format!(

@@ -259,7 +259,7 @@ async fn a_proxy_follows_the_cluster() {
         matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
         "the open stream was closed: {closed:?}"
     );
-    assert_eq!(echo_side.policies().authorization().len(), 2);
+    assert_eq!(echo_side.policies().policies().len(), 2);
     assert!(support::log_text().contains("the cluster's policies changed"));
 
     // A policy that does not parse: reported, and the proxy keeps the two.
@@ -268,7 +268,7 @@ async fn a_proxy_follows_the_cluster() {
     ));
     *lister.0.lock().unwrap() = Ok(cluster.clone());
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(echo_side.policies().authorization().len(), 2);
+    assert_eq!(echo_side.policies().policies().len(), 2);
     assert!(support::log_text().contains("a policy in the cluster does not parse"));
 
     // The API server goes away: the proxy keeps what it has.

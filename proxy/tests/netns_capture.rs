@@ -87,7 +87,7 @@ workloads:
                 bind_source_ip: false,
             },
             registry.clone(),
-            policies.clone(),
+            policies.as_ref().clone(),
             certs,
             MeshTrust::new(std::slice::from_ref(&root), "cluster.local").unwrap(),
         ));

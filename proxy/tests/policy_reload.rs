@@ -75,12 +75,12 @@ async fn a_new_deny_closes_the_streams_it_covers_and_a_broken_edit_is_ignored() 
     tokio::time::sleep(Duration::from_millis(20)).await;
     std::fs::write(dir.path().join("20-unrelated.yaml"), UNRELATED).unwrap();
     for _ in 0..100 {
-        if core.policies().authorization().len() == 2 {
+        if core.policies().policies().len() == 2 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(core.policies().authorization().len(), 2);
+    assert_eq!(core.policies().policies().len(), 2);
     assert!(
         still_carries(&mut open).await,
         "an allowed stream stays open"
@@ -119,7 +119,7 @@ async fn a_new_deny_closes_the_streams_it_covers_and_a_broken_edit_is_ignored() 
     tokio::time::sleep(Duration::from_millis(20)).await;
     std::fs::write(dir.path().join("30-deny.yaml"), "kind: [oops\n").unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(core.policies().authorization().len(), 3);
+    assert_eq!(core.policies().policies().len(), 3);
     assert!(log_text().contains("the changed policies do not load"));
 
     // The DENY removed: the client is welcome again.

@@ -138,7 +138,7 @@ async fn hbone_lab_and_ztunnel_carry_bytes_both_ways() {
             bind_source_ip: false,
         },
         registry,
-        Arc::new(IstioPolicies::new("istio-system")),
+        IstioPolicies::new("istio-system"),
         Arc::new(CertificateManager::new(
             authority.clone(),
             RenewalPolicy::default(),

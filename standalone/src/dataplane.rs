@@ -100,10 +100,7 @@ pub fn mesh(registry: &Registry, policies: &IstioPolicies) -> Mesh {
                 .services
                 .iter()
                 .zip(&services)
-                .filter(|(s, _)| {
-                    s.namespace == w.namespace
-                        && hbone_policies::selector::labels_match(&s.selector, &w.labels)
-                })
+                .filter(|(s, _)| s.selects(w))
                 .map(|(s, m)| (m.key(), s.ports.iter().map(|(p, t)| (*p, *t)).collect()))
                 .collect(),
         })

@@ -128,7 +128,7 @@ fn registry(
             node: p.node.to_string(),
             protocol: Protocol::Hbone,
             netns: netns(p.name),
-            identity: None,
+            ..Workload::default()
         })
         .collect();
     let service = |name: &str, vip: &str, port: u16, target: u16| Service {
@@ -137,7 +137,7 @@ fn registry(
         hostname: None,
         vips: vec![ip(vip)],
         ports: BTreeMap::from([(port, target)]),
-        selector: BTreeMap::from([("app".to_string(), name.to_string())]),
+        selector: Some(BTreeMap::from([("app".to_string(), name.to_string())])),
     };
     let (hello_vip, postgres_vip) = mode.vips();
     Registry::from_file(RegistryFile {
@@ -374,7 +374,7 @@ impl Lab {
             let core = Arc::new(ProxyCore::new(
                 settings,
                 registry.clone(),
-                Arc::new(policies.istio.clone()),
+                policies.istio.clone(),
                 certs,
                 trust,
             ));

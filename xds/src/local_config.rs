@@ -49,6 +49,7 @@ pub fn render(mesh: &Mesh) -> String {
             let listed = translated.workload_policies(&WorkloadRef {
                 namespace: &w.namespace,
                 labels: &w.labels,
+                listed: &[],
             });
             let mut services = Mapping::new();
             for (key, pairs) in &w.services {

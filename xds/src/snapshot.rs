@@ -52,6 +52,7 @@ impl Snapshot {
             let listed = translated.workload_policies(&WorkloadRef {
                 namespace: &w.namespace,
                 labels: &w.labels,
+                listed: &[],
             });
             addresses.insert(w.uid.clone(), entry(&convert::workload(w, listed)));
         }

@@ -1,6 +1,12 @@
 //! A mesh's policies after translation: what istiod would push to every
 //! ztunnel, which selector-scoped keys each workload would list, and the
 //! decision ztunnel would reach for a connection.
+//!
+//! One type for both ways a proxy learns its policies: translated here from
+//! the CRDs ([`MeshAuthorization::translate`], which also knows the
+//! selectors, so it can work out each workload's keys), or received from a
+//! control plane as they are ([`MeshAuthorization::pushed`], where each
+//! workload's record carries its keys, [`WorkloadRef::listed`]).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -16,6 +22,9 @@ use crate::selector::labels_match;
 pub struct WorkloadRef<'a> {
     pub namespace: &'a str,
     pub labels: &'a BTreeMap<String, String>,
+    /// The keys the workload's own record lists (from xDS); empty when the
+    /// selectors are known and the keys are worked out from them.
+    pub listed: &'a [String],
 }
 
 /// An AuthorizationPolicy's selector, kept to work out which workloads list it.
@@ -103,6 +112,31 @@ impl MeshAuthorization {
         }
     }
 
+    /// Policies as a control plane pushed them: already translated, each
+    /// workload's record saying which selector-scoped ones apply to it.
+    pub fn pushed(root: &str, policies: Vec<Authorization>) -> MeshAuthorization {
+        let by_key = policies
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.key(), i))
+            .collect();
+        MeshAuthorization {
+            root_namespace: root.to_string(),
+            policies,
+            by_key,
+            ..MeshAuthorization::default()
+        }
+    }
+
+    pub fn root_namespace(&self) -> &str {
+        &self.root_namespace
+    }
+
+    /// The PeerAuthentications translated (none for a pushed set).
+    pub fn peer_authentication(&self) -> &[PeerAuthentication] {
+        &self.peer_authentication
+    }
+
     /// Every policy istiod would push, each once.
     pub fn policies(&self) -> &[Authorization] {
         &self.policies
@@ -119,7 +153,8 @@ impl MeshAuthorization {
 
     /// The keys istiod lists in the workload's record: selector-scoped
     /// AuthorizationPolicies of its namespace or the root namespace that
-    /// select it (sorted), then its PeerAuthentication keys.
+    /// select it (sorted), then its PeerAuthentication keys; then those its
+    /// record already lists that are not among them.
     pub fn workload_policies(&self, w: &WorkloadRef<'_>) -> Vec<String> {
         let mut keys: Vec<String> = self
             .selections
@@ -140,6 +175,11 @@ impl MeshAuthorization {
             })
             .collect();
         keys.extend(workload_policy_keys(&self.root_namespace, &applying));
+        for key in w.listed {
+            if !keys.contains(key) {
+                keys.push(key.clone());
+            }
+        }
         keys
     }
 

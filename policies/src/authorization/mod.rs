@@ -22,6 +22,7 @@
 //! `matches`. The Rust types follow ztunnel ([`Rule`], [`Clause`],
 //! [`Match`]); the istiod rendering uses istiod's names.
 
+pub mod decide;
 pub mod eval;
 pub mod index;
 pub mod peer_authn;

@@ -26,10 +26,11 @@
 //! mesh policy gets no converted policy, yet lists its key — and ztunnel
 //! skips a key it does not know, leaving that port unenforced.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Action, Authorization, Clause, Match, Rule, Scope};
 use crate::istio::types::{MtlsMode, MutualTls, PeerAuthentication};
+use crate::selector::labels_match;
 
 /// The name of the static STRICT policy (with `_`, illegal in Kubernetes names).
 pub const STATIC_STRICT_NAME: &str = "istio_converted_static_strict";
@@ -290,4 +291,85 @@ pub fn workload_policy_keys(root_namespace: &str, applying: &[&PeerAuthenticatio
     }
     keys.extend(port_key);
     keys.into_iter().collect()
+}
+
+/// The effective PeerAuthentication mode for one workload port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MtlsDecision {
+    /// STRICT or PERMISSIVE (DISABLE is ignored by ztunnel and so reads as PERMISSIVE).
+    pub mode: MtlsMode,
+    /// The PeerAuthentication that set it (`namespace/name`).
+    pub policy: Option<String>,
+}
+
+fn full_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+    format!(
+        "{}/{}",
+        meta.namespace.as_deref().unwrap_or("default"),
+        meta.name.as_deref().unwrap_or("<unnamed>")
+    )
+}
+
+/// The PeerAuthentication mode for a workload of `namespace` with `labels`
+/// on `port`, read from the CRDs as a person reads them: the workload-level
+/// policy (with its port-level override) wins over the namespace policy,
+/// which wins over the mesh-wide one; UNSET inherits; the default is
+/// PERMISSIVE. It explains a STRICT refusal; the decision itself is the
+/// translated DENY's.
+pub fn effective_mode(
+    root_namespace: &str,
+    peer_authentication: &[PeerAuthentication],
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+    port: u16,
+) -> MtlsDecision {
+    let mut workload = None;
+    let mut namespace_level = None;
+    let mut mesh = None;
+    for pa in peer_authentication {
+        let ns = pa.metadata.namespace.as_deref().unwrap_or("default");
+        match &pa.spec.selector {
+            Some(sel) if ns == namespace && labels_match(&sel.match_labels, labels) => {
+                workload.get_or_insert(pa);
+            }
+            None if ns == namespace => {
+                namespace_level.get_or_insert(pa);
+            }
+            None if ns == root_namespace => {
+                mesh.get_or_insert(pa);
+            }
+            _ => {}
+        }
+    }
+    for pa in [workload, namespace_level, mesh].into_iter().flatten() {
+        let port_mode = pa
+            .spec
+            .port_level_mtls
+            .get(&u32::from(port))
+            .map(|m| m.mode)
+            .filter(|_| pa.spec.selector.is_some());
+        let mode = port_mode
+            .filter(|m| *m != MtlsMode::Unset)
+            .or_else(|| pa.spec.mtls.as_ref().map(|m| m.mode))
+            .unwrap_or(MtlsMode::Unset);
+        match mode {
+            MtlsMode::Unset => continue,
+            MtlsMode::Strict => {
+                return MtlsDecision {
+                    mode: MtlsMode::Strict,
+                    policy: Some(full_name(&pa.metadata)),
+                };
+            }
+            MtlsMode::Permissive | MtlsMode::Disable => {
+                return MtlsDecision {
+                    mode: MtlsMode::Permissive,
+                    policy: Some(full_name(&pa.metadata)),
+                };
+            }
+        }
+    }
+    MtlsDecision {
+        mode: MtlsMode::Permissive,
+        policy: None,
+    }
 }

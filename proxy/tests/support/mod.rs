@@ -164,7 +164,7 @@ impl Lab {
                     bind_source_ip: true,
                 },
                 registry.clone(),
-                policies.clone(),
+                policies.as_ref().clone(),
                 certs,
                 MeshTrust::new(std::slice::from_ref(&root), "cluster.local").unwrap(),
             ));

@@ -277,7 +277,7 @@ impl Lab {
                 node: "node-a".into(),
                 protocol: Protocol::Hbone,
                 netns: Some(hb.target.path()),
-                identity: None,
+                ..Workload::default()
             }],
             services: Vec::new(),
         })
@@ -294,7 +294,7 @@ impl Lab {
                 bind_source_ip: false,
             },
             Arc::new(registry),
-            Arc::new(none),
+            none,
             certs,
             trust.clone(),
         ));

@@ -8,6 +8,7 @@
 //! - [`local_config`]: the same, as ztunnel's `LOCAL_XDS_PATH` file.
 //! - [`snapshot`]: one consistent state of the mesh, encoded, with per-resource versions.
 //! - [`server`]: the delta ADS server (ACK/NACK, deltas on change).
+//! - [`receive`]: those messages read back, refusing what a proxy cannot use.
 //! - [`client`]: the client side of delta ADS (as ztunnel speaks it).
 //! - [`control_plane`]: the CA and xDS on one TLS port, as istiod serves them.
 //! - [`zds`]: istio-cni's node agent, handing pods' network namespaces to a shared-mode proxy.
@@ -22,6 +23,7 @@ pub mod convert;
 pub mod local_config;
 pub mod mesh;
 pub mod proto;
+pub mod receive;
 pub mod server;
 pub mod snapshot;
 pub mod zds;

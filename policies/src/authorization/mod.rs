@@ -73,6 +73,13 @@ impl Scope {
             Scope::WorkloadSelector => 2,
         }
     }
+
+    /// The scope of a proto enum number, if it is one.
+    pub fn from_number(n: i32) -> Option<Scope> {
+        [Scope::Global, Scope::Namespace, Scope::WorkloadSelector]
+            .into_iter()
+            .find(|s| s.number() == n)
+    }
 }
 
 /// What a matching policy does. ztunnel knows no AUDIT or CUSTOM.
@@ -95,6 +102,13 @@ impl Action {
             Action::Allow => 0,
             Action::Deny => 1,
         }
+    }
+
+    /// The action of a proto enum number, if ztunnel knows it.
+    pub fn from_number(n: i32) -> Option<Action> {
+        [Action::Allow, Action::Deny]
+            .into_iter()
+            .find(|a| a.number() == n)
     }
 }
 

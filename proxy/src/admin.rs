@@ -46,6 +46,13 @@ fn route(core: &ProxyCore, endpoints: Endpoints, path: &str) -> Reply {
 }
 
 fn readiness(core: &ProxyCore) -> Reply {
+    if let Some(what) = core.waiting_for() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            format!("waiting for {what}\n"),
+        );
+    }
     let missing: Vec<String> = core
         .registry()
         .local_workloads(&core.node)

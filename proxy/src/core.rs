@@ -45,8 +45,10 @@ pub struct ProxyCore {
     pub h2: H2Settings,
     pub hbone_port: u16,
     pub bind_source_ip: bool,
-    /// Swapped whole when the registry's source changes (file or cluster).
+    /// Swapped whole when the registry's source changes (file, cluster, xDS).
     registry: ArcSwap<Registry>,
+    /// Counts registry swaps, so the local workloads' listeners can follow.
+    registry_version: tokio::sync::watch::Sender<u64>,
     /// The translated policies (what ztunnel would be sent), swapped whole
     /// when their source changes; see [`Self::replace_policies`].
     policies: ArcSwap<MeshAuthorization>,
@@ -56,6 +58,7 @@ pub struct ProxyCore {
     pub trust: MeshTrust,
     pub metrics: Arc<ProxyMetrics>,
     server_configs: ConfigCache<rustls::ServerConfig>,
+    waiting_for: Mutex<Option<String>>,
 }
 
 impl ProxyCore {
@@ -72,12 +75,14 @@ impl ProxyCore {
             hbone_port: settings.hbone_port,
             bind_source_ip: settings.bind_source_ip,
             registry: ArcSwap::new(registry),
+            registry_version: tokio::sync::watch::Sender::new(0),
             policies: ArcSwap::new(Arc::new(policies.into())),
             established: Arc::default(),
             certs,
             trust,
             metrics: Arc::new(ProxyMetrics::default()),
             server_configs: Mutex::new(HashMap::new()),
+            waiting_for: Mutex::new(None),
         }
     }
 
@@ -107,6 +112,12 @@ impl ProxyCore {
     /// ones keep what they resolved.
     pub fn replace_registry(&self, registry: Registry) {
         self.registry.store(Arc::new(registry));
+        self.registry_version.send_modify(|v| *v += 1);
+    }
+
+    /// Wakes on every registry swap.
+    pub fn registry_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.registry_version.subscribe()
     }
 
     /// The authorization policies as they are now, translated.
@@ -119,7 +130,7 @@ impl ProxyCore {
     pub fn replace_policies(&self, policies: impl Into<MeshAuthorization>) -> Vec<Revoked> {
         let policies = Arc::new(policies.into());
         self.policies.store(policies.clone());
-        let revoked = self.established.recheck(&policies);
+        let revoked = self.established.recheck(&policies, &self.registry());
         for r in &revoked {
             self.metrics
                 .refused(Direction::Inbound, Reason::PolicyRevoked);
@@ -131,6 +142,23 @@ impl ProxyCore {
             );
         }
         revoked
+    }
+
+    /// Judges every open stream again with the policies and registry as
+    /// they are now (after a workload's listed policies changed); closes
+    /// those now denied and returns them.
+    pub fn rejudge(&self) -> Vec<Revoked> {
+        self.replace_policies(self.policies().as_ref().clone())
+    }
+
+    /// What the proxy still waits for before it is ready besides its
+    /// workloads' certificates (a control plane's first answer).
+    pub fn waiting_for(&self) -> Option<String> {
+        self.waiting_for.lock().expect("waiting lock").clone()
+    }
+
+    pub fn set_waiting_for(&self, what: Option<String>) {
+        *self.waiting_for.lock().expect("waiting lock") = what;
     }
 
     /// The workload at `ip`, if it runs on this proxy's node.

@@ -16,7 +16,7 @@ use hbone_ca::Identity;
 use hbone_policies::authorization::MeshAuthorization;
 
 use crate::authorization::decide_peer;
-use crate::registry::Workload;
+use crate::registry::{Registry, Workload};
 
 /// Set once, when a policy change denies a stream that is already open.
 #[derive(Default)]
@@ -106,15 +106,20 @@ impl Established {
         self.len() == 0
     }
 
-    /// Judges every open stream by `policies`; revokes, and returns, those
-    /// now denied.
-    pub fn recheck(&self, policies: &MeshAuthorization) -> Vec<Revoked> {
+    /// Judges every open stream by `policies`, each against its workload as
+    /// `registry` has it now (its listed policies may have changed), or as
+    /// it was admitted if the registry no longer has it; revokes, and
+    /// returns, those now denied.
+    pub fn recheck(&self, policies: &MeshAuthorization, registry: &Registry) -> Vec<Revoked> {
         let streams = self.streams.lock().expect("established lock");
         let mut revoked = Vec::new();
         for (stream, revocation) in streams.values() {
+            let workload = registry
+                .workload_by_ip(stream.target.ip())
+                .unwrap_or(&stream.workload);
             let decision = decide_peer(
                 policies,
-                &stream.workload,
+                workload,
                 &stream.peer_identity,
                 stream.src_ip,
                 stream.target,

@@ -63,7 +63,8 @@ async fn handle_connection(
         core.metrics.refused(DIRECTION, reason);
         warn!(%peer, %local, %reason, error = %detail, "HBONE connection refused");
     };
-    let Some(workload) = core.local_workload(local.ip()) else {
+    let mut resolved_in = core.registry();
+    let Some(mut workload) = core.local_workload(local.ip()) else {
         refuse(
             Reason::NoLocalWorkload,
             &format!(
@@ -132,6 +133,17 @@ async fn handle_connection(
         };
         match next {
             Some(Ok((request, respond))) => {
+                // A pooled connection outlives registry versions: each
+                // stream is judged against the workload's record as it is
+                // now (its listed policies may have changed). One that has
+                // left keeps the record it was accepted with.
+                let now = core.registry();
+                if !Arc::ptr_eq(&now, &resolved_in) {
+                    if let Some(current) = core.local_workload(local.ip()) {
+                        workload = current;
+                    }
+                    resolved_in = now;
+                }
                 let ctx = StreamContext {
                     core: core.clone(),
                     workload: workload.clone(),

@@ -14,9 +14,11 @@
 //! - [`established`]: the streams being carried, judged again when policies change.
 //! - [`inbound`]: HBONE on 15008, where policy is enforced.
 //! - [`outbound`], [`socks5`], [`capture`]: ways into the mesh (15080, 15001) and plaintext in (15006).
-//! - `listen`: binding the listeners, on the host or inside pods' namespaces.
+//! - `listen`: the accept loop every listener shares.
+//! - [`workload_listeners`]: each local workload's listeners, opened and closed as the registry changes.
 //! - [`file_watch`], [`registry_watch`], [`policy_watch`]: following the registry and policy files.
 //! - [`kube_registry`]: following a Kubernetes cluster's pods, services and policies instead.
+//! - [`xds_registry`]: or following a control plane over delta ADS, as ztunnel follows istiod.
 //! - [`admin`]: metrics (15020), readiness (15021), admin (15000).
 //! - [`proxy`]: binding it all, and draining on shutdown.
 
@@ -43,5 +45,7 @@ pub mod registry;
 pub mod registry_watch;
 pub mod socks5;
 pub mod tls;
+pub mod workload_listeners;
+pub mod xds_registry;
 
 pub use proxy::{BoundAddrs, ProxyHandle};

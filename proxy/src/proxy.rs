@@ -16,7 +16,8 @@ use crate::config::Listeners;
 use crate::core::ProxyCore;
 use crate::outbound::Outbound;
 use crate::pool::Pool;
-use crate::{capture, inbound, socks5};
+use crate::workload_listeners::{WorkloadListeners, bind_in};
+use crate::{capture, socks5};
 
 #[derive(Debug, Error)]
 pub enum StartError {
@@ -56,75 +57,37 @@ async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, Start
     bind_in(None, addr, what)
 }
 
-/// Binds inside a network namespace (in-pod mode) or here.
-fn bind_in(
-    netns: Option<&std::path::Path>,
-    addr: SocketAddr,
-    what: &'static str,
-) -> Result<TcpListener, StartError> {
-    let std = crate::netns::bind_listener(netns, addr).map_err(|e| StartError::Bind {
-        addr,
-        what,
-        source: std::io::Error::other(e),
-    })?;
-    TcpListener::from_std(std).map_err(|source| StartError::Bind { addr, what, source })
-}
-
 impl ProxyHandle {
     /// Binds the listeners and starts serving. HBONE (and plaintext) listeners
-    /// are bound on each local workload's IP.
+    /// are bound on each local workload's IP, and follow the registry:
+    /// opened for a workload that arrives on this node, closed for one that leaves.
     pub async fn start(core: Arc<ProxyCore>, listeners: &Listeners) -> Result<Self, StartError> {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let pool = Pool::new(core.clone());
         let outbound = Arc::new(Outbound::new(core.clone(), pool));
         let mut addrs = BoundAddrs::default();
-        let local: Vec<_> = core
-            .registry()
-            .local_workloads(&core.node)
-            .cloned()
-            .collect();
-        for workload in &local {
-            let netns = workload.netns.as_deref();
-            for ip in &workload.ips {
-                let l = bind_in(
-                    netns,
-                    SocketAddr::new(*ip, listeners.hbone_port),
-                    "HBONE inbound",
-                )?;
-                addrs.hbone.push(l.local_addr().expect("bound"));
-                tasks.spawn(inbound::serve(
-                    core.clone(),
-                    l,
-                    shutdown.clone(),
-                    tasks.clone(),
-                ));
-                if let Some(port) = listeners.plaintext_port {
-                    let l = bind_in(netns, SocketAddr::new(*ip, port), "plaintext inbound")?;
-                    addrs.plaintext.push(l.local_addr().expect("bound"));
-                    tasks.spawn(capture::serve_plaintext(
-                        core.clone(),
-                        l,
-                        shutdown.clone(),
-                        tasks.clone(),
-                    ));
-                }
-            }
-            if let (Some(port), Some(ns)) = (listeners.pod_outbound_port, netns) {
-                let any = SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), port);
-                let l = bind_in(Some(ns), any, "in-pod outbound capture")?;
-                addrs
-                    .pod_outbound
-                    .push((workload.name.clone(), l.local_addr().expect("bound")));
-                tasks.spawn(capture::serve_outbound(
-                    core.clone(),
-                    outbound.clone(),
-                    l,
-                    shutdown.clone(),
-                    tasks.clone(),
-                ));
-            }
+        let workloads = Arc::new(WorkloadListeners::new(
+            core.clone(),
+            outbound.clone(),
+            listeners.clone(),
+            shutdown.clone(),
+            tasks.clone(),
+        ));
+        let changes = core.registry_changes();
+        let (opened, failed) = workloads.reconcile();
+        if let Some(e) = failed.into_iter().next() {
+            shutdown.cancel();
+            return Err(e);
         }
+        for (name, opened) in opened {
+            addrs.hbone.extend(opened.hbone);
+            addrs.plaintext.extend(opened.plaintext);
+            addrs
+                .pod_outbound
+                .extend(opened.pod_outbound.map(|a| (name.clone(), a)));
+        }
+        tasks.spawn(workloads.follow(changes));
         if let Some(addr) = listeners.socks5 {
             let l = bind(addr, "SOCKS5").await?;
             addrs.socks5 = Some(l.local_addr().expect("bound"));
@@ -173,10 +136,6 @@ impl ProxyHandle {
                     tasks.clone(),
                 ));
             }
-        }
-        // Ask for every local workload's certificate now rather than on first use.
-        for w in core.registry().local_workloads(&core.node) {
-            core.certs.watch(w.identity());
         }
         info!(node = %core.node, hbone = ?addrs.hbone, socks5 = ?addrs.socks5, outbound = ?addrs.outbound, "proxy started");
         Ok(ProxyHandle {

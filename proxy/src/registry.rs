@@ -210,13 +210,16 @@ impl Registry {
         Self::from_file(doc).map_err(|(field, message)| err(field, message))
     }
 
-    /// Validates cross-references and computes identities.
+    /// Validates cross-references and computes identities (in the file's
+    /// trust domain, unless a workload comes with its own, as from xDS).
     pub fn from_file(mut doc: RegistryFile) -> Result<Self, (String, String)> {
         let mut seen_ips = BTreeMap::new();
         for (i, w) in doc.workloads.iter_mut().enumerate() {
-            let identity = Identity::new(&doc.trust_domain, &w.namespace, &w.service_account)
-                .map_err(|e| (format!("workloads[{i}]"), e.to_string()))?;
-            w.identity = Some(identity);
+            if w.identity.is_none() {
+                let identity = Identity::new(&doc.trust_domain, &w.namespace, &w.service_account)
+                    .map_err(|e| (format!("workloads[{i}]"), e.to_string()))?;
+                w.identity = Some(identity);
+            }
             if !doc.nodes.iter().any(|n| n.name == w.node) {
                 return Err((
                     format!("workloads[{i}].node"),

@@ -2,8 +2,8 @@
 //! again and swaps it in whole, so new connections resolve against the new
 //! workloads and services while established ones carry on. A file that no
 //! longer parses is reported and ignored: the proxy keeps the registry it
-//! has. (The local workloads' listeners are bound at start; adding a local
-//! workload still needs a restart.)
+//! has. A workload that arrives on this node gets its listeners then
+//! ([`crate::workload_listeners`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -27,6 +27,12 @@ impl RunningControlPlane {
     pub fn url(&self) -> String {
         self.server.url()
     }
+
+    /// Ends the xDS streams (their clients reconnect) and stops the server.
+    pub async fn shutdown(self) {
+        self.xds.close_streams();
+        self.server.shutdown().await;
+    }
 }
 
 /// Binds `listen` and serves the CA and xDS until shut down.

@@ -52,6 +52,8 @@ pub struct XdsState {
     clients: Mutex<BTreeMap<u64, ClientStatus>>,
     next_client: AtomicU64,
     next_nonce: AtomicU64,
+    /// Set once the server is going away: every stream ends, new ones are refused.
+    closing: watch::Sender<bool>,
 }
 
 impl XdsState {
@@ -65,7 +67,15 @@ impl XdsState {
             clients: Mutex::new(BTreeMap::new()),
             next_client: AtomicU64::new(1),
             next_nonce: AtomicU64::new(1),
+            closing: watch::Sender::new(false),
         })
+    }
+
+    /// Ends every stream with UNAVAILABLE and refuses new ones, as istiod
+    /// does when it stops: clients keep what they hold and reconnect
+    /// elsewhere (or to the next server on this address).
+    pub fn close_streams(&self) {
+        self.closing.send_replace(true);
     }
 
     /// Serves a changed mesh: every subscribed client gets the delta.
@@ -146,8 +156,13 @@ impl StreamTask {
     async fn run(mut self, mut inbound: Streaming<DeltaDiscoveryRequest>) {
         let mut snapshots = self.state.snapshot.subscribe();
         snapshots.mark_unchanged();
+        let mut closing = self.state.closing.subscribe();
         loop {
             tokio::select! {
+                _ = async { let _ = closing.wait_for(|c| *c).await; } => {
+                    let _ = self.out.send(Err(Status::unavailable("the control plane is shutting down"))).await;
+                    break;
+                }
                 message = inbound.message() => match message {
                     Ok(Some(request)) => {
                         let snapshot = snapshots.borrow().clone();
@@ -344,6 +359,9 @@ impl tonic::server::StreamingService<DeltaDiscoveryRequest> for StreamHandler {
     fn call(&mut self, request: tonic::Request<Streaming<DeltaDiscoveryRequest>>) -> Self::Future {
         let state = self.0.clone();
         Box::pin(async move {
+            if *state.closing.borrow() {
+                return Err(Status::unavailable("the control plane is shutting down"));
+            }
             state.authenticate(request.metadata()).await?;
             let id = state.next_client.fetch_add(1, Ordering::Relaxed);
             state.with_client(id, |c| c.connected = true);

@@ -1,0 +1,200 @@
+//! Each local workload's own listeners: HBONE (15008) and plaintext (15006)
+//! on its IPs, and in-pod outbound capture (15001) inside its network
+//! namespace. They open when the workload appears on this node and close
+//! when it leaves (or moves to other IPs or another namespace), so a
+//! registry that changes — a file edit, the cluster, a control plane over
+//! xDS — brings its pods' listeners with it. Closing a listener stops new
+//! connections only; those it accepted carry on to their end.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::Listeners;
+use crate::core::ProxyCore;
+use crate::outbound::Outbound;
+use crate::proxy::StartError;
+use crate::registry::Workload;
+use crate::{capture, inbound};
+
+/// What one workload's listeners were opened for; a change reopens them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Placement {
+    ips: Vec<IpAddr>,
+    netns: Option<PathBuf>,
+}
+
+struct Open {
+    placement: Placement,
+    stop: CancellationToken,
+}
+
+/// The addresses one workload's listeners were bound to.
+#[derive(Debug, Clone, Default)]
+pub struct Opened {
+    pub hbone: Vec<SocketAddr>,
+    pub plaintext: Vec<SocketAddr>,
+    /// The in-pod outbound listener, inside the workload's namespace.
+    pub pod_outbound: Option<SocketAddr>,
+}
+
+/// Binds inside a network namespace (in-pod mode) or here.
+pub(crate) fn bind_in(
+    netns: Option<&Path>,
+    addr: SocketAddr,
+    what: &'static str,
+) -> Result<TcpListener, StartError> {
+    let std = crate::netns::bind_listener(netns, addr).map_err(|e| StartError::Bind {
+        addr,
+        what,
+        source: std::io::Error::other(e),
+    })?;
+    TcpListener::from_std(std).map_err(|source| StartError::Bind { addr, what, source })
+}
+
+/// The listeners of every local workload, kept in step with the registry.
+pub(crate) struct WorkloadListeners {
+    core: Arc<ProxyCore>,
+    outbound: Arc<Outbound>,
+    ports: Listeners,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    open: Mutex<HashMap<(String, String), Open>>,
+}
+
+impl WorkloadListeners {
+    pub(crate) fn new(
+        core: Arc<ProxyCore>,
+        outbound: Arc<Outbound>,
+        ports: Listeners,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) -> Self {
+        WorkloadListeners {
+            core,
+            outbound,
+            ports,
+            shutdown,
+            tasks,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Opens `w`'s listeners, all or none.
+    fn open(&self, w: &Workload, stop: &CancellationToken) -> Result<Opened, StartError> {
+        let netns = w.netns.as_deref();
+        let mut bound = Vec::new();
+        let mut opened = Opened::default();
+        for ip in &w.ips {
+            let l = bind_in(
+                netns,
+                SocketAddr::new(*ip, self.ports.hbone_port),
+                "HBONE inbound",
+            )?;
+            opened.hbone.push(l.local_addr().expect("bound"));
+            bound.push((l, Kind::Hbone));
+            if let Some(port) = self.ports.plaintext_port {
+                let l = bind_in(netns, SocketAddr::new(*ip, port), "plaintext inbound")?;
+                opened.plaintext.push(l.local_addr().expect("bound"));
+                bound.push((l, Kind::Plaintext));
+            }
+        }
+        if let (Some(port), Some(ns)) = (self.ports.pod_outbound_port, netns) {
+            let any = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port);
+            let l = bind_in(Some(ns), any, "in-pod outbound capture")?;
+            opened.pod_outbound = Some(l.local_addr().expect("bound"));
+            bound.push((l, Kind::PodOutbound));
+        }
+        for (l, kind) in bound {
+            let (core, stop, tasks) = (self.core.clone(), stop.clone(), self.tasks.clone());
+            match kind {
+                Kind::Hbone => self.tasks.spawn(inbound::serve(core, l, stop, tasks)),
+                Kind::Plaintext => self
+                    .tasks
+                    .spawn(capture::serve_plaintext(core, l, stop, tasks)),
+                Kind::PodOutbound => self.tasks.spawn(capture::serve_outbound(
+                    core,
+                    self.outbound.clone(),
+                    l,
+                    stop,
+                    tasks,
+                )),
+            };
+        }
+        self.core.certs.watch(w.identity());
+        Ok(opened)
+    }
+
+    /// Opens the listeners of local workloads that have none, closes those
+    /// of workloads gone from this node. Returns what it opened, by
+    /// workload name, and what it could not open.
+    pub(crate) fn reconcile(&self) -> (Vec<(String, Opened)>, Vec<StartError>) {
+        let registry = self.core.registry();
+        let mut open = self.open.lock().expect("listeners lock");
+        let mut wanted = HashMap::new();
+        for w in registry.local_workloads(&self.core.node) {
+            let placement = Placement {
+                ips: w.ips.clone(),
+                netns: w.netns.clone(),
+            };
+            wanted.insert((w.namespace.clone(), w.name.clone()), (w, placement));
+        }
+        open.retain(|key, o| {
+            let keep = wanted.get(key).is_some_and(|(_, p)| *p == o.placement);
+            if !keep {
+                o.stop.cancel();
+                info!(workload = %key.1, namespace = %key.0, "workload left this node (or moved): its listeners are closed");
+            }
+            keep
+        });
+        let mut opened = Vec::new();
+        let mut failed = Vec::new();
+        for (key, (w, placement)) in wanted {
+            if open.contains_key(&key) {
+                continue;
+            }
+            let stop = self.shutdown.child_token();
+            match self.open(w, &stop) {
+                Ok(addrs) => {
+                    open.insert(key, Open { placement, stop });
+                    opened.push((w.name.clone(), addrs));
+                }
+                Err(e) => {
+                    stop.cancel();
+                    failed.push(e);
+                }
+            }
+        }
+        (opened, failed)
+    }
+
+    /// Reconciles on every registry change until shutdown.
+    pub(crate) async fn follow(self: Arc<Self>, mut changes: watch::Receiver<u64>) {
+        loop {
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return },
+                _ = self.shutdown.cancelled() => return,
+            }
+            let (opened, failed) = self.reconcile();
+            for (name, addrs) in opened {
+                info!(workload = %name, hbone = ?addrs.hbone, "workload arrived on this node: its listeners are open");
+            }
+            for e in failed {
+                warn!(error = %e, "a workload's listeners could not be opened; trying again on the next registry change");
+            }
+        }
+    }
+}
+
+enum Kind {
+    Hbone,
+    Plaintext,
+    PodOutbound,
+}

@@ -8,13 +8,15 @@ use anyhow::Context;
 use clap::Args;
 use hbone_ca::client::CaClient;
 use hbone_ca::{CertificateManager, RenewalPolicy};
+use hbone_policies::authorization::MeshAuthorization;
 use hbone_proxy::ProxyHandle;
 use hbone_proxy::config::ProxyConfig;
 use hbone_proxy::core::{CoreSettings, ProxyCore};
-use hbone_proxy::kube_registry::{ClusterLister, KubeLister, follow_cluster, registry_from};
+use hbone_proxy::kube_registry::{self, ClusterLister, KubeLister, follow_cluster};
 use hbone_proxy::policy_watch::{follow_policies, load_policies};
 use hbone_proxy::registry::Registry;
 use hbone_proxy::tls::MeshTrust;
+use hbone_proxy::xds_registry::{XdsSettings, XdsStatus, follow, registry_from};
 
 /// Run an HBONE node proxy (mTLS + HTTP/2 CONNECT on 15008), like ztunnel.
 ///
@@ -35,16 +37,49 @@ use hbone_proxy::tls::MeshTrust;
 /// services and Istio policies come from the cluster's API server (policies
 /// listed there replace those from files).
 ///
+/// In ztunnel's place: with --xds (or `xds:` in the config) the workloads,
+/// services and translated policies come from a control plane over delta
+/// ADS, as ztunnel takes them from istiod — hbone-lab's own
+/// (`hbone-lab ca serve --xds ...`) or a cluster's istiod. No config file
+/// is needed then:
+///
+///   hbone-lab proxy --xds https://127.0.0.1:15012 --node node-2 \
+///       --root-cert root.pem --token-file node-2.token --readiness 127.0.0.1:15021
+///
+/// Readiness (15021) answers 200 once the control plane has answered and
+/// every local workload has its certificate. A resource the proxy cannot use
+/// is refused (NACK) with the reason, and its last good version kept.
+///
 /// SIGTERM or Ctrl-C drains: listeners close, open connections get drainGrace to finish.
 #[derive(Args)]
 #[command(verbatim_doc_comment)]
 pub struct ProxyArgs {
-    /// The proxy's YAML config.
+    /// The proxy's YAML config (optional with --xds).
     #[arg(long)]
-    config: PathBuf,
-    /// Override `node`.
+    config: Option<PathBuf>,
+    /// Follow this control plane (`https://host:15012`) over delta ADS
+    /// instead of the config's registry and policy files.
+    #[arg(long, value_name = "ADDRESS")]
+    xds: Option<String>,
+    /// The CA's address (default with --xds: the control plane's).
+    #[arg(long, value_name = "ADDRESS")]
+    ca: Option<String>,
+    /// Override `ca.rootCert`: the mesh root, which also signs the control plane's certificate.
+    #[arg(long, value_name = "PEM")]
+    root_cert: Option<PathBuf>,
+    /// Override `ca.tokenFile`: the bearer token for the CA and the control plane.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// The xDS node id (default, as ztunnel forms it:
+    /// `ztunnel~$POD_IP~$POD_NAME.$POD_NAMESPACE~$POD_NAMESPACE.svc.cluster.local`).
+    #[arg(long)]
+    node_id: Option<String>,
+    /// Override `node` (required without a config).
     #[arg(long)]
     node: Option<String>,
+    /// Override `listeners.readiness`.
+    #[arg(long)]
+    readiness: Option<SocketAddr>,
     /// Override `listeners.socks5`.
     #[arg(long)]
     socks5: Option<SocketAddr>,
@@ -62,11 +97,68 @@ pub struct ProxyArgs {
     hbone_port: Option<u16>,
 }
 
-pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
-    let mut config = ProxyConfig::load(&args.config)?;
-    if let Some(node) = args.node {
-        config.node = node;
+/// ztunnel's node id: `ztunnel~<ip>~<pod>.<namespace>~<namespace>.svc.cluster.local`,
+/// from the pod's downward-API variables where they are set.
+fn default_node_id(node: &str) -> String {
+    let var = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
+    let namespace = var("POD_NAMESPACE", "istio-system");
+    format!(
+        "ztunnel~{}~{}.{namespace}~{namespace}.svc.cluster.local",
+        var("POD_IP", "127.0.0.1"),
+        var("POD_NAME", node),
+    )
+}
+
+/// The config from the file and the flags that override it.
+fn config(args: &ProxyArgs) -> anyhow::Result<ProxyConfig> {
+    let mut config = match (&args.config, &args.xds) {
+        (Some(file), _) => ProxyConfig::load(file)?,
+        (None, Some(xds)) => match (&args.node, &args.root_cert, &args.token_file) {
+            (Some(node), Some(root), Some(token)) => {
+                ProxyConfig::for_control_plane(node, xds, root.clone(), token.clone())
+            }
+            _ => {
+                let missing: Vec<&str> = [
+                    ("--node", args.node.is_none()),
+                    ("--root-cert", args.root_cert.is_none()),
+                    ("--token-file", args.token_file.is_none()),
+                ]
+                .into_iter()
+                .filter_map(|(flag, absent)| absent.then_some(flag))
+                .collect();
+                anyhow::bail!(
+                    "--xds without --config needs --node, --root-cert and --token-file (missing: {})",
+                    missing.join(", ")
+                )
+            }
+        },
+        (None, None) => anyhow::bail!(
+            "give --config FILE (see proxy/examples/node-1.yaml), or --xds ADDRESS with --node, --root-cert and --token-file to follow a control plane"
+        ),
+    };
+    if let Some(xds) = &args.xds {
+        config.xds = Some(xds.clone());
+        config.registry = None;
+        config.kubernetes = None;
     }
+    if let Some(node) = &args.node {
+        config.node = node.clone();
+    }
+    if let Some(ca) = &args.ca {
+        config.ca.address = ca.clone();
+    }
+    if let Some(root) = &args.root_cert {
+        config.ca.root_cert = root.clone();
+    }
+    if let Some(token) = &args.token_file {
+        config.ca.token_file = token.clone();
+    }
+    config.listeners.readiness = args.readiness.or(config.listeners.readiness);
+    Ok(config)
+}
+
+pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
+    let mut config = config(&args)?;
     let l = &mut config.listeners;
     l.socks5 = args.socks5.or(l.socks5);
     l.outbound = args.outbound.or(l.outbound);
@@ -75,12 +167,16 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     l.hbone_port = args.hbone_port.unwrap_or(l.hbone_port);
 
     let (registry, source) = match (&config.registry, &config.kubernetes) {
+        _ if config.xds.is_some() => (
+            registry_from(std::iter::empty(), &config.node).map_err(anyhow::Error::msg)?,
+            "the control plane".to_string(),
+        ),
         (Some(file), _) => (Registry::load(file)?, file.display().to_string()),
         (None, Some(k8s)) => {
             let lister = KubeLister::connect().await.map_err(anyhow::Error::msg)?;
             let snapshot = lister.snapshot().await.map_err(anyhow::Error::msg)?;
-            let registry =
-                registry_from(&snapshot, &k8s.trust_domain).map_err(anyhow::Error::msg)?;
+            let registry = kube_registry::registry_from(&snapshot, &k8s.trust_domain)
+                .map_err(anyhow::Error::msg)?;
             (registry, "the Kubernetes cluster".to_string())
         }
         (None, None) => anyhow::bail!("the config names no registry"),
@@ -98,7 +194,10 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let policies = load_policies(&config.policies, &config.root_namespace)?;
+    let policies = match config.xds {
+        Some(_) => MeshAuthorization::pushed(&config.root_namespace, Vec::new()),
+        None => load_policies(&config.policies, &config.root_namespace)?.into_translated(),
+    };
     let root_pem = std::fs::read_to_string(&config.ca.root_cert)
         .with_context(|| format!("cannot read ca.rootCert {}", config.ca.root_cert.display()))?;
     let token = std::fs::read_to_string(&config.ca.token_file).with_context(|| {
@@ -122,10 +221,32 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         bind_source_ip: config.bind_source_ip,
     };
     let core = Arc::new(ProxyCore::new(settings, registry, policies, certs, trust));
+    if let Some(address) = &config.xds {
+        core.set_waiting_for(Some(format!("the control plane {address}")));
+    }
     let proxy = ProxyHandle::start(core.clone(), &config.listeners).await?;
     println!("proxy for node {} running: {:?}", config.node, proxy.addrs);
     let stop_following = tokio_util::sync::CancellationToken::new();
-    if !config.policies.is_empty() {
+    if let Some(address) = &config.xds {
+        let settings = XdsSettings {
+            address: address.clone(),
+            root_pem: root_pem.clone(),
+            token_file: Some(config.ca.token_file.clone()),
+            node_id: args
+                .node_id
+                .clone()
+                .unwrap_or_else(|| default_node_id(&config.node)),
+            root_namespace: config.root_namespace.clone(),
+            max_backoff: std::time::Duration::from_secs(15),
+        };
+        let (status, _) = tokio::sync::watch::channel(XdsStatus::default());
+        tokio::spawn(follow(
+            core.clone(),
+            settings,
+            status,
+            stop_following.clone(),
+        ));
+    } else if !config.policies.is_empty() {
         tokio::spawn(follow_policies(
             core.clone(),
             config.policies.clone(),
@@ -135,6 +256,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         ));
     }
     match (&config.registry, &config.kubernetes) {
+        _ if config.xds.is_some() => {}
         (Some(file), _) => {
             tokio::spawn(hbone_proxy::registry_watch::follow_file(
                 core,

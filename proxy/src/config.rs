@@ -7,6 +7,9 @@
 //!                                   #   followed: edits take effect without a restart
 //! # kubernetes: {pollInterval: 5s}  # …or, instead of `registry`, follow the cluster's pods
 //! #                                 #   and services (in a pod: start with --node $(POD_NAME))
+//! # xds: https://127.0.0.1:15012    # …or follow a control plane over delta ADS, as ztunnel
+//! #                                 #   follows istiod (workloads, services and translated
+//! #                                 #   policies; `policies` files are then not read)
 //! policies: [../../policies/istio]  # AuthorizationPolicy / PeerAuthentication files or dirs
 //! rootNamespace: istio-system
 //! ca:
@@ -166,6 +169,10 @@ pub struct ProxyConfig {
     /// Or: follow a Kubernetes cluster's pods and services instead.
     #[serde(default)]
     pub kubernetes: Option<KubernetesRegistry>,
+    /// Or: follow a control plane (`https://host:15012`) over delta ADS,
+    /// authenticating with `ca.tokenFile` and trusting `ca.rootCert`.
+    #[serde(default)]
+    pub xds: Option<String>,
     #[serde(default)]
     pub policies: Vec<PathBuf>,
     #[serde(default = "default_root_namespace")]
@@ -210,6 +217,35 @@ fn default_grace() -> Duration {
 }
 
 impl ProxyConfig {
+    /// A proxy fed by a control plane, every other setting at its default
+    /// (what `hbone-lab proxy --xds` runs without a config file): the CA is
+    /// the control plane's address, as with istiod.
+    pub fn for_control_plane(
+        node: &str,
+        address: &str,
+        root_cert: PathBuf,
+        token_file: PathBuf,
+    ) -> ProxyConfig {
+        ProxyConfig {
+            node: node.into(),
+            registry: None,
+            kubernetes: None,
+            xds: Some(address.into()),
+            policies: Vec::new(),
+            root_namespace: default_root_namespace(),
+            ca: CaSettings {
+                address: address.into(),
+                root_cert,
+                token_file,
+                ttl: default_ttl(),
+            },
+            listeners: Listeners::default(),
+            h2: H2Settings::default(),
+            bind_source_ip: true,
+            drain_grace: default_grace(),
+        }
+    }
+
     /// Reads the file; relative paths inside it are taken from its directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let file = path.display().to_string();
@@ -232,11 +268,18 @@ impl ProxyConfig {
         if let Some(registry) = config.registry.as_mut() {
             rebase(registry);
         }
-        if config.registry.is_some() == config.kubernetes.is_some() {
+        let sources = [
+            config.registry.is_some(),
+            config.kubernetes.is_some(),
+            config.xds.is_some(),
+        ];
+        if sources.iter().filter(|s| **s).count() != 1 {
             return Err(ConfigError::Field {
                 file,
                 field: "registry".into(),
-                message: "give exactly one of `registry: <file>` and `kubernetes: {}`".into(),
+                message:
+                    "give exactly one of `registry: <file>`, `kubernetes: {}` and `xds: <address>`"
+                        .into(),
             });
         }
         config.policies.iter_mut().for_each(rebase);

@@ -1,0 +1,141 @@
+//! `hbone-lab proxy --xds` in ztunnel's place, as processes: fed by
+//! `hbone-lab ca serve --xds` (the registry's workloads and the translated
+//! policies), it becomes ready, holds what the control plane serves, and
+//! says so on its admin port. No root needed: everything is on loopback.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{hbone_lab, text};
+
+/// Kills the process when the test ends, however it ends.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(args: &[&str]) -> Running {
+    Running(
+        Command::new(env!("CARGO_BIN_EXE_hbone-lab"))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run hbone-lab"),
+    )
+}
+
+/// A GET on loopback: (status, body), or None while nothing listens.
+fn get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(addr).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(tcp, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut reply = String::new();
+    tcp.read_to_string(&mut reply).ok()?;
+    let status = reply.split_whitespace().nth(1)?.parse().ok()?;
+    let body = reply.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
+
+fn wait_until<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn proxy_follows_ca_serve_xds_without_a_config_file() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root.pem");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "node-2-example-token\n").unwrap();
+    let _server = spawn(&[
+        "ca",
+        "serve",
+        "--xds",
+        "--listen",
+        "127.0.71.1:15012",
+        "--registry",
+        s(&repo.join("proxy/examples/registry.yaml")),
+        "--policies",
+        s(&repo.join("policies/istio")),
+        "--tokens",
+        s(&repo.join("proxy/examples/tokens.yaml")),
+        "--write-root",
+        s(&root),
+    ]);
+    wait_until(Duration::from_secs(20), "the CA's root", || {
+        root.exists().then_some(())
+    });
+    let _proxy = spawn(&[
+        "proxy",
+        "--xds",
+        "https://127.0.71.1:15012",
+        "--node",
+        "node-2",
+        "--root-cert",
+        s(&root),
+        "--token-file",
+        s(&token),
+        "--hbone-port",
+        "0",
+        "--readiness",
+        "127.0.71.2:15021",
+        "--admin",
+        "127.0.71.2:15000",
+    ]);
+    wait_until(Duration::from_secs(20), "readiness", || {
+        get("127.0.71.2:15021", "/healthz/ready").filter(|(status, _)| *status == 200)
+    });
+    let (_, dump) = get("127.0.71.2:15000", "/config_dump").expect("admin answers");
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    let workloads = dump["workloads"].as_array().unwrap();
+    assert_eq!(
+        workloads.len(),
+        4,
+        "the registry's workloads, over xDS: {dump:#}"
+    );
+    let hello = workloads.iter().find(|w| w["name"] == "hello-app").unwrap();
+    assert_eq!(hello["local"], true);
+    let listed = hello["authorizationPolicies"].as_array().unwrap();
+    assert!(
+        !listed.is_empty(),
+        "hello-app lists its selector-scoped policies: {hello:#}"
+    );
+    let policies = dump["policies"].as_array().unwrap();
+    for key in listed {
+        assert!(policies.contains(key), "{key} was pushed too: {policies:?}");
+    }
+}
+
+#[test]
+fn proxy_without_a_source_says_what_it_needs() {
+    let out = hbone_lab(&["proxy"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("--config") && err.contains("--xds"), "{err}");
+    let out = hbone_lab(&["proxy", "--xds", "https://127.0.0.1:15012"]);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("--node") && err.contains("--root-cert"),
+        "{err}"
+    );
+}

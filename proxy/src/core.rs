@@ -14,6 +14,7 @@ use thiserror::Error;
 use crate::config::H2Settings;
 use crate::established::{Established, Revoked};
 use crate::metrics::ProxyMetrics;
+use crate::pod_netns::PodNetns;
 use crate::refusal::{Direction, Reason};
 use crate::registry::Registry;
 use crate::tls::{MeshTrust, TlsSetupError};
@@ -59,6 +60,8 @@ pub struct ProxyCore {
     pub metrics: Arc<ProxyMetrics>,
     server_configs: ConfigCache<rustls::ServerConfig>,
     waiting_for: Mutex<Option<String>>,
+    /// Pods' namespaces handed over by a node agent (shared mode).
+    pub pods: PodNetns,
 }
 
 impl ProxyCore {
@@ -83,6 +86,7 @@ impl ProxyCore {
             metrics: Arc::new(ProxyMetrics::default()),
             server_configs: Mutex::new(HashMap::new()),
             waiting_for: Mutex::new(None),
+            pods: PodNetns::default(),
         }
     }
 
@@ -111,8 +115,14 @@ impl ProxyCore {
     /// Replaces the registry: new connections see the new one, established
     /// ones keep what they resolved.
     pub fn replace_registry(&self, registry: Registry) {
+        let registry = self.pods.apply(registry);
         self.registry.store(Arc::new(registry));
         self.registry_version.send_modify(|v| *v += 1);
+    }
+
+    /// Applies a change of the handed-over pods to the registry held.
+    pub fn pods_changed(&self) {
+        self.replace_registry(self.registry().as_ref().clone());
     }
 
     /// Wakes on every registry swap.

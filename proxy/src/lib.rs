@@ -19,6 +19,7 @@
 //! - [`file_watch`], [`registry_watch`], [`policy_watch`]: following the registry and policy files.
 //! - [`kube_registry`]: following a Kubernetes cluster's pods, services and policies instead.
 //! - [`xds_registry`]: or following a control plane over delta ADS, as ztunnel follows istiod.
+//! - [`pod_netns`], [`zds_pods`]: shared mode — the pods' namespaces a node agent hands over (ZDS).
 //! - [`admin`]: metrics (15020), readiness (15021), admin (15000).
 //! - [`proxy`]: binding it all, and draining on shutdown.
 
@@ -37,6 +38,7 @@ mod listen;
 pub mod metrics;
 pub mod netns;
 pub mod outbound;
+pub mod pod_netns;
 pub mod policy_watch;
 pub mod pool;
 pub mod proxy;
@@ -47,5 +49,6 @@ pub mod socks5;
 pub mod tls;
 pub mod workload_listeners;
 pub mod xds_registry;
+pub mod zds_pods;
 
 pub use proxy::{BoundAddrs, ProxyHandle};

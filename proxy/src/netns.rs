@@ -206,7 +206,9 @@ fn worker(path: &Path) -> Result<std::sync::mpsc::Sender<Job>, NetnsError> {
 }
 
 /// Lets the namespace's socket thread end (it would otherwise keep a deleted namespace alive).
-fn forget_worker(path: &Path) {
+/// Ends the socket thread kept for the namespace at `path` (once the
+/// namespace is gone, or the path may come to name another one).
+pub fn forget_worker(path: &Path) {
     workers().lock().expect("worker lock").remove(path);
 }
 

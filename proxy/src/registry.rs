@@ -15,6 +15,7 @@
 //!     ips: [127.0.2.2]
 //!     node: node-2
 //!     protocol: HBONE          # HBONE (meshed, the default) or TCP (not meshed)
+//!     # uid: Kubernetes//Pod/demo/hello-app   # the default: how a node agent (ZDS) names it
 //! services:
 //!   - name: hello-app
 //!     namespace: demo
@@ -99,6 +100,10 @@ pub struct Workload {
     /// record says it is (from xDS, where services carry no selector).
     #[serde(skip)]
     pub services: Vec<String>,
+    /// The control plane's uid for it (`Kubernetes//Pod/<ns>/<name>`, the
+    /// default), by which a node agent names the pod whose namespace it hands over.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub uid: String,
 }
 
 impl Workload {
@@ -215,6 +220,9 @@ impl Registry {
     pub fn from_file(mut doc: RegistryFile) -> Result<Self, (String, String)> {
         let mut seen_ips = BTreeMap::new();
         for (i, w) in doc.workloads.iter_mut().enumerate() {
+            if w.uid.is_empty() {
+                w.uid = hbone_xds::MeshWorkload::pod_uid(&w.namespace, &w.name);
+            }
             if w.identity.is_none() {
                 let identity = Identity::new(&doc.trust_domain, &w.namespace, &w.service_account)
                     .map_err(|e| (format!("workloads[{i}]"), e.to_string()))?;

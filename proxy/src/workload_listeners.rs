@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -139,7 +140,11 @@ impl WorkloadListeners {
         let registry = self.core.registry();
         let mut open = self.open.lock().expect("listeners lock");
         let mut wanted = HashMap::new();
+        let shared_mode = self.core.pods.shared_mode();
         for w in registry.local_workloads(&self.core.node) {
+            if shared_mode && w.netns.is_none() {
+                continue;
+            }
             let placement = Placement {
                 ips: w.ips.clone(),
                 netns: w.netns.clone(),
@@ -175,19 +180,29 @@ impl WorkloadListeners {
         (opened, failed)
     }
 
-    /// Reconciles on every registry change until shutdown.
+    /// Reconciles on every registry change until shutdown. A listener that
+    /// cannot be bound (the one it replaces may not have let go of the
+    /// address yet) is tried again shortly, then less and less often.
     pub(crate) async fn follow(self: Arc<Self>, mut changes: watch::Receiver<u64>) {
+        let mut retry: Option<Duration> = None;
         loop {
+            let wait = retry.unwrap_or(Duration::MAX);
             tokio::select! {
                 changed = changes.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep(wait), if retry.is_some() => {}
                 _ = self.shutdown.cancelled() => return,
             }
             let (opened, failed) = self.reconcile();
             for (name, addrs) in opened {
                 info!(workload = %name, hbone = ?addrs.hbone, "workload arrived on this node: its listeners are open");
             }
+            retry = match (failed.is_empty(), retry) {
+                (true, _) => None,
+                (false, None) => Some(Duration::from_millis(50)),
+                (false, Some(d)) => Some((d * 2).min(Duration::from_secs(5))),
+            };
             for e in failed {
-                warn!(error = %e, "a workload's listeners could not be opened; trying again on the next registry change");
+                warn!(error = %e, retry_in = ?retry, "a workload's listeners could not be opened; trying again");
             }
         }
     }

@@ -158,6 +158,7 @@ pub fn registry_from(
                     .map_err(|e| format!("workload {}/{}: {e}", w.namespace, w.name))?;
                 nodes.insert(w.node.clone());
                 workloads.push(Workload {
+                    uid: w.uid,
                     name: w.name,
                     namespace: w.namespace,
                     service_account: w.service_account,

@@ -12,6 +12,7 @@
 //! - [`client`]: the client side of delta ADS (as ztunnel speaks it).
 //! - [`control_plane`]: the CA and xDS on one TLS port, as istiod serves them.
 //! - [`zds`]: istio-cni's node agent, handing pods' network namespaces to a shared-mode proxy.
+//! - [`zds_client`]: the shared-mode proxy's side of ZDS.
 //!
 //! The policies are translated by `hbone-policies` (the same translation
 //! hbone-lab's own proxy decides on), so ztunnel and hbone-lab enforce one
@@ -27,6 +28,7 @@ pub mod receive;
 pub mod server;
 pub mod snapshot;
 pub mod zds;
+pub mod zds_client;
 
 pub use control_plane::{RunningControlPlane, serve, serve_on};
 pub use mesh::{Mesh, MeshService, MeshWorkload};

@@ -66,6 +66,16 @@ pub enum ZdsError {
     Timeout(Duration),
     #[error("the ZDS peer closed the connection")]
     Closed,
+    #[error(
+        "cannot reach the node agent at {path}: {source} (is istio-cni, or `hbone-lab`'s node agent, running there?)"
+    )]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the node agent sent {0}")]
+    Unexpected(String),
 }
 
 /// A pod as the node agent knows it.
@@ -358,6 +368,9 @@ async fn receive(stream: &UnixStream) -> Result<Vec<u8>, ZdsError> {
     Ok(buf)
 }
 
-fn decode<T: Message + Default>(bytes: &[u8], expected: &'static str) -> Result<T, ZdsError> {
+pub(crate) fn decode<T: Message + Default>(
+    bytes: &[u8],
+    expected: &'static str,
+) -> Result<T, ZdsError> {
     T::decode(bytes).map_err(|source| ZdsError::Decode { expected, source })
 }

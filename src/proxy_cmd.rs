@@ -17,6 +17,7 @@ use hbone_proxy::policy_watch::{follow_policies, load_policies};
 use hbone_proxy::registry::Registry;
 use hbone_proxy::tls::MeshTrust;
 use hbone_proxy::xds_registry::{XdsSettings, XdsStatus, follow, registry_from};
+use hbone_proxy::zds_pods::ZdsStatus;
 
 /// Run an HBONE node proxy (mTLS + HTTP/2 CONNECT on 15008), like ztunnel.
 ///
@@ -46,6 +47,10 @@ use hbone_proxy::xds_registry::{XdsSettings, XdsStatus, follow, registry_from};
 ///   hbone-lab proxy --xds https://127.0.0.1:15012 --node node-2 \
 ///       --root-cert root.pem --token-file node-2.token --readiness 127.0.0.1:15021
 ///
+/// Shared mode, one process per node as ztunnel runs: with --zds SOCKET the
+/// proxy serves only the pods a node agent (istio-cni, or the lab's) hands
+/// over, opening 15008, 15006 and 15001 inside each pod's namespace.
+///
 /// Readiness (15021) answers 200 once the control plane has answered and
 /// every local workload has its certificate. A resource the proxy cannot use
 /// is refused (NACK) with the reason, and its last good version kept.
@@ -61,6 +66,11 @@ pub struct ProxyArgs {
     /// instead of the config's registry and policy files.
     #[arg(long, value_name = "ADDRESS")]
     xds: Option<String>,
+    /// Shared mode: serve the pods the node agent at this socket hands over
+    /// (istio-cni's ZDS; its default is /var/run/ztunnel/ztunnel.sock), each
+    /// inside its own network namespace on 15008, 15006 and 15001.
+    #[arg(long, value_name = "SOCKET")]
+    zds: Option<PathBuf>,
     /// The CA's address (default with --xds: the control plane's).
     #[arg(long, value_name = "ADDRESS")]
     ca: Option<String>,
@@ -154,6 +164,14 @@ fn config(args: &ProxyArgs) -> anyhow::Result<ProxyConfig> {
         config.ca.token_file = token.clone();
     }
     config.listeners.readiness = args.readiness.or(config.listeners.readiness);
+    if let Some(zds) = &args.zds {
+        config.zds = Some(zds.clone());
+    }
+    if config.zds.is_some() {
+        let l = &mut config.listeners;
+        l.plaintext_port = l.plaintext_port.or(Some(15006));
+        l.pod_outbound_port = l.pod_outbound_port.or(Some(15001));
+    }
     Ok(config)
 }
 
@@ -224,9 +242,19 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     if let Some(address) = &config.xds {
         core.set_waiting_for(Some(format!("the control plane {address}")));
     }
+    let stop_following = tokio_util::sync::CancellationToken::new();
+    if let Some(socket) = &config.zds {
+        let (status, _) = tokio::sync::watch::channel(ZdsStatus::default());
+        tokio::spawn(hbone_proxy::zds_pods::follow(
+            core.clone(),
+            socket.clone(),
+            std::time::Duration::from_secs(5),
+            status,
+            stop_following.clone(),
+        ));
+    }
     let proxy = ProxyHandle::start(core.clone(), &config.listeners).await?;
     println!("proxy for node {} running: {:?}", config.node, proxy.addrs);
-    let stop_following = tokio_util::sync::CancellationToken::new();
     if let Some(address) = &config.xds {
         let settings = XdsSettings {
             address: address.clone(),

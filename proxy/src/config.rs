@@ -10,6 +10,9 @@
 //! # xds: https://127.0.0.1:15012    # …or follow a control plane over delta ADS, as ztunnel
 //! #                                 #   follows istiod (workloads, services and translated
 //! #                                 #   policies; `policies` files are then not read)
+//! # zds: /var/run/ztunnel/ztunnel.sock  # shared mode: serve the pods a node agent hands
+//! #                                 #   over (istio-cni's ZDS), each inside its namespace;
+//! #                                 #   plaintextPort and podOutboundPort default to 15006, 15001
 //! policies: [../../policies/istio]  # AuthorizationPolicy / PeerAuthentication files or dirs
 //! rootNamespace: istio-system
 //! ca:
@@ -173,6 +176,9 @@ pub struct ProxyConfig {
     /// authenticating with `ca.tokenFile` and trusting `ca.rootCert`.
     #[serde(default)]
     pub xds: Option<String>,
+    /// Shared mode: the node agent's socket (istio-cni: `/var/run/ztunnel/ztunnel.sock`).
+    #[serde(default)]
+    pub zds: Option<PathBuf>,
     #[serde(default)]
     pub policies: Vec<PathBuf>,
     #[serde(default = "default_root_namespace")]
@@ -231,6 +237,7 @@ impl ProxyConfig {
             registry: None,
             kubernetes: None,
             xds: Some(address.into()),
+            zds: None,
             policies: Vec::new(),
             root_namespace: default_root_namespace(),
             ca: CaSettings {
@@ -283,6 +290,9 @@ impl ProxyConfig {
             });
         }
         config.policies.iter_mut().for_each(rebase);
+        if let Some(zds) = config.zds.as_mut() {
+            rebase(zds);
+        }
         rebase(&mut config.ca.root_cert);
         rebase(&mut config.ca.token_file);
         if config.h2.max_frame_size < 16_384 || config.h2.max_frame_size > 16_777_215 {

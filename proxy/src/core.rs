@@ -62,6 +62,8 @@ pub struct ProxyCore {
     waiting_for: Mutex<Option<String>>,
     /// Pods' namespaces handed over by a node agent (shared mode).
     pub pods: PodNetns,
+    /// The uids of the local workloads whose listeners are open.
+    served: tokio::sync::watch::Sender<std::collections::BTreeSet<String>>,
 }
 
 impl ProxyCore {
@@ -87,6 +89,7 @@ impl ProxyCore {
             server_configs: Mutex::new(HashMap::new()),
             waiting_for: Mutex::new(None),
             pods: PodNetns::default(),
+            served: tokio::sync::watch::Sender::new(Default::default()),
         }
     }
 
@@ -123,6 +126,22 @@ impl ProxyCore {
     /// Applies a change of the handed-over pods to the registry held.
     pub fn pods_changed(&self) {
         self.replace_registry(self.registry().as_ref().clone());
+    }
+
+    /// Records which local workloads (by uid) have their listeners open.
+    pub fn set_served(&self, uids: std::collections::BTreeSet<String>) {
+        self.served.send_if_modified(|s| {
+            let changed = *s != uids;
+            *s = uids;
+            changed
+        });
+    }
+
+    /// Waits up to `limit` until the workload `uid`'s listeners are open.
+    pub async fn wait_served(&self, uid: &str, limit: std::time::Duration) -> bool {
+        let mut served = self.served.subscribe();
+        let waited = tokio::time::timeout(limit, served.wait_for(|s| s.contains(uid))).await;
+        matches!(waited, Ok(Ok(_)))
     }
 
     /// Wakes on every registry swap.

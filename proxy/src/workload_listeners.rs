@@ -33,6 +33,7 @@ struct Placement {
 }
 
 struct Open {
+    uid: String,
     placement: Placement,
     stop: CancellationToken,
 }
@@ -168,7 +169,15 @@ impl WorkloadListeners {
             let stop = self.shutdown.child_token();
             match self.open(w, &stop) {
                 Ok(addrs) => {
-                    open.insert(key, Open { placement, stop });
+                    let uid = w.uid.clone();
+                    open.insert(
+                        key,
+                        Open {
+                            uid,
+                            placement,
+                            stop,
+                        },
+                    );
                     opened.push((w.name.clone(), addrs));
                 }
                 Err(e) => {
@@ -177,6 +186,8 @@ impl WorkloadListeners {
                 }
             }
         }
+        self.core
+            .set_served(open.values().map(|o| o.uid.clone()).collect());
         (opened, failed)
     }
 

@@ -3,8 +3,9 @@
 //! Each pod's network namespace arrives as a descriptor; the proxy holds
 //! it ([`crate::pod_netns`]), the pod's workload record (from the registry
 //! or the control plane) is then served inside it — its listeners (15008,
-//! 15006, 15001) opened there — and closed again when the agent deletes
-//! the pod. After a reconnect the agent replays its pods and sends the end
+//! 15006, 15001) opened there, before the add is acknowledged, as ztunnel
+//! acknowledges once the pod's proxy runs — and closed again when the agent
+//! deletes the pod. After a reconnect the agent replays its pods and sends the end
 //! of its snapshot: the pods it did not name are let go.
 
 use std::collections::HashSet;
@@ -19,6 +20,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::core::ProxyCore;
+
+/// How long an add waits for the pod's listeners before it is refused.
+const LISTENERS_WITHIN: Duration = Duration::from_secs(5);
 
 /// What the follower has seen, for tests and logs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -93,10 +97,24 @@ async fn connection(
                 let who = info.map(|i| format!("{}/{}", i.namespace, i.name));
                 core.pods.insert(&uid, netns);
                 core.pods_changed();
-                let known = core.registry().workloads.iter().any(|w| w.uid == uid);
-                info!(%uid, pod = ?who, known, "pod handed over: serving it inside its network namespace");
-                named.insert(uid);
-                None
+                named.insert(uid.clone());
+                let ours = core
+                    .registry()
+                    .workloads
+                    .iter()
+                    .any(|w| w.uid == uid && w.node == core.node);
+                if !ours {
+                    // Served once the registry (or control plane) knows it.
+                    info!(%uid, pod = ?who, "pod handed over before its workload record is known; held");
+                    None
+                } else if core.wait_served(&uid, LISTENERS_WITHIN).await {
+                    info!(%uid, pod = ?who, "pod handed over: its listeners are open inside its namespace");
+                    None
+                } else {
+                    Some(format!(
+                        "the pod's listeners did not open inside its namespace within {LISTENERS_WITHIN:?} (see the proxy's log)"
+                    ))
+                }
             }
             ZdsEvent::Keep { uid } => {
                 let held = core.pods.uids().contains(&uid);

@@ -15,8 +15,10 @@ use std::time::Duration;
 
 use hbone_ca::server::CaService;
 use hbone_policies::istio::IstioPolicies;
+use hbone_proxy::core::ProxyCore;
 use hbone_proxy::netns::{NetNs, bind_listener};
 use hbone_proxy::registry::{Protocol, Registry};
+use hbone_proxy::zds_pods::{self, ZdsStatus};
 use hbone_xds::zds::{NodeAgent, ZdsPod};
 use hbone_xds::{Mesh, MeshService, MeshWorkload, RunningControlPlane, XdsState};
 
@@ -87,7 +89,7 @@ pub fn mesh(registry: &Registry, policies: &IstioPolicies) -> Mesh {
         .workloads
         .iter()
         .map(|w| MeshWorkload {
-            uid: MeshWorkload::pod_uid(&w.namespace, &w.name),
+            uid: w.uid.clone(),
             name: w.name.clone(),
             namespace: w.namespace.clone(),
             service_account: w.service_account.clone(),
@@ -180,23 +182,9 @@ pub async fn start_shared_ztunnel(
     };
     let root_ca = write("root.pem", spec.root_pem)?;
     let token_file = write("token", spec.token)?;
-    let pods: Vec<ZdsPod> = spec
-        .registry
-        .workloads
-        .iter()
-        .filter(|w| w.node == spec.node)
-        .filter_map(|w| {
-            Some(ZdsPod {
-                uid: MeshWorkload::pod_uid(&w.namespace, &w.name),
-                name: w.name.clone(),
-                namespace: w.namespace.clone(),
-                service_account: w.service_account.clone(),
-                netns: w.netns.clone()?,
-            })
-        })
-        .collect();
     let uds = spec.dir.join(format!("{}-ztunnel.sock", spec.node));
-    let agent = NodeAgent::listen(&uds, pods).map_err(|e| spec.fail("node agent", &e))?;
+    let agent = NodeAgent::listen(&uds, node_pods(spec.registry, spec.node))
+        .map_err(|e| spec.fail("node agent", &e))?;
     let ztunnel = Ztunnel::start(
         spec.netns,
         Settings {
@@ -223,10 +211,81 @@ pub async fn start_shared_ztunnel(
                 &format!("{e}; its log ends with:\n{}", ztunnel.log_tail(15)),
             )
         })?;
-    if let Some((uid, error)) = agent.status().nacks.first() {
-        return Err(spec.fail("refused a pod", &format!("{uid}: {error}")));
-    }
+    refused_pod(&agent).map_err(|e| spec.fail("refused a pod", &e))?;
     Ok((ztunnel, agent))
+}
+
+/// The first pod the proxy refused, as `uid: error`.
+fn refused_pod(agent: &NodeAgent) -> Result<(), String> {
+    match agent.status().nacks.first() {
+        Some((uid, error)) => Err(format!("{uid}: {error}")),
+        None => Ok(()),
+    }
+}
+
+/// The node's pods as its node agent hands them over: those with a
+/// network namespace.
+pub fn node_pods(registry: &Registry, node: &str) -> Vec<ZdsPod> {
+    registry
+        .workloads
+        .iter()
+        .filter(|w| w.node == node)
+        .filter_map(|w| {
+            Some(ZdsPod {
+                uid: w.uid.clone(),
+                name: w.name.clone(),
+                namespace: w.namespace.clone(),
+                service_account: w.service_account.clone(),
+                netns: w.netns.clone()?,
+            })
+        })
+        .collect()
+}
+
+/// hbone-lab's proxy in shared mode, as ztunnel runs: the node agent that
+/// hands it the node's pods, and the proxy following it.
+pub struct HboneNodeAgent {
+    /// Dropped first (fields drop in order): the proxy stops following
+    /// before the agent goes, so its end is not reported as a failure.
+    _follow: tokio_util::sync::DropGuard,
+    pub agent: NodeAgent,
+}
+
+impl HboneNodeAgent {
+    /// Starts the node agent on a socket in `dir` with the node's pods and
+    /// points `core` at it; call before the proxy starts, then
+    /// [`Self::wait_served`].
+    pub fn start(core: &Arc<ProxyCore>, registry: &Registry, dir: &Path) -> Result<Self, LabError> {
+        let node = core.node.clone();
+        let socket = dir.join(format!("{node}-hbone-lab.sock"));
+        let agent = NodeAgent::listen(&socket, node_pods(registry, &node))
+            .map_err(|e| LabError::Proxy(format!("node agent of {node}: {e}")))?;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (status, _) = tokio::sync::watch::channel(ZdsStatus::default());
+        tokio::spawn(zds_pods::follow(
+            core.clone(),
+            socket,
+            Duration::from_secs(1),
+            status,
+            stop.clone(),
+        ));
+        Ok(HboneNodeAgent {
+            agent,
+            _follow: stop.drop_guard(),
+        })
+    }
+
+    /// Waits until the proxy serves every pod of the node.
+    pub async fn wait_served(&self, node: &str) -> Result<(), LabError> {
+        let fail = |e: &dyn std::fmt::Display| {
+            LabError::Proxy(format!("hbone-lab on {node}: take its pods over ZDS: {e}"))
+        };
+        self.agent
+            .wait_synced(Duration::from_secs(20))
+            .await
+            .map_err(|e| fail(&e))?;
+        refused_pod(&self.agent).map_err(|e| fail(&e))
+    }
 }
 
 impl ZtunnelNode {

@@ -34,7 +34,9 @@ use hbone_workloads::public_api::{self, PublicCa, StandIn};
 use hbone_xds::XdsState;
 use tokio::net::TcpListener;
 
-use crate::dataplane::{Dataplane, ZTUNNEL_SECRET_TTL, ZtunnelNode, ZtunnelNodeSpec, mesh};
+use crate::dataplane::{
+    Dataplane, HboneNodeAgent, ZTUNNEL_SECRET_TTL, ZtunnelNode, ZtunnelNodeSpec, mesh,
+};
 use crate::netns_topology::{CLOUDFLARE_IP, GITHUB_IP, NetnsPlumbing, remove_stale};
 use crate::topology::{
     HELLO_HOST, HELLO_PORT, LabError, Mode, PODS, POSTGRES_HOST, POSTGRES_PORT, ip, lab_pod,
@@ -88,6 +90,9 @@ pub struct Lab {
     pub xds: Option<Arc<XdsState>>,
     /// Sockets, tokens and logs of the ztunnel nodes.
     pub ztunnel_dir: Option<tempfile::TempDir>,
+    /// Netns mode: the node agents handing hbone-lab's proxies their pods.
+    pub node_agents: Vec<HboneNodeAgent>,
+    _agent_dir: Option<tempfile::TempDir>,
     pub postgres: Option<PgServer>,
     /// Why there is no database, when there is none.
     pub postgres_missing: Option<String>,
@@ -353,6 +358,20 @@ impl Lab {
             .map_err(|e| LabError::Ca(e.to_string()))?;
 
         let mut nodes = Vec::new();
+        let mut node_agents = Vec::new();
+        // Netns mode: hbone-lab runs in shared mode, as ztunnel does — one
+        // process per node, its pods handed over by a node agent (ZDS).
+        let agent_dir = match mode {
+            Mode::Netns => Some(
+                tempfile::Builder::new()
+                    .prefix("hbone-lab-zds-")
+                    .tempdir()
+                    .map_err(|e| {
+                        LabError::Proxy(format!("a directory for the node agents: {e}"))
+                    })?,
+            ),
+            Mode::Loopback => None,
+        };
         for (node, addr) in [("node-1", "127.0.11.1"), ("node-2", "127.0.11.2")] {
             if dataplane.ztunnel_on(node) {
                 continue;
@@ -389,11 +408,19 @@ impl Lab {
                 plaintext_port: in_pod.then_some(15006),
                 ..Listeners::default()
             };
+            let agent = match &agent_dir {
+                Some(dir) => Some(HboneNodeAgent::start(&core, &registry, dir.path())?),
+                None => None,
+            };
             nodes.push(
                 ProxyHandle::start(core, &listeners)
                     .await
                     .map_err(|e| LabError::Proxy(e.to_string()))?,
             );
+            if let Some(agent) = agent {
+                agent.wait_served(node).await?;
+                node_agents.push(agent);
+            }
         }
 
         let mut ztunnels = Vec::new();
@@ -449,6 +476,8 @@ impl Lab {
             ztunnels,
             xds,
             ztunnel_dir,
+            node_agents,
+            _agent_dir: agent_dir,
             postgres,
             postgres_missing,
             gateway,
@@ -564,6 +593,7 @@ impl Lab {
         for node in self.nodes.drain(..) {
             node.shutdown(Duration::from_secs(1)).await;
         }
+        self.node_agents.clear();
         for node in self.ztunnels.drain(..) {
             node.shutdown().await;
         }

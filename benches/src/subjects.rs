@@ -16,7 +16,7 @@ use hbone_policies::load::{istio_policies, parse_documents};
 use hbone_proxy::netns::{NetNs, bind_listener};
 use hbone_proxy::registry::Registry;
 use hbone_standalone::dataplane::{
-    ZtunnelNodeSpec, mesh, serve_node_control_plane, start_shared_ztunnel,
+    ZtunnelNodeSpec, mesh, node_pods, serve_node_control_plane, start_shared_ztunnel,
 };
 use hbone_standalone::ztunnel::{Ztunnel, http_get};
 use hbone_xds::zds::NodeAgent;
@@ -205,6 +205,8 @@ pub struct Running {
     children: Vec<Child>,
     /// Shared-mode ztunnels and the node agents that handed them their pods.
     ztunnels: Vec<(Ztunnel, NodeAgent)>,
+    /// The node agents handing hbone-lab's shared-mode proxies their pods.
+    agents: Vec<NodeAgent>,
 }
 
 impl Running {
@@ -212,6 +214,7 @@ impl Running {
         Running {
             children,
             ztunnels: Vec::new(),
+            agents: Vec::new(),
         }
     }
 
@@ -230,6 +233,7 @@ impl Running {
         }
         self.children.clear();
         self.ztunnels.clear();
+        self.agents.clear();
     }
 }
 
@@ -308,19 +312,41 @@ pub async fn start(
     }
 }
 
+/// Whether the hbone-lab build at `exe` runs in shared mode (`--zds`);
+/// a baseline built before it does not.
+fn knows_shared_mode(exe: &Path) -> bool {
+    Command::new(exe)
+        .args(["proxy", "--help"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--zds"))
+}
+
+/// hbone-lab's proxy per node. In shared mode, as ztunnel is deployed: one
+/// process per node, its pod handed over by a node agent (ZDS). A build
+/// from before shared mode finds its pod's namespace in the registry, as
+/// it was measured then.
 async fn start_hbone_lab(exe: &Path, shared: &Shared) -> Result<Running, SubjectError> {
     let dir = shared.dir.path();
     let mut children = Vec::new();
+    let mut agents = Vec::new();
+    let shared_mode = knows_shared_mode(exe);
     // Readiness on a loopback address of this run's own (two benches at
     // once must not answer each other's readiness checks).
     let pid = std::process::id();
     let own = |i: u32| format!("127.{}.{}.{i}:15021", 60 + pid % 50, (pid / 50) % 250);
-    for (node, ready, extra) in [
-        ("node-c", own(1), "  podOutboundPort: 15001\n"),
-        ("node-s", own(2), ""),
-    ] {
+    for (node, ready) in [("node-c", own(1)), ("node-s", own(2))] {
+        let (zds, pod_outbound) = if shared_mode {
+            let socket = dir.join(format!("{node}-hbone-lab.sock"));
+            let pods = node_pods(&shared.registry, node);
+            agents.push(NodeAgent::listen(&socket, pods).map_err(setup)?);
+            (format!("zds: {}\n", socket.display()), "")
+        } else if node == "node-c" {
+            (String::new(), "  podOutboundPort: 15001\n")
+        } else {
+            (String::new(), "")
+        };
         let config = format!(
-            "node: {node}\nregistry: registry.yaml\npolicies: [policies.yaml]\nca: {{address: \"https://{}\", rootCert: {}, tokenFile: {}}}\nlisteners:\n  hbonePort: 15008\n  readiness: \"{ready}\"\n{extra}bindSourceIp: false\ndrainGrace: 1s\n",
+            "node: {node}\nregistry: registry.yaml\npolicies: [policies.yaml]\nca: {{address: \"https://{}\", rootCert: {}, tokenFile: {}}}\nlisteners:\n  hbonePort: 15008\n  readiness: \"{ready}\"\n{pod_outbound}{zds}bindSourceIp: false\ndrainGrace: 1s\n",
             shared.host_ca,
             shared.root_file.display(),
             shared.token_file.display()
@@ -347,7 +373,17 @@ async fn start_hbone_lab(exe: &Path, shared: &Shared) -> Result<Running, Subject
         )
         .await?;
     }
-    Ok(Running::processes(children))
+    for agent in &agents {
+        agent
+            .wait_synced(Duration::from_secs(20))
+            .await
+            .map_err(|e| setup(format!("hbone-lab took its pods over ZDS: {e}")))?;
+    }
+    Ok(Running {
+        children,
+        ztunnels: Vec::new(),
+        agents,
+    })
 }
 
 async fn start_ztunnel(
@@ -421,6 +457,7 @@ async fn start_shared_ztunnels(binary: &Path, shared: &Shared) -> Result<Running
     Ok(Running {
         children: Vec::new(),
         ztunnels,
+        agents: Vec::new(),
     })
 }
 

@@ -1,5 +1,6 @@
 //! `hbone-lab proxy`: run one node proxy from a config file.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -107,16 +108,52 @@ pub struct ProxyArgs {
     hbone_port: Option<u16>,
 }
 
-/// ztunnel's node id: `ztunnel~<ip>~<pod>.<namespace>~<namespace>.svc.cluster.local`,
-/// from the pod's downward-API variables where they are set.
-fn default_node_id(node: &str) -> String {
-    let var = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
-    let namespace = var("POD_NAMESPACE", "istio-system");
-    format!(
-        "ztunnel~{}~{}.{namespace}~{namespace}.svc.cluster.local",
-        var("POD_IP", "127.0.0.1"),
-        var("POD_NAME", node),
-    )
+/// Who the proxy says it is to a control plane, from the pod's
+/// downward-API variables where they are set (as ztunnel reads them).
+struct PodEnv {
+    name: String,
+    namespace: String,
+    ip: String,
+}
+
+impl PodEnv {
+    fn read(node: &str) -> PodEnv {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        PodEnv {
+            name: var("POD_NAME").unwrap_or_else(|| node.to_string()),
+            namespace: var("POD_NAMESPACE").unwrap_or_else(|| "istio-system".into()),
+            ip: var("INSTANCE_IP")
+                .or_else(|| var("POD_IP"))
+                .unwrap_or_else(|| "127.0.0.1".into()),
+        }
+    }
+
+    /// ztunnel's node id: `ztunnel~<ip>~<pod>.<namespace>~<namespace>.svc.cluster.local`.
+    fn node_id(&self) -> String {
+        let PodEnv {
+            name,
+            namespace,
+            ip,
+        } = self;
+        format!("ztunnel~{ip}~{name}.{namespace}~{namespace}.svc.cluster.local")
+    }
+
+    /// ztunnel's node metadata: `NAME`, `NAMESPACE`, `INSTANCE_IPS`,
+    /// `NODE_NAME`, every `ISTIO_META_*` variable with the prefix stripped,
+    /// and `CLUSTER_ID` (default `Kubernetes`).
+    fn metadata(&self, node: &str) -> BTreeMap<String, String> {
+        let mut metadata: BTreeMap<String, String> = std::env::vars()
+            .filter_map(|(k, v)| Some((k.strip_prefix("ISTIO_META_")?.to_string(), v)))
+            .collect();
+        metadata.insert("NAME".into(), self.name.clone());
+        metadata.insert("NAMESPACE".into(), self.namespace.clone());
+        metadata.insert("INSTANCE_IPS".into(), self.ip.clone());
+        metadata.insert("NODE_NAME".into(), node.to_string());
+        metadata
+            .entry("CLUSTER_ID".into())
+            .or_insert_with(|| std::env::var("CLUSTER_ID").unwrap_or_else(|_| "Kubernetes".into()));
+        metadata
+    }
 }
 
 /// The config from the file and the flags that override it.
@@ -218,13 +255,13 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     };
     let root_pem = std::fs::read_to_string(&config.ca.root_cert)
         .with_context(|| format!("cannot read ca.rootCert {}", config.ca.root_cert.display()))?;
-    let token = std::fs::read_to_string(&config.ca.token_file).with_context(|| {
-        format!(
-            "cannot read ca.tokenFile {}",
+    if !config.ca.token_file.exists() {
+        anyhow::bail!(
+            "cannot read ca.tokenFile {}: no such file (the bearer token for the CA and the control plane)",
             config.ca.token_file.display()
-        )
-    })?;
-    let client = CaClient::new(&config.ca.address, &root_pem, token.trim())?;
+        );
+    }
+    let client = CaClient::with_token_file(&config.ca.address, &root_pem, &config.ca.token_file)?;
     let policy = RenewalPolicy {
         ttl: config.ca.ttl,
         ..RenewalPolicy::default()
@@ -256,14 +293,13 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let proxy = ProxyHandle::start(core.clone(), &config.listeners).await?;
     println!("proxy for node {} running: {:?}", config.node, proxy.addrs);
     if let Some(address) = &config.xds {
+        let pod = PodEnv::read(&config.node);
         let settings = XdsSettings {
             address: address.clone(),
             root_pem: root_pem.clone(),
             token_file: Some(config.ca.token_file.clone()),
-            node_id: args
-                .node_id
-                .clone()
-                .unwrap_or_else(|| default_node_id(&config.node)),
+            node_id: args.node_id.clone().unwrap_or_else(|| pod.node_id()),
+            metadata: pod.metadata(&config.node),
             root_namespace: config.root_namespace.clone(),
             max_backoff: std::time::Duration::from_secs(15),
         };

@@ -25,13 +25,19 @@ pub enum ClientError {
     Refused { code: tonic::Code, message: String },
     #[error("the CA answered with an empty certificate chain")]
     EmptyChain,
+    #[error("cannot read the token file {path}: {source}")]
+    TokenFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl ClientError {
     /// True when retrying later may help (the CA is down or overloaded).
     pub fn is_transient(&self) -> bool {
         match self {
-            ClientError::Connect { .. } => true,
+            ClientError::Connect { .. } | ClientError::TokenFile { .. } => true,
             ClientError::Refused { code, .. } => matches!(
                 code,
                 tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
@@ -41,12 +47,21 @@ impl ClientError {
     }
 }
 
+/// Where the bearer token comes from.
+#[derive(Clone)]
+enum Token {
+    Fixed(String),
+    /// Read again for every request, as ztunnel does: a Kubernetes
+    /// projected token is rotated in place.
+    File(std::path::PathBuf),
+}
+
 /// A connection to an Istio-compatible CA.
 #[derive(Clone)]
 pub struct CaClient {
     address: String,
     channel: Channel,
-    token: String,
+    token: Token,
 }
 
 impl std::fmt::Debug for CaClient {
@@ -99,8 +114,31 @@ impl CaClient {
         Ok(CaClient {
             address: address.to_string(),
             channel,
-            token: token.into(),
+            token: Token::Fixed(token.into()),
         })
+    }
+
+    /// As [`Self::new`], reading the token from `path` for every request.
+    pub fn with_token_file(
+        address: &str,
+        root_pem: &str,
+        path: &std::path::Path,
+    ) -> Result<Self, ClientError> {
+        let mut client = Self::new(address, root_pem, String::new())?;
+        client.token = Token::File(path.to_path_buf());
+        Ok(client)
+    }
+
+    fn token(&self) -> Result<String, ClientError> {
+        match &self.token {
+            Token::Fixed(t) => Ok(t.clone()),
+            Token::File(path) => std::fs::read_to_string(path)
+                .map(|t| t.trim().to_string())
+                .map_err(|source| ClientError::TokenFile {
+                    path: path.clone(),
+                    source,
+                }),
+        }
     }
 
     pub fn address(&self) -> &str {
@@ -123,13 +161,18 @@ impl CaClient {
             message.set_impersonated_identity(&identity.uri());
         }
         let mut request = tonic::Request::new(message);
-        let bearer = format!("Bearer {}", self.token);
+        let bearer = format!("Bearer {}", self.token()?);
         request.metadata_mut().insert(
             "authorization",
             bearer.parse().map_err(|_| ClientError::Refused {
                 code: tonic::Code::InvalidArgument,
                 message: "the token holds characters not allowed in a header".into(),
             })?,
+        );
+        // As ztunnel: istiod picks the cluster that checks the token by it.
+        request.metadata_mut().insert(
+            "clusterid",
+            tonic::metadata::MetadataValue::from_static("Kubernetes"),
         );
         let mut grpc = tonic::client::Grpc::new(self.channel.clone());
         grpc.ready().await.map_err(|source| ClientError::Connect {

@@ -55,7 +55,9 @@ fn readiness(core: &ProxyCore) -> Reply {
     }
     let missing: Vec<String> = core
         .registry()
-        .local_workloads(&core.node)
+        .workloads
+        .iter()
+        .filter(|w| core.serves(w))
         .filter(|w| {
             let state = core.certs.watch(w.identity());
             state.borrow().current.is_none()

@@ -128,6 +128,12 @@ impl ProxyCore {
         self.replace_registry(self.registry().as_ref().clone());
     }
 
+    /// Whether this proxy serves `w`: it runs on this node and, in shared
+    /// mode, the node agent has handed its pod over.
+    pub fn serves(&self, w: &crate::registry::Workload) -> bool {
+        w.node == self.node && (w.netns.is_some() || !self.pods.shared_mode())
+    }
+
     /// Records which local workloads (by uid) have their listeners open.
     pub fn set_served(&self, uids: std::collections::BTreeSet<String>) {
         self.served.send_if_modified(|s| {

@@ -141,11 +141,7 @@ impl WorkloadListeners {
         let registry = self.core.registry();
         let mut open = self.open.lock().expect("listeners lock");
         let mut wanted = HashMap::new();
-        let shared_mode = self.core.pods.shared_mode();
-        for w in registry.local_workloads(&self.core.node) {
-            if shared_mode && w.netns.is_none() {
-                continue;
-            }
+        for w in registry.workloads.iter().filter(|w| self.core.serves(w)) {
             let placement = Placement {
                 ips: w.ips.clone(),
                 netns: w.netns.clone(),

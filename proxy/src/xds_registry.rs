@@ -46,6 +46,9 @@ pub struct XdsSettings {
     pub token_file: Option<PathBuf>,
     /// The xDS node id (ztunnel: `ztunnel~<ip>~<pod>.<ns>~<ns>.svc.cluster.local`).
     pub node_id: String,
+    /// The node's metadata (ztunnel: `NAME`, `NAMESPACE`, `INSTANCE_IPS`,
+    /// `NODE_NAME`, `CLUSTER_ID`, …); istiod checks `NAMESPACE` against the token.
+    pub metadata: BTreeMap<String, String>,
     pub root_namespace: String,
     /// The longest wait between reconnects.
     pub max_backoff: Duration,
@@ -256,7 +259,7 @@ async fn stream(
         &settings.address,
         &settings.root_pem,
         token.as_deref(),
-        &settings.node_id,
+        hbone_xds::client::node(&settings.node_id, &settings.metadata),
     )
     .await
     {

@@ -121,6 +121,7 @@ async fn node(
             "ztunnel~{}~{name}.demo~demo.svc.cluster.local",
             ip(NET, host)
         ),
+        metadata: Default::default(),
         root_namespace: "istio-system".into(),
         max_backoff: Duration::from_millis(400),
     };

@@ -6,7 +6,7 @@
 //! This is the low level: requests and responses as messages. It is how the
 //! server is tested without a ztunnel, and what a proxy fed over xDS builds on.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use thiserror::Error;
 use tokio::sync::mpsc;
@@ -35,6 +35,38 @@ pub enum ClientError {
     Closed,
 }
 
+/// The node a client introduces itself as: its id and string metadata,
+/// as ztunnel sends `NAME`, `NAMESPACE`, `INSTANCE_IPS`, `NODE_NAME` and
+/// the `ISTIO_META_*` variables (prefix stripped, `CLUSTER_ID` among them).
+pub fn node(id: &str, metadata: &BTreeMap<String, String>) -> Node {
+    let fields = metadata
+        .iter()
+        .map(|(k, v)| {
+            let value = prost_types::Value {
+                kind: Some(prost_types::value::Kind::StringValue(v.clone())),
+            };
+            (k.clone(), value)
+        })
+        .collect();
+    Node {
+        id: id.to_string(),
+        metadata: (!metadata.is_empty()).then_some(prost_types::Struct { fields }),
+        ..Node::default()
+    }
+}
+
+/// The node's `CLUSTER_ID` metadata, or istiod's default `Kubernetes`.
+fn cluster_id(node: &Node) -> String {
+    node.metadata
+        .as_ref()
+        .and_then(|m| m.fields.get("CLUSTER_ID"))
+        .and_then(|v| match &v.kind {
+            Some(prost_types::value::Kind::StringValue(s)) => Some(s.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| "Kubernetes".into())
+}
+
 /// One delta ADS stream.
 pub struct AdsClient {
     requests: mpsc::Sender<DeltaDiscoveryRequest>,
@@ -44,12 +76,14 @@ pub struct AdsClient {
 
 impl AdsClient {
     /// Opens the stream to `address` (`https://host:port`), trusting
-    /// `root_pem`, authenticating with `token`, introducing itself as `node_id`.
+    /// `root_pem`, authenticating with `token`, introducing itself as `node`
+    /// (see [`node`]). Like ztunnel it also sends the `clusterid` header
+    /// istiod uses to pick the cluster that checks the token.
     pub async fn connect(
         address: &str,
         root_pem: &str,
         token: Option<&str>,
-        node_id: &str,
+        node: Node,
     ) -> Result<AdsClient, ClientError> {
         let bad = |reason: String| ClientError::Address {
             address: address.to_string(),
@@ -71,6 +105,11 @@ impl AdsClient {
                 .map_err(|_| bad("the token holds characters not allowed in a header".into()))?;
             request.metadata_mut().insert("authorization", value);
         }
+        let cluster = cluster_id(&node);
+        let cluster = cluster
+            .parse()
+            .map_err(|_| bad(format!("the cluster id {cluster:?} is not a header value")))?;
+        request.metadata_mut().insert("clusterid", cluster);
         let mut grpc = tonic::client::Grpc::new(channel);
         grpc.ready().await.map_err(|source| ClientError::Connect {
             address: address.to_string(),
@@ -87,10 +126,7 @@ impl AdsClient {
         Ok(AdsClient {
             requests,
             responses,
-            node: Node {
-                id: node_id.to_string(),
-                ..Node::default()
-            },
+            node,
         })
     }
 

@@ -71,7 +71,10 @@ async fn client(s: &Server, token: Option<&str>) -> Result<AdsClient, ClientErro
         &s.url,
         &s.root,
         token,
-        "ztunnel~10.0.0.1~test.ns~ns.svc.cluster.local",
+        hbone_xds::client::node(
+            "ztunnel~10.0.0.1~test.ns~ns.svc.cluster.local",
+            &Default::default(),
+        ),
     )
     .await
 }

@@ -5,6 +5,10 @@
 #
 # Needs Docker running, and kind, kubectl, helm, the cilium CLI (0.18.x),
 # istioctl (1.28.x) and cargo on PATH. Run from anywhere:  kind/up.sh
+#
+# HBONE_NODE_PROXY=worker2 kind/up.sh also makes hbone-lab the ambient node
+# proxy of that worker in ztunnel's place (fed by istiod and istio-cni);
+# ztunnel keeps the other worker, and the demo is spread over both.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -16,6 +20,10 @@ ISTIO_VERSION=1.28.1
 GATEWAY_API_VERSION=v1.4.1
 IMAGE=hbone-lab:dev
 CA_DIR="$here/.cacerts"
+# The node label that gives a node to hbone-lab's node proxy (and keeps ztunnel off it).
+NODE_PROXY_LABEL=hbone-lab.io/node-proxy
+NODE_PROXY_VALUE=hbone-lab
+HBONE_NODE_PROXY="${HBONE_NODE_PROXY:-}"
 
 step() { printf '\n==> %s\n' "$*"; }
 fail() { printf '\nerror: %s\n' "$1" >&2; [[ $# -gt 1 ]] && printf 'what to do: %s\n' "$2" >&2; exit 1; }
@@ -98,10 +106,20 @@ shared_root() {
 
 install_istio() {
   step "Istio $ISTIO_VERSION, ambient profile"
-  if kubectl -n istio-system get daemonset ztunnel >/dev/null 2>&1; then
-    echo "installed"
+  # istio-cni sends pods' DNS to ztunnel's DNS proxy (15053) unless told not
+  # to; hbone-lab has no DNS proxy, so with HBONE_NODE_PROXY it is turned off.
+  local args=(--set profile=ambient --skip-confirmation)
+  [[ -n "$HBONE_NODE_PROXY" ]] && args+=(--set values.cni.ambient.dnsCapture=false)
+  if ! kubectl -n istio-system get daemonset ztunnel >/dev/null 2>&1; then
+    istioctl install "${args[@]}"
+  elif [[ -n "$HBONE_NODE_PROXY" && "$(kubectl -n istio-system get configmap istio-cni-config \
+      -o jsonpath='{.data.AMBIENT_DNS_CAPTURE}')" != "false" ]]; then
+    echo "installed with DNS capture: installing again without it"
+    istioctl install "${args[@]}"
+    kubectl -n istio-system rollout restart daemonset/istio-cni-node
+    kubectl -n istio-system rollout status daemonset/istio-cni-node --timeout=300s
   else
-    istioctl install --set profile=ambient --skip-confirmation
+    echo "installed"
   fi
   kubectl -n istio-system rollout status daemonset/ztunnel --timeout=300s
   kubectl -n istio-system rollout status deployment/istiod --timeout=300s
@@ -135,6 +153,48 @@ side_by_side() {
   kubectl -n hbone-demo rollout status deployment/hello-app --timeout=300s
 }
 
+# The kind node HBONE_NODE_PROXY names: `worker2` or `ebpf-lab-worker2`.
+node_named() {
+  local want="$1" name
+  for name in $(kubectl get nodes -o name); do
+    name="${name#node/}"
+    if [[ "$name" == "$want" || "$name" == "$CLUSTER-$want" ]]; then
+      echo "$name"
+      return 0
+    fi
+  done
+  fail "no node $want in the cluster" "use one of: $(kubectl get nodes -o name | tr '\n' ' ')"
+}
+
+# A strategic-merge patch pinning a deployment's pods to node $1.
+pin_to() {
+  printf '{"spec":{"template":{"spec":{"nodeSelector":{"kubernetes.io/hostname":"%s"}}}}}' "$1"
+}
+
+node_proxy() {
+  [[ -n "$HBONE_NODE_PROXY" ]] || return 0
+  local node other
+  node="$(node_named "$HBONE_NODE_PROXY")"
+  other="$(kubectl get nodes -l '!node-role.kubernetes.io/control-plane' -o name \
+    | sed 's|^node/||' | grep -vx "$node" | head -n1)"
+  [[ -n "$other" ]] || fail "no second worker for ztunnel" "kind/kind-config.yaml has two workers: recreate the cluster (kind/down.sh, then kind/up.sh)"
+  step "hbone-lab as the ambient node proxy of $node (ztunnel keeps $other)"
+  kubectl label node "$node" "$NODE_PROXY_LABEL=$NODE_PROXY_VALUE" --overwrite
+  # ztunnel's DaemonSet leaves the node, so istio-cni hands its pods to hbone-lab.
+  kubectl -n istio-system patch daemonset ztunnel --type=strategic -p \
+    "{\"spec\":{\"template\":{\"spec\":{\"affinity\":{\"nodeAffinity\":{\"requiredDuringSchedulingIgnoredDuringExecution\":{\"nodeSelectorTerms\":[{\"matchExpressions\":[{\"key\":\"$NODE_PROXY_LABEL\",\"operator\":\"NotIn\",\"values\":[\"$NODE_PROXY_VALUE\"]}]}]}}}}}}}"
+  kubectl -n istio-system rollout status daemonset/ztunnel --timeout=300s
+  kubectl apply -f "$here/node-proxy/"
+  kubectl -n istio-system rollout status daemonset/hbone-node-proxy --timeout=300s
+  step "the demo across both nodes: hello-app on $node, postgres and worker-app on $other"
+  kubectl -n demo patch deployment hello-app -p "$(pin_to "$node")"
+  kubectl -n demo patch deployment postgres -p "$(pin_to "$other")"
+  kubectl -n demo patch deployment worker-app -p "$(pin_to "$other")"
+  for d in hello-app postgres worker-app; do
+    kubectl -n demo rollout status "deployment/$d" --timeout=300s
+  done
+}
+
 main() {
   preflight
   create_cluster
@@ -145,6 +205,7 @@ main() {
   build_image
   apply_lab
   side_by_side
+  node_proxy
   step "done"
   cat <<MSG
 The lab is up. Next:
@@ -152,6 +213,7 @@ The lab is up. Next:
   curl http://localhost:8080/
   cargo run --release -- policy check --manifests kind/manifests   # who may reach whom, and why
   cargo run --release -- kind verify                               # the cluster against that prediction
+                                     # (with HBONE_NODE_PROXY: each probe from the other node's proxy)
 Walkthrough: kind/README.md.  Tear down: kind/down.sh
 MSG
 }

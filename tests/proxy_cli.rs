@@ -139,3 +139,33 @@ fn proxy_without_a_source_says_what_it_needs() {
         "{err}"
     );
 }
+
+/// The kind lab's node-proxy DaemonSet starts `hbone-lab proxy` with
+/// arguments this build accepts: run with them (outside a cluster), it gets
+/// past parsing to reading the root certificate the pod would have mounted.
+#[test]
+fn the_kind_node_proxy_arguments_are_ones_the_proxy_accepts() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest =
+        std::fs::read_to_string(repo.join("kind/node-proxy/hbone-node-proxy.yaml")).unwrap();
+    let doc: serde_yaml::Value = serde_yaml::from_str(&manifest).unwrap();
+    let args: Vec<String> = doc["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            a.as_str()
+                .unwrap()
+                .replace("$(NODE_NAME)", "ebpf-lab-worker2")
+        })
+        .collect();
+    assert_eq!(args[0], "proxy");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = hbone_lab(&args);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("ca.rootCert") && err.contains("/var/run/secrets/istio/root-cert.pem"),
+        "parsed, then stopped at the root the pod mounts: {err}"
+    );
+}

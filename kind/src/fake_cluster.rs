@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
+use crate::node_proxy::NodeInfo;
 use crate::verify::{Cluster, PodInfo, ProbeRun, ProbeSpec, ResourceRef, VerifyError};
 
 #[derive(Debug, Default)]
@@ -18,6 +19,9 @@ pub struct FakeCluster {
     pub probe_outcomes: BTreeMap<(String, String), i32>,
     /// Every probe pod that was "run", for assertions.
     pub probes_run: Mutex<Vec<ProbeSpec>>,
+    pub nodes: Vec<NodeInfo>,
+    /// Pods of the node proxies' namespace (istio-system).
+    pub system_pods: Vec<PodInfo>,
 }
 
 impl FakeCluster {
@@ -28,8 +32,15 @@ impl FakeCluster {
 }
 
 impl Cluster for FakeCluster {
-    async fn pods(&self, _namespace: &str) -> Result<Vec<PodInfo>, VerifyError> {
-        Ok(self.pods.clone())
+    async fn pods(&self, namespace: &str) -> Result<Vec<PodInfo>, VerifyError> {
+        Ok(match namespace {
+            crate::node_proxy::NAMESPACE => self.system_pods.clone(),
+            _ => self.pods.clone(),
+        })
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, VerifyError> {
+        Ok(self.nodes.clone())
     }
 
     async fn exists(&self, resource: &ResourceRef) -> Result<bool, VerifyError> {

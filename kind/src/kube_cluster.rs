@@ -5,11 +5,12 @@ use std::time::Duration;
 
 use hbone_policies::cilium::{CiliumClusterwideNetworkPolicy, CiliumNetworkPolicy};
 use hbone_policies::istio::{AuthorizationPolicy, PeerAuthentication};
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, Service};
+use k8s_openapi::api::core::v1::{Container, Node, Pod, PodSpec, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, ListParams, LogParams, PostParams};
 use kube::{Api, Client};
 
+use crate::node_proxy::NodeInfo;
 use crate::verify::{Cluster, PodInfo, ProbeRun, ProbeSpec, ResourceRef, VerifyError};
 
 pub struct KubeCluster {
@@ -60,12 +61,26 @@ impl Cluster for KubeCluster {
                     .unwrap_or_default()
                     .into_iter()
                     .collect(),
+                node: p.spec.as_ref().and_then(|s| s.node_name.clone()),
                 ready: p
                     .status
                     .and_then(|s| s.conditions)
                     .into_iter()
                     .flatten()
                     .any(|c| c.type_ == "Ready" && c.status == "True"),
+            })
+            .collect())
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, VerifyError> {
+        let api: Api<Node> = Api::all(self.client.clone());
+        let list = api.list(&ListParams::default()).await.map_err(api_err)?;
+        Ok(list
+            .items
+            .into_iter()
+            .map(|n| NodeInfo {
+                name: n.metadata.name.unwrap_or_default(),
+                labels: n.metadata.labels.unwrap_or_default().into_iter().collect(),
             })
             .collect())
     }
@@ -124,6 +139,7 @@ impl Cluster for KubeCluster {
             },
             spec: Some(PodSpec {
                 service_account_name: Some(spec.service_account.clone()),
+                node_name: spec.node.clone(),
                 restart_policy: Some("Never".into()),
                 containers: vec![Container {
                     name: "probe".into(),

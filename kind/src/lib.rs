@@ -9,6 +9,7 @@
 //!   resources checked against their upstream schemas.
 //! - [`topology`]: the lab's workloads as `policy check` sees them.
 //! - [`kind_config`]: the kind cluster configuration, typed.
+//! - [`node_proxy`]: hbone-lab as one node's ambient proxy, and which proxy serves which node.
 //! - [`verify`]: `kind verify` — the running lab against the files, through
 //!   [`verify::Cluster`]: [`kube_cluster`] for real, [`fake_cluster`] in tests.
 
@@ -17,5 +18,6 @@ pub mod gateway_api;
 pub mod kind_config;
 pub mod kube_cluster;
 pub mod manifests;
+pub mod node_proxy;
 pub mod topology;
 pub mod verify;

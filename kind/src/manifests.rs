@@ -10,7 +10,7 @@
 use std::path::Path;
 
 use hbone_policies::load::{read_documents, read_text, typed, yaml_files};
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use serde::Serialize;
@@ -29,6 +29,7 @@ pub enum Manifest {
     ServiceAccount(Box<ServiceAccount>),
     Secret(Box<Secret>),
     Deployment(Box<Deployment>),
+    DaemonSet(Box<DaemonSet>),
     Service(Box<Service>),
     Pod(Box<Pod>),
     Gateway(Box<Gateway>),
@@ -46,6 +47,7 @@ impl Manifest {
             Manifest::ServiceAccount(_) => "ServiceAccount",
             Manifest::Secret(_) => "Secret",
             Manifest::Deployment(_) => "Deployment",
+            Manifest::DaemonSet(_) => "DaemonSet",
             Manifest::Service(_) => "Service",
             Manifest::Pod(_) => "Pod",
             Manifest::Gateway(_) => "Gateway",
@@ -129,6 +131,7 @@ pub fn parse_documents(text: &str, file: &str) -> Result<Vec<Loaded>, ManifestEr
                 Manifest::ClusterRoleBinding(Box::new(strict(value)?))
             }
             ("apps/v1", "Deployment") => Manifest::Deployment(Box::new(strict(value)?)),
+            ("apps/v1", "DaemonSet") => Manifest::DaemonSet(Box::new(strict(value)?)),
             ("gateway.networking.k8s.io/v1", "Gateway") => {
                 Manifest::Gateway(Box::new(schema_checked(value, GATEWAY_SCHEMA)?))
             }

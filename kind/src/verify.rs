@@ -19,6 +19,7 @@ use hbone_policies::topology::{LabTopology, LabWorkload, MeshMode};
 use thiserror::Error;
 
 use crate::gateway_api::istio_gateway_service_account;
+use crate::node_proxy::{self, NodeInfo, NodeProxies};
 use hbone_policies::selector::labels_match;
 
 #[derive(Debug, Error)]
@@ -30,11 +31,13 @@ pub enum VerifyError {
 }
 
 /// A pod as `verify` needs to see it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PodInfo {
     pub name: String,
     pub labels: BTreeMap<String, String>,
     pub ready: bool,
+    /// The node it runs on, once scheduled.
+    pub node: Option<String>,
 }
 
 /// A policy resource by kind, namespace (None: cluster-scoped) and name.
@@ -55,6 +58,9 @@ pub struct ProbeSpec {
     pub image: String,
     /// `hbone-lab` arguments: `app probe <target> --kind <kind> --timeout 5s`.
     pub args: Vec<String>,
+    /// The node to run on (with hbone-lab as a node's proxy: one served by
+    /// the other implementation than the destination's).
+    pub node: Option<String>,
 }
 
 /// How a probe pod ended: its exit code (0 answered, 1 refused, 2 no
@@ -80,6 +86,7 @@ pub trait Cluster {
         name: &str,
     ) -> impl Future<Output = Result<Option<String>, VerifyError>>;
     fn run_probe(&self, spec: &ProbeSpec) -> impl Future<Output = Result<ProbeRun, VerifyError>>;
+    fn nodes(&self) -> impl Future<Output = Result<Vec<NodeInfo>, VerifyError>>;
 }
 
 /// One check and its outcome.
@@ -215,7 +222,45 @@ pub fn probe_for(
         args: ["app", "probe", &target, "--kind", kind, "--timeout", "5s"]
             .map(String::from)
             .to_vec(),
+        node: None,
     })
+}
+
+/// With hbone-lab as a node's proxy: it runs there, ready, and ztunnel does not.
+fn node_proxy_checks(proxies: &NodeProxies, system: &[PodInfo]) -> Vec<CheckResult> {
+    let app = |p: &PodInfo, app: &str| p.labels.get("app").is_some_and(|a| a == app);
+    let mut checks = Vec::new();
+    for node in &proxies.hbone_lab {
+        let on = |p: &&PodInfo| p.node.as_deref() == Some(node.as_str());
+        let ours: Vec<&PodInfo> = system
+            .iter()
+            .filter(on)
+            .filter(|p| app(p, node_proxy::DAEMONSET))
+            .collect();
+        checks.push(check(
+            format!("hbone-lab is the node proxy of {node}"),
+            ours.iter().any(|p| p.ready),
+            match ours.len() {
+                0 => format!("no {} pod there: kubectl apply -f kind/node-proxy/ (HBONE_NODE_PROXY=… kind/up.sh does)", node_proxy::DAEMONSET),
+                n => format!("{n} pod(s), {} ready", ours.iter().filter(|p| p.ready).count()),
+            },
+        ));
+        let ztunnels = system
+            .iter()
+            .filter(on)
+            .filter(|p| app(p, node_proxy::ZTUNNEL_APP))
+            .count();
+        checks.push(check(
+            format!("ztunnel is off {node}"),
+            ztunnels == 0,
+            if ztunnels == 0 {
+                "istio-cni hands the node's pods to hbone-lab".to_string()
+            } else {
+                format!("{ztunnels} ztunnel pod(s) there: both would claim the node's pods")
+            },
+        ));
+    }
+    checks
 }
 
 /// Runs every check against `cluster`.
@@ -273,6 +318,11 @@ pub async fn verify<C: Cluster>(
             },
         ));
     }
+    let proxies = NodeProxies::from_nodes(&cluster.nodes().await?);
+    if !proxies.hbone_lab.is_empty() {
+        let system = cluster.pods(node_proxy::NAMESPACE).await?;
+        report.checks.extend(node_proxy_checks(&proxies, &system));
+    }
     let mode = cluster.peer_authentication_mode(ns, "default").await?;
     report.checks.push(check(
         format!("PeerAuthentication {ns}/default is STRICT"),
@@ -282,13 +332,26 @@ pub async fn verify<C: Cluster>(
     if options.connectivity {
         let policies = PolicySet::from_loaded(resources);
         for (i, row) in matrix(topology, &policies).into_iter().enumerate() {
-            let Some(spec) = probe_for(&row, topology, options, i) else {
+            let Some(mut spec) = probe_for(&row, topology, options, i) else {
                 continue;
             };
+            let dst_node = topology
+                .workloads
+                .iter()
+                .find(|w| w.name == row.dst)
+                .and_then(|dst| pods.iter().find(|p| selects(dst, p)))
+                .and_then(|p| p.node.clone());
+            spec.node = proxies.across(dst_node.as_deref());
+            let crossing = spec.node.as_deref().map(|from| {
+                let to = dst_node
+                    .as_deref()
+                    .map_or("outside the mesh", |n| proxies.proxy_of(n));
+                format!("[{} → {to}] ", proxies.proxy_of(from))
+            });
             let (observed, detail) = match cluster.run_probe(&spec).await {
                 Ok(run) => (
                     Some(Verdict::of(run.exit_code == 0)),
-                    run.log.trim().to_string(),
+                    format!("{}{}", crossing.unwrap_or_default(), run.log.trim()),
                 ),
                 Err(e) => (None, e.to_string()),
             };

@@ -44,7 +44,12 @@ fn every_file_parses_into_its_type() {
     let cluster = hbone_kind::kind_config::parse(&text, "kind-config.yaml").unwrap();
     assert_eq!(cluster.name, "ebpf-lab");
     assert!(cluster.networking.disable_default_cni, "Cilium is the CNI");
-    assert_eq!(cluster.nodes.len(), 2);
+    assert_eq!(cluster.nodes.len(), 3);
+    assert_eq!(
+        cluster.nodes.iter().filter(|n| n.role == "worker").count(),
+        2,
+        "two workers: one can be hbone-lab's while the other stays ztunnel's"
+    );
     assert!(
         cluster
             .nodes
@@ -458,5 +463,169 @@ fn the_side_by_side_files_parse_and_agree() {
     assert!(
         up.contains("\"$here/side-by-side/\"") && up.contains("\"$root/policies/side-by-side/\""),
         "up.sh applies the side-by-side manifests and their policies"
+    );
+}
+
+/// hbone-lab as a node's ambient proxy: the DaemonSet types strictly, asks
+/// for what a node proxy needs and nothing more (no host network, no
+/// privileged mode, three capabilities, one host path: istio-cni's socket
+/// directory), finds what it mounts, and agrees with up.sh on the node label
+/// — including the patch that keeps ztunnel off that node.
+#[test]
+fn the_node_proxy_files_ask_for_what_a_node_proxy_needs() {
+    use hbone_kind::node_proxy;
+    let all = load_dir(&kind_dir().join("node-proxy")).unwrap();
+    assert_eq!(
+        all.len(),
+        1,
+        "one DaemonSet, and no RBAC of its own: it runs as ztunnel's account"
+    );
+    let Manifest::DaemonSet(ds) = &all[0].manifest else {
+        panic!("{} is not a DaemonSet", all[0].manifest.kind());
+    };
+    assert_eq!(ds.metadata.name.as_deref(), Some(node_proxy::DAEMONSET));
+    assert_eq!(
+        ds.metadata.namespace.as_deref(),
+        Some(node_proxy::NAMESPACE)
+    );
+    let template = &ds.spec.as_ref().unwrap().template;
+    let labels = template.metadata.as_ref().unwrap().labels.as_ref().unwrap();
+    assert_eq!(
+        labels["app"],
+        node_proxy::DAEMONSET,
+        "verify finds its pods by this label"
+    );
+    assert_eq!(
+        labels["istio.io/dataplane-mode"], "none",
+        "the node proxy is not itself enrolled"
+    );
+    let pod = template.spec.as_ref().unwrap();
+    assert_eq!(
+        pod.node_selector.as_ref().unwrap()[node_proxy::LABEL],
+        node_proxy::VALUE
+    );
+    assert_eq!(pod.service_account_name.as_deref(), Some("ztunnel"));
+    assert_ne!(
+        pod.host_network,
+        Some(true),
+        "a node proxy enters pods' namespaces; it needs no host network"
+    );
+    assert_ne!(pod.host_pid, Some(true));
+    let container = &pod.containers[0];
+    let security = container.security_context.as_ref().unwrap();
+    assert_ne!(security.privileged, Some(true));
+    let caps = security.capabilities.as_ref().unwrap();
+    let mut added = caps.add.clone().unwrap();
+    added.sort();
+    assert_eq!(added, ["NET_ADMIN", "NET_RAW", "SYS_ADMIN"]);
+    assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
+
+    // Every volume is mounted; the one host path is istio-cni's socket directory.
+    let volumes = pod.volumes.as_ref().unwrap();
+    let mounts = container.volume_mounts.as_ref().unwrap();
+    let mount_of = |volume: &str| {
+        mounts
+            .iter()
+            .find(|m| m.name == volume)
+            .map(|m| m.mount_path.clone())
+            .unwrap_or_else(|| panic!("volume {volume} is not mounted"))
+    };
+    let host_paths: Vec<&str> = volumes
+        .iter()
+        .filter_map(|v| v.host_path.as_ref().map(|h| h.path.as_str()))
+        .collect();
+    assert_eq!(host_paths, ["/var/run/ztunnel"]);
+    let args = container.args.clone().unwrap();
+    let arg = |flag: &str| {
+        let i = args
+            .iter()
+            .position(|a| a == flag)
+            .unwrap_or_else(|| panic!("no {flag}"));
+        args[i + 1].clone()
+    };
+    let zds_volume = volumes.iter().find(|v| v.host_path.is_some()).unwrap();
+    assert_eq!(
+        arg("--zds"),
+        format!("{}/ztunnel.sock", mount_of(&zds_volume.name))
+    );
+    let token = volumes.iter().find(|v| v.projected.is_some()).unwrap();
+    let source = token.projected.as_ref().unwrap().sources.as_ref().unwrap()[0]
+        .service_account_token
+        .clone()
+        .unwrap();
+    assert_eq!(
+        source.audience.as_deref(),
+        Some("istio-ca"),
+        "istiod accepts ztunnel's audience"
+    );
+    assert_eq!(
+        arg("--token-file"),
+        format!("{}/{}", mount_of(&token.name), source.path)
+    );
+    let root = volumes.iter().find(|v| v.config_map.is_some()).unwrap();
+    assert_eq!(root.config_map.as_ref().unwrap().name, "istio-ca-root-cert");
+    assert_eq!(
+        arg("--root-cert"),
+        format!("{}/root-cert.pem", mount_of(&root.name))
+    );
+    assert_eq!(arg("--xds"), "https://istiod.istio-system.svc:15012");
+    assert_eq!(arg("--node"), "$(NODE_NAME)");
+    let env: Vec<&str> = container
+        .env
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|e| e.name.as_str())
+        .collect();
+    for name in ["NODE_NAME", "POD_NAME", "POD_NAMESPACE", "INSTANCE_IP"] {
+        assert!(
+            env.contains(&name),
+            "{name} is set (the node id and metadata istiod checks)"
+        );
+    }
+    let probe = container
+        .readiness_probe
+        .as_ref()
+        .unwrap()
+        .http_get
+        .clone()
+        .unwrap();
+    assert!(arg("--readiness").ends_with(&format!(
+        ":{}",
+        match probe.port {
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(p) => p.to_string(),
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s) => s,
+        }
+    )));
+
+    // up.sh: the same label, the same image, and a patch that keeps ztunnel off exactly that node.
+    let up = std::fs::read_to_string(kind_dir().join("up.sh")).unwrap();
+    assert!(up.contains(&format!("NODE_PROXY_LABEL={}", node_proxy::LABEL)));
+    assert!(up.contains(&format!("NODE_PROXY_VALUE={}", node_proxy::VALUE)));
+    assert!(up.contains(&format!("IMAGE={}", container.image.as_deref().unwrap())));
+    assert!(
+        up.contains("\"$here/node-proxy/\""),
+        "up.sh applies kind/node-proxy/"
+    );
+    let patch_line = up
+        .lines()
+        .find(|l| l.contains("nodeAffinity"))
+        .expect("the ztunnel patch");
+    let patch = patch_line
+        .trim()
+        .trim_matches('"')
+        .replace("\\\"", "\"")
+        .replace("$NODE_PROXY_LABEL", node_proxy::LABEL)
+        .replace("$NODE_PROXY_VALUE", node_proxy::VALUE);
+    let patch: serde_json::Value =
+        serde_json::from_str(&patch).unwrap_or_else(|e| panic!("{e}: {patch}"));
+    let expr = &patch["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        ["nodeSelectorTerms"][0]["matchExpressions"][0];
+    assert_eq!(expr["key"], node_proxy::LABEL);
+    assert_eq!(expr["operator"], "NotIn");
+    assert_eq!(expr["values"][0], node_proxy::VALUE);
+    assert!(
+        up.contains("values.cni.ambient.dnsCapture=false"),
+        "hbone-lab has no DNS proxy: istio-cni must not send pods' DNS to 15053"
     );
 }

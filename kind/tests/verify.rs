@@ -40,6 +40,7 @@ fn healthy(topology: &LabTopology, resources: &[Loaded]) -> FakeCluster {
                 name: format!("{}-7d9f", w.name),
                 labels: w.labels.clone(),
                 ready: true,
+                node: None,
             })
             .collect(),
         resources: resource_refs(resources).into_iter().collect(),
@@ -184,4 +185,88 @@ async fn each_failure_is_reported_with_what_and_why() {
             differences[0]
         );
     }
+}
+
+/// hbone-lab as the node proxy of one worker (HBONE_NODE_PROXY): hello-app
+/// on its node, the rest on ztunnel's. verify checks the swap and runs each
+/// probe from the node of the other implementation, saying which way it crossed.
+#[tokio::test]
+async fn with_hbone_lab_as_a_node_proxy_every_probe_crosses_implementations() {
+    use hbone_kind::node_proxy::{self, NodeInfo};
+    let (topology, resources) = lab();
+    let mut fake = healthy(&topology, &resources);
+    let node = |name: &str, labels: &[(&str, &str)]| NodeInfo {
+        name: name.into(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    };
+    fake.nodes = vec![
+        node("cp", &[("node-role.kubernetes.io/control-plane", "")]),
+        node("w1", &[]),
+        node("w2", &[(node_proxy::LABEL, node_proxy::VALUE)]),
+    ];
+    for pod in &mut fake.pods {
+        let on_hbone_lab = pod.labels.get("app").is_some_and(|a| a == "hello-app");
+        pod.node = Some(if on_hbone_lab { "w2" } else { "w1" }.into());
+    }
+    let system = |app: &str, node: &str| PodInfo {
+        name: format!("{app}-x"),
+        labels: [("app".to_string(), app.to_string())].into(),
+        ready: true,
+        node: Some(node.into()),
+    };
+    fake.system_pods = vec![
+        system(node_proxy::DAEMONSET, "w2"),
+        system(node_proxy::ZTUNNEL_APP, "w1"),
+    ];
+    let report = run(&fake, &topology, &resources).await;
+    assert!(report.ok(), "{:#?}", report.differences());
+    assert!(
+        report
+            .checks
+            .iter()
+            .any(|c| c.name == "hbone-lab is the node proxy of w2" && c.ok)
+    );
+    let probes = fake.probes_run.lock().unwrap().clone();
+    assert!(
+        probes.iter().all(|p| p.node.is_some()),
+        "every probe is placed"
+    );
+    for p in &probes {
+        let to_hello = FakeCluster::target_of(p).starts_with("hello-app.");
+        let want = if to_hello { "w1" } else { "w2" };
+        assert_eq!(p.node.as_deref(), Some(want), "{p:?}");
+    }
+    let to_hello = report
+        .connectivity
+        .iter()
+        .find(|o| o.row.dst == "hello-app" && o.row.port == 8000)
+        .unwrap();
+    assert!(
+        to_hello.detail.starts_with("[ztunnel → hbone-lab]"),
+        "{}",
+        to_hello.detail
+    );
+    let to_pg = report
+        .connectivity
+        .iter()
+        .find(|o| o.row.dst == "postgres")
+        .unwrap();
+    assert!(
+        to_pg.detail.starts_with("[hbone-lab → ztunnel]"),
+        "{}",
+        to_pg.detail
+    );
+
+    // Both proxies on one node: reported, with what goes wrong.
+    fake.system_pods.push(system(node_proxy::ZTUNNEL_APP, "w2"));
+    fake.probes_run.lock().unwrap().clear();
+    let report = run(&fake, &topology, &resources).await;
+    let differences = report.differences().join("\n");
+    assert!(
+        differences.contains("ztunnel is off w2") && differences.contains("both would claim"),
+        "{differences}"
+    );
 }

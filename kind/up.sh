@@ -3,8 +3,10 @@
 # one root CA with hbone-lab), the Gateway API, the demo application and both
 # layers of policy. Safe to run again: every step checks before it acts.
 #
-# Needs Docker running, and kind, kubectl, helm, the cilium CLI (0.18.x),
-# istioctl (1.28.x) and cargo on PATH. Run from anywhere:  kind/up.sh
+# Needs Docker running, and kind (v0.30.x, whose node image the config pins),
+# kubectl, the cilium CLI (0.18.x or 0.19.x; it pins Cilium's chart itself)
+# and istioctl (1.28.x) on PATH. Nothing is built on the host: the image is
+# built by Docker and does the rest. Run from anywhere:  kind/up.sh
 #
 # HBONE_NODE_PROXY=worker2 kind/up.sh also makes hbone-lab the ambient node
 # proxy of that worker in ztunnel's place (fed by istiod and istio-cni);
@@ -15,6 +17,8 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/.." && pwd)"
 
 CLUSTER=ebpf-lab
+KIND_SERIES=0.30
+CILIUM_CLI_SERIES="0.18 0.19"
 CILIUM_VERSION=1.18.3
 ISTIO_VERSION=1.28.1
 GATEWAY_API_VERSION=v1.4.1
@@ -32,24 +36,40 @@ need() {
   command -v "$1" >/dev/null 2>&1 || fail "$1 is not installed" "$2"
 }
 
-version_of() { "$@" 2>/dev/null | grep -Eo '[0-9]+\.[0-9]+\.[0-9]+' | head -n1; }
+# The first x.y.z a command prints, or nothing — never a failure, so that a
+# tool whose output is unexpected still reaches the check that explains it.
+version_of() { { "$@" 2>/dev/null || true; } | grep -Eo '[0-9]+\.[0-9]+\.[0-9]+' | head -n1 || true; }
+
+# Whether version $1 is in one of the series (x.y) listed in $2.
+in_series() {
+  local series
+  for series in $2; do
+    [[ "$1" == "$series".* ]] && return 0
+  done
+  return 1
+}
 
 preflight() {
   step "checking tools"
   need docker "install Docker: https://docs.docker.com/engine/install/"
   need kind "install kind: https://kind.sigs.k8s.io/docs/user/quick-start/#installation"
   need kubectl "install kubectl: https://kubernetes.io/docs/tasks/tools/"
-  need helm "install helm: https://helm.sh/docs/intro/install/"
-  need cilium "install the cilium CLI 0.18.x: https://docs.cilium.io/en/stable/gettingstarted/k8s-install-default/#install-the-cilium-cli"
+  need cilium "install the cilium CLI: https://docs.cilium.io/en/stable/gettingstarted/k8s-install-default/#install-the-cilium-cli"
   need istioctl "install istioctl $ISTIO_VERSION: curl -L https://istio.io/downloadIstio | ISTIO_VERSION=$ISTIO_VERSION sh -"
-  need cargo "install Rust: https://rustup.rs"
   docker info >/dev/null 2>&1 || fail "Docker is not running" "start Docker, then run this again"
-  local cli istio
+  local kind_v cli istio
+  kind_v="$(version_of kind version)"
+  in_series "$kind_v" "$KIND_SERIES" \
+    || fail "kind ${kind_v:-(version unreadable)} found, $KIND_SERIES.x expected: kind supports only the node images of its own release, and kind-config.yaml pins v$KIND_SERIES's" \
+      "install kind v$KIND_SERIES.x: https://kind.sigs.k8s.io/docs/user/quick-start/#installation"
   cli="$(version_of cilium version --client)"
-  [[ "$cli" == 0.18.* ]] || fail "cilium CLI $cli found, 0.18.x expected" "install cilium CLI 0.18.x"
+  in_series "$cli" "$CILIUM_CLI_SERIES" \
+    || fail "cilium CLI ${cli:-(version unreadable)} found, one of ${CILIUM_CLI_SERIES// /.x, }.x expected" \
+      "install a current cilium CLI (it installs Cilium $CILIUM_VERSION, pinned here)"
   istio="$(version_of istioctl version --remote=false)"
-  [[ "$istio" == 1.28.* ]] || fail "istioctl $istio found, 1.28.x expected" "install istioctl $ISTIO_VERSION"
-  echo "ok: docker, kind, kubectl, helm, cilium CLI $cli, istioctl $istio, cargo"
+  in_series "$istio" "1.28" \
+    || fail "istioctl ${istio:-(version unreadable)} found, 1.28.x expected" "install istioctl $ISTIO_VERSION"
+  echo "ok: docker, kind $kind_v, kubectl, cilium CLI $cli, istioctl $istio"
 }
 
 create_cluster() {
@@ -81,7 +101,7 @@ install_cilium() {
 
 install_gateway_api() {
   step "Gateway API $GATEWAY_API_VERSION CRDs"
-  kubectl apply -f "https://github.com/kubernetes-sigs/gateway-api/releases/download/$GATEWAY_API_VERSION/standard-install.yaml"
+  kubectl apply --server-side -f "https://github.com/kubernetes-sigs/gateway-api/releases/download/$GATEWAY_API_VERSION/standard-install.yaml"
 }
 
 # The plug-in CA files from kind/.cacerts as secret `cacerts` in namespace $1
@@ -99,7 +119,9 @@ cacerts_secret() {
 shared_root() {
   step "plug-in CA: one root for istiod and hbone-lab's CA"
   if [[ ! -f "$CA_DIR/root-cert.pem" ]]; then
-    cargo run --quiet --release --manifest-path "$root/Cargo.toml" -- ca init --out "$CA_DIR"
+    # Made by the image just built, as you: no toolchain on the host.
+    mkdir -p "$CA_DIR"
+    docker run --rm --user "$(id -u):$(id -g)" -v "$CA_DIR:/cacerts" "$IMAGE" ca init --out /cacerts
   fi
   cacerts_secret istio-system
 }
@@ -127,8 +149,24 @@ install_istio() {
 
 build_image() {
   step "image $IMAGE (built from this repository, loaded into kind)"
-  docker build -f "$here/Dockerfile" -t "$IMAGE" "$root"
-  kind load docker-image "$IMAGE" --name "$CLUSTER"
+  # No provenance attestation: with Docker's containerd image store it makes
+  # the image a manifest list that `kind load docker-image` cannot import.
+  docker build --provenance=false -f "$here/Dockerfile" -t "$IMAGE" "$root"
+  if ! kind load docker-image "$IMAGE" --name "$CLUSTER"; then
+    echo "kind load docker-image failed; loading it as an archive instead"
+    local archive
+    archive="$(mktemp -d)/hbone-lab.tar"
+    docker save "$IMAGE" -o "$archive"
+    kind load image-archive "$archive" --name "$CLUSTER"
+    rm -rf "$(dirname "$archive")"
+  fi
+  # A rebuilt image under the same tag reaches running pods (imagePullPolicy:
+  # Never) only when they restart.
+  kubectl -n hbone-demo get deployment hbone-ca >/dev/null 2>&1 \
+    && kubectl -n hbone-demo rollout restart deployment/hbone-ca deployment/hello-app
+  kubectl -n istio-system get daemonset hbone-node-proxy >/dev/null 2>&1 \
+    && kubectl -n istio-system rollout restart daemonset/hbone-node-proxy
+  return 0
 }
 
 apply_lab() {
@@ -198,11 +236,11 @@ node_proxy() {
 main() {
   preflight
   create_cluster
+  build_image
   install_cilium
   install_gateway_api
   shared_root
   install_istio
-  build_image
   apply_lab
   side_by_side
   node_proxy
@@ -211,11 +249,15 @@ main() {
 The lab is up. Next:
   kubectl -n demo port-forward svc/hello-gateway-istio 8080:80 &
   curl http://localhost:8080/
+  cd "$root"
   cargo run --release -- policy check --manifests kind/manifests   # who may reach whom, and why
   cargo run --release -- kind verify                               # the cluster against that prediction
                                      # (with HBONE_NODE_PROXY: each probe from the other node's proxy)
-Walkthrough: kind/README.md.  Tear down: kind/down.sh
+Walkthrough: $here/README.md.  Tear down: $here/down.sh
 MSG
 }
 
-main "$@"
+# Sourced (by the static checks) it only defines its functions.
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+  main "$@"
+fi

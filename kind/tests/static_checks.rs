@@ -629,3 +629,148 @@ fn the_node_proxy_files_ask_for_what_a_node_proxy_needs() {
         "hbone-lab has no DNS proxy: istio-cni must not send pods' DNS to 15053"
     );
 }
+
+/// Stand-ins for the host's tools (none can run here), each printing what
+/// its real version command prints: `name` → that output.
+fn fake_tools(versions: &[(&str, &str)]) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    for (name, output) in versions {
+        let path = dir.path().join(name);
+        std::fs::write(&path, format!("#!/bin/sh\necho '{output}'\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    dir
+}
+
+/// Runs up.sh's preflight (the script, sourced, only defines its steps)
+/// with the given stand-ins first on PATH.
+fn preflight(versions: &[(&str, &str)]) -> std::process::Output {
+    let tools = fake_tools(versions);
+    let path = format!("{}:/usr/bin:/bin", tools.path().display());
+    Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source '{}' && preflight",
+            kind_dir().join("up.sh").display()
+        ))
+        .env("PATH", path)
+        .output()
+        .unwrap()
+}
+
+const CURRENT_TOOLS: [(&str, &str); 5] = [
+    ("docker", "Docker version 28.5.1, build e180ab8"),
+    ("kind", "kind v0.30.0 go1.24.6 linux/amd64"),
+    ("kubectl", "Client Version: v1.34.1"),
+    (
+        "cilium",
+        "cilium-cli: v0.19.1 compiled with go1.25.3 on linux/amd64",
+    ),
+    ("istioctl", "client version: 1.28.1"),
+];
+
+/// What a laptop has in December 2026 passes (the cilium CLI of the current
+/// series, no helm, no cargo); an old CLI, the wrong kind, and a tool whose
+/// output is unexpected each stop with what to do — not silently.
+#[test]
+fn preflight_accepts_current_tools_and_explains_the_rest() {
+    let out = preflight(&CURRENT_TOOLS);
+    let said = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    assert!(out.status.success(), "{}", said(&out));
+    assert!(said(&out).contains("cilium CLI 0.19.1"), "{}", said(&out));
+    let with = |name: &str, output: &'static str| {
+        let mut tools = CURRENT_TOOLS;
+        tools.iter_mut().find(|(n, _)| *n == name).unwrap().1 = output;
+        preflight(&tools)
+    };
+    let old = with("cilium", "cilium-cli: v0.16.4");
+    assert!(!old.status.success());
+    assert!(
+        said(&old).contains("0.16.4 found") && said(&old).contains("what to do"),
+        "{}",
+        said(&old)
+    );
+    let kind = with("kind", "kind v0.27.0 go1.23 linux/amd64");
+    assert!(
+        said(&kind).contains("v0.30.x") || said(&kind).contains("0.30.x expected"),
+        "{}",
+        said(&kind)
+    );
+    let garbled = with("istioctl", "no version here");
+    assert!(!garbled.status.success());
+    assert!(
+        said(&garbled).contains("version unreadable") && said(&garbled).contains("what to do"),
+        "the hint is printed, not swallowed by pipefail: {}",
+        said(&garbled)
+    );
+}
+
+/// The review's fixes that can be seen in the files: no host toolchain, no
+/// helm, the Gateway API CRDs applied server-side, the node image pinned, no
+/// host port the walkthrough's port-forward would clash with, and no command
+/// in the walkthrough that picks an arbitrary node or knows only sidecars.
+#[test]
+fn the_walkthrough_and_the_script_avoid_what_the_review_found() {
+    let up = std::fs::read_to_string(kind_dir().join("up.sh")).unwrap();
+    let steps = &up[..up.find("cat <<MSG").unwrap()];
+    assert!(
+        !steps.contains("cargo "),
+        "nothing is built on the host before the closing hints"
+    );
+    assert!(!up.contains("need helm") && !up.contains("need cargo"));
+    assert!(
+        up.contains("docker run") && up.contains("ca init --out /cacerts"),
+        "ca init runs in the image"
+    );
+    assert!(up.contains(
+        "kubectl apply --server-side -f \"https://github.com/kubernetes-sigs/gateway-api"
+    ));
+    assert!(up.contains("--provenance=false") && up.contains("kind load image-archive"));
+
+    let text = std::fs::read_to_string(kind_dir().join("kind-config.yaml")).unwrap();
+    let cluster = hbone_kind::kind_config::parse(&text, "kind-config.yaml").unwrap();
+    for node in &cluster.nodes {
+        assert!(
+            node.image.as_deref().unwrap().contains("@sha256:"),
+            "pinned by digest"
+        );
+    }
+    let readme = std::fs::read_to_string(kind_dir().join("README.md")).unwrap();
+    let forwarded: Vec<u16> = readme
+        .lines()
+        .filter(|l| l.contains("port-forward"))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.split_once(':')?.0.parse().ok())
+        })
+        .collect();
+    assert!(!forwarded.is_empty());
+    for node in &cluster.nodes {
+        for mapping in &node.extra_port_mappings {
+            assert!(
+                !forwarded.contains(&mapping.host_port),
+                "host port {} is also the walkthrough's port-forward",
+                mapping.host_port
+            );
+        }
+    }
+    assert!(
+        !readme.contains("istioctl x describe"),
+        "it knows sidecars only"
+    );
+    for arbitrary in ["ds/cilium", "ds/ztunnel"] {
+        assert!(
+            !readme
+                .lines()
+                .any(|l| l.starts_with("kubectl") && l.contains(arbitrary)),
+            "{arbitrary} picks any node's pod"
+        );
+    }
+}

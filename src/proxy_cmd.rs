@@ -13,6 +13,7 @@ use hbone_policies::authorization::MeshAuthorization;
 use hbone_proxy::ProxyHandle;
 use hbone_proxy::config::ProxyConfig;
 use hbone_proxy::core::{CoreSettings, ProxyCore};
+use hbone_proxy::keylog::KeyLogWriter;
 use hbone_proxy::kube_registry::{self, ClusterLister, KubeLister, follow_cluster};
 use hbone_proxy::policy_watch::{follow_policies, load_policies};
 use hbone_proxy::registry::Registry;
@@ -91,6 +92,11 @@ pub struct ProxyArgs {
     /// Override `listeners.readiness`.
     #[arg(long)]
     readiness: Option<SocketAddr>,
+    /// Write the mesh connections' TLS secrets to FILE (NSS key log format,
+    /// as SSLKEYLOGFILE, which is read too), so that Wireshark can decrypt a
+    /// capture. Anyone with the file can read the traffic: for learning only.
+    #[arg(long, value_name = "FILE")]
+    keylog: Option<PathBuf>,
     /// Override `listeners.socks5`.
     #[arg(long)]
     socks5: Option<SocketAddr>,
@@ -268,7 +274,13 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     };
     let certs = Arc::new(CertificateManager::new(Arc::new(client), policy));
     let roots = hbone_ca::inspect::pem_certs(&root_pem)?;
-    let trust = MeshTrust::new(&roots, &registry.trust_domain)?;
+    let mut trust = MeshTrust::new(&roots, &registry.trust_domain)?;
+    let key_log = hbone_proxy::keylog::requested(args.keylog.clone());
+    if let Some(path) = &key_log {
+        let writer = KeyLogWriter::open(path)
+            .with_context(|| format!("cannot open the TLS key log {}", path.display()))?;
+        trust = trust.with_key_log(writer);
+    }
     let settings = CoreSettings {
         node: config.node.clone(),
         h2: config.h2.clone(),
@@ -292,6 +304,14 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     }
     let proxy = ProxyHandle::start(core.clone(), &config.listeners).await?;
     println!("proxy for node {} running: {:?}", config.node, proxy.addrs);
+    if let Some(path) = key_log {
+        let every = std::time::Duration::from_secs(60);
+        tokio::spawn(hbone_proxy::keylog::keep_warning(
+            path,
+            every,
+            stop_following.clone(),
+        ));
+    }
     if let Some(address) = &config.xds {
         let pod = PodEnv::read(&config.node);
         let settings = XdsSettings {

@@ -22,9 +22,14 @@ impl Drop for Running {
 }
 
 fn spawn(args: &[&str]) -> Running {
+    spawn_with(args, &[])
+}
+
+fn spawn_with(args: &[&str], env: &[(&str, &Path)]) -> Running {
     Running(
         Command::new(env!("CARGO_BIN_EXE_hbone-lab"))
             .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_os_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -67,21 +72,26 @@ fn proxy_follows_ca_serve_xds_without_a_config_file() {
     let root = dir.path().join("root.pem");
     let token = dir.path().join("token");
     std::fs::write(&token, "node-2-example-token\n").unwrap();
-    let _server = spawn(&[
-        "ca",
-        "serve",
-        "--xds",
-        "--listen",
-        "127.0.71.1:15012",
-        "--registry",
-        s(&repo.join("proxy/examples/registry.yaml")),
-        "--policies",
-        s(&repo.join("policies/istio")),
-        "--tokens",
-        s(&repo.join("proxy/examples/tokens.yaml")),
-        "--write-root",
-        s(&root),
-    ]);
+    // SSLKEYLOGFILE is set for the CA: it never logs secrets all the same.
+    let ca_keys = dir.path().join("ca-keys.log");
+    let _server = spawn_with(
+        &[
+            "ca",
+            "serve",
+            "--xds",
+            "--listen",
+            "127.0.71.1:15012",
+            "--registry",
+            s(&repo.join("proxy/examples/registry.yaml")),
+            "--policies",
+            s(&repo.join("policies/istio")),
+            "--tokens",
+            s(&repo.join("proxy/examples/tokens.yaml")),
+            "--write-root",
+            s(&root),
+        ],
+        &[("SSLKEYLOGFILE", &ca_keys)],
+    );
     wait_until(Duration::from_secs(20), "the CA's root", || {
         root.exists().then_some(())
     });
@@ -124,6 +134,11 @@ fn proxy_follows_ca_serve_xds_without_a_config_file() {
     for key in listed {
         assert!(policies.contains(key), "{key} was pushed too: {policies:?}");
     }
+    assert!(dump["tlsKeyLog"].is_null(), "no key log unless asked for");
+    assert!(
+        !ca_keys.exists(),
+        "the CA served TLS (certificates, xDS) without logging a secret"
+    );
 }
 
 #[test]

@@ -91,6 +91,7 @@ fn config_dump(core: &ProxyCore) -> serde_json::Value {
     json!({
         "node": core.node,
         "trustDomain": core.trust.trust_domain,
+        "tlsKeyLog": core.trust.key_log().map(|p| p.display().to_string()),
         "workloads": workloads,
         "services": core.registry().services,
         "policies": core.policies().policies().iter().map(|p| p.key()).collect::<Vec<_>>(),

@@ -4,6 +4,7 @@
 //! - [`config`], [`registry`]: what the proxy is told (settings, workloads, services).
 //! - [`netns`]: network namespaces, in-pod sockets and capture rules.
 //! - [`refusal`]: how a refusal is named to the client.
+//! - [`keylog`]: TLS secrets in the NSS key log format, when asked for (to decrypt a capture).
 //! - [`tls`]: mutual TLS with SPIFFE identities.
 //! - [`metrics`]: ztunnel's metric names and labels.
 //! - [`core`]: the state every listener shares, TLS configs cached per certificate.
@@ -33,6 +34,7 @@ pub mod established;
 pub mod file_watch;
 pub mod inbound;
 pub mod keepalive;
+pub mod keylog;
 pub mod kube_registry;
 mod listen;
 pub mod metrics;

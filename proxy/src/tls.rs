@@ -92,6 +92,8 @@ pub struct MeshTrust {
     pub roots: Arc<RootCertStore>,
     pub trust_domain: String,
     provider: Arc<CryptoProvider>,
+    /// Where the mesh connections' TLS secrets go, when someone asked.
+    key_log: Option<Arc<crate::keylog::KeyLogWriter>>,
 }
 
 impl std::fmt::Debug for MeshTrust {
@@ -138,7 +140,19 @@ impl MeshTrust {
             roots: Arc::new(store),
             trust_domain: trust_domain.to_string(),
             provider: crypto_provider(),
+            key_log: None,
         })
+    }
+
+    /// Logs every mesh connection's TLS secrets to `writer` (see [`crate::keylog`]).
+    pub fn with_key_log(mut self, writer: Arc<crate::keylog::KeyLogWriter>) -> Self {
+        self.key_log = Some(writer);
+        self
+    }
+
+    /// The key log file, when keys are logged.
+    pub fn key_log(&self) -> Option<&std::path::Path> {
+        self.key_log.as_ref().map(|w| w.path())
     }
 
     fn algorithms(&self) -> WebPkiSupportedAlgorithms {
@@ -165,6 +179,9 @@ impl MeshTrust {
         config.alpn_protocols = vec![ALPN_H2.to_vec()];
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         config.send_tls13_tickets = 0;
+        if let Some(log) = &self.key_log {
+            config.key_log = log.clone();
+        }
         Ok(Arc::new(config))
     }
 
@@ -190,6 +207,9 @@ impl MeshTrust {
         config.alpn_protocols = vec![ALPN_H2.to_vec()];
         config.enable_sni = false;
         config.resumption = rustls::client::Resumption::disabled();
+        if let Some(log) = &self.key_log {
+            config.key_log = log.clone();
+        }
         Ok(Arc::new(config))
     }
 }

@@ -164,7 +164,13 @@ async fn a_renewed_certificate_serves_new_connections_without_dropping_old_ones(
         ttl: Duration::from_secs(4),
         ..RenewalPolicy::default()
     };
-    let lab = Lab::start_custom(45, hbone_proxy::config::H2Settings::default(), renewal).await;
+    let lab = Lab::start_custom(
+        45,
+        hbone_proxy::config::H2Settings::default(),
+        renewal,
+        None,
+    )
+    .await;
     let echo = SocketAddr::new(lab.ip("2.1"), 9000);
     echo_server(echo).await;
     let socks = lab.a.addrs.socks5.unwrap();

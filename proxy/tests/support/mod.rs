@@ -128,10 +128,26 @@ impl Lab {
     }
 
     pub async fn start_with(net: u8, h2: H2Settings) -> Lab {
-        Self::start_custom(net, h2, RenewalPolicy::default()).await
+        Self::start_custom(net, h2, RenewalPolicy::default(), None).await
     }
 
-    pub async fn start_custom(net: u8, h2: H2Settings, renewal: RenewalPolicy) -> Lab {
+    /// As [`Self::start`], both proxies logging TLS secrets to `key_log`.
+    pub async fn start_logging_keys(net: u8, key_log: &std::path::Path) -> Lab {
+        Self::start_custom(
+            net,
+            H2Settings::default(),
+            RenewalPolicy::default(),
+            Some(key_log),
+        )
+        .await
+    }
+
+    pub async fn start_custom(
+        net: u8,
+        h2: H2Settings,
+        renewal: RenewalPolicy,
+        key_log: Option<&std::path::Path>,
+    ) -> Lab {
         capture_logs();
         let authority =
             Arc::new(SigningAuthority::generate(AuthorityConfig::new("cluster.local")).unwrap());
@@ -152,6 +168,7 @@ impl Lab {
             &parse_documents(POLICY, "policy.yaml").unwrap(),
             "istio-system",
         ));
+        let trust = MeshTrust::new(std::slice::from_ref(&root), "cluster.local").unwrap();
         let mut proxies = Vec::new();
         for node in ["n1", "n2"] {
             let client = CaClient::new(&ca.url(), authority.root_pem(), TOKEN).unwrap();
@@ -166,7 +183,12 @@ impl Lab {
                 registry.clone(),
                 policies.as_ref().clone(),
                 certs,
-                MeshTrust::new(std::slice::from_ref(&root), "cluster.local").unwrap(),
+                match key_log {
+                    Some(path) => trust
+                        .clone()
+                        .with_key_log(hbone_proxy::keylog::KeyLogWriter::open(path).unwrap()),
+                    None => trust.clone(),
+                },
             ));
             let host = if node == "n1" { "1.254" } else { "2.254" };
             let listeners = Listeners {

@@ -1,5 +1,6 @@
 //! The proxy's small HTTP endpoints: Prometheus metrics (15020), readiness
-//! (15021, `/healthz/ready`) and admin (15000: `/config_dump`, `/certs`).
+//! (15021, `/healthz/ready`) and admin (15000: `/config_dump`, `/certs`,
+//! `/debug/connections`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -28,7 +29,7 @@ pub enum Endpoints {
 
 type Reply = (StatusCode, &'static str, String);
 
-fn route(core: &ProxyCore, endpoints: Endpoints, path: &str) -> Reply {
+fn route(core: &ProxyCore, endpoints: Endpoints, path: &str, query: &str) -> Reply {
     match (endpoints, path) {
         (Endpoints::Metrics, "/metrics" | "/stats/prometheus") => {
             (StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", core.metrics.encode())
@@ -36,10 +37,11 @@ fn route(core: &ProxyCore, endpoints: Endpoints, path: &str) -> Reply {
         (Endpoints::Readiness, "/healthz/ready") => readiness(core),
         (Endpoints::Admin, "/config_dump") => (StatusCode::OK, "application/json", config_dump(core).to_string()),
         (Endpoints::Admin, "/certs") => (StatusCode::OK, "application/json", certs(core).to_string()),
+        (Endpoints::Admin, "/debug/connections") => connections(core, query),
         (Endpoints::Admin, "/") => (
             StatusCode::OK,
             "text/plain",
-            "hbone-lab proxy admin\n  /config_dump  workloads, services and policies this proxy knows\n  /certs        local workload certificates with their expiry\n".into(),
+            "hbone-lab proxy admin\n  /config_dump        workloads, services and policies this proxy knows\n  /certs              local workload certificates with their expiry\n  /debug/connections  open and recent connections, each with its decision (?format=table)\n".into(),
         ),
         _ => (StatusCode::NOT_FOUND, "text/plain", format!("no such endpoint {path}\n")),
     }
@@ -102,6 +104,20 @@ fn config_dump(core: &ProxyCore) -> serde_json::Value {
     })
 }
 
+/// The connection log: JSON, or a table with `?format=table`.
+fn connections(core: &ProxyCore, query: &str) -> Reply {
+    let (open, recent) = core.connections.snapshot();
+    if query.split('&').any(|kv| kv == "format=table") {
+        let mut text = format!("open ({}):\n", open.len());
+        text.push_str(&crate::connection_log::table(&open));
+        text.push_str(&format!("\nrecent ({}):\n", recent.len()));
+        text.push_str(&crate::connection_log::table(&recent));
+        return (StatusCode::OK, "text/plain", text);
+    }
+    let body = json!({"open": open, "recent": recent});
+    (StatusCode::OK, "application/json", body.to_string())
+}
+
 fn certs(core: &ProxyCore) -> serde_json::Value {
     let now = SystemTime::now();
     let entries: Vec<_> = core
@@ -142,7 +158,12 @@ pub async fn serve(
         let core = core.clone();
         async move {
             let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let (status, content_type, body) = route(&core, endpoints, req.uri().path());
+                let (status, content_type, body) = route(
+                    &core,
+                    endpoints,
+                    req.uri().path(),
+                    req.uri().query().unwrap_or(""),
+                );
                 let response = Response::builder()
                     .status(status)
                     .header("content-type", content_type)

@@ -15,10 +15,12 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::authorization::decide;
+use crate::connection_log::{ConnectionRecord, Outcome};
 use crate::core::ProxyCore;
 use crate::metrics::{ConnectionGuard, ConnectionLabels};
 use crate::outbound::Outbound;
 use crate::refusal::{Direction, Reason};
+use crate::registry::Workload;
 
 /// The destination before iptables REDIRECT, or `None` when the connection was not redirected.
 pub fn original_destination(tcp: &TcpStream) -> Option<SocketAddr> {
@@ -87,31 +89,49 @@ pub async fn serve_plaintext(
     .await
 }
 
+/// The connection log's name for this direction (ztunnel's `inbound_plaintext`).
+const DIRECTION_NAME: &str = "inbound_plaintext";
+
 async fn plaintext(core: Arc<ProxyCore>, mut tcp: TcpStream, peer: SocketAddr) {
-    let refuse = |reason: Reason, detail: String| {
+    let record = |dst: Option<SocketAddr>, workload: Option<&Workload>| {
+        let dst = dst.map_or("-".to_string(), |d| d.to_string());
+        let mut r = ConnectionRecord::new(DIRECTION_NAME, peer.to_string(), dst);
+        r.dst_workload = workload.map(|w| w.name.clone());
+        r.dst_identity = workload.map(|w| w.identity().to_string());
+        r
+    };
+    let refuse = |reason: Reason, detail: String, r: ConnectionRecord| {
         core.metrics.refused(Direction::Plaintext, reason);
         warn!(%peer, %reason, error = %detail, "plaintext connection refused");
+        core.connections.refused(r, format!("{reason}: {detail}"));
     };
     let Some(dst) = original_destination(&tcp) else {
         return refuse(
             Reason::NotRedirected,
             "plaintext inbound needs the original destination (iptables REDIRECT)".into(),
+            record(None, None),
         );
     };
     let Some(workload) = core.local_workload(dst.ip()) else {
         return refuse(
             Reason::NoLocalWorkload,
             format!("{dst} is not a workload on node {}", core.node),
+            record(Some(dst), None),
         );
     };
     let decision = decide(&core.policies(), &workload, None, peer.ip(), dst);
+    let mut logged = record(Some(dst), Some(&workload));
+    logged.decision = Some((&decision).into());
     if !decision.allowed {
-        return refuse(Reason::PolicyDenied, decision.reason);
+        return refuse(Reason::PolicyDenied, decision.reason.clone(), logged);
     }
     let mut upstream = match core.connect(Some(&workload), None, dst).await {
         Ok(s) => s,
-        Err(e) => return refuse(Reason::UpstreamUnreachable, format!("{dst}: {e}")),
+        Err(e) => {
+            return refuse(Reason::UpstreamUnreachable, format!("{dst}: {e}"), logged);
+        }
     };
+    let logged = core.connections.open(logged);
     let registry = core.registry();
     let source = registry.workload_by_ip(peer.ip());
     let labels = ConnectionLabels::new(
@@ -124,11 +144,18 @@ async fn plaintext(core: Arc<ProxyCore>, mut tcp: TcpStream, peer: SocketAddr) {
     );
     let mut guard = ConnectionGuard::open(&core.metrics, labels);
     let result = tokio::io::copy_bidirectional(&mut tcp, &mut upstream).await;
-    if let Ok((up, down)) = result {
-        guard.received = up;
-        guard.sent = down;
-    } else {
-        guard.failed = true;
+    match &result {
+        Ok((up, down)) => {
+            guard.received = *up;
+            guard.sent = *down;
+            core.connections
+                .close(logged, Outcome::Closed, *down, *up, None);
+        }
+        Err(e) => {
+            guard.failed = true;
+            core.connections
+                .close(logged, Outcome::Failed, 0, 0, Some(e.to_string()));
+        }
     }
     info!(direction = "inbound_plaintext", src.addr = %peer, dst.addr = %dst, dst.workload = %workload.name, policy = %decision.reason, "connection complete");
 }

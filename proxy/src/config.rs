@@ -36,6 +36,7 @@
 //!   maxStreamsPerConnection: 100    # client pool
 //!   serverMaxStreams: 200           # per inbound connection
 //!   poolIdleTimeout: 300s
+//! connectionLog: 1000               # finished connections kept for /debug/connections
 //! ```
 
 use std::net::SocketAddr;
@@ -194,6 +195,13 @@ pub struct ProxyConfig {
     pub bind_source_ip: bool,
     #[serde(default = "default_grace", deserialize_with = "duration")]
     pub drain_grace: Duration,
+    /// How many finished connections `/debug/connections` keeps.
+    #[serde(default = "default_connection_log")]
+    pub connection_log: usize,
+}
+
+fn default_connection_log() -> usize {
+    crate::connection_log::DEFAULT_CAPACITY
 }
 
 /// `kubernetes:` — build the registry from the cluster the proxy runs in.
@@ -250,6 +258,7 @@ impl ProxyConfig {
             h2: H2Settings::default(),
             bind_source_ip: true,
             drain_grace: default_grace(),
+            connection_log: default_connection_log(),
         }
     }
 

@@ -62,6 +62,8 @@ pub struct ProxyCore {
     waiting_for: Mutex<Option<String>>,
     /// Pods' namespaces handed over by a node agent (shared mode).
     pub pods: PodNetns,
+    /// The connections open now and the most recent finished ones.
+    pub connections: crate::connection_log::ConnectionLog,
     /// The uids of the local workloads whose listeners are open.
     served: tokio::sync::watch::Sender<std::collections::BTreeSet<String>>,
 }
@@ -89,6 +91,7 @@ impl ProxyCore {
             server_configs: Mutex::new(HashMap::new()),
             waiting_for: Mutex::new(None),
             pods: PodNetns::default(),
+            connections: Default::default(),
             served: tokio::sync::watch::Sender::new(Default::default()),
         }
     }

@@ -33,6 +33,13 @@ impl Revocation {
         self.waker.wake();
     }
 
+    /// Why the stream was revoked, if it has been.
+    pub fn reason(&self) -> Option<String> {
+        self.revoked
+            .load(Ordering::Acquire)
+            .then(|| self.reason.lock().expect("revocation lock").clone())
+    }
+
     /// Why the stream was revoked, once it has been; otherwise registers the
     /// task to be woken when it is.
     pub fn poll_revoked(&self, cx: &mut Context<'_>) -> Option<String> {

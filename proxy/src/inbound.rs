@@ -17,6 +17,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use h2::server::SendResponse;
 use hbone_ca::Identity;
+use hbone_policies::decision::Decision;
 use http::{Method, Request, Response, StatusCode};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -24,6 +25,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::authorization::decide_peer;
+use crate::connection_log::{ConnectionRecord, Outcome, TlsRecord};
 use crate::copy::bidirectional;
 use crate::core::ProxyCore;
 use crate::established::Stream;
@@ -85,7 +87,7 @@ async fn handle_connection(
         Ok(Err(e)) => return refuse(handshake_failure_reason(&e), &e),
         Err(_) => return refuse(Reason::HandshakeTimeout, &"no TLS handshake in time"),
     };
-    let (peer_identity, tls_version) = {
+    let (peer_identity, tls_version, tls_record) = {
         let (_, session) = tls.get_ref();
         if session.alpn_protocol() != Some(ALPN_H2) {
             return refuse(
@@ -101,8 +103,21 @@ async fn handle_connection(
             .and_then(|c| c.first())
             .ok_or(crate::tls::PeerIdentityError::NoCertificate)
             .and_then(identity_of);
+        let record = TlsRecord {
+            version: session
+                .protocol_version()
+                .map_or("-".into(), |v| format!("{v:?}")),
+            cipher: session
+                .negotiated_cipher_suite()
+                .map_or("-".into(), |c| format!("{:?}", c.suite())),
+            alpn: "h2".into(),
+        };
         match identity {
-            Ok(id) => (id, format!("{:?}", session.protocol_version())),
+            Ok(id) => (
+                id,
+                format!("{:?}", session.protocol_version()),
+                Arc::new(record),
+            ),
             Err(e) => return refuse(e.reason(), &e),
         }
     };
@@ -146,6 +161,7 @@ async fn handle_connection(
                 }
                 let ctx = StreamContext {
                     core: core.clone(),
+                    tls: tls_record.clone(),
                     workload: workload.clone(),
                     peer_identity: peer_identity.clone(),
                     peer,
@@ -167,6 +183,7 @@ async fn handle_connection(
 
 struct StreamContext {
     core: Arc<ProxyCore>,
+    tls: Arc<TlsRecord>,
     workload: Arc<Workload>,
     peer_identity: Arc<Identity>,
     peer: SocketAddr,
@@ -183,6 +200,8 @@ struct Refusal {
     status: StatusCode,
     reason: Reason,
     detail: String,
+    /// The policies' decision, when they refused it.
+    decision: Option<Decision>,
 }
 
 impl Refusal {
@@ -191,6 +210,7 @@ impl Refusal {
             status,
             reason,
             detail: detail.into(),
+            decision: None,
         }
     }
 }
@@ -202,13 +222,23 @@ impl Drop for ActiveStream {
 }
 
 impl StreamContext {
-    fn refuse(
-        &self,
-        mut respond: SendResponse<Bytes>,
-        status: StatusCode,
-        reason: Reason,
-        detail: String,
-    ) {
+    /// What the connection log records of a stream to `dst` on this connection.
+    fn record(&self, dst: String) -> ConnectionRecord {
+        let mut record = ConnectionRecord::new(DIRECTION.as_str(), self.peer.to_string(), dst);
+        record.src_identity = Some(self.peer_identity.to_string());
+        record.dst_workload = Some(self.workload.name.clone());
+        record.dst_identity = Some(self.workload.identity().to_string());
+        record.tls = Some(self.tls.as_ref().clone());
+        record
+    }
+
+    fn refuse(&self, mut respond: SendResponse<Bytes>, refusal: Refusal) {
+        let Refusal {
+            status,
+            reason,
+            detail,
+            decision,
+        } = refusal;
         self.core.metrics.refused(DIRECTION, reason);
         warn!(
             src = %self.peer,
@@ -220,6 +250,9 @@ impl StreamContext {
             "HBONE stream refused"
         );
         let header = format!("{reason}: {detail}");
+        let mut record = self.record(self.local.to_string());
+        record.decision = decision.as_ref().map(Into::into);
+        self.core.connections.refused(record, header.clone());
         let response = Response::builder()
             .status(status)
             .header(
@@ -242,14 +275,10 @@ impl StreamContext {
         let slot = ActiveStream(self.active.clone());
         let (parts, body) = request.into_parts();
         match self.admit(&parts) {
-            Ok((stream, allowed_by)) => {
-                tasks.spawn(self.connect_and_relay(slot, body, respond, stream, allowed_by));
+            Ok((stream, decision)) => {
+                tasks.spawn(self.connect_and_relay(slot, body, respond, stream, decision));
             }
-            Err(Refusal {
-                status,
-                reason,
-                detail,
-            }) => self.refuse(respond, status, reason, detail),
+            Err(refusal) => self.refuse(respond, refusal),
         }
     }
 
@@ -263,10 +292,11 @@ impl StreamContext {
         recv: h2::RecvStream,
         mut respond: SendResponse<Bytes>,
         stream: Stream,
-        allowed_by: String,
+        decision: Decision,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         async move {
             let target = stream.target;
+            let allowed_by = &decision.reason;
             let dial = self.core.connect(Some(&self.workload), None, target);
             let dial = Box::pin(tokio::time::timeout(self.core.h2.connect_timeout, dial));
             let upstream = match dial.await {
@@ -274,12 +304,14 @@ impl StreamContext {
                 Ok(Err(e)) => {
                     let detail = format!("{target}: {e}");
                     let status = StatusCode::SERVICE_UNAVAILABLE;
-                    return self.refuse(respond, status, Reason::UpstreamUnreachable, detail);
+                    let refusal = Refusal::new(status, Reason::UpstreamUnreachable, detail);
+                    return self.refuse(respond, refusal);
                 }
                 Err(_) => {
                     let detail = format!("{target}: connect timed out");
                     let status = StatusCode::SERVICE_UNAVAILABLE;
-                    return self.refuse(respond, status, Reason::UpstreamUnreachable, detail);
+                    let refusal = Refusal::new(status, Reason::UpstreamUnreachable, detail);
+                    return self.refuse(respond, refusal);
                 }
             };
             let _ = upstream.set_nodelay(true);
@@ -311,9 +343,25 @@ impl StreamContext {
                 }
             };
             drop(respond);
+            let mut record = self.record(target.to_string());
+            record.src_workload = source.as_ref().map(|w| w.name.clone());
+            record.decision = Some((&decision).into());
+            let logged = self.core.connections.open(record);
             let entry = self.core.established.insert(stream);
             let relay = bidirectional(upstream, send, recv).revocable(entry.revocation.clone());
             let (moved, error) = relay.await;
+            let outcome = match (entry.revocation.reason(), &error) {
+                (Some(_), _) => Outcome::Revoked,
+                (None, Some(_)) => Outcome::Failed,
+                (None, None) => Outcome::Closed,
+            };
+            self.core.connections.close(
+                logged,
+                outcome,
+                moved.to_tunnel,
+                moved.from_tunnel,
+                error.as_ref().map(|e| e.to_string()),
+            );
             drop((entry, slot));
             guard.received = moved.from_tunnel;
             guard.sent = moved.to_tunnel;
@@ -338,7 +386,7 @@ impl StreamContext {
 
     /// Checks a CONNECT request against the stream limit, the protocol, the
     /// target and the policies; on success, the target and the allowing rule.
-    fn admit(&self, request: &http::request::Parts) -> Result<(Stream, String), Refusal> {
+    fn admit(&self, request: &http::request::Parts) -> Result<(Stream, Decision), Refusal> {
         let limit = self.core.h2.server_max_streams;
         if self.active.fetch_add(1, Ordering::AcqRel) >= limit {
             return Err(Refusal::new(
@@ -401,12 +449,14 @@ impl StreamContext {
             stream.target,
         );
         if !decision.allowed {
-            return Err(Refusal::new(
+            let mut refusal = Refusal::new(
                 StatusCode::UNAUTHORIZED,
                 Reason::PolicyDenied,
-                decision.reason,
-            ));
+                decision.reason.clone(),
+            );
+            refusal.decision = Some(decision);
+            return Err(refusal);
         }
-        Ok((stream, decision.reason))
+        Ok((stream, decision))
     }
 }

@@ -7,6 +7,7 @@
 //! - [`keylog`]: TLS secrets in the NSS key log format, when asked for (to decrypt a capture).
 //! - [`tls`]: mutual TLS with SPIFFE identities.
 //! - [`metrics`]: ztunnel's metric names and labels.
+//! - [`connection_log`]: the recent and open connections, one by one (`/debug/connections`).
 //! - [`core`]: the state every listener shares, TLS configs cached per certificate.
 //! - [`copy`]: the byte-moving hot path between TCP and HTTP/2 streams.
 //! - [`keepalive`]: HTTP/2 PINGs on pooled connections.
@@ -28,6 +29,7 @@ pub mod admin;
 pub mod authorization;
 pub mod capture;
 pub mod config;
+pub mod connection_log;
 pub mod copy;
 pub mod core;
 pub mod established;

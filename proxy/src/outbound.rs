@@ -17,6 +17,7 @@ use thiserror::Error;
 use tokio::net::TcpStream;
 use tracing::{info, warn};
 
+use crate::connection_log::{ConnectionRecord, Outcome};
 use crate::core::ProxyCore;
 use crate::metrics::{ConnectionGuard, ConnectionLabels};
 use crate::pool::{Pool, PoolKey, Tunnel, TunnelError};
@@ -160,6 +161,16 @@ impl Outbound {
             mtls,
         );
         let guard = ConnectionGuard::open(&self.core.metrics, labels);
+        let mut record = ConnectionRecord::new(
+            Direction::Outbound.as_str(),
+            client_addr.to_string(),
+            route.target.to_string(),
+        );
+        record.src_workload = Some(source.name.clone());
+        record.src_identity = Some(source.identity().to_string());
+        record.dst_workload = route.workload.as_ref().map(|w| w.name.clone());
+        record.dst_identity = route.workload.as_ref().map(|w| w.identity().to_string());
+        let logged = self.core.connections.open(record);
         async move {
             // The whole guard moves in (a field assignment alone would capture a copy).
             let mut guard = guard;
@@ -181,6 +192,14 @@ impl Outbound {
             guard.received = sent;
             guard.sent = received;
             guard.failed = error.is_some();
+            let outcome = match error {
+                Some(_) => Outcome::Failed,
+                None => Outcome::Closed,
+            };
+            let detail = error.as_ref().map(|e| e.to_string());
+            self.core
+                .connections
+                .close(logged, outcome, sent, received, detail);
             info!(
                 direction = "outbound",
                 src.addr = %client_addr,
@@ -209,6 +228,13 @@ impl Outbound {
         err: &OutboundError,
     ) {
         self.core.metrics.refused(direction, err.reason());
+        let mut record =
+            ConnectionRecord::new(direction.as_str(), "-".to_string(), dst.to_string());
+        record.src_workload = Some(source.name.clone());
+        record.src_identity = Some(source.identity().to_string());
+        self.core
+            .connections
+            .refused(record, format!("{}: {err}", err.reason()));
         warn!(%direction, src.workload = %source.name, src.identity = %source.identity(), dst = %dst, reason = %err.reason(), error = %err, "outbound connection failed");
     }
 }

@@ -1,0 +1,310 @@
+//! The proxy's own log of its connections, served on the admin port as
+//! `/debug/connections`: the ones open now and the most recent finished
+//! ones (a bounded ring, 1 000 by default), each with who and where on both
+//! ends, the policy decision with the policy and rule that made it, the TLS
+//! parameters, the bytes each way, and how it ended — closed, refused (with
+//! the reason), or revoked by a policy change. What the metrics count, this
+//! names, one connection at a time.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use hbone_policies::decision::Decision;
+use serde::Serialize;
+
+/// The default ring size.
+pub const DEFAULT_CAPACITY: usize = 1000;
+
+/// How a connection ended (or that it has not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Open,
+    Closed,
+    Refused,
+    Revoked,
+    Failed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Open => "open",
+            Outcome::Closed => "closed",
+            Outcome::Refused => "refused",
+            Outcome::Revoked => "revoked",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+/// The decision, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DecisionRecord {
+    pub allowed: bool,
+    pub policy: Option<String>,
+    pub rule: Option<String>,
+    pub reason: String,
+}
+
+impl From<&Decision> for DecisionRecord {
+    fn from(d: &Decision) -> Self {
+        DecisionRecord {
+            allowed: d.allowed,
+            policy: d.policy.clone(),
+            rule: d.rule.clone(),
+            reason: d.reason.clone(),
+        }
+    }
+}
+
+/// The TLS session a connection rode on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TlsRecord {
+    pub version: String,
+    pub cipher: String,
+    pub alpn: String,
+}
+
+/// One connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionRecord {
+    pub id: u64,
+    /// `inbound` (HBONE in, 15008), `inbound_plaintext` (15006) or `outbound`.
+    pub direction: &'static str,
+    pub src_addr: String,
+    pub dst_addr: String,
+    pub src_workload: Option<String>,
+    pub dst_workload: Option<String>,
+    pub src_identity: Option<String>,
+    pub dst_identity: Option<String>,
+    pub decision: Option<DecisionRecord>,
+    pub tls: Option<TlsRecord>,
+    pub bytes_sent: u64,
+    pub bytes_recv: u64,
+    /// Milliseconds since the Unix epoch.
+    pub start_ms: u64,
+    pub duration_ms: Option<u64>,
+    pub outcome: Outcome,
+    /// The refusal's reason and detail, or the error it ended with.
+    pub detail: Option<String>,
+    #[serde(skip)]
+    started: Option<Instant>,
+}
+
+impl ConnectionRecord {
+    /// A record of a connection starting now.
+    pub fn new(direction: &'static str, src_addr: String, dst_addr: String) -> Self {
+        let start_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        ConnectionRecord {
+            id: 0,
+            direction,
+            src_addr,
+            dst_addr,
+            src_workload: None,
+            dst_workload: None,
+            src_identity: None,
+            dst_identity: None,
+            decision: None,
+            tls: None,
+            bytes_sent: 0,
+            bytes_recv: 0,
+            start_ms,
+            duration_ms: None,
+            outcome: Outcome::Open,
+            detail: None,
+            started: Some(Instant::now()),
+        }
+    }
+
+    fn finish(&mut self, outcome: Outcome) {
+        self.outcome = outcome;
+        self.duration_ms = self.started.map(|s| s.elapsed().as_millis() as u64);
+    }
+}
+
+/// The open connections and the ring of finished ones.
+pub struct ConnectionLog {
+    capacity: AtomicUsize,
+    next_id: AtomicU64,
+    open: Mutex<HashMap<u64, ConnectionRecord>>,
+    done: Mutex<VecDeque<ConnectionRecord>>,
+}
+
+impl Default for ConnectionLog {
+    fn default() -> Self {
+        ConnectionLog::new(DEFAULT_CAPACITY)
+    }
+}
+
+impl ConnectionLog {
+    pub fn new(capacity: usize) -> Self {
+        ConnectionLog {
+            capacity: AtomicUsize::new(capacity),
+            next_id: AtomicU64::new(1),
+            open: Mutex::new(HashMap::new()),
+            done: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// How many finished connections are kept (0 keeps none).
+    pub fn set_capacity(&self, capacity: usize) {
+        self.capacity.store(capacity, Ordering::Relaxed);
+        self.trim(&mut self.done.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    fn trim(&self, done: &mut VecDeque<ConnectionRecord>) {
+        let capacity = self.capacity.load(Ordering::Relaxed);
+        while done.len() > capacity {
+            done.pop_front();
+        }
+    }
+
+    fn keep(&self, record: ConnectionRecord) {
+        let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        done.push_back(record);
+        self.trim(&mut done);
+    }
+
+    /// Records an open connection; returns its id for [`Self::close`].
+    pub fn open(&self, mut record: ConnectionRecord) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        record.id = id;
+        self.open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, record);
+        id
+    }
+
+    /// Moves connection `id` to the ring, ended as `outcome`.
+    pub fn close(
+        &self,
+        id: u64,
+        outcome: Outcome,
+        sent: u64,
+        received: u64,
+        detail: Option<String>,
+    ) {
+        let record = self
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        if let Some(mut record) = record {
+            record.bytes_sent = sent;
+            record.bytes_recv = received;
+            record.detail = detail;
+            record.finish(outcome);
+            self.keep(record);
+        }
+    }
+
+    /// Records a connection refused before it carried anything.
+    pub fn refused(&self, mut record: ConnectionRecord, detail: String) {
+        record.id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        record.detail = Some(detail);
+        record.finish(Outcome::Refused);
+        self.keep(record);
+    }
+
+    /// The open connections (oldest first) and the finished ones (oldest first).
+    pub fn snapshot(&self) -> (Vec<ConnectionRecord>, Vec<ConnectionRecord>) {
+        let mut open: Vec<ConnectionRecord> = self
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        open.sort_by_key(|r| r.id);
+        let done = self
+            .done
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        (open, done)
+    }
+}
+
+/// The log as a plain-text table, newest last.
+pub fn table(records: &[ConnectionRecord]) -> String {
+    let mut out = format!(
+        "{:<5} {:<9} {:<22} {:<22} {:<40} {:<8} {:>9} {:>9} {:>8}  {}\n",
+        "id", "dir", "src", "dst", "peer identity", "outcome", "sent", "recv", "ms", "decision"
+    );
+    for r in records {
+        let identity = r.src_identity.as_deref().unwrap_or("-");
+        let decision = match (&r.decision, &r.detail) {
+            (Some(d), _) if d.allowed => format!(
+                "allow {}",
+                d.policy.as_deref().map_or("(no policy)".to_string(), |p| {
+                    format!("{p} {}", d.rule.as_deref().unwrap_or(""))
+                })
+            ),
+            (_, Some(detail)) => detail.clone(),
+            (Some(d), None) => d.reason.clone(),
+            (None, None) => "-".into(),
+        };
+        out.push_str(&format!(
+            "{:<5} {:<9} {:<22} {:<22} {:<40} {:<8} {:>9} {:>9} {:>8}  {}\n",
+            r.id,
+            r.direction.trim_start_matches("inbound_"),
+            r.src_addr,
+            r.dst_addr,
+            identity,
+            r.outcome.as_str(),
+            r.bytes_sent,
+            r.bytes_recv,
+            r.duration_ms.map_or("-".to_string(), |d| d.to_string()),
+            decision.trim_end()
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ring_keeps_the_newest_and_open_ones_until_closed() {
+        let log = ConnectionLog::new(3);
+        let rec = |i: u16| {
+            ConnectionRecord::new("inbound", format!("10.0.0.1:{i}"), "10.0.0.2:80".into())
+        };
+        let open = log.open(rec(1));
+        for i in 2..=6 {
+            log.refused(rec(i), "policy_denied: no".into());
+        }
+        let (now_open, done) = log.snapshot();
+        assert_eq!(now_open.len(), 1);
+        assert_eq!(done.len(), 3, "bounded");
+        assert_eq!(done[0].src_addr, "10.0.0.1:4", "the oldest went first");
+        log.close(
+            open,
+            Outcome::Revoked,
+            10,
+            20,
+            Some("closed by a policy change".into()),
+        );
+        let (now_open, done) = log.snapshot();
+        assert!(now_open.is_empty());
+        let last = done.last().unwrap();
+        assert_eq!(
+            (last.outcome, last.bytes_sent, last.bytes_recv),
+            (Outcome::Revoked, 10, 20)
+        );
+        assert!(last.duration_ms.is_some());
+        assert!(table(&done).contains("revoked"));
+        log.set_capacity(1);
+        assert_eq!(log.snapshot().1.len(), 1);
+    }
+}

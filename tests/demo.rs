@@ -89,6 +89,8 @@ fn demo_runs_every_scenario_explains_and_cleans_up() {
         ":authority = 127.0.12.3:8000",
         "forwarded = for=",
         "ALLOW policy demo/hello-app-policy rules[0] matches",
+        "as node-2 itself recorded it",
+        "/debug/connections",
         "HTTP/1.1 200 OK",
     ] {
         assert!(

@@ -155,23 +155,8 @@ pub async fn explain(lab: &Lab) -> Result<String, String> {
         let _ = writeln!(w, "   {name} = {}", value.to_str().unwrap_or("?"));
     }
 
-    let decision = predict(lab, Some("hello-gateway"), "hello-app", HELLO_PORT);
-    let _ = writeln!(
-        w,
-        "\n5. The policy check, on the receiving side (node-2), before anything reaches hello-app:"
-    );
-    let _ = writeln!(
-        w,
-        "   peer principal {} → {}",
-        gateway.identity().principal(),
-        decision
-    );
-    let _ = writeln!(
-        w,
-        "   Only then does node-2 dial {} and answer 200; from here bytes flow both ways as HTTP/2 DATA frames.",
-        route.target
-    );
-
+    let route_target = route.target;
+    let gateway_identity = gateway.identity().clone();
     // Carry one real request through the tunnel, from a socket pair on loopback.
     let pair = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -208,6 +193,51 @@ pub async fn explain(lab: &Lab) -> Result<String, String> {
     drop(app_side);
     let _ = relay.await;
     let status = first_line(&response);
+
+    // Step 5 as node-2 recorded it, not as predicted.
+    let target = route_target.to_string();
+    let principal = gateway_identity.to_string();
+    let (_, recent) = node2.core.connections.snapshot();
+    let seen = recent
+        .iter()
+        .rev()
+        .find(|r| r.dst_addr == target && r.src_identity.as_deref() == Some(principal.as_str()));
+    let _ = writeln!(
+        w,
+        "\n5. The policy check, on the receiving side (node-2), before anything reached hello-app —"
+    );
+    match seen.and_then(|r| r.decision.as_ref().map(|d| (r, d))) {
+        Some((record, decision)) => {
+            let _ = writeln!(
+                w,
+                "   as node-2 itself recorded it (connection {} in http://{}/debug/connections):",
+                record.id,
+                node2.addrs.admin.map_or("-".into(), |a| a.to_string())
+            );
+            let _ = writeln!(
+                w,
+                "   peer principal {} → {}: {}",
+                gateway_identity.principal(),
+                if decision.allowed { "allow" } else { "deny" },
+                decision.reason
+            );
+            let _ = writeln!(
+                w,
+                "   over {} {}, ALPN {}; it then dialed {target} and answered 200.",
+                record.tls.as_ref().map_or("-", |t| t.version.as_str()),
+                record.tls.as_ref().map_or("-", |t| t.cipher.as_str()),
+                record.tls.as_ref().map_or("-", |t| t.alpn.as_str()),
+            );
+        }
+        None => {
+            let decision = predict(lab, Some("hello-gateway"), "hello-app", HELLO_PORT);
+            let _ = writeln!(
+                w,
+                "   node-2's connection log has no record of it; the policies predict: {} → {decision}",
+                gateway_identity.principal()
+            );
+        }
+    }
     let _ = writeln!(
         w,
         "\n6. The bytes. The application sent {} bytes (an HTTP GET /health) and received {} bytes (\"{status}\").",

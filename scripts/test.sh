@@ -3,7 +3,8 @@
 #
 # As root on Debian it first installs what the tests need and is missing:
 # PostgreSQL server binaries, iptables, iproute2, procps, openssl, the
-# shell linter, and Chromium (the status page is checked in a real browser).
+# shell linter, Chromium (the status page is checked in a real browser) and
+# Wireshark's tshark (a captured HBONE hop is decrypted and decoded).
 # Then: format check, clippy (warnings are errors), and every test with
 # cargo-nextest (or cargo test where nextest is not installed).
 set -euo pipefail
@@ -21,6 +22,7 @@ command -v nsenter >/dev/null || need_packages+=(util-linux)
 command -v openssl >/dev/null || need_packages+=(openssl)
 command -v shellcheck >/dev/null || need_packages+=(shellcheck)
 command -v chromium >/dev/null || need_packages+=(chromium fonts-dejavu-core)
+command -v tshark >/dev/null || need_packages+=(tshark)
 
 if ((${#need_packages[@]})); then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then

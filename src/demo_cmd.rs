@@ -1,6 +1,9 @@
 //! `hbone-lab demo`: the standalone lab, working and refusing.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
 
 use clap::Args;
 use hbone_standalone::dataplane::Dataplane;
@@ -8,6 +11,7 @@ use hbone_standalone::explain::explain;
 use hbone_standalone::lab::{Lab, LabOptions};
 use hbone_standalone::scenarios::run_all;
 use hbone_standalone::topology::{LabError, Mode};
+use hbone_standalone::wire::capture::Capture;
 
 /// Stand up the whole lab on this machine — CA, a proxy per node, PostgreSQL,
 /// hello-app, the gateway, a test pod and the lab's policies — and run its
@@ -47,6 +51,13 @@ pub struct DemoArgs {
     /// and mixed need --netns.
     #[arg(long, default_value = "hbone-lab", value_parser = ["hbone-lab", "ztunnel", "mixed"])]
     dataplane: String,
+    /// See the wire: hbone-lab's proxies write their TLS secrets to
+    /// DIR/keys.log and, with --netns, the node-to-node hop is recorded to
+    /// DIR/mesh.pcapng (dumpcap, or tcpdump's mesh.pcap). Then
+    /// `hbone-lab wire DIR` decodes one connection, or open the capture in
+    /// Wireshark with the key log. Anyone with keys.log can decrypt it.
+    #[arg(long, value_name = "DIR")]
+    capture: Option<PathBuf>,
     /// The ztunnel binary for --dataplane ztunnel|mixed (default: $ZTUNNEL_BIN).
     #[arg(long, value_name = "PATH")]
     ztunnel: Option<std::path::PathBuf>,
@@ -76,11 +87,31 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             }
         );
     }
+    let key_log = match &args.capture {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            let keys = dir.join("keys.log");
+            let _ = std::fs::remove_file(&keys);
+            eprintln!(
+                "TLS key logging is on: {} will let anyone decrypt this run's mesh traffic",
+                keys.display()
+            );
+            if dataplane == Dataplane::Ztunnel {
+                eprintln!(
+                    "note: ztunnel logs no TLS keys, so with --dataplane ztunnel the capture stays encrypted"
+                );
+            }
+            Some(keys)
+        }
+        None => None,
+    };
     let options = LabOptions {
         gateway_listen: args.gateway_listen,
         mode,
         dataplane,
         ztunnel: args.ztunnel.clone(),
+        key_log,
         ..LabOptions::default()
     };
     let lab = match Lab::start(options.clone()).await {
@@ -103,6 +134,25 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     if let Some(why) = &lab.postgres_missing {
         eprintln!("note: running without the database — {why}");
     }
+    let capture = match (&args.capture, &lab.plumbing) {
+        (Some(dir), Some(plumbing)) => {
+            let node1 = &plumbing.nodes["node-1"];
+            let capture = Capture::start(node1, "to-node-2", dir)?;
+            eprintln!(
+                "recording the node-1 ↔ node-2 hop with {} to {}",
+                capture.tool,
+                capture.file.display()
+            );
+            Some(capture)
+        }
+        (Some(_), None) => {
+            eprintln!(
+                "note: loopback mode has no network between the nodes to record; the key log is written, and --netns records the hop"
+            );
+            None
+        }
+        _ => None,
+    };
     let results = run_all(&lab).await;
     let all_match = results.iter().all(|r| r.matches());
     if args.json {
@@ -156,6 +206,31 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             Ok(story) => print!("{story}"),
             Err(e) => eprintln!("could not tell the story: {e}"),
         }
+    }
+    if let (Some(capture), Some(dir)) = (capture, &args.capture) {
+        let file = capture.stop();
+        let keys = dir.join("keys.log");
+        println!();
+        println!(
+            "The wire, recorded: {} (decrypt with {})",
+            file.display(),
+            keys.display()
+        );
+        println!(
+            "  hbone-lab wire {}                 # one connection as a ladder, and connection.svg",
+            dir.display()
+        );
+        println!(
+            "  tshark -r {} -o tls.keylog_file:{} -d tcp.port==15008,tls -Y http2",
+            file.display(),
+            keys.display()
+        );
+        println!(
+            "  wireshark -o tls.keylog_file:{} {}   # the same, in Wireshark",
+            keys.display(),
+            file.display()
+        );
+        println!("  (keys.log decrypts everything in the capture: keep it to yourself)");
     }
     if args.keep {
         println!();

@@ -9,6 +9,7 @@ mod kind_cmd;
 mod logging;
 mod policy_cmd;
 mod proxy_cmd;
+mod wire_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -54,12 +55,14 @@ enum Command {
     Kind(kind_cmd::KindCommand),
     /// Benchmark direct vs hbone-lab vs ztunnel on the same path (root).
     Bench(bench_cmd::BenchArgs),
+    /// Decode a recorded HBONE connection (demo --capture) as a ladder and a diagram.
+    Wire(wire_cmd::WireArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     logging::init(match cli.command {
-        Command::Demo(_) | Command::Policy(_) => "error",
+        Command::Demo(_) | Command::Policy(_) | Command::Wire(_) => "error",
         // The progress bar owns the terminal; the CA's issuance logs would tear it.
         Command::Bench(_) => "warn",
         _ => "info",
@@ -81,6 +84,7 @@ fn main() -> anyhow::Result<()> {
             Command::App(cmd) => app_cmd::run(cmd).await,
             Command::Policy(cmd) => policy_cmd::run(cmd),
             Command::Kind(cmd) => kind_cmd::run(cmd).await,
+            Command::Wire(args) => wire_cmd::run(args),
         }
     })
 }

@@ -160,7 +160,8 @@ fn markdown(rows: &[Row]) -> String {
     out
 }
 
-fn escape(text: &str) -> String {
+/// Text made safe for XML (SVG) content and attributes.
+pub fn xml_escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -214,7 +215,7 @@ fn svg(rows: &[Row]) -> String {
             out,
             r#"<text x="{x}" y="{}" text-anchor="middle" font-weight="bold">{}</text>"#,
             head_h - 12,
-            escape(t)
+            xml_escape(t)
         );
     }
     for (j, s) in sources.iter().enumerate() {
@@ -224,7 +225,7 @@ fn svg(rows: &[Row]) -> String {
             r#"<text x="{}" y="{}" text-anchor="end" font-weight="bold">{}</text>"#,
             label_w - 10,
             y + cell_h / 2 + 5,
-            escape(s)
+            xml_escape(s)
         );
         for (i, t) in targets.iter().enumerate() {
             let x = label_w + cell_w * i;
@@ -246,7 +247,7 @@ fn svg(rows: &[Row]) -> String {
             let _ = writeln!(
                 out,
                 r##"<g><title>{}</title><rect x="{x}" y="{y}" width="{}" height="{}" fill="{fill}" stroke="#ffffff" stroke-width="2"/><text x="{}" y="{}" text-anchor="middle">{}</text></g>"##,
-                escape(&title),
+                xml_escape(&title),
                 cell_w,
                 cell_h,
                 x + cell_w / 2,
@@ -273,7 +274,7 @@ fn svg(rows: &[Row]) -> String {
             r##"<rect x="10" y="{}" width="14" height="14" fill="{fill}"/><text x="30" y="{}">{}</text>"##,
             y,
             y + 12,
-            escape(text)
+            xml_escape(text)
         );
     }
     out.push_str("</svg>\n");

@@ -57,6 +57,8 @@ pub struct LabOptions {
     pub dataplane: Dataplane,
     /// The ztunnel binary (else `ZTUNNEL_BIN`), for ztunnel nodes.
     pub ztunnel: Option<PathBuf>,
+    /// hbone-lab's proxies write their mesh TLS secrets here (to decrypt a capture).
+    pub key_log: Option<PathBuf>,
 }
 
 impl Default for LabOptions {
@@ -67,6 +69,7 @@ impl Default for LabOptions {
             mode: Mode::Loopback,
             dataplane: Dataplane::HboneLab,
             ztunnel: None,
+            key_log: None,
         }
     }
 }
@@ -382,8 +385,14 @@ impl Lab {
                 Arc::new(client),
                 options.renewal.clone(),
             ));
-            let trust = MeshTrust::new(&root, "cluster.local")
+            let mut trust = MeshTrust::new(&root, "cluster.local")
                 .map_err(|e| LabError::Proxy(e.to_string()))?;
+            if let Some(path) = &options.key_log {
+                let writer = hbone_proxy::keylog::KeyLogWriter::open(path).map_err(|e| {
+                    LabError::Proxy(format!("the TLS key log {}: {e}", path.display()))
+                })?;
+                trust = trust.with_key_log(writer);
+            }
             let settings = CoreSettings {
                 node: node.into(),
                 h2: H2Settings::default(),

@@ -20,4 +20,5 @@ pub mod policy_diff;
 pub mod scenarios;
 pub mod sni_relay;
 pub mod topology;
+pub mod wire;
 pub mod ztunnel;

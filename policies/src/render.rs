@@ -189,8 +189,16 @@ fn svg(rows: &[Row]) -> String {
             targets.push(target(r));
         }
     }
-    let (label_w, cell_w, cell_h, head_h) = (150, 132, 40, 110);
-    let width = label_w + cell_w * targets.len() + 20;
+    // Column headers are turned 40° so that long ones (`api.cloudflare.com:443`)
+    // read on their own: parallel labels one column apart are
+    // cell_w·sin 40° ≈ 85 px apart across their direction, far more than a
+    // line of text, however long they are. The header is as tall, and the
+    // picture as wide, as the longest label needs.
+    let (label_w, cell_w, cell_h) = (150, 132, 40);
+    let (sin, cos) = (0.643, 0.766);
+    let longest = targets.iter().map(|t| t.chars().count()).max().unwrap_or(0) as f64 * 8.0;
+    let head_h = 64 + (longest * sin) as usize + 16;
+    let width = label_w + cell_w * targets.len() + 20 + (longest * cos) as usize;
     let height = head_h + cell_h * sources.len() + 110;
     let mut out = String::new();
     let _ = writeln!(
@@ -210,11 +218,11 @@ fn svg(rows: &[Row]) -> String {
         r##"<text x="10" y="44" fill="#555">Rows: sources. Columns: destination:port. A connection needs both layers.</text>"##
     );
     for (i, t) in targets.iter().enumerate() {
-        let x = label_w + cell_w * i + cell_w / 2;
+        let x = label_w + cell_w * i + cell_w / 2 - 10;
+        let y = head_h - 10;
         let _ = writeln!(
             out,
-            r#"<text x="{x}" y="{}" text-anchor="middle" font-weight="bold">{}</text>"#,
-            head_h - 12,
+            r#"<text class="column" x="{x}" y="{y}" transform="rotate(-40 {x} {y})" font-weight="bold">{}</text>"#,
             xml_escape(t)
         );
     }

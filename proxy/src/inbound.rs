@@ -122,16 +122,23 @@ async fn handle_connection(
         }
     };
     let h2s = &core.h2;
-    let mut connection = match h2::server::Builder::new()
+    let connection = h2::server::Builder::new()
         .initial_window_size(h2s.stream_window)
         .initial_connection_window_size(h2s.connection_window)
         .max_frame_size(h2s.max_frame_size)
         .max_header_list_size(64 * 1024)
-        .handshake::<_, Bytes>(tls)
-        .await
-    {
-        Ok(c) => c,
-        Err(e) => return refuse(Reason::H2Handshake, &e),
+        .handshake::<_, Bytes>(tls);
+    // A peer that completes TLS and then sends no HTTP/2 preface is cut
+    // after the handshake timeout, as one that never finishes TLS is.
+    let mut connection = match tokio::time::timeout(core.h2.handshake_timeout, connection).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return refuse(Reason::H2Handshake, &e),
+        Err(_) => {
+            return refuse(
+                Reason::ClientTimeout,
+                &"TLS completed, but no HTTP/2 preface in time",
+            );
+        }
     };
     tracing::debug!(%peer, %local, peer_identity = %peer_identity, tls = %tls_version, "HBONE connection accepted");
     let active = Arc::new(AtomicUsize::new(0));

@@ -1,13 +1,66 @@
 //! The accept loop every listener shares: accept until shutdown, set
 //! TCP_NODELAY, hand each connection to its handler on the proxy's task
 //! tracker (so draining can wait for it), log accept errors and go on.
+//!
+//! When the process is out of file descriptors (or the kernel of socket
+//! memory), accept fails at once, again and again: the loop then backs off
+//! (10 ms, doubling to 1 s) instead of spinning, logs once every 10 s how
+//! many accepts failed, and recovers by itself once descriptors are free.
 
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
+
+/// Whether an accept error means the process or the system is out of a resource.
+fn exhausted(e: &std::io::Error) -> bool {
+    use nix::errno::Errno;
+    e.raw_os_error().is_some_and(|code| {
+        matches!(
+            Errno::from_raw(code),
+            Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM
+        )
+    })
+}
+
+/// Backs off while accepts fail for lack of resources, and says so at most
+/// every `REPORT_EVERY`.
+struct Backoff {
+    delay: Duration,
+    failed: u64,
+    reported: Option<Instant>,
+}
+
+const REPORT_EVERY: Duration = Duration::from_secs(10);
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff {
+            delay: Duration::ZERO,
+            failed: 0,
+            reported: None,
+        }
+    }
+
+    /// The wait before the next accept, after `e`.
+    fn after(&mut self, e: &std::io::Error, what: &'static str) -> Duration {
+        self.failed += 1;
+        if self.reported.is_none_or(|t| t.elapsed() >= REPORT_EVERY) {
+            warn!(error = %e, listener = what, failed = self.failed, "accept failed (out of file descriptors or socket memory?); backing off until it recovers");
+            self.reported = Some(Instant::now());
+            self.failed = 0;
+        }
+        self.delay = (self.delay * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        self.delay
+    }
+
+    fn reset(&mut self) {
+        self.delay = Duration::ZERO;
+    }
+}
 
 pub(crate) async fn accept_loop<F, Fut>(
     listener: TcpListener,
@@ -19,6 +72,7 @@ pub(crate) async fn accept_loop<F, Fut>(
     F: Fn(TcpStream, SocketAddr) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    let mut backoff = Backoff::new();
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -26,8 +80,16 @@ pub(crate) async fn accept_loop<F, Fut>(
         };
         match accepted {
             Ok((tcp, peer)) => {
+                backoff.reset();
                 let _ = tcp.set_nodelay(true);
                 tasks.spawn(handle(tcp, peer));
+            }
+            Err(e) if exhausted(&e) => {
+                let wait = backoff.after(&e, what);
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.cancelled() => return,
+                }
             }
             Err(e) => warn!(error = %e, listener = what, "accept failed"),
         }

@@ -35,6 +35,8 @@ pub enum Socks5Error {
     Unresolvable(String),
     #[error("the source {0} is not a workload on this node")]
     UnknownSource(IpAddr),
+    #[error("no complete SOCKS5 request within {0:?}")]
+    Silent(std::time::Duration),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -48,6 +50,7 @@ impl Socks5Error {
             Socks5Error::UnsupportedAddressType(_) => Reason::Socks5AddressType,
             Socks5Error::Unresolvable(_) => Reason::Unresolvable,
             Socks5Error::UnknownSource(_) => Reason::UnknownSource,
+            Socks5Error::Silent(_) => Reason::ClientTimeout,
             Socks5Error::Io(_) => Reason::Socks5Io,
         }
     }
@@ -109,60 +112,12 @@ async fn handle(
     mut tcp: TcpStream,
     peer: SocketAddr,
 ) -> Result<(), Socks5Error> {
-    // Greeting: VER, NMETHODS, METHODS…
-    let version = tcp.read_u8().await?;
-    if version != 0x05 {
-        return Err(Socks5Error::NotSocks5(version));
-    }
-    let n = tcp.read_u8().await? as usize;
-    let mut methods = vec![0u8; n];
-    tcp.read_exact(&mut methods).await?;
-    if !methods.contains(&0x00) {
-        tcp.write_all(&[0x05, 0xff]).await?;
-        return Err(Socks5Error::NoAcceptableMethod);
-    }
-    tcp.write_all(&[0x05, 0x00]).await?;
-
-    // Request: VER, CMD, RSV, ATYP, DST.ADDR, DST.PORT
-    let mut head = [0u8; 4];
-    tcp.read_exact(&mut head).await?;
-    if head[0] != 0x05 {
-        return Err(Socks5Error::NotSocks5(head[0]));
-    }
-    if head[1] != 0x01 {
-        send_reply(&mut tcp, reply::COMMAND_NOT_SUPPORTED, unspecified()).await?;
-        return Err(Socks5Error::UnsupportedCommand(head[1]));
-    }
-    let dst = match head[3] {
-        0x01 => {
-            let mut ip = [0u8; 4];
-            tcp.read_exact(&mut ip).await?;
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), tcp.read_u16().await?)
-        }
-        0x04 => {
-            let mut ip = [0u8; 16];
-            tcp.read_exact(&mut ip).await?;
-            SocketAddr::new(IpAddr::V6(Ipv6Addr::from(ip)), tcp.read_u16().await?)
-        }
-        0x03 => {
-            let len = tcp.read_u8().await? as usize;
-            let mut name = vec![0u8; len];
-            tcp.read_exact(&mut name).await?;
-            let port = tcp.read_u16().await?;
-            let name = String::from_utf8_lossy(&name).into_owned();
-            match resolve_name(core, &name, port).await {
-                Some(addr) => addr,
-                None => {
-                    send_reply(&mut tcp, reply::HOST_UNREACHABLE, unspecified()).await?;
-                    return Err(Socks5Error::Unresolvable(name));
-                }
-            }
-        }
-        other => {
-            send_reply(&mut tcp, reply::ADDRESS_TYPE_NOT_SUPPORTED, unspecified()).await?;
-            return Err(Socks5Error::UnsupportedAddressType(other));
-        }
-    };
+    // A client that connects and then says nothing (or too little) is cut
+    // after the handshake timeout, so it cannot hold a task and a socket.
+    let limit = core.h2.handshake_timeout;
+    let dst = tokio::time::timeout(limit, negotiate(core, &mut tcp))
+        .await
+        .map_err(|_| Socks5Error::Silent(limit))??;
 
     let Some(source) = core
         .registry()
@@ -185,6 +140,65 @@ async fn handle(
         }
     }
     Ok(())
+}
+
+/// The greeting and the request, up to the destination asked for.
+async fn negotiate(core: &ProxyCore, tcp: &mut TcpStream) -> Result<SocketAddr, Socks5Error> {
+    // Greeting: VER, NMETHODS, METHODS…
+    let version = tcp.read_u8().await?;
+    if version != 0x05 {
+        return Err(Socks5Error::NotSocks5(version));
+    }
+    let n = tcp.read_u8().await? as usize;
+    let mut methods = vec![0u8; n];
+    tcp.read_exact(&mut methods).await?;
+    if !methods.contains(&0x00) {
+        tcp.write_all(&[0x05, 0xff]).await?;
+        return Err(Socks5Error::NoAcceptableMethod);
+    }
+    tcp.write_all(&[0x05, 0x00]).await?;
+
+    // Request: VER, CMD, RSV, ATYP, DST.ADDR, DST.PORT
+    let mut head = [0u8; 4];
+    tcp.read_exact(&mut head).await?;
+    if head[0] != 0x05 {
+        return Err(Socks5Error::NotSocks5(head[0]));
+    }
+    if head[1] != 0x01 {
+        send_reply(tcp, reply::COMMAND_NOT_SUPPORTED, unspecified()).await?;
+        return Err(Socks5Error::UnsupportedCommand(head[1]));
+    }
+    let dst = match head[3] {
+        0x01 => {
+            let mut ip = [0u8; 4];
+            tcp.read_exact(&mut ip).await?;
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), tcp.read_u16().await?)
+        }
+        0x04 => {
+            let mut ip = [0u8; 16];
+            tcp.read_exact(&mut ip).await?;
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::from(ip)), tcp.read_u16().await?)
+        }
+        0x03 => {
+            let len = tcp.read_u8().await? as usize;
+            let mut name = vec![0u8; len];
+            tcp.read_exact(&mut name).await?;
+            let port = tcp.read_u16().await?;
+            let name = String::from_utf8_lossy(&name).into_owned();
+            match resolve_name(core, &name, port).await {
+                Some(addr) => addr,
+                None => {
+                    send_reply(tcp, reply::HOST_UNREACHABLE, unspecified()).await?;
+                    return Err(Socks5Error::Unresolvable(name));
+                }
+            }
+        }
+        other => {
+            send_reply(tcp, reply::ADDRESS_TYPE_NOT_SUPPORTED, unspecified()).await?;
+            return Err(Socks5Error::UnsupportedAddressType(other));
+        }
+    };
+    Ok(dst)
 }
 
 fn reply_code(e: &OutboundError) -> u8 {

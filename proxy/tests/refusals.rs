@@ -447,3 +447,115 @@ async fn socks5_garbage_is_refused() {
     );
     still_serving(&lab).await;
 }
+
+/// Waits up to `limit` for the other side to close `tcp`.
+async fn closed_within(tcp: &mut (impl AsyncReadExt + Unpin), limit: Duration) -> bool {
+    let mut buf = [0u8; 256];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Slow and half-open clients: a TCP connection to 15008 that never starts
+/// TLS, one that completes TLS (with a good certificate) and never sends
+/// the HTTP/2 preface, and a SOCKS5 client that never sends its request —
+/// each is cut after the handshake timeout and counted by its reason, while
+/// the proxy serves others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_clients_are_cut_after_the_handshake_timeout() {
+    let h2 = H2Settings {
+        handshake_timeout: Duration::from_millis(300),
+        ..H2Settings::default()
+    };
+    let lab = Lab::start_with(64, h2).await;
+    echo_server(SocketAddr::new(lab.ip("2.1"), 9000)).await;
+    let hbone = SocketAddr::new(lab.ip("2.1"), 15008);
+
+    let mut no_tls = TcpStream::connect(hbone).await.unwrap();
+    let tcp = TcpStream::connect(hbone).await.unwrap();
+    let probe = Probe {
+        versions: TLS13,
+        svid: Some(good(&lab)),
+        alpn: vec![b"h2".to_vec()],
+    };
+    let connector = tokio_rustls::TlsConnector::from(probe.config());
+    let mut no_preface = connector
+        .connect(ServerName::IpAddress(hbone.ip().into()), tcp)
+        .await
+        .expect("TLS completes");
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(lab.ip("1.1"), 0)).unwrap();
+    let mut no_request = socket.connect(lab.a.addrs.socks5.unwrap()).await.unwrap();
+    no_request.write_all(&[0x05, 0x01, 0x00]).await.unwrap();
+
+    still_serving(&lab).await;
+    let limit = Duration::from_secs(3);
+    assert!(closed_within(&mut no_tls, limit).await, "no TLS: cut");
+    assert!(
+        closed_within(&mut no_preface, limit).await,
+        "no preface: cut"
+    );
+    assert!(
+        closed_within(&mut no_request, limit).await,
+        "no SOCKS5 request: cut"
+    );
+    settle().await;
+    let (b, a) = (&lab.b.core.metrics, &lab.a.core.metrics);
+    assert_eq!(
+        b.refusal_count(Direction::Inbound, Reason::HandshakeTimeout),
+        1
+    );
+    assert_eq!(
+        b.refusal_count(Direction::Inbound, Reason::ClientTimeout),
+        1
+    );
+    assert_eq!(a.refusal_count(Direction::Socks5, Reason::ClientTimeout), 1);
+    still_serving(&lab).await;
+}
+
+/// The admin port shows certificates and configuration, never a private key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_port_shows_no_private_key() {
+    let lab = Lab::start(65).await;
+    echo_server(SocketAddr::new(lab.ip("2.1"), 9000)).await;
+    still_serving(&lab).await;
+    for path in ["/config_dump", "/certs", "/debug/connections", "/"] {
+        let (status, body) = http_get(lab.b.addrs.admin.unwrap(), path).await;
+        assert_eq!(status, 200, "{path}");
+        assert!(!body.contains("PRIVATE KEY"), "{path} shows a key: {body}");
+    }
+    let (_, certs) = http_get(lab.b.addrs.admin.unwrap(), "/certs").await;
+    assert!(
+        certs.contains("spiffe://cluster.local/ns/demo/sa/echo"),
+        "{certs}"
+    );
+    let svid = lab
+        .b
+        .core
+        .certs
+        .get(&"spiffe://cluster.local/ns/demo/sa/echo".parse().unwrap())
+        .await
+        .unwrap();
+    let der = svid.key.secret_pkcs8_der();
+    let hex: String = der[der.len() - 16..]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    for path in ["/config_dump", "/certs"] {
+        let (_, body) = http_get(lab.b.addrs.admin.unwrap(), path).await;
+        assert!(
+            !body.to_lowercase().contains(&hex),
+            "{path} holds key bytes"
+        );
+    }
+    let defaults = hbone_proxy::config::Listeners::default();
+    assert!(
+        defaults.admin.is_none_or(|a| a.ip().is_loopback()),
+        "the admin port is not opened to the network by default"
+    );
+}

@@ -38,6 +38,10 @@ use crate::tls::{ALPN_H2, handshake_failure_reason, identity_of};
 pub const PROXY_PORTS: [u16; 8] = [15000, 15001, 15006, 15008, 15020, 15021, 15053, 15080];
 
 const DIRECTION: Direction = Direction::Inbound;
+/// Streams a peer may reset before they are accepted (h2's rapid-reset guard).
+const PENDING_RESETS: usize = 50;
+/// Streams the proxy may reset for a peer's protocol errors.
+const LOCAL_ERROR_RESETS: usize = 1024;
 
 /// Accepts HBONE connections until `shutdown`.
 pub async fn serve(
@@ -122,11 +126,20 @@ async fn handle_connection(
         }
     };
     let h2s = &core.h2;
+    // What bounds a hostile peer with a valid certificate: streams beyond
+    // serverMaxStreams are refused with a reason (503 too_many_streams);
+    // header blocks, CONTINUATION frames included, are capped at 64 KiB;
+    // more than PENDING_RESETS streams reset before we accept them (rapid
+    // reset) or LOCAL_ERROR_RESETS streams we had to reset for the peer's
+    // errors close the connection (GOAWAY ENHANCE_YOUR_CALM); what is queued
+    // for a peer that never opens its window is bounded by h2's send buffer.
     let connection = h2::server::Builder::new()
         .initial_window_size(h2s.stream_window)
         .initial_connection_window_size(h2s.connection_window)
         .max_frame_size(h2s.max_frame_size)
         .max_header_list_size(64 * 1024)
+        .max_pending_accept_reset_streams(PENDING_RESETS)
+        .max_local_error_reset_streams(Some(LOCAL_ERROR_RESETS))
         .handshake::<_, Bytes>(tls);
     // A peer that completes TLS and then sends no HTTP/2 preface is cut
     // after the handshake timeout, as one that never finishes TLS is.
@@ -178,7 +191,11 @@ async fn handle_connection(
                 ctx.handle(request, respond, &tasks);
             }
             Some(Err(e)) => {
-                if !e.is_go_away() && !e.is_io() {
+                if e.is_go_away() && e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) {
+                    // Our own GOAWAY: the peer crossed one of the limits above.
+                    core.metrics.refused(DIRECTION, Reason::H2Abuse);
+                    warn!(%peer, peer_identity = %peer_identity, error = %e, "HBONE connection closed: the peer abused HTTP/2 (too many resets or errors)");
+                } else if !e.is_go_away() && !e.is_io() {
                     warn!(%peer, error = %e, "HBONE connection error");
                 }
                 break;

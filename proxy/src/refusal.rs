@@ -92,6 +92,7 @@ reasons! {
     ConnectFailed => "connect_failed": "The TCP connect to the destination failed.",
     H2Error => "h2_error": "HTTP/2 with the destination proxy failed.",
     H2Handshake => "h2_handshake": "The client completed TLS but not the HTTP/2 handshake.",
+    H2Abuse => "h2_abuse": "The peer crossed an HTTP/2 limit (rapid reset, too many errors) and its connection was closed.",
     ClientTimeout => "client_timeout": "The client connected and did not finish its part in time (its SOCKS5 request, its HTTP/2 preface).",
     BadRequest => "bad_request": "The destination proxy answered 400.",
     UpstreamUnavailable => "upstream_unavailable": "The destination proxy answered another error.",

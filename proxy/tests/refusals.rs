@@ -559,3 +559,75 @@ async fn the_admin_port_shows_no_private_key() {
         "the admin port is not opened to the network by default"
     );
 }
+
+/// HTTP/2 rapid reset from a peer with a valid certificate: thousands of
+/// CONNECTs each cancelled at once. The proxy's h2 limits bound it — at
+/// most `serverMaxStreams` concurrent streams advertised and enforced, and
+/// h2's cap on streams reset before they are accepted, past which the
+/// connection is closed (GOAWAY) — every stream's resources are released,
+/// and other connections are served throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rapid_reset_is_bounded_and_harms_no_other_connection() {
+    let lab = Lab::start(67).await;
+    echo_server(SocketAddr::new(lab.ip("2.1"), 9000)).await;
+    let hbone = SocketAddr::new(lab.ip("2.1"), 15008);
+    let target = format!("{}:9000", lab.ip("2.1"));
+    let mut send = h2_session(&lab, hbone).await;
+    let mut sent = 0;
+    let mut ended = None;
+    for _ in 0..5000 {
+        let mut ready = match send.clone().ready().await {
+            Ok(r) => r,
+            Err(e) => {
+                ended = Some(e);
+                break;
+            }
+        };
+        let request = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(&target)
+            .body(())
+            .unwrap();
+        let mut stream = match ready.send_request(request, false) {
+            Ok((_, stream)) => stream,
+            Err(e) => {
+                ended = Some(e);
+                break;
+            }
+        };
+        stream.send_reset(h2::Reason::CANCEL);
+        send = ready;
+        sent += 1;
+    }
+    still_serving(&lab).await;
+    // Everything the attack opened is let go.
+    let mut released = false;
+    for _ in 0..100 {
+        if lab.b.core.established.is_empty() {
+            released = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        released,
+        "{} streams still held",
+        lab.b.core.established.len()
+    );
+    // Whether h2's guard fires depends on whether the peer's resets outrun
+    // the proxy's accepts. When it does, the proxy sends GOAWAY
+    // ENHANCE_YOUR_CALM (the peer may see only the closed socket, or nothing
+    // before its last send), logs and counts it — once.
+    settle().await;
+    let counted = lab
+        .b
+        .core
+        .metrics
+        .refusal_count(Direction::Inbound, Reason::H2Abuse);
+    assert!(counted <= 1, "{counted}");
+    assert_eq!(
+        counted == 1,
+        log_text().contains("the peer abused HTTP/2"),
+        "counted and logged together ({sent} resets sent, the client saw {ended:?})"
+    );
+}

@@ -631,3 +631,29 @@ async fn rapid_reset_is_bounded_and_harms_no_other_connection() {
         "counted and logged together ({sent} resets sent, the client saw {ended:?})"
     );
 }
+
+/// A workload cannot use its node proxy to reach another workload's proxy
+/// ports: each CONNECT aimed at 15000, 15001, 15006, 15008, 15020, 15021 or
+/// 15080 of a meshed workload is refused by the receiving proxy with its
+/// reason (as ztunnel refuses them), so no request loops through a proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workload_cannot_reach_another_workloads_proxy_ports() {
+    let lab = Lab::start(68).await;
+    echo_server(SocketAddr::new(lab.ip("2.1"), 9000)).await;
+    let ports = [15000, 15001, 15006, 15008, 15020, 15021, 15080];
+    for port in ports {
+        let dst = SocketAddr::new(lab.ip("2.1"), port);
+        let refused = socks5_connect(lab.a.addrs.socks5.unwrap(), lab.ip("1.1"), dst).await;
+        assert!(refused.is_err(), "{dst} is a proxy port");
+    }
+    settle().await;
+    assert_eq!(
+        lab.b
+            .core
+            .metrics
+            .refusal_count(Direction::Inbound, Reason::ProxyPort),
+        ports.len() as u64,
+        "each refused by the receiving proxy, by reason"
+    );
+    still_serving(&lab).await;
+}

@@ -142,63 +142,138 @@ async fn handle(
     Ok(())
 }
 
-/// The greeting and the request, up to the destination asked for.
-async fn negotiate(core: &ProxyCore, tcp: &mut TcpStream) -> Result<SocketAddr, Socks5Error> {
-    // Greeting: VER, NMETHODS, METHODS…
-    let version = tcp.read_u8().await?;
+/// What a SOCKS5 request asks to reach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Addr(SocketAddr),
+    /// A host name (ATYP 3) and port, resolved by the proxy.
+    Name(String, u16),
+}
+
+/// The greeting (VER, NMETHODS, METHODS…) at the start of `buf`: its
+/// length once complete and acceptable, `None` while more bytes are needed.
+/// Pure, so that it can be fuzzed.
+pub fn parse_greeting(buf: &[u8]) -> Result<Option<usize>, Socks5Error> {
+    let Some(&version) = buf.first() else {
+        return Ok(None);
+    };
     if version != 0x05 {
         return Err(Socks5Error::NotSocks5(version));
     }
-    let n = tcp.read_u8().await? as usize;
-    let mut methods = vec![0u8; n];
-    tcp.read_exact(&mut methods).await?;
+    let Some(&n) = buf.get(1) else {
+        return Ok(None);
+    };
+    let end = 2 + usize::from(n);
+    let Some(methods) = buf.get(2..end) else {
+        return Ok(None);
+    };
     if !methods.contains(&0x00) {
-        tcp.write_all(&[0x05, 0xff]).await?;
         return Err(Socks5Error::NoAcceptableMethod);
     }
-    tcp.write_all(&[0x05, 0x00]).await?;
+    Ok(Some(end))
+}
 
-    // Request: VER, CMD, RSV, ATYP, DST.ADDR, DST.PORT
-    let mut head = [0u8; 4];
-    tcp.read_exact(&mut head).await?;
+/// The request (VER, CMD, RSV, ATYP, DST.ADDR, DST.PORT) at the start of
+/// `buf`: the target and the request's length once complete, `None` while
+/// more bytes are needed.
+pub fn parse_request(buf: &[u8]) -> Result<Option<(Target, usize)>, Socks5Error> {
+    let Some(head) = buf.get(..4) else {
+        return Ok(None);
+    };
     if head[0] != 0x05 {
         return Err(Socks5Error::NotSocks5(head[0]));
     }
     if head[1] != 0x01 {
-        send_reply(tcp, reply::COMMAND_NOT_SUPPORTED, unspecified()).await?;
         return Err(Socks5Error::UnsupportedCommand(head[1]));
     }
-    let dst = match head[3] {
-        0x01 => {
-            let mut ip = [0u8; 4];
-            tcp.read_exact(&mut ip).await?;
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), tcp.read_u16().await?)
-        }
-        0x04 => {
-            let mut ip = [0u8; 16];
-            tcp.read_exact(&mut ip).await?;
-            SocketAddr::new(IpAddr::V6(Ipv6Addr::from(ip)), tcp.read_u16().await?)
-        }
+    let port_at = |at: usize| {
+        buf.get(at..at + 2)
+            .map(|p| u16::from_be_bytes([p[0], p[1]]))
+    };
+    Ok(match head[3] {
+        0x01 => buf.get(4..8).zip(port_at(8)).map(|(ip, port)| {
+            let ip = Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3]);
+            (Target::Addr(SocketAddr::new(IpAddr::V4(ip), port)), 10)
+        }),
+        0x04 => buf.get(4..20).zip(port_at(20)).map(|(ip, port)| {
+            let ip: [u8; 16] = ip.try_into().expect("16 bytes");
+            (
+                Target::Addr(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(ip)), port)),
+                22,
+            )
+        }),
         0x03 => {
-            let len = tcp.read_u8().await? as usize;
-            let mut name = vec![0u8; len];
-            tcp.read_exact(&mut name).await?;
-            let port = tcp.read_u16().await?;
-            let name = String::from_utf8_lossy(&name).into_owned();
-            match resolve_name(core, &name, port).await {
-                Some(addr) => addr,
-                None => {
-                    send_reply(tcp, reply::HOST_UNREACHABLE, unspecified()).await?;
-                    return Err(Socks5Error::Unresolvable(name));
-                }
-            }
+            let Some(&len) = buf.get(4) else {
+                return Ok(None);
+            };
+            let end = 5 + usize::from(len);
+            buf.get(5..end).zip(port_at(end)).map(|(name, port)| {
+                let name = String::from_utf8_lossy(name).into_owned();
+                (Target::Name(name, port), end + 2)
+            })
         }
-        other => {
-            send_reply(tcp, reply::ADDRESS_TYPE_NOT_SUPPORTED, unspecified()).await?;
-            return Err(Socks5Error::UnsupportedAddressType(other));
+        other => return Err(Socks5Error::UnsupportedAddressType(other)),
+    })
+}
+
+/// Reads until `parse` finds a complete message at the start of `buf`;
+/// consumes it.
+async fn read_message<T>(
+    tcp: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    parse: impl Fn(&[u8]) -> Result<Option<(T, usize)>, Socks5Error>,
+) -> Result<T, Socks5Error> {
+    loop {
+        if let Some((value, used)) = parse(buf)? {
+            buf.drain(..used);
+            return Ok(value);
+        }
+        // A greeting or a request is at most 262 bytes; read no more than that.
+        let mut chunk = [0u8; 262];
+        let n = tcp.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The greeting and the request, up to the destination asked for,
+/// answering each as SOCKS5 says.
+async fn negotiate(core: &ProxyCore, tcp: &mut TcpStream) -> Result<SocketAddr, Socks5Error> {
+    let mut buf = Vec::with_capacity(64);
+    match read_message(tcp, &mut buf, |b| Ok(parse_greeting(b)?.map(|n| ((), n)))).await {
+        Ok(()) => tcp.write_all(&[0x05, 0x00]).await?,
+        Err(e @ Socks5Error::NoAcceptableMethod) => {
+            tcp.write_all(&[0x05, 0xff]).await?;
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    }
+    let target = match read_message(tcp, &mut buf, parse_request).await {
+        Ok(target) => target,
+        Err(e) => {
+            let code = match e {
+                Socks5Error::UnsupportedCommand(_) => Some(reply::COMMAND_NOT_SUPPORTED),
+                Socks5Error::UnsupportedAddressType(_) => Some(reply::ADDRESS_TYPE_NOT_SUPPORTED),
+                _ => None,
+            };
+            if let Some(code) = code {
+                send_reply(tcp, code, unspecified()).await?;
+            }
+            return Err(e);
         }
     };
-    Ok(dst)
+    match target {
+        Target::Addr(addr) => Ok(addr),
+        Target::Name(name, port) => match resolve_name(core, &name, port).await {
+            Some(addr) => Ok(addr),
+            None => {
+                send_reply(tcp, reply::HOST_UNREACHABLE, unspecified()).await?;
+                Err(Socks5Error::Unresolvable(name))
+            }
+        },
+    }
 }
 
 fn reply_code(e: &OutboundError) -> u8 {
@@ -216,4 +291,49 @@ async fn resolve_name(core: &ProxyCore, name: &str, port: u16) -> Option<SocketA
         return service.vips.first().map(|ip| SocketAddr::new(*ip, port));
     }
     tokio::net::lookup_host((name, port)).await.ok()?.next()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greeting_and_request_parse_whole_in_part_and_wrong() {
+        let greeting = [0x05, 0x02, 0x02, 0x00];
+        assert_eq!(parse_greeting(&greeting).unwrap(), Some(4));
+        assert_eq!(
+            parse_greeting(&greeting[..3]).unwrap(),
+            None,
+            "needs its methods"
+        );
+        assert!(matches!(
+            parse_greeting(&[0x05, 0x01, 0x02]),
+            Err(Socks5Error::NoAcceptableMethod)
+        ));
+        assert!(matches!(
+            parse_greeting(b"GET /"),
+            Err(Socks5Error::NotSocks5(0x47))
+        ));
+        let v4 = [0x05, 0x01, 0x00, 0x01, 10, 0, 0, 1, 0x1f, 0x90];
+        assert_eq!(
+            parse_request(&v4).unwrap(),
+            Some((Target::Addr("10.0.0.1:8080".parse().unwrap()), 10))
+        );
+        for cut in 0..v4.len() {
+            assert_eq!(parse_request(&v4[..cut]).unwrap(), None, "{cut} bytes");
+        }
+        let name = [&[0x05, 0x01, 0x00, 0x03, 4][..], b"echo", &[0, 80]].concat();
+        assert_eq!(
+            parse_request(&name).unwrap(),
+            Some((Target::Name("echo".into(), 80), 11))
+        );
+        assert!(matches!(
+            parse_request(&[0x05, 0x02, 0, 1]),
+            Err(Socks5Error::UnsupportedCommand(2))
+        ));
+        assert!(matches!(
+            parse_request(&[0x05, 0x01, 0, 9]),
+            Err(Socks5Error::UnsupportedAddressType(9))
+        ));
+    }
 }

@@ -5,8 +5,9 @@
 # PostgreSQL server binaries, iptables, iproute2, procps, openssl, the
 # shell linter, Chromium (the status page is checked in a real browser) and
 # Wireshark's tshark (a captured HBONE hop is decrypted and decoded).
-# Then: format check, clippy (warnings are errors), and every test with
-# cargo-nextest (or cargo test where nextest is not installed).
+# Then: format check, clippy (warnings are errors), every test with
+# cargo-nextest (or cargo test where nextest is not installed), and a short
+# run of every fuzz target (scripts/fuzz-smoke.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +24,7 @@ command -v openssl >/dev/null || need_packages+=(openssl)
 command -v shellcheck >/dev/null || need_packages+=(shellcheck)
 command -v chromium >/dev/null || need_packages+=(chromium fonts-dejavu-core)
 command -v tshark >/dev/null || need_packages+=(tshark)
+command -v c++ >/dev/null || need_packages+=(g++)   # libFuzzer, for the fuzz smoke run
 
 if ((${#need_packages[@]})); then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
@@ -65,4 +67,16 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   say "cargo test (cargo-nextest not installed)"
   cargo test --workspace --no-fail-fast "$@" "${test_ignored[@]}"
+fi
+
+# Every fuzz target for a while (HBONE_FUZZ_SECONDS each, default 20; 0
+# skips), where cargo-fuzz can be installed.
+fuzz_seconds="${HBONE_FUZZ_SECONDS:-20}"
+if [[ "$fuzz_seconds" != 0 ]]; then
+  if command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked --quiet; then
+    say "fuzz smoke run (${fuzz_seconds} s per target)"
+    scripts/fuzz-smoke.sh "$fuzz_seconds"
+  else
+    echo "cargo-fuzz cannot be installed here: the fuzz smoke run is skipped" >&2
+  fi
 fi

@@ -200,8 +200,11 @@ pub struct ProxyConfig {
     pub connection_log: usize,
 }
 
+/// How many finished connections the connection log keeps by default.
+pub const DEFAULT_CONNECTION_LOG: usize = 1000;
+
 fn default_connection_log() -> usize {
-    crate::connection_log::DEFAULT_CAPACITY
+    DEFAULT_CONNECTION_LOG
 }
 
 /// `kubernetes:` — build the registry from the cluster the proxy runs in.

@@ -15,7 +15,7 @@ use hbone_policies::decision::Decision;
 use serde::Serialize;
 
 /// The default ring size.
-pub const DEFAULT_CAPACITY: usize = 1000;
+pub use crate::config::DEFAULT_CONNECTION_LOG as DEFAULT_CAPACITY;
 
 /// How a connection ended (or that it has not).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

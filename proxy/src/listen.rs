@@ -1,4 +1,5 @@
-//! The accept loop every listener shares: accept until shutdown, set
+//! Binding a listener (on the host or inside a pod's network namespace),
+//! and the accept loop every listener shares: accept until shutdown, set
 //! TCP_NODELAY, hand each connection to its handler on the proxy's task
 //! tracker (so draining can wait for it), log accept errors and go on.
 //!
@@ -8,12 +9,39 @@
 //! many accepts failed, and recovers by itself once descriptors are free.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use thiserror::Error;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
+
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        addr: SocketAddr,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Binds inside a network namespace (in-pod mode) or here.
+pub(crate) fn bind_in(
+    netns: Option<&Path>,
+    addr: SocketAddr,
+    what: &'static str,
+) -> Result<TcpListener, StartError> {
+    let std = crate::netns::bind_listener(netns, addr).map_err(|e| StartError::Bind {
+        addr,
+        what,
+        source: std::io::Error::other(e),
+    })?;
+    TcpListener::from_std(std).map_err(|source| StartError::Bind { addr, what, source })
+}
 
 /// Whether an accept error means the process or the system is out of a resource.
 fn exhausted(e: &std::io::Error) -> bool {

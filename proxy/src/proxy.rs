@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -14,21 +13,13 @@ use tracing::info;
 use crate::admin::{self, Endpoints};
 use crate::config::Listeners;
 use crate::core::ProxyCore;
+use crate::listen::bind_in;
 use crate::outbound::Outbound;
 use crate::pool::Pool;
-use crate::workload_listeners::{WorkloadListeners, bind_in};
+use crate::workload_listeners::WorkloadListeners;
 use crate::{capture, socks5};
 
-#[derive(Debug, Error)]
-pub enum StartError {
-    #[error("cannot listen on {addr} ({what}): {source}")]
-    Bind {
-        addr: SocketAddr,
-        what: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
-}
+pub use crate::listen::StartError;
 
 /// The addresses actually bound (ports resolved when 0 was asked).
 #[derive(Debug, Clone, Default)]

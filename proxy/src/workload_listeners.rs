@@ -8,11 +8,10 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -20,8 +19,8 @@ use tracing::{info, warn};
 
 use crate::config::Listeners;
 use crate::core::ProxyCore;
+use crate::listen::{StartError, bind_in};
 use crate::outbound::Outbound;
-use crate::proxy::StartError;
 use crate::registry::Workload;
 use crate::{capture, inbound};
 
@@ -45,20 +44,6 @@ pub struct Opened {
     pub plaintext: Vec<SocketAddr>,
     /// The in-pod outbound listener, inside the workload's namespace.
     pub pod_outbound: Option<SocketAddr>,
-}
-
-/// Binds inside a network namespace (in-pod mode) or here.
-pub(crate) fn bind_in(
-    netns: Option<&Path>,
-    addr: SocketAddr,
-    what: &'static str,
-) -> Result<TcpListener, StartError> {
-    let std = crate::netns::bind_listener(netns, addr).map_err(|e| StartError::Bind {
-        addr,
-        what,
-        source: std::io::Error::other(e),
-    })?;
-    TcpListener::from_std(std).map_err(|source| StartError::Bind { addr, what, source })
 }
 
 /// The listeners of every local workload, kept in step with the registry.

@@ -7,10 +7,12 @@
 //! refused, naming file and field), evaluates each layer the way its data
 //! plane does, and says which policy and rule decided.
 //!
-//! - [`istio`]: AuthorizationPolicy and PeerAuthentication as written.
+//! - [`istio_crd`]: AuthorizationPolicy and PeerAuthentication as written, typed.
 //! - [`authorization`]: their translation as istiod sends it to ztunnel
 //!   (the workload API's `Authorization`), and ztunnel's evaluation of it —
 //!   the form every decision in hbone-lab is made on.
+//! - [`istio`]: the CRDs of a mesh held together and decided on through
+//!   that translation (`IstioPolicies`).
 //! - [`cilium`]: CiliumNetworkPolicy and CiliumClusterwideNetworkPolicy at L3/L4.
 //! - [`schema`]: the upstream CRD schemas, checked before typing.
 //! - [`load`]: reading multi-document YAML files and directories.
@@ -25,6 +27,7 @@ pub mod cilium;
 pub mod decision;
 pub mod expect;
 pub mod istio;
+pub mod istio_crd;
 pub mod lab;
 pub mod load;
 pub mod matrix;

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hbone_policies::istio::IstioPolicies;
-use hbone_policies::istio::types::{AuthorizationPolicy, PeerAuthentication};
+use hbone_policies::istio::{AuthorizationPolicy, PeerAuthentication};
 use hbone_policies::selector::labels_match;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};

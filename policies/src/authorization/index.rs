@@ -14,7 +14,7 @@ use super::eval::{self, Connection, Verdict};
 use super::peer_authn::{self, convert_peer_authentication, oldest, workload_policy_keys};
 use super::translate::translate_authorization_policy;
 use super::{Authorization, Scope};
-use crate::istio::types::{AuthorizationPolicy, PeerAuthentication};
+use crate::istio_crd::{AuthorizationPolicy, PeerAuthentication};
 use crate::selector::labels_match;
 
 /// A workload as policy selection sees it.

@@ -29,7 +29,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Action, Authorization, Clause, Match, Rule, Scope};
-use crate::istio::types::{MtlsMode, MutualTls, PeerAuthentication};
+use crate::istio_crd::{MtlsMode, MutualTls, PeerAuthentication};
 use crate::selector::labels_match;
 
 /// The name of the static STRICT policy (with `_`, illegal in Kubernetes names).

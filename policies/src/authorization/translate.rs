@@ -25,7 +25,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use super::{Action, Authorization, Clause, Match, Rule, Scope, ServiceAccountMatch, StringMatch};
-use crate::istio::types::{self as crd, AuthorizationPolicy, Condition};
+use crate::istio_crd::{self as crd, AuthorizationPolicy, Condition};
 
 /// The annotation that asks for a dry run.
 pub const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";

@@ -14,11 +14,11 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::OnceLock;
 
-use super::types::{AuthorizationPolicy, PeerAuthentication};
 pub use crate::authorization::peer_authn::MtlsDecision;
 use crate::authorization::peer_authn::effective_mode;
 use crate::authorization::{Connection, MeshAuthorization, WorkloadRef};
 pub use crate::decision::Decision;
+use crate::istio_crd::{AuthorizationPolicy, PeerAuthentication};
 
 /// The workload a connection arrives at.
 #[derive(Debug, Clone)]

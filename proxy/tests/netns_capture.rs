@@ -13,7 +13,9 @@ use hbone_policies::load::{istio_policies, parse_documents};
 use hbone_proxy::ProxyHandle;
 use hbone_proxy::config::{H2Settings, Listeners};
 use hbone_proxy::core::{CoreSettings, ProxyCore};
-use hbone_proxy::netns::{NetNs, can_create, outbound_capture_rules, tcp_socket, veth};
+use hbone_proxy::netns::{
+    NetNs, can_create, install_rules, jump_to, outbound_capture_rules, tcp_socket, veth,
+};
 use hbone_proxy::registry::Registry;
 use hbone_proxy::tls::MeshTrust;
 use support::{POLICY, echo_roundtrip, echo_server_in};
@@ -39,19 +41,8 @@ async fn redirected_traffic_crosses_namespaces_over_hbone() {
     .unwrap();
     // ztunnel's in-pod rules, reduced: skip the proxy's own marked sockets and loopback, capture the rest.
     let mut rules = outbound_capture_rules("HBL_OUTPUT", &[]);
-    rules.push(
-        ["-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-j", "HBL_OUTPUT"]
-            .map(String::from)
-            .to_vec(),
-    );
-    for rule in rules {
-        client_ns
-            .exec(
-                "iptables",
-                &rule.iter().map(String::as_str).collect::<Vec<_>>(),
-            )
-            .unwrap();
-    }
+    rules.push(jump_to("OUTPUT", "HBL_OUTPUT"));
+    install_rules(&client_ns, &rules).unwrap();
 
     let registry = format!(
         "

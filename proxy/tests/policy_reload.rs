@@ -8,7 +8,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use hbone_proxy::policy_watch::follow_policies;
-use support::{DENY_CLIENT, Lab, POLICY, echo_server, http_get, log_text, socks5_connect};
+use support::{
+    DENY_CLIENT, Lab, POLICY, closed_within, echo_server, http_get, log_text, socks5_connect,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -34,19 +36,6 @@ async fn still_carries(tcp: &mut TcpStream) -> bool {
         tokio::time::timeout(Duration::from_secs(3), tcp.read_exact(&mut back)).await,
         Ok(Ok(_)) if &back == b"ping"
     )
-}
-
-/// Waits (up to 3 s) until `tcp` is closed by the other side.
-async fn closed_by_peer(tcp: &mut TcpStream) -> bool {
-    let mut buf = [0u8; 64];
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    loop {
-        match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            Ok(Ok(_)) => continue,
-            Err(_) => return false,
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,7 +78,7 @@ async fn a_new_deny_closes_the_streams_it_covers_and_a_broken_edit_is_ignored() 
     // A DENY for the client: the open stream is closed, new ones refused.
     std::fs::write(dir.path().join("30-deny.yaml"), DENY_CLIENT).unwrap();
     assert!(
-        closed_by_peer(&mut open).await,
+        closed_within(&mut open, Duration::from_secs(3)).await,
         "the open stream was closed"
     );
     let refused = socks5_connect(socks, lab.ip("1.1"), echo).await;

@@ -448,19 +448,6 @@ async fn socks5_garbage_is_refused() {
     still_serving(&lab).await;
 }
 
-/// Waits up to `limit` for the other side to close `tcp`.
-async fn closed_within(tcp: &mut (impl AsyncReadExt + Unpin), limit: Duration) -> bool {
-    let mut buf = [0u8; 256];
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            Ok(Ok(_)) => continue,
-            Err(_) => return false,
-        }
-    }
-}
-
 /// Slow and half-open clients: a TCP connection to 15008 that never starts
 /// TLS, one that completes TLS (with a good certificate) and never sends
 /// the HTTP/2 preface, and a SOCKS5 client that never sends its request —

@@ -17,7 +17,7 @@ use hbone_policies::load::{istio_policies, parse_documents};
 use hbone_proxy::ProxyHandle;
 use hbone_proxy::config::{H2Settings, Listeners};
 use hbone_proxy::core::{CoreSettings, ProxyCore};
-use hbone_proxy::netns::{NetNs, outbound_capture_rules, tcp_socket, veth};
+use hbone_proxy::netns::{NetNs, install_rules, jump_to, outbound_capture_rules, tcp_socket, veth};
 use hbone_proxy::registry::Registry;
 use hbone_proxy::tls::MeshTrust;
 use hbone_proxy::zds_pods::{ZdsStatus, follow};
@@ -180,19 +180,8 @@ async fn one_proxy_serves_the_pods_the_node_agent_hands_it() {
     )
     .unwrap();
     let mut rules = outbound_capture_rules("HBL_OUTPUT", &[]);
-    rules.push(
-        ["-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-j", "HBL_OUTPUT"]
-            .map(String::from)
-            .to_vec(),
-    );
-    for rule in rules {
-        client_ns
-            .exec(
-                "iptables",
-                &rule.iter().map(String::as_str).collect::<Vec<_>>(),
-            )
-            .unwrap();
-    }
+    rules.push(jump_to("OUTPUT", "HBL_OUTPUT"));
+    install_rules(&client_ns, &rules).unwrap();
     echo_server_in(
         Some(&echo_ns.path()),
         SocketAddr::new(ECHO.parse().unwrap(), 9000),

@@ -97,18 +97,11 @@ impl MeshAuthorization {
         if !pas.is_empty() {
             policies.push(peer_authn::static_strict(root));
         }
-        let by_key = policies
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (p.key(), i))
-            .collect();
         MeshAuthorization {
-            root_namespace: root.to_string(),
-            policies,
-            by_key,
             selections,
             peer_authentication: pas.to_vec(),
             notes,
+            ..MeshAuthorization::pushed(root, policies)
         }
     }
 

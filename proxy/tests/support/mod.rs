@@ -375,3 +375,16 @@ impl Lab {
         assert_eq!((n, sent), (len, received), "every byte came back intact");
     }
 }
+
+/// Waits up to `limit` for the other side to close `tcp`.
+pub async fn closed_within(tcp: &mut (impl AsyncReadExt + Unpin), limit: Duration) -> bool {
+    let mut buf = [0u8; 256];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}

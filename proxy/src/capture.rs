@@ -93,11 +93,9 @@ pub async fn serve_plaintext(
 const DIRECTION_NAME: &str = "inbound_plaintext";
 
 async fn plaintext(core: Arc<ProxyCore>, mut tcp: TcpStream, peer: SocketAddr) {
-    let record = |dst: Option<SocketAddr>, workload: Option<&Workload>| {
-        let dst = dst.map_or("-".to_string(), |d| d.to_string());
-        let mut r = ConnectionRecord::new(DIRECTION_NAME, peer.to_string(), dst);
-        r.dst_workload = workload.map(|w| w.name.clone());
-        r.dst_identity = workload.map(|w| w.identity().to_string());
+    let record = |dst: Option<SocketAddr>, workload: Option<&Arc<Workload>>| {
+        let mut r = ConnectionRecord::new(DIRECTION_NAME, Some(peer), dst);
+        r.dst_workload = workload.cloned();
         r
     };
     let refuse = |reason: Reason, detail: String, r: ConnectionRecord| {
@@ -121,7 +119,8 @@ async fn plaintext(core: Arc<ProxyCore>, mut tcp: TcpStream, peer: SocketAddr) {
     };
     let decision = decide(&core.policies(), &workload, None, peer.ip(), dst);
     let mut logged = record(Some(dst), Some(&workload));
-    logged.decision = Some((&decision).into());
+    let decision = Arc::new(decision);
+    logged.decision = Some(decision.clone());
     if !decision.allowed {
         return refuse(Reason::PolicyDenied, decision.reason.clone(), logged);
     }

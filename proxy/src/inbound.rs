@@ -9,7 +9,7 @@
 //! Every refusal carries a status, a reason (in the `hbone-lab-refusal`
 //! response header, the log and the `hbone_refusals_total` metric).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -217,19 +217,64 @@ struct StreamContext {
 
 struct ActiveStream(Arc<AtomicUsize>);
 
-/// Why a CONNECT stream is refused: its status, the reason for the header
-/// and the metric, and the detail for the log.
 /// Why a CONNECT is refused: the status answered, the reason counted, what the log says.
-struct Refusal {
-    status: StatusCode,
-    reason: Reason,
-    detail: String,
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub reason: Reason,
+    pub detail: String,
     /// The policies' decision, when they refused it.
-    decision: Option<Decision>,
+    pub decision: Option<Decision>,
+}
+
+/// What a CONNECT request asks to reach, checked before any policy: the
+/// method, an `ip:port` `:authority`, that the address is the one the
+/// connection arrived for (`local`) and one of its workload's, and that the
+/// port is not one of the proxy's own (a stream must not loop through it).
+/// Pure, so the fuzzer can throw arbitrary requests at it.
+pub fn connect_target(
+    request: &http::request::Parts,
+    local: IpAddr,
+    workload_ips: &[IpAddr],
+) -> Result<SocketAddr, Refusal> {
+    if request.method != Method::CONNECT {
+        let detail = format!("method {} (HBONE accepts only CONNECT)", request.method);
+        return Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            Reason::NotConnect,
+            detail,
+        ));
+    }
+    let authority = request.uri.authority().map_or("", |a| a.as_str());
+    let Ok(target) = authority.parse::<SocketAddr>() else {
+        let detail = format!(":authority {authority:?} is not ip:port");
+        return Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            Reason::BadAuthority,
+            detail,
+        ));
+    };
+    if target.ip() != local || !workload_ips.contains(&target.ip()) {
+        let detail = format!("{target} is not the workload this connection arrived for ({local})");
+        return Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            Reason::AuthorityMismatch,
+            detail,
+        ));
+    }
+    if PROXY_PORTS.contains(&target.port()) {
+        let detail = format!("port {} belongs to the proxy", target.port());
+        return Err(Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Reason::ProxyPort,
+            detail,
+        ));
+    }
+    Ok(target)
 }
 
 impl Refusal {
-    fn new(status: StatusCode, reason: Reason, detail: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, reason: Reason, detail: impl Into<String>) -> Self {
         Refusal {
             status,
             reason,
@@ -247,12 +292,11 @@ impl Drop for ActiveStream {
 
 impl StreamContext {
     /// What the connection log records of a stream to `dst` on this connection.
-    fn record(&self, dst: String) -> ConnectionRecord {
-        let mut record = ConnectionRecord::new(DIRECTION.as_str(), self.peer.to_string(), dst);
-        record.src_identity = Some(self.peer_identity.to_string());
-        record.dst_workload = Some(self.workload.name.clone());
-        record.dst_identity = Some(self.workload.identity().to_string());
-        record.tls = Some(self.tls.as_ref().clone());
+    fn record(&self, dst: SocketAddr) -> ConnectionRecord {
+        let mut record = ConnectionRecord::new(DIRECTION.as_str(), Some(self.peer), Some(dst));
+        record.src_identity = Some(self.peer_identity.clone());
+        record.dst_workload = Some(self.workload.clone());
+        record.tls = Some(self.tls.clone());
         record
     }
 
@@ -274,8 +318,8 @@ impl StreamContext {
             "HBONE stream refused"
         );
         let header = format!("{reason}: {detail}");
-        let mut record = self.record(self.local.to_string());
-        record.decision = decision.as_ref().map(Into::into);
+        let mut record = self.record(self.local);
+        record.decision = decision.map(Arc::new);
         self.core.connections.refused(record, header.clone());
         let response = Response::builder()
             .status(status)
@@ -320,6 +364,7 @@ impl StreamContext {
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         async move {
             let target = stream.target;
+            let decision = Arc::new(decision);
             let allowed_by = &decision.reason;
             let dial = self.core.connect(Some(&self.workload), None, target);
             let dial = Box::pin(tokio::time::timeout(self.core.h2.connect_timeout, dial));
@@ -367,9 +412,9 @@ impl StreamContext {
                 }
             };
             drop(respond);
-            let mut record = self.record(target.to_string());
-            record.src_workload = source.as_ref().map(|w| w.name.clone());
-            record.decision = Some((&decision).into());
+            let mut record = self.record(target);
+            record.src_workload = source.clone();
+            record.decision = Some(decision.clone());
             let logged = self.core.connections.open(record);
             let entry = self.core.established.insert(stream);
             let relay = bidirectional(upstream, send, recv).revocable(entry.revocation.clone());
@@ -419,46 +464,7 @@ impl StreamContext {
                 format!("this connection already carries {limit} streams"),
             ));
         }
-        if request.method != Method::CONNECT {
-            let detail = format!("method {} (HBONE accepts only CONNECT)", request.method);
-            return Err(Refusal::new(
-                StatusCode::BAD_REQUEST,
-                Reason::NotConnect,
-                detail,
-            ));
-        }
-        let authority = request
-            .uri
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .unwrap_or_default();
-        let Ok(target) = authority.parse::<SocketAddr>() else {
-            let detail = format!(":authority {authority:?} is not ip:port");
-            return Err(Refusal::new(
-                StatusCode::BAD_REQUEST,
-                Reason::BadAuthority,
-                detail,
-            ));
-        };
-        if target.ip() != self.local.ip() || !self.workload.ips.contains(&target.ip()) {
-            let detail = format!(
-                "{target} is not the workload this connection arrived for ({})",
-                self.local.ip()
-            );
-            return Err(Refusal::new(
-                StatusCode::BAD_REQUEST,
-                Reason::AuthorityMismatch,
-                detail,
-            ));
-        }
-        if PROXY_PORTS.contains(&target.port()) {
-            let detail = format!("port {} belongs to the proxy", target.port());
-            return Err(Refusal::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                Reason::ProxyPort,
-                detail,
-            ));
-        }
+        let target = connect_target(request, self.local.ip(), &self.workload.ips)?;
         let stream = Stream {
             peer_identity: self.peer_identity.clone(),
             src_ip: self.peer.ip(),

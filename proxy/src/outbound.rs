@@ -146,7 +146,7 @@ impl Outbound {
         &'a self,
         client: TcpStream,
         client_addr: SocketAddr,
-        source: &'a Workload,
+        source: &'a Arc<Workload>,
         upstream: Upstream,
         route: Route,
     ) -> impl Future<Output = ()> + Send + 'a {
@@ -163,13 +163,11 @@ impl Outbound {
         let guard = ConnectionGuard::open(&self.core.metrics, labels);
         let mut record = ConnectionRecord::new(
             Direction::Outbound.as_str(),
-            client_addr.to_string(),
-            route.target.to_string(),
+            Some(client_addr),
+            Some(route.target),
         );
-        record.src_workload = Some(source.name.clone());
-        record.src_identity = Some(source.identity().to_string());
-        record.dst_workload = route.workload.as_ref().map(|w| w.name.clone());
-        record.dst_identity = route.workload.as_ref().map(|w| w.identity().to_string());
+        record.src_workload = Some(source.clone());
+        record.dst_workload = route.workload.clone();
         let logged = self.core.connections.open(record);
         async move {
             // The whole guard moves in (a field assignment alone would capture a copy).
@@ -223,15 +221,13 @@ impl Outbound {
     pub fn record_failure(
         &self,
         direction: Direction,
-        source: &Workload,
+        source: &Arc<Workload>,
         dst: SocketAddr,
         err: &OutboundError,
     ) {
         self.core.metrics.refused(direction, err.reason());
-        let mut record =
-            ConnectionRecord::new(direction.as_str(), "-".to_string(), dst.to_string());
-        record.src_workload = Some(source.name.clone());
-        record.src_identity = Some(source.identity().to_string());
+        let mut record = ConnectionRecord::new(direction.as_str(), None, Some(dst));
+        record.src_workload = Some(source.clone());
         self.core
             .connections
             .refused(record, format!("{}: {err}", err.reason()));

@@ -35,7 +35,7 @@ fn svid_lines(out: &mut String, who: &str, svid: &Svid) {
 
 /// Tells the story of gateway → hello-app, opening one real connection.
 pub async fn explain(lab: &Lab) -> Result<String, String> {
-    let gateway = lab.pod("hello-gateway").clone();
+    let gateway = std::sync::Arc::new(lab.pod("hello-gateway").clone());
     let hello = lab.pod("hello-app").clone();
     let (Some(node1), Some(node2)) = (lab.node("node-1"), lab.node("node-2")) else {
         return explain_ztunnel(lab).await;

@@ -9,6 +9,7 @@ mod kind_cmd;
 mod logging;
 mod policy_cmd;
 mod proxy_cmd;
+mod soak_cmd;
 mod wire_cmd;
 
 use clap::{Parser, Subcommand};
@@ -55,6 +56,8 @@ enum Command {
     Kind(kind_cmd::KindCommand),
     /// Benchmark direct vs hbone-lab vs ztunnel on the same path (root).
     Bench(bench_cmd::BenchArgs),
+    /// Faults under load through hbone-lab's mesh, every byte checked (root).
+    Soak(soak_cmd::SoakArgs),
     /// Decode a recorded HBONE connection (demo --capture) as a ladder and a diagram.
     Wire(wire_cmd::WireArgs),
 }
@@ -64,7 +67,7 @@ fn main() -> anyhow::Result<()> {
     logging::init(match cli.command {
         Command::Demo(_) | Command::Policy(_) | Command::Wire(_) => "error",
         // The progress bar owns the terminal; the CA's issuance logs would tear it.
-        Command::Bench(_) => "warn",
+        Command::Bench(_) | Command::Soak(_) => "warn",
         _ => "info",
     });
     let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -81,6 +84,7 @@ fn main() -> anyhow::Result<()> {
             Command::Ca(cmd) => ca_cmd::run(cmd).await,
             Command::Proxy(args) => proxy_cmd::run(args).await,
             Command::Bench(args) => bench_cmd::run_bench(args).await,
+            Command::Soak(args) => soak_cmd::run_soak(args).await,
             Command::App(cmd) => app_cmd::run(cmd).await,
             Command::Policy(cmd) => policy_cmd::run(cmd),
             Command::Kind(cmd) => kind_cmd::run(cmd).await,

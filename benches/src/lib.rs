@@ -1,15 +1,18 @@
-//! hbone-bench: direct vs hbone-lab vs ztunnel on the same two-pod path.
+//! hbone-bench: direct vs hbone-lab vs ztunnel on the same two-pod path,
+//! and the soak that runs faults under load on it.
 //!
 //! - [`topology`]: two pod namespaces joined by a veth, capture rules in the client pod.
 //! - [`subjects`]: starting and stopping each subject; one CA for both meshes.
 //! - [`runner`]: scenarios, interleaved repetitions, medians and ratios.
 //! - [`report`]: table and Markdown (JSON comes from serde).
 //! - [`chart`]: the same results as an SVG chart.
+//! - [`soak`]: faults under load on the same path (`hbone-lab soak`): nothing lost.
 //!
 //! Criterion micro-benchmarks of the hot pieces live in `benches/benches/`.
 
 pub mod chart;
 pub mod report;
 pub mod runner;
+pub mod soak;
 pub mod subjects;
 pub mod topology;

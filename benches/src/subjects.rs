@@ -95,7 +95,7 @@ pub struct Shared {
     nodes: Vec<(NetNs, RunningControlPlane)>,
 }
 
-const TOKEN: &str = "bench-token";
+pub(crate) const TOKEN: &str = "bench-token";
 /// What both meshes enforce on every connection: STRICT, and one ALLOW by
 /// identity — the per-connection authorization work a real deployment does.
 pub const BENCH_POLICIES: &str = "apiVersion: security.istio.io/v1
@@ -153,11 +153,7 @@ impl Shared {
         std::fs::write(&root_file, authority.root_pem()).map_err(setup)?;
         let token_file = dir.path().join("token");
         std::fs::write(&token_file, TOKEN).map_err(setup)?;
-        let registry_text = format!(
-            "nodes: [{{name: node-c}}, {{name: node-s}}]\nworkloads:\n  - {{name: client, namespace: bench, serviceAccount: client, labels: {{app: client}}, ips: [{CLIENT_IP}], node: node-c, netns: {}}}\n  - {{name: server, namespace: bench, serviceAccount: server, labels: {{app: server}}, ips: [{SERVER_IP}], node: node-s, netns: {}}}\n",
-            topology.client.path().display(),
-            topology.server.path().display()
-        );
+        let registry_text = registry_yaml(topology);
         std::fs::write(dir.path().join("registry.yaml"), &registry_text).map_err(setup)?;
         std::fs::write(dir.path().join("policies.yaml"), BENCH_POLICIES).map_err(setup)?;
         let registry = Registry::parse(&registry_text, "registry.yaml").map_err(setup)?;
@@ -198,6 +194,15 @@ impl Shared {
             control.server.shutdown().await;
         }
     }
+}
+
+/// The two pods, each on a node of its own, as a registry file says it.
+pub(crate) fn registry_yaml(topology: &Topology) -> String {
+    format!(
+        "nodes: [{{name: node-c}}, {{name: node-s}}]\nworkloads:\n  - {{name: client, namespace: bench, serviceAccount: client, labels: {{app: client}}, ips: [{CLIENT_IP}], node: node-c, netns: {}}}\n  - {{name: server, namespace: bench, serviceAccount: server, labels: {{app: server}}, ips: [{SERVER_IP}], node: node-s, netns: {}}}\n",
+        topology.client.path().display(),
+        topology.server.path().display()
+    )
 }
 
 /// A started subject; stopping kills its processes.
@@ -246,7 +251,7 @@ impl Drop for Running {
     }
 }
 
-fn log_to(path: &Path) -> Result<(Stdio, Stdio), SubjectError> {
+pub(crate) fn log_to(path: &Path) -> Result<(Stdio, Stdio), SubjectError> {
     let file = std::fs::File::create(path).map_err(setup)?;
     Ok((
         Stdio::from(file.try_clone().map_err(setup)?),
@@ -254,7 +259,7 @@ fn log_to(path: &Path) -> Result<(Stdio, Stdio), SubjectError> {
     ))
 }
 
-async fn wait_http_ready(
+pub(crate) async fn wait_http_ready(
     ns: Option<&NetNs>,
     addr: SocketAddr,
     path: &str,

@@ -6,7 +6,10 @@
 //! certificate, counted from when it arrived — plus a little jitter so that
 //! a fleet of proxies started together does not renew in one burst. When the CA is unreachable, the
 //! current certificate stays in use while it is valid, and the manager retries
-//! with exponential backoff (0.5–1 s, doubling, ±20 %, up to 150 s).
+//! with exponential backoff (0.5–1 s, doubling, ±20 %, up to 150 s) — but
+//! never waiting more than a quarter of the time the current certificate has
+//! left, so a CA that returns before expiry is found in time (a 30 s
+//! certificate renewing at 15 s survives a 10 s CA outage).
 //!
 //! Deadlines are computed once from the certificate's wall-clock validity and
 //! then kept on tokio's clock, so the 12 h / 24 h schedule can be tested on a
@@ -162,6 +165,17 @@ impl RenewalPolicy {
         let grown = base.saturating_mul(1u32 << attempt.min(16));
         let jittered = grown.mul_f64(0.8 + 0.4 * rand::random::<f64>());
         jittered.min(self.max_backoff)
+    }
+
+    /// How long to wait after failed attempt number `attempt` (from 0),
+    /// given how long the current certificate has `left` (none: no valid
+    /// certificate): the backoff, capped at a quarter of what is left.
+    pub fn retry_in(&self, attempt: u32, left: Option<Duration>) -> Duration {
+        let backoff = self.backoff(attempt);
+        match left {
+            Some(left) => backoff.min((left / 4).max(self.initial_backoff)),
+            None => backoff,
+        }
     }
 }
 
@@ -349,10 +363,11 @@ async fn renew_forever(
                 refresh_in
             }
             Err(err) => {
-                let backoff = policy.backoff(failures);
-                failures += 1;
                 let now = Instant::now();
-                let still_valid = expires.is_some_and(|e| e > now);
+                let left = expires.and_then(|e| e.checked_duration_since(now));
+                let still_valid = left.is_some_and(|l| !l.is_zero());
+                let backoff = policy.retry_in(failures, left.filter(|l| !l.is_zero()));
+                failures += 1;
                 warn!(%identity, error = %err, retry_in = ?backoff, keeping_current = still_valid, "certificate request failed");
                 tx.send_modify(|state| {
                     if !still_valid {
@@ -368,5 +383,25 @@ async fn renew_forever(
             _ = renew_now.notified() => info!(%identity, "renewing on request"),
             _ = tx.closed() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_come_sooner_as_the_current_certificate_nears_expiry() {
+        let policy = RenewalPolicy::default();
+        // Ten failures in: without a certificate the backoff has grown to its cap.
+        assert_eq!(policy.retry_in(10, None), policy.max_backoff);
+        // With 8 s left, never more than 2 s; with a second left, the floor.
+        assert!(policy.retry_in(10, Some(Duration::from_secs(8))) <= Duration::from_secs(2));
+        assert_eq!(
+            policy.retry_in(10, Some(Duration::from_secs(1))),
+            policy.initial_backoff
+        );
+        // Early failures keep their short backoff (0.4–1.2 s) whatever is left.
+        assert!(policy.retry_in(0, Some(Duration::from_secs(3600))) <= Duration::from_millis(1200));
     }
 }

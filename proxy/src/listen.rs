@@ -35,7 +35,29 @@ pub(crate) fn bind_in(
     addr: SocketAddr,
     what: &'static str,
 ) -> Result<TcpListener, StartError> {
-    let std = crate::netns::bind_listener(netns, addr).map_err(|e| StartError::Bind {
+    bind_with(crate::netns::bind_listener, netns, addr, what)
+}
+
+/// Binds a workload's listener, which a replacement proxy may share while
+/// this one drains ([`crate::netns::bind_handover_listener`]).
+pub(crate) fn bind_workload(
+    netns: Option<&Path>,
+    addr: SocketAddr,
+    what: &'static str,
+) -> Result<TcpListener, StartError> {
+    bind_with(crate::netns::bind_handover_listener, netns, addr, what)
+}
+
+type Binder =
+    fn(Option<&Path>, SocketAddr) -> Result<std::net::TcpListener, crate::netns::NetnsError>;
+
+fn bind_with(
+    binder: Binder,
+    netns: Option<&Path>,
+    addr: SocketAddr,
+    what: &'static str,
+) -> Result<TcpListener, StartError> {
+    let std = binder(netns, addr).map_err(|e| StartError::Bind {
         addr,
         what,
         source: std::io::Error::other(e),

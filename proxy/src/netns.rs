@@ -269,6 +269,26 @@ pub fn bind_listener(
     path: Option<&Path>,
     addr: SocketAddr,
 ) -> Result<std::net::TcpListener, NetnsError> {
+    listener(path, addr, false)
+}
+
+/// Like [`bind_listener`], with SO_REUSEPORT: a workload's listeners, which
+/// a replacement proxy binds while the one it replaces still listens, so
+/// that a hand-over refuses no connection. (With `net.ipv4.tcp_migrate_req`
+/// set, connections still queued on the old listener when it closes move to
+/// the new one instead of being reset.)
+pub fn bind_handover_listener(
+    path: Option<&Path>,
+    addr: SocketAddr,
+) -> Result<std::net::TcpListener, NetnsError> {
+    listener(path, addr, true)
+}
+
+fn listener(
+    path: Option<&Path>,
+    addr: SocketAddr,
+    reuse_port: bool,
+) -> Result<std::net::TcpListener, NetnsError> {
     let bind = move || -> std::io::Result<std::net::TcpListener> {
         let socket = socket2::Socket::new(
             socket2::Domain::for_address(addr),
@@ -276,6 +296,9 @@ pub fn bind_listener(
             None,
         )?;
         socket.set_reuse_address(true)?;
+        if reuse_port {
+            socket.set_reuse_port(true)?;
+        }
         socket.bind(&addr.into())?;
         socket.listen(1024)?;
         socket.set_nonblocking(true)?;

@@ -365,17 +365,46 @@ impl Pool {
         })
     }
 
-    /// Opens a CONNECT stream to `authority` through a pooled connection for `key`.
+    /// Opens a CONNECT stream to `authority` through a pooled connection for
+    /// `key`. A stream the server did not take because it is closing that
+    /// connection (GOAWAY, or REFUSED_STREAM) was never processed, so it is
+    /// sent again, once, on a fresh connection: a peer proxy's drain costs
+    /// no new connection.
     pub async fn open(
         &self,
         key: &PoolKey,
         authority: SocketAddr,
         headers: HeaderMap,
     ) -> Result<Tunnel, TunnelError> {
-        let conn = self.connection(key).await?;
+        match self.open_once(key, authority, &headers).await {
+            Err(Attempt::Unprocessed(conn, source)) => {
+                conn.closed.store(true, Ordering::Release);
+                debug!(connection = conn.id, error = %source, "the peer is closing this HBONE connection: sending the stream again on a new one");
+                drop(conn);
+                self.open_once(key, authority, &headers)
+                    .await
+                    .map_err(|e| e.into_error(key.addr))
+            }
+            result => result.map_err(|e| e.into_error(key.addr)),
+        }
+    }
+
+    async fn open_once(
+        &self,
+        key: &PoolKey,
+        authority: SocketAddr,
+        headers: &HeaderMap,
+    ) -> Result<Tunnel, Attempt> {
+        let conn = self.connection(key).await.map_err(Attempt::Failed)?;
         let guard = StreamGuard { conn: conn.clone() };
         let addr = key.addr;
-        let h2_err = |source| TunnelError::H2 { addr, source };
+        let h2_err = |source: h2::Error| {
+            if source.is_go_away() || source.reason() == Some(h2::Reason::REFUSED_STREAM) {
+                Attempt::Unprocessed(conn.clone(), source)
+            } else {
+                Attempt::Failed(TunnelError::H2 { addr, source })
+            }
+        };
         let mut request = Request::builder()
             .method(Method::CONNECT)
             .uri(authority.to_string())
@@ -394,20 +423,36 @@ impl Pool {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("")
                 .to_string();
-            return Err(TunnelError::Refused {
+            return Err(Attempt::Failed(TunnelError::Refused {
                 status: parts.status,
                 reason,
-            });
+            }));
         }
         Ok(Tunnel {
             send,
             recv,
             response_headers: parts.headers,
-            request_headers: headers,
+            request_headers: headers.clone(),
             tls: conn.tls.clone(),
             connection_id: conn.id,
             guard,
         })
+    }
+}
+
+/// How one attempt at a stream failed.
+enum Attempt {
+    /// The server never processed it: it may be sent again.
+    Unprocessed(Arc<PooledConnection>, h2::Error),
+    Failed(TunnelError),
+}
+
+impl Attempt {
+    fn into_error(self, addr: SocketAddr) -> TunnelError {
+        match self {
+            Attempt::Unprocessed(_, source) => TunnelError::H2 { addr, source },
+            Attempt::Failed(e) => e,
+        }
     }
 }
 

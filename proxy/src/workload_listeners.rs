@@ -19,7 +19,7 @@ use tracing::{info, warn};
 
 use crate::config::Listeners;
 use crate::core::ProxyCore;
-use crate::listen::{StartError, bind_in};
+use crate::listen::{StartError, bind_workload};
 use crate::outbound::Outbound;
 use crate::registry::Workload;
 use crate::{capture, inbound};
@@ -80,7 +80,7 @@ impl WorkloadListeners {
         let mut bound = Vec::new();
         let mut opened = Opened::default();
         for ip in &w.ips {
-            let l = bind_in(
+            let l = bind_workload(
                 netns,
                 SocketAddr::new(*ip, self.ports.hbone_port),
                 "HBONE inbound",
@@ -88,14 +88,14 @@ impl WorkloadListeners {
             opened.hbone.push(l.local_addr().expect("bound"));
             bound.push((l, Kind::Hbone));
             if let Some(port) = self.ports.plaintext_port {
-                let l = bind_in(netns, SocketAddr::new(*ip, port), "plaintext inbound")?;
+                let l = bind_workload(netns, SocketAddr::new(*ip, port), "plaintext inbound")?;
                 opened.plaintext.push(l.local_addr().expect("bound"));
                 bound.push((l, Kind::Plaintext));
             }
         }
         if let (Some(port), Some(ns)) = (self.ports.pod_outbound_port, netns) {
             let any = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port);
-            let l = bind_in(Some(ns), any, "in-pod outbound capture")?;
+            let l = bind_workload(Some(ns), any, "in-pod outbound capture")?;
             opened.pod_outbound = Some(l.local_addr().expect("bound"));
             bound.push((l, Kind::PodOutbound));
         }

@@ -15,6 +15,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -107,11 +108,29 @@ pub struct AgentStatus {
 struct Shared {
     pods: watch::Sender<BTreeMap<String, ZdsPod>>,
     status: Mutex<AgentStatus>,
+    /// The number of the newest peer, whose state [`AgentStatus`] reports.
+    latest: AtomicU64,
 }
 
 impl Shared {
     fn status(&self, f: impl FnOnce(&mut AgentStatus)) {
         f(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+}
+
+/// One connected peer. Several may be connected at once — a proxy being
+/// replaced keeps its connection while its successor takes the pods — and
+/// each is served the pods; the status follows the newest.
+struct Peer<'a> {
+    shared: &'a Shared,
+    number: u64,
+}
+
+impl Peer<'_> {
+    fn status(&self, f: impl FnOnce(&mut AgentStatus)) {
+        if self.shared.latest.load(Ordering::Acquire) == self.number {
+            self.shared.status(f);
+        }
     }
 }
 
@@ -146,6 +165,7 @@ impl NodeAgent {
         let shared = Arc::new(Shared {
             pods: watch::channel(map).0,
             status: Mutex::new(AgentStatus::default()),
+            latest: AtomicU64::new(0),
         });
         let task = tokio::spawn(accept_loop(listener, shared.clone()));
         info!(path = %path.display(), "ZDS node agent listening");
@@ -203,8 +223,13 @@ impl Drop for NodeAgent {
     }
 }
 
+/// Accepts peers, each served on a task of its own: a successor connects
+/// while the proxy it replaces is still draining. The peers' tasks end
+/// with this one (a dropped `JoinSet` aborts them).
 async fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
+    let mut peers = tokio::task::JoinSet::new();
     loop {
+        while peers.try_join_next().is_some() {}
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
@@ -213,39 +238,47 @@ async fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
                 continue;
             }
         };
+        let number = shared.latest.fetch_add(1, Ordering::AcqRel) + 1;
         shared.status(|s| {
             s.connected = true;
             s.connections += 1;
             s.acked.clear();
             s.snapshots = 0;
         });
-        info!("ZDS peer connected");
-        let result = serve_peer(&stream, &shared).await;
-        shared.status(|s| s.connected = false);
-        match result {
-            Err(ZdsError::Closed) | Ok(()) => info!("ZDS peer disconnected"),
-            Err(e) => warn!(error = %e, "ZDS connection ended"),
-        }
+        info!(peer = number, "ZDS peer connected");
+        let shared = shared.clone();
+        peers.spawn(async move {
+            let peer = Peer {
+                shared: &shared,
+                number,
+            };
+            let result = serve_peer(&stream, &peer).await;
+            peer.status(|s| s.connected = false);
+            match result {
+                Err(ZdsError::Closed) | Ok(()) => info!(peer = number, "ZDS peer disconnected"),
+                Err(e) => warn!(peer = number, error = %e, "ZDS connection ended"),
+            }
+        });
     }
 }
 
 /// One peer: hello, the snapshot, then changes as they come.
-async fn serve_peer(stream: &UnixStream, shared: &Shared) -> Result<(), ZdsError> {
+async fn serve_peer(stream: &UnixStream, peer: &Peer<'_>) -> Result<(), ZdsError> {
     let hello: ZdsHello = decode(&receive(stream).await?, "ZdsHello")?;
     if hello.version != zds::VERSION_V1 {
         return Err(ZdsError::Version(hello.version));
     }
-    let mut pods = shared.pods.subscribe();
+    let mut pods = peer.shared.pods.subscribe();
     let mut sent: BTreeMap<String, ZdsPod> = BTreeMap::new();
     let snapshot = pods.borrow_and_update().clone();
     for pod in snapshot.values() {
-        send_add(stream, shared, pod).await?;
+        send_add(stream, peer, pod).await?;
         sent.insert(pod.uid.clone(), pod.clone());
     }
     let ack = request(stream, Payload::SnapshotSent(SnapshotSent {}), None).await?;
     match ack {
-        None => shared.status(|s| s.snapshots += 1),
-        Some(error) => shared.status(|s| s.nacks.push(("<snapshot>".into(), error))),
+        None => peer.status(|s| s.snapshots += 1),
+        Some(error) => peer.status(|s| s.nacks.push(("<snapshot>".into(), error))),
     }
     info!(pods = sent.len(), "ZDS snapshot sent");
     loop {
@@ -257,7 +290,7 @@ async fn serve_peer(stream: &UnixStream, shared: &Shared) -> Result<(), ZdsError
                 let now = pods.borrow_and_update().clone();
                 for (uid, pod) in &now {
                     if sent.get(uid) != Some(pod) {
-                        send_add(stream, shared, pod).await?;
+                        send_add(stream, peer, pod).await?;
                         sent.insert(uid.clone(), pod.clone());
                     }
                 }
@@ -266,9 +299,9 @@ async fn serve_peer(stream: &UnixStream, shared: &Shared) -> Result<(), ZdsError
                     let del = Payload::Del(DelWorkload { uid: uid.clone() });
                     if let Some(error) = request(stream, del, None).await? {
                         warn!(%uid, %error, "ZDS peer refused a delete");
-                        shared.status(|s| s.nacks.push((uid.clone(), error)));
+                        peer.status(|s| s.nacks.push((uid.clone(), error)));
                     }
-                    shared.status(|s| { s.acked.remove(&uid); });
+                    peer.status(|s| { s.acked.remove(&uid); });
                     sent.remove(&uid);
                     info!(%uid, "ZDS: pod removed");
                 }
@@ -289,7 +322,7 @@ async fn serve_peer(stream: &UnixStream, shared: &Shared) -> Result<(), ZdsError
     }
 }
 
-async fn send_add(stream: &UnixStream, shared: &Shared, pod: &ZdsPod) -> Result<(), ZdsError> {
+async fn send_add(stream: &UnixStream, peer: &Peer<'_>, pod: &ZdsPod) -> Result<(), ZdsError> {
     let netns = File::open(&pod.netns).map_err(|source| ZdsError::Netns {
         uid: pod.uid.clone(),
         path: pod.netns.clone(),
@@ -306,13 +339,13 @@ async fn send_add(stream: &UnixStream, shared: &Shared, pod: &ZdsPod) -> Result<
     match request(stream, add, Some(&OwnedFd::from(netns))).await? {
         None => {
             info!(uid = %pod.uid, netns = %pod.netns.display(), "ZDS: pod handed over");
-            shared.status(|s| {
+            peer.status(|s| {
                 s.acked.insert(pod.uid.clone());
             });
         }
         Some(error) => {
             warn!(uid = %pod.uid, %error, "ZDS peer refused a pod");
-            shared.status(|s| s.nacks.push((pod.uid.clone(), error)));
+            peer.status(|s| s.nacks.push((pod.uid.clone(), error)));
         }
     }
     Ok(())

@@ -1,0 +1,64 @@
+//! `hbone-lab soak` for 20 s: every fault of the schedule happens once,
+//! and nothing is lost — no corrupted byte, no failure a fault does not
+//! excuse, no failed new connection while the server-side proxy is handed
+//! over to a new process. Needs root (the two pod namespaces).
+
+use std::process::Command;
+
+#[test]
+#[ignore = "needs root: it builds two pod network namespaces (test.sh runs it as root)"]
+fn a_short_soak_loses_nothing_through_every_fault() {
+    let dir = tempfile::tempdir().unwrap();
+    let json_path = dir.path().join("soak.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_hbone-lab"))
+        .args(["soak", "--duration", "20s", "--clients", "8", "--json"])
+        .arg(&json_path)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    let count = |key: &str| {
+        report[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{key} in {report}"))
+    };
+    assert_eq!(count("bytes_corrupted"), 0, "{stdout}");
+    assert_eq!(
+        count("failed_new_connections_during_handover"),
+        0,
+        "{stdout}"
+    );
+    assert_eq!(count("unexcused_failures"), 0, "{stdout}");
+    assert!(count("connections_attempted") > 100, "{stdout}");
+    assert!(count("bytes_verified") > 0 && count("bytes_verified") <= count("bytes_sent"));
+    assert!(report["connections_failed"].is_object());
+    let faults: Vec<&str> = report["faults"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["fault"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        faults,
+        [
+            "ca_stop", "ca_start", "handover", "kill", "restart", "deny_on", "deny_off"
+        ]
+    );
+    let handover = &report["faults"][2]["detail"];
+    assert!(
+        handover.as_str().unwrap().contains("drained and exited"),
+        "{handover}"
+    );
+    // Certificates rotated: more were issued than the two proxies' first ones.
+    assert!(count("certificates_issued") > 4, "{stdout}");
+    // The DENY was enforced: the client-side proxy saw policy refusals.
+    assert!(
+        report["client_proxy_refusals"]["policy_denied"].as_u64() > Some(0),
+        "{stdout}"
+    );
+    assert!(report["proxies"]["node-s"]["processes"].as_u64() == Some(3));
+}

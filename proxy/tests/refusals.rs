@@ -21,12 +21,6 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-fn svid_from(authority: &SigningAuthority, id: &str, ttl: Option<Duration>) -> Svid {
-    let identity: Identity = id.parse().unwrap();
-    let (key, issued) = authority.issue_with_new_key(&identity, ttl).unwrap();
-    assemble_svid(&identity, &key, issued.chain_pem, &RenewalPolicy::default()).unwrap()
-}
-
 /// Test-only: a client that accepts any server, to probe the server's own checks.
 #[derive(Debug)]
 struct AcceptAnyServer;
@@ -113,23 +107,6 @@ static TLS13: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
 
 async fn settle() {
     tokio::time::sleep(Duration::from_millis(150)).await;
-}
-
-fn good(lab: &Lab) -> Svid {
-    svid_from(
-        &lab.authority,
-        "spiffe://cluster.local/ns/demo/sa/client",
-        None,
-    )
-}
-
-async fn still_serving(lab: &Lab) {
-    let echo = SocketAddr::new(lab.ip("2.1"), 9000);
-    let tcp = socks5_connect(lab.a.addrs.socks5.unwrap(), lab.ip("1.1"), echo)
-        .await
-        .expect("still serving");
-    let (sent, received, n) = echo_roundtrip(tcp, 2048).await;
-    assert_eq!((n, sent), (2048, received));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -282,22 +259,6 @@ async fn a_foreign_trust_domain_under_the_same_root_is_refused() {
     );
     assert!(err.to_string().contains("evil.example"), "{err}");
     let _ = client.await;
-}
-
-async fn h2_session(lab: &Lab, to: SocketAddr) -> h2::client::SendRequest<Bytes> {
-    let trust = MeshTrust::new(std::slice::from_ref(&lab.root), "cluster.local").unwrap();
-    let echo_id: Identity = "spiffe://cluster.local/ns/demo/sa/echo".parse().unwrap();
-    let config = trust.client_config(&good(lab), vec![echo_id]).unwrap();
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(SocketAddr::new(lab.ip("1.1"), 0)).unwrap();
-    let tcp = socket.connect(to).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(config)
-        .connect(ServerName::IpAddress(to.ip().into()), tcp)
-        .await
-        .unwrap();
-    let (send, conn) = h2::client::handshake(tls).await.unwrap();
-    tokio::spawn(conn);
-    send
 }
 
 async fn ask(

@@ -388,3 +388,61 @@ pub async fn closed_within(tcp: &mut (impl AsyncReadExt + Unpin), limit: Duratio
         }
     }
 }
+
+/// A certificate for `id`, signed by the lab's CA, as a proxy would hold it.
+pub fn svid_from(
+    authority: &SigningAuthority,
+    id: &str,
+    ttl: Option<Duration>,
+) -> hbone_ca::manager::Svid {
+    let identity: hbone_ca::Identity = id.parse().unwrap();
+    let (key, issued) = authority.issue_with_new_key(&identity, ttl).unwrap();
+    hbone_ca::manager::assemble_svid(&identity, &key, issued.chain_pem, &RenewalPolicy::default())
+        .unwrap()
+}
+
+/// A good client certificate (demo/client, which the lab's policies allow).
+pub fn good(lab: &Lab) -> hbone_ca::manager::Svid {
+    svid_from(
+        &lab.authority,
+        "spiffe://cluster.local/ns/demo/sa/client",
+        None,
+    )
+}
+
+/// Node A's SOCKS5 path to the echo server on 2.1:9000 still carries bytes.
+pub async fn still_serving(lab: &Lab) {
+    let echo = SocketAddr::new(lab.ip("2.1"), 9000);
+    let tcp = socks5_connect(lab.a.addrs.socks5.unwrap(), lab.ip("1.1"), echo)
+        .await
+        .expect("still serving");
+    let (sent, received, n) = echo_roundtrip(tcp, 2048).await;
+    assert_eq!((n, sent), (2048, received));
+}
+
+/// An mTLS connection (ALPN h2) to node B's HBONE port `to` with the good
+/// certificate, before any HTTP/2: a peer free to send any frame it likes.
+pub async fn mesh_tls(lab: &Lab, to: SocketAddr) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let trust = MeshTrust::new(std::slice::from_ref(&lab.root), "cluster.local").unwrap();
+    let echo_id: hbone_ca::Identity = "spiffe://cluster.local/ns/demo/sa/echo".parse().unwrap();
+    let config = trust.client_config(&good(lab), vec![echo_id]).unwrap();
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(lab.ip("1.1"), 0)).unwrap();
+    let tcp = socket.connect(to).await.unwrap();
+    tokio_rustls::TlsConnector::from(config)
+        .connect(
+            rustls::pki_types::ServerName::IpAddress(to.ip().into()),
+            tcp,
+        )
+        .await
+        .unwrap()
+}
+
+/// An HTTP/2 session over [`mesh_tls`].
+pub async fn h2_session(lab: &Lab, to: SocketAddr) -> h2::client::SendRequest<bytes::Bytes> {
+    let (send, conn) = h2::client::handshake(mesh_tls(lab, to).await)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    send
+}

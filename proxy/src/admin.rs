@@ -154,7 +154,7 @@ pub async fn serve(
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
-    crate::listen::accept_loop(listener, shutdown, tasks, "admin", move |tcp, _| {
+    crate::listen::accept_loop(listener, shutdown, tasks, "admin", None, move |tcp, _| {
         let core = core.clone();
         async move {
             let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {

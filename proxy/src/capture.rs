@@ -17,6 +17,7 @@ use tracing::{info, warn};
 use crate::authorization::decide;
 use crate::connection_log::{ConnectionRecord, Outcome};
 use crate::core::ProxyCore;
+use crate::listen::Gate;
 use crate::metrics::{ConnectionGuard, ConnectionLabels};
 use crate::outbound::Outbound;
 use crate::refusal::{Direction, Reason};
@@ -42,36 +43,45 @@ pub async fn serve_outbound(
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
-    crate::listen::accept_loop(listener, shutdown, tasks, "outbound", move |tcp, peer| {
-        let (core, outbound) = (core.clone(), outbound.clone());
-        async move {
-            let refuse = |reason: Reason, detail: String| {
-                core.metrics.refused(Direction::Outbound, reason);
-                warn!(%peer, %reason, error = %detail, "outbound connection refused");
-            };
-            let Some(dst) = original_destination(&tcp) else {
-                return refuse(
-                    Reason::NotRedirected,
-                    "no SO_ORIGINAL_DST: the connection was not redirected here".into(),
-                );
-            };
-            let Some(source) = core
-                .registry()
-                .workload_by_ip(peer.ip())
-                .filter(|w| w.node == core.node)
-                .cloned()
-            else {
-                return refuse(
-                    Reason::UnknownSource,
-                    format!("{} is not a workload on node {}", peer.ip(), core.node),
-                );
-            };
-            match outbound.open(&source, peer, dst).await {
-                Ok((upstream, route)) => outbound.relay(tcp, peer, &source, upstream, route).await,
-                Err(e) => outbound.record_failure(Direction::Outbound, &source, dst, &e),
+    crate::listen::accept_loop(
+        listener,
+        shutdown,
+        tasks,
+        "outbound",
+        Gate::new(&core, Direction::Outbound),
+        move |tcp, peer| {
+            let (core, outbound) = (core.clone(), outbound.clone());
+            async move {
+                let refuse = |reason: Reason, detail: String| {
+                    core.metrics.refused(Direction::Outbound, reason);
+                    warn!(%peer, %reason, error = %detail, "outbound connection refused");
+                };
+                let Some(dst) = original_destination(&tcp) else {
+                    return refuse(
+                        Reason::NotRedirected,
+                        "no SO_ORIGINAL_DST: the connection was not redirected here".into(),
+                    );
+                };
+                let Some(source) = core
+                    .registry()
+                    .workload_by_ip(peer.ip())
+                    .filter(|w| w.node == core.node)
+                    .cloned()
+                else {
+                    return refuse(
+                        Reason::UnknownSource,
+                        format!("{} is not a workload on node {}", peer.ip(), core.node),
+                    );
+                };
+                match outbound.open(&source, peer, dst).await {
+                    Ok((upstream, route)) => {
+                        outbound.relay(tcp, peer, &source, upstream, route).await
+                    }
+                    Err(e) => outbound.record_failure(Direction::Outbound, &source, dst, &e),
+                }
             }
-        }
-    })
+        },
+    )
     .await
 }
 
@@ -82,10 +92,17 @@ pub async fn serve_plaintext(
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
-    crate::listen::accept_loop(listener, shutdown, tasks, "plaintext", move |tcp, peer| {
-        let core = core.clone();
-        async move { plaintext(core, tcp, peer).await }
-    })
+    crate::listen::accept_loop(
+        listener,
+        shutdown,
+        tasks,
+        "plaintext",
+        Gate::new(&core, Direction::Plaintext),
+        move |tcp, peer| {
+            let core = core.clone();
+            async move { plaintext(core, tcp, peer).await }
+        },
+    )
     .await
 }
 

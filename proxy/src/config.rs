@@ -127,6 +127,9 @@ pub struct Listeners {
     pub metrics: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
     pub readiness: Option<SocketAddr>,
+    /// The most connections the data listeners hold open at once (none by
+    /// default); past it new ones are closed and counted as `too_many_connections`.
+    pub max_connections: Option<usize>,
 }
 
 impl Default for Listeners {
@@ -140,6 +143,7 @@ impl Default for Listeners {
             metrics: None,
             admin: None,
             readiness: None,
+            max_connections: None,
         }
     }
 }

@@ -64,6 +64,8 @@ pub struct ProxyCore {
     pub pods: PodNetns,
     /// The connections open now and the most recent finished ones.
     pub connections: crate::connection_log::ConnectionLog,
+    /// The cap on connections open at once across the data listeners.
+    pub limit: Arc<crate::connection_limit::ConnectionLimit>,
     /// The uids of the local workloads whose listeners are open.
     served: tokio::sync::watch::Sender<std::collections::BTreeSet<String>>,
 }
@@ -92,6 +94,7 @@ impl ProxyCore {
             waiting_for: Mutex::new(None),
             pods: PodNetns::default(),
             connections: Default::default(),
+            limit: Arc::default(),
             served: tokio::sync::watch::Sender::new(Default::default()),
         }
     }

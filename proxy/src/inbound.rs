@@ -29,6 +29,7 @@ use crate::connection_log::{ConnectionRecord, Outcome, TlsRecord};
 use crate::copy::bidirectional;
 use crate::core::ProxyCore;
 use crate::established::Stream;
+use crate::listen::Gate;
 use crate::metrics::{ConnectionGuard, ConnectionLabels};
 use crate::refusal::{Direction, REFUSAL_HEADER, Reason};
 use crate::registry::Workload;
@@ -51,9 +52,14 @@ pub async fn serve(
     tasks: TaskTracker,
 ) {
     let (stop, spawner) = (shutdown.clone(), tasks.clone());
-    crate::listen::accept_loop(listener, shutdown, tasks, "HBONE", move |tcp, peer| {
-        handle_connection(core.clone(), tcp, peer, stop.clone(), spawner.clone())
-    })
+    crate::listen::accept_loop(
+        listener,
+        shutdown,
+        tasks,
+        "HBONE",
+        Gate::new(&core, DIRECTION),
+        move |tcp, peer| handle_connection(core.clone(), tcp, peer, stop.clone(), spawner.clone()),
+    )
     .await
 }
 

@@ -30,6 +30,7 @@ pub mod admin;
 pub mod authorization;
 pub mod capture;
 pub mod config;
+pub mod connection_limit;
 pub mod connection_log;
 pub mod copy;
 pub mod core;

@@ -7,9 +7,14 @@
 //! memory), accept fails at once, again and again: the loop then backs off
 //! (10 ms, doubling to 1 s) instead of spinning, logs once every 10 s how
 //! many accepts failed, and recovers by itself once descriptors are free.
+//!
+//! The data listeners also share the proxy's connection limit
+//! ([`crate::connection_limit`]): past it, a connection is closed as soon
+//! as it is accepted, and counted.
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -17,6 +22,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
+
+use crate::core::ProxyCore;
+use crate::refusal::{Direction, Reason};
 
 #[derive(Debug, Error)]
 pub enum StartError {
@@ -112,17 +120,36 @@ impl Backoff {
     }
 }
 
+/// What a data listener's connections count against: the proxy's
+/// connection limit, and the direction its refusals are counted under.
+pub(crate) struct Gate {
+    pub core: Arc<ProxyCore>,
+    pub direction: Direction,
+}
+
+impl Gate {
+    pub(crate) fn new(core: &Arc<ProxyCore>, direction: Direction) -> Option<Gate> {
+        let core = core.clone();
+        Some(Gate { core, direction })
+    }
+}
+
+/// Accepts until `shutdown`, handing each connection to `handle` on a task
+/// of its own; with a `gate`, a connection past the proxy's limit is closed
+/// at once and counted instead (and said once per `REPORT_EVERY`).
 pub(crate) async fn accept_loop<F, Fut>(
     listener: TcpListener,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     what: &'static str,
+    gate: Option<Gate>,
     handle: F,
 ) where
     F: Fn(TcpStream, SocketAddr) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let mut backoff = Backoff::new();
+    let mut refused_said: Option<Instant> = None;
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -131,8 +158,28 @@ pub(crate) async fn accept_loop<F, Fut>(
         match accepted {
             Ok((tcp, peer)) => {
                 backoff.reset();
+                let permit = match &gate {
+                    None => None,
+                    Some(gate) => match gate.core.limit.try_acquire() {
+                        Some(permit) => Some(permit),
+                        None => {
+                            gate.core
+                                .metrics
+                                .refused(gate.direction, Reason::TooManyConnections);
+                            if refused_said.is_none_or(|t| t.elapsed() >= REPORT_EVERY) {
+                                warn!(listener = what, %peer, max = ?gate.core.limit.max(), "the proxy holds the most connections allowed (listeners.maxConnections): closing new ones");
+                                refused_said = Some(Instant::now());
+                            }
+                            continue;
+                        }
+                    },
+                };
                 let _ = tcp.set_nodelay(true);
-                tasks.spawn(handle(tcp, peer));
+                let served = handle(tcp, peer);
+                tasks.spawn(async move {
+                    served.await;
+                    drop(permit);
+                });
             }
             Err(e) if exhausted(&e) => {
                 let wait = backoff.after(&e, what);

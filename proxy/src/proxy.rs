@@ -55,6 +55,7 @@ impl ProxyHandle {
     pub async fn start(core: Arc<ProxyCore>, listeners: &Listeners) -> Result<Self, StartError> {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
+        core.limit.set_max(listeners.max_connections.unwrap_or(0));
         let pool = Pool::new(core.clone());
         let outbound = Arc::new(Outbound::new(core.clone(), pool));
         let mut addrs = BoundAddrs::default();

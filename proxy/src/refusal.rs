@@ -84,6 +84,7 @@ reasons! {
     NoCertificate => "no_certificate": "We have no certificate for the workload yet.",
     NoLocalWorkload => "no_local_workload": "The destination is not a workload on this node.",
     TooManyStreams => "too_many_streams": "The HBONE connection carries the most streams allowed.",
+    TooManyConnections => "too_many_connections": "The proxy holds the most connections allowed (listeners.maxConnections).",
     NotConnect => "not_connect": "An HTTP/2 request that is not CONNECT.",
     BadAuthority => "bad_authority": "The CONNECT's :authority is not ip:port.",
     AuthorityMismatch => "authority_mismatch": "The CONNECT names another workload than the one dialed.",

@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use tracing::warn;
 
 use crate::core::ProxyCore;
+use crate::listen::Gate;
 use crate::outbound::{Outbound, OutboundError};
 use crate::refusal::{Direction, Reason};
 
@@ -74,15 +75,22 @@ pub async fn serve(
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
-    crate::listen::accept_loop(listener, shutdown, tasks, "SOCKS5", move |tcp, peer| {
-        let (core, outbound) = (core.clone(), outbound.clone());
-        async move {
-            if let Err(e) = handle(&core, &outbound, tcp, peer).await {
-                core.metrics.refused(DIRECTION, e.reason());
-                warn!(%peer, reason = %e.reason(), error = %e, "SOCKS5 request refused");
+    crate::listen::accept_loop(
+        listener,
+        shutdown,
+        tasks,
+        "SOCKS5",
+        Gate::new(&core, DIRECTION),
+        move |tcp, peer| {
+            let (core, outbound) = (core.clone(), outbound.clone());
+            async move {
+                if let Err(e) = handle(&core, &outbound, tcp, peer).await {
+                    core.metrics.refused(DIRECTION, e.reason());
+                    warn!(%peer, reason = %e.reason(), error = %e, "SOCKS5 request refused");
+                }
             }
-        }
-    })
+        },
+    )
     .await
 }
 

@@ -605,3 +605,37 @@ async fn a_workload_cannot_reach_another_workloads_proxy_ports() {
     );
     still_serving(&lab).await;
 }
+
+/// `listeners.maxConnections`: past the limit a new connection is closed as
+/// soon as it is accepted, counted as `too_many_connections`, while the
+/// connections already open go on; once one closes, the next is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_limit_closes_new_connections_and_spares_open_ones() {
+    let lab = Lab::start(74).await;
+    echo_server(SocketAddr::new(lab.ip("2.1"), 9000)).await;
+    let hbone = SocketAddr::new(lab.ip("2.1"), 15008);
+    lab.b.core.limit.set_max(2);
+    // Node A's pooled HBONE connection to B is one; a peer's TLS session two.
+    still_serving(&lab).await;
+    let held = mesh_tls(&lab, hbone).await;
+    let mut extra = TcpStream::connect(hbone).await.unwrap();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(2), extra.read(&mut byte)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the third connection is closed at once: {read:?}"
+    );
+    let m = &lab.b.core.metrics;
+    assert_eq!(
+        m.refusal_count(Direction::Inbound, Reason::TooManyConnections),
+        1
+    );
+    assert!(log_text().contains("listeners.maxConnections"));
+    still_serving(&lab).await;
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut next = TcpStream::connect(hbone).await.unwrap();
+    let waited = tokio::time::timeout(Duration::from_millis(500), next.read(&mut byte)).await;
+    assert!(waited.is_err(), "a place was free again: the proxy waits for its ClientHello");
+    assert_eq!(lab.b.core.limit.open(), 2);
+}

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use hbone_bench::chart;
+use hbone_bench::instructions::{self, InstructionSettings};
 use hbone_bench::report::{markdown, table};
 use hbone_bench::runner::{BenchSettings, Progress, SCENARIOS, run, summarize};
 use hbone_bench::subjects::{Shared, Subject, ZtunnelMode};
@@ -56,6 +57,16 @@ pub struct BenchArgs {
     /// Where to write bench.json, bench.md and bench.svg.
     #[arg(long, default_value = "bench-out")]
     out: PathBuf,
+    /// Count instructions instead of timing: each proxy process runs under
+    /// valgrind's callgrind while a fixed number of requests (3000, or 300
+    /// with --quick) and of new connections (300, or 30) go through; prints
+    /// and writes instructions per request and per connection, both proxies
+    /// together (scenarios instructions_rr and instructions_crr). Exact
+    /// where timings drift; needs valgrind. Each process's profile is kept
+    /// in --out (`callgrind_annotate --inclusive=yes <file>` shows where
+    /// the instructions go).
+    #[arg(long)]
+    instructions: bool,
     /// Measure nothing: redraw bench.md and bench.svg into --out from a
     /// bench.json written earlier (no root needed).
     #[arg(long, value_name = "BENCH_JSON")]
@@ -173,8 +184,24 @@ pub async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     // Ctrl-C or SIGTERM stops the run; the subjects' processes, the CA and
     // the namespaces are cleaned up on the way out either way.
     let mut bar = Bar;
+    let counts = if args.quick {
+        InstructionSettings::quick()
+    } else {
+        InstructionSettings::full()
+    };
+    let mut say = |line: &str| eprintln!("{line}");
+    let measured = async {
+        if args.instructions {
+            instructions::run(&subjects, &topology, &shared, counts, &args.out, &mut say).await
+        } else {
+            run(
+                &subjects, &scenarios, &settings, &topology, &shared, &mut bar,
+            )
+            .await
+        }
+    };
     let samples = tokio::select! {
-        samples = run(&subjects, &scenarios, &settings, &topology, &shared, &mut bar) => Some(samples),
+        samples = measured => Some(samples),
         _ = crate::proxy_cmd::wait_for_stop() => None,
     };
     shared.shutdown().await;

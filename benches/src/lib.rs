@@ -3,6 +3,7 @@
 //!
 //! - [`topology`]: two pod namespaces joined by a veth, capture rules in the client pod.
 //! - [`subjects`]: starting and stopping each subject; one CA for both meshes.
+//! - [`instructions`]: instructions per request and per connection, counted by callgrind.
 //! - [`runner`]: scenarios, interleaved repetitions, medians and ratios.
 //! - [`report`]: table and Markdown (JSON comes from serde).
 //! - [`chart`]: the same results as an SVG chart.
@@ -11,6 +12,7 @@
 //! Criterion micro-benchmarks of the hot pieces live in `benches/benches/`.
 
 pub mod chart;
+pub mod instructions;
 pub mod report;
 pub mod runner;
 pub mod soak;

@@ -10,6 +10,8 @@ fn headline(s: &Summary) -> Option<(&'static str, f64)> {
         "rps",
         "conn_per_s",
         "bytes_per_idle_conn",
+        "instructions_per_request",
+        "instructions_per_connection",
     ] {
         if let Some(v) = s.figures.get(key) {
             return Some((key, *v));

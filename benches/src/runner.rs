@@ -189,7 +189,7 @@ async fn wait_until_accepted(accepted: &AtomicU64, since: u64, count: u64) -> st
 
 /// Starts a subject and sends a little traffic through it, so certificates
 /// are fetched and connections pooled before anything is measured.
-async fn start_warm(
+pub(crate) async fn start_warm(
     subject: &Subject,
     topology: &Topology,
     shared: &Shared,

@@ -8,13 +8,18 @@
 //! split into reference-counted halves.
 //!
 //! No read buffer exists while a connection is idle: the relay waits for the
-//! socket to become readable, and only then takes a buffer — 16 KiB, growing
-//! to 256 KiB once a connection has moved 1 MiB, so small request/response
-//! traffic stays small while bulk transfers use large DATA frames. Each read
-//! is handed to h2 as a frozen slice of that buffer, without copying. A bulk
-//! connection keeps its buffer between reads (h2 hands the memory back once
-//! written); a small one lets it go, so a thousand idle connections cost no
-//! read buffers at all. Flow-control credit is returned to the peer only
+//! socket to become readable, and only then takes a buffer — 16 KiB, or
+//! 256 KiB while the sender is in bulk: a read that fills a small buffer
+//! means more is waiting, and the relay switches to large reads (read again
+//! until EAGAIN); a read of less than a small buffer means the sender is
+//! drained, and it switches back. So request/response traffic, however much
+//! it has moved, reads once per request and never meets EAGAIN (counting
+//! bytes moved instead kept a long-lived request/response connection in
+//! bulk mode: one wasted syscall per request), while bulk transfers use
+//! large DATA frames. Each read is handed to h2 as a frozen slice of that
+//! buffer, without copying. In bulk the buffer is kept between reads (h2
+//! hands the memory back once written); otherwise it is let go, so a
+//! thousand idle connections cost no read buffers at all. Flow-control credit is returned to the peer only
 //! after the bytes have been written to the socket, so a slow reader slows
 //! the sender.
 
@@ -34,7 +39,6 @@ use crate::established::Revocation;
 
 const SMALL: usize = 16 * 1024;
 const LARGE: usize = 256 * 1024;
-const GROW_AFTER: u64 = 1024 * 1024;
 
 /// Bytes moved each way, and how the copy ended.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +70,7 @@ pub fn bidirectional(socket: TcpStream, send: SendStream<Bytes>, recv: RecvStrea
         unwritten: Bytes::new(),
         unreleased: 0,
         moved: Transferred::default(),
+        bulk: false,
         up: Phase::Open,
         down: Phase::Open,
         revocation: None,
@@ -97,6 +102,8 @@ pub struct Relay {
     /// …and the credit to hand back once it is written.
     unreleased: usize,
     moved: Transferred,
+    /// The sender writes faster than we read (see the module doc).
+    bulk: bool,
     up: Phase,
     down: Phase,
     /// Set when a policy change denies the stream: the relay then ends it.
@@ -138,7 +145,7 @@ impl Relay {
             }
             // Readiness first, so an idle connection holds no buffer…
             ready!(self.socket.poll_read_ready(cx))?;
-            let bulk = self.moved.to_tunnel >= GROW_AFTER;
+            let bulk = self.bulk;
             let want = if bulk { LARGE } else { SMALL };
             if self.read_buf.capacity() < want {
                 self.read_buf.reserve(want);
@@ -167,8 +174,9 @@ impl Relay {
                 continue;
             }
             self.moved.to_tunnel += n as u64;
+            self.bulk = n >= SMALL;
             self.unsent = self.read_buf.split().freeze();
-            if !bulk {
+            if !self.bulk {
                 // Small connections hold no buffer between reads.
                 self.read_buf = BytesMut::new();
             }

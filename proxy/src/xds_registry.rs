@@ -288,6 +288,10 @@ async fn stream(
             Ok(()) => client.ack(&response).await,
             Err(reason) => client.nack(&response, reason).await,
         };
+        // Ready before the status says synced: whoever waits for one sees the other.
+        if answered.len() == 2 {
+            core.set_waiting_for(None);
+        }
         status.send_modify(|s| {
             match &outcome {
                 Ok(()) => s.acks += 1,
@@ -301,9 +305,6 @@ async fn stream(
             s.services = core.registry().services.len();
             s.policies = core.policies().policies().len();
         });
-        if answered.len() == 2 {
-            core.set_waiting_for(None);
-        }
         if let Err(e) = sent {
             return (e, true);
         }

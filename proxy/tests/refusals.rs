@@ -636,6 +636,9 @@ async fn the_connection_limit_closes_new_connections_and_spares_open_ones() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut next = TcpStream::connect(hbone).await.unwrap();
     let waited = tokio::time::timeout(Duration::from_millis(500), next.read(&mut byte)).await;
-    assert!(waited.is_err(), "a place was free again: the proxy waits for its ClientHello");
+    assert!(
+        waited.is_err(),
+        "a place was free again: the proxy waits for its ClientHello"
+    );
     assert_eq!(lab.b.core.limit.open(), 2);
 }

@@ -25,6 +25,8 @@ command -v shellcheck >/dev/null || need_packages+=(shellcheck)
 command -v chromium >/dev/null || need_packages+=(chromium fonts-dejavu-core)
 command -v tshark >/dev/null || need_packages+=(tshark)
 command -v c++ >/dev/null || need_packages+=(g++)   # libFuzzer, for the fuzz smoke run
+command -v valgrind >/dev/null || need_packages+=(valgrind)   # bench --instructions (callgrind)
+command -v strace >/dev/null || need_packages+=(strace)       # bench --instructions (system calls)
 
 if ((${#need_packages[@]})); then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then

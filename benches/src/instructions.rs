@@ -12,6 +12,10 @@
 //! same environment), so every subject starts exactly as in a timed run.
 //! What runs under valgrind is ~50× slower; the counts, not the times, are
 //! the result. The load generator and the servers run outside valgrind.
+//!
+//! Beside them, system calls per request and per connection: the same
+//! work again with the subject running normally and strace counting its
+//! calls (the kernel's side of the cost, which callgrind does not see).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -190,6 +194,73 @@ pub async fn count(
     Ok(counted)
 }
 
+/// Runs `rr` with strace counting the system calls of `pids` (all their
+/// threads); returns the calls per request. strace slows what it traces,
+/// so only the count is kept, never a time.
+async fn syscalls_per(
+    pids: &[u32],
+    topology: &Topology,
+    rr: &RrSettings,
+    dir: &Path,
+) -> Result<f64, SubjectError> {
+    let out = dir.join("strace.txt");
+    let mut strace = Command::new("strace");
+    strace.args(["-f", "-c", "-qq", "-o"]).arg(&out);
+    for pid in pids {
+        strace.arg("-p").arg(pid.to_string());
+    }
+    let mut child = strace
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| setup(format!("strace (Debian: apt-get install strace): {e}")))?;
+    // strace attaches to every thread before it counts.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let done = rr_client(&topology.client_dialer(), SERVER_IP, RR_PORT, rr).await;
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+    let _ = child.wait();
+    let done = done.map_err(setup)?;
+    let text = std::fs::read_to_string(&out).map_err(setup)?;
+    // The summary's last line: "100.00  <seconds>  <usecs/call>  <calls>  <errors>  total".
+    let calls = text
+        .lines()
+        .find(|l| l.trim_end().ends_with("total"))
+        .and_then(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            fields.get(3)?.parse::<u64>().ok()
+        })
+        .ok_or_else(|| setup(format!("strace gave no total:\n{text}")))?;
+    Ok(calls as f64 / done.requests.max(1) as f64)
+}
+
+/// System calls per request and per connection of a subject running
+/// normally (not under valgrind), added to the counted scenarios' figures.
+async fn count_syscalls(
+    running: &Running,
+    topology: &Topology,
+    dir: &Path,
+    settings: InstructionSettings,
+    counted: &mut [(&'static str, BTreeMap<String, f64>)],
+) -> Result<(), SubjectError> {
+    let pids = running.pids();
+    for ((_, figures), (count, new_connection_each, key)) in counted.iter_mut().zip([
+        (settings.requests, false, "syscalls_per_request"),
+        (settings.connections, true, "syscalls_per_connection"),
+    ]) {
+        let rr = RrSettings {
+            request: 1024,
+            response: 1024,
+            rate: None,
+            max_requests: count,
+            duration: Duration::from_secs(120),
+            new_connection_each,
+        };
+        let per = syscalls_per(&pids, topology, &rr, dir).await?;
+        figures.insert(key.to_string(), (per * 10.0).round() / 10.0);
+    }
+    Ok(())
+}
+
 /// Progress of the counting, a line per subject.
 pub type Say<'a> = &'a mut dyn FnMut(&str);
 
@@ -222,7 +293,23 @@ pub async fn run(
         let profiles = (keep, subject.name());
         let counted = count(&running, topology, shared.dir.path(), settings, profiles).await;
         running.stop();
-        for (scenario, figures) in counted? {
+        let mut counted = counted?;
+        say(&format!(
+            "{}: counting system calls (strace)",
+            subject.name()
+        ));
+        let running = crate::runner::start_warm(subject, topology, shared).await?;
+        let traced = count_syscalls(
+            &running,
+            topology,
+            shared.dir.path(),
+            settings,
+            &mut counted,
+        )
+        .await;
+        running.stop();
+        traced?;
+        for (scenario, figures) in counted {
             samples.push(Sample {
                 subject: subject.name().into(),
                 scenario: scenario.into(),

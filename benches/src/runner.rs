@@ -10,7 +10,9 @@ use std::time::Duration;
 use hbone_workloads::peers::{RrSettings, rr_client, rr_server_counting, sink, source};
 use serde::{Deserialize, Serialize};
 
-use crate::subjects::{Running, Shared, Subject, SubjectError, cpu_seconds, rss_bytes, start};
+use crate::subjects::{
+    Running, Shared, Subject, SubjectError, context_switches, cpu_seconds, rss_bytes, start,
+};
 use crate::topology::{SERVER_IP, Topology};
 
 pub const SINK_PORT: u16 = 5201;
@@ -126,12 +128,23 @@ async fn measure(
                 duration: time,
                 new_connection_each: scenario == "crr",
             };
+            let pids = running.pids();
+            let switches_before = context_switches(&pids);
             let r = rr_client(&dialer, host, RR_PORT, &settings).await?;
+            let switches = context_switches(&pids) - switches_before;
             let rate_key = if scenario == "crr" {
                 "conn_per_s"
             } else {
                 "rps"
             };
+            if !pids.is_empty() && r.requests > 0 {
+                // Both proxies' threads, per request (per connection for crr).
+                figure(
+                    &mut f,
+                    "context_switches_per_request",
+                    switches as f64 / r.requests as f64,
+                );
+            }
             figure(&mut f, rate_key, r.per_second);
             figure(&mut f, "p50_ms", r.p50_ms);
             figure(&mut f, "p90_ms", r.p90_ms);

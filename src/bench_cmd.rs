@@ -18,7 +18,9 @@ use hbone_bench::topology::Topology;
 ///
 /// Scenarios: throughput_1 (one stream), throughput_n (parallel streams),
 /// rr_unthrottled (requests/s on one connection), rr_1000 (1 KiB at 1000/s,
-/// p50…p99.9), crr (new connections/s), idle_memory (RSS per idle connection).
+/// p50…p99.9), crr (new connections/s), idle_memory (RSS per idle connection),
+/// idle_memory_used (the same after a 256 KiB transfer on each, once the
+/// allocator's 10 s decay has passed).
 /// Writes bench.json, bench.md and bench.svg (a chart) into --out.
 ///
 /// The binary that runs the bench is the hbone-lab measured: build it with

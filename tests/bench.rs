@@ -1,8 +1,6 @@
 //! `hbone-lab bench --quick` produces the report's structure (not its numbers).
 //! Needs root for the two pod namespaces: ignored (shown as skipped) unless run as test.sh runs it.
 
-mod support;
-
 use std::process::Command;
 
 /// The `bench.json` a run wrote into `dir`.

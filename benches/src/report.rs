@@ -10,6 +10,7 @@ fn headline(s: &Summary) -> Option<(&'static str, f64)> {
         "rps",
         "conn_per_s",
         "bytes_per_idle_conn",
+        "bytes_per_used_idle_conn",
         "instructions_per_request",
         "instructions_per_connection",
     ] {

@@ -75,7 +75,14 @@ pub const SCENARIOS: &[&str] = &[
     "rr_1000",
     "crr",
     "idle_memory",
+    "idle_memory_used",
 ];
+
+/// What each connection of `idle_memory_used` carries before it idles.
+const USED_BYTES: usize = 256 * 1024;
+/// How long `idle_memory_used` waits after the transfer: past jemalloc's
+/// decay (10 s), so memory the allocator would give back is given back.
+const DECAY: Duration = Duration::from_secs(12);
 
 fn figure(map: &mut BTreeMap<String, f64>, key: &str, value: f64) {
     map.insert(key.into(), (value * 1000.0).round() / 1000.0);
@@ -87,6 +94,7 @@ async fn measure(
     running: &Running,
     s: &BenchSettings,
     accepted: &AtomicU64,
+    sunk: &AtomicU64,
 ) -> std::io::Result<BTreeMap<String, f64>> {
     let dialer = topology.client_dialer();
     let host = SERVER_IP;
@@ -176,6 +184,44 @@ async fn measure(
                 );
             }
         }
+        "idle_memory_used" => {
+            // Used, then idle: each connection first carries a bulk
+            // transfer (through the relay's large buffers), then waits.
+            use tokio::io::AsyncWriteExt;
+            let pids = running.pids();
+            let before = rss_bytes(&pids);
+            let sunk_before = sunk.load(Ordering::Relaxed);
+            let payload = vec![0x5a_u8; USED_BYTES];
+            let mut held = Vec::new();
+            for _ in 0..s.idle_connections {
+                let mut tcp = dialer
+                    .connect(host, SINK_PORT)
+                    .await
+                    .map_err(std::io::Error::other)?;
+                tcp.write_all(&payload).await?;
+                held.push(tcp);
+            }
+            let want = (s.idle_connections * USED_BYTES) as u64;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while sunk.load(Ordering::Relaxed) - sunk_before < want {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(std::io::Error::other(
+                        "the used connections' bytes did not all arrive within 30 s",
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tokio::time::sleep(DECAY).await;
+            let after = rss_bytes(&pids);
+            drop(held);
+            if !pids.is_empty() {
+                figure(
+                    &mut f,
+                    "bytes_per_used_idle_conn",
+                    after.saturating_sub(before) as f64 / s.idle_connections as f64,
+                );
+            }
+        }
         other => return Err(std::io::Error::other(format!("unknown scenario {other}"))),
     }
     Ok(f)
@@ -257,7 +303,8 @@ pub async fn run(
     let rr_listener = topology
         .server_listener(RR_PORT)
         .map_err(|e| SubjectError::Setup(e.to_string()))?;
-    let sink_task = tokio::spawn(sink(sink_listener, Arc::new(AtomicU64::new(0))));
+    let sunk = Arc::new(AtomicU64::new(0));
+    let sink_task = tokio::spawn(sink(sink_listener, sunk.clone()));
     let accepted = Arc::new(AtomicU64::new(0));
     let rr_task = tokio::spawn(rr_server_counting(
         rr_listener,
@@ -272,7 +319,7 @@ pub async fn run(
         for subject in subjects {
             let mut running = start_warm(subject, topology, shared).await?;
             for (index, scenario) in scenarios.iter().enumerate() {
-                if *scenario == "idle_memory" && index > 0 {
+                if scenario.starts_with("idle_memory") && index > 0 {
                     // A fresh process: memory freed by the earlier scenarios and
                     // kept by the allocator would otherwise absorb the new connections.
                     running.stop();
@@ -290,7 +337,7 @@ pub async fn run(
                 let limit = Duration::from_secs_f64(settings.seconds * 3.0 + 30.0);
                 let figures = tokio::time::timeout(
                     limit,
-                    measure(scenario, topology, &running, settings, &accepted),
+                    measure(scenario, topology, &running, settings, &accepted, &sunk),
                 )
                 .await
                 .map_err(|_| {

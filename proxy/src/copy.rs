@@ -18,8 +18,9 @@
 //! bulk mode: one wasted syscall per request), while bulk transfers use
 //! large DATA frames. Each read is handed to h2 as a frozen slice of that
 //! buffer, without copying. In bulk the buffer is kept between reads (h2
-//! hands the memory back once written); otherwise it is let go, so a
-//! thousand idle connections cost no read buffers at all. Flow-control credit is returned to the peer only
+//! hands the memory back once written) until the socket is drained
+//! (EAGAIN); otherwise it is let go, so a thousand idle connections — used
+//! ones too — cost no read buffers at all. Flow-control credit is returned to the peer only
 //! after the bytes have been written to the socket, so a slow reader slows
 //! the sender.
 
@@ -156,7 +157,13 @@ impl Relay {
                 // (only EAGAIN sends the task back to the reactor).
                 match self.socket.try_read_buf(&mut self.read_buf) {
                     Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        // Drained: the burst may be over, and an idle
+                        // connection must not keep a large buffer.
+                        self.bulk = false;
+                        self.read_buf = BytesMut::new();
+                        continue;
+                    }
                     Err(e) => return Poll::Ready(Err(e)),
                 }
             } else {

@@ -39,7 +39,7 @@ fn quick_bench_writes_table_json_and_markdown() {
     let json = bench_json(out_dir.path());
     assert_eq!(json["subjects"], serde_json::json!(["direct", "hbone-lab"]));
     let results = json["results"].as_array().unwrap();
-    assert_eq!(results.len(), 12, "6 scenarios × 2 subjects");
+    assert_eq!(results.len(), 14, "7 scenarios × 2 subjects");
     let find = |subject: &str, scenario: &str| {
         results
             .iter()
@@ -68,6 +68,19 @@ fn quick_bench_writes_table_json_and_markdown() {
             .as_f64()
             .is_some()
     );
+    assert!(
+        find("hbone-lab", "idle_memory_used")["bytes_per_used_idle_conn"]
+            .as_f64()
+            .is_some()
+    );
+    for scenario in ["rr_unthrottled", "crr"] {
+        assert!(
+            find("hbone-lab", scenario)["context_switches_per_request"]
+                .as_f64()
+                .is_some(),
+            "{scenario}"
+        );
+    }
     assert!(
         find("hbone-lab", "throughput_1")["proxy_cpu_s_per_gib"]
             .as_f64()

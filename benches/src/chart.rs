@@ -161,15 +161,19 @@ pub fn svg(summaries: &[Summary], subjects: &[String]) -> Result<String, ChartEr
                 .collect(),
         )];
         bars(&middle, "p99 latency, ms", &p99, subjects, "ms", false)?;
-        let memory = vec![(
-            "per idle conn".to_string(),
-            subjects
+        let memory: Vec<(String, Vec<Option<f64>>)> = [
+            ("per idle conn", "idle_memory", "bytes_per_idle_conn"),
+            ("used, then idle", "idle_memory_used", "bytes_per_used_idle_conn"),
+        ]
+        .into_iter()
+        .map(|(label, scenario, key)| {
+            let values = subjects
                 .iter()
-                .map(|s| {
-                    figure(summaries, s, "idle_memory", "bytes_per_idle_conn").map(|b| b / 1024.0)
-                })
-                .collect(),
-        )];
+                .map(|s| figure(summaries, s, scenario, key).map(|b| b / 1024.0))
+                .collect();
+            (label.to_string(), values)
+        })
+        .collect();
         bars(
             &right,
             "memory, KiB (lower is better)",

@@ -69,6 +69,13 @@ pub struct BenchArgs {
     /// the instructions go).
     #[arg(long)]
     instructions: bool,
+    /// How the cost grows: the RSS of an idle proxy whose registry holds
+    /// 1 000, 10 000 and 100 000 workloads (100, 1 000, 5 000 with
+    /// --quick), a service per ten, for hbone-lab and ztunnel (its local
+    /// config holds the same), as bytes per workload (scenario
+    /// scale_workloads, written to bench.json under "scale").
+    #[arg(long)]
+    scale: bool,
     /// Measure nothing: redraw bench.md and bench.svg into --out from a
     /// bench.json written earlier (no root needed).
     #[arg(long, value_name = "BENCH_JSON")]
@@ -185,6 +192,23 @@ pub async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     let shared = Shared::new(&topology, std::env::current_exe()?, shared_ztunnel).await?;
     // Ctrl-C or SIGTERM stops the run; the subjects' processes, the CA and
     // the namespaces are cleaned up on the way out either way.
+    if args.scale {
+        let sizes = hbone_bench::scale::sizes(args.quick);
+        let mut say = |line: &str| eprintln!("{line}");
+        let rows =
+            hbone_bench::scale::workloads(&subjects, &topology, &shared, &sizes, &mut say).await;
+        shared.shutdown().await;
+        let rows = rows?;
+        print!("{}", hbone_bench::scale::table(&rows));
+        std::fs::create_dir_all(&args.out)?;
+        let json = serde_json::json!({"subjects": subjects.iter().map(|s| s.name()).collect::<Vec<_>>(), "scale": rows});
+        std::fs::write(
+            args.out.join("bench.json"),
+            serde_json::to_string_pretty(&json)?,
+        )?;
+        println!("wrote {}", args.out.join("bench.json").display());
+        return Ok(());
+    }
     let mut bar = Bar;
     let counts = if args.quick {
         InstructionSettings::quick()

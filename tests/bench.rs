@@ -264,3 +264,37 @@ fn instruction_counts_are_reported_per_request_and_per_connection() {
         .count();
     assert_eq!(profiles, 4, "2 proxies × 2 scenarios");
 }
+
+/// `bench --scale --quick`: a row per size for hbone-lab in bench.json's
+/// `scale`, each with its workloads and bytes per workload (not their values).
+#[test]
+#[ignore = "needs root: the benchmark builds two pod network namespaces (test.sh runs it as root)"]
+fn the_scale_curve_has_a_row_per_size() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_hbone-lab"))
+        .args(["bench", "--scale", "--quick", "--out"])
+        .arg(out_dir.path())
+        .env_remove("ZTUNNEL_BIN")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = bench_json(out_dir.path());
+    let rows = json["scale"].as_array().unwrap();
+    let sizes: Vec<f64> = rows
+        .iter()
+        .filter(|r| r["subject"] == "hbone-lab" && r["scenario"] == "scale_workloads")
+        .map(|r| r["figures"]["workloads"].as_f64().unwrap())
+        .collect();
+    assert_eq!(sizes, [100.0, 1000.0, 5000.0], "{rows:?}");
+    for r in rows {
+        assert!(r["figures"]["bytes_per_workload"].as_f64().is_some(), "{r}");
+        assert!(r["figures"]["rss_bytes"].as_f64().unwrap() > 1e6, "{r}");
+    }
+    assert!(stdout.contains("bytes/workload"), "{stdout}");
+}

@@ -163,7 +163,11 @@ pub fn svg(summaries: &[Summary], subjects: &[String]) -> Result<String, ChartEr
         bars(&middle, "p99 latency, ms", &p99, subjects, "ms", false)?;
         let memory: Vec<(String, Vec<Option<f64>>)> = [
             ("per idle conn", "idle_memory", "bytes_per_idle_conn"),
-            ("used, then idle", "idle_memory_used", "bytes_per_used_idle_conn"),
+            (
+                "used, then idle",
+                "idle_memory_used",
+                "bytes_per_used_idle_conn",
+            ),
         ]
         .into_iter()
         .map(|(label, scenario, key)| {

@@ -5,6 +5,7 @@
 //! - [`subjects`]: starting and stopping each subject; one CA for both meshes.
 //! - [`instructions`]: instructions per request and per connection, counted by callgrind.
 //! - [`runner`]: scenarios, interleaved repetitions, medians and ratios.
+//! - [`scale`]: how the cost grows — memory per workload known, for both proxies.
 //! - [`report`]: table and Markdown (JSON comes from serde).
 //! - [`chart`]: the same results as an SVG chart.
 //! - [`soak`]: faults under load on the same path (`hbone-lab soak`): nothing lost.
@@ -15,6 +16,7 @@ pub mod chart;
 pub mod instructions;
 pub mod report;
 pub mod runner;
+pub mod scale;
 pub mod soak;
 pub mod subjects;
 pub mod topology;

@@ -1,0 +1,253 @@
+//! How the cost grows with the work: first, memory per workload known.
+//!
+//! `scale_workloads`: an idle proxy whose registry holds N workloads (and a
+//! service per ten of them), none of them local, so nothing but the
+//! registry grows. RSS is read once the proxy is ready and has settled,
+//! for N = 0 and each size; bytes per workload is the growth over N = 0
+//! divided by N. hbone-lab reads the registry from a file; ztunnel gets
+//! the same workloads and services as its local config (the form of its
+//! xDS state), in the server pod, beside the bench's own two workloads.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use hbone_policies::load::{istio_policies, parse_documents};
+use hbone_proxy::registry::Registry;
+use hbone_standalone::dataplane::mesh;
+
+use crate::runner::Sample;
+use crate::subjects::{
+    Shared, Subject, SubjectError, log_to, registry_yaml, rss_bytes, wait_http_ready,
+};
+use crate::topology::Topology;
+
+fn setup<E: std::fmt::Display>(e: E) -> SubjectError {
+    SubjectError::Setup(e.to_string())
+}
+
+/// The sizes of a run: `--quick` keeps them small.
+pub fn sizes(quick: bool) -> Vec<usize> {
+    if quick {
+        vec![100, 1_000, 5_000]
+    } else {
+        vec![1_000, 10_000, 100_000]
+    }
+}
+
+/// The bench's registry plus `n` workloads spread over 100 nodes (none of
+/// them the proxy's) and a service for every ten.
+fn registry_text(topology: &Topology, n: usize) -> String {
+    let base = registry_yaml(topology);
+    let (nodes, workloads) = base
+        .split_once("\nworkloads:\n")
+        .expect("the bench registry lists nodes, then workloads");
+    let mut out = String::with_capacity(200 * n + 1000);
+    out.push_str(nodes.trim_end_matches(']'));
+    for node in 0..100 {
+        let _ = write!(out, ", {{name: scale-{node}}}");
+    }
+    out.push_str(", {name: idle-node}]\nworkloads:\n");
+    out.push_str(workloads);
+    for i in 0..n {
+        let ip = 0x0a40_0000u32 + i as u32; // 10.64.0.0/10
+        let _ = writeln!(
+            out,
+            "  - {{name: w{i}, namespace: scale, serviceAccount: sa{}, labels: {{app: app{}}}, ips: [{}], node: scale-{}}}",
+            i % 100,
+            i / 10,
+            std::net::Ipv4Addr::from(ip),
+            i % 100
+        );
+    }
+    if n >= 10 {
+        out.push_str("services:\n");
+        for s in 0..n / 10 {
+            let vip = 0x0ac8_0000u32 + s as u32; // 10.200.0.0/13
+            let _ = writeln!(
+                out,
+                "  - {{name: svc{s}, namespace: scale, vips: [{}], ports: {{80: 8080}}, selector: {{app: app{s}}}}}",
+                std::net::Ipv4Addr::from(vip)
+            );
+        }
+    }
+    out
+}
+
+/// RSS of a process once it has settled (two readings a second apart agree
+/// within 1 %), or after 10 s.
+async fn settled_rss(pid: u32) -> u64 {
+    let mut last = rss_bytes(&[pid]);
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = rss_bytes(&[pid]);
+        if now.abs_diff(last) * 100 <= last {
+            return now;
+        }
+        last = now;
+    }
+    last
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An idle hbone-lab proxy on a node with no workloads, knowing `registry`.
+async fn hbone_lab_rss(
+    exe: &Path,
+    shared: &Shared,
+    registry: &Path,
+    n: usize,
+) -> Result<u64, SubjectError> {
+    let dir = shared.dir.path();
+    let pid = std::process::id();
+    let ready: SocketAddr = format!("127.{}.{}.9:15021", 60 + pid % 50, (pid / 50) % 250)
+        .parse()
+        .expect("an address");
+    let config = format!(
+        "node: idle-node\nregistry: {}\nca: {{address: \"https://{}\", rootCert: {}, tokenFile: {}}}\nlisteners:\n  readiness: \"{ready}\"\n",
+        registry.display(),
+        shared.host_ca,
+        shared.root_file.display(),
+        shared.token_file.display()
+    );
+    let file = dir.join(format!("scale-{n}.yaml"));
+    std::fs::write(&file, config).map_err(setup)?;
+    let log = dir.join(format!("scale-hbone-lab-{n}.log"));
+    let (out, err) = log_to(&log)?;
+    let child = Command::new(exe)
+        .args(["proxy", "--config"])
+        .arg(&file)
+        .env("RUST_LOG", "warn")
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(setup)?;
+    let child = Killed(child);
+    let what = format!("hbone-lab with {n} workloads");
+    wait_http_ready(None, ready, "/healthz/ready", &what, &log).await?;
+    Ok(settled_rss(child.0.id()).await)
+}
+
+/// A dedicated-mode ztunnel in the server pod whose local config holds the
+/// same workloads and services.
+async fn ztunnel_rss(
+    binary: &Path,
+    topology: &Topology,
+    shared: &Shared,
+    registry: &Registry,
+    n: usize,
+) -> Result<u64, SubjectError> {
+    let dir = shared.dir.path();
+    let none = istio_policies(&parse_documents("", "none").map_err(setup)?, "istio-system");
+    let config = dir.join(format!("scale-ztunnel-{n}.yaml"));
+    std::fs::write(
+        &config,
+        hbone_xds::local_config::render(&mesh(registry, &none)),
+    )
+    .map_err(setup)?;
+    let log = dir.join(format!("scale-ztunnel-{n}.log"));
+    let (out, err) = log_to(&log)?;
+    let child = topology
+        .server
+        .command(binary.to_str().unwrap_or("ztunnel"))
+        .env("XDS_ADDRESS", "")
+        .env("LOCAL_XDS_PATH", &config)
+        .env("PROXY_MODE", "dedicated")
+        .env("PROXY_WORKLOAD_INFO", "bench/server/server")
+        .env("NODE_NAME", "node-s")
+        .env("CA_ADDRESS", format!("https://{}", shared.pod_ca))
+        .env("CA_ROOT_CA", &shared.root_file)
+        .env("AUTH_TOKEN", &shared.token_file)
+        .env("RUST_LOG", "warn")
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(setup)?;
+    let child = Killed(child);
+    let ready: SocketAddr = format!("{}:15021", topology.server_ip())
+        .parse()
+        .expect("an address");
+    let what = format!("ztunnel with {n} workloads");
+    wait_http_ready(Some(&topology.server), ready, "/healthz/ready", &what, &log).await?;
+    Ok(settled_rss(child.0.id()).await)
+}
+
+/// `scale_workloads` for hbone-lab and (given) ztunnel: one sample per size
+/// and subject, with `workloads`, `rss_bytes` and `bytes_per_workload`
+/// (rows of a curve, not repetitions: they are reported as they are).
+pub async fn workloads(
+    subjects: &[Subject],
+    topology: &Topology,
+    shared: &Shared,
+    sizes: &[usize],
+    say: &mut dyn FnMut(&str),
+) -> Result<Vec<Sample>, SubjectError> {
+    topology.capture(false).map_err(setup)?;
+    let mut samples = Vec::new();
+    let mut all = vec![0];
+    all.extend_from_slice(sizes);
+    for subject in subjects {
+        let mut base = None;
+        for &n in &all {
+            let text = registry_text(topology, n);
+            let path = shared.dir.path().join(format!("scale-registry-{n}.yaml"));
+            std::fs::write(&path, &text).map_err(setup)?;
+            say(&format!("{}: {n} workloads", subject.name()));
+            let rss = match subject {
+                Subject::HboneLab => hbone_lab_rss(&shared.proxy_exe, shared, &path, n).await?,
+                Subject::Baseline(exe) => hbone_lab_rss(exe, shared, &path, n).await?,
+                Subject::Ztunnel { binary, .. } => {
+                    let registry = Registry::parse(&text, "scale registry").map_err(setup)?;
+                    ztunnel_rss(binary, topology, shared, &registry, n).await?
+                }
+                Subject::Direct => continue,
+            };
+            let Some(zero) = base else {
+                base = Some(rss);
+                continue;
+            };
+            let mut figures = BTreeMap::new();
+            figures.insert("workloads".to_string(), n as f64);
+            figures.insert("rss_bytes".to_string(), rss as f64);
+            figures.insert(
+                "bytes_per_workload".to_string(),
+                (rss.saturating_sub(zero) as f64 / n as f64).round(),
+            );
+            samples.push(Sample {
+                subject: subject.name().into(),
+                scenario: "scale_workloads".into(),
+                repetition: 0,
+                figures,
+            });
+        }
+    }
+    Ok(samples)
+}
+
+/// The curve as a table: one row per subject and size.
+pub fn table(samples: &[Sample]) -> String {
+    let mut out = String::from("scenario         subject    workloads   RSS MiB  bytes/workload\n");
+    for s in samples {
+        let get = |k: &str| s.figures.get(k).copied().unwrap_or(f64::NAN);
+        let _ = writeln!(
+            out,
+            "{:<16} {:<10} {:>9} {:>9.1} {:>15.0}",
+            s.scenario,
+            s.subject,
+            get("workloads"),
+            get("rss_bytes") / (1 << 20) as f64,
+            get("bytes_per_workload")
+        );
+    }
+    out
+}

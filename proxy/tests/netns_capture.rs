@@ -13,9 +13,7 @@ use hbone_policies::load::{istio_policies, parse_documents};
 use hbone_proxy::ProxyHandle;
 use hbone_proxy::config::{H2Settings, Listeners};
 use hbone_proxy::core::{CoreSettings, ProxyCore};
-use hbone_proxy::netns::{
-    NetNs, install_rules, jump_to, outbound_capture_rules, tcp_socket, veth,
-};
+use hbone_proxy::netns::{NetNs, install_rules, jump_to, outbound_capture_rules, tcp_socket, veth};
 use hbone_proxy::registry::Registry;
 use hbone_proxy::tls::MeshTrust;
 use support::{POLICY, echo_roundtrip, echo_server_in};

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use hbone_ca::manager::{Svid, assemble_svid};
+use hbone_ca::manager::Svid;
 use hbone_ca::plugin::PluginCerts;
-use hbone_ca::{AuthorityConfig, Identity, RenewalPolicy, SigningAuthority};
+use hbone_ca::{AuthorityConfig, SigningAuthority};
 use hbone_proxy::config::H2Settings;
 use hbone_proxy::refusal::{Direction, Reason};
 use hbone_proxy::tls::MeshTrust;

@@ -3,6 +3,29 @@
 
 use std::process::Command;
 
+/// Runs `hbone-lab bench <args> --out <a new directory>` without ztunnel,
+/// asserts it succeeded, and returns its stdout and the bench.json it wrote.
+fn bench_ok(args: &[&str]) -> (String, serde_json::Value, tempfile::TempDir) {
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_hbone-lab"))
+        .arg("bench")
+        .args(args)
+        .arg("--out")
+        .arg(out_dir.path())
+        .env_remove("ZTUNNEL_BIN")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = bench_json(out_dir.path());
+    (stdout, json, out_dir)
+}
+
 /// The `bench.json` a run wrote into `dir`.
 fn bench_json(dir: &std::path::Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("bench.json")).unwrap()).unwrap()
@@ -213,21 +236,7 @@ fn a_baseline_build_is_measured_as_its_own_subject() {
 #[test]
 #[ignore = "needs root (the two pod namespaces), valgrind and strace; test.sh runs it as root"]
 fn instruction_counts_are_reported_per_request_and_per_connection() {
-    let out_dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_hbone-lab"))
-        .args(["bench", "--instructions", "--quick", "--out"])
-        .arg(out_dir.path())
-        .env_remove("ZTUNNEL_BIN")
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let json = bench_json(out_dir.path());
+    let (_, json, out_dir) = bench_ok(&["--instructions", "--quick"]);
     let results = json["results"].as_array().unwrap();
     assert_eq!(results.len(), 2, "{results:?}");
     for (scenario, keys) in [
@@ -270,21 +279,7 @@ fn instruction_counts_are_reported_per_request_and_per_connection() {
 #[test]
 #[ignore = "needs root: the benchmark builds two pod network namespaces (test.sh runs it as root)"]
 fn the_scale_curve_has_a_row_per_size() {
-    let out_dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_hbone-lab"))
-        .args(["bench", "--scale", "--quick", "--out"])
-        .arg(out_dir.path())
-        .env_remove("ZTUNNEL_BIN")
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let json = bench_json(out_dir.path());
+    let (stdout, json, _out_dir) = bench_ok(&["--scale", "--quick"]);
     let rows = json["scale"].as_array().unwrap();
     let sizes: Vec<f64> = rows
         .iter()

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Child;
 use std::time::Duration;
 
 use hbone_policies::load::{istio_policies, parse_documents};
@@ -21,7 +21,8 @@ use hbone_standalone::dataplane::mesh;
 
 use crate::runner::Sample;
 use crate::subjects::{
-    Shared, Subject, SubjectError, log_to, registry_yaml, rss_bytes, wait_http_ready,
+    Shared, Subject, SubjectError, log_to, own_loopback, registry_yaml, rss_bytes, spawn_proxy,
+    wait_http_ready,
 };
 use crate::topology::Topology;
 
@@ -109,10 +110,7 @@ async fn hbone_lab_rss(
     n: usize,
 ) -> Result<u64, SubjectError> {
     let dir = shared.dir.path();
-    let pid = std::process::id();
-    let ready: SocketAddr = format!("127.{}.{}.9:15021", 60 + pid % 50, (pid / 50) % 250)
-        .parse()
-        .expect("an address");
+    let ready = own_loopback(9, 15021);
     let config = format!(
         "node: idle-node\nregistry: {}\nca: {{address: \"https://{}\", rootCert: {}, tokenFile: {}}}\nlisteners:\n  readiness: \"{ready}\"\n",
         registry.display(),
@@ -121,17 +119,8 @@ async fn hbone_lab_rss(
         shared.token_file.display()
     );
     let file = dir.join(format!("scale-{n}.yaml"));
-    std::fs::write(&file, config).map_err(setup)?;
     let log = dir.join(format!("scale-hbone-lab-{n}.log"));
-    let (out, err) = log_to(&log)?;
-    let child = Command::new(exe)
-        .args(["proxy", "--config"])
-        .arg(&file)
-        .env("RUST_LOG", "warn")
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .map_err(setup)?;
+    let child = spawn_proxy(exe, &config, &file, &log)?;
     let child = Killed(child);
     let what = format!("hbone-lab with {n} workloads");
     wait_http_ready(None, ready, "/healthz/ready", &what, &log).await?;

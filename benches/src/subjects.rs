@@ -251,6 +251,36 @@ impl Drop for Running {
     }
 }
 
+/// An address on a loopback range of this process's own, from its pid
+/// (`127.<a>.<b>.<host>:<port>`): two benchmarks or soaks at once never
+/// answer each other's readiness checks.
+pub(crate) fn own_loopback(host: u32, port: u16) -> SocketAddr {
+    let pid = std::process::id();
+    format!("127.{}.{}.{host}:{port}", 60 + pid % 50, (pid / 50) % 250)
+        .parse()
+        .expect("a loopback address")
+}
+
+/// Writes `config` to `file` and starts `exe proxy --config <file>`, its
+/// output going to `log`.
+pub(crate) fn spawn_proxy(
+    exe: &Path,
+    config: &str,
+    file: &Path,
+    log: &Path,
+) -> Result<Child, SubjectError> {
+    std::fs::write(file, config).map_err(setup)?;
+    let (out, err) = log_to(log)?;
+    Command::new(exe)
+        .args(["proxy", "--config"])
+        .arg(file)
+        .env("RUST_LOG", "warn")
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(|e| setup(format!("starting {}: {e}", exe.display())))
+}
+
 pub(crate) fn log_to(path: &Path) -> Result<(Stdio, Stdio), SubjectError> {
     let file = std::fs::File::create(path).map_err(setup)?;
     Ok((
@@ -335,11 +365,10 @@ async fn start_hbone_lab(exe: &Path, shared: &Shared) -> Result<Running, Subject
     let mut children = Vec::new();
     let mut agents = Vec::new();
     let shared_mode = knows_shared_mode(exe);
-    // Readiness on a loopback address of this run's own (two benches at
-    // once must not answer each other's readiness checks).
-    let pid = std::process::id();
-    let own = |i: u32| format!("127.{}.{}.{i}:15021", 60 + pid % 50, (pid / 50) % 250);
-    for (node, ready) in [("node-c", own(1)), ("node-s", own(2))] {
+    for (node, ready) in [
+        ("node-c", own_loopback(1, 15021)),
+        ("node-s", own_loopback(2, 15021)),
+    ] {
         let (zds, pod_outbound) = if shared_mode {
             let socket = dir.join(format!("{node}-hbone-lab.sock"));
             let pods = node_pods(&shared.registry, node);
@@ -357,21 +386,11 @@ async fn start_hbone_lab(exe: &Path, shared: &Shared) -> Result<Running, Subject
             shared.token_file.display()
         );
         let file = dir.join(format!("{node}.yaml"));
-        std::fs::write(&file, config).map_err(setup)?;
         let log = dir.join(format!("hbone-lab-{node}.log"));
-        let (out, err) = log_to(&log)?;
-        let child = Command::new(exe)
-            .args(["proxy", "--config"])
-            .arg(&file)
-            .env("RUST_LOG", "warn")
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .map_err(setup)?;
-        children.push(child);
+        children.push(spawn_proxy(exe, &config, &file, &log)?);
         wait_http_ready(
             None,
-            ready.parse().expect("literal"),
+            ready,
             "/healthz/ready",
             &format!("hbone-lab proxy {node}"),
             &log,

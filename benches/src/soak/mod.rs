@@ -23,7 +23,7 @@ pub mod schedule;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,7 +41,8 @@ use thiserror::Error;
 use tokio::time::Instant;
 
 use crate::subjects::{
-    BENCH_POLICIES, SubjectError, TOKEN, log_to, registry_yaml, rss_bytes, wait_http_ready,
+    BENCH_POLICIES, SubjectError, TOKEN, own_loopback, registry_yaml, rss_bytes, spawn_proxy,
+    wait_http_ready,
 };
 use crate::topology::{SERVER_IP, Topology};
 use load::{LoadSettings, Tally};
@@ -325,18 +326,8 @@ impl Mesh {
     async fn start_proxy(&mut self, node: &'static str) -> Result<ProxyProcess, SoakError> {
         self.started += 1;
         let n = self.started;
-        let pid = std::process::id();
-        let own = |port: u32| -> SocketAddr {
-            format!(
-                "127.{}.{}.{}:{port}",
-                60 + pid % 50,
-                (pid / 50) % 250,
-                n % 250 + 1
-            )
-            .parse()
-            .expect("an address")
-        };
-        let (readiness, metrics) = (own(15021), own(15020));
+        let host = n % 250 + 1;
+        let (readiness, metrics) = (own_loopback(host, 15021), own_loopback(host, 15020));
         let dir = self.dir.path();
         let config = format!(
             "node: {node}\nregistry: registry.yaml\npolicies: [policies.yaml]\nca: {{address: \"https://{}\", rootCert: {}, tokenFile: {}, ttl: {}ms}}\nlisteners:\n  hbonePort: 15008\n  readiness: \"{readiness}\"\n  metrics: \"{metrics}\"\nzds: {}\nbindSourceIp: false\ndrainGrace: {}ms\n",
@@ -348,20 +339,8 @@ impl Mesh {
             self.settings.drain_grace.as_millis(),
         );
         let file = dir.join(format!("{node}-{n}.yaml"));
-        std::fs::write(&file, config).map_err(io(file.display().to_string()))?;
         let log = dir.join(format!("{node}-{n}.log"));
-        let (out, err) = log_to(&log)?;
-        let child = Command::new(&self.settings.proxy_exe)
-            .args(["proxy", "--config"])
-            .arg(&file)
-            .env("RUST_LOG", "warn")
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .map_err(io(format!(
-                "starting {}",
-                self.settings.proxy_exe.display()
-            )))?;
+        let child = spawn_proxy(&self.settings.proxy_exe, &config, &file, &log)?;
         let process = ProxyProcess {
             child,
             readiness,

@@ -61,9 +61,11 @@ pub struct BenchArgs {
     out: PathBuf,
     /// Count instructions instead of timing: each proxy process runs under
     /// valgrind's callgrind while a fixed number of requests (3000, or 300
-    /// with --quick) and of new connections (300, or 30) go through; prints
-    /// and writes instructions per request and per connection, both proxies
-    /// together (scenarios instructions_rr and instructions_crr). Exact
+    /// with --quick), of new connections (300, or 30) and of MiB on one
+    /// stream (256, or 16) go through; prints and writes instructions per
+    /// request, per connection and per MiB, both proxies together
+    /// (scenarios instructions_rr, instructions_crr, instructions_bulk),
+    /// and system calls per the same, counted by strace. Exact
     /// where timings drift; needs valgrind. Each process's profile is kept
     /// in --out (`callgrind_annotate --inclusive=yes <file>` shows where
     /// the instructions go).

@@ -231,14 +231,15 @@ fn a_baseline_build_is_measured_as_its_own_subject() {
 }
 
 /// `bench --instructions --quick`: instructions (callgrind) and system
-/// calls (strace) per request and per new connection, as two scenarios
-/// with their figures in bench.json (their values are not checked).
+/// calls (strace) per request, per new connection and per MiB of a bulk
+/// stream, as three scenarios with their figures in bench.json (their
+/// values are not checked).
 #[test]
 #[ignore = "needs root (the two pod namespaces), valgrind and strace; test.sh runs it as root"]
 fn instruction_counts_are_reported_per_request_and_per_connection() {
     let (_, json, out_dir) = bench_ok(&["--instructions", "--quick"]);
     let results = json["results"].as_array().unwrap();
-    assert_eq!(results.len(), 2, "{results:?}");
+    assert_eq!(results.len(), 3, "{results:?}");
     for (scenario, keys) in [
         (
             "instructions_rr",
@@ -247,6 +248,10 @@ fn instruction_counts_are_reported_per_request_and_per_connection() {
         (
             "instructions_crr",
             ["instructions_per_connection", "syscalls_per_connection"],
+        ),
+        (
+            "instructions_bulk",
+            ["instructions_per_mib", "syscalls_per_mib"],
         ),
     ] {
         let r = results

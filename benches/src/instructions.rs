@@ -22,9 +22,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use hbone_workloads::peers::{RrSettings, rr_client};
+use hbone_workloads::peers::{RrSettings, rr_client, source};
 
-use crate::runner::{RR_PORT, Sample};
+use crate::runner::{RR_PORT, SINK_PORT, Sample};
 use crate::subjects::{Running, Shared, Subject, SubjectError};
 use crate::topology::{SERVER_IP, Topology};
 
@@ -35,6 +35,8 @@ pub struct InstructionSettings {
     pub requests: u64,
     /// New connections, one 1 KiB request each.
     pub connections: u64,
+    /// MiB carried by one stream, one way.
+    pub bulk_mib: u64,
 }
 
 impl InstructionSettings {
@@ -42,6 +44,7 @@ impl InstructionSettings {
         InstructionSettings {
             requests: 300,
             connections: 30,
+            bulk_mib: 16,
         }
     }
 
@@ -49,6 +52,7 @@ impl InstructionSettings {
         InstructionSettings {
             requests: 3000,
             connections: 300,
+            bulk_mib: 256,
         }
     }
 }
@@ -146,14 +150,108 @@ fn zero(pids: &[u32]) -> Result<(), SubjectError> {
     Ok(())
 }
 
-/// The scenarios this counts, each with its figure: instructions (both
-/// proxies together) per request on one connection, and per new connection.
-pub const SCENARIOS: [(&str, &str); 2] = [
+/// What one counted scenario carries through the path.
+#[derive(Debug, Clone, Copy)]
+enum Work {
+    /// 1 KiB requests answered by 1 KiB, on one connection or each on a new one.
+    Requests {
+        count: u64,
+        new_connection_each: bool,
+    },
+    /// One stream of this many MiB, one way, into a sink.
+    Bulk { mib: u64 },
+}
+
+impl Work {
+    /// How many units (requests, connections, MiB) the figure is divided by.
+    fn units(self) -> u64 {
+        match self {
+            Work::Requests { count, .. } => count,
+            Work::Bulk { mib } => mib,
+        }
+    }
+
+    /// Carries the work through the path; returns the units completed.
+    async fn carry(self, topology: &Topology, limit: Duration) -> std::io::Result<u64> {
+        let dialer = topology.client_dialer();
+        match self {
+            Work::Requests {
+                count,
+                new_connection_each,
+            } => {
+                let rr = RrSettings {
+                    request: 1024,
+                    response: 1024,
+                    rate: None,
+                    max_requests: count,
+                    duration: limit,
+                    new_connection_each,
+                };
+                Ok(rr_client(&dialer, SERVER_IP, RR_PORT, &rr).await?.requests)
+            }
+            Work::Bulk { mib } => {
+                let sent = source(&dialer, SERVER_IP, SINK_PORT, mib << 20, limit).await?;
+                Ok(sent.bytes >> 20)
+            }
+        }
+    }
+}
+
+/// One counted scenario: its name, the figures it reports (instructions,
+/// then system calls, each per unit), and the work for `settings`.
+struct Counted {
+    scenario: &'static str,
+    instructions: &'static str,
+    syscalls: &'static str,
+    work: Work,
+}
+
+fn scenarios(settings: InstructionSettings) -> [Counted; 3] {
+    [
+        Counted {
+            scenario: "instructions_rr",
+            instructions: "instructions_per_request",
+            syscalls: "syscalls_per_request",
+            work: Work::Requests {
+                count: settings.requests,
+                new_connection_each: false,
+            },
+        },
+        Counted {
+            scenario: "instructions_crr",
+            instructions: "instructions_per_connection",
+            syscalls: "syscalls_per_connection",
+            work: Work::Requests {
+                count: settings.connections,
+                new_connection_each: true,
+            },
+        },
+        Counted {
+            scenario: "instructions_bulk",
+            instructions: "instructions_per_mib",
+            syscalls: "syscalls_per_mib",
+            work: Work::Bulk {
+                mib: settings.bulk_mib,
+            },
+        },
+    ]
+}
+
+/// The scenarios this counts, each with its instruction figure.
+pub const SCENARIOS: [(&str, &str); 3] = [
     ("instructions_rr", "instructions_per_request"),
     ("instructions_crr", "instructions_per_connection"),
+    ("instructions_bulk", "instructions_per_mib"),
 ];
 
-/// Counts one running subject, scenario by scenario.
+fn incomplete(done: u64, work: Work) -> SubjectError {
+    setup(format!(
+        "only {done} of {} units of {work:?} completed",
+        work.units()
+    ))
+}
+
+/// Counts one running subject (under callgrind), scenario by scenario.
 pub async fn count(
     running: &Running,
     topology: &Topology,
@@ -162,45 +260,35 @@ pub async fn count(
     keep: (&Path, &str),
 ) -> Result<Vec<(&'static str, BTreeMap<String, f64>)>, SubjectError> {
     let pids = running.pids();
-    let dialer = topology.client_dialer();
     let mut counted = Vec::new();
-    for ((scenario, key), (count, new_connection_each)) in SCENARIOS
-        .into_iter()
-        .zip([(settings.requests, false), (settings.connections, true)])
-    {
-        let rr = RrSettings {
-            request: 1024,
-            response: 1024,
-            rate: None,
-            max_requests: count,
-            duration: Duration::from_secs(600),
-            new_connection_each,
-        };
+    for c in scenarios(settings) {
         zero(&pids)?;
-        let done = rr_client(&dialer, SERVER_IP, RR_PORT, &rr)
+        let done = c
+            .work
+            .carry(topology, Duration::from_secs(600))
             .await
             .map_err(setup)?;
-        let name = format!("{}-{scenario}", keep.1);
+        let name = format!("{}-{}", keep.1, c.scenario);
         let instructions = dump_total(&pids, dir, keep.0, &name)?;
-        if done.requests < count {
-            return Err(setup(format!(
-                "only {} of {count} requests completed under callgrind",
-                done.requests
-            )));
+        if done < c.work.units() {
+            return Err(incomplete(done, c.work));
         }
-        let per = (instructions as f64 / count as f64).round();
-        counted.push((scenario, BTreeMap::from([(key.to_string(), per)])));
+        let per = (instructions as f64 / done as f64).round();
+        counted.push((
+            c.scenario,
+            BTreeMap::from([(c.instructions.to_string(), per)]),
+        ));
     }
     Ok(counted)
 }
 
-/// Runs `rr` with strace counting the system calls of `pids` (all their
-/// threads); returns the calls per request. strace slows what it traces,
-/// so only the count is kept, never a time.
+/// Carries `work` with strace counting the system calls of `pids` (all
+/// their threads); returns the calls per unit. strace slows what it
+/// traces, so only the count is kept, never a time.
 async fn syscalls_per(
     pids: &[u32],
     topology: &Topology,
-    rr: &RrSettings,
+    work: Work,
     dir: &Path,
 ) -> Result<f64, SubjectError> {
     let out = dir.join("strace.txt");
@@ -215,11 +303,14 @@ async fn syscalls_per(
         .map_err(|e| setup(format!("strace (Debian: apt-get install strace): {e}")))?;
     // strace attaches to every thread before it counts.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let done = rr_client(&topology.client_dialer(), SERVER_IP, RR_PORT, rr).await;
+    let done = work.carry(topology, Duration::from_secs(120)).await;
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
     let _ = child.wait();
     let done = done.map_err(setup)?;
+    if done < work.units() {
+        return Err(incomplete(done, work));
+    }
     let text = std::fs::read_to_string(&out).map_err(setup)?;
     // The summary's last line: "100.00  <seconds>  <usecs/call>  <calls>  <errors>  total".
     let calls = text
@@ -230,11 +321,11 @@ async fn syscalls_per(
             fields.get(3)?.parse::<u64>().ok()
         })
         .ok_or_else(|| setup(format!("strace gave no total:\n{text}")))?;
-    Ok(calls as f64 / done.requests.max(1) as f64)
+    Ok(calls as f64 / done as f64)
 }
 
-/// System calls per request and per connection of a subject running
-/// normally (not under valgrind), added to the counted scenarios' figures.
+/// System calls per unit of a subject running normally (not under
+/// valgrind), added to the counted scenarios' figures.
 async fn count_syscalls(
     running: &Running,
     topology: &Topology,
@@ -243,20 +334,9 @@ async fn count_syscalls(
     counted: &mut [(&'static str, BTreeMap<String, f64>)],
 ) -> Result<(), SubjectError> {
     let pids = running.pids();
-    for ((_, figures), (count, new_connection_each, key)) in counted.iter_mut().zip([
-        (settings.requests, false, "syscalls_per_request"),
-        (settings.connections, true, "syscalls_per_connection"),
-    ]) {
-        let rr = RrSettings {
-            request: 1024,
-            response: 1024,
-            rate: None,
-            max_requests: count,
-            duration: Duration::from_secs(120),
-            new_connection_each,
-        };
-        let per = syscalls_per(&pids, topology, &rr, dir).await?;
-        figures.insert(key.to_string(), (per * 10.0).round() / 10.0);
+    for ((_, figures), c) in counted.iter_mut().zip(scenarios(settings)) {
+        let per = syscalls_per(&pids, topology, c.work, dir).await?;
+        figures.insert(c.syscalls.to_string(), (per * 10.0).round() / 10.0);
     }
     Ok(())
 }
@@ -280,13 +360,19 @@ pub async fn run(
     let server = tokio::spawn(hbone_workloads::peers::rr_server_counting(
         listener, 1024, 1024, accepted,
     ));
+    let sink_listener = topology.server_listener(SINK_PORT).map_err(setup)?;
+    let sink = tokio::spawn(hbone_workloads::peers::sink(
+        sink_listener,
+        std::sync::Arc::default(),
+    ));
     let mut samples = Vec::new();
     for subject in subjects.iter().filter(|s| **s != Subject::Direct) {
         say(&format!(
-            "{}: starting under callgrind (slow) and counting {} requests, then {} new connections",
+            "{}: starting under callgrind (slow) and counting {} requests, then {} new connections, then {} MiB",
             subject.name(),
             settings.requests,
-            settings.connections
+            settings.connections,
+            settings.bulk_mib
         ));
         let counted = wrapped(subject, shared)?;
         let running = crate::runner::start_warm(&counted, topology, shared).await?;
@@ -319,6 +405,7 @@ pub async fn run(
         }
     }
     server.abort();
+    sink.abort();
     let _ = topology.capture(false);
     Ok(samples)
 }

@@ -13,6 +13,7 @@ fn headline(s: &Summary) -> Option<(&'static str, f64)> {
         "bytes_per_used_idle_conn",
         "instructions_per_request",
         "instructions_per_connection",
+        "instructions_per_mib",
     ] {
         if let Some(v) = s.figures.get(key) {
             return Some((key, *v));

@@ -8,7 +8,7 @@ use clap::Args;
 use hbone_bench::chart;
 use hbone_bench::instructions::{self, InstructionSettings};
 use hbone_bench::report::{markdown, table};
-use hbone_bench::runner::{BenchSettings, Progress, SCENARIOS, run, summarize};
+use hbone_bench::runner::{BenchSettings, LADDER_SCENARIOS, Progress, SCENARIOS, run, summarize};
 use hbone_bench::subjects::{Shared, Subject, ZtunnelMode};
 use hbone_bench::topology::Topology;
 
@@ -78,6 +78,15 @@ pub struct BenchArgs {
     /// scale_workloads, written to bench.json under "scale").
     #[arg(long)]
     scale: bool,
+    /// The cost ladder: add two subjects below HBONE on the same path —
+    /// bench-relay (the proxies relay TCP to each other, no TLS) and
+    /// bench-mtls (one mutual-TLS connection per proxied connection, no
+    /// HTTP/2) — so direct → relay → +mTLS → +HTTP/2 (hbone-lab) shows what
+    /// each layer costs. Neither rung enforces policy; they are benchmark
+    /// modes (`benchTunnel` in the proxy's config), not a mesh. Scenarios
+    /// default to throughput_1, rr_unthrottled, rr_1000 and crr.
+    #[arg(long)]
+    ladder: bool,
     /// Measure nothing: redraw bench.md and bench.svg into --out from a
     /// bench.json written earlier (no root needed).
     #[arg(long, value_name = "BENCH_JSON")]
@@ -148,7 +157,15 @@ pub async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(s) = args.seconds {
         settings.seconds = s;
     }
-    let mut subjects = vec![Subject::Direct, Subject::HboneLab];
+    let mut subjects = if args.ladder {
+        hbone_bench::subjects::ladder().to_vec()
+    } else {
+        vec![Subject::Direct, Subject::HboneLab]
+    };
+    anyhow::ensure!(
+        !(args.ladder && (args.instructions || args.scale)),
+        "--ladder is a timed run; it does not go with --instructions or --scale"
+    );
     if let Some(exe) = &args.baseline {
         anyhow::ensure!(exe.is_file(), "--baseline {} is not a file", exe.display());
         subjects.push(Subject::Baseline(exe.clone()));
@@ -169,7 +186,9 @@ pub async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
             "note: no --ztunnel / ZTUNNEL_BIN given, so ztunnel is not measured in this run"
         ),
     }
-    let scenarios: Vec<&str> = if args.scenarios.is_empty() {
+    let scenarios: Vec<&str> = if args.scenarios.is_empty() && args.ladder {
+        LADDER_SCENARIOS.to_vec()
+    } else if args.scenarios.is_empty() {
         SCENARIOS.to_vec()
     } else {
         for s in &args.scenarios {

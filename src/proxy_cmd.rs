@@ -287,7 +287,19 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         hbone_port: config.listeners.hbone_port,
         bind_source_ip: config.bind_source_ip,
     };
-    let core = Arc::new(ProxyCore::new(settings, registry, policies, certs, trust));
+    let core = ProxyCore::new(settings, registry, policies, certs, trust);
+    if let Some(mode) = config.bench_tunnel {
+        tracing::warn!(
+            tunnel = mode.as_str(),
+            "benchTunnel is set: connections between proxies are a benchmark rung ({}), not HBONE, and no policy is enforced — this is not a mesh",
+            if mode == hbone_proxy::bench_tunnel::BenchTunnel::Plain {
+                "a TCP relay"
+            } else {
+                "mutual TLS without HTTP/2"
+            }
+        );
+    }
+    let core = Arc::new(core.with_bench_tunnel(config.bench_tunnel));
     if let Some(address) = &config.xds {
         core.set_waiting_for(Some(format!("the control plane {address}")));
     }

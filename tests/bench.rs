@@ -298,3 +298,35 @@ fn the_scale_curve_has_a_row_per_size() {
     }
     assert!(stdout.contains("bytes/workload"), "{stdout}");
 }
+
+/// `bench --ladder`: the two rungs below HBONE are measured beside direct
+/// and hbone-lab, in the ladder's order, and the chart is the ladder.
+#[test]
+#[ignore = "needs root: the benchmark builds two pod network namespaces (test.sh runs it as root)"]
+fn the_cost_ladder_measures_each_rung() {
+    let (_, json, out_dir) = bench_ok(&[
+        "--ladder",
+        "--quick",
+        "--seconds",
+        "0.3",
+        "--scenarios",
+        "rr_unthrottled,crr",
+    ]);
+    assert_eq!(
+        json["subjects"],
+        serde_json::json!(["direct", "bench-relay", "bench-mtls", "hbone-lab"])
+    );
+    let results = json["results"].as_array().unwrap();
+    assert_eq!(results.len(), 8, "2 scenarios × 4 subjects: {results:?}");
+    for rung in ["bench-relay", "bench-mtls"] {
+        for (scenario, key) in [("rr_unthrottled", "rps"), ("crr", "conn_per_s")] {
+            let r = results
+                .iter()
+                .find(|r| r["subject"] == rung && r["scenario"] == scenario)
+                .unwrap_or_else(|| panic!("{rung} {scenario}"));
+            assert!(r[key].as_f64().is_some_and(|v| v > 0.0), "{r}");
+        }
+    }
+    let svg = std::fs::read_to_string(out_dir.path().join("bench.svg")).unwrap();
+    assert!(svg.contains("cost ladder"), "the chart is not the ladder");
+}

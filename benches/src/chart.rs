@@ -1,7 +1,13 @@
-//! The benchmark as a picture: one SVG with three panels — speed relative to
-//! no proxy (higher is better), p99 latency at a fixed rate, and memory per
-//! idle connection (lower is better) — one bar per subject, so hbone-lab and
-//! ztunnel sit next to each other on every figure.
+//! The benchmark as a picture: one SVG, one bar per subject, so hbone-lab
+//! and ztunnel sit next to each other on every figure.
+//!
+//! When ztunnel ran, the first panel answers what a reader asks first — is
+//! hbone-lab ahead of ztunnel? — as hbone-lab's advantage on every figure
+//! (ztunnel's cost ÷ ours for latency, CPU and memory; ours ÷ ztunnel's for
+//! speed), with a line at 1. Below it: speed relative to no proxy (higher
+//! is better; with the ladder's rungs in the run, this panel is the cost
+//! ladder, direct → relay → +mTLS → +HTTP/2), p99 latency at a fixed rate,
+//! and memory per idle connection (lower is better).
 
 use plotters::prelude::*;
 use thiserror::Error;
@@ -30,6 +36,8 @@ fn colour(subject: &str) -> RGBColor {
         "direct" => RGBColor(0x90, 0x90, 0x90),
         "hbone-lab" => RGBColor(0x2a, 0x7a, 0xc8),
         "ztunnel" => RGBColor(0xe0, 0x8a, 0x1e),
+        "bench-relay" => RGBColor(0xa8, 0xcf, 0xf0),
+        "bench-mtls" => RGBColor(0x6a, 0xa6, 0xdc),
         _ => RGBColor(0x3a, 0xa0, 0x5a),
     }
 }
@@ -42,22 +50,36 @@ fn figure(summaries: &[Summary], subject: &str, scenario: &str, key: &str) -> Op
         .filter(|v| v.is_finite())
 }
 
+/// How a panel is labelled.
+struct Panel<'a> {
+    title: &'a str,
+    y_label: &'a str,
+    /// Whether the subjects' legend sits in this panel.
+    legend: bool,
+    /// A horizontal line at this value (1 in a ratio panel).
+    reference: Option<f64>,
+}
+
 /// One panel of grouped bars: for each group, one bar per subject.
 fn bars(
     area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
-    title: &str,
+    panel: &Panel<'_>,
     groups: &[(String, Vec<Option<f64>>)],
     subjects: &[String],
-    y_label: &str,
-    legend: bool,
 ) -> Result<(), ChartError> {
+    let Panel {
+        title,
+        y_label,
+        legend,
+        reference,
+    } = *panel;
     // Headroom above the tallest bar: room for value labels, and for the
     // legend in the panel that carries it.
     let headroom = if legend { 1.5 } else { 1.15 };
     let top = groups
         .iter()
         .flat_map(|(_, v)| v.iter().flatten())
-        .fold(0.0f64, |a, b| a.max(*b))
+        .fold(reference.unwrap_or(0.0), |a, b| a.max(*b))
         .max(1e-9)
         * headroom;
     let n = subjects.len().max(1) as f64;
@@ -112,6 +134,13 @@ fn bars(
         });
         chart.draw_series(labels).map_err(err)?;
     }
+    if let Some(at) = reference {
+        let line = LineSeries::new(
+            [(0.0, at), (groups.len() as f64, at)],
+            BLACK.stroke_width(1),
+        );
+        chart.draw_series(line).map_err(err)?;
+    }
     if legend {
         chart
             .configure_series_labels()
@@ -124,15 +153,89 @@ fn bars(
     Ok(())
 }
 
+/// The "÷ ztunnel" panel's groups: (label, scenario, figure, whether more
+/// is better). Latency is the added p99 (subject's minus direct's).
+const VERSUS_ZTUNNEL: &[(&str, &str, &str, bool)] = &[
+    ("1 stream", "throughput_1", "throughput_gbps", true),
+    ("N streams", "throughput_n", "throughput_gbps", true),
+    ("req/s", "rr_unthrottled", "rps", true),
+    ("conn/s", "crr", "conn_per_s", true),
+    ("added p99", "rr_1000", "p99_ms", false),
+    ("CPU/GiB", "throughput_1", "proxy_cpu_s_per_gib", false),
+    ("idle conn", "idle_memory", "bytes_per_idle_conn", false),
+    (
+        "used idle",
+        "idle_memory_used",
+        "bytes_per_used_idle_conn",
+        false,
+    ),
+];
+
+/// `subject`'s advantage over ztunnel on one figure (above 1: ahead).
+fn advantage(
+    summaries: &[Summary],
+    subject: &str,
+    (scenario, key, more_is_better): (&str, &str, bool),
+) -> Option<f64> {
+    let mut ours = figure(summaries, subject, scenario, key)?;
+    let mut theirs = figure(summaries, "ztunnel", scenario, key)?;
+    if key == "p99_ms" {
+        let direct = figure(summaries, "direct", scenario, key)?;
+        ours -= direct;
+        theirs -= direct;
+    }
+    let ratio = if more_is_better {
+        ours / theirs
+    } else {
+        theirs / ours
+    };
+    Some(ratio).filter(|r| r.is_finite() && *r > 0.0)
+}
+
 /// Draws the chart into an SVG string (colours: direct grey, hbone-lab
-/// blue, ztunnel orange, a baseline build green; the legend sits in the
-/// first panel).
+/// blue and its ladder rungs lighter blues, ztunnel orange, a baseline
+/// build green; the legend sits in the first panel).
 pub fn svg(summaries: &[Summary], subjects: &[String]) -> Result<String, ChartError> {
+    let versus: Vec<String> = subjects
+        .iter()
+        .filter(|s| *s != "direct" && *s != "ztunnel")
+        .cloned()
+        .collect();
+    let with_ztunnel = subjects.iter().any(|s| s == "ztunnel")
+        && VERSUS_ZTUNNEL.iter().any(|(_, scenario, key, better)| {
+            versus
+                .iter()
+                .any(|s| advantage(summaries, s, (scenario, key, *better)).is_some())
+        });
+    let height = if with_ztunnel { 840 } else { 420 };
     let mut out = String::new();
     {
-        let root = SVGBackend::with_string(&mut out, (1200, 420)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut out, (1200, height)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
-        let (left, rest) = root.split_horizontally(560);
+        let below = if with_ztunnel {
+            let (top, below) = root.split_vertically(420);
+            let groups: Vec<(String, Vec<Option<f64>>)> = VERSUS_ZTUNNEL
+                .iter()
+                .map(|(label, scenario, key, better)| {
+                    let values = versus
+                        .iter()
+                        .map(|s| advantage(summaries, s, (scenario, key, *better)))
+                        .collect();
+                    (label.to_string(), values)
+                })
+                .collect();
+            let panel = Panel {
+                title: "advantage over ztunnel (× — above the line, ahead of ztunnel)",
+                y_label: "× ztunnel",
+                legend: true,
+                reference: Some(1.0),
+            };
+            bars(&top, &panel, &groups, &versus)?;
+            below
+        } else {
+            root.clone()
+        };
+        let (left, rest) = below.split_horizontally(560);
         let (middle, right) = rest.split_horizontally(320);
         let speed: Vec<(String, Vec<Option<f64>>)> = SPEED
             .iter()
@@ -145,14 +248,18 @@ pub fn svg(summaries: &[Summary], subjects: &[String]) -> Result<String, ChartEr
                 (label.to_string(), values)
             })
             .collect();
-        bars(
-            &left,
-            "÷ direct (higher is better)",
-            &speed,
-            subjects,
-            "ratio to no proxy",
-            true,
-        )?;
+        let ladder = subjects.iter().any(|s| s.starts_with("bench-"));
+        let panel = Panel {
+            title: if ladder {
+                "cost ladder: ÷ direct (higher is better)"
+            } else {
+                "÷ direct (higher is better)"
+            },
+            y_label: "ratio to no proxy",
+            legend: true,
+            reference: None,
+        };
+        bars(&left, &panel, &speed, subjects)?;
         let p99 = vec![(
             "1000 req/s".to_string(),
             subjects
@@ -160,7 +267,13 @@ pub fn svg(summaries: &[Summary], subjects: &[String]) -> Result<String, ChartEr
                 .map(|s| figure(summaries, s, "rr_1000", "p99_ms"))
                 .collect(),
         )];
-        bars(&middle, "p99 latency, ms", &p99, subjects, "ms", false)?;
+        let panel = Panel {
+            title: "p99 latency, ms",
+            y_label: "ms",
+            legend: false,
+            reference: None,
+        };
+        bars(&middle, &panel, &p99, subjects)?;
         let memory: Vec<(String, Vec<Option<f64>>)> = [
             ("per idle conn", "idle_memory", "bytes_per_idle_conn"),
             (
@@ -178,14 +291,13 @@ pub fn svg(summaries: &[Summary], subjects: &[String]) -> Result<String, ChartEr
             (label.to_string(), values)
         })
         .collect();
-        bars(
-            &right,
-            "memory, KiB (lower is better)",
-            &memory,
-            subjects,
-            "KiB",
-            false,
-        )?;
+        let panel = Panel {
+            title: "memory, KiB (lower is better)",
+            y_label: "KiB",
+            legend: false,
+            reference: None,
+        };
+        bars(&right, &panel, &memory, subjects)?;
         root.present().map_err(err)?;
     }
     Ok(out)

@@ -91,6 +91,11 @@ pub fn wrapped(subject: &Subject, shared: &Shared) -> Result<Subject, SubjectErr
             Subject::Baseline(under_callgrind(&shared.proxy_exe, dir, "hbone-lab")?)
         }
         Subject::Baseline(exe) => Subject::Baseline(under_callgrind(exe, dir, "baseline")?),
+        Subject::Rung(_) => {
+            return Err(setup(
+                "instruction counts are taken of hbone-lab, a baseline and ztunnel, not of a ladder rung",
+            ));
+        }
         Subject::Ztunnel { binary, mode } => Subject::Ztunnel {
             binary: under_callgrind(binary, dir, "ztunnel")?,
             mode: *mode,

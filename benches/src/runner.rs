@@ -78,6 +78,10 @@ pub const SCENARIOS: &[&str] = &[
     "idle_memory_used",
 ];
 
+/// What the cost ladder reports for each rung: throughput, requests/s,
+/// p99 at a fixed rate, connections/s.
+pub const LADDER_SCENARIOS: &[&str] = &["throughput_1", "rr_unthrottled", "rr_1000", "crr"];
+
 /// What each connection of `idle_memory_used` carries before it idles.
 const USED_BYTES: usize = 256 * 1024;
 /// How long `idle_memory_used` waits after the transfer: past jemalloc's

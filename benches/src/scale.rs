@@ -199,7 +199,7 @@ pub async fn workloads(
                     let registry = Registry::parse(&text, "scale registry").map_err(setup)?;
                     ztunnel_rss(binary, topology, shared, &registry, n).await?
                 }
-                Subject::Direct => continue,
+                Subject::Direct | Subject::Rung(_) => continue,
             };
             let Some(zero) = base else {
                 base = Some(rss);

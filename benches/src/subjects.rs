@@ -13,6 +13,7 @@ use hbone_ca::server::{CaService, RunningCa, serve_listener};
 use hbone_ca::tokens::TokenFile;
 use hbone_ca::{AuthorityConfig, SigningAuthority};
 use hbone_policies::load::{istio_policies, parse_documents};
+use hbone_proxy::bench_tunnel::BenchTunnel;
 use hbone_proxy::netns::{NetNs, bind_listener};
 use hbone_proxy::registry::Registry;
 use hbone_standalone::dataplane::{
@@ -52,6 +53,9 @@ pub enum Subject {
         binary: PathBuf,
         mode: ZtunnelMode,
     },
+    /// A lower rung of the cost ladder: hbone-lab's proxies with
+    /// `benchTunnel` set (a TCP relay, or mTLS without HTTP/2), no policy.
+    Rung(BenchTunnel),
 }
 
 /// How ztunnel is run.
@@ -73,8 +77,21 @@ impl Subject {
             Subject::HboneLab => "hbone-lab",
             Subject::Baseline(_) => "baseline",
             Subject::Ztunnel { .. } => "ztunnel",
+            Subject::Rung(BenchTunnel::Plain) => "bench-relay",
+            Subject::Rung(BenchTunnel::Mtls) => "bench-mtls",
         }
     }
+}
+
+/// The cost ladder, bottom up: no proxy, a TCP relay between the two
+/// proxies, mTLS without HTTP/2, HBONE.
+pub fn ladder() -> [Subject; 4] {
+    [
+        Subject::Direct,
+        Subject::Rung(BenchTunnel::Plain),
+        Subject::Rung(BenchTunnel::Mtls),
+        Subject::HboneLab,
+    ]
 }
 
 /// What every subject shares: the CA (reachable from the host and from the
@@ -324,11 +341,15 @@ pub async fn start(
         }
         Subject::HboneLab => {
             topology.capture(true).map_err(setup)?;
-            start_hbone_lab(&shared.proxy_exe, shared).await
+            start_hbone_lab(&shared.proxy_exe, shared, None).await
         }
         Subject::Baseline(exe) => {
             topology.capture(true).map_err(setup)?;
-            start_hbone_lab(exe, shared).await
+            start_hbone_lab(exe, shared, None).await
+        }
+        Subject::Rung(rung) => {
+            topology.capture(true).map_err(setup)?;
+            start_hbone_lab(&shared.proxy_exe, shared, Some(*rung)).await
         }
         Subject::Ztunnel {
             binary,
@@ -359,8 +380,13 @@ fn knows_shared_mode(exe: &Path) -> bool {
 /// hbone-lab's proxy per node. In shared mode, as ztunnel is deployed: one
 /// process per node, its pod handed over by a node agent (ZDS). A build
 /// from before shared mode finds its pod's namespace in the registry, as
-/// it was measured then.
-async fn start_hbone_lab(exe: &Path, shared: &Shared) -> Result<Running, SubjectError> {
+/// it was measured then. With `rung`, the proxies carry connections on
+/// that rung of the cost ladder instead of HBONE.
+async fn start_hbone_lab(
+    exe: &Path,
+    shared: &Shared,
+    rung: Option<BenchTunnel>,
+) -> Result<Running, SubjectError> {
     let dir = shared.dir.path();
     let mut children = Vec::new();
     let mut agents = Vec::new();
@@ -379,8 +405,9 @@ async fn start_hbone_lab(exe: &Path, shared: &Shared) -> Result<Running, Subject
         } else {
             (String::new(), "")
         };
+        let rung = rung.map_or(String::new(), |r| format!("benchTunnel: {}\n", r.as_str()));
         let config = format!(
-            "node: {node}\nregistry: registry.yaml\npolicies: [policies.yaml]\nca: {{address: \"https://{}\", rootCert: {}, tokenFile: {}}}\nlisteners:\n  hbonePort: 15008\n  readiness: \"{ready}\"\n{pod_outbound}{zds}bindSourceIp: false\ndrainGrace: 1s\n",
+            "node: {node}\nregistry: registry.yaml\npolicies: [policies.yaml]\nca: {{address: \"https://{}\", rootCert: {}, tokenFile: {}}}\nlisteners:\n  hbonePort: 15008\n  readiness: \"{ready}\"\n{pod_outbound}{zds}{rung}bindSourceIp: false\ndrainGrace: 1s\n",
             shared.host_ca,
             shared.root_file.display(),
             shared.token_file.display()

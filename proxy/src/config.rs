@@ -37,6 +37,8 @@
 //!   serverMaxStreams: 200           # per inbound connection
 //!   poolIdleTimeout: 300s
 //! connectionLog: 1000               # finished connections kept for /debug/connections
+//! # benchTunnel: plain              # benchmarks only: a TCP relay (or `mtls`: TLS without
+//! #                                 #   HTTP/2) between proxies instead of HBONE, no policy
 //! ```
 
 use std::net::SocketAddr;
@@ -202,6 +204,11 @@ pub struct ProxyConfig {
     /// How many finished connections `/debug/connections` keeps.
     #[serde(default = "default_connection_log")]
     pub connection_log: usize,
+    /// Benchmarks only: replace HBONE between proxies by a lower rung of
+    /// the cost ladder (`plain`: a TCP relay; `mtls`: mutual TLS without
+    /// HTTP/2), with no policy at all. Not a mesh; see [`crate::bench_tunnel`].
+    #[serde(default)]
+    pub bench_tunnel: Option<crate::bench_tunnel::BenchTunnel>,
 }
 
 /// How many finished connections the connection log keeps by default.
@@ -266,6 +273,7 @@ impl ProxyConfig {
             bind_source_ip: true,
             drain_grace: default_grace(),
             connection_log: default_connection_log(),
+            bench_tunnel: None,
         }
     }
 

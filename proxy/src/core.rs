@@ -46,6 +46,8 @@ pub struct ProxyCore {
     pub h2: H2Settings,
     pub hbone_port: u16,
     pub bind_source_ip: bool,
+    /// Benchmarks only: a lower rung of the cost ladder instead of HBONE.
+    pub bench_tunnel: Option<crate::bench_tunnel::BenchTunnel>,
     /// Swapped whole when the registry's source changes (file, cluster, xDS).
     registry: ArcSwap<Registry>,
     /// Counts registry swaps, so the local workloads' listeners can follow.
@@ -83,6 +85,7 @@ impl ProxyCore {
             h2: settings.h2,
             hbone_port: settings.hbone_port,
             bind_source_ip: settings.bind_source_ip,
+            bench_tunnel: None,
             registry: ArcSwap::new(registry),
             registry_version: tokio::sync::watch::Sender::new(0),
             policies: ArcSwap::new(Arc::new(policies.into())),
@@ -97,6 +100,13 @@ impl ProxyCore {
             limit: Arc::default(),
             served: tokio::sync::watch::Sender::new(Default::default()),
         }
+    }
+
+    /// Benchmarks only: carry connections between proxies on `tunnel`
+    /// instead of HBONE ([`crate::bench_tunnel`]).
+    pub fn with_bench_tunnel(mut self, tunnel: Option<crate::bench_tunnel::BenchTunnel>) -> Self {
+        self.bench_tunnel = tunnel;
+        self
     }
 
     /// Dials `addr` as a socket of `from` would: inside its network namespace

@@ -18,6 +18,7 @@
 //! - [`pool`]: the HBONE client and its connection pool.
 //! - [`inbound`]: HBONE on 15008, where policy is enforced.
 //! - [`outbound`], [`socks5`], [`capture`]: ways into the mesh (15080, 15001) and plaintext in (15006).
+//! - [`bench_tunnel`]: benchmark-only tunnels below HBONE (a TCP relay, mTLS alone), for the cost ladder.
 //! - [`workload_listeners`]: each local workload's listeners, opened and closed as the registry changes.
 //! - [`file_watch`], [`registry_watch`], [`policy_watch`]: following the registry and policy files.
 //! - [`kube_registry`]: following a Kubernetes cluster's pods, services and policies instead.
@@ -28,6 +29,7 @@
 
 pub mod admin;
 pub mod authorization;
+pub mod bench_tunnel;
 pub mod capture;
 pub mod config;
 pub mod connection_limit;

@@ -36,6 +36,8 @@ pub enum OutboundError {
     },
     #[error(transparent)]
     Tunnel(#[from] TunnelError),
+    #[error("bench tunnel: {0}")]
+    Bench(#[from] crate::bench_tunnel::BenchTunnelError),
 }
 
 impl OutboundError {
@@ -44,6 +46,7 @@ impl OutboundError {
             OutboundError::NoRoute(..) => Reason::NoRoute,
             OutboundError::Direct { .. } => Reason::ConnectFailed,
             OutboundError::Tunnel(t) => t.reason(),
+            OutboundError::Bench(b) => b.reason(),
         }
     }
 }
@@ -61,6 +64,8 @@ pub struct Route {
 pub enum Upstream {
     Tunnel(Box<Tunnel>),
     Direct(TcpStream),
+    /// A benchmark-only rung below HBONE ([`crate::bench_tunnel`]).
+    Bench(Box<dyn crate::bench_tunnel::BenchStream>),
 }
 
 pub struct Outbound {
@@ -120,6 +125,11 @@ impl Outbound {
             service: service.cloned(),
         };
         if let Some(workload) = workload.filter(|w| w.protocol == Protocol::Hbone) {
+            if let Some(mode) = self.core.bench_tunnel {
+                let stream =
+                    crate::bench_tunnel::open(&self.core, mode, source, workload, addr).await?;
+                return Ok((Upstream::Bench(stream), route));
+            }
             let key = PoolKey {
                 source: source.identity().clone(),
                 destination: workload.identity().clone(),
@@ -151,7 +161,13 @@ impl Outbound {
         route: Route,
     ) -> impl Future<Output = ()> + Send + 'a {
         let started = Instant::now();
-        let mtls = matches!(upstream, Upstream::Tunnel(_));
+        let mtls = match upstream {
+            Upstream::Tunnel(_) => true,
+            Upstream::Bench(_) => {
+                self.core.bench_tunnel == Some(crate::bench_tunnel::BenchTunnel::Mtls)
+            }
+            Upstream::Direct(_) => false,
+        };
         let labels = ConnectionLabels::new(
             "source",
             Some(source),
@@ -178,6 +194,13 @@ impl Outbound {
                     let (moved, error) = crate::copy::bidirectional(client, send, recv).await;
                     drop(slot);
                     (moved.to_tunnel, moved.from_tunnel, error)
+                }
+                Upstream::Bench(mut stream) => {
+                    let mut client = client;
+                    match crate::bench_tunnel::relay(&mut client, stream.as_mut()).await {
+                        Ok((up, down)) => (up, down, None),
+                        Err(e) => (0, 0, Some(e)),
+                    }
                 }
                 Upstream::Direct(mut stream) => {
                     let mut client = client;

@@ -102,7 +102,12 @@ impl WorkloadListeners {
         for (l, kind) in bound {
             let (core, stop, tasks) = (self.core.clone(), stop.clone(), self.tasks.clone());
             match kind {
-                Kind::Hbone => self.tasks.spawn(inbound::serve(core, l, stop, tasks)),
+                Kind::Hbone => match core.bench_tunnel {
+                    Some(mode) => self
+                        .tasks
+                        .spawn(crate::bench_tunnel::serve(core, mode, l, stop, tasks)),
+                    None => self.tasks.spawn(inbound::serve(core, l, stop, tasks)),
+                },
                 Kind::Plaintext => self
                     .tasks
                     .spawn(capture::serve_plaintext(core, l, stop, tasks)),

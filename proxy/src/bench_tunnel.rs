@@ -1,0 +1,299 @@
+//! Benchmark-only tunnels: the lower rungs of the cost ladder.
+//!
+//! HBONE is three layers over TCP — a relay, mutual TLS, HTTP/2 CONNECT —
+//! and nobody can say what each costs from outside one proxy. With
+//! `benchTunnel:` in its config, this proxy swaps the top layers out on the
+//! same two-proxy path, so a benchmark can price them one at a time:
+//!
+//! - `plain`: a TCP relay. The sending proxy dials the peer's port 15008,
+//!   names the target in a preamble, and copies bytes; no TLS, no identity.
+//! - `mtls`: the same inside one mutual-TLS connection per proxied
+//!   connection (the workloads' certificates, SPIFFE verification, TLS 1.3,
+//!   ALPN `hbone-lab-bench-mtls`), without HTTP/2: no pooling, no streams.
+//!
+//! Neither is a mesh: there are no policies (no AuthorizationPolicy, no
+//! PeerAuthentication), and a plain relay carries no identity at all. The
+//! proxy says so in its log when it starts, and a peer speaking HBONE meets
+//! a bench listener's refusal. The preamble is one byte of length and the
+//! target `ip:port` in ASCII; the target must be the local workload the
+//! connection arrived for, on a port that is not the proxy's.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rustls::pki_types::ServerName;
+use serde::Deserialize;
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::warn;
+
+use crate::core::{CoreError, ProxyCore};
+use crate::inbound::PROXY_PORTS;
+use crate::listen::Gate;
+use crate::refusal::{Direction, Reason};
+use crate::registry::Workload;
+
+/// The ALPN of the `mtls` rung: never `h2`, so no HBONE peer mistakes it.
+pub const ALPN_BENCH_MTLS: &[u8] = b"hbone-lab-bench-mtls";
+/// Copy buffers of the lower rungs, each way (tokio's `copy_bidirectional`).
+const BUFFER: usize = 64 * 1024;
+
+/// Which rung replaces HBONE (config `benchTunnel`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BenchTunnel {
+    /// A TCP relay between the proxies.
+    Plain,
+    /// Mutual TLS, one connection per proxied connection, no HTTP/2.
+    Mtls,
+}
+
+impl BenchTunnel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BenchTunnel::Plain => "plain",
+            BenchTunnel::Mtls => "mtls",
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum BenchTunnelError {
+    #[error("cannot reach the peer proxy at {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no certificate or TLS config: {0}")]
+    Setup(#[from] CoreError),
+    #[error("TLS with {addr}: {source}")]
+    Tls {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the preamble: {0}")]
+    Preamble(String),
+    #[error("the preamble: {0}")]
+    PreambleIo(#[source] std::io::Error),
+    #[error("the preamble names {target}, not a port of this connection's workload")]
+    Target { target: SocketAddr },
+    #[error("cannot reach the destination {target}: {source}")]
+    Upstream {
+        target: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl BenchTunnelError {
+    pub fn reason(&self) -> Reason {
+        match self {
+            BenchTunnelError::Connect { .. } => Reason::ConnectFailed,
+            BenchTunnelError::Setup(_) => Reason::NoCertificate,
+            BenchTunnelError::Tls { .. } => Reason::TlsHandshake,
+            BenchTunnelError::Preamble(_) | BenchTunnelError::PreambleIo(_) => Reason::BadAuthority,
+            BenchTunnelError::Target { .. } => Reason::AuthorityMismatch,
+            BenchTunnelError::Upstream { .. } => Reason::UpstreamUnreachable,
+        }
+    }
+}
+
+/// A byte stream of either rung.
+pub trait BenchStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> BenchStream for T {}
+
+fn bench_alpn<C: Clone>(config: &Arc<C>, alpn: impl FnOnce(&mut C)) -> Arc<C> {
+    let mut config = C::clone(config);
+    alpn(&mut config);
+    Arc::new(config)
+}
+
+async fn write_preamble<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    target: SocketAddr,
+) -> Result<(), BenchTunnelError> {
+    let text = target.to_string();
+    let mut preamble = Vec::with_capacity(text.len() + 1);
+    preamble.push(text.len() as u8);
+    preamble.extend_from_slice(text.as_bytes());
+    stream
+        .write_all(&preamble)
+        .await
+        .map_err(BenchTunnelError::PreambleIo)
+}
+
+async fn read_preamble<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> Result<SocketAddr, BenchTunnelError> {
+    let len = stream
+        .read_u8()
+        .await
+        .map_err(BenchTunnelError::PreambleIo)?;
+    let mut text = vec![0u8; len as usize];
+    stream
+        .read_exact(&mut text)
+        .await
+        .map_err(BenchTunnelError::PreambleIo)?;
+    std::str::from_utf8(&text)
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| {
+            BenchTunnelError::Preamble(format!(
+                "{:?} is not ip:port",
+                String::from_utf8_lossy(&text)
+            ))
+        })
+}
+
+/// The sending side: from `source` to `target` (a meshed workload, known
+/// as `destination`) through the peer proxy's port `hbone_port`.
+pub async fn open(
+    core: &ProxyCore,
+    mode: BenchTunnel,
+    source: &Workload,
+    destination: &Workload,
+    target: SocketAddr,
+) -> Result<Box<dyn BenchStream>, BenchTunnelError> {
+    let addr = SocketAddr::new(target.ip(), core.hbone_port);
+    let bind_ip = core.bind_source_ip.then(|| source.ips[0]);
+    let tcp = core
+        .connect(Some(source), bind_ip, addr)
+        .await
+        .map_err(|source| BenchTunnelError::Connect { addr, source })?;
+    let _ = tcp.set_nodelay(true);
+    let mut stream: Box<dyn BenchStream> = match mode {
+        BenchTunnel::Plain => Box::new(tcp),
+        BenchTunnel::Mtls => {
+            let svid = core
+                .certs
+                .get(source.identity())
+                .await
+                .map_err(CoreError::from)?;
+            let config = core
+                .trust
+                .client_config(&svid, vec![destination.identity().clone()])
+                .map_err(CoreError::from)?;
+            let config = bench_alpn(&config, |c| c.alpn_protocols = vec![ALPN_BENCH_MTLS.into()]);
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+                .await
+                .map_err(|source| BenchTunnelError::Tls { addr, source })?;
+            Box::new(tls)
+        }
+    };
+    write_preamble(&mut stream, target).await?;
+    Ok(stream)
+}
+
+/// Carries bytes both ways until both ends are done.
+pub async fn relay(
+    client: &mut TcpStream,
+    stream: &mut (dyn BenchStream + '_),
+) -> std::io::Result<(u64, u64)> {
+    tokio::io::copy_bidirectional_with_sizes(client, stream, BUFFER, BUFFER).await
+}
+
+/// The receiving side, on a local workload's port 15008, until `shutdown`.
+pub async fn serve(
+    core: Arc<ProxyCore>,
+    mode: BenchTunnel,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    crate::listen::accept_loop(
+        listener,
+        shutdown,
+        tasks,
+        "bench tunnel",
+        Gate::new(&core, Direction::Inbound),
+        move |tcp, peer| {
+            let core = core.clone();
+            async move {
+                if let Err(e) = accept(&core, mode, tcp).await {
+                    core.metrics.refused(Direction::Inbound, e.reason());
+                    warn!(%peer, mode = mode.as_str(), reason = %e.reason(), error = %e, "bench tunnel connection failed");
+                }
+            }
+        },
+    )
+    .await
+}
+
+async fn accept(
+    core: &ProxyCore,
+    mode: BenchTunnel,
+    tcp: TcpStream,
+) -> Result<(), BenchTunnelError> {
+    let local = tcp.local_addr().map_err(BenchTunnelError::PreambleIo)?;
+    let workload = core
+        .local_workload(local.ip())
+        .ok_or(BenchTunnelError::Target { target: local })?;
+    match mode {
+        BenchTunnel::Plain => carry_in(core, &workload, tcp).await,
+        BenchTunnel::Mtls => {
+            let config = core.server_config(workload.identity()).await?;
+            let config = bench_alpn(&config, |c| c.alpn_protocols = vec![ALPN_BENCH_MTLS.into()]);
+            let tls = tokio_rustls::TlsAcceptor::from(config)
+                .accept(tcp)
+                .await
+                .map_err(|source| BenchTunnelError::Tls {
+                    addr: local,
+                    source,
+                })?;
+            carry_in(core, &workload, tls).await
+        }
+    }
+}
+
+async fn carry_in<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    core: &ProxyCore,
+    workload: &Workload,
+    mut stream: S,
+) -> Result<(), BenchTunnelError> {
+    let target = read_preamble(&mut stream).await?;
+    if !workload.ips.contains(&target.ip()) || PROXY_PORTS.contains(&target.port()) {
+        return Err(BenchTunnelError::Target { target });
+    }
+    let mut upstream = core
+        .connect(Some(workload), None, target)
+        .await
+        .map_err(|source| BenchTunnelError::Upstream { target, source })?;
+    let _ = upstream.set_nodelay(true);
+    let _ =
+        tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut upstream, BUFFER, BUFFER).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_preamble_names_the_target_and_nothing_more() {
+        let (mut a, mut b) = tokio::io::duplex(256);
+        let target: SocketAddr = "10.0.0.7:8080".parse().unwrap();
+        write_preamble(&mut a, target).await.unwrap();
+        a.write_all(b"payload").await.unwrap();
+        assert_eq!(read_preamble(&mut b).await.unwrap(), target);
+        let mut rest = [0u8; 7];
+        b.read_exact(&mut rest).await.unwrap();
+        assert_eq!(
+            &rest, b"payload",
+            "the bytes after the preamble are the stream's"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_preamble_that_is_not_an_address_is_refused() {
+        let (mut a, mut b) = tokio::io::duplex(256);
+        a.write_all(b"\x05PRI *").await.unwrap();
+        let e = read_preamble(&mut b).await.unwrap_err();
+        assert_eq!(e.reason(), Reason::BadAuthority, "{e}");
+    }
+}

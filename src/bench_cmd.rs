@@ -71,11 +71,18 @@ pub struct BenchArgs {
     /// the instructions go).
     #[arg(long)]
     instructions: bool,
-    /// How the cost grows: the RSS of an idle proxy whose registry holds
-    /// 1 000, 10 000 and 100 000 workloads (100, 1 000, 5 000 with
-    /// --quick), a service per ten, for hbone-lab and ztunnel (its local
-    /// config holds the same), as bytes per workload (scenario
-    /// scale_workloads, written to bench.json under "scale").
+    /// How the cost grows, three curves for hbone-lab and ztunnel, written
+    /// to bench.json under "scale" (pick some with --scenarios):
+    /// scale_workloads — RSS of an idle proxy whose registry holds 1 000,
+    /// 10 000 and 100 000 workloads (100, 1 000, 5 000 with --quick), a
+    /// service per ten, as bytes per workload;
+    /// scale_policies — new connections/s and their p99 with 1, 100 and
+    /// 1 000 AuthorizationPolicies selecting the destination, all but the
+    /// last not matching (1, 10, 100);
+    /// scale_connections — 1 000 and 10 000 open idle connections (100,
+    /// 500): bytes per connection, and how long a DENY served over xDS
+    /// takes to close them all (rejudge_ms). The file-descriptor limit is
+    /// raised for it.
     #[arg(long)]
     scale: bool,
     /// The cost ladder: add two subjects below HBONE on the same path —
@@ -92,6 +99,9 @@ pub struct BenchArgs {
     #[arg(long, value_name = "BENCH_JSON")]
     replot: Option<PathBuf>,
 }
+
+/// The curves `--scale` draws, in order.
+const SCALE_CURVES: &[&str] = &["scale_workloads", "scale_policies", "scale_connections"];
 
 /// Redraws the Markdown table and the chart from a saved run.
 fn replot(json_path: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
@@ -186,7 +196,17 @@ pub async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
             "note: no --ztunnel / ZTUNNEL_BIN given, so ztunnel is not measured in this run"
         ),
     }
-    let scenarios: Vec<&str> = if args.scenarios.is_empty() && args.ladder {
+    let known: &[&str] = if args.scale { SCALE_CURVES } else { SCENARIOS };
+    let scenarios: Vec<&str> = if args.scale {
+        for s in &args.scenarios {
+            anyhow::ensure!(
+                known.contains(&s.as_str()),
+                "unknown curve {s:?} for --scale; known: {}",
+                known.join(", ")
+            );
+        }
+        Vec::new()
+    } else if args.scenarios.is_empty() && args.ladder {
         LADDER_SCENARIOS.to_vec()
     } else if args.scenarios.is_empty() {
         SCENARIOS.to_vec()
@@ -215,11 +235,60 @@ pub async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     // the namespaces are cleaned up on the way out either way.
     if args.scale {
         let sizes = hbone_bench::scale::sizes(args.quick);
+        let curves: Vec<&str> = if args.scenarios.is_empty() {
+            SCALE_CURVES.to_vec()
+        } else {
+            args.scenarios.iter().map(String::as_str).collect()
+        };
         let mut say = |line: &str| eprintln!("{line}");
-        let rows =
-            hbone_bench::scale::workloads(&subjects, &topology, &shared, &sizes, &mut say).await;
+        let mut shared = shared;
+        let mut rows = Vec::new();
+        let mut failed = None;
+        for curve in curves {
+            let measured = match curve {
+                "scale_workloads" => {
+                    hbone_bench::scale::workloads(
+                        &subjects,
+                        &topology,
+                        &shared,
+                        &sizes.workloads,
+                        &mut say,
+                    )
+                    .await
+                }
+                "scale_policies" => {
+                    hbone_bench::scale::policies::policies(
+                        &subjects,
+                        &topology,
+                        &mut shared,
+                        &sizes,
+                        &mut say,
+                    )
+                    .await
+                }
+                _ => {
+                    hbone_bench::scale::connections::connections(
+                        &subjects,
+                        &topology,
+                        &mut shared,
+                        &sizes,
+                        &mut say,
+                    )
+                    .await
+                }
+            };
+            match measured {
+                Ok(r) => rows.extend(r),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
         shared.shutdown().await;
-        let rows = rows?;
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
         print!("{}", hbone_bench::scale::table(&rows));
         std::fs::create_dir_all(&args.out)?;
         let json = serde_json::json!({"subjects": subjects.iter().map(|s| s.name()).collect::<Vec<_>>(), "scale": rows});

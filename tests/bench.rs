@@ -279,26 +279,50 @@ fn instruction_counts_are_reported_per_request_and_per_connection() {
     assert_eq!(profiles, 4, "2 proxies × 2 scenarios");
 }
 
-/// `bench --scale --quick`: a row per size for hbone-lab in bench.json's
-/// `scale`, each with its workloads and bytes per workload (not their values).
+/// `bench --scale --quick`: the three curves, a row per size for
+/// hbone-lab in bench.json's `scale`, each with its figures (not their
+/// values, except that a DENY closed every open connection).
 #[test]
 #[ignore = "needs root: the benchmark builds two pod network namespaces (test.sh runs it as root)"]
-fn the_scale_curve_has_a_row_per_size() {
+fn the_scale_curves_have_a_row_per_size() {
     let (stdout, json, _out_dir) = bench_ok(&["--scale", "--quick"]);
     let rows = json["scale"].as_array().unwrap();
-    let sizes: Vec<f64> = rows
-        .iter()
-        .filter(|r| r["subject"] == "hbone-lab" && r["scenario"] == "scale_workloads")
-        .map(|r| r["figures"]["workloads"].as_f64().unwrap())
-        .collect();
-    assert_eq!(sizes, [100.0, 1000.0, 5000.0], "{rows:?}");
+    let curve = |scenario: &str, size: &str| -> Vec<f64> {
+        rows.iter()
+            .filter(|r| r["subject"] == "hbone-lab" && r["scenario"] == scenario)
+            .map(|r| r["figures"][size].as_f64().unwrap())
+            .collect()
+    };
+    assert_eq!(
+        curve("scale_workloads", "workloads"),
+        [100.0, 1000.0, 5000.0],
+        "{rows:?}"
+    );
+    assert_eq!(curve("scale_policies", "policies"), [1.0, 10.0, 100.0]);
+    assert_eq!(curve("scale_connections", "connections"), [100.0, 500.0]);
     for r in rows {
-        assert!(r["figures"]["bytes_per_workload"].as_f64().is_some(), "{r}");
-        assert!(r["figures"]["rss_bytes"].as_f64().unwrap() > 1e6, "{r}");
+        let f = &r["figures"];
+        match r["scenario"].as_str().unwrap() {
+            "scale_workloads" => {
+                assert!(f["bytes_per_workload"].as_f64().is_some(), "{r}");
+                assert!(f["rss_bytes"].as_f64().unwrap() > 1e6, "{r}");
+            }
+            "scale_policies" => {
+                assert!(f["conn_per_s"].as_f64().unwrap() > 0.0, "{r}");
+                assert!(f["p99_ms"].as_f64().unwrap() > 0.0, "{r}");
+            }
+            "scale_connections" => {
+                assert!(f["bytes_per_conn"].as_f64().is_some(), "{r}");
+                assert_eq!(f["closed_by_change"], f["connections"], "{r}");
+                assert!(f["rejudge_ms"].as_f64().unwrap() > 0.0, "{r}");
+            }
+            other => panic!("unexpected curve {other}: {r}"),
+        }
     }
-    assert!(stdout.contains("bytes/workload"), "{stdout}");
+    for heading in ["bytes/workload", "conn/s", "rejudge ms"] {
+        assert!(stdout.contains(heading), "{heading}: {stdout}");
+    }
 }
-
 /// `bench --ladder`: the two rungs below HBONE are measured beside direct
 /// and hbone-lab, in the ladder's order, and the chart is the ladder.
 #[test]

@@ -234,7 +234,11 @@ async fn measure(
 /// Waits until `count` connections beyond `since` have reached the server:
 /// a proxy may accept a connection before its tunnel is open, and memory is
 /// only comparable once every connection exists end to end.
-async fn wait_until_accepted(accepted: &AtomicU64, since: u64, count: u64) -> std::io::Result<()> {
+pub(crate) async fn wait_until_accepted(
+    accepted: &AtomicU64,
+    since: u64,
+    count: u64,
+) -> std::io::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let arrived = accepted.load(Ordering::Relaxed).saturating_sub(since);
@@ -258,7 +262,16 @@ pub(crate) async fn start_warm(
     shared: &Shared,
 ) -> Result<Running, SubjectError> {
     let running = start(subject, topology, shared).await?;
-    // Warm up: certificates are fetched and connections pooled on first use.
+    warm_up(running, subject, topology).await
+}
+
+/// Sends a little traffic through a started subject: certificates are
+/// fetched and connections pooled on first use, not while measuring.
+pub(crate) async fn warm_up(
+    running: Running,
+    subject: &Subject,
+    topology: &Topology,
+) -> Result<Running, SubjectError> {
     let warm = RrSettings {
         request: 1024,
         response: 1024,

@@ -109,6 +109,11 @@ pub struct Shared {
     root_pem: String,
     pub(crate) registry: Registry,
     mesh: Mesh,
+    /// What the control planes serve: every subject fed over xDS reads it.
+    xds: Arc<XdsState>,
+    /// The control plane on the host (CA and xDS), for hbone-lab's proxies
+    /// when they are fed over xDS as ztunnel is.
+    host_control: RunningControlPlane,
     nodes: Vec<(NetNs, RunningControlPlane)>,
 }
 
@@ -177,8 +182,16 @@ impl Shared {
         let loaded = parse_documents(BENCH_POLICIES, "policies.yaml").map_err(setup)?;
         let mesh = mesh(&registry, &istio_policies(&loaded, "istio-system"));
         let mut nodes = Vec::new();
+        let xds = XdsState::new(&mesh, Some(tokens));
+        let host_control = hbone_xds::control_plane::serve(
+            service.clone(),
+            xds.clone(),
+            own_loopback(3, 15012),
+            &[],
+        )
+        .await
+        .map_err(setup)?;
         if ztunnel_nodes {
-            let xds = XdsState::new(&mesh, Some(tokens));
             let tag = std::process::id() % 100_000;
             for (node, _) in NODES {
                 let ns = NetNs::create(&format!("hlb-{node}-{tag}")).map_err(setup)?;
@@ -198,15 +211,30 @@ impl Shared {
             root_pem: authority.root_pem().to_string(),
             registry,
             mesh,
+            xds,
+            host_control,
             nodes,
             dir,
         })
+    }
+
+    /// Replaces the policies every mesh subject enforces: the file
+    /// hbone-lab's proxies read when they start, the local config a
+    /// dedicated ztunnel reads, and what the control planes serve (subjects
+    /// fed over xDS get it at once, open connections included).
+    pub fn set_policies(&mut self, text: &str) -> Result<(), SubjectError> {
+        let loaded = parse_documents(text, "policies.yaml").map_err(setup)?;
+        std::fs::write(self.dir.path().join("policies.yaml"), text).map_err(setup)?;
+        self.mesh = mesh(&self.registry, &istio_policies(&loaded, "istio-system"));
+        self.xds.update(&self.mesh);
+        Ok(())
     }
 
     pub async fn shutdown(self) {
         for ca in self.cas {
             ca.shutdown().await;
         }
+        self.host_control.shutdown().await;
         for (_, control) in self.nodes {
             control.server.shutdown().await;
         }
@@ -341,15 +369,15 @@ pub async fn start(
         }
         Subject::HboneLab => {
             topology.capture(true).map_err(setup)?;
-            start_hbone_lab(&shared.proxy_exe, shared, None).await
+            start_hbone_lab(&shared.proxy_exe, shared, Feed::Files).await
         }
         Subject::Baseline(exe) => {
             topology.capture(true).map_err(setup)?;
-            start_hbone_lab(exe, shared, None).await
+            start_hbone_lab(exe, shared, Feed::Files).await
         }
         Subject::Rung(rung) => {
             topology.capture(true).map_err(setup)?;
-            start_hbone_lab(&shared.proxy_exe, shared, Some(*rung)).await
+            start_hbone_lab(&shared.proxy_exe, shared, Feed::Rung(*rung)).await
         }
         Subject::Ztunnel {
             binary,
@@ -368,6 +396,39 @@ pub async fn start(
     }
 }
 
+/// Starts `subject` as [`start`] does, hbone-lab's proxies fed over xDS by
+/// the host's control plane (workloads, services and the translated
+/// policies), as ztunnel in shared mode is: a policy change then reaches
+/// both the same way, at the same moment ([`Shared::set_policies`]).
+pub async fn start_fed_by_xds(
+    subject: &Subject,
+    topology: &Topology,
+    shared: &Shared,
+) -> Result<Running, SubjectError> {
+    match subject {
+        Subject::HboneLab => {
+            topology.capture(true).map_err(setup)?;
+            start_hbone_lab(&shared.proxy_exe, shared, Feed::Xds).await
+        }
+        Subject::Baseline(exe) => {
+            topology.capture(true).map_err(setup)?;
+            start_hbone_lab(exe, shared, Feed::Xds).await
+        }
+        other => start(other, topology, shared).await,
+    }
+}
+
+/// Where hbone-lab's proxies learn the mesh from.
+#[derive(Debug, Clone, Copy)]
+enum Feed {
+    /// The registry and policy files.
+    Files,
+    /// The same files, the proxies relaying on a lower rung of the ladder.
+    Rung(BenchTunnel),
+    /// The host's control plane (CA and xDS on one port).
+    Xds,
+}
+
 /// Whether the hbone-lab build at `exe` runs in shared mode (`--zds`);
 /// a baseline built before it does not.
 fn knows_shared_mode(exe: &Path) -> bool {
@@ -380,13 +441,8 @@ fn knows_shared_mode(exe: &Path) -> bool {
 /// hbone-lab's proxy per node. In shared mode, as ztunnel is deployed: one
 /// process per node, its pod handed over by a node agent (ZDS). A build
 /// from before shared mode finds its pod's namespace in the registry, as
-/// it was measured then. With `rung`, the proxies carry connections on
-/// that rung of the cost ladder instead of HBONE.
-async fn start_hbone_lab(
-    exe: &Path,
-    shared: &Shared,
-    rung: Option<BenchTunnel>,
-) -> Result<Running, SubjectError> {
+/// it was measured then.
+async fn start_hbone_lab(exe: &Path, shared: &Shared, feed: Feed) -> Result<Running, SubjectError> {
     let dir = shared.dir.path();
     let mut children = Vec::new();
     let mut agents = Vec::new();
@@ -405,10 +461,22 @@ async fn start_hbone_lab(
         } else {
             (String::new(), "")
         };
-        let rung = rung.map_or(String::new(), |r| format!("benchTunnel: {}\n", r.as_str()));
+        let (source, ca) = match feed {
+            Feed::Files => (
+                "registry: registry.yaml\npolicies: [policies.yaml]\n".to_string(),
+                shared.host_ca,
+            ),
+            Feed::Rung(rung) => (
+                format!("registry: registry.yaml\nbenchTunnel: {}\n", rung.as_str()),
+                shared.host_ca,
+            ),
+            Feed::Xds => {
+                let control = shared.host_control.server.addr;
+                (format!("xds: \"https://{control}\"\n"), control)
+            }
+        };
         let config = format!(
-            "node: {node}\nregistry: registry.yaml\npolicies: [policies.yaml]\nca: {{address: \"https://{}\", rootCert: {}, tokenFile: {}}}\nlisteners:\n  hbonePort: 15008\n  readiness: \"{ready}\"\n{pod_outbound}{zds}{rung}bindSourceIp: false\ndrainGrace: 1s\n",
-            shared.host_ca,
+            "node: {node}\n{source}ca: {{address: \"https://{ca}\", rootCert: {}, tokenFile: {}}}\nlisteners:\n  hbonePort: 15008\n  readiness: \"{ready}\"\n{pod_outbound}{zds}bindSourceIp: false\ndrainGrace: 1s\n",
             shared.root_file.display(),
             shared.token_file.display()
         );

@@ -1,5 +1,3 @@
-//! How the cost grows with the work: first, memory per workload known.
-//!
 //! `scale_workloads`: an idle proxy whose registry holds N workloads (and a
 //! service per ten of them), none of them local, so nothing but the
 //! registry grows. RSS is read once the proxy is ready and has settled,
@@ -12,32 +10,18 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Child;
-use std::time::Duration;
 
 use hbone_policies::load::{istio_policies, parse_documents};
 use hbone_proxy::registry::Registry;
 use hbone_standalone::dataplane::mesh;
 
+use super::{Killed, settled_rss, setup};
 use crate::runner::Sample;
 use crate::subjects::{
-    Shared, Subject, SubjectError, log_to, own_loopback, registry_yaml, rss_bytes, spawn_proxy,
+    Shared, Subject, SubjectError, log_to, own_loopback, registry_yaml, spawn_proxy,
     wait_http_ready,
 };
 use crate::topology::Topology;
-
-fn setup<E: std::fmt::Display>(e: E) -> SubjectError {
-    SubjectError::Setup(e.to_string())
-}
-
-/// The sizes of a run: `--quick` keeps them small.
-pub fn sizes(quick: bool) -> Vec<usize> {
-    if quick {
-        vec![100, 1_000, 5_000]
-    } else {
-        vec![1_000, 10_000, 100_000]
-    }
-}
 
 /// The bench's registry plus `n` workloads spread over 100 nodes (none of
 /// them the proxy's) and a service for every ten.
@@ -76,30 +60,6 @@ fn registry_text(topology: &Topology, n: usize) -> String {
         }
     }
     out
-}
-
-/// RSS of a process once it has settled (two readings a second apart agree
-/// within 1 %), or after 10 s.
-async fn settled_rss(pid: u32) -> u64 {
-    let mut last = rss_bytes(&[pid]);
-    for _ in 0..10 {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let now = rss_bytes(&[pid]);
-        if now.abs_diff(last) * 100 <= last {
-            return now;
-        }
-        last = now;
-    }
-    last
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// An idle hbone-lab proxy on a node with no workloads, knowing `registry`.
@@ -221,22 +181,4 @@ pub async fn workloads(
         }
     }
     Ok(samples)
-}
-
-/// The curve as a table: one row per subject and size.
-pub fn table(samples: &[Sample]) -> String {
-    let mut out = String::from("scenario         subject    workloads   RSS MiB  bytes/workload\n");
-    for s in samples {
-        let get = |k: &str| s.figures.get(k).copied().unwrap_or(f64::NAN);
-        let _ = writeln!(
-            out,
-            "{:<16} {:<10} {:>9} {:>9.1} {:>15.0}",
-            s.scenario,
-            s.subject,
-            get("workloads"),
-            get("rss_bytes") / (1 << 20) as f64,
-            get("bytes_per_workload")
-        );
-    }
-    out
 }

@@ -1,0 +1,132 @@
+//! How each proxy's cost grows as its work grows — the figures no one
+//! publishes. Three curves, for hbone-lab and (given) ztunnel in one run:
+//!
+//! - [`workloads`] (`scale_workloads`): memory per workload known.
+//! - [`policies`] (`scale_policies`): new connections per second and their
+//!   p99 with 1, 100 and 1 000 AuthorizationPolicies selecting the
+//!   destination, all but one not matching.
+//! - [`connections`] (`scale_connections`): memory per open idle proxied
+//!   connection at 1 000 and 10 000, and how long a policy change takes to
+//!   judge them all again (until the last one it denies is closed).
+//!
+//! The rows are points of a curve, not repetitions: each is reported as it
+//! was measured, one per size and subject, under bench.json's `scale`.
+//! For the last two curves hbone-lab is fed over xDS by the bench's control
+//! plane, as ztunnel is, so both get the same translated policies the same
+//! way and a policy change reaches both at the same moment.
+
+pub mod connections;
+pub mod policies;
+pub mod workloads;
+
+use std::fmt::Write as _;
+use std::process::Child;
+use std::time::Duration;
+
+pub use workloads::workloads;
+
+use crate::runner::Sample;
+use crate::subjects::{SubjectError, rss_bytes};
+
+fn setup<E: std::fmt::Display>(e: E) -> SubjectError {
+    SubjectError::Setup(e.to_string())
+}
+
+/// The sizes of each curve: `--quick` keeps them small.
+#[derive(Debug, Clone)]
+pub struct Sizes {
+    pub workloads: Vec<usize>,
+    pub policies: Vec<usize>,
+    pub connections: Vec<usize>,
+    /// Seconds of new connections per policy count.
+    pub seconds: f64,
+}
+
+/// The sizes of a run.
+pub fn sizes(quick: bool) -> Sizes {
+    if quick {
+        Sizes {
+            workloads: vec![100, 1_000, 5_000],
+            policies: vec![1, 10, 100],
+            connections: vec![100, 500],
+            seconds: 1.0,
+        }
+    } else {
+        Sizes {
+            workloads: vec![1_000, 10_000, 100_000],
+            policies: vec![1, 100, 1_000],
+            connections: vec![1_000, 10_000],
+            seconds: 5.0,
+        }
+    }
+}
+
+/// RSS of a process once it has settled (two readings a second apart agree
+/// within 1 %), or after 10 s.
+async fn settled_rss(pid: u32) -> u64 {
+    let mut last = rss_bytes(&[pid]);
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = rss_bytes(&[pid]);
+        if now.abs_diff(last) * 100 <= last {
+            return now;
+        }
+        last = now;
+    }
+    last
+}
+
+/// A child process killed when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The columns of each curve's table: (figure, heading, scale, decimals).
+fn columns(scenario: &str) -> &'static [(&'static str, &'static str, f64, usize)] {
+    match scenario {
+        "scale_workloads" => &[
+            ("workloads", "workloads", 1.0, 0),
+            ("rss_bytes", "RSS MiB", 1.0 / (1 << 20) as f64, 1),
+            ("bytes_per_workload", "bytes/workload", 1.0, 0),
+        ],
+        "scale_policies" => &[
+            ("policies", "policies", 1.0, 0),
+            ("conn_per_s", "conn/s", 1.0, 0),
+            ("p99_ms", "p99 ms", 1.0, 3),
+        ],
+        _ => &[
+            ("connections", "connections", 1.0, 0),
+            ("bytes_per_conn", "bytes/conn", 1.0, 0),
+            ("rejudge_ms", "rejudge ms", 1.0, 1),
+        ],
+    }
+}
+
+/// The curves as tables: for each scenario, one row per subject and size.
+pub fn table(samples: &[Sample]) -> String {
+    let mut out = String::new();
+    let mut scenario = "";
+    for s in samples {
+        let cols = columns(&s.scenario);
+        if s.scenario != scenario {
+            scenario = &s.scenario;
+            let _ = write!(out, "\n{:<18} {:<10}", "scenario", "subject");
+            for (_, heading, _, _) in cols {
+                let _ = write!(out, " {heading:>15}");
+            }
+            out.push('\n');
+        }
+        let _ = write!(out, "{:<18} {:<10}", s.scenario, s.subject);
+        for (key, _, scale, decimals) in cols {
+            let v = s.figures.get(*key).copied().unwrap_or(f64::NAN) * scale;
+            let _ = write!(out, " {v:>15.decimals$}");
+        }
+        out.push('\n');
+    }
+    out
+}

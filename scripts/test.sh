@@ -35,7 +35,7 @@ if ((${#need_packages[@]})); then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need_packages[@]}" >/dev/null
   else
-    echo "missing: ${need_packages[*]} — install them (as root: apt-get install ${need_packages[*]}); tests that need them will say they were skipped" >&2
+    echo "missing: ${need_packages[*]} — install them (as root: apt-get install ${need_packages[*]}); the tests that need them are #[ignore]d and show as skipped unless run as root" >&2
   fi
 fi
 
@@ -45,9 +45,10 @@ cargo fmt --all -- --check
 say "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
-# Tests that drive a real ztunnel (each has "ztunnel" in its name) and tests
-# that need root are #[ignore]d, so that where they cannot run they show as
-# skipped. As root they run; the ztunnel ones only when a ztunnel binary is
+# Tests that drive a real ztunnel (each has "ztunnel" in its name), tests
+# that need root and tests that need a tool installed above (PostgreSQL,
+# Chromium, openssl, shellcheck) are #[ignore]d, so that where they cannot
+# run they show as skipped. As root they run; the ztunnel ones only when a ztunnel binary is
 # given: ZTUNNEL_BIN=/path/to/ztunnel scripts/test.sh
 nextest_ignored=()
 test_ignored=()

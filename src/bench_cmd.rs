@@ -21,7 +21,10 @@ use hbone_bench::topology::Topology;
 /// p50…p99.9), crr (new connections/s), idle_memory (RSS per idle connection),
 /// idle_memory_used (the same after a 256 KiB transfer on each, once the
 /// allocator's 10 s decay has passed).
-/// Writes bench.json, bench.md and bench.svg (a chart) into --out.
+/// Writes bench.json, bench.md and bench.svg (a chart; when ztunnel ran,
+/// its first panel is hbone-lab's advantage over ztunnel on every figure)
+/// into --out. --ladder adds the cost ladder's rungs, --instructions counts
+/// instead of timing, --scale draws the scale curves (scale.svg).
 ///
 /// The binary that runs the bench is the hbone-lab measured: build it with
 /// `cargo build --profile perf` (fat LTO, one codegen unit, as ztunnel's
@@ -94,8 +97,9 @@ pub struct BenchArgs {
     /// default to throughput_1, rr_unthrottled, rr_1000 and crr.
     #[arg(long)]
     ladder: bool,
-    /// Measure nothing: redraw bench.md and bench.svg into --out from a
-    /// bench.json written earlier (no root needed).
+    /// Measure nothing: redraw bench.md and bench.svg (or, for a --scale
+    /// run, scale.svg) into --out from a bench.json written earlier (no
+    /// root needed).
     #[arg(long, value_name = "BENCH_JSON")]
     replot: Option<PathBuf>,
 }
@@ -109,6 +113,17 @@ fn replot(json_path: &std::path::Path, out: &std::path::Path) -> anyhow::Result<
         .with_context(|| format!("cannot read {}", json_path.display()))?;
     let saved: serde_json::Value = serde_json::from_str(&text)
         .with_context(|| format!("{} is not JSON", json_path.display()))?;
+    if saved.get("scale").is_some() {
+        let rows: Vec<hbone_bench::runner::Sample> = serde_json::from_value(saved["scale"].clone())
+            .with_context(|| {
+                format!("{}: `scale` is not a scale run's rows", json_path.display())
+            })?;
+        std::fs::create_dir_all(out)?;
+        std::fs::write(out.join("scale.svg"), chart::scale_svg(&rows)?)?;
+        print!("{}", hbone_bench::scale::table(&rows));
+        println!("wrote {}", out.join("scale.svg").display());
+        return Ok(());
+    }
     let summaries: Vec<hbone_bench::runner::Summary> =
         serde_json::from_value(saved["results"].clone()).with_context(|| {
             format!(
@@ -296,7 +311,12 @@ pub async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
             args.out.join("bench.json"),
             serde_json::to_string_pretty(&json)?,
         )?;
-        println!("wrote {}", args.out.join("bench.json").display());
+        std::fs::write(args.out.join("scale.svg"), chart::scale_svg(&rows)?)?;
+        println!(
+            "wrote {} and {}",
+            args.out.join("bench.json").display(),
+            args.out.join("scale.svg").display()
+        );
         return Ok(());
     }
     let mut bar = Bar;

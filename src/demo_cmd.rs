@@ -116,8 +116,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     };
     let lab = match Lab::start(options.clone()).await {
         Ok(lab) => lab,
-        Err(LabError::GatewayListen(_, std::io::ErrorKind::AddrInUse, _))
-            if args.gateway_listen.port() != 0 =>
+        Err(LabError::GatewayListen { source, .. })
+            if source.kind() == std::io::ErrorKind::AddrInUse
+                && args.gateway_listen.port() != 0 =>
         {
             eprintln!(
                 "{} is taken; the gateway takes a free port instead",
@@ -204,7 +205,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         println!();
         match explain(&lab).await {
             Ok(story) => print!("{story}"),
-            Err(e) => eprintln!("could not tell the story: {e}"),
+            Err(e) => eprintln!("could not tell the story: {:#}", anyhow::Error::from(e)),
         }
     }
     if let (Some(capture), Some(dir)) = (capture, &args.capture) {

@@ -276,7 +276,7 @@ fn instruction_counts_are_reported_per_request_and_per_connection() {
                 .ends_with(".callgrind")
         })
         .count();
-    assert_eq!(profiles, 4, "2 proxies × 2 scenarios");
+    assert_eq!(profiles, 6, "2 proxies × 3 scenarios");
 }
 
 /// `bench --scale --quick`: the three curves, a row per size for

@@ -73,6 +73,22 @@ fn bars(
         legend,
         reference,
     } = *panel;
+    // A figure no subject has (a scenario this run left out) takes no room.
+    let groups: Vec<&(String, Vec<Option<f64>>)> = groups
+        .iter()
+        .filter(|(_, values)| values.iter().any(Option::is_some))
+        .collect();
+    if groups.is_empty() {
+        area.titled(title, ("sans-serif", 18))
+            .map_err(err)?
+            .draw(&Text::new(
+                "not measured in this run",
+                (20, 40),
+                ("sans-serif", 14),
+            ))
+            .map_err(err)?;
+        return Ok(());
+    }
     // Headroom above the tallest bar: room for value labels, and for the
     // legend in the panel that carries it.
     let headroom = if legend { 1.5 } else { 1.15 };
@@ -298,6 +314,116 @@ pub fn svg(summaries: &[Summary], subjects: &[String]) -> Result<String, ChartEr
             reference: None,
         };
         bars(&right, &panel, &memory, subjects)?;
+        root.present().map_err(err)?;
+    }
+    Ok(out)
+}
+
+/// The scale curves' panels: (scenario, x figure, y figure, title).
+const CURVES: &[(&str, &str, &str, &str)] = &[
+    (
+        "scale_workloads",
+        "workloads",
+        "bytes_per_workload",
+        "bytes per workload known",
+    ),
+    (
+        "scale_policies",
+        "policies",
+        "conn_per_s",
+        "new connections/s by policies in scope",
+    ),
+    (
+        "scale_connections",
+        "connections",
+        "bytes_per_conn",
+        "bytes per open idle connection",
+    ),
+    (
+        "scale_connections",
+        "connections",
+        "rejudge_ms",
+        "ms until a DENY has closed them all",
+    ),
+];
+
+/// One curve panel: a line per subject over a log-scaled x axis.
+fn curve(
+    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    samples: &[crate::runner::Sample],
+    (scenario, x_key, y_key, title): (&str, &str, &str, &str),
+) -> Result<(), ChartError> {
+    let mut lines: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for s in samples.iter().filter(|s| s.scenario == scenario) {
+        let (Some(x), Some(y)) = (s.figures.get(x_key), s.figures.get(y_key)) else {
+            continue;
+        };
+        if !(x.is_finite() && y.is_finite() && *x > 0.0) {
+            continue;
+        }
+        match lines.iter_mut().find(|(subject, _)| *subject == s.subject) {
+            Some((_, points)) => points.push((*x, *y)),
+            None => lines.push((s.subject.clone(), vec![(*x, *y)])),
+        }
+    }
+    let points = lines.iter().flat_map(|(_, p)| p.iter());
+    let (x_min, x_max, y_max) = points.fold((f64::MAX, 1.0f64, 0.0f64), |(a, b, c), (x, y)| {
+        (a.min(*x), b.max(*x), c.max(*y))
+    });
+    let x_min = if x_min == f64::MAX { 1.0 } else { x_min };
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 16))
+        .margin(12)
+        .x_label_area_size(30)
+        .y_label_area_size(60)
+        .build_cartesian_2d(
+            (x_min / 2.0..x_max * 2.0).log_scale(),
+            0.0..(y_max * 1.2).max(1e-9),
+        )
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_key)
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .draw()
+        .map_err(err)?;
+    for (subject, mut points) in lines {
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let colour = colour(&subject);
+        chart
+            .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))
+            .map_err(err)?
+            .label(subject)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], colour.filled()));
+        chart
+            .draw_series(
+                points
+                    .into_iter()
+                    .map(|p| Circle::new(p, 3, colour.filled())),
+            )
+            .map_err(err)?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.9))
+        .draw()
+        .map_err(err)?;
+    Ok(())
+}
+
+/// The scale curves as one SVG, four panels on log-scaled x axes: bytes
+/// per workload, connections/s by policies in scope, bytes per open
+/// connection, and the time a DENY takes to close them all.
+pub fn scale_svg(samples: &[crate::runner::Sample]) -> Result<String, ChartError> {
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, (1200, 800)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        for (area, spec) in root.split_evenly((2, 2)).iter().zip(CURVES) {
+            curve(area, samples, *spec)?;
+        }
         root.present().map_err(err)?;
     }
     Ok(out)

@@ -2,10 +2,11 @@
 //! and the soak that runs faults under load on it.
 //!
 //! - [`topology`]: two pod namespaces joined by a veth, capture rules in the client pod.
-//! - [`subjects`]: starting and stopping each subject; one CA for both meshes.
-//! - [`instructions`]: instructions per request and per connection, counted by callgrind.
+//! - [`subjects`]: starting and stopping each subject (and the cost ladder's
+//!   rungs below HBONE); one CA and one control plane for both meshes.
+//! - [`instructions`]: instructions per request, per connection and per MiB, counted by callgrind.
 //! - [`runner`]: scenarios, interleaved repetitions, medians and ratios.
-//! - [`scale`]: how the cost grows — memory per workload known, for both proxies.
+//! - [`scale`]: how the cost grows — workloads known, policies in scope, open connections.
 //! - [`report`]: table and Markdown (JSON comes from serde).
 //! - [`chart`]: the same results as an SVG chart.
 //! - [`soak`]: faults under load on the same path (`hbone-lab soak`): nothing lost.

@@ -49,7 +49,7 @@ impl BenchSettings {
 }
 
 /// One measurement: subject × scenario × repetition.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Sample {
     pub subject: String,
     pub scenario: String,
@@ -234,11 +234,7 @@ async fn measure(
 /// Waits until `count` connections beyond `since` have reached the server:
 /// a proxy may accept a connection before its tunnel is open, and memory is
 /// only comparable once every connection exists end to end.
-pub(crate) async fn wait_until_accepted(
-    accepted: &AtomicU64,
-    since: u64,
-    count: u64,
-) -> std::io::Result<()> {
+async fn wait_until_accepted(accepted: &AtomicU64, since: u64, count: u64) -> std::io::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let arrived = accepted.load(Ordering::Relaxed).saturating_sub(since);

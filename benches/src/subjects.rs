@@ -30,6 +30,10 @@ use crate::topology::{CLIENT_IP, SERVER_IP, Topology};
 pub enum SubjectError {
     #[error("setup: {0}")]
     Setup(String),
+    /// A step of the lab's own (a node's control plane, a shared-mode
+    /// ztunnel), its cause kept.
+    #[error(transparent)]
+    Lab(#[from] hbone_standalone::topology::LabError),
     #[error("{what} did not become ready in {secs} s; its log:\n{log}")]
     NotReady {
         what: String,
@@ -195,9 +199,8 @@ impl Shared {
             let tag = std::process::id() % 100_000;
             for (node, _) in NODES {
                 let ns = NetNs::create(&format!("hlb-{node}-{tag}")).map_err(setup)?;
-                let control = serve_node_control_plane(node, &ns, service.clone(), xds.clone())
-                    .await
-                    .map_err(setup)?;
+                let control =
+                    serve_node_control_plane(node, &ns, service.clone(), xds.clone()).await?;
                 nodes.push((ns, control));
             }
         }
@@ -571,7 +574,7 @@ async fn start_shared_ztunnels(binary: &Path, shared: &Shared) -> Result<Running
             secret_ttl: None,
             log_level: "warn",
         };
-        ztunnels.push(start_shared_ztunnel(&spec, control).await.map_err(setup)?);
+        ztunnels.push(start_shared_ztunnel(&spec, control).await?);
     }
     Ok(Running {
         children: Vec::new(),

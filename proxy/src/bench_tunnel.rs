@@ -68,7 +68,8 @@ pub enum BenchTunnelError {
         #[source]
         source: std::io::Error,
     },
-    #[error("no certificate or TLS config: {0}")]
+    /// No certificate yet, or no TLS configuration from it.
+    #[error(transparent)]
     Setup(#[from] CoreError),
     #[error("TLS with {addr}: {source}")]
     Tls {

@@ -40,6 +40,19 @@ pub struct CoreSettings {
     pub bind_source_ip: bool,
 }
 
+impl CoreSettings {
+    /// A proxy of `node` with every setting at its default: HTTP/2 as
+    /// ztunnel's, HBONE on 15008, dialing from the node (not the pod's IP).
+    pub fn for_node(node: &str) -> Self {
+        CoreSettings {
+            node: node.into(),
+            h2: H2Settings::default(),
+            hbone_port: 15008,
+            bind_source_ip: false,
+        }
+    }
+}
+
 /// The shared state of one proxy.
 pub struct ProxyCore {
     pub node: String,
@@ -100,6 +113,25 @@ impl ProxyCore {
             limit: Arc::default(),
             served: tokio::sync::watch::Sender::new(Default::default()),
         }
+    }
+
+    /// A proxy whose certificates are signed in this process by
+    /// `authority`, trusting its root (tests and the labs that run their
+    /// CA in-process): no CA server, no token.
+    pub fn with_authority(
+        settings: CoreSettings,
+        registry: Arc<Registry>,
+        policies: impl Into<MeshAuthorization>,
+        authority: Arc<hbone_ca::SigningAuthority>,
+    ) -> Result<Self, CoreError> {
+        let roots = hbone_ca::inspect::pem_certs(authority.root_pem())
+            .map_err(|e| TlsSetupError::Root(e.to_string()))?;
+        let trust = MeshTrust::new(&roots, authority.trust_domain())?;
+        let certs = Arc::new(CertificateManager::new(
+            authority,
+            hbone_ca::manager::RenewalPolicy::default(),
+        ));
+        Ok(ProxyCore::new(settings, registry, policies, certs, trust))
     }
 
     /// Benchmarks only: carry connections between proxies on `tunnel`

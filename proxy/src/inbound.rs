@@ -496,3 +496,76 @@ impl StreamContext {
         Ok((stream, decision))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(method: Method, authority: &str) -> http::request::Parts {
+        let uri = http::Uri::builder()
+            .authority(authority)
+            .build()
+            .unwrap_or_else(|_| http::Uri::from_static("/"));
+        Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0
+    }
+
+    #[test]
+    fn connect_admission_decides_each_case() {
+        let local: IpAddr = "10.0.0.2".parse().unwrap();
+        let ips = [local];
+        /// (method, :authority, the target admitted or the refusal's status and reason)
+        type Case = (
+            Method,
+            &'static str,
+            Result<&'static str, (StatusCode, Reason)>,
+        );
+        let cases: [Case; 7] = [
+            (Method::CONNECT, "10.0.0.2:8080", Ok("10.0.0.2:8080")),
+            (
+                Method::GET,
+                "10.0.0.2:8080",
+                Err((StatusCode::BAD_REQUEST, Reason::NotConnect)),
+            ),
+            (
+                Method::CONNECT,
+                "hello-app:8080",
+                Err((StatusCode::BAD_REQUEST, Reason::BadAuthority)),
+            ),
+            (
+                Method::CONNECT,
+                "10.0.0.2",
+                Err((StatusCode::BAD_REQUEST, Reason::BadAuthority)),
+            ),
+            (
+                Method::CONNECT,
+                "10.0.0.3:8080",
+                Err((StatusCode::BAD_REQUEST, Reason::AuthorityMismatch)),
+            ),
+            (
+                Method::CONNECT,
+                "10.0.0.2:15008",
+                Err((StatusCode::SERVICE_UNAVAILABLE, Reason::ProxyPort)),
+            ),
+            (
+                Method::CONNECT,
+                "10.0.0.2:15020",
+                Err((StatusCode::SERVICE_UNAVAILABLE, Reason::ProxyPort)),
+            ),
+        ];
+        for (method, authority, expected) in cases {
+            let got = connect_target(&parts(method.clone(), authority), local, &ips)
+                .map(|t| t.to_string())
+                .map_err(|r| (r.status, r.reason));
+            assert_eq!(got, expected.map(String::from), "{method} {authority}");
+        }
+        // The local address must also be one of the workload's.
+        let got = connect_target(&parts(Method::CONNECT, "10.0.0.2:80"), local, &[]);
+        assert_eq!(got.unwrap_err().reason, Reason::AuthorityMismatch);
+    }
+}

@@ -293,3 +293,77 @@ fn connect_headers(source: &Workload, client: SocketAddr, service: Option<&Servi
     }
     headers
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(labels: &[(&str, &str)]) -> Workload {
+        Workload {
+            name: "gw-7f9c".into(),
+            namespace: "demo".into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Workload::default()
+        }
+    }
+
+    #[test]
+    fn connect_headers_describe_the_source_as_ztunnel_does() {
+        let client: SocketAddr = "10.0.0.1:40000".parse().unwrap();
+        let service = Service {
+            name: "hello-app".into(),
+            namespace: "demo".into(),
+            hostname: None,
+            vips: Vec::new(),
+            ports: Default::default(),
+            selector: None,
+        };
+        /// (the source's labels, the service dialed, `forwarded`, how `baggage` ends)
+        type Case<'a> = (
+            &'a [(&'a str, &'a str)],
+            Option<&'a Service>,
+            &'a str,
+            &'a str,
+        );
+        let cases: [Case<'_>; 3] = [
+            (
+                &[],
+                None,
+                "for=\"10.0.0.1:40000\"",
+                "service.name=gw-7f9c,service.version=latest",
+            ),
+            (
+                &[("app", "gateway"), ("version", "v2")],
+                None,
+                "for=\"10.0.0.1:40000\"",
+                "service.name=gateway,service.version=v2",
+            ),
+            (
+                &[("app", "gateway")],
+                Some(&service),
+                "for=\"10.0.0.1:40000\";host=hello-app.demo.svc.cluster.local",
+                "service.name=gateway,service.version=latest",
+            ),
+        ];
+        for (labels, service, forwarded, baggage_end) in cases {
+            let h = connect_headers(&source(labels), client, service);
+            assert_eq!(h["forwarded"], forwarded, "{labels:?}");
+            let baggage = h["baggage"].to_str().unwrap();
+            assert!(
+                baggage.starts_with(
+                    "k8s.cluster.name=Kubernetes,k8s.namespace.name=demo,k8s.pod.name=gw-7f9c,"
+                ) && baggage.ends_with(baggage_end),
+                "{baggage}"
+            );
+            // 00-<32 hex trace>-<16 hex span>-01
+            let trace = h["traceparent"].to_str().unwrap();
+            let parts: Vec<&str> = trace.split('-').collect();
+            assert_eq!(parts.len(), 4, "{trace}");
+            assert_eq!((parts[0], parts[3]), ("00", "01"), "{trace}");
+            assert_eq!((parts[1].len(), parts[2].len()), (32, 16), "{trace}");
+        }
+    }
+}

@@ -184,6 +184,13 @@ pub enum Destination<'a> {
 }
 
 /// The registry, validated and indexed.
+///
+/// Every new connection asks it where an address goes, so the answer is a
+/// hash lookup, not a scan: with 100 000 workloads known, a scan of every
+/// workload and service per connection would cost more than the tunnel.
+/// The lists may have a workload's `netns` set in place (a node agent's
+/// hand-over); anything that adds, removes or re-addresses entries builds
+/// a new registry ([`Registry::from_file`]), which indexes it again.
 #[derive(Debug, Clone)]
 pub struct Registry {
     pub trust_domain: String,
@@ -192,6 +199,89 @@ pub struct Registry {
     /// cost of a reference count, not a copy of every name and label.
     pub workloads: Vec<Arc<Workload>>,
     pub services: Vec<Arc<Service>>,
+    index: Index,
+}
+
+/// What an address is, by position in the registry's lists.
+#[derive(Debug, Clone, Copy)]
+enum Addressed {
+    Workload(u32),
+    Service(u32),
+}
+
+/// The lookups a connection needs, built once per registry.
+#[derive(Debug, Clone, Default)]
+struct Index {
+    by_ip: std::collections::HashMap<IpAddr, Addressed>,
+    /// The first workload of each identity (many pods share one).
+    by_identity: std::collections::HashMap<Identity, u32>,
+    /// For each service (same position), its endpoints' positions.
+    endpoints: Vec<Vec<u32>>,
+}
+
+impl Index {
+    fn build(workloads: &[Arc<Workload>], services: &[Arc<Service>]) -> Index {
+        let mut by_ip = std::collections::HashMap::with_capacity(workloads.len() + services.len());
+        let mut by_identity = std::collections::HashMap::new();
+        for (i, w) in workloads.iter().enumerate() {
+            for ip in &w.ips {
+                by_ip.insert(*ip, Addressed::Workload(i as u32));
+            }
+            if let Some(identity) = &w.identity {
+                by_identity.entry(identity.clone()).or_insert(i as u32);
+            }
+        }
+        for (i, s) in services.iter().enumerate() {
+            for vip in &s.vips {
+                by_ip.insert(*vip, Addressed::Service(i as u32));
+            }
+        }
+        // Selectors are matched once here, not per connection, and each
+        // service looks only at the workloads that carry one of its labels
+        // (or name it), not at every workload: 10 000 services over
+        // 100 000 workloads would otherwise be 10⁹ comparisons.
+        type Key<'a> = (&'a str, &'a str, &'a str);
+        let mut by_label: std::collections::HashMap<Key<'_>, Vec<u32>> = Default::default();
+        let mut by_namespace: std::collections::HashMap<&str, Vec<u32>> = Default::default();
+        let mut by_service: std::collections::HashMap<&str, Vec<u32>> = Default::default();
+        for (i, w) in workloads.iter().enumerate() {
+            let i = i as u32;
+            by_namespace.entry(&w.namespace).or_default().push(i);
+            for (k, v) in &w.labels {
+                by_label.entry((&w.namespace, k, v)).or_default().push(i);
+            }
+            for key in &w.services {
+                by_service.entry(key).or_default().push(i);
+            }
+        }
+        let none = Vec::new();
+        let endpoints = services
+            .iter()
+            .map(|s| {
+                let key = s.key("cluster.local");
+                let candidates = match &s.selector {
+                    None => by_service.get(key.as_str()),
+                    Some(selector) => match selector.iter().next() {
+                        None => by_namespace.get(s.namespace.as_str()),
+                        Some((k, v)) => {
+                            by_label.get(&(s.namespace.as_str(), k.as_str(), v.as_str()))
+                        }
+                    },
+                };
+                candidates
+                    .unwrap_or(&none)
+                    .iter()
+                    .copied()
+                    .filter(|i| s.selects(&workloads[*i as usize]))
+                    .collect()
+            })
+            .collect();
+        Index {
+            by_ip,
+            by_identity,
+            endpoints,
+        }
+    }
 }
 
 impl Registry {
@@ -259,20 +349,34 @@ impl Registry {
                 }
             }
         }
+        let workloads: Vec<Arc<Workload>> = doc.workloads.into_iter().map(Arc::new).collect();
+        let services: Vec<Arc<Service>> = doc.services.into_iter().map(Arc::new).collect();
         Ok(Registry {
             trust_domain: doc.trust_domain,
             nodes: doc.nodes,
-            workloads: doc.workloads.into_iter().map(Arc::new).collect(),
-            services: doc.services.into_iter().map(Arc::new).collect(),
+            index: Index::build(&workloads, &services),
+            workloads,
+            services,
         })
     }
 
     pub fn workload_by_ip(&self, ip: IpAddr) -> Option<&Arc<Workload>> {
-        self.workloads.iter().find(|w| w.ips.contains(&ip))
+        match self.index.by_ip.get(&ip)? {
+            Addressed::Workload(i) => self.workloads.get(*i as usize),
+            Addressed::Service(_) => None,
+        }
+    }
+
+    fn service_by_vip(&self, ip: IpAddr) -> Option<(usize, &Arc<Service>)> {
+        match self.index.by_ip.get(&ip)? {
+            Addressed::Service(i) => Some((*i as usize, self.services.get(*i as usize)?)),
+            Addressed::Workload(_) => None,
+        }
     }
 
     pub fn workload_by_identity(&self, identity: &Identity) -> Option<&Arc<Workload>> {
-        self.workloads.iter().find(|w| w.identity() == identity)
+        let i = *self.index.by_identity.get(identity)?;
+        self.workloads.get(i as usize)
     }
 
     /// Workloads on `node`.
@@ -298,8 +402,8 @@ impl Registry {
     /// Resolves an outbound destination address (service VIP or workload IP).
     /// Services pick an endpoint by the `pick` index (for spreading load).
     pub fn resolve(&self, dst: SocketAddr, pick: usize) -> Result<Destination<'_>, String> {
-        if let Some(service) = self.services.iter().find(|s| s.vips.contains(&dst.ip())) {
-            return self.resolve_service(service, dst.port(), pick);
+        if let Some((position, service)) = self.service_by_vip(dst.ip()) {
+            return self.resolve_service(position, service, dst.port(), pick);
         }
         match self.workload_by_ip(dst.ip()) {
             Some(workload) => Ok(Destination::Workload {
@@ -311,8 +415,10 @@ impl Registry {
         }
     }
 
-    pub fn resolve_service<'a>(
+    /// An endpoint of the service at `position` for `port`, picked by `pick`.
+    fn resolve_service<'a>(
         &'a self,
+        position: usize,
         service: &'a Arc<Service>,
         port: u16,
         pick: usize,
@@ -323,18 +429,18 @@ impl Registry {
                 service.namespace, service.name
             )
         })?;
-        let endpoints: Vec<&Arc<Workload>> = self
-            .workloads
-            .iter()
-            .filter(|w| service.selects(w))
-            .collect();
+        let endpoints = self
+            .index
+            .endpoints
+            .get(position)
+            .map_or(&[][..], Vec::as_slice);
         if endpoints.is_empty() {
             return Err(format!(
                 "service {}/{} has no endpoints",
                 service.namespace, service.name
             ));
         }
-        let workload = endpoints[pick % endpoints.len()];
+        let workload = &self.workloads[endpoints[pick % endpoints.len()] as usize];
         Ok(Destination::Workload {
             workload,
             addr: SocketAddr::new(workload.ips[0], target_port),

@@ -369,3 +369,77 @@ pub fn handshake_failure_reason(err: &std::io::Error) -> Reason {
         _ => Reason::TlsHandshake,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tls(e: TlsError) -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, e)
+    }
+
+    #[test]
+    fn each_handshake_failure_has_its_reason() {
+        use std::io::ErrorKind;
+        let foreign = PeerIdentityError::ForeignTrustDomain {
+            identity: "spiffe://other.org/ns/a/sa/b".into(),
+            found: "other.org".into(),
+            expected: "cluster.local".into(),
+        };
+        let cases: Vec<(std::io::Error, Reason)> = vec![
+            (ErrorKind::UnexpectedEof.into(), Reason::HandshakeAborted),
+            (ErrorKind::ConnectionReset.into(), Reason::HandshakeAborted),
+            (ErrorKind::TimedOut.into(), Reason::HandshakeTimeout),
+            (ErrorKind::Other.into(), Reason::TlsHandshake),
+            (
+                tls(TlsError::InvalidMessage(
+                    rustls::InvalidMessage::InvalidContentType,
+                )),
+                Reason::NotTls,
+            ),
+            (
+                tls(TlsError::PeerIncompatible(
+                    rustls::PeerIncompatible::SupportedVersionsExtensionRequired,
+                )),
+                Reason::TlsVersion,
+            ),
+            (tls(TlsError::NoCertificatesPresented), Reason::NoClientCert),
+            (tls(TlsError::NoApplicationProtocol), Reason::Alpn),
+            (
+                tls(TlsError::InvalidCertificate(CertificateError::Expired)),
+                Reason::ExpiredCertificate,
+            ),
+            (
+                tls(TlsError::InvalidCertificate(CertificateError::NotValidYet)),
+                Reason::CertificateNotYetValid,
+            ),
+            (
+                tls(TlsError::InvalidCertificate(
+                    CertificateError::UnknownIssuer,
+                )),
+                Reason::UntrustedCertificate,
+            ),
+            (
+                tls(TlsError::InvalidCertificate(CertificateError::BadEncoding)),
+                Reason::BadCertificate,
+            ),
+            (
+                tls(TlsError::InvalidCertificate(CertificateError::Other(
+                    OtherError(Arc::new(foreign)),
+                ))),
+                Reason::ForeignTrustDomain,
+            ),
+            (
+                tls(TlsError::AlertReceived(
+                    rustls::AlertDescription::HandshakeFailure,
+                )),
+                Reason::PeerAlert,
+            ),
+            (tls(TlsError::HandshakeNotComplete), Reason::TlsHandshake),
+        ];
+        for (error, reason) in cases {
+            let shown = format!("{error:?}");
+            assert_eq!(handshake_failure_reason(&error), reason, "{shown}");
+        }
+    }
+}

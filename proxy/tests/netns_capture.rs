@@ -8,14 +8,13 @@ mod support;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use hbone_ca::{AuthorityConfig, CertificateManager, RenewalPolicy, SigningAuthority};
+use hbone_ca::{AuthorityConfig, SigningAuthority};
 use hbone_policies::load::{istio_policies, parse_documents};
 use hbone_proxy::ProxyHandle;
-use hbone_proxy::config::{H2Settings, Listeners};
+use hbone_proxy::config::Listeners;
 use hbone_proxy::core::{CoreSettings, ProxyCore};
 use hbone_proxy::netns::{NetNs, install_rules, jump_to, outbound_capture_rules, tcp_socket, veth};
 use hbone_proxy::registry::Registry;
-use hbone_proxy::tls::MeshTrust;
 use support::{POLICY, echo_roundtrip, echo_server_in};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,27 +55,17 @@ workloads:
     ));
     let authority =
         Arc::new(SigningAuthority::generate(AuthorityConfig::new("cluster.local")).unwrap());
-    let root = hbone_ca::inspect::pem_certs(authority.root_pem())
-        .unwrap()
-        .remove(0);
     let mut proxies = Vec::new();
     for node in ["n1", "n2"] {
-        let certs = Arc::new(CertificateManager::new(
-            authority.clone(),
-            RenewalPolicy::default(),
-        ));
-        let core = Arc::new(ProxyCore::new(
-            CoreSettings {
-                node: node.into(),
-                h2: H2Settings::default(),
-                hbone_port: 15008,
-                bind_source_ip: false,
-            },
-            registry.clone(),
-            policies.as_ref().clone(),
-            certs,
-            MeshTrust::new(std::slice::from_ref(&root), "cluster.local").unwrap(),
-        ));
+        let core = Arc::new(
+            ProxyCore::with_authority(
+                CoreSettings::for_node(node),
+                registry.clone(),
+                policies.as_ref().clone(),
+                authority.clone(),
+            )
+            .unwrap(),
+        );
         let listeners = Listeners {
             pod_outbound_port: Some(15001),
             ..Listeners::default()

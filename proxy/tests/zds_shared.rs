@@ -12,14 +12,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hbone_ca::{AuthorityConfig, CertificateManager, RenewalPolicy, SigningAuthority};
+use hbone_ca::{AuthorityConfig, SigningAuthority};
 use hbone_policies::load::{istio_policies, parse_documents};
 use hbone_proxy::ProxyHandle;
-use hbone_proxy::config::{H2Settings, Listeners};
+use hbone_proxy::config::Listeners;
 use hbone_proxy::core::{CoreSettings, ProxyCore};
 use hbone_proxy::netns::{NetNs, install_rules, jump_to, outbound_capture_rules, tcp_socket, veth};
 use hbone_proxy::registry::Registry;
-use hbone_proxy::tls::MeshTrust;
 use hbone_proxy::zds_pods::{ZdsStatus, follow};
 use hbone_xds::MeshWorkload;
 use hbone_xds::zds::{NodeAgent, ZdsPod};
@@ -116,21 +115,10 @@ impl SharedProxy {
         );
         let authority =
             Arc::new(SigningAuthority::generate(AuthorityConfig::new("cluster.local")).unwrap());
-        let root = hbone_ca::inspect::pem_certs(authority.root_pem())
-            .unwrap()
-            .remove(0);
-        let core = Arc::new(ProxyCore::new(
-            CoreSettings {
-                node: "n1".into(),
-                h2: H2Settings::default(),
-                hbone_port: 15008,
-                bind_source_ip: false,
-            },
-            registry,
-            policies,
-            Arc::new(CertificateManager::new(authority, RenewalPolicy::default())),
-            MeshTrust::new(std::slice::from_ref(&root), "cluster.local").unwrap(),
-        ));
+        let core = Arc::new(
+            ProxyCore::with_authority(CoreSettings::for_node("n1"), registry, policies, authority)
+                .unwrap(),
+        );
         let (tx, status) = watch::channel(ZdsStatus::default());
         let stop = CancellationToken::new();
         let backoff = Duration::from_millis(200);

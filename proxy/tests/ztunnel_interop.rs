@@ -18,14 +18,13 @@ use std::time::Duration;
 use hbone_ca::metrics::CaMetrics;
 use hbone_ca::server::{CaService, serve_listener};
 use hbone_ca::tokens::TokenFile;
-use hbone_ca::{AuthorityConfig, CertificateManager, RenewalPolicy, SigningAuthority};
+use hbone_ca::{AuthorityConfig, SigningAuthority};
 use hbone_policies::istio::IstioPolicies;
 use hbone_proxy::ProxyHandle;
-use hbone_proxy::config::{H2Settings, Listeners};
+use hbone_proxy::config::Listeners;
 use hbone_proxy::core::{CoreSettings, ProxyCore};
 use hbone_proxy::netns::{NetNs, bind_listener, can_create, tcp_socket, veth};
 use hbone_proxy::registry::Registry;
-use hbone_proxy::tls::MeshTrust;
 use support::{echo_roundtrip, echo_server_in};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -127,24 +126,15 @@ async fn hbone_lab_and_ztunnel_carry_bytes_both_ways() {
         hb.path().display()
     );
     let registry = Arc::new(Registry::parse(&registry, "registry.yaml").unwrap());
-    let root = hbone_ca::inspect::pem_certs(authority.root_pem())
-        .unwrap()
-        .remove(0);
-    let core = Arc::new(ProxyCore::new(
-        CoreSettings {
-            node: "hb-node".into(),
-            h2: H2Settings::default(),
-            hbone_port: 15008,
-            bind_source_ip: false,
-        },
-        registry,
-        IstioPolicies::new("istio-system"),
-        Arc::new(CertificateManager::new(
+    let core = Arc::new(
+        ProxyCore::with_authority(
+            CoreSettings::for_node("hb-node"),
+            registry,
+            IstioPolicies::new("istio-system"),
             authority.clone(),
-            RenewalPolicy::default(),
-        )),
-        MeshTrust::new(&[root], "cluster.local").unwrap(),
-    ));
+        )
+        .unwrap(),
+    );
     let proxy = ProxyHandle::start(
         core,
         &Listeners {

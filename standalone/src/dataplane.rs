@@ -22,7 +22,7 @@ use hbone_proxy::zds_pods::{self, ZdsStatus};
 use hbone_xds::zds::{NodeAgent, ZdsPod};
 use hbone_xds::{Mesh, MeshService, MeshWorkload, RunningControlPlane, XdsState};
 
-use crate::topology::LabError;
+use crate::topology::{Cause, LabError, Part};
 use crate::ztunnel::{Mode as ZtunnelMode, Settings, Ztunnel};
 
 /// The node proxies of the lab.
@@ -145,8 +145,8 @@ pub struct ZtunnelNodeSpec<'a> {
 }
 
 impl ZtunnelNodeSpec<'_> {
-    fn fail(&self, what: &str, e: &dyn std::fmt::Display) -> LabError {
-        LabError::Proxy(format!("ztunnel on {}: {what}: {e}", self.node))
+    fn fail(&self, what: &str, e: impl Into<Cause>) -> LabError {
+        LabError::failed(Part::Proxy, format!("ztunnel on {}: {what}", self.node), e)
     }
 }
 
@@ -158,15 +158,16 @@ pub async fn serve_node_control_plane(
     ca: Arc<CaService>,
     xds: Arc<XdsState>,
 ) -> Result<RunningControlPlane, LabError> {
-    let fail = |what: &str, e: &dyn std::fmt::Display| {
-        LabError::Proxy(format!("control plane on {node}: {what}: {e}"))
+    let fail = |what: &str, e: Cause| {
+        LabError::failed(Part::Proxy, format!("control plane on {node}: {what}"), e)
     };
     let listener = bind_listener(Some(&netns.path()), ([127, 0, 0, 1], 15012).into())
-        .map_err(|e| fail("listener", &e))?;
-    let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| fail("listener", &e))?;
+        .map_err(|e| fail("listener", e.into()))?;
+    let listener =
+        tokio::net::TcpListener::from_std(listener).map_err(|e| fail("listener", e.into()))?;
     hbone_xds::serve_on(ca, xds, listener, &[])
         .await
-        .map_err(|e| fail("serving", &e))
+        .map_err(|e| fail("serving", e.into()))
 }
 
 /// Starts the node agent with the node's pods and a shared-mode ztunnel fed
@@ -177,14 +178,14 @@ pub async fn start_shared_ztunnel(
 ) -> Result<(Ztunnel, NodeAgent), LabError> {
     let write = |name: &str, text: &str| -> Result<PathBuf, LabError> {
         let path = spec.dir.join(format!("{}-{name}", spec.node));
-        std::fs::write(&path, text).map_err(|e| spec.fail(name, &e))?;
+        std::fs::write(&path, text).map_err(|e| spec.fail(name, e))?;
         Ok(path)
     };
     let root_ca = write("root.pem", spec.root_pem)?;
     let token_file = write("token", spec.token)?;
     let uds = spec.dir.join(format!("{}-ztunnel.sock", spec.node));
     let agent = NodeAgent::listen(&uds, node_pods(spec.registry, spec.node))
-        .map_err(|e| spec.fail("node agent", &e))?;
+        .map_err(|e| spec.fail("node agent", e))?;
     let ztunnel = Ztunnel::start(
         spec.netns,
         Settings {
@@ -201,17 +202,17 @@ pub async fn start_shared_ztunnel(
             local_config: None,
         },
     )
-    .map_err(|e| spec.fail("start", &e))?;
+    .map_err(|e| spec.fail("start", e))?;
     agent
         .wait_synced(Duration::from_secs(20))
         .await
         .map_err(|e| {
             spec.fail(
                 "take its pods over ZDS",
-                &format!("{e}; its log ends with:\n{}", ztunnel.log_tail(15)),
+                format!("{e}; its log ends with:\n{}", ztunnel.log_tail(15)),
             )
         })?;
-    refused_pod(&agent).map_err(|e| spec.fail("refused a pod", &e))?;
+    refused_pod(&agent).map_err(|e| spec.fail("refused a pod", e))?;
     Ok((ztunnel, agent))
 }
 
@@ -259,7 +260,7 @@ impl HboneNodeAgent {
         let node = core.node.clone();
         let socket = dir.join(format!("{node}-hbone-lab.sock"));
         let agent = NodeAgent::listen(&socket, node_pods(registry, &node))
-            .map_err(|e| LabError::Proxy(format!("node agent of {node}: {e}")))?;
+            .map_err(|e| LabError::failed(Part::Proxy, format!("node agent of {node}"), e))?;
         let stop = tokio_util::sync::CancellationToken::new();
         let (status, _) = tokio::sync::watch::channel(ZdsStatus::default());
         tokio::spawn(zds_pods::follow(
@@ -277,14 +278,18 @@ impl HboneNodeAgent {
 
     /// Waits until the proxy serves every pod of the node.
     pub async fn wait_served(&self, node: &str) -> Result<(), LabError> {
-        let fail = |e: &dyn std::fmt::Display| {
-            LabError::Proxy(format!("hbone-lab on {node}: take its pods over ZDS: {e}"))
+        let fail = |e: Cause| {
+            LabError::failed(
+                Part::Proxy,
+                format!("hbone-lab on {node}: take its pods over ZDS"),
+                e,
+            )
         };
         self.agent
             .wait_synced(Duration::from_secs(20))
             .await
-            .map_err(|e| fail(&e))?;
-        refused_pod(&self.agent).map_err(|e| fail(&e))
+            .map_err(|e| fail(e.into()))?;
+        refused_pod(&self.agent).map_err(|e| fail(e.into()))
     }
 }
 

@@ -7,11 +7,43 @@ use std::time::SystemTime;
 
 use hbone_ca::inspect::{human_duration, rfc3339};
 use hbone_ca::manager::Svid;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use hbone_workloads::http_get::{Get, get};
+
+use hbone_ca::manager::FetchError;
+use hbone_proxy::outbound::OutboundError;
+use hbone_workloads::dial::DialError;
+use thiserror::Error;
 
 use crate::lab::Lab;
 use crate::scenarios::predict;
 use crate::topology::{HELLO_PORT, Mode};
+
+/// Why the story could not be told: the step, and what failed in it.
+#[derive(Debug, Error)]
+pub enum ExplainError {
+    #[error("no certificate for {who}")]
+    Certificate {
+        who: &'static str,
+        #[source]
+        source: FetchError,
+    },
+    #[error("opening the tunnel to hello-app")]
+    Open(#[source] OutboundError),
+    #[error("the connection did not use HBONE")]
+    NotHbone,
+    #[error("{step}")]
+    Io {
+        step: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("dialing hello-app through ztunnel")]
+    Dial(#[source] DialError),
+}
+
+fn io(step: &'static str) -> impl FnOnce(std::io::Error) -> ExplainError {
+    move |source| ExplainError::Io { step, source }
+}
 
 fn svid_lines(out: &mut String, who: &str, svid: &Svid) {
     let now = SystemTime::now();
@@ -34,7 +66,7 @@ fn svid_lines(out: &mut String, who: &str, svid: &Svid) {
 }
 
 /// Tells the story of gateway → hello-app, opening one real connection.
-pub async fn explain(lab: &Lab) -> Result<String, String> {
+pub async fn explain(lab: &Lab) -> Result<String, ExplainError> {
     let gateway = std::sync::Arc::new(lab.pod("hello-gateway").clone());
     let hello = lab.pod("hello-app").clone();
     let (Some(node1), Some(node2)) = (lab.node("node-1"), lab.node("node-2")) else {
@@ -45,13 +77,19 @@ pub async fn explain(lab: &Lab) -> Result<String, String> {
         .certs
         .get(gateway.identity())
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|source| ExplainError::Certificate {
+            who: "the gateway",
+            source,
+        })?;
     let app_svid = node2
         .core
         .certs
         .get(hello.identity())
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|source| ExplainError::Certificate {
+            who: "hello-app",
+            source,
+        })?;
 
     let mut out = String::new();
     let w = &mut out;
@@ -111,9 +149,9 @@ pub async fn explain(lab: &Lab) -> Result<String, String> {
         .outbound
         .open(&gateway, client_addr, vip)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(ExplainError::Open)?;
     let hbone_proxy::outbound::Upstream::Tunnel(tunnel) = upstream else {
-        return Err("the connection did not use HBONE".into());
+        return Err(ExplainError::NotHbone);
     };
     let tls = tunnel.tls.clone();
     let _ = writeln!(
@@ -160,12 +198,12 @@ pub async fn explain(lab: &Lab) -> Result<String, String> {
     // Carry one real request through the tunnel, from a socket pair on loopback.
     let pair = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
-        .map_err(|e| e.to_string())?;
-    let pair_addr = pair.local_addr().map_err(|e| e.to_string())?;
+        .map_err(io("a loopback socket pair"))?;
+    let pair_addr = pair.local_addr().map_err(io("a loopback socket pair"))?;
     let (app_side, accepted) =
         tokio::join!(tokio::net::TcpStream::connect(pair_addr), pair.accept());
-    let mut app_side = app_side.map_err(|e| e.to_string())?;
-    let (proxy_side, _) = accepted.map_err(|e| e.to_string())?;
+    let mut app_side = app_side.map_err(io("a loopback socket pair"))?;
+    let (proxy_side, _) = accepted.map_err(io("a loopback socket pair"))?;
     let relay = tokio::spawn({
         let outbound = node1.outbound.clone();
         async move {
@@ -180,19 +218,12 @@ pub async fn explain(lab: &Lab) -> Result<String, String> {
                 .await;
         }
     });
-    let request = b"GET /health HTTP/1.1\r\nHost: hello-app\r\nConnection: close\r\n\r\n";
-    app_side
-        .write_all(request)
+    let answer = get(&mut app_side, &Get::once("hello-app", "/health"))
         .await
-        .map_err(|e| e.to_string())?;
-    let mut response = Vec::new();
-    app_side
-        .read_to_end(&mut response)
-        .await
-        .map_err(|e| e.to_string())?;
+        .map_err(io("the request through the tunnel"))?;
     drop(app_side);
     let _ = relay.await;
-    let status = first_line(&response);
+    let status = &answer.status_line;
 
     // Step 5 as node-2 recorded it, not as predicted.
     let target = route_target.to_string();
@@ -241,8 +272,7 @@ pub async fn explain(lab: &Lab) -> Result<String, String> {
     let _ = writeln!(
         w,
         "\n6. The bytes. The application sent {} bytes (an HTTP GET /health) and received {} bytes (\"{status}\").",
-        request.len(),
-        response.len()
+        answer.sent, answer.received
     );
     let _ = writeln!(
         w,
@@ -259,7 +289,7 @@ pub async fn explain(lab: &Lab) -> Result<String, String> {
 /// The same connection with ztunnel on a node: hbone-lab cannot look
 /// inside ztunnel, so the story quotes ztunnel's own evidence — its access
 /// log lines for the connection and its connection metrics.
-async fn explain_ztunnel(lab: &Lab) -> Result<String, String> {
+async fn explain_ztunnel(lab: &Lab) -> Result<String, ExplainError> {
     let gateway = lab.pod("hello-gateway").clone();
     let hello = lab.pod("hello-app").clone();
     let mut out = String::new();
@@ -292,15 +322,12 @@ async fn explain_ztunnel(lab: &Lab) -> Result<String, String> {
         .dialer("hello-gateway")
         .connect("hello-app.demo.svc.cluster.local", HELLO_PORT)
         .await
-        .map_err(|e| e.to_string())?;
-    let client = tcp.local_addr().map_err(|e| e.to_string())?;
-    let request = b"GET /health HTTP/1.1\r\nHost: hello-app\r\nConnection: close\r\n\r\n";
-    tcp.write_all(request).await.map_err(|e| e.to_string())?;
-    let mut response = Vec::new();
-    tcp.read_to_end(&mut response)
+        .map_err(ExplainError::Dial)?;
+    let client = tcp.local_addr().map_err(io("the client's address"))?;
+    let answer = get(&mut tcp, &Get::once("hello-app", "/health"))
         .await
-        .map_err(|e| e.to_string())?;
-    let status = first_line(&response);
+        .map_err(io("the request through ztunnel"))?;
+    let status = &answer.status_line;
     let _ = writeln!(
         w,
         "\n2. {} ({}) opened a plain TCP connection to hello-app.demo.svc.cluster.local:{HELLO_PORT}; iptables in its pod sent it to the node proxy's 15001, which carried it over HBONE to {} ({}:15008). Answer: \"{status}\" ({} bytes).",
@@ -308,7 +335,7 @@ async fn explain_ztunnel(lab: &Lab) -> Result<String, String> {
         gateway.identity(),
         hello.name,
         hello.ips[0],
-        response.len()
+        answer.received
     );
     // ztunnel writes its access log line when the connection ends.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -342,13 +369,4 @@ async fn explain_ztunnel(lab: &Lab) -> Result<String, String> {
         }
     }
     Ok(out)
-}
-
-/// The status line of an HTTP response.
-fn first_line(response: &[u8]) -> String {
-    String::from_utf8_lossy(response)
-        .lines()
-        .next()
-        .unwrap_or("")
-        .to_string()
 }

@@ -39,7 +39,7 @@ use crate::dataplane::{
 };
 use crate::netns_topology::{CLOUDFLARE_IP, GITHUB_IP, NetnsPlumbing, remove_stale};
 use crate::topology::{
-    HELLO_HOST, HELLO_PORT, LabError, Mode, PODS, POSTGRES_HOST, POSTGRES_PORT, ip, lab_pod,
+    HELLO_HOST, HELLO_PORT, LabError, Mode, PODS, POSTGRES_HOST, POSTGRES_PORT, Part, ip, lab_pod,
     topology_for,
 };
 use crate::ztunnel::find_binary;
@@ -110,7 +110,8 @@ pub struct Lab {
 
 /// Loads the lab's policies, both layers (`policies/`, compiled in).
 pub fn lab_policies() -> Result<PolicySet, LabError> {
-    let loaded = lab_resources().map_err(|e| LabError::Policies(e.to_string()))?;
+    let loaded = lab_resources()
+        .map_err(|e| LabError::failed(Part::Policies, "loading the lab's policies", e))?;
     Ok(PolicySet::from_loaded(&loaded))
 }
 
@@ -159,7 +160,9 @@ fn registry(
             service("postgres", postgres_vip, POSTGRES_PORT, pg_port),
         ],
     })
-    .map_err(|(field, message)| LabError::Workload(format!("registry {field}: {message}")))
+    .map_err(|(field, message)| {
+        LabError::refused(Part::Workload, format!("registry {field}: {message}"))
+    })
 }
 
 /// A pod's own way out in netns mode: sockets made inside its namespace,
@@ -203,11 +206,11 @@ async fn start_postgres(
         )
     })
     .await
-    .map_err(|e| LabError::Workload(e.to_string()))?;
+    .map_err(|e| LabError::failed(Part::Workload, "starting PostgreSQL", e))?;
     match started {
         Ok(pg) => Ok((Some(pg), None)),
         Err(e @ PgError::NotInstalled) => Ok((None, Some(e.to_string()))),
-        Err(e) => Err(LabError::Workload(format!("PostgreSQL: {e}"))),
+        Err(e) => Err(LabError::failed(Part::Workload, "PostgreSQL", e)),
     }
 }
 
@@ -286,14 +289,17 @@ impl Lab {
         let ztunnel_binary = match dataplane {
             Dataplane::HboneLab => None,
             _ if mode != Mode::Netns => {
-                return Err(LabError::Netns(format!(
-                    "--dataplane {} runs ztunnel in shared mode, one per node namespace: add --netns (as root)",
-                    dataplane.name()
-                )));
+                return Err(LabError::refused(
+                    Part::Netns,
+                    format!(
+                        "--dataplane {} runs ztunnel in shared mode, one per node namespace: add --netns (as root)",
+                        dataplane.name()
+                    ),
+                ));
             }
             _ => Some(
                 find_binary(options.ztunnel.as_deref())
-                    .map_err(|e| LabError::Proxy(e.to_string()))?,
+                    .map_err(|e| LabError::failed(Part::Proxy, "finding ztunnel", e))?,
             ),
         };
         let policies = Arc::new(lab_policies()?);
@@ -301,8 +307,9 @@ impl Lab {
             Mode::Loopback => None,
             Mode::Netns => {
                 if !can_create() {
-                    return Err(LabError::Netns(
-                        "--netns needs root and iproute2 (`ip`); run it with sudo, or without --netns for the loopback lab".into(),
+                    return Err(LabError::refused(
+                        Part::Netns,
+                        "--netns needs root and iproute2 (`ip`); run it with sudo, or without --netns for the loopback lab",
                     ));
                 }
                 let topology = topology_for(Mode::Netns);
@@ -314,7 +321,7 @@ impl Lab {
                     NetnsPlumbing::create(&topology, &cilium)
                 })
                 .await
-                .map_err(|e| LabError::Netns(e.to_string()))??;
+                .map_err(|e| LabError::failed(Part::Netns, "creating the namespaces", e))??;
                 Some(plumbing)
             }
         };
@@ -336,7 +343,7 @@ impl Lab {
         }
         let authority = Arc::new(
             SigningAuthority::generate(authority_config)
-                .map_err(|e| LabError::Ca(e.to_string()))?,
+                .map_err(|e| LabError::failed(Part::Ca, "generating the mesh root", e))?,
         );
         // A node may obtain any demo identity, and ztunnel its own.
         let grants: Vec<IdentityPattern> = [
@@ -346,7 +353,9 @@ impl Lab {
         .iter()
         .map(|p| p.parse())
         .collect::<Result<_, _>>()
-        .map_err(|e: hbone_ca::identity::IdentityError| LabError::Ca(e.to_string()))?;
+        .map_err(|e: hbone_ca::identity::IdentityError| {
+            LabError::failed(Part::Ca, "the nodes' identity grants", e)
+        })?;
         let ca_metrics = Arc::new(CaMetrics::default());
         let tokens = Arc::new(TokenFile::single(NODE_TOKEN, grants));
         let service = Arc::new(CaService::new(
@@ -356,9 +365,9 @@ impl Lab {
         ));
         let ca = serve(service.clone(), SocketAddr::new(ip("127.0.10.1"), 0), &[])
             .await
-            .map_err(|e| LabError::Ca(e.to_string()))?;
+            .map_err(|e| LabError::failed(Part::Ca, "serving", e))?;
         let root = hbone_ca::inspect::pem_certs(authority.root_pem())
-            .map_err(|e| LabError::Ca(e.to_string()))?;
+            .map_err(|e| LabError::failed(Part::Ca, "reading the mesh root", e))?;
 
         let mut nodes = Vec::new();
         let mut node_agents = Vec::new();
@@ -370,7 +379,7 @@ impl Lab {
                     .prefix("hbone-lab-zds-")
                     .tempdir()
                     .map_err(|e| {
-                        LabError::Proxy(format!("a directory for the node agents: {e}"))
+                        LabError::failed(Part::Proxy, "a directory for the node agents", e)
                     })?,
             ),
             Mode::Loopback => None,
@@ -380,16 +389,21 @@ impl Lab {
                 continue;
             }
             let client = CaClient::new(&ca.url(), authority.root_pem(), NODE_TOKEN)
-                .map_err(|e| LabError::Ca(e.to_string()))?;
+                .map_err(|e| LabError::failed(Part::Ca, format!("a client for {node}"), e))?;
             let certs = Arc::new(CertificateManager::new(
                 Arc::new(client),
                 options.renewal.clone(),
             ));
-            let mut trust = MeshTrust::new(&root, "cluster.local")
-                .map_err(|e| LabError::Proxy(e.to_string()))?;
+            let mut trust = MeshTrust::new(&root, "cluster.local").map_err(|e| {
+                LabError::failed(Part::Proxy, format!("the mesh trust of {node}"), e)
+            })?;
             if let Some(path) = &options.key_log {
                 let writer = hbone_proxy::keylog::KeyLogWriter::open(path).map_err(|e| {
-                    LabError::Proxy(format!("the TLS key log {}: {e}", path.display()))
+                    LabError::failed(
+                        Part::Proxy,
+                        format!("the TLS key log {}", path.display()),
+                        e,
+                    )
                 })?;
                 trust = trust.with_key_log(writer);
             }
@@ -424,7 +438,7 @@ impl Lab {
             nodes.push(
                 ProxyHandle::start(core, &listeners)
                     .await
-                    .map_err(|e| LabError::Proxy(e.to_string()))?,
+                    .map_err(|e| LabError::failed(Part::Proxy, format!("starting {node}"), e))?,
             );
             if let Some(agent) = agent {
                 agent.wait_served(node).await?;
@@ -440,7 +454,7 @@ impl Lab {
             let dir = tempfile::Builder::new()
                 .prefix("hbone-lab-ztunnel-")
                 .tempdir()
-                .map_err(|e| LabError::Proxy(format!("a directory for ztunnel: {e}")))?;
+                .map_err(|e| LabError::failed(Part::Proxy, "a directory for ztunnel", e))?;
             for node in ["node-1", "node-2"]
                 .into_iter()
                 .filter(|n| dataplane.ztunnel_on(n))
@@ -511,8 +525,15 @@ impl Lab {
             let certs = &node.core.certs;
             tokio::time::timeout(Duration::from_secs(10), certs.get(w.identity()))
                 .await
-                .map_err(|_| LabError::Ca(format!("no certificate for {} in 10 s", w.identity())))?
-                .map_err(|e| LabError::Ca(e.to_string()))?;
+                .map_err(|_| {
+                    LabError::refused(
+                        Part::Ca,
+                        format!("no certificate for {} in 10 s", w.identity()),
+                    )
+                })?
+                .map_err(|e| {
+                    LabError::failed(Part::Ca, format!("a certificate for {}", w.identity()), e)
+                })?;
         }
         Ok(())
     }
@@ -520,14 +541,18 @@ impl Lab {
     /// A listener for a pod: inside its namespace in netns mode.
     fn listen(&self, pod: &str, addr: SocketAddr) -> Result<TcpListener, LabError> {
         let netns = self.pod(pod).netns.clone();
-        let std = bind_listener(netns.as_deref(), addr)
-            .map_err(|e| LabError::Workload(format!("{pod} cannot listen on {addr}: {e}")))?;
-        TcpListener::from_std(std).map_err(|e| LabError::Workload(e.to_string()))
+        let std = bind_listener(netns.as_deref(), addr).map_err(|e| {
+            LabError::failed(Part::Workload, format!("{pod} cannot listen on {addr}"), e)
+        })?;
+        TcpListener::from_std(std).map_err(|e| {
+            LabError::failed(Part::Workload, format!("{pod} cannot listen on {addr}"), e)
+        })
     }
 
     /// Netns mode: the outside world's stand-ins and the nodes' SNI relays.
     async fn start_world(&mut self) -> Result<(), LabError> {
-        let public = PublicCa::generate().map_err(|e| LabError::Workload(e.to_string()))?;
+        let public = PublicCa::generate()
+            .map_err(|e| LabError::failed(Part::Workload, "the public APIs' stand-in CA", e))?;
         let Some(plumbing) = self.plumbing.as_mut() else {
             return Ok(());
         };
@@ -536,13 +561,14 @@ impl Lab {
             ("api.github.com", GITHUB_IP, StandIn::github()),
             ("api.cloudflare.com", CLOUDFLARE_IP, StandIn::cloudflare()),
         ] {
-            let tls = public
-                .server_config(&[name])
-                .map_err(|e| LabError::Workload(e.to_string()))?;
+            let tls = public.server_config(&[name]).map_err(|e| {
+                LabError::failed(Part::Workload, format!("{name}'s certificate"), e)
+            })?;
+            let listen = format!("{name}'s stand-in on {addr}:443");
             let std = bind_listener(Some(&world), SocketAddr::new(ip(addr), 443))
-                .map_err(|e| LabError::Netns(e.to_string()))?;
+                .map_err(|e| LabError::failed(Part::Netns, listen.clone(), e))?;
             let listener =
-                TcpListener::from_std(std).map_err(|e| LabError::Netns(e.to_string()))?;
+                TcpListener::from_std(std).map_err(|e| LabError::failed(Part::Netns, listen, e))?;
             tokio::spawn(public_api::serve(listener, tls, answer));
         }
         plumbing
@@ -574,15 +600,19 @@ impl Lab {
         ));
 
         // The gateway: plain HTTP from people, into the mesh as hello-gateway-istio.
-        let listener = match self.mode {
-            Mode::Loopback => TcpListener::bind(self.gateway)
-                .await
-                .map_err(|e| LabError::GatewayListen(self.gateway, e.kind(), e.to_string()))?,
-            Mode::Netns => self.listen("hello-gateway", self.gateway)?,
-        };
+        let listener =
+            match self.mode {
+                Mode::Loopback => TcpListener::bind(self.gateway).await.map_err(|source| {
+                    LabError::GatewayListen {
+                        addr: self.gateway,
+                        source,
+                    }
+                })?,
+                Mode::Netns => self.listen("hello-gateway", self.gateway)?,
+            };
         self.gateway = listener
             .local_addr()
-            .map_err(|e| LabError::Workload(e.to_string()))?;
+            .map_err(|e| LabError::failed(Part::Workload, "the gateway's address", e))?;
         let config = GatewayConfig {
             upstream_host: HELLO_HOST.into(),
             upstream_port: HELLO_PORT,

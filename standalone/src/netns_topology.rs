@@ -30,7 +30,7 @@ use hbone_proxy::netns::{
 };
 
 use crate::sni_relay::SniRelay;
-use crate::topology::LabError;
+use crate::topology::{Cause, LabError, Part};
 
 /// Every address inside the netns cluster (pods, nodes, their links).
 pub const CLUSTER_CIDR: &str = "10.0.0.0/8";
@@ -71,8 +71,8 @@ pub struct NetnsPlumbing {
     pub relays: Vec<(String, Arc<SniRelay>, SocketAddr)>,
 }
 
-fn err(e: impl std::fmt::Display) -> LabError {
-    LabError::Netns(e.to_string())
+fn err(e: impl Into<Cause>) -> LabError {
+    LabError::failed(Part::Netns, "plumbing the lab", e)
 }
 
 fn iptables(ns: &NetNs, args: &[&str]) -> Result<(), LabError> {

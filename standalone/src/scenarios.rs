@@ -21,6 +21,7 @@ use hbone_proxy::refusal::{Direction, Reason};
 use hbone_workloads::db::{Database, DbConfig};
 use hbone_workloads::dial::DialError;
 use hbone_workloads::external::{Reachability, check, client_tls};
+use hbone_workloads::http_get::{Framing, Get};
 use hbone_workloads::probe::{ProbeKind, ProbeOutcome, probe};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -72,48 +73,20 @@ pub fn predict(lab: &Lab, source: Option<&str>, target_pod: &str, port: u16) -> 
     )
 }
 
+/// A GET to hello-app on an open connection, which stays open.
 async fn http_get(
     stream: &mut TcpStream,
     path: &str,
     accept: &str,
 ) -> std::io::Result<(u16, String)> {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: hello-app\r\nAccept: {accept}\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    // Read the head, then exactly content-length bytes (the connection stays open).
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let head_end = loop {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
+    let request = Get {
+        host: "hello-app",
+        path,
+        accept: Some(accept),
+        framing: Framing::ContentLength,
     };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let length: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    while buf.len() < head_end + length {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    Ok((
-        status,
-        String::from_utf8_lossy(&buf[head_end..]).into_owned(),
-    ))
+    let answer = hbone_workloads::http_get::get(stream, &request).await?;
+    Ok((answer.status, answer.text()))
 }
 
 /// What the policies say for one connection, in this lab's mode.

@@ -27,20 +27,76 @@ use thiserror::Error;
 pub const GITHUB_IP: &str = "203.0.113.10";
 pub const CLOUDFLARE_IP: &str = "203.0.113.20";
 
+/// What went wrong underneath a lab step, kept whole (its own sources too).
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The part of the lab a step belongs to, as the error names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Ca,
+    Proxy,
+    Policies,
+    Workload,
+    Netns,
+}
+
+impl std::fmt::Display for Part {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Part::Ca => "the certificate authority",
+            Part::Proxy => "a node proxy",
+            Part::Policies => "policies",
+            Part::Workload => "a workload",
+            Part::Netns => "network namespaces",
+        })
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum LabError {
-    #[error("the certificate authority: {0}")]
-    Ca(String),
-    #[error("a node proxy: {0}")]
-    Proxy(String),
-    #[error("policies: {0}")]
-    Policies(String),
-    #[error("a workload: {0}")]
-    Workload(String),
-    #[error("network namespaces: {0}")]
-    Netns(String),
-    #[error("the gateway cannot listen on {0}: {2}")]
-    GatewayListen(std::net::SocketAddr, std::io::ErrorKind, String),
+    /// A step failed; `cause` says why (shown by `{:#}` and anyhow's chain).
+    #[error("{part}: {what}")]
+    Step {
+        part: Part,
+        what: String,
+        #[source]
+        cause: Option<Cause>,
+    },
+    #[error("the gateway cannot listen on {addr}")]
+    GatewayListen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl LabError {
+    /// `what` failed in `part`, because of `cause`.
+    pub fn failed(part: Part, what: impl Into<String>, cause: impl Into<Cause>) -> Self {
+        LabError::Step {
+            part,
+            what: what.into(),
+            cause: Some(cause.into()),
+        }
+    }
+
+    /// A step of `part` cannot be taken, for the reason `what` gives (a
+    /// missing precondition, not an underlying error).
+    pub fn refused(part: Part, what: impl Into<String>) -> Self {
+        LabError::Step {
+            part,
+            what: what.into(),
+            cause: None,
+        }
+    }
+
+    /// Which part of the lab failed.
+    pub fn part(&self) -> Option<Part> {
+        match self {
+            LabError::Step { part, .. } => Some(*part),
+            LabError::GatewayListen { .. } => None,
+        }
+    }
 }
 
 pub(crate) fn ip(s: &str) -> IpAddr {

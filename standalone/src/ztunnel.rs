@@ -13,8 +13,8 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use hbone_proxy::netns::{NetNs, tcp_socket};
+use hbone_workloads::http_get::Get;
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The environment variable that names a ztunnel binary.
 pub const ZTUNNEL_BIN: &str = "ZTUNNEL_BIN";
@@ -285,18 +285,10 @@ pub async fn http_get(
     let mut tcp = tokio::time::timeout(Duration::from_secs(2), socket.connect(addr))
         .await
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-    tcp.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-        .await?;
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut raw))
+    let request = Get::once("localhost", path);
+    let get = hbone_workloads::http_get::get(&mut tcp, &request);
+    let answer = tokio::time::timeout(Duration::from_secs(5), get)
         .await
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    Ok((status, body.to_string()))
+    Ok((answer.status, answer.text()))
 }

@@ -5,6 +5,7 @@
 //! - [`gateway`]: the standalone stand-in for the Istio gateway.
 //! - [`worker`]: worker-app, the second database client.
 //! - [`public_api`]: TLS stand-ins for api.github.com and api.cloudflare.com.
+//! - [`http_get`]: the one HTTP GET every tool, story and test sends.
 //! - [`probe`]: "does the application answer?" — how a client in a captured pod tells allowed from refused.
 //! - [`peers`]: echo, sink, source and request/response load for the benchmarks.
 
@@ -13,6 +14,7 @@ pub mod dial;
 pub mod external;
 pub mod gateway;
 pub mod hello;
+pub mod http_get;
 pub mod peers;
 pub mod pgserver;
 pub mod probe;

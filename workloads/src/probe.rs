@@ -86,8 +86,8 @@ pub async fn probe<S: AsyncRead + AsyncWrite + Unpin>(
     let exchange = async {
         match kind {
             ProbeKind::Http => {
-                let request =
-                    format!("GET /health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+                // Only the status line is read: a probe must not wait for a body.
+                let request = crate::http_get::Get::once(host, "/health").request();
                 stream.write_all(request.as_bytes()).await?;
                 let mut head = Vec::new();
                 let mut byte = [0u8; 1];

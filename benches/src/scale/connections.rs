@@ -2,28 +2,28 @@
 //! proxy pair — what each costs in memory, and how long a policy change
 //! takes to judge all of them again.
 //!
-//! Both proxies must hold N sockets each (and the bench 2 N: the clients
-//! and the server), so the bench raises its file-descriptor limit first
-//! (the proxies inherit it) and says which limit to raise when it cannot.
-//! Memory per connection is the growth of both proxies' RSS once all N
-//! have reached the server, divided by N. Then a DENY of the client is
+//! Each proxy holds N sockets, the bench the N client ends, and the server
+//! (a process of its own, `hbone-lab app rr-server` in the server pod) the
+//! N server ends; so no process needs more than N and a few, and the bench
+//! raises its soft file-descriptor limit (the others inherit it), saying
+//! which limit to raise when it cannot. Memory per connection is the
+//! growth of both proxies' RSS once all N have reached the server (the
+//! server holds N more sockets), divided by N. Then a DENY of the client is
 //! served over xDS to both proxies at one instant, and `rejudge_ms` is the
 //! time until the last of the N connections has been closed: the change
 //! arriving, every open stream judged again, and each denied one torn down.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use tokio::io::AsyncReadExt as _;
 
-use super::{Sizes, setup};
-use crate::runner::{RR_PORT, Sample, wait_until_accepted, warm_up};
+use super::{Killed, Sizes, setup};
+use crate::runner::{RR_PORT, Sample, warm_up};
 use crate::subjects::{
-    BENCH_POLICIES, Running, Shared, Subject, SubjectError, rss_bytes, start_fed_by_xds,
+    BENCH_POLICIES, Running, Shared, Subject, SubjectError, log_to, rss_bytes, start_fed_by_xds,
 };
 use crate::topology::{SERVER_IP, Topology};
 
@@ -45,19 +45,79 @@ fn deny_client() -> String {
     )
 }
 
-/// Raises this process's file-descriptor limit (children inherit it) to
-/// hold `connections` through the mesh.
+/// Raises this process's soft file-descriptor limit (children inherit it)
+/// so each process can hold `connections` sockets and some to spare.
 pub fn raise_fd_limit(connections: usize) -> Result<(), SubjectError> {
-    let needed = (3 * connections + 4096) as u64;
+    let needed = (connections + 4096) as u64;
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(setup)?;
     if soft >= needed {
         return Ok(());
     }
-    setrlimit(Resource::RLIMIT_NOFILE, needed, hard.max(needed)).map_err(|e| {
+    let refused = |why: String| {
         setup(format!(
-            "{connections} open connections need {needed} file descriptors, the limit is {soft} (hard {hard}) and could not be raised: {e}; run as root, or raise it first (ulimit -n {needed})"
+            "{connections} open connections need {needed} file descriptors per process; the limit is {soft} (hard {hard}): {why}; raise the hard limit first (as root: ulimit -Hn {needed})"
         ))
-    })
+    };
+    if hard < needed {
+        return Err(refused("the hard limit is too low".into()));
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, needed, hard).map_err(|e| refused(e.to_string()))
+}
+
+/// The request/response server in the server pod, a process of its own.
+fn spawn_server(shared: &Shared, topology: &Topology) -> Result<Killed, SubjectError> {
+    let log = shared.dir.path().join("scale-rr-server.log");
+    let (out, err) = log_to(&log)?;
+    let exe = shared.proxy_exe.to_str().unwrap_or("hbone-lab");
+    let child = topology
+        .server
+        .command(exe)
+        .args(["app", "rr-server", "--listen"])
+        .arg(format!("{SERVER_IP}:{RR_PORT}"))
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(|e| setup(format!("starting the rr server: {e}")))?;
+    Ok(Killed(child))
+}
+
+/// Open file descriptors of `pid` (its sockets, here).
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+}
+
+/// The server's descriptor count once it has stopped changing (the
+/// warm-up's connections are closed by then), or after 5 s.
+async fn settled_fds(pid: u32) -> usize {
+    let mut last = open_fds(pid);
+    let mut same = 0;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = open_fds(pid);
+        same = if now == last { same + 1 } else { 0 };
+        last = now;
+        if same == 3 {
+            break;
+        }
+    }
+    last
+}
+
+/// Waits until the server holds `n` more descriptors than `base`.
+async fn wait_held(pid: u32, base: usize, n: usize) -> Result<(), SubjectError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let held = open_fds(pid).saturating_sub(base);
+        if held >= n {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(setup(format!(
+                "only {held} of {n} idle connections reached the server within 30 s"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Opens `n` connections to the server through the mesh.
@@ -120,17 +180,15 @@ async fn measure_one(
     topology: &Topology,
     shared: &mut Shared,
     n: usize,
-    accepted: &AtomicU64,
+    server: u32,
 ) -> Result<BTreeMap<String, f64>, SubjectError> {
     let running = start_fed_by_xds(subject, topology, shared).await?;
     let running: Running = warm_up(running, subject, topology).await?;
     let pids = running.pids();
     let before = rss_bytes(&pids);
-    let reached = accepted.load(std::sync::atomic::Ordering::Relaxed);
+    let base = settled_fds(server).await;
     let held = open_idle(topology, n).await?;
-    wait_until_accepted(accepted, reached, n as u64)
-        .await
-        .map_err(setup)?;
+    wait_held(server, base, n).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = rss_bytes(&pids);
     let (rejudge_ms, closed) = time_rejudge(shared, held).await?;
@@ -159,14 +217,9 @@ pub async fn connections(
     say: &mut dyn FnMut(&str),
 ) -> Result<Vec<Sample>, SubjectError> {
     raise_fd_limit(sizes.connections.iter().copied().max().unwrap_or(0))?;
-    let listener = topology.server_listener(RR_PORT).map_err(setup)?;
-    let accepted = Arc::new(AtomicU64::new(0));
-    let server = tokio::spawn(hbone_workloads::peers::rr_server_counting(
-        listener,
-        1024,
-        1024,
-        accepted.clone(),
-    ));
+    let server = spawn_server(shared, topology)?;
+    wait_listening(&server, topology).await?;
+    let server_pid = server.0.id();
     let mut samples = Vec::new();
     let mut outcome = Ok(());
     'curve: for &n in &sizes.connections {
@@ -175,7 +228,7 @@ pub async fn connections(
                 "{}: {n} idle connections, then a DENY",
                 subject.name()
             ));
-            let measured = measure_one(subject, topology, shared, n, &accepted).await;
+            let measured = measure_one(subject, topology, shared, n, server_pid).await;
             let restored = shared.set_policies(BENCH_POLICIES);
             match measured.and_then(|f| restored.map(|()| f)) {
                 Ok(figures) => samples.push(Sample {
@@ -191,6 +244,27 @@ pub async fn connections(
             }
         }
     }
-    server.abort();
+    drop(server);
     outcome.map(|()| samples)
+}
+
+/// Waits until the server answers a connection made in its own pod.
+async fn wait_listening(server: &Killed, topology: &Topology) -> Result<(), SubjectError> {
+    let addr = std::net::SocketAddr::new(topology.server_ip(), RR_PORT);
+    let path = topology.server.path();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let socket =
+            hbone_proxy::netns::tcp_socket(Some(&path), addr, None, None).map_err(setup)?;
+        if socket.connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(setup(format!(
+                "the rr server (pid {}) does not listen on {addr}",
+                server.0.id()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -31,7 +31,7 @@ use hbone_ca::{
 use hbone_policies::istio::{ConnectionAttrs, IstioPolicies, TargetWorkload};
 use hbone_policies::load::{istio_policies, parse_documents};
 use hbone_proxy::ProxyHandle;
-use hbone_proxy::config::{H2Settings, Listeners};
+use hbone_proxy::config::Listeners;
 use hbone_proxy::core::{CoreSettings, ProxyCore};
 use hbone_proxy::netns::{
     NetNs, bind_listener, inbound_capture_rules, install_rules, jump_to, tcp_socket, veth,
@@ -282,22 +282,15 @@ impl Lab {
             services: Vec::new(),
         })
         .map_err(|(f, m)| setup(format!("{f}: {m}")))?;
-        let certs = Arc::new(CertificateManager::new(
-            authority.clone(),
-            RenewalPolicy::default(),
-        ));
-        let core = Arc::new(ProxyCore::new(
-            CoreSettings {
-                node: "node-a".into(),
-                h2: H2Settings::default(),
-                hbone_port: 15008,
-                bind_source_ip: false,
-            },
-            Arc::new(registry),
-            none,
-            certs,
-            trust.clone(),
-        ));
+        let core = Arc::new(
+            ProxyCore::with_authority(
+                CoreSettings::for_node("node-a"),
+                Arc::new(registry),
+                none,
+                authority.clone(),
+            )
+            .map_err(setup)?,
+        );
         let proxy = ProxyHandle::start(
             core,
             &Listeners {

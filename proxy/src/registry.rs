@@ -505,6 +505,46 @@ services:
     }
 
     #[test]
+    fn the_index_finds_what_a_scan_would() {
+        let r = Registry::parse(
+            "
+nodes: [{name: n1}]
+workloads:
+  - {name: a1, namespace: demo, serviceAccount: app, labels: {app: a, tier: web}, ips: [10.0.0.1], node: n1}
+  - {name: a2, namespace: demo, serviceAccount: app, labels: {app: a, tier: db}, ips: [10.0.0.2], node: n1}
+  - {name: a3, namespace: other, serviceAccount: app, labels: {app: a, tier: web}, ips: [10.0.0.3], node: n1}
+services:
+  - {name: web, namespace: demo, vips: [10.1.0.1], ports: {80: 8080}, selector: {app: a, tier: web}}
+  - {name: all, namespace: demo, vips: [10.1.0.2], ports: {80: 8080}, selector: {}}
+  - {name: none, namespace: demo, vips: [10.1.0.3], ports: {80: 8080}, selector: {app: b}}
+",
+            "r.yaml",
+        )
+        .unwrap();
+        let endpoint = |vip: &str, pick| match r.resolve(format!("{vip}:80").parse().unwrap(), pick)
+        {
+            Ok(Destination::Workload { workload, .. }) => Ok(workload.name.clone()),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e),
+        };
+        // Both labels must match, and only in the service's namespace.
+        assert_eq!(endpoint("10.1.0.1", 0).unwrap(), "a1");
+        assert_eq!(endpoint("10.1.0.1", 1).unwrap(), "a1");
+        // An empty selector takes the namespace's workloads, in order.
+        assert_eq!(endpoint("10.1.0.2", 0).unwrap(), "a1");
+        assert_eq!(endpoint("10.1.0.2", 1).unwrap(), "a2");
+        assert!(
+            endpoint("10.1.0.3", 0)
+                .unwrap_err()
+                .contains("no endpoints")
+        );
+        // A VIP is not a workload; the first workload of an identity answers for it.
+        assert!(r.workload_by_ip("10.1.0.1".parse().unwrap()).is_none());
+        let app = r.workloads[1].identity().clone();
+        assert_eq!(r.workload_by_identity(&app).unwrap().name, "a1");
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let err = Registry::parse(
             "workloads:\n  - {name: a, namespace: d, serviceAcount: x}\n",

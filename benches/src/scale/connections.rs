@@ -221,8 +221,7 @@ pub async fn connections(
     wait_listening(&server, topology).await?;
     let server_pid = server.0.id();
     let mut samples = Vec::new();
-    let mut outcome = Ok(());
-    'curve: for &n in &sizes.connections {
+    for &n in &sizes.connections {
         for subject in subjects.iter().filter(|s| **s != Subject::Direct) {
             say(&format!(
                 "{}: {n} idle connections, then a DENY",
@@ -230,22 +229,13 @@ pub async fn connections(
             ));
             let measured = measure_one(subject, topology, shared, n, server_pid).await;
             let restored = shared.set_policies(BENCH_POLICIES);
-            match measured.and_then(|f| restored.map(|()| f)) {
-                Ok(figures) => samples.push(Sample {
-                    subject: subject.name().into(),
-                    scenario: "scale_connections".into(),
-                    repetition: 0,
-                    figures,
-                }),
-                Err(e) => {
-                    outcome = Err(e);
-                    break 'curve;
-                }
-            }
+            let figures = measured?;
+            restored?;
+            samples.push(super::row(subject, "scale_connections", figures));
         }
     }
     drop(server);
-    outcome.map(|()| samples)
+    Ok(samples)
 }
 
 /// Waits until the server answers a connection made in its own pod.

@@ -86,6 +86,20 @@ impl Drop for Killed {
     }
 }
 
+/// One point of a curve: rows are not repetitions, so each is repetition 0.
+fn row(
+    subject: &crate::subjects::Subject,
+    scenario: &str,
+    figures: std::collections::BTreeMap<String, f64>,
+) -> Sample {
+    Sample {
+        subject: subject.name().into(),
+        scenario: scenario.into(),
+        repetition: 0,
+        figures,
+    }
+}
+
 /// The columns of each curve's table: (figure, heading, scale, decimals).
 fn columns(scenario: &str) -> &'static [(&'static str, &'static str, f64, usize)] {
     match scenario {

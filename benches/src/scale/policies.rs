@@ -77,38 +77,33 @@ pub async fn policies(
 ) -> Result<Vec<Sample>, SubjectError> {
     let listener = topology.server_listener(RR_PORT).map_err(setup)?;
     let server = tokio::spawn(hbone_workloads::peers::rr_server(listener, 1024, 1024));
+    let measured = curve(subjects, topology, shared, sizes, say).await;
+    server.abort();
+    shared.set_policies(BENCH_POLICIES)?;
+    measured
+}
+
+async fn curve(
+    subjects: &[Subject],
+    topology: &Topology,
+    shared: &mut Shared,
+    sizes: &Sizes,
+    say: &mut dyn FnMut(&str),
+) -> Result<Vec<Sample>, SubjectError> {
     let mut samples = Vec::new();
-    let mut outcome = Ok(());
-    'curve: for &n in &sizes.policies {
-        if let Err(e) = shared.set_policies(&policy_set(n)) {
-            outcome = Err(e);
-            break;
-        }
+    for &n in &sizes.policies {
+        shared.set_policies(&policy_set(n))?;
         for subject in subjects.iter().filter(|s| **s != Subject::Direct) {
             say(&format!(
                 "{}: {n} AuthorizationPolicies in scope",
                 subject.name()
             ));
-            match measure_one(subject, topology, shared, sizes.seconds).await {
-                Ok(mut figures) => {
-                    figures.insert("policies".to_string(), n as f64);
-                    samples.push(Sample {
-                        subject: subject.name().into(),
-                        scenario: "scale_policies".into(),
-                        repetition: 0,
-                        figures,
-                    });
-                }
-                Err(e) => {
-                    outcome = Err(e);
-                    break 'curve;
-                }
-            }
+            let mut figures = measure_one(subject, topology, shared, sizes.seconds).await?;
+            figures.insert("policies".to_string(), n as f64);
+            samples.push(super::row(subject, "scale_policies", figures));
         }
     }
-    server.abort();
-    shared.set_policies(BENCH_POLICIES)?;
-    outcome.map(|()| samples)
+    Ok(samples)
 }
 
 #[cfg(test)]

@@ -172,12 +172,7 @@ pub async fn workloads(
                 "bytes_per_workload".to_string(),
                 (rss.saturating_sub(zero) as f64 / n as f64).round(),
             );
-            samples.push(Sample {
-                subject: subject.name().into(),
-                scenario: "scale_workloads".into(),
-                repetition: 0,
-                figures,
-            });
+            samples.push(super::row(subject, "scale_workloads", figures));
         }
     }
     Ok(samples)

@@ -25,24 +25,56 @@ use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 use thiserror::Error;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
+use crate::authority::AuthorityError;
 use crate::authority::SigningAuthority;
-use crate::client::CaClient;
+use crate::client::{CaClient, ClientError};
 use crate::identity::Identity;
 use crate::inspect::{CertFacts, InspectError, read_cert_facts};
 
-/// Why a certificate could not be obtained.
+/// Why a certificate could not be obtained. `Clone`, because every waiter
+/// on an identity sees the same failure, so the typed causes are shared.
 #[derive(Debug, Error, Clone)]
 pub enum FetchError {
+    /// The CA over gRPC refused, or could not be reached.
     #[error("CA request failed: {0}")]
-    Ca(String),
+    Ca(#[source] Arc<ClientError>),
+    /// The in-process authority refused.
+    #[error("the CA refused: {0}")]
+    Authority(#[source] Arc<AuthorityError>),
+    /// Another [`CertificateSource`] failed (see [`FetchError::source_failed`]).
+    #[error("the certificate source failed: {0}")]
+    Source(#[source] Arc<dyn std::error::Error + Send + Sync>),
     #[error("cannot build the CSR: {0}")]
-    Csr(String),
+    Csr(#[source] Arc<rcgen::Error>),
     #[error("the CA's answer is unusable: {0}")]
-    BadAnswer(String),
-    #[error("no certificate for {0} yet, and the last attempt failed: {1}")]
-    Unavailable(Identity, String),
+    BadAnswer(#[source] Arc<InspectError>),
+    #[error("the CA answered with an empty chain")]
+    EmptyChain,
+    #[error("the CA's certificate names {found:?}, not {expected}")]
+    WrongIdentity {
+        expected: Identity,
+        found: Vec<String>,
+    },
+    #[error("the CA's certificate is not for the key our CSR carried")]
+    WrongKey,
+    /// [`CertificateManager::get`] before any success; `last` is why.
+    #[error("none for {identity} yet; the last attempt: {last}")]
+    Unavailable {
+        identity: Identity,
+        #[source]
+        last: Arc<FetchError>,
+    },
+    #[error("none for {0}: the certificate manager has stopped")]
+    Stopped(Identity),
+}
+
+impl FetchError {
+    /// For a [`CertificateSource`] of one's own: its error, kept as the cause.
+    pub fn source_failed(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        FetchError::Source(Arc::new(e))
+    }
 }
 
 /// Where certificates come from: a remote CA over gRPC, or an authority in
@@ -67,7 +99,7 @@ impl CertificateSource for CaClient {
     ) -> Result<Vec<String>, FetchError> {
         self.create_certificate(csr_pem, ttl, Some(identity))
             .await
-            .map_err(|e| FetchError::Ca(e.to_string()))
+            .map_err(|e| FetchError::Ca(Arc::new(e)))
     }
 }
 
@@ -81,7 +113,7 @@ impl CertificateSource for SigningAuthority {
     ) -> Result<Vec<String>, FetchError> {
         self.sign_csr(csr_pem, identity, Some(ttl))
             .map(|issued| issued.chain_pem)
-            .map_err(|e| FetchError::Ca(e.to_string()))
+            .map_err(|e| FetchError::Authority(Arc::new(e)))
     }
 }
 
@@ -210,13 +242,17 @@ impl CertificateManager {
         }
         let (tx, rx) = watch::channel(CertState::default());
         let renew_now = Arc::new(tokio::sync::Notify::new());
-        tokio::spawn(renew_forever(
+        // The identity is the task's span, not a field of each line; a root,
+        // since the task outlives whichever connection asked first.
+        let span = tracing::info_span!(parent: None, "svid", %identity);
+        let renewal = renew_forever(
             self.source.clone(),
             self.policy.clone(),
             identity.clone(),
             tx,
             renew_now.clone(),
-        ));
+        );
+        tokio::spawn(renewal.instrument(span));
         entries.insert(
             identity.clone(),
             Entry {
@@ -247,14 +283,14 @@ impl CertificateManager {
                     return Ok(svid.clone());
                 }
                 if let Some(err) = &state.last_error {
-                    return Err(FetchError::Unavailable(identity.clone(), err.to_string()));
+                    return Err(FetchError::Unavailable {
+                        identity: identity.clone(),
+                        last: Arc::new(err.clone()),
+                    });
                 }
             }
             if rx.changed().await.is_err() {
-                return Err(FetchError::Unavailable(
-                    identity.clone(),
-                    "manager stopped".into(),
-                ));
+                return Err(FetchError::Stopped(identity.clone()));
             }
         }
     }
@@ -275,19 +311,19 @@ impl CertificateManager {
 /// ECDSA P-256, empty subject, one URI SAN.
 pub fn new_key_and_csr(identity: &Identity) -> Result<(KeyPair, String), FetchError> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(|e| FetchError::Csr(e.to_string()))?;
+        .map_err(|e| FetchError::Csr(Arc::new(e)))?;
     let mut params = CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
     let uri = identity
         .uri()
         .as_str()
         .try_into()
-        .map_err(|e: rcgen::Error| FetchError::Csr(e.to_string()))?;
+        .map_err(|e: rcgen::Error| FetchError::Csr(Arc::new(e)))?;
     params.subject_alt_names = vec![SanType::URI(uri)];
     let csr = params
         .serialize_request(&key)
         .and_then(|csr| csr.pem())
-        .map_err(|e| FetchError::Csr(e.to_string()))?;
+        .map_err(|e| FetchError::Csr(Arc::new(e)))?;
     Ok((key, csr))
 }
 
@@ -298,25 +334,21 @@ pub fn assemble_svid(
     chain_pem: Vec<String>,
     policy: &RenewalPolicy,
 ) -> Result<Svid, FetchError> {
-    let bad = |e: InspectError| FetchError::BadAnswer(e.to_string());
+    let bad = |e: InspectError| FetchError::BadAnswer(Arc::new(e));
     let mut chain = Vec::new();
     for pem in &chain_pem {
         chain.extend(crate::inspect::pem_certs(pem).map_err(bad)?);
     }
-    let leaf_der = chain
-        .first()
-        .ok_or_else(|| FetchError::BadAnswer("empty chain".into()))?;
+    let leaf_der = chain.first().ok_or(FetchError::EmptyChain)?;
     let leaf = read_cert_facts(leaf_der.as_ref()).map_err(bad)?;
     if leaf.uri_sans != [identity.uri()] {
-        return Err(FetchError::BadAnswer(format!(
-            "the certificate names {:?}, expected {identity}",
-            leaf.uri_sans
-        )));
+        return Err(FetchError::WrongIdentity {
+            expected: identity.clone(),
+            found: leaf.uri_sans.clone(),
+        });
     }
     if leaf.public_key != key.public_key_raw() {
-        return Err(FetchError::BadAnswer(
-            "the certificate is not for our key".into(),
-        ));
+        return Err(FetchError::WrongKey);
     }
     let refresh_at = policy.refresh_at(leaf.not_before, leaf.not_after, SystemTime::now());
     Ok(Svid {
@@ -354,7 +386,7 @@ async fn renew_forever(
                 let until = |t: SystemTime| t.duration_since(now_wall).unwrap_or_default();
                 let refresh_in = until(svid.refresh_at);
                 expires = Some(Instant::now() + until(svid.leaf.not_after));
-                info!(%identity, serial = %svid.leaf.serial_hex, refresh_in = ?refresh_in, "certificate obtained");
+                info!(serial = %svid.leaf.serial_hex, refresh_in = ?refresh_in, "certificate obtained");
                 tx.send_modify(|state| {
                     state.current = Some(Arc::new(svid));
                     state.last_error = None;
@@ -368,7 +400,7 @@ async fn renew_forever(
                 let still_valid = left.is_some_and(|l| !l.is_zero());
                 let backoff = policy.retry_in(failures, left.filter(|l| !l.is_zero()));
                 failures += 1;
-                warn!(%identity, error = %err, retry_in = ?backoff, keeping_current = still_valid, "certificate request failed");
+                warn!(error = %err, retry_in = ?backoff, keeping_current = still_valid, "certificate request failed");
                 tx.send_modify(|state| {
                     if !still_valid {
                         state.current = None;
@@ -380,7 +412,7 @@ async fn renew_forever(
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = renew_now.notified() => info!(%identity, "renewing on request"),
+            _ = renew_now.notified() => info!("renewing on request"),
             _ = tx.closed() => return,
         }
     }

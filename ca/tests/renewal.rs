@@ -33,9 +33,8 @@ impl CertificateSource for OutageSwitch {
     ) -> Result<Vec<String>, FetchError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         if self.down.load(Ordering::SeqCst) {
-            return Err(FetchError::Ca(
-                "connection refused (simulated outage)".into(),
-            ));
+            let outage = std::io::Error::other("connection refused (simulated outage)");
+            return Err(FetchError::source_failed(outage));
         }
         self.authority.sign(identity, csr, ttl).await
     }
@@ -159,7 +158,7 @@ async fn first_fetch_failure_is_reported_not_hung() {
     source.down.store(true, Ordering::SeqCst);
     let err = manager.get(&me).await.unwrap_err().to_string();
     assert!(
-        err.contains("no certificate for spiffe://cluster.local/ns/demo/sa/hello-app"),
+        err.contains("none for spiffe://cluster.local/ns/demo/sa/hello-app yet"),
         "{err}"
     );
 }

@@ -22,7 +22,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use rustls::pki_types::ServerName;
-use serde::Deserialize;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -30,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
 
+pub use crate::config::BenchTunnel;
 use crate::core::{CoreError, ProxyCore};
 use crate::inbound::PROXY_PORTS;
 use crate::listen::Gate;
@@ -40,25 +40,6 @@ use crate::registry::Workload;
 pub const ALPN_BENCH_MTLS: &[u8] = b"hbone-lab-bench-mtls";
 /// Copy buffers of the lower rungs, each way (tokio's `copy_bidirectional`).
 const BUFFER: usize = 64 * 1024;
-
-/// Which rung replaces HBONE (config `benchTunnel`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BenchTunnel {
-    /// A TCP relay between the proxies.
-    Plain,
-    /// Mutual TLS, one connection per proxied connection, no HTTP/2.
-    Mtls,
-}
-
-impl BenchTunnel {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BenchTunnel::Plain => "plain",
-            BenchTunnel::Mtls => "mtls",
-        }
-    }
-}
 
 #[derive(Debug, Error)]
 pub enum BenchTunnelError {
@@ -213,12 +194,12 @@ pub async fn serve(
         tasks,
         "bench tunnel",
         Gate::new(&core, Direction::Inbound),
-        move |tcp, peer| {
+        move |tcp, _| {
             let core = core.clone();
             async move {
                 if let Err(e) = accept(&core, mode, tcp).await {
                     core.metrics.refused(Direction::Inbound, e.reason());
-                    warn!(%peer, mode = mode.as_str(), reason = %e.reason(), error = %e, "bench tunnel connection failed");
+                    warn!(mode = mode.as_str(), reason = %e.reason(), error = %e, "bench tunnel connection failed");
                 }
             }
         },

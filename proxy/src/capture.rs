@@ -54,7 +54,7 @@ pub async fn serve_outbound(
             async move {
                 let refuse = |reason: Reason, detail: String| {
                     core.metrics.refused(Direction::Outbound, reason);
-                    warn!(%peer, %reason, error = %detail, "outbound connection refused");
+                    warn!(%reason, error = %detail, "outbound connection refused");
                 };
                 let Some(dst) = original_destination(&tcp) else {
                     return refuse(
@@ -106,18 +106,15 @@ pub async fn serve_plaintext(
     .await
 }
 
-/// The connection log's name for this direction (ztunnel's `inbound_plaintext`).
-const DIRECTION_NAME: &str = "inbound_plaintext";
-
 async fn plaintext(core: Arc<ProxyCore>, mut tcp: TcpStream, peer: SocketAddr) {
     let record = |dst: Option<SocketAddr>, workload: Option<&Arc<Workload>>| {
-        let mut r = ConnectionRecord::new(DIRECTION_NAME, Some(peer), dst);
+        let mut r = ConnectionRecord::new(Direction::Plaintext, Some(peer), dst);
         r.dst_workload = workload.cloned();
         r
     };
     let refuse = |reason: Reason, detail: String, r: ConnectionRecord| {
         core.metrics.refused(Direction::Plaintext, reason);
-        warn!(%peer, %reason, error = %detail, "plaintext connection refused");
+        warn!(%reason, error = %detail, "plaintext connection refused");
         core.connections.refused(r, format!("{reason}: {detail}"));
     };
     let Some(dst) = original_destination(&tcp) else {
@@ -173,5 +170,5 @@ async fn plaintext(core: Arc<ProxyCore>, mut tcp: TcpStream, peer: SocketAddr) {
                 .close(logged, Outcome::Failed, 0, 0, Some(e.to_string()));
         }
     }
-    info!(direction = "inbound_plaintext", src.addr = %peer, dst.addr = %dst, dst.workload = %workload.name, policy = %decision.reason, "connection complete");
+    info!(dst.addr = %dst, dst.workload = %workload.name, policy = %decision.reason, "connection complete");
 }

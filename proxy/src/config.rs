@@ -208,7 +208,7 @@ pub struct ProxyConfig {
     /// the cost ladder (`plain`: a TCP relay; `mtls`: mutual TLS without
     /// HTTP/2), with no policy at all. Not a mesh; see [`crate::bench_tunnel`].
     #[serde(default)]
-    pub bench_tunnel: Option<crate::bench_tunnel::BenchTunnel>,
+    pub bench_tunnel: Option<BenchTunnel>,
 }
 
 /// How many finished connections the connection log keeps by default.
@@ -330,5 +330,25 @@ impl ProxyConfig {
             });
         }
         Ok(config)
+    }
+}
+
+/// Which rung replaces HBONE (config `benchTunnel`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BenchTunnel {
+    /// A TCP relay between the proxies.
+    Plain,
+    /// Mutual TLS, one connection per proxied connection, no HTTP/2.
+    Mtls,
+}
+
+impl BenchTunnel {
+    /// The name in config and in benchmark labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BenchTunnel::Plain => "plain",
+            BenchTunnel::Mtls => "mtls",
+        }
     }
 }

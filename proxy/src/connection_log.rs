@@ -23,6 +23,7 @@ use hbone_ca::Identity;
 use hbone_policies::decision::Decision;
 use serde::Serialize;
 
+use crate::refusal::Direction;
 use crate::registry::Workload;
 
 /// The default ring size.
@@ -83,8 +84,7 @@ pub struct TlsRecord {
 #[derive(Debug, Clone)]
 pub struct ConnectionRecord {
     id: u64,
-    /// `inbound` (HBONE in, 15008), `inbound_plaintext` (15006) or `outbound`.
-    pub direction: &'static str,
+    pub direction: Direction,
     pub src_addr: Option<SocketAddr>,
     pub dst_addr: Option<SocketAddr>,
     pub src_workload: Option<Arc<Workload>>,
@@ -108,6 +108,7 @@ pub struct ConnectionRecord {
 #[serde(rename_all = "camelCase")]
 pub struct ConnectionView {
     pub id: u64,
+    /// [`Direction::log_name`]: `inbound`, `inbound_plaintext`, `outbound`, `socks5`.
     pub direction: &'static str,
     pub src_addr: String,
     pub dst_addr: String,
@@ -130,7 +131,7 @@ pub struct ConnectionView {
 impl ConnectionRecord {
     /// A record of a connection starting now; an address not known is `None`.
     pub fn new(
-        direction: &'static str,
+        direction: Direction,
         src_addr: Option<SocketAddr>,
         dst_addr: Option<SocketAddr>,
     ) -> Self {
@@ -172,7 +173,7 @@ impl ConnectionRecord {
         };
         ConnectionView {
             id: self.id,
-            direction: self.direction,
+            direction: self.direction.log_name(),
             src_addr: addr(self.src_addr),
             dst_addr: addr(self.dst_addr),
             src_workload: self.src_workload.as_ref().map(|w| w.name.clone()),
@@ -342,7 +343,7 @@ mod tests {
         let log = ConnectionLog::new(3);
         let rec = |i: u16| {
             let src = SocketAddr::from(([10, 0, 0, 1], i));
-            ConnectionRecord::new("inbound", Some(src), "10.0.0.2:80".parse().ok())
+            ConnectionRecord::new(Direction::Inbound, Some(src), "10.0.0.2:80".parse().ok())
         };
         let open = log.open(rec(1));
         for i in 2..=6 {

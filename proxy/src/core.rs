@@ -60,7 +60,7 @@ pub struct ProxyCore {
     pub hbone_port: u16,
     pub bind_source_ip: bool,
     /// Benchmarks only: a lower rung of the cost ladder instead of HBONE.
-    pub bench_tunnel: Option<crate::bench_tunnel::BenchTunnel>,
+    pub bench_tunnel: Option<crate::config::BenchTunnel>,
     /// Swapped whole when the registry's source changes (file, cluster, xDS).
     registry: ArcSwap<Registry>,
     /// Counts registry swaps, so the local workloads' listeners can follow.
@@ -136,7 +136,7 @@ impl ProxyCore {
 
     /// Benchmarks only: carry connections between proxies on `tunnel`
     /// instead of HBONE ([`crate::bench_tunnel`]).
-    pub fn with_bench_tunnel(mut self, tunnel: Option<crate::bench_tunnel::BenchTunnel>) -> Self {
+    pub fn with_bench_tunnel(mut self, tunnel: Option<crate::config::BenchTunnel>) -> Self {
         self.bench_tunnel = tunnel;
         self
     }

@@ -22,7 +22,7 @@ use http::{Method, Request, Response, StatusCode};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
 use crate::authorization::decide_peer;
 use crate::connection_log::{ConnectionRecord, Outcome, TlsRecord};
@@ -71,9 +71,10 @@ async fn handle_connection(
     tasks: TaskTracker,
 ) {
     let Ok(local) = tcp.local_addr() else { return };
+    let span = tracing::Span::current();
     let refuse = |reason: Reason, detail: &dyn std::fmt::Display| {
         core.metrics.refused(DIRECTION, reason);
-        warn!(%peer, %local, %reason, error = %detail, "HBONE connection refused");
+        warn!(%reason, error = %detail, "HBONE connection refused");
     };
     let mut resolved_in = core.registry();
     let Some(mut workload) = core.local_workload(local.ip()) else {
@@ -87,6 +88,7 @@ async fn handle_connection(
         );
         return;
     };
+    span.record("dst.workload", workload.name.as_str());
     let config = match core.server_config(workload.identity()).await {
         Ok(c) => c,
         Err(e) => return refuse(Reason::NoCertificate, &e),
@@ -159,7 +161,8 @@ async fn handle_connection(
             );
         }
     };
-    tracing::debug!(%peer, %local, peer_identity = %peer_identity, tls = %tls_version, "HBONE connection accepted");
+    span.record("src.identity", tracing::field::display(&peer_identity));
+    tracing::debug!(tls = %tls_version, "HBONE connection accepted");
     let active = Arc::new(AtomicUsize::new(0));
     let peer_identity = Arc::new(peer_identity);
     let mut draining = false;
@@ -200,9 +203,9 @@ async fn handle_connection(
                 if e.is_go_away() && e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) {
                     // Our own GOAWAY: the peer crossed one of the limits above.
                     core.metrics.refused(DIRECTION, Reason::H2Abuse);
-                    warn!(%peer, peer_identity = %peer_identity, error = %e, "HBONE connection closed: the peer abused HTTP/2 (too many resets or errors)");
+                    warn!(error = %e, "HBONE connection closed: the peer abused HTTP/2 (too many resets or errors)");
                 } else if !e.is_go_away() && !e.is_io() {
-                    warn!(%peer, error = %e, "HBONE connection error");
+                    warn!(error = %e, "HBONE connection error");
                 }
                 break;
             }
@@ -299,7 +302,7 @@ impl Drop for ActiveStream {
 impl StreamContext {
     /// What the connection log records of a stream to `dst` on this connection.
     fn record(&self, dst: SocketAddr) -> ConnectionRecord {
-        let mut record = ConnectionRecord::new(DIRECTION.as_str(), Some(self.peer), Some(dst));
+        let mut record = ConnectionRecord::new(DIRECTION, Some(self.peer), Some(dst));
         record.src_identity = Some(self.peer_identity.clone());
         record.dst_workload = Some(self.workload.clone());
         record.tls = Some(self.tls.clone());
@@ -315,9 +318,6 @@ impl StreamContext {
         } = refusal;
         self.core.metrics.refused(DIRECTION, reason);
         warn!(
-            src = %self.peer,
-            src_identity = %self.peer_identity,
-            dst_workload = %self.workload.name,
             status = status.as_u16(),
             %reason,
             detail = %detail,
@@ -350,7 +350,10 @@ impl StreamContext {
         let (parts, body) = request.into_parts();
         match self.admit(&parts) {
             Ok((stream, decision)) => {
-                tasks.spawn(self.connect_and_relay(slot, body, respond, stream, decision));
+                // A child of the connection's span (current here, on its task).
+                let span = tracing::info_span!("stream", dst.addr = %stream.target);
+                let relay = self.connect_and_relay(slot, body, respond, stream, decision);
+                tasks.spawn(relay.instrument(span));
             }
             Err(refusal) => self.refuse(respond, refusal),
         }
@@ -442,12 +445,7 @@ impl StreamContext {
             guard.sent = moved.to_tunnel;
             guard.failed = error.is_some();
             info!(
-                direction = "inbound",
-                src.addr = %self.peer,
                 src.workload = source.as_ref().map(|w| w.name.as_str()).unwrap_or("-"),
-                src.identity = %self.peer_identity,
-                dst.addr = %target,
-                dst.workload = %self.workload.name,
                 dst.identity = %self.workload.identity(),
                 policy = %allowed_by,
                 bytes_sent = moved.to_tunnel,

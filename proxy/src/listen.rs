@@ -8,6 +8,17 @@
 //! (10 ms, doubling to 1 s) instead of spinning, logs once every 10 s how
 //! many accepts failed, and recovers by itself once descriptors are free.
 //!
+//! Each connection's task runs in a `conn` span: its direction (or, for
+//! the admin listener, the listener's name) and the client's address, with
+//! room for what its handler learns later (`src.identity`, `dst.workload`,
+//! recorded with [`tracing::Span::record`]). Every log line
+//! of the connection carries them, so a line says only what is new. The
+//! span is at `info`, the proxy's default level: a proxy run at `warn` (as
+//! the benchmarks run it) pays nothing for it, where a span entered on
+//! every poll cost 10 % of the instructions of a new connection (callgrind,
+//! `bench --instructions`). Its warnings then lack the addresses; the
+//! connection log (`/debug/connections`) and the refusal metrics keep them.
+//!
 //! The data listeners also share the proxy's connection limit
 //! ([`crate::connection_limit`]): past it, a connection is closed as soon
 //! as it is accepted, and counted.
@@ -21,7 +32,8 @@ use thiserror::Error;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::warn;
+use tracing::field::Empty;
+use tracing::{Instrument, warn};
 
 use crate::core::ProxyCore;
 use crate::refusal::{Direction, Reason};
@@ -175,11 +187,22 @@ pub(crate) async fn accept_loop<F, Fut>(
                     },
                 };
                 let _ = tcp.set_nodelay(true);
+                let span = tracing::info_span!(
+                    "conn",
+                    direction = gate.as_ref().map(|g| g.direction.as_str()),
+                    listener = gate.is_none().then_some(what),
+                    src.addr = %peer,
+                    src.identity = Empty,
+                    dst.workload = Empty,
+                );
                 let served = handle(tcp, peer);
-                tasks.spawn(async move {
-                    served.await;
-                    drop(permit);
-                });
+                tasks.spawn(
+                    async move {
+                        served.await;
+                        drop(permit);
+                    }
+                    .instrument(span),
+                );
             }
             Err(e) if exhausted(&e) => {
                 let wait = backoff.after(&e, what);

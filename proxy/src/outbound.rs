@@ -177,11 +177,8 @@ impl Outbound {
             mtls,
         );
         let guard = ConnectionGuard::open(&self.core.metrics, labels);
-        let mut record = ConnectionRecord::new(
-            Direction::Outbound.as_str(),
-            Some(client_addr),
-            Some(route.target),
-        );
+        let mut record =
+            ConnectionRecord::new(Direction::Outbound, Some(client_addr), Some(route.target));
         record.src_workload = Some(source.clone());
         record.dst_workload = route.workload.clone();
         let logged = self.core.connections.open(record);
@@ -222,8 +219,6 @@ impl Outbound {
                 .connections
                 .close(logged, outcome, sent, received, detail);
             info!(
-                direction = "outbound",
-                src.addr = %client_addr,
                 src.workload = %source.name,
                 src.identity = %source.identity(),
                 dst.addr = %route.target,
@@ -249,12 +244,12 @@ impl Outbound {
         err: &OutboundError,
     ) {
         self.core.metrics.refused(direction, err.reason());
-        let mut record = ConnectionRecord::new(direction.as_str(), None, Some(dst));
+        let mut record = ConnectionRecord::new(direction, None, Some(dst));
         record.src_workload = Some(source.clone());
         self.core
             .connections
             .refused(record, format!("{}: {err}", err.reason()));
-        warn!(%direction, src.workload = %source.name, src.identity = %source.identity(), dst = %dst, reason = %err.reason(), error = %err, "outbound connection failed");
+        warn!(src.workload = %source.name, src.identity = %source.identity(), dst = %dst, reason = %err.reason(), error = %err, "outbound connection failed");
     }
 }
 

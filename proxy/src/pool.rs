@@ -20,7 +20,7 @@ use hbone_ca::manager::Svid;
 use http::{HeaderMap, Method, Request, StatusCode};
 use rustls::pki_types::ServerName;
 use thiserror::Error;
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, warn};
 
 use crate::core::{CoreError, ProxyCore};
 use crate::refusal::Reason;
@@ -334,7 +334,9 @@ impl Pool {
         let keepalive = connection
             .ping_pong()
             .map(|pp| crate::keepalive::watch(pp, h2s.keepalive_interval, h2s.keepalive_timeout));
-        tokio::spawn(async move {
+        // Its own root: the connection serves many clients, not the one that opened it.
+        let span = tracing::info_span!(parent: None, "hbone", connection = id, peer = %addr);
+        let driver = async move {
             let watch = async {
                 match keepalive {
                     Some(watch) => watch.await,
@@ -344,15 +346,16 @@ impl Pool {
             tokio::select! {
                 ended = connection => {
                     if let Err(e) = ended {
-                        debug!(connection = id, error = %e, "HBONE connection ended");
+                        debug!(error = %e, "HBONE connection ended");
                     }
                 }
                 why = watch => {
-                    warn!(connection = id, %addr, "{why}: dropping the HBONE connection and its streams");
+                    warn!("{why}: dropping the HBONE connection and its streams");
                 }
             }
             flag.store(true, Ordering::Release);
-        });
+        };
+        tokio::spawn(driver.instrument(span));
         debug!(connection = id, %addr, src = %key.source, dst = %key.destination, "HBONE connection established");
         Ok(PooledConnection {
             id,

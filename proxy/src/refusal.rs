@@ -25,12 +25,22 @@ pub enum Direction {
 }
 
 impl Direction {
+    /// The metric label (`hbone_refusals_total{direction}`) and the log field.
     pub fn as_str(self) -> &'static str {
         match self {
             Direction::Inbound => "inbound",
             Direction::Outbound => "outbound",
             Direction::Plaintext => "plaintext",
             Direction::Socks5 => "socks5",
+        }
+    }
+
+    /// The connection log's name: ztunnel's `inbound_plaintext` for the
+    /// plaintext port, otherwise the same as [`Direction::as_str`].
+    pub fn log_name(self) -> &'static str {
+        match self {
+            Direction::Plaintext => "inbound_plaintext",
+            other => other.as_str(),
         }
     }
 }

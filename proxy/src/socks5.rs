@@ -86,7 +86,7 @@ pub async fn serve(
             async move {
                 if let Err(e) = handle(&core, &outbound, tcp, peer).await {
                     core.metrics.refused(DIRECTION, e.reason());
-                    warn!(%peer, reason = %e.reason(), error = %e, "SOCKS5 request refused");
+                    warn!(reason = %e.reason(), error = %e, "SOCKS5 request refused");
                 }
             }
         },

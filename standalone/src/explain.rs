@@ -1,16 +1,25 @@
 //! `demo --explain`: one connection's story, step by step, with the real
 //! values of this run — written for someone who has never seen HBONE.
+//!
+//! Telling it is two steps kept apart: [`gather`] drives one real
+//! connection and collects what happened into a [`Story`] (certificates,
+//! route, TLS, CONNECT headers, the receiving proxy's own record of its
+//! decision, bytes); [`Story`]'s `Display` narrates it. The narration is
+//! thus testable on a fixed story, and another view of the same facts (a
+//! wire ladder, JSON) can be written beside it.
 
-use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::time::SystemTime;
 
+use hbone_ca::identity::Identity;
 use hbone_ca::inspect::{human_duration, rfc3339};
 use hbone_ca::manager::Svid;
 use hbone_workloads::http_get::{Get, get};
 
 use hbone_ca::manager::FetchError;
 use hbone_proxy::outbound::OutboundError;
+use hbone_proxy::pool::TlsInfo;
 use hbone_workloads::dial::DialError;
 use thiserror::Error;
 
@@ -45,105 +54,147 @@ fn io(step: &'static str) -> impl FnOnce(std::io::Error) -> ExplainError {
     move |source| ExplainError::Io { step, source }
 }
 
-fn svid_lines(out: &mut String, who: &str, svid: &Svid) {
-    let now = SystemTime::now();
-    let left = svid.leaf.not_after.duration_since(now).unwrap_or_default();
-    let renew = svid.refresh_at.duration_since(now).unwrap_or_default();
-    let _ = writeln!(out, "   {who}: {}", svid.identity);
-    let _ = writeln!(
-        out,
-        "      serial {}, valid until {} ({} from now)",
-        svid.leaf.serial_hex,
-        rfc3339(svid.leaf.not_after),
-        human_duration(left)
-    );
-    let _ = writeln!(
-        out,
-        "      its proxy will renew it at {} (in {}), half of its lifetime",
-        rfc3339(svid.refresh_at),
-        human_duration(renew)
-    );
+/// What a workload's certificate says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SvidFacts {
+    pub identity: Identity,
+    pub serial: String,
+    pub not_after: SystemTime,
+    pub refresh_at: SystemTime,
+}
+
+impl SvidFacts {
+    fn of(svid: &Svid) -> Self {
+        SvidFacts {
+            identity: svid.identity.clone(),
+            serial: svid.leaf.serial_hex.clone(),
+            not_after: svid.leaf.not_after,
+            refresh_at: svid.refresh_at,
+        }
+    }
+}
+
+/// How the application's connection reached the proxy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Capture {
+    /// Loopback lab: the app asks the node's SOCKS5 port from its pod address.
+    Socks5 { port: SocketAddr, from: IpAddr },
+    /// Network namespaces: iptables in the pod redirect to 15001.
+    InPod,
+}
+
+/// The receiving proxy's verdict: as it recorded it, or (when its log has
+/// no record) as the policies predict it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Recorded {
+        connection: u64,
+        admin: Option<SocketAddr>,
+        allowed: bool,
+        reason: String,
+        /// Version, cipher and ALPN as the receiver saw them.
+        tls: Option<(String, String, String)>,
+    },
+    Predicted(String),
+}
+
+/// One connection through two hbone-lab proxies, as it happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Story {
+    /// When the facts were gathered (durations are told from it).
+    pub now: SystemTime,
+    pub ca_url: String,
+    pub gateway: SvidFacts,
+    pub hello: SvidFacts,
+    pub capture: Capture,
+    pub vip: SocketAddr,
+    pub endpoint: IpAddr,
+    pub tls: TlsInfo,
+    pub target: SocketAddr,
+    pub request_headers: Vec<(String, String)>,
+    pub principal: String,
+    pub verdict: Verdict,
+    pub sent: usize,
+    pub received: usize,
+    pub status: String,
+    pub metrics: Option<SocketAddr>,
+}
+
+/// What a ztunnel on one node showed of the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZtunnelNode {
+    pub node: String,
+    pub pid: u32,
+    pub pods: usize,
+    pub access_log: Vec<String>,
+    pub metrics: Vec<String>,
+}
+
+/// The same connection with ztunnel on a node: hbone-lab cannot look
+/// inside ztunnel, so the story quotes ztunnel's own evidence — its access
+/// log lines for the connection and its connection metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZtunnelStory {
+    pub dataplane: &'static str,
+    pub xds_clients: usize,
+    pub gateway: String,
+    pub gateway_identity: Identity,
+    pub hello: String,
+    pub hello_ip: IpAddr,
+    pub status: String,
+    pub received: usize,
+    pub nodes: Vec<ZtunnelNode>,
+}
+
+/// Either story, by the lab's data plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Told {
+    HboneLab(Box<Story>),
+    Ztunnel(Box<ZtunnelStory>),
+}
+
+impl fmt::Display for Told {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Told::HboneLab(story) => story.fmt(f),
+            Told::Ztunnel(story) => story.fmt(f),
+        }
+    }
 }
 
 /// Tells the story of gateway → hello-app, opening one real connection.
 pub async fn explain(lab: &Lab) -> Result<String, ExplainError> {
+    Ok(gather(lab).await?.to_string())
+}
+
+/// Opens one real connection, gateway → hello-app, and keeps what happened.
+pub async fn gather(lab: &Lab) -> Result<Told, ExplainError> {
     let gateway = std::sync::Arc::new(lab.pod("hello-gateway").clone());
     let hello = lab.pod("hello-app").clone();
     let (Some(node1), Some(node2)) = (lab.node("node-1"), lab.node("node-2")) else {
-        return explain_ztunnel(lab).await;
+        return Ok(Told::Ztunnel(Box::new(gather_ztunnel(lab).await?)));
     };
+    let certificate = |who| move |source| ExplainError::Certificate { who, source };
     let gw_svid = node1
         .core
         .certs
         .get(gateway.identity())
         .await
-        .map_err(|source| ExplainError::Certificate {
-            who: "the gateway",
-            source,
-        })?;
+        .map_err(certificate("the gateway"))?;
     let app_svid = node2
         .core
         .certs
         .get(hello.identity())
         .await
-        .map_err(|source| ExplainError::Certificate {
-            who: "hello-app",
-            source,
-        })?;
-
-    let mut out = String::new();
-    let w = &mut out;
-    let _ = writeln!(
-        w,
-        "How one request travels: the gateway calls hello-app through the mesh\n"
-    );
-    let _ = writeln!(
-        w,
-        "1. Identities. Each workload has an X.509 certificate (an SVID) whose only name is a SPIFFE ID."
-    );
-    let _ = writeln!(
-        w,
-        "   The node proxies made a key pair in memory, sent a CSR to the CA ({}) and got these back:",
-        lab.ca.url()
-    );
-    svid_lines(w, "gateway", &gw_svid);
-    svid_lines(w, "hello-app", &app_svid);
-
+        .map_err(certificate("hello-app"))?;
+    let capture = match lab.mode {
+        Mode::Loopback => Capture::Socks5 {
+            port: node1.addrs.socks5.expect("socks5"),
+            from: gateway.ips[0],
+        },
+        Mode::Netns => Capture::InPod,
+    };
     let vip = SocketAddr::new(lab.mode.vips().0.parse().expect("literal"), HELLO_PORT);
-    let _ = writeln!(
-        w,
-        "\n2. The application opens a plain TCP connection to hello-app.demo.svc.cluster.local:{HELLO_PORT}."
-    );
-    match lab.mode {
-        Mode::Loopback => {
-            let _ = writeln!(
-                w,
-                "   In this loopback lab it asks node-1's SOCKS5 port ({}) from its own pod address {};",
-                node1.addrs.socks5.expect("socks5"),
-                gateway.ips[0]
-            );
-            let _ = writeln!(
-                w,
-                "   in a cluster (and with --netns), iptables inside the pod redirect it to the proxy's port 15001 instead."
-            );
-        }
-        Mode::Netns => {
-            let _ = writeln!(
-                w,
-                "   Inside the gateway pod's network namespace, iptables (nat OUTPUT) redirect it to port 15001,"
-            );
-            let _ = writeln!(
-                w,
-                "   where node-1's proxy listens in that same namespace — ambient's in-pod mode. The app never knows."
-            );
-        }
-    }
-    let _ = writeln!(
-        w,
-        "   node-1 resolves the service VIP {vip} to the endpoint {}:{HELLO_PORT} (hello-app, on node-2).",
-        hello.ips[0]
-    );
-
     let client_addr = SocketAddr::new(gateway.ips[0], 50000);
     let (upstream, route) = node1
         .outbound
@@ -154,47 +205,13 @@ pub async fn explain(lab: &Lab) -> Result<String, ExplainError> {
         return Err(ExplainError::NotHbone);
     };
     let tls = tunnel.tls.clone();
-    let _ = writeln!(
-        w,
-        "\n3. mTLS. node-1 connects from {} to {} — port 15008 is HBONE — and runs a TLS handshake:",
-        tls.local, tls.peer
-    );
-    let _ = writeln!(
-        w,
-        "   version {}, cipher {}, ALPN \"{}\" (HTTP/2), no SNI, no session resumption.",
-        tls.version, tls.cipher, tls.alpn
-    );
-    let _ = writeln!(
-        w,
-        "   node-1 presents the gateway's certificate ({}); node-2 presents hello-app's ({}).",
-        gw_svid.leaf.serial_hex, app_svid.leaf.serial_hex
-    );
-    let _ = writeln!(
-        w,
-        "   Each side checks the other's chain up to the mesh root; node-1 also checks that the server's"
-    );
-    let _ = writeln!(
-        w,
-        "   SPIFFE ID is exactly {} — a stolen certificate of another workload would be refused.",
-        hello.identity()
-    );
-
-    let _ = writeln!(
-        w,
-        "\n4. The tunnel. Over that connection node-1 sends one HTTP/2 request per proxied TCP connection:"
-    );
-    let _ = writeln!(w, "   :method = CONNECT");
-    let _ = writeln!(
-        w,
-        "   :authority = {}   (the workload's own address and port, not the VIP)",
-        route.target
-    );
-    for (name, value) in &tunnel.request_headers {
-        let _ = writeln!(w, "   {name} = {}", value.to_str().unwrap_or("?"));
-    }
-
-    let route_target = route.target;
-    let gateway_identity = gateway.identity().clone();
+    let request_headers = tunnel
+        .request_headers
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.to_str().unwrap_or("?").to_string()))
+        .collect();
+    let target = route.target;
+    let principal = gateway.identity().to_string();
     // Carry one real request through the tunnel, from a socket pair on loopback.
     let pair = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -206,15 +223,11 @@ pub async fn explain(lab: &Lab) -> Result<String, ExplainError> {
     let (proxy_side, _) = accepted.map_err(io("a loopback socket pair"))?;
     let relay = tokio::spawn({
         let outbound = node1.outbound.clone();
+        let gateway = gateway.clone();
         async move {
+            let tunnel = hbone_proxy::outbound::Upstream::Tunnel(tunnel);
             outbound
-                .relay(
-                    proxy_side,
-                    client_addr,
-                    &gateway,
-                    hbone_proxy::outbound::Upstream::Tunnel(tunnel),
-                    route,
-                )
+                .relay(proxy_side, client_addr, &gateway, tunnel, route)
                 .await;
         }
     });
@@ -223,100 +236,222 @@ pub async fn explain(lab: &Lab) -> Result<String, ExplainError> {
         .map_err(io("the request through the tunnel"))?;
     drop(app_side);
     let _ = relay.await;
-    let status = &answer.status_line;
 
-    // Step 5 as node-2 recorded it, not as predicted.
-    let target = route_target.to_string();
-    let principal = gateway_identity.to_string();
+    // The verdict as node-2 recorded it, not as predicted.
     let (_, recent) = node2.core.connections.snapshot();
-    let seen = recent
-        .iter()
-        .rev()
-        .find(|r| r.dst_addr == target && r.src_identity.as_deref() == Some(principal.as_str()));
-    let _ = writeln!(
-        w,
-        "\n5. The policy check, on the receiving side (node-2), before anything reached hello-app —"
-    );
-    match seen.and_then(|r| r.decision.as_ref().map(|d| (r, d))) {
-        Some((record, decision)) => {
-            let _ = writeln!(
-                w,
-                "   as node-2 itself recorded it (connection {} in http://{}/debug/connections):",
-                record.id,
-                node2.addrs.admin.map_or("-".into(), |a| a.to_string())
-            );
-            let _ = writeln!(
-                w,
-                "   peer principal {} → {}: {}",
-                gateway_identity.principal(),
-                if decision.allowed { "allow" } else { "deny" },
-                decision.reason
-            );
-            let _ = writeln!(
-                w,
-                "   over {} {}, ALPN {}; it then dialed {target} and answered 200.",
-                record.tls.as_ref().map_or("-", |t| t.version.as_str()),
-                record.tls.as_ref().map_or("-", |t| t.cipher.as_str()),
-                record.tls.as_ref().map_or("-", |t| t.alpn.as_str()),
-            );
-        }
-        None => {
-            let decision = predict(lab, Some("hello-gateway"), "hello-app", HELLO_PORT);
-            let _ = writeln!(
-                w,
-                "   node-2's connection log has no record of it; the policies predict: {} → {decision}",
-                gateway_identity.principal()
-            );
-        }
-    }
-    let _ = writeln!(
-        w,
-        "\n6. The bytes. The application sent {} bytes (an HTTP GET /health) and received {} bytes (\"{status}\").",
-        answer.sent, answer.received
-    );
-    let _ = writeln!(
-        w,
-        "   The application never saw TLS, certificates or HTTP/2: the proxies did it all. The metrics at"
-    );
-    let _ = writeln!(
-        w,
-        "   http://{}/metrics count this connection under istio_tcp_connections_opened_total.",
-        node2.addrs.metrics.expect("metrics")
-    );
-    Ok(out)
+    let seen = recent.iter().rev().find(|r| {
+        r.dst_addr == target.to_string() && r.src_identity.as_deref() == Some(principal.as_str())
+    });
+    let verdict = match seen.and_then(|r| r.decision.as_ref().map(|d| (r, d))) {
+        Some((record, decision)) => Verdict::Recorded {
+            connection: record.id,
+            admin: node2.addrs.admin,
+            allowed: decision.allowed,
+            reason: decision.reason.clone(),
+            tls: record
+                .tls
+                .as_ref()
+                .map(|t| (t.version.clone(), t.cipher.clone(), t.alpn.clone())),
+        },
+        None => Verdict::Predicted(
+            predict(lab, Some("hello-gateway"), "hello-app", HELLO_PORT).to_string(),
+        ),
+    };
+    Ok(Told::HboneLab(Box::new(Story {
+        now: SystemTime::now(),
+        ca_url: lab.ca.url(),
+        gateway: SvidFacts::of(&gw_svid),
+        hello: SvidFacts::of(&app_svid),
+        capture,
+        vip,
+        endpoint: hello.ips[0],
+        tls,
+        target,
+        request_headers,
+        principal: gateway.identity().principal(),
+        verdict,
+        sent: answer.sent,
+        received: answer.received,
+        status: answer.status_line,
+        metrics: node2.addrs.metrics,
+    })))
 }
 
-/// The same connection with ztunnel on a node: hbone-lab cannot look
-/// inside ztunnel, so the story quotes ztunnel's own evidence — its access
-/// log lines for the connection and its connection metrics.
-async fn explain_ztunnel(lab: &Lab) -> Result<String, ExplainError> {
+impl Story {
+    fn svid(&self, f: &mut fmt::Formatter<'_>, who: &str, svid: &SvidFacts) -> fmt::Result {
+        let from_now =
+            |t: SystemTime| human_duration(t.duration_since(self.now).unwrap_or_default());
+        writeln!(f, "   {who}: {}", svid.identity)?;
+        writeln!(
+            f,
+            "      serial {}, valid until {} ({} from now)",
+            svid.serial,
+            rfc3339(svid.not_after),
+            from_now(svid.not_after)
+        )?;
+        writeln!(
+            f,
+            "      its proxy will renew it at {} (in {}), half of its lifetime",
+            rfc3339(svid.refresh_at),
+            from_now(svid.refresh_at)
+        )
+    }
+}
+
+impl fmt::Display for Story {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "How one request travels: the gateway calls hello-app through the mesh\n"
+        )?;
+        writeln!(
+            f,
+            "1. Identities. Each workload has an X.509 certificate (an SVID) whose only name is a SPIFFE ID."
+        )?;
+        writeln!(
+            f,
+            "   The node proxies made a key pair in memory, sent a CSR to the CA ({}) and got these back:",
+            self.ca_url
+        )?;
+        self.svid(f, "gateway", &self.gateway)?;
+        self.svid(f, "hello-app", &self.hello)?;
+
+        writeln!(
+            f,
+            "\n2. The application opens a plain TCP connection to hello-app.demo.svc.cluster.local:{HELLO_PORT}."
+        )?;
+        match &self.capture {
+            Capture::Socks5 { port, from } => {
+                writeln!(
+                    f,
+                    "   In this loopback lab it asks node-1's SOCKS5 port ({port}) from its own pod address {from};"
+                )?;
+                writeln!(
+                    f,
+                    "   in a cluster (and with --netns), iptables inside the pod redirect it to the proxy's port 15001 instead."
+                )?;
+            }
+            Capture::InPod => {
+                writeln!(
+                    f,
+                    "   Inside the gateway pod's network namespace, iptables (nat OUTPUT) redirect it to port 15001,"
+                )?;
+                writeln!(
+                    f,
+                    "   where node-1's proxy listens in that same namespace — ambient's in-pod mode. The app never knows."
+                )?;
+            }
+        }
+        writeln!(
+            f,
+            "   node-1 resolves the service VIP {} to the endpoint {}:{HELLO_PORT} (hello-app, on node-2).",
+            self.vip, self.endpoint
+        )?;
+
+        let tls = &self.tls;
+        writeln!(
+            f,
+            "\n3. mTLS. node-1 connects from {} to {} — port 15008 is HBONE — and runs a TLS handshake:",
+            tls.local, tls.peer
+        )?;
+        writeln!(
+            f,
+            "   version {}, cipher {}, ALPN \"{}\" (HTTP/2), no SNI, no session resumption.",
+            tls.version, tls.cipher, tls.alpn
+        )?;
+        writeln!(
+            f,
+            "   node-1 presents the gateway's certificate ({}); node-2 presents hello-app's ({}).",
+            self.gateway.serial, self.hello.serial
+        )?;
+        writeln!(
+            f,
+            "   Each side checks the other's chain up to the mesh root; node-1 also checks that the server's"
+        )?;
+        writeln!(
+            f,
+            "   SPIFFE ID is exactly {} — a stolen certificate of another workload would be refused.",
+            self.hello.identity
+        )?;
+
+        writeln!(
+            f,
+            "\n4. The tunnel. Over that connection node-1 sends one HTTP/2 request per proxied TCP connection:"
+        )?;
+        writeln!(f, "   :method = CONNECT")?;
+        writeln!(
+            f,
+            "   :authority = {}   (the workload's own address and port, not the VIP)",
+            self.target
+        )?;
+        for (name, value) in &self.request_headers {
+            writeln!(f, "   {name} = {value}")?;
+        }
+
+        writeln!(
+            f,
+            "\n5. The policy check, on the receiving side (node-2), before anything reached hello-app —"
+        )?;
+        match &self.verdict {
+            Verdict::Recorded {
+                connection,
+                admin,
+                allowed,
+                reason,
+                tls,
+            } => {
+                writeln!(
+                    f,
+                    "   as node-2 itself recorded it (connection {connection} in http://{}/debug/connections):",
+                    admin.map_or("-".into(), |a| a.to_string())
+                )?;
+                let verdict = if *allowed { "allow" } else { "deny" };
+                writeln!(
+                    f,
+                    "   peer principal {} → {verdict}: {reason}",
+                    self.principal
+                )?;
+                let (version, cipher, alpn) = tls.clone().unwrap_or_else(|| {
+                    let dash = || "-".to_string();
+                    (dash(), dash(), dash())
+                });
+                writeln!(
+                    f,
+                    "   over {version} {cipher}, ALPN {alpn}; it then dialed {} and answered 200.",
+                    self.target
+                )?;
+            }
+            Verdict::Predicted(decision) => writeln!(
+                f,
+                "   node-2's connection log has no record of it; the policies predict: {} → {decision}",
+                self.principal
+            )?,
+        }
+        writeln!(
+            f,
+            "\n6. The bytes. The application sent {} bytes (an HTTP GET /health) and received {} bytes (\"{}\").",
+            self.sent, self.received, self.status
+        )?;
+        writeln!(
+            f,
+            "   The application never saw TLS, certificates or HTTP/2: the proxies did it all. The metrics at"
+        )?;
+        writeln!(
+            f,
+            "   http://{}/metrics count this connection under istio_tcp_connections_opened_total.",
+            self.metrics.map_or("-".into(), |a| a.to_string())
+        )
+    }
+}
+
+async fn gather_ztunnel(lab: &Lab) -> Result<ZtunnelStory, ExplainError> {
     let gateway = lab.pod("hello-gateway").clone();
     let hello = lab.pod("hello-app").clone();
-    let mut out = String::new();
-    let w = &mut out;
-    let _ = writeln!(
-        w,
-        "How one request travels with {} as the data plane: the gateway calls hello-app\n",
-        lab.dataplane.name()
-    );
-    let _ = writeln!(
-        w,
-        "1. The roles around ztunnel are hbone-lab's: istiod (its CA and xDS on 127.0.0.1:15012 in the node's namespace) and istio-cni (a ZDS node agent that handed ztunnel each pod's network namespace)."
-    );
-    for z in &lab.ztunnels {
-        let status = z.agent.status();
-        let _ = writeln!(
-            w,
-            "   {}: ztunnel pid {} holds {} pod(s) over ZDS; xDS clients: {}",
-            z.node,
-            z.ztunnel.pid(),
-            status.acked.len(),
-            lab.xds
-                .as_ref()
-                .map(|x| x.clients().iter().filter(|c| c.connected).count())
-                .unwrap_or(0)
-        );
-    }
+    let xds_clients = lab
+        .xds
+        .as_ref()
+        .map(|x| x.clients().iter().filter(|c| c.connected).count())
+        .unwrap_or(0);
     let offsets: Vec<usize> = lab.ztunnels.iter().map(|z| z.log_len()).collect();
     let mut tcp = lab
         .dialer("hello-gateway")
@@ -327,21 +462,11 @@ async fn explain_ztunnel(lab: &Lab) -> Result<String, ExplainError> {
     let answer = get(&mut tcp, &Get::once("hello-app", "/health"))
         .await
         .map_err(io("the request through ztunnel"))?;
-    let status = &answer.status_line;
-    let _ = writeln!(
-        w,
-        "\n2. {} ({}) opened a plain TCP connection to hello-app.demo.svc.cluster.local:{HELLO_PORT}; iptables in its pod sent it to the node proxy's 15001, which carried it over HBONE to {} ({}:15008). Answer: \"{status}\" ({} bytes).",
-        gateway.name,
-        gateway.identity(),
-        hello.name,
-        hello.ips[0],
-        answer.received
-    );
     // ztunnel writes its access log line when the connection ends.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut nodes = Vec::new();
     for (z, offset) in lab.ztunnels.iter().zip(offsets) {
         let (lines, _) = z.log_since(offset);
-        let _ = writeln!(w, "\n   ztunnel on {} logged:", z.node);
         // The source ztunnel logs the client's own address; the destination
         // ztunnel logs the source pod's HBONE socket, so match by workload.
         let ours = |l: &&String| {
@@ -349,9 +474,6 @@ async fn explain_ztunnel(lab: &Lab) -> Result<String, ExplainError> {
                 && (l.contains(&format!("src.addr={client}"))
                     || (z.node != gateway.node && l.contains("src.workload=\"hello-gateway\"")))
         };
-        for line in lines.iter().filter(ours) {
-            let _ = writeln!(w, "     {line}");
-        }
         let metrics = crate::ztunnel::http_get(
             Some(&z.ztunnel.netns_path()),
             ([127, 0, 0, 1], 15020).into(),
@@ -360,13 +482,160 @@ async fn explain_ztunnel(lab: &Lab) -> Result<String, ExplainError> {
         .await
         .map(|(_, body)| body)
         .unwrap_or_default();
-        for line in metrics
-            .lines()
-            .filter(|l| l.starts_with("istio_tcp_connections_opened_total"))
-            .filter(|l| l.contains("hello-app"))
-        {
-            let _ = writeln!(w, "     metric: {line}");
+        nodes.push(ZtunnelNode {
+            node: z.node.clone(),
+            pid: z.ztunnel.pid(),
+            pods: z.agent.status().acked.len(),
+            access_log: lines.iter().filter(ours).cloned().collect(),
+            metrics: metrics
+                .lines()
+                .filter(|l| l.starts_with("istio_tcp_connections_opened_total"))
+                .filter(|l| l.contains("hello-app"))
+                .map(String::from)
+                .collect(),
+        });
+    }
+    Ok(ZtunnelStory {
+        dataplane: lab.dataplane.name(),
+        xds_clients,
+        gateway: gateway.name.clone(),
+        gateway_identity: gateway.identity().clone(),
+        hello: hello.name.clone(),
+        hello_ip: hello.ips[0],
+        status: answer.status_line,
+        received: answer.received,
+        nodes,
+    })
+}
+
+impl fmt::Display for ZtunnelStory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "How one request travels with {} as the data plane: the gateway calls hello-app\n",
+            self.dataplane
+        )?;
+        writeln!(
+            f,
+            "1. The roles around ztunnel are hbone-lab's: istiod (its CA and xDS on 127.0.0.1:15012 in the node's namespace) and istio-cni (a ZDS node agent that handed ztunnel each pod's network namespace)."
+        )?;
+        for z in &self.nodes {
+            writeln!(
+                f,
+                "   {}: ztunnel pid {} holds {} pod(s) over ZDS; xDS clients: {}",
+                z.node, z.pid, z.pods, self.xds_clients
+            )?;
+        }
+        writeln!(
+            f,
+            "\n2. {} ({}) opened a plain TCP connection to hello-app.demo.svc.cluster.local:{HELLO_PORT}; iptables in its pod sent it to the node proxy's 15001, which carried it over HBONE to {} ({}:15008). Answer: \"{}\" ({} bytes).",
+            self.gateway,
+            self.gateway_identity,
+            self.hello,
+            self.hello_ip,
+            self.status,
+            self.received
+        )?;
+        for z in &self.nodes {
+            writeln!(f, "\n   ztunnel on {} logged:", z.node)?;
+            for line in &z.access_log {
+                writeln!(f, "     {line}")?;
+            }
+            for line in &z.metrics {
+                writeln!(f, "     metric: {line}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn story(verdict: Verdict) -> Story {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let svid = |sa: &str, serial: &str| SvidFacts {
+            identity: format!("spiffe://cluster.local/ns/demo/sa/{sa}")
+                .parse()
+                .unwrap(),
+            serial: serial.into(),
+            not_after: now + Duration::from_secs(24 * 3600),
+            refresh_at: now + Duration::from_secs(12 * 3600),
+        };
+        Story {
+            now,
+            ca_url: "https://127.0.0.1:15012".into(),
+            gateway: svid("hello-gateway-istio", "aa:01"),
+            hello: svid("hello-app", "bb:02"),
+            capture: Capture::InPod,
+            vip: "10.96.0.10:8000".parse().unwrap(),
+            endpoint: "10.244.2.3".parse().unwrap(),
+            tls: TlsInfo {
+                version: "TLSv1_3".into(),
+                cipher: "TLS13_AES_128_GCM_SHA256".into(),
+                alpn: "h2".into(),
+                local: "10.244.1.1:40000".parse().unwrap(),
+                peer: "10.244.2.3:15008".parse().unwrap(),
+            },
+            target: "10.244.2.3:8000".parse().unwrap(),
+            request_headers: vec![("forwarded".into(), "for=\"10.244.1.5:50000\"".into())],
+            principal: "cluster.local/ns/demo/sa/hello-gateway-istio".into(),
+            verdict,
+            sent: 60,
+            received: 180,
+            status: "HTTP/1.1 200 OK".into(),
+            metrics: Some("10.244.2.1:15020".parse().unwrap()),
         }
     }
-    Ok(out)
+
+    #[test]
+    fn the_story_tells_each_fact_where_it_belongs() {
+        let recorded = Verdict::Recorded {
+            connection: 7,
+            admin: Some("10.244.2.1:15000".parse().unwrap()),
+            allowed: true,
+            reason: "ALLOW policy demo/hello-app-policy rules[0] matches".into(),
+            tls: Some((
+                "TLSv1_3".into(),
+                "TLS13_AES_128_GCM_SHA256".into(),
+                "h2".into(),
+            )),
+        };
+        let text = story(recorded).to_string();
+        for expected in [
+            "serial aa:01, valid until 2027-01-16T08:00:00Z (24h 00m from now)",
+            "(in 12h 00m), half of its lifetime",
+            "iptables (nat OUTPUT) redirect it to port 15001",
+            "resolves the service VIP 10.96.0.10:8000 to the endpoint 10.244.2.3:8000",
+            "connects from 10.244.1.1:40000 to 10.244.2.3:15008",
+            ":authority = 10.244.2.3:8000",
+            "   forwarded = for=\"10.244.1.5:50000\"",
+            "connection 7 in http://10.244.2.1:15000/debug/connections",
+            "peer principal cluster.local/ns/demo/sa/hello-gateway-istio → allow: ALLOW policy",
+            "sent 60 bytes (an HTTP GET /health) and received 180 bytes (\"HTTP/1.1 200 OK\")",
+        ] {
+            assert!(
+                text.contains(expected),
+                "{expected:?} is missing from\n{text}"
+            );
+        }
+        let steps: Vec<_> = text
+            .lines()
+            .filter(|l| l.starts_with(char::is_numeric))
+            .collect();
+        assert_eq!(steps.len(), 6, "six numbered steps:\n{text}");
+    }
+
+    #[test]
+    fn without_a_record_the_story_says_it_predicts() {
+        let text = story(Verdict::Predicted("deny (no ALLOW policy matches)".into())).to_string();
+        assert!(
+            text.contains("has no record of it; the policies predict: cluster.local/ns/demo/sa/hello-gateway-istio → deny"),
+            "{text}"
+        );
+        assert!(!text.contains("/debug/connections"), "{text}");
+    }
 }

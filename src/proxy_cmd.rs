@@ -1,25 +1,11 @@
 //! `hbone-lab proxy`: run one node proxy from a config file.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use anyhow::Context;
 use clap::Args;
-use hbone_ca::client::CaClient;
-use hbone_ca::{CertificateManager, RenewalPolicy};
-use hbone_policies::authorization::MeshAuthorization;
-use hbone_proxy::ProxyHandle;
+use hbone_proxy::assemble::{Extras, NodeProxy};
 use hbone_proxy::config::ProxyConfig;
-use hbone_proxy::core::{CoreSettings, ProxyCore};
-use hbone_proxy::keylog::KeyLogWriter;
-use hbone_proxy::kube_registry::{self, ClusterLister, KubeLister, follow_cluster};
-use hbone_proxy::policy_watch::{follow_policies, load_policies};
-use hbone_proxy::registry::Registry;
-use hbone_proxy::tls::MeshTrust;
-use hbone_proxy::xds_registry::{XdsSettings, XdsStatus, follow, registry_from};
-use hbone_proxy::zds_pods::ZdsStatus;
 
 /// Run an HBONE node proxy (mTLS + HTTP/2 CONNECT on 15008), like ztunnel.
 ///
@@ -114,54 +100,6 @@ pub struct ProxyArgs {
     hbone_port: Option<u16>,
 }
 
-/// Who the proxy says it is to a control plane, from the pod's
-/// downward-API variables where they are set (as ztunnel reads them).
-struct PodEnv {
-    name: String,
-    namespace: String,
-    ip: String,
-}
-
-impl PodEnv {
-    fn read(node: &str) -> PodEnv {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        PodEnv {
-            name: var("POD_NAME").unwrap_or_else(|| node.to_string()),
-            namespace: var("POD_NAMESPACE").unwrap_or_else(|| "istio-system".into()),
-            ip: var("INSTANCE_IP")
-                .or_else(|| var("POD_IP"))
-                .unwrap_or_else(|| "127.0.0.1".into()),
-        }
-    }
-
-    /// ztunnel's node id: `ztunnel~<ip>~<pod>.<namespace>~<namespace>.svc.cluster.local`.
-    fn node_id(&self) -> String {
-        let PodEnv {
-            name,
-            namespace,
-            ip,
-        } = self;
-        format!("ztunnel~{ip}~{name}.{namespace}~{namespace}.svc.cluster.local")
-    }
-
-    /// ztunnel's node metadata: `NAME`, `NAMESPACE`, `INSTANCE_IPS`,
-    /// `NODE_NAME`, every `ISTIO_META_*` variable with the prefix stripped,
-    /// and `CLUSTER_ID` (default `Kubernetes`).
-    fn metadata(&self, node: &str) -> BTreeMap<String, String> {
-        let mut metadata: BTreeMap<String, String> = std::env::vars()
-            .filter_map(|(k, v)| Some((k.strip_prefix("ISTIO_META_")?.to_string(), v)))
-            .collect();
-        metadata.insert("NAME".into(), self.name.clone());
-        metadata.insert("NAMESPACE".into(), self.namespace.clone());
-        metadata.insert("INSTANCE_IPS".into(), self.ip.clone());
-        metadata.insert("NODE_NAME".into(), node.to_string());
-        metadata
-            .entry("CLUSTER_ID".into())
-            .or_insert_with(|| std::env::var("CLUSTER_ID").unwrap_or_else(|_| "Kubernetes".into()));
-        metadata
-    }
-}
-
 /// The config from the file and the flags that override it.
 fn config(args: &ProxyArgs) -> anyhow::Result<ProxyConfig> {
     let mut config = match (&args.config, &args.xds) {
@@ -226,155 +164,17 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     l.metrics = args.metrics.or(l.metrics);
     l.admin = args.admin.or(l.admin);
     l.hbone_port = args.hbone_port.unwrap_or(l.hbone_port);
-
-    let (registry, source) = match (&config.registry, &config.kubernetes) {
-        _ if config.xds.is_some() => (
-            registry_from(std::iter::empty(), &config.node).map_err(anyhow::Error::msg)?,
-            "the control plane".to_string(),
-        ),
-        (Some(file), _) => (Registry::load(file)?, file.display().to_string()),
-        (None, Some(k8s)) => {
-            let lister = KubeLister::connect().await.map_err(anyhow::Error::msg)?;
-            let snapshot = lister.snapshot().await.map_err(anyhow::Error::msg)?;
-            let registry = kube_registry::registry_from(&snapshot, &k8s.trust_domain)
-                .map_err(anyhow::Error::msg)?;
-            (registry, "the Kubernetes cluster".to_string())
-        }
-        (None, None) => anyhow::bail!("the config names no registry"),
+    let extras = Extras {
+        key_log: args.keylog.clone(),
+        node_id: args.node_id.clone(),
     };
-    let registry = Arc::new(registry);
-    anyhow::ensure!(
-        registry.nodes.iter().any(|n| n.name == config.node),
-        "node {:?} is not in the registry from {} (nodes: {})",
+    let proxy = NodeProxy::start(&config, &extras).await?;
+    println!(
+        "proxy for node {} running: {:?}",
         config.node,
-        source,
-        registry
-            .nodes
-            .iter()
-            .map(|n| n.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
+        proxy.addrs()
     );
-    let policies = match config.xds {
-        Some(_) => MeshAuthorization::pushed(&config.root_namespace, Vec::new()),
-        None => load_policies(&config.policies, &config.root_namespace)?.into_translated(),
-    };
-    let root_pem = std::fs::read_to_string(&config.ca.root_cert)
-        .with_context(|| format!("cannot read ca.rootCert {}", config.ca.root_cert.display()))?;
-    if !config.ca.token_file.exists() {
-        anyhow::bail!(
-            "cannot read ca.tokenFile {}: no such file (the bearer token for the CA and the control plane)",
-            config.ca.token_file.display()
-        );
-    }
-    let client = CaClient::with_token_file(&config.ca.address, &root_pem, &config.ca.token_file)?;
-    let policy = RenewalPolicy {
-        ttl: config.ca.ttl,
-        ..RenewalPolicy::default()
-    };
-    let certs = Arc::new(CertificateManager::new(Arc::new(client), policy));
-    let roots = hbone_ca::inspect::pem_certs(&root_pem)?;
-    let mut trust = MeshTrust::new(&roots, &registry.trust_domain)?;
-    let key_log = hbone_proxy::keylog::requested(args.keylog.clone());
-    if let Some(path) = &key_log {
-        let writer = KeyLogWriter::open(path)
-            .with_context(|| format!("cannot open the TLS key log {}", path.display()))?;
-        trust = trust.with_key_log(writer);
-    }
-    let settings = CoreSettings {
-        node: config.node.clone(),
-        h2: config.h2.clone(),
-        hbone_port: config.listeners.hbone_port,
-        bind_source_ip: config.bind_source_ip,
-    };
-    let core = ProxyCore::new(settings, registry, policies, certs, trust);
-    if let Some(mode) = config.bench_tunnel {
-        tracing::warn!(
-            tunnel = mode.as_str(),
-            "benchTunnel is set: connections between proxies are a benchmark rung ({}), not HBONE, and no policy is enforced — this is not a mesh",
-            if mode == hbone_proxy::bench_tunnel::BenchTunnel::Plain {
-                "a TCP relay"
-            } else {
-                "mutual TLS without HTTP/2"
-            }
-        );
-    }
-    let core = Arc::new(core.with_bench_tunnel(config.bench_tunnel));
-    if let Some(address) = &config.xds {
-        core.set_waiting_for(Some(format!("the control plane {address}")));
-    }
-    let stop_following = tokio_util::sync::CancellationToken::new();
-    if let Some(socket) = &config.zds {
-        let (status, _) = tokio::sync::watch::channel(ZdsStatus::default());
-        tokio::spawn(hbone_proxy::zds_pods::follow(
-            core.clone(),
-            socket.clone(),
-            std::time::Duration::from_secs(5),
-            status,
-            stop_following.clone(),
-        ));
-    }
-    let proxy = ProxyHandle::start(core.clone(), &config.listeners).await?;
-    println!("proxy for node {} running: {:?}", config.node, proxy.addrs);
-    if let Some(path) = key_log {
-        let every = std::time::Duration::from_secs(60);
-        tokio::spawn(hbone_proxy::keylog::keep_warning(
-            path,
-            every,
-            stop_following.clone(),
-        ));
-    }
-    if let Some(address) = &config.xds {
-        let pod = PodEnv::read(&config.node);
-        let settings = XdsSettings {
-            address: address.clone(),
-            root_pem: root_pem.clone(),
-            token_file: Some(config.ca.token_file.clone()),
-            node_id: args.node_id.clone().unwrap_or_else(|| pod.node_id()),
-            metadata: pod.metadata(&config.node),
-            root_namespace: config.root_namespace.clone(),
-            max_backoff: std::time::Duration::from_secs(15),
-        };
-        let (status, _) = tokio::sync::watch::channel(XdsStatus::default());
-        tokio::spawn(follow(
-            core.clone(),
-            settings,
-            status,
-            stop_following.clone(),
-        ));
-    } else if !config.policies.is_empty() {
-        tokio::spawn(follow_policies(
-            core.clone(),
-            config.policies.clone(),
-            config.root_namespace.clone(),
-            std::time::Duration::from_secs(2),
-            stop_following.clone(),
-        ));
-    }
-    match (&config.registry, &config.kubernetes) {
-        _ if config.xds.is_some() => {}
-        (Some(file), _) => {
-            tokio::spawn(hbone_proxy::registry_watch::follow_file(
-                core,
-                file.clone(),
-                std::time::Duration::from_secs(2),
-                stop_following.clone(),
-            ));
-        }
-        (None, Some(k8s)) => {
-            let lister = KubeLister::connect().await.map_err(anyhow::Error::msg)?;
-            tokio::spawn(follow_cluster(
-                core,
-                lister,
-                k8s.trust_domain.clone(),
-                k8s.poll_interval,
-                stop_following.clone(),
-            ));
-        }
-        (None, None) => {}
-    }
     wait_for_stop().await?;
-    stop_following.cancel();
     println!("draining (up to {:?})…", config.drain_grace);
     proxy.shutdown(config.drain_grace).await;
     Ok(())

@@ -3,11 +3,13 @@
 //! configurations built from them, cached per certificate.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use hbone_ca::Identity;
-use hbone_ca::manager::{CertificateManager, FetchError, Svid};
+use hbone_ca::client::{CaClient, ClientError};
+use hbone_ca::manager::{CertificateManager, FetchError, RenewalPolicy, Svid};
 use hbone_policies::authorization::MeshAuthorization;
 use thiserror::Error;
 
@@ -25,6 +27,37 @@ pub enum CoreError {
     Certificate(#[from] FetchError),
     #[error(transparent)]
     Tls(#[from] TlsSetupError),
+    #[error("the CA client: {0}")]
+    CaClient(#[from] ClientError),
+    #[error("cannot open the TLS key log {}: {source}", path.display())]
+    KeyLog {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A CA server to ask for certificates, the root to trust peers by, and
+/// what else the mesh trust carries: the one way every proxy that talks to
+/// a CA is put together ([`ProxyCore::with_ca`]).
+#[derive(Debug, Clone)]
+pub struct CaAccess {
+    /// `https://host:15012`.
+    pub address: String,
+    /// The mesh root (PEM): verifies the CA, and peers.
+    pub root_pem: String,
+    pub token: CaToken,
+    pub renewal: RenewalPolicy,
+    /// Where to write the mesh connections' TLS secrets, if anywhere.
+    pub key_log: Option<PathBuf>,
+}
+
+/// The bearer token the CA checks.
+#[derive(Debug, Clone)]
+pub enum CaToken {
+    Value(String),
+    /// Read from the file before each request (a projected token rotates).
+    File(PathBuf),
 }
 
 type ConfigCache<C> = Mutex<HashMap<Identity, (Arc<Svid>, Arc<C>)>>;
@@ -115,6 +148,36 @@ impl ProxyCore {
         }
     }
 
+    /// A proxy whose certificates come from the CA server in `ca`, trusting
+    /// its root for the registry's trust domain.
+    pub fn with_ca(
+        settings: CoreSettings,
+        registry: Arc<Registry>,
+        policies: impl Into<MeshAuthorization>,
+        ca: &CaAccess,
+    ) -> Result<Self, CoreError> {
+        let client = match &ca.token {
+            CaToken::Value(token) => CaClient::new(&ca.address, &ca.root_pem, token.clone())?,
+            CaToken::File(path) => CaClient::with_token_file(&ca.address, &ca.root_pem, path)?,
+        };
+        let certs = Arc::new(CertificateManager::new(
+            Arc::new(client),
+            ca.renewal.clone(),
+        ));
+        let roots = hbone_ca::inspect::pem_certs(&ca.root_pem)
+            .map_err(|e| TlsSetupError::Root(Box::new(e)))?;
+        let mut trust = MeshTrust::new(&roots, &registry.trust_domain)?;
+        if let Some(path) = &ca.key_log {
+            let writer =
+                crate::keylog::KeyLogWriter::open(path).map_err(|source| CoreError::KeyLog {
+                    path: path.clone(),
+                    source,
+                })?;
+            trust = trust.with_key_log(writer);
+        }
+        Ok(ProxyCore::new(settings, registry, policies, certs, trust))
+    }
+
     /// A proxy whose certificates are signed in this process by
     /// `authority`, trusting its root (tests and the labs that run their
     /// CA in-process): no CA server, no token.
@@ -125,7 +188,7 @@ impl ProxyCore {
         authority: Arc<hbone_ca::SigningAuthority>,
     ) -> Result<Self, CoreError> {
         let roots = hbone_ca::inspect::pem_certs(authority.root_pem())
-            .map_err(|e| TlsSetupError::Root(e.to_string()))?;
+            .map_err(|e| TlsSetupError::Root(Box::new(e)))?;
         let trust = MeshTrust::new(&roots, authority.trust_domain())?;
         let certs = Arc::new(CertificateManager::new(
             authority,

@@ -26,8 +26,10 @@
 //! - [`zds_pods`]: shared mode — following the node agent that hands over pods (ZDS).
 //! - [`admin`]: metrics (15020), readiness (15021), admin (15000).
 //! - [`proxy`]: binding it all, and draining on shutdown.
+//! - [`assemble`]: from a config to a running node proxy and the tasks that follow its sources.
 
 pub mod admin;
+pub mod assemble;
 pub mod authorization;
 pub mod bench_tunnel;
 pub mod capture;

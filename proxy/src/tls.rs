@@ -108,11 +108,11 @@ impl std::fmt::Debug for MeshTrust {
 #[derive(Debug, Error)]
 pub enum TlsSetupError {
     #[error("the root certificate is unusable: {0}")]
-    Root(String),
+    Root(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("cannot build the TLS configuration: {0}")]
     Config(#[from] TlsError),
     #[error("cannot build the client verifier: {0}")]
-    Verifier(String),
+    Verifier(#[source] rustls::server::VerifierBuilderError),
 }
 
 /// aws-lc-rs with ztunnel's two TLS 1.3 suites.
@@ -134,7 +134,7 @@ impl MeshTrust {
         for root in roots {
             store
                 .add(root.clone())
-                .map_err(|e| TlsSetupError::Root(e.to_string()))?;
+                .map_err(|e| TlsSetupError::Root(Box::new(e)))?;
         }
         Ok(MeshTrust {
             roots: Arc::new(store),
@@ -164,7 +164,7 @@ impl MeshTrust {
         let inner =
             WebPkiClientVerifier::builder_with_provider(self.roots.clone(), self.provider.clone())
                 .build()
-                .map_err(|e| TlsSetupError::Verifier(e.to_string()))?;
+                .map_err(TlsSetupError::Verifier)?;
         let verifier = Arc::new(SpiffeClientVerifier {
             inner,
             trust_domain: self.trust_domain.clone(),

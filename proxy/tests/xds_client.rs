@@ -11,19 +11,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hbone_ca::client::CaClient;
 use hbone_ca::metrics::CaMetrics;
 use hbone_ca::server::CaService;
 use hbone_ca::tokens::TokenFile;
-use hbone_ca::{
-    AuthorityConfig, CertificateManager, IdentityPattern, RenewalPolicy, SigningAuthority,
-};
+use hbone_ca::{AuthorityConfig, IdentityPattern, RenewalPolicy, SigningAuthority};
 use hbone_policies::authorization::MeshAuthorization;
 use hbone_policies::load::{istio_policies, parse_documents};
 use hbone_proxy::ProxyHandle;
-use hbone_proxy::config::{H2Settings, Listeners};
-use hbone_proxy::core::{CoreSettings, ProxyCore};
-use hbone_proxy::tls::MeshTrust;
+use hbone_proxy::config::Listeners;
+use hbone_proxy::core::{CaAccess, CaToken, CoreSettings, ProxyCore};
 use hbone_proxy::xds_registry::{XdsSettings, XdsStatus, follow, registry_from};
 use hbone_xds::{Mesh, MeshService, MeshWorkload, RunningControlPlane, XdsState};
 use support::{DENY_CLIENT, POLICY, TOKEN, echo_roundtrip, echo_server, ip, socks5_connect};
@@ -88,24 +84,20 @@ async fn node(
     token_file: &std::path::Path,
     host: &str,
 ) -> Node {
-    let client = CaClient::new(url, root_pem, TOKEN).unwrap();
-    let certs = Arc::new(CertificateManager::new(
-        Arc::new(client),
-        RenewalPolicy::default(),
-    ));
-    let roots = hbone_ca::inspect::pem_certs(root_pem).unwrap();
-    let core = Arc::new(ProxyCore::new(
-        CoreSettings {
-            node: name.into(),
-            h2: H2Settings::default(),
-            hbone_port: 15008,
-            bind_source_ip: true,
-        },
-        Arc::new(registry_from(std::iter::empty(), name).unwrap()),
-        MeshAuthorization::pushed("istio-system", Vec::new()),
-        certs,
-        MeshTrust::new(&roots, "cluster.local").unwrap(),
-    ));
+    let ca = CaAccess {
+        address: url.into(),
+        root_pem: root_pem.into(),
+        token: CaToken::Value(TOKEN.into()),
+        renewal: RenewalPolicy::default(),
+        key_log: None,
+    };
+    let settings = CoreSettings {
+        bind_source_ip: true,
+        ..CoreSettings::for_node(name)
+    };
+    let registry = Arc::new(registry_from(std::iter::empty(), name).unwrap());
+    let policies = MeshAuthorization::pushed("istio-system", Vec::new());
+    let core = Arc::new(ProxyCore::with_ca(settings, registry, policies, &ca).unwrap());
     core.set_waiting_for(Some("the control plane".into()));
     let listeners = Listeners {
         socks5: Some(SocketAddr::new(ip(NET, host), 0)),

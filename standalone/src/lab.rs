@@ -9,22 +9,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hbone_ca::client::CaClient;
 use hbone_ca::metrics::CaMetrics;
 use hbone_ca::server::{CaService, RunningCa, serve};
 use hbone_ca::tokens::TokenFile;
-use hbone_ca::{
-    AuthorityConfig, CertificateManager, IdentityPattern, RenewalPolicy, SigningAuthority,
-};
+use hbone_ca::{AuthorityConfig, IdentityPattern, RenewalPolicy, SigningAuthority};
 use hbone_policies::istio::IstioPolicies;
 use hbone_policies::lab::lab_resources;
 use hbone_policies::matrix::PolicySet;
 use hbone_proxy::ProxyHandle;
-use hbone_proxy::config::{H2Settings, Listeners};
-use hbone_proxy::core::{CoreSettings, ProxyCore};
+use hbone_proxy::config::Listeners;
+use hbone_proxy::core::{CaAccess, CaToken, CoreSettings, ProxyCore};
 use hbone_proxy::netns::{bind_listener, can_create, tcp_socket};
 use hbone_proxy::registry::{Node, Protocol, Registry, RegistryFile, Service, Workload};
-use hbone_proxy::tls::MeshTrust;
 use hbone_workloads::db::{Database, DbConfig};
 use hbone_workloads::dial::{Connect, Dialer, futures_lite::BoxedConnect};
 use hbone_workloads::gateway::{GatewayConfig, serve as serve_gateway};
@@ -366,8 +362,13 @@ impl Lab {
         let ca = serve(service.clone(), SocketAddr::new(ip("127.0.10.1"), 0), &[])
             .await
             .map_err(|e| LabError::failed(Part::Ca, "serving", e))?;
-        let root = hbone_ca::inspect::pem_certs(authority.root_pem())
-            .map_err(|e| LabError::failed(Part::Ca, "reading the mesh root", e))?;
+        let ca_access = CaAccess {
+            address: ca.url(),
+            root_pem: authority.root_pem().to_string(),
+            token: CaToken::Value(NODE_TOKEN.into()),
+            renewal: options.renewal.clone(),
+            key_log: options.key_log.clone(),
+        };
 
         let mut nodes = Vec::new();
         let mut node_agents = Vec::new();
@@ -388,38 +389,18 @@ impl Lab {
             if dataplane.ztunnel_on(node) {
                 continue;
             }
-            let client = CaClient::new(&ca.url(), authority.root_pem(), NODE_TOKEN)
-                .map_err(|e| LabError::failed(Part::Ca, format!("a client for {node}"), e))?;
-            let certs = Arc::new(CertificateManager::new(
-                Arc::new(client),
-                options.renewal.clone(),
-            ));
-            let mut trust = MeshTrust::new(&root, "cluster.local").map_err(|e| {
-                LabError::failed(Part::Proxy, format!("the mesh trust of {node}"), e)
-            })?;
-            if let Some(path) = &options.key_log {
-                let writer = hbone_proxy::keylog::KeyLogWriter::open(path).map_err(|e| {
-                    LabError::failed(
-                        Part::Proxy,
-                        format!("the TLS key log {}", path.display()),
-                        e,
-                    )
-                })?;
-                trust = trust.with_key_log(writer);
-            }
             let settings = CoreSettings {
-                node: node.into(),
-                h2: H2Settings::default(),
-                hbone_port: 15008,
                 bind_source_ip: mode == Mode::Loopback,
+                ..CoreSettings::for_node(node)
             };
-            let core = Arc::new(ProxyCore::new(
+            let core = ProxyCore::with_ca(
                 settings,
                 registry.clone(),
                 policies.istio.clone(),
-                certs,
-                trust,
-            ));
+                &ca_access,
+            )
+            .map_err(|e| LabError::failed(Part::Proxy, format!("assembling {node}"), e))?;
+            let core = Arc::new(core);
             let at = |port| Some(SocketAddr::new(ip(addr), port));
             let in_pod = mode == Mode::Netns;
             let listeners = Listeners {

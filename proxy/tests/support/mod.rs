@@ -9,17 +9,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use hbone_ca::client::CaClient;
 use hbone_ca::metrics::CaMetrics;
 use hbone_ca::server::{CaService, RunningCa, serve};
 use hbone_ca::tokens::TokenFile;
-use hbone_ca::{
-    AuthorityConfig, CertificateManager, IdentityPattern, RenewalPolicy, SigningAuthority,
-};
+use hbone_ca::{AuthorityConfig, IdentityPattern, RenewalPolicy, SigningAuthority};
 use hbone_policies::load::{istio_policies, parse_documents};
 use hbone_proxy::ProxyHandle;
 use hbone_proxy::config::{H2Settings, Listeners};
-use hbone_proxy::core::{CoreSettings, ProxyCore};
+use hbone_proxy::core::{CaAccess, CaToken, CoreSettings, ProxyCore};
 use hbone_proxy::registry::Registry;
 use hbone_proxy::tls::MeshTrust;
 use rustls::pki_types::CertificateDer;
@@ -168,28 +165,23 @@ impl Lab {
             &parse_documents(POLICY, "policy.yaml").unwrap(),
             "istio-system",
         ));
-        let trust = MeshTrust::new(std::slice::from_ref(&root), "cluster.local").unwrap();
+        let ca_access = CaAccess {
+            address: ca.url(),
+            root_pem: authority.root_pem().to_string(),
+            token: CaToken::Value(TOKEN.into()),
+            renewal: renewal.clone(),
+            key_log: key_log.map(Into::into),
+        };
         let mut proxies = Vec::new();
         for node in ["n1", "n2"] {
-            let client = CaClient::new(&ca.url(), authority.root_pem(), TOKEN).unwrap();
-            let certs = Arc::new(CertificateManager::new(Arc::new(client), renewal.clone()));
-            let core = Arc::new(ProxyCore::new(
-                CoreSettings {
-                    node: node.into(),
-                    h2: h2.clone(),
-                    hbone_port: 15008,
-                    bind_source_ip: true,
-                },
-                registry.clone(),
-                policies.as_ref().clone(),
-                certs,
-                match key_log {
-                    Some(path) => trust
-                        .clone()
-                        .with_key_log(hbone_proxy::keylog::KeyLogWriter::open(path).unwrap()),
-                    None => trust.clone(),
-                },
-            ));
+            let settings = CoreSettings {
+                h2: h2.clone(),
+                bind_source_ip: true,
+                ..CoreSettings::for_node(node)
+            };
+            let policies = policies.as_ref().clone();
+            let core = ProxyCore::with_ca(settings, registry.clone(), policies, &ca_access);
+            let core = Arc::new(core.unwrap());
             let host = if node == "n1" { "1.254" } else { "2.254" };
             let listeners = Listeners {
                 socks5: Some(SocketAddr::new(ip(net, host), 0)),

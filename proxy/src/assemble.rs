@@ -1,0 +1,312 @@
+//! From a config to a running node proxy: the registry from its source
+//! (a file, a Kubernetes cluster, or a control plane over xDS), the
+//! policies, the CA client and the mesh trust, the listeners, and the tasks
+//! that follow each source afterwards. `hbone-lab proxy` only parses its
+//! flags into a [`ProxyConfig`] and calls [`NodeProxy::start`]; the lab and
+//! the tests, which build their registries in memory, share the lower step
+//! ([`ProxyCore::with_ca`]).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hbone_ca::RenewalPolicy;
+use hbone_policies::authorization::MeshAuthorization;
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{BenchTunnel, ProxyConfig};
+use crate::core::{CaAccess, CaToken, CoreError, CoreSettings, ProxyCore};
+use crate::kube_registry::{ClusterLister, KubeLister};
+use crate::proxy::{BoundAddrs, ProxyHandle};
+use crate::registry::{Registry, RegistryError};
+use crate::xds_registry::{XdsSettings, XdsStatus};
+use crate::zds_pods::ZdsStatus;
+use hbone_policies::load::LoadError;
+
+/// How often the registry and policy files are looked at again.
+const FILE_POLL: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Error)]
+pub enum AssembleError {
+    #[error("the config names no registry (registry:, kubernetes: or xds:)")]
+    NoRegistry,
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("the Kubernetes cluster: {0}")]
+    Kubernetes(String),
+    #[error("the registry: {0}")]
+    Workloads(String),
+    #[error("node {node:?} is not in the registry from {source_name} (nodes: {nodes})")]
+    NodeMissing {
+        node: String,
+        source_name: String,
+        nodes: String,
+    },
+    #[error(transparent)]
+    Policies(#[from] LoadError),
+    #[error("cannot read ca.rootCert {}: {source}", path.display())]
+    RootCert {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot read ca.tokenFile {}: no such file (the bearer token for the CA and the control plane)",
+        path.display()
+    )]
+    TokenFile { path: PathBuf },
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    #[error(transparent)]
+    Start(#[from] crate::proxy::StartError),
+}
+
+/// What the command line adds to a config.
+#[derive(Debug, Clone, Default)]
+pub struct Extras {
+    /// Where to write the TLS secrets (`--keylog`, or `SSLKEYLOGFILE`).
+    pub key_log: Option<PathBuf>,
+    /// The xDS node id, instead of the one formed from the pod's variables.
+    pub node_id: Option<String>,
+}
+
+/// A node proxy serving, and the tasks that keep its registry, policies
+/// and pods current.
+pub struct NodeProxy {
+    pub handle: ProxyHandle,
+    followers: CancellationToken,
+}
+
+impl NodeProxy {
+    /// Builds everything `config` names and opens the listeners.
+    pub async fn start(config: &ProxyConfig, extras: &Extras) -> Result<NodeProxy, AssembleError> {
+        let (registry, lister) = first_registry(config).await?;
+        let policies = match config.xds {
+            Some(_) => MeshAuthorization::pushed(&config.root_namespace, Vec::new()),
+            None => crate::policy_watch::load_policies(&config.policies, &config.root_namespace)?
+                .into_translated(),
+        };
+        let root_pem = std::fs::read_to_string(&config.ca.root_cert).map_err(|source| {
+            AssembleError::RootCert {
+                path: config.ca.root_cert.clone(),
+                source,
+            }
+        })?;
+        if !config.ca.token_file.exists() {
+            let path = config.ca.token_file.clone();
+            return Err(AssembleError::TokenFile { path });
+        }
+        let key_log = crate::keylog::requested(extras.key_log.clone());
+        let ca = CaAccess {
+            address: config.ca.address.clone(),
+            root_pem: root_pem.clone(),
+            token: CaToken::File(config.ca.token_file.clone()),
+            renewal: RenewalPolicy {
+                ttl: config.ca.ttl,
+                ..RenewalPolicy::default()
+            },
+            key_log: key_log.clone(),
+        };
+        let settings = CoreSettings {
+            node: config.node.clone(),
+            h2: config.h2.clone(),
+            hbone_port: config.listeners.hbone_port,
+            bind_source_ip: config.bind_source_ip,
+        };
+        let core = ProxyCore::with_ca(settings, registry, policies, &ca)?;
+        if let Some(mode) = config.bench_tunnel {
+            warn_not_a_mesh(mode);
+        }
+        let core = Arc::new(core.with_bench_tunnel(config.bench_tunnel));
+        if let Some(address) = &config.xds {
+            core.set_waiting_for(Some(format!("the control plane {address}")));
+        }
+        let followers = CancellationToken::new();
+        if let Some(socket) = &config.zds {
+            let (status, _) = tokio::sync::watch::channel(ZdsStatus::default());
+            let every = Duration::from_secs(5);
+            let follow = crate::zds_pods::follow(
+                core.clone(),
+                socket.clone(),
+                every,
+                status,
+                followers.clone(),
+            );
+            tokio::spawn(follow);
+        }
+        let handle = ProxyHandle::start(core.clone(), &config.listeners).await?;
+        if let Some(path) = key_log {
+            let every = Duration::from_secs(60);
+            tokio::spawn(crate::keylog::keep_warning(path, every, followers.clone()));
+        }
+        follow_sources(config, extras, &core, root_pem, lister, &followers);
+        Ok(NodeProxy { handle, followers })
+    }
+
+    pub fn addrs(&self) -> &BoundAddrs {
+        &self.handle.addrs
+    }
+
+    /// Stops following, closes the listeners and gives open connections
+    /// `grace` to finish.
+    pub async fn shutdown(self, grace: Duration) {
+        self.followers.cancel();
+        self.handle.shutdown(grace).await;
+    }
+}
+
+/// The registry to start with, from wherever the config says it lives; a
+/// cluster's client is kept to follow the cluster afterwards.
+async fn first_registry(
+    config: &ProxyConfig,
+) -> Result<(Arc<Registry>, Option<KubeLister>), AssembleError> {
+    let (registry, source_name, lister) = match (&config.registry, &config.kubernetes) {
+        _ if config.xds.is_some() => {
+            let empty = crate::xds_registry::registry_from(std::iter::empty(), &config.node)
+                .map_err(AssembleError::Workloads)?;
+            (empty, "the control plane".to_string(), None)
+        }
+        (Some(file), _) => (Registry::load(file)?, file.display().to_string(), None),
+        (None, Some(k8s)) => {
+            let lister = KubeLister::connect()
+                .await
+                .map_err(AssembleError::Kubernetes)?;
+            let snapshot = lister.snapshot().await.map_err(AssembleError::Kubernetes)?;
+            let registry = crate::kube_registry::registry_from(&snapshot, &k8s.trust_domain)
+                .map_err(AssembleError::Kubernetes)?;
+            (registry, "the Kubernetes cluster".to_string(), Some(lister))
+        }
+        (None, None) => return Err(AssembleError::NoRegistry),
+    };
+    if !registry.nodes.iter().any(|n| n.name == config.node) {
+        let nodes: Vec<&str> = registry.nodes.iter().map(|n| n.name.as_str()).collect();
+        return Err(AssembleError::NodeMissing {
+            node: config.node.clone(),
+            source_name,
+            nodes: nodes.join(", "),
+        });
+    }
+    Ok((Arc::new(registry), lister))
+}
+
+/// The tasks that keep the registry and the policies current: the control
+/// plane, or the files, or the cluster.
+fn follow_sources(
+    config: &ProxyConfig,
+    extras: &Extras,
+    core: &Arc<ProxyCore>,
+    root_pem: String,
+    lister: Option<KubeLister>,
+    followers: &CancellationToken,
+) {
+    let stop = followers.clone();
+    if let Some(address) = &config.xds {
+        let pod = PodEnv::read(&config.node);
+        let settings = XdsSettings {
+            address: address.clone(),
+            root_pem,
+            token_file: Some(config.ca.token_file.clone()),
+            node_id: extras.node_id.clone().unwrap_or_else(|| pod.node_id()),
+            metadata: pod.metadata(&config.node),
+            root_namespace: config.root_namespace.clone(),
+            max_backoff: Duration::from_secs(15),
+        };
+        let (status, _) = tokio::sync::watch::channel(XdsStatus::default());
+        tokio::spawn(crate::xds_registry::follow(
+            core.clone(),
+            settings,
+            status,
+            stop,
+        ));
+        return;
+    }
+    if !config.policies.is_empty() {
+        tokio::spawn(crate::policy_watch::follow_policies(
+            core.clone(),
+            config.policies.clone(),
+            config.root_namespace.clone(),
+            FILE_POLL,
+            stop.clone(),
+        ));
+    }
+    match (&config.registry, &config.kubernetes, lister) {
+        (Some(file), _, _) => {
+            let follow =
+                crate::registry_watch::follow_file(core.clone(), file.clone(), FILE_POLL, stop);
+            tokio::spawn(follow);
+        }
+        (None, Some(k8s), Some(lister)) => {
+            tokio::spawn(crate::kube_registry::follow_cluster(
+                core.clone(),
+                lister,
+                k8s.trust_domain.clone(),
+                k8s.poll_interval,
+                stop,
+            ));
+        }
+        _ => {}
+    }
+}
+
+fn warn_not_a_mesh(mode: BenchTunnel) {
+    let rung = match mode {
+        BenchTunnel::Plain => "a TCP relay",
+        BenchTunnel::Mtls => "mutual TLS without HTTP/2",
+    };
+    tracing::warn!(
+        tunnel = mode.as_str(),
+        "benchTunnel is set: connections between proxies are a benchmark rung ({rung}), not HBONE, and no policy is enforced — this is not a mesh"
+    );
+}
+
+/// Who the proxy says it is to a control plane, from the pod's
+/// downward-API variables where they are set (as ztunnel reads them).
+pub struct PodEnv {
+    pub name: String,
+    pub namespace: String,
+    pub ip: String,
+}
+
+impl PodEnv {
+    /// `POD_NAME` (default: the node), `POD_NAMESPACE` (`istio-system`),
+    /// `INSTANCE_IP` or `POD_IP` (`127.0.0.1`).
+    pub fn read(node: &str) -> PodEnv {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        PodEnv {
+            name: var("POD_NAME").unwrap_or_else(|| node.to_string()),
+            namespace: var("POD_NAMESPACE").unwrap_or_else(|| "istio-system".into()),
+            ip: var("INSTANCE_IP")
+                .or_else(|| var("POD_IP"))
+                .unwrap_or_else(|| "127.0.0.1".into()),
+        }
+    }
+
+    /// ztunnel's node id: `ztunnel~<ip>~<pod>.<namespace>~<namespace>.svc.cluster.local`.
+    pub fn node_id(&self) -> String {
+        let PodEnv {
+            name,
+            namespace,
+            ip,
+        } = self;
+        format!("ztunnel~{ip}~{name}.{namespace}~{namespace}.svc.cluster.local")
+    }
+
+    /// ztunnel's node metadata: `NAME`, `NAMESPACE`, `INSTANCE_IPS`,
+    /// `NODE_NAME`, every `ISTIO_META_*` variable with the prefix stripped,
+    /// and `CLUSTER_ID` (default `Kubernetes`).
+    pub fn metadata(&self, node: &str) -> BTreeMap<String, String> {
+        let mut metadata: BTreeMap<String, String> = std::env::vars()
+            .filter_map(|(k, v)| Some((k.strip_prefix("ISTIO_META_")?.to_string(), v)))
+            .collect();
+        metadata.insert("NAME".into(), self.name.clone());
+        metadata.insert("NAMESPACE".into(), self.namespace.clone());
+        metadata.insert("INSTANCE_IPS".into(), self.ip.clone());
+        metadata.insert("NODE_NAME".into(), node.to_string());
+        metadata
+            .entry("CLUSTER_ID".into())
+            .or_insert_with(|| std::env::var("CLUSTER_ID").unwrap_or_else(|_| "Kubernetes".into()));
+        metadata
+    }
+}

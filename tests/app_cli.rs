@@ -1,16 +1,11 @@
 //! `hbone-lab app …`: the load peers as processes, talking over loopback.
 
+mod support;
+
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-struct Kill(std::process::Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use support::Running;
 
 #[test]
 fn rr_server_and_client_report_latency() {
@@ -19,7 +14,7 @@ fn rr_server_and_client_report_latency() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let _server = Kill(server);
+    let _server = Running(server);
     for _ in 0..50 {
         if std::net::TcpStream::connect("127.63.0.1:18100").is_ok() {
             break;

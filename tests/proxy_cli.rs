@@ -6,20 +6,11 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{hbone_lab, text};
-
-/// Kills the process when the test ends, however it ends.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use hbone_workloads::http_get::Get;
+use support::{Running, hbone_lab, text};
 
 fn spawn(args: &[&str]) -> Running {
     spawn_with(args, &[])
@@ -39,15 +30,20 @@ fn spawn_with(args: &[&str], env: &[(&str, &Path)]) -> Running {
 
 /// A GET on loopback: (status, body), or None while nothing listens.
 fn get(addr: &str, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut tcp = std::net::TcpStream::connect(addr).ok()?;
-    tcp.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(tcp, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut reply = String::new();
-    tcp.read_to_string(&mut reply).ok()?;
-    let status = reply.split_whitespace().nth(1)?.parse().ok()?;
-    let body = reply.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-    Some((status, body))
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    runtime.block_on(async {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let request = Get::once(addr, path);
+        let get = hbone_workloads::http_get::get(&mut tcp, &request);
+        let answer = tokio::time::timeout(Duration::from_secs(2), get)
+            .await
+            .ok()?
+            .ok()?;
+        Some((answer.status, answer.text()))
+    })
 }
 
 fn wait_until<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {

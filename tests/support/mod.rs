@@ -3,7 +3,7 @@
 
 #![allow(dead_code)] // each test file uses its own part
 
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
 
 /// Runs `hbone-lab args…` and returns what it did, whatever it was.
 pub fn hbone_lab(args: &[&str]) -> Output {
@@ -23,6 +23,16 @@ pub fn hbone_lab_ok(args: &[&str]) -> Output {
         text(&out.stderr)
     );
     out
+}
+
+/// A child process killed (and reaped) when the test ends, however it ends.
+pub struct Running(pub Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 pub fn text(bytes: &[u8]) -> String {

@@ -19,6 +19,7 @@ use hbone_proxy::config::{H2Settings, Listeners};
 use hbone_proxy::core::{CaAccess, CaToken, CoreSettings, ProxyCore};
 use hbone_proxy::registry::Registry;
 use hbone_proxy::tls::MeshTrust;
+use hbone_workloads::http_get::Get;
 use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -228,21 +229,11 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let Ok(mut tcp) = TcpStream::connect(addr).await else {
         return (0, String::new());
     };
-    let request = format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n");
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    tcp.read_to_end(&mut out).await.unwrap();
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    let host = addr.to_string();
+    let answer = hbone_workloads::http_get::get(&mut tcp, &Get::once(&host, path))
+        .await
+        .unwrap();
+    (answer.status, answer.text())
 }
 
 /// An echo server: every byte back, until the client half-closes.

@@ -9,6 +9,20 @@
 //! connection cost hbone-lab four fifths of its connection rate
 //! (benches/RESULTS.md).
 //! Creating namespaces and veth pairs needs root (CAP_NET_ADMIN).
+//!
+//! Entering a namespace is done in-process (`setns` through `nix`): that
+//! is on the data path. Building the topology (namespaces, veths,
+//! addresses, routes) shells out to iproute2's `ip`, and we keep it so
+//! after weighing `rtnetlink`: the failure modes it would remove are
+//! small here — a missing `ip` is named with its package before anything
+//! starts ([`can_create`], `NetnsError::Spawn`), and only one command's
+//! output is read (`ip netns list`, for stale-lab cleanup); everything
+//! else is judged by exit status and stderr, which `NetnsError::Command`
+//! quotes. It would not remove the external tools: the capture rules and
+//! the Cilium layer need `iptables` either way, and `ip netns add` (a
+//! named, bind-mounted namespace that `ip netns exec` — the walkthrough's
+//! way in — can find) would have to be reimplemented. The commands a user
+//! can paste and rerun are worth more to a teaching lab than that.
 
 use std::fs::File;
 use std::net::{IpAddr, SocketAddr};
@@ -37,11 +51,11 @@ pub enum NetnsError {
     },
 }
 
-/// Runs a command, turning a non-zero exit into an error with its stderr.
 /// SO_MARK on the proxy's own sockets inside pod namespaces (ztunnel's
 /// PACKET_MARK 1337), so the pod's capture rules do not redirect them back.
 pub const PACKET_MARK: u32 = 0x539;
 
+/// Runs a command, turning a non-zero exit into an error with its stderr.
 pub fn run_command(program: &str, args: &[&str]) -> Result<String, NetnsError> {
     let command = format!("{program} {}", args.join(" "));
     let out = Command::new(program)

@@ -12,32 +12,45 @@ use tokio::sync::Mutex;
 use crate::dial::{DialError, Dialer};
 
 #[derive(Debug, Error)]
+/// Why the database could not be used.
 pub enum DbError {
     #[error("DATABASE_URL is not postgres://user:password@host:port/dbname: {0}")]
+    /// `DATABASE_URL` does not parse.
     BadUrl(String),
     #[error("DB_PORT {0:?} is not a port number")]
+    /// `DB_PORT` is not a port number.
     BadPort(String),
     #[error("cannot read DB_PASSWORD_FILE {path}: {source}")]
+    /// `DB_PASSWORD_FILE` could not be read.
     PasswordFile {
+        /// The file named.
         path: String,
         #[source]
+        /// Why it could not be read.
         source: std::io::Error,
     },
     #[error(transparent)]
+    /// The connection to the database could not be opened (or the mesh refused it).
     Dial(#[from] DialError),
     #[error("PostgreSQL: {0}")]
+    /// PostgreSQL answered with an error.
     Postgres(#[from] tokio_postgres::Error),
     #[error("timed out after {0:?}")]
+    /// No answer within this long.
     Timeout(Duration),
 }
 
 /// Where the database is and who to log in as.
 #[derive(Clone)]
 pub struct DbConfig {
+    /// Host name or address of the server.
     pub host: String,
+    /// Its port (5432 by default).
     pub port: u16,
+    /// The user to log in as.
     pub user: String,
     password: String,
+    /// The database to use.
     pub dbname: String,
 }
 
@@ -52,6 +65,7 @@ impl std::fmt::Debug for DbConfig {
 }
 
 impl DbConfig {
+    /// A configuration from its parts.
     pub fn new(host: &str, port: u16, user: &str, password: &str, dbname: &str) -> Self {
         DbConfig {
             host: host.into(),
@@ -68,6 +82,7 @@ impl DbConfig {
         Self::from_lookup(|k| std::env::var(k).ok())
     }
 
+    /// From `DATABASE_URL`, or `DB_HOST`, `DB_PORT`, `DB_USER`, `DB_PASSWORD` (or `DB_PASSWORD_FILE`) and `DB_NAME`, looked up with `get` (the environment, in the app).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, DbError> {
         if let Some(url) = get("DATABASE_URL") {
             return Self::from_url(&url);
@@ -111,11 +126,17 @@ impl DbConfig {
 /// What the status page shows about the database.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct DbStatus {
+    /// Whether a query came back.
     pub reachable: bool,
+    /// `SELECT version()`, when it did.
     pub server_version: Option<String>,
+    /// How long the round trip took.
     pub round_trip_ms: Option<f64>,
+    /// The page's visit counter, kept in the database.
     pub visits: Option<i64>,
+    /// Why the database could not be used, if it could not.
     pub error: Option<String>,
+    /// `host:port` of the server asked.
     pub target: String,
 }
 
@@ -130,6 +151,7 @@ pub struct Database {
 }
 
 impl Database {
+    /// Connections to `config`'s server, opened through `dialer`.
     pub fn new(config: DbConfig, dialer: Dialer) -> Self {
         Database {
             config,
@@ -140,6 +162,7 @@ impl Database {
         }
     }
 
+    /// Where the database is.
     pub fn config(&self) -> &DbConfig {
         &self.config
     }

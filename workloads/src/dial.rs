@@ -12,16 +12,23 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 #[derive(Debug, Error)]
+/// Why a connection could not be opened.
 pub enum DialError {
     #[error("cannot connect to {target}: {source}")]
+    /// The network did not connect.
     Connect {
+        /// `host:port` asked for.
         target: String,
         #[source]
+        /// The operating system's reason.
         source: std::io::Error,
     },
     #[error("the mesh refused {target}: {reason}")]
+    /// The mesh said no (a SOCKS5 refusal).
     Refused {
+        /// `host:port` asked for.
         target: String,
+        /// The SOCKS5 reply code in words.
         reason: &'static str,
     },
 }
@@ -35,6 +42,7 @@ impl DialError {
 
 /// Opens a TCP connection to an address; see [`Dialer::Custom`].
 pub trait Connect: Send + Sync + std::fmt::Debug {
+    /// Starts connecting to `addr`.
     fn connect(&self, addr: SocketAddr) -> futures_lite::BoxedConnect;
 
     /// An address for `host` from this connector's own name table (a pod's
@@ -46,6 +54,7 @@ pub trait Connect: Send + Sync + std::fmt::Debug {
 
 /// The future a [`Connect`] returns.
 pub mod futures_lite {
+    /// A boxed connecting future, so that [`super::Connect`] stays object-safe.
     pub type BoxedConnect = std::pin::Pin<
         Box<dyn std::future::Future<Output = std::io::Result<tokio::net::TcpStream>> + Send>,
     >;
@@ -61,7 +70,9 @@ pub enum Dialer {
     Custom(std::sync::Arc<dyn Connect>),
     /// Through a SOCKS5 proxy, from `source` (the pod's address).
     Socks5 {
+        /// The proxy's SOCKS5 port.
         proxy: SocketAddr,
+        /// The address to connect from, when given.
         source: Option<IpAddr>,
     },
 }

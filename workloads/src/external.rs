@@ -23,28 +23,35 @@ use crate::dial::{DialError, Dialer};
 pub enum Reachability {
     /// An HTTP answer came back (any status proves the path is open).
     Reachable {
+        /// The HTTP status code.
         status: u16,
     },
     /// TCP connected, then the TLS handshake was reset: an SNI rule said no.
     Blocked {
+        /// What the handshake failure said.
         detail: String,
     },
     /// The mesh refused to open the connection (policy).
     Denied {
+        /// The mesh's reason.
         detail: String,
     },
     /// Nothing answered, or the connection was refused.
     Unreachable {
+        /// The connection error.
         detail: String,
     },
+    /// No answer within the check's timeout.
     TimedOut,
 }
 
 impl Reachability {
+    /// True when an HTTP answer came back.
     pub fn is_open(&self) -> bool {
         matches!(self, Reachability::Reachable { .. })
     }
 
+    /// The outcome in a sentence, for the page and the demo.
     pub fn explain(&self) -> String {
         match self {
             Reachability::Reachable { status } => {
@@ -61,10 +68,15 @@ impl Reachability {
 }
 
 #[derive(Debug, Clone, Serialize)]
+/// One external endpoint checked from the app.
 pub struct ExternalCheck {
+    /// Its name on the page (`GitHub`).
     pub name: String,
+    /// The URL asked for.
     pub url: String,
+    /// What came of it.
     pub result: Reachability,
+    /// How long it took.
     pub elapsed_ms: u64,
 }
 

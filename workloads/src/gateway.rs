@@ -19,9 +19,11 @@ use tracing::{debug, warn};
 use crate::dial::Dialer;
 
 #[derive(Debug, Clone)]
+/// Settings of the gateway: where hello-app is.
 pub struct GatewayConfig {
     /// `host:port` of hello-app (a service name, VIP or IP).
     pub upstream_host: String,
+    /// hello-app's port.
     pub upstream_port: u16,
     /// The identity this gateway runs as, passed on for the status page.
     pub identity: Option<String>,

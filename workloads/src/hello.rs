@@ -24,12 +24,17 @@ use crate::external::{ExternalCheck, check, client_tls};
 /// Settings of one hello-app.
 #[derive(Debug, Clone)]
 pub struct HelloConfig {
+    /// Where the app listens.
     pub listen: SocketAddr,
     /// The SPIFFE ID the mesh gives this workload (shown on the page).
     pub identity: Option<String>,
+    /// The GitHub endpoint checked from the page.
     pub github_url: String,
+    /// The Cloudflare endpoint checked from the page.
     pub cloudflare_url: String,
+    /// A CA to trust besides the web's (the labs' stand-ins), PEM.
     pub extra_ca_pem: Option<String>,
+    /// How long each external check may take.
     pub check_timeout: Duration,
 }
 
@@ -60,21 +65,30 @@ struct AppState {
 /// Everything the page shows, in one structure (the JSON view).
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusReport {
+    /// Always `hello-app`.
     pub app: &'static str,
+    /// The SPIFFE ID, when the mesh gave one.
     pub identity: Option<String>,
+    /// Who called.
     pub caller: Caller,
+    /// The database's state.
     pub database: DbStatus,
+    /// The external checks.
     pub external: Vec<ExternalCheck>,
 }
 
 #[derive(Debug, Clone, Serialize)]
+/// Who made the request, as the app sees it.
 pub struct Caller {
+    /// The TCP peer (a node proxy's address in ambient, the client's otherwise).
     pub remote_addr: String,
+    /// The `X-Forwarded-For` header, if any.
     pub forwarded_for: Option<String>,
     /// Set by hbone-lab's gateway: the identity it called as.
     pub via_gateway: Option<String>,
 }
 
+/// hello-app's routes: `/` (the page, or JSON for `Accept: application/json`) and `/health`.
 pub fn router(config: HelloConfig, db: Database, dialer: Dialer) -> Router {
     let tls = client_tls(config.extra_ca_pem.as_deref());
     let state = Arc::new(AppState {

@@ -23,10 +23,13 @@ pub enum Framing {
 /// A GET to send.
 #[derive(Debug, Clone, Copy)]
 pub struct Get<'a> {
+    /// The `Host` header.
     pub host: &'a str,
+    /// The path asked for.
     pub path: &'a str,
     /// An `Accept` header, if any.
     pub accept: Option<&'a str>,
+    /// How the answer's end is found.
     pub framing: Framing,
 }
 
@@ -62,9 +65,11 @@ pub struct Answer {
     pub status: u16,
     /// The status line.
     pub status_line: String,
+    /// The body, as received.
     pub body: Vec<u8>,
     /// Bytes written and read, head included.
     pub sent: usize,
+    /// Bytes read, head included.
     pub received: usize,
 }
 

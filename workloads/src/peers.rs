@@ -50,8 +50,11 @@ pub async fn sink(listener: TcpListener, total: Arc<AtomicU64>) -> std::io::Resu
 /// How much a `source` sent, and how fast.
 #[derive(Debug, Clone, Serialize)]
 pub struct StreamResult {
+    /// Bytes sent.
     pub bytes: u64,
+    /// Seconds it took.
     pub seconds: f64,
+    /// The rate in Gbit/s.
     pub gbit_per_s: f64,
 }
 
@@ -123,11 +126,15 @@ pub async fn rr_server_counting(
 /// Settings of an `rr_client` run.
 #[derive(Debug, Clone)]
 pub struct RrSettings {
+    /// Bytes of each request.
     pub request: usize,
+    /// Bytes of each response.
     pub response: usize,
     /// Requests per second; `None` for as fast as possible.
     pub rate: Option<f64>,
+    /// Stop after this many requests.
     pub max_requests: u64,
+    /// Or after this long.
     pub duration: Duration,
     /// A new connection per request (TCP_CRR) instead of one for all (TCP_RR).
     pub new_connection_each: bool,
@@ -136,13 +143,21 @@ pub struct RrSettings {
 /// Latency figures of an `rr_client` run.
 #[derive(Debug, Clone, Serialize)]
 pub struct RrResult {
+    /// Requests that completed.
     pub requests: u64,
+    /// Seconds the run took.
     pub seconds: f64,
+    /// Requests per second.
     pub per_second: f64,
+    /// Median round trip, in ms.
     pub p50_ms: f64,
+    /// 90th percentile round trip, in ms.
     pub p90_ms: f64,
+    /// 99th percentile round trip, in ms.
     pub p99_ms: f64,
+    /// 99.9th percentile round trip, in ms.
     pub p999_ms: f64,
+    /// The slowest round trip, in ms.
     pub max_ms: f64,
 }
 

@@ -13,17 +13,27 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
+/// Why the PostgreSQL server could not be run.
 pub enum PgError {
     #[error(
         "no PostgreSQL server binaries found (looked for initdb in $PG_BIN, /usr/lib/postgresql/*/bin and PATH); \
          on Debian: apt-get install postgresql"
     )]
+    /// No `initdb` found: PostgreSQL is not installed.
     NotInstalled,
     #[error("{step} failed: {detail}")]
-    Step { step: String, detail: String },
+    /// A setup step (initdb, starting, creating the database) failed.
+    Step {
+        /// The step.
+        step: String,
+        /// What it printed.
+        detail: String,
+    },
     #[error("i/o: {0}")]
+    /// A file or process could not be used.
     Io(#[from] std::io::Error),
     #[error("PostgreSQL did not accept connections within {0:?}; its log:\n{1}")]
+    /// The server did not accept connections in time (the wait, and its log).
     NotReady(Duration, String),
 }
 
@@ -66,9 +76,13 @@ pub struct PgServer {
     run_as: Option<String>,
     /// The network namespace the server runs in, if not this one.
     netns: Option<PathBuf>,
+    /// Where it listens.
     pub addr: SocketAddr,
+    /// The password user.
     pub user: String,
+    /// Its password.
     pub password: String,
+    /// The database created.
     pub dbname: String,
     child: Option<Child>,
 }
@@ -295,6 +309,7 @@ impl PgServer {
         self.launch()
     }
 
+    /// True until stopped.
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }

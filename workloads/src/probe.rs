@@ -47,6 +47,7 @@ pub enum ProbeOutcome {
 }
 
 impl ProbeOutcome {
+    /// True when the application answered.
     pub fn allowed(&self) -> bool {
         matches!(self, ProbeOutcome::Answered(_))
     }

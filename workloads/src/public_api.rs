@@ -13,10 +13,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 #[derive(Debug, Error)]
+/// Why the public stand-ins could not be set up.
 pub enum PublicApiError {
     #[error("cannot make the public CA's certificates: {0}")]
+    /// A certificate could not be made.
     Certificate(#[from] rcgen::Error),
     #[error("cannot build the TLS server: {0}")]
+    /// The TLS server could not be built.
     Tls(#[from] rustls::Error),
 }
 
@@ -27,6 +30,7 @@ pub struct PublicCa {
 }
 
 impl PublicCa {
+    /// A fresh root, in memory.
     pub fn generate() -> Result<Self, PublicApiError> {
         let key = rcgen::KeyPair::generate()?;
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
@@ -70,8 +74,11 @@ impl PublicCa {
 /// What a stand-in answers.
 #[derive(Debug, Clone)]
 pub struct StandIn {
+    /// The HTTP status.
     pub status: u16,
+    /// Its reason phrase.
     pub reason: &'static str,
+    /// The body.
     pub body: String,
 }
 

@@ -1,5 +1,6 @@
 //! `hbone-lab demo`: the standalone lab, working and refusing.
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -9,7 +10,7 @@ use clap::Args;
 use hbone_standalone::dataplane::Dataplane;
 use hbone_standalone::explain::explain;
 use hbone_standalone::lab::{Lab, LabOptions};
-use hbone_standalone::scenarios::run_all;
+use hbone_standalone::scenarios::{ScenarioResult, run_all};
 use hbone_standalone::topology::{LabError, Mode};
 use hbone_standalone::wire::capture::Capture;
 
@@ -64,6 +65,48 @@ pub struct DemoArgs {
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let lab = start(&args).await?;
+    let capture = start_capture(&args, &lab)?;
+    let results = run_all(&lab).await;
+    let all_match = results.iter().all(|r| r.matches());
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        print!("{}", results_table(&results));
+        if let Some(plumbing) = &lab.plumbing {
+            println!();
+            println!("How this emulates the Cilium layer, and where it differs from Cilium:");
+            for line in plumbing.differences_from_cilium() {
+                println!("  - {line}");
+            }
+        }
+    }
+    if args.explain {
+        println!();
+        match explain(&lab).await {
+            Ok(story) => print!("{story}"),
+            Err(e) => eprintln!("could not tell the story: {:#}", anyhow::Error::from(e)),
+        }
+    }
+    if let (Some(capture), Some(dir)) = (capture, &args.capture) {
+        let file = capture.stop();
+        print!("{}", capture_hints(&file, dir));
+    }
+    if args.keep {
+        print!("{}", keep_hints(&lab));
+        println!("Ctrl-C tears it all down.");
+        crate::proxy_cmd::wait_for_stop().await?;
+    }
+    lab.shutdown().await;
+    if !all_match {
+        anyhow::bail!("some scenarios did not behave as the policies predict");
+    }
+    Ok(())
+}
+
+/// Starts the lab the flags describe, saying what it is; a gateway port
+/// that is taken is traded for a free one.
+async fn start(args: &DemoArgs) -> anyhow::Result<Lab> {
     let mode = if args.netns {
         Mode::Netns
     } else {
@@ -135,7 +178,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     if let Some(why) = &lab.postgres_missing {
         eprintln!("note: running without the database — {why}");
     }
-    let capture = match (&args.capture, &lab.plumbing) {
+    Ok(lab)
+}
+
+/// With --capture in netns mode, records the node-1 ↔ node-2 hop.
+fn start_capture(args: &DemoArgs, lab: &Lab) -> anyhow::Result<Option<Capture>> {
+    Ok(match (&args.capture, &lab.plumbing) {
         (Some(dir), Some(plumbing)) => {
             let node1 = &plumbing.nodes["node-1"];
             let capture = Capture::start(node1, "to-node-2", dir)?;
@@ -153,149 +201,208 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             None
         }
         _ => None,
-    };
-    let results = run_all(&lab).await;
-    let all_match = results.iter().all(|r| r.matches());
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&results)?);
-    } else {
-        println!();
-        println!("{:<36} {:<10} {:<10}", "scenario", "expected", "observed");
-        println!("{}", "─".repeat(70));
-        for r in &results {
-            let mark = match (r.expected == r.observed, r.matches()) {
-                (true, _) => "✔",
-                (false, true) => "◆ FINDING",
-                (false, false) => "✘ MISMATCH",
-            };
-            println!(
-                "{:<36} {:<10} {:<10} {mark}",
-                r.name,
-                r.expected.past_tense(),
-                r.observed.past_tense()
+    })
+}
+
+/// The scenarios as a table: expected, observed, why, and the evidence.
+fn results_table(results: &[ScenarioResult]) -> String {
+    let mut out = String::new();
+    let w = &mut out;
+    let _ = writeln!(w);
+    let _ = writeln!(
+        w,
+        "{:<36} {:<10} {:<10}",
+        "scenario", "expected", "observed"
+    );
+    let _ = writeln!(w, "{}", "─".repeat(70));
+    for r in results {
+        let mark = match (r.expected == r.observed, r.matches()) {
+            (true, _) => "✔",
+            (false, true) => "◆ FINDING",
+            (false, false) => "✘ MISMATCH",
+        };
+        let _ = writeln!(
+            w,
+            "{:<36} {:<10} {:<10} {mark}",
+            r.name,
+            r.expected.past_tense(),
+            r.observed.past_tense()
+        );
+        let _ = writeln!(w, "    {} → {}", r.source, r.destination);
+        let _ = writeln!(w, "    why:  {}", r.reason);
+        let _ = writeln!(w, "    seen: {}", r.evidence);
+        if let Some(finding) = &r.finding {
+            let _ = writeln!(w, "    finding: {finding}");
+        }
+    }
+    let _ = writeln!(w);
+    let _ = writeln!(
+        w,
+        "{} of {} scenarios behaved as the policies predict.",
+        results.iter().filter(|r| r.expected == r.observed).count(),
+        results.len()
+    );
+    let findings = results.iter().filter(|r| r.finding.is_some()).count();
+    if findings > 0 {
+        let _ = writeln!(
+            w,
+            "{findings} differed because ztunnel behaves differently there (◆ finding, explained above); that is a result, not a failure of the lab."
+        );
+    }
+    out
+}
+
+/// How to look at the recorded hop.
+fn capture_hints(file: &std::path::Path, dir: &std::path::Path) -> String {
+    let keys = dir.join("keys.log");
+    let (file, keys, dir) = (file.display(), keys.display(), dir.display());
+    format!(
+        "\nThe wire, recorded: {file} (decrypt with {keys})\n\
+         \x20 hbone-lab wire {dir}                 # one connection as a ladder, and connection.svg\n\
+         \x20 tshark -r {file} -o tls.keylog_file:{keys} -d tcp.port==15008,tls -Y http2\n\
+         \x20 wireshark -o tls.keylog_file:{keys} {file}   # the same, in Wireshark\n\
+         \x20 (keys.log decrypts everything in the capture: keep it to yourself)\n"
+    )
+}
+
+/// What to try against the lab left running (--keep).
+fn keep_hints(lab: &Lab) -> String {
+    let mut out = String::new();
+    let w = &mut out;
+    let _ = writeln!(w);
+    let _ = writeln!(w, "The lab keeps running. Try:");
+    match &lab.plumbing {
+        None => {
+            let _ = writeln!(
+                w,
+                "  curl http://{}/                       # the status page, through the gateway",
+                lab.gateway
             );
-            println!("    {} → {}", r.source, r.destination);
-            println!("    why:  {}", r.reason);
-            println!("    seen: {}", r.evidence);
-            if let Some(finding) = &r.finding {
-                println!("    finding: {finding}");
-            }
-        }
-        println!();
-        println!(
-            "{} of {} scenarios behaved as the policies predict.",
-            results.iter().filter(|r| r.expected == r.observed).count(),
-            results.len()
-        );
-        let findings = results.iter().filter(|r| r.finding.is_some()).count();
-        if findings > 0 {
-            println!(
-                "{findings} differed because ztunnel behaves differently there (◆ finding, explained above); that is a result, not a failure of the lab."
-            );
-        }
-    }
-    if let (Some(plumbing), false) = (&lab.plumbing, args.json) {
-        println!();
-        println!("How this emulates the Cilium layer, and where it differs from Cilium:");
-        for line in plumbing.differences_from_cilium() {
-            println!("  - {line}");
-        }
-    }
-    if args.explain {
-        println!();
-        match explain(&lab).await {
-            Ok(story) => print!("{story}"),
-            Err(e) => eprintln!("could not tell the story: {:#}", anyhow::Error::from(e)),
-        }
-    }
-    if let (Some(capture), Some(dir)) = (capture, &args.capture) {
-        let file = capture.stop();
-        let keys = dir.join("keys.log");
-        println!();
-        println!(
-            "The wire, recorded: {} (decrypt with {})",
-            file.display(),
-            keys.display()
-        );
-        println!(
-            "  hbone-lab wire {}                 # one connection as a ladder, and connection.svg",
-            dir.display()
-        );
-        println!(
-            "  tshark -r {} -o tls.keylog_file:{} -d tcp.port==15008,tls -Y http2",
-            file.display(),
-            keys.display()
-        );
-        println!(
-            "  wireshark -o tls.keylog_file:{} {}   # the same, in Wireshark",
-            keys.display(),
-            file.display()
-        );
-        println!("  (keys.log decrypts everything in the capture: keep it to yourself)");
-    }
-    if args.keep {
-        println!();
-        println!("The lab keeps running. Try:");
-        match &lab.plumbing {
-            None => {
-                println!(
-                    "  curl http://{}/                       # the status page, through the gateway",
-                    lab.gateway
-                );
-                println!(
-                    "  curl -H 'Accept: application/json' http://{}/",
-                    lab.gateway
-                );
-            }
-            Some(p) => {
-                let ns = |pod: &str| p.pods[pod].name().to_string();
-                let (hello_vip, postgres_vip) = lab.mode.vips();
-                println!(
-                    "  ip netns exec {} curl http://{}/          # a browser outside the cluster → gateway → hello-app",
-                    p.world.name(),
-                    lab.gateway
-                );
-                println!(
-                    "  ip netns exec {} curl -m 3 http://{hello_vip}:8000/health   # refused by Istio (sa/default)",
-                    ns("test-pod")
-                );
-                println!(
-                    "  ip netns exec {} psql postgresql://hello:hello@{postgres_vip}:5432/hellodb -c 'select 1'   # allowed",
-                    ns("hello-app")
-                );
-                println!(
-                    "  ip netns exec {} iptables -L HBL_CILIUM_EGRESS -v -n   # the Cilium layer, with packet counters",
-                    ns("test-pod")
-                );
-                println!("  namespaces: {}", p.names().join(" "));
-            }
-        }
-        for node in &lab.nodes {
-            println!(
-                "  curl http://{}/metrics   # {} metrics;  admin: http://{}/certs",
-                node.addrs.metrics.expect("metrics"),
-                node.core.node,
-                node.addrs.admin.expect("admin")
+            let _ = writeln!(
+                w,
+                "  curl -H 'Accept: application/json' http://{}/",
+                lab.gateway
             );
         }
-        for z in &lab.ztunnels {
-            let ns = lab
-                .plumbing
-                .as_ref()
-                .map(|p| p.nodes[&z.node].name().to_string())
-                .unwrap_or_default();
-            println!(
-                "  ip netns exec {ns} curl -s localhost:15000/config_dump   # {}'s ztunnel: workloads, policies, certificates (log: {})",
-                z.node,
-                z.ztunnel.settings.log.display()
+        Some(p) => {
+            let ns = |pod: &str| p.pods[pod].name().to_string();
+            let (hello_vip, postgres_vip) = lab.mode.vips();
+            let _ = writeln!(
+                w,
+                "  ip netns exec {} curl http://{}/          # a browser outside the cluster → gateway → hello-app",
+                p.world.name(),
+                lab.gateway
             );
+            let _ = writeln!(
+                w,
+                "  ip netns exec {} curl -m 3 http://{hello_vip}:8000/health   # refused by Istio (sa/default)",
+                ns("test-pod")
+            );
+            let _ = writeln!(
+                w,
+                "  ip netns exec {} psql postgresql://hello:hello@{postgres_vip}:5432/hellodb -c 'select 1'   # allowed",
+                ns("hello-app")
+            );
+            let _ = writeln!(
+                w,
+                "  ip netns exec {} iptables -L HBL_CILIUM_EGRESS -v -n   # the Cilium layer, with packet counters",
+                ns("test-pod")
+            );
+            let _ = writeln!(w, "  namespaces: {}", p.names().join(" "));
         }
-        println!("Ctrl-C tears it all down.");
-        crate::proxy_cmd::wait_for_stop().await?;
     }
-    lab.shutdown().await;
-    if !all_match {
-        anyhow::bail!("some scenarios did not behave as the policies predict");
+    for node in &lab.nodes {
+        let _ = writeln!(
+            w,
+            "  curl http://{}/metrics   # {} metrics;  admin: http://{}/certs",
+            node.addrs.metrics.expect("metrics"),
+            node.core.node,
+            node.addrs.admin.expect("admin")
+        );
     }
-    Ok(())
+    for z in &lab.ztunnels {
+        let ns = lab
+            .plumbing
+            .as_ref()
+            .map(|p| p.nodes[&z.node].name().to_string())
+            .unwrap_or_default();
+        let _ = writeln!(
+            w,
+            "  ip netns exec {ns} curl -s localhost:15000/config_dump   # {}'s ztunnel: workloads, policies, certificates (log: {})",
+            z.node,
+            z.ztunnel.settings.log.display()
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use hbone_standalone::scenarios::Verdict;
+
+    use super::*;
+
+    fn scenario(
+        name: &str,
+        expected: Verdict,
+        observed: Verdict,
+        finding: Option<&str>,
+    ) -> ScenarioResult {
+        ScenarioResult {
+            name: name.into(),
+            source: "test-pod".into(),
+            destination: "hello-app:8000".into(),
+            expected,
+            observed,
+            reason: "no ALLOW policy matches".into(),
+            evidence: "reset after the handshake".into(),
+            finding: finding.map(String::from),
+        }
+    }
+
+    #[test]
+    fn the_table_marks_matches_findings_and_mismatches() {
+        let results = [
+            scenario("as predicted", Verdict::Deny, Verdict::Deny, None),
+            scenario(
+                "ztunnel differs",
+                Verdict::Deny,
+                Verdict::Allow,
+                Some("ztunnel keeps it"),
+            ),
+            scenario("wrong", Verdict::Allow, Verdict::Deny, None),
+        ];
+        let table = results_table(&results);
+        let line = |name: &str| {
+            table
+                .lines()
+                .find(|l| l.starts_with(name))
+                .unwrap()
+                .to_string()
+        };
+        assert!(line("as predicted").ends_with("✔"), "{table}");
+        assert!(line("ztunnel differs").ends_with("◆ FINDING"), "{table}");
+        assert!(line("wrong").ends_with("✘ MISMATCH"), "{table}");
+        assert!(table.contains("    finding: ztunnel keeps it"), "{table}");
+        assert!(
+            table.contains("1 of 3 scenarios behaved as the policies predict."),
+            "{table}"
+        );
+        assert!(
+            table.contains("1 differed because ztunnel behaves differently"),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn the_capture_hints_name_the_files() {
+        let hints = capture_hints(Path::new("/tmp/w/mesh.pcapng"), Path::new("/tmp/w"));
+        assert!(hints.contains("  hbone-lab wire /tmp/w "), "{hints}");
+        assert!(
+            hints.contains("  tshark -r /tmp/w/mesh.pcapng -o tls.keylog_file:/tmp/w/keys.log -d tcp.port==15008,tls -Y http2"),
+            "{hints}"
+        );
+    }
 }

@@ -10,15 +10,21 @@ use crate::node_proxy::NodeInfo;
 use crate::verify::{Cluster, PodInfo, ProbeRun, ProbeSpec, ResourceRef, VerifyError};
 
 #[derive(Debug, Default)]
+/// A cluster made of fields, for testing `verify` where no API server runs (a fake, as its name says).
 pub struct FakeCluster {
+    /// Pods of the lab's namespace.
     pub pods: Vec<PodInfo>,
+    /// The resources that exist.
     pub resources: BTreeSet<ResourceRef>,
+    /// A Service's name → its type.
     pub service_types: BTreeMap<String, String>,
+    /// The namespace-wide PeerAuthentication's mode, if one exists.
     pub peer_authentication: Option<String>,
     /// `(probe pod's service account, target argument)` → exit code.
     pub probe_outcomes: BTreeMap<(String, String), i32>,
     /// Every probe pod that was "run", for assertions.
     pub probes_run: Mutex<Vec<ProbeSpec>>,
+    /// The cluster's nodes.
     pub nodes: Vec<NodeInfo>,
     /// Pods of the node proxies' namespace (istio-system).
     pub system_pods: Vec<PodInfo>,

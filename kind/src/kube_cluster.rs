@@ -13,6 +13,7 @@ use kube::{Api, Client};
 use crate::node_proxy::NodeInfo;
 use crate::verify::{Cluster, PodInfo, ProbeRun, ProbeSpec, ResourceRef, VerifyError};
 
+/// A real cluster, through the kubeconfig's current context.
 pub struct KubeCluster {
     client: Client,
 }
@@ -22,6 +23,7 @@ fn api_err(e: kube::Error) -> VerifyError {
 }
 
 impl KubeCluster {
+    /// Connects as kubectl would (kubeconfig, or in-cluster).
     pub async fn connect() -> Result<Self, VerifyError> {
         let client = Client::try_default().await.map_err(|e| {
             VerifyError::Api(format!(

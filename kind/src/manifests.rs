@@ -25,17 +25,29 @@ pub use hbone_policies::load::LoadError as ManifestError;
 /// One typed manifest.
 #[derive(Debug, Clone)]
 pub enum Manifest {
+    /// A Namespace.
     Namespace(Box<Namespace>),
+    /// A ServiceAccount.
     ServiceAccount(Box<ServiceAccount>),
+    /// A Secret.
     Secret(Box<Secret>),
+    /// A Deployment.
     Deployment(Box<Deployment>),
+    /// A DaemonSet.
     DaemonSet(Box<DaemonSet>),
+    /// A Service.
     Service(Box<Service>),
+    /// A Pod.
     Pod(Box<Pod>),
+    /// A Gateway (Gateway API).
     Gateway(Box<Gateway>),
+    /// An HTTPRoute (Gateway API).
     HTTPRoute(Box<HTTPRoute>),
+    /// A ConfigMap.
     ConfigMap(Box<ConfigMap>),
+    /// A ClusterRole.
     ClusterRole(Box<ClusterRole>),
+    /// A ClusterRoleBinding.
     ClusterRoleBinding(Box<ClusterRoleBinding>),
 }
 
@@ -62,8 +74,11 @@ impl Manifest {
 /// A manifest and where it came from.
 #[derive(Debug, Clone)]
 pub struct Loaded {
+    /// The file it was read from.
     pub file: String,
+    /// Its document's index in the file, from 0.
     pub doc: usize,
+    /// The manifest.
     pub manifest: Manifest,
 }
 

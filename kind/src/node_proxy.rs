@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 /// The node label that hands a node to hbone-lab (and keeps ztunnel off it).
 pub const LABEL: &str = "hbone-lab.io/node-proxy";
+/// The value of [`LABEL`] on hbone-lab's nodes.
 pub const VALUE: &str = "hbone-lab";
 /// hbone-lab's node-proxy DaemonSet, and the `app` label of its pods.
 pub const DAEMONSET: &str = "hbone-node-proxy";
@@ -22,7 +23,9 @@ pub const ZTUNNEL_APP: &str = "ztunnel";
 /// A node as `verify` sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeInfo {
+    /// The node's name.
     pub name: String,
+    /// Its labels.
     pub labels: BTreeMap<String, String>,
 }
 
@@ -47,6 +50,7 @@ pub struct NodeProxies {
 }
 
 impl NodeProxies {
+    /// Sorts the workers by the node proxy their label gives them (the control plane runs none).
     pub fn from_nodes(nodes: &[NodeInfo]) -> NodeProxies {
         let workers = nodes.iter().filter(|n| !n.control_plane());
         let (hbone_lab, ztunnel): (Vec<&NodeInfo>, Vec<&NodeInfo>) =

@@ -23,18 +23,29 @@ use crate::node_proxy::{self, NodeInfo, NodeProxies};
 use hbone_policies::selector::labels_match;
 
 #[derive(Debug, Error)]
+/// Why `verify` could not look at the cluster.
 pub enum VerifyError {
     #[error("the Kubernetes API: {0}")]
+    /// The API server's error.
     Api(String),
     #[error("probe pod {pod}: {message}")]
-    Probe { pod: String, message: String },
+    /// A probe pod did not run to an end.
+    Probe {
+        /// The probe pod.
+        pod: String,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 /// A pod as `verify` needs to see it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PodInfo {
+    /// The pod's name.
     pub name: String,
+    /// Its labels.
     pub labels: BTreeMap<String, String>,
+    /// Whether all its containers are ready.
     pub ready: bool,
     /// The node it runs on, once scheduled.
     pub node: Option<String>,
@@ -43,18 +54,26 @@ pub struct PodInfo {
 /// A policy resource by kind, namespace (None: cluster-scoped) and name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ResourceRef {
+    /// `AuthorizationPolicy`, `CiliumNetworkPolicy`, …
     pub kind: String,
+    /// Its namespace; `None` when cluster-scoped.
     pub namespace: Option<String>,
+    /// Its name.
     pub name: String,
 }
 
 /// A short-lived pod that tries one connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeSpec {
+    /// The pod's name.
     pub pod_name: String,
+    /// Its namespace.
     pub namespace: String,
+    /// The service account it runs as (its mesh identity).
     pub service_account: String,
+    /// Its labels (what policies select it by).
     pub labels: BTreeMap<String, String>,
+    /// hbone-lab's image.
     pub image: String,
     /// `hbone-lab` arguments: `app probe <target> --kind <kind> --timeout 5s`.
     pub args: Vec<String>,
@@ -67,57 +86,76 @@ pub struct ProbeSpec {
 /// answer) and its log line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeRun {
+    /// 0 answered, 1 refused, 2 no answer.
     pub exit_code: i32,
+    /// What it printed.
     pub log: String,
 }
 
 /// What `verify` asks of a cluster.
 pub trait Cluster {
+    /// The pods of `namespace`.
     fn pods(&self, namespace: &str) -> impl Future<Output = Result<Vec<PodInfo>, VerifyError>>;
+    /// Whether `resource` exists.
     fn exists(&self, resource: &ResourceRef) -> impl Future<Output = Result<bool, VerifyError>>;
+    /// The type of Service `namespace/name`, if it exists.
     fn service_type(
         &self,
         namespace: &str,
         name: &str,
     ) -> impl Future<Output = Result<Option<String>, VerifyError>>;
+    /// The mode of PeerAuthentication `namespace/name`, if it exists.
     fn peer_authentication_mode(
         &self,
         namespace: &str,
         name: &str,
     ) -> impl Future<Output = Result<Option<String>, VerifyError>>;
+    /// Runs a probe pod to its end.
     fn run_probe(&self, spec: &ProbeSpec) -> impl Future<Output = Result<ProbeRun, VerifyError>>;
+    /// The cluster's nodes.
     fn nodes(&self) -> impl Future<Output = Result<Vec<NodeInfo>, VerifyError>>;
 }
 
 /// One check and its outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckResult {
+    /// What was checked.
     pub name: String,
+    /// Whether it held.
     pub ok: bool,
+    /// What was seen.
     pub detail: String,
 }
 
 /// One connectivity row, predicted and observed.
 #[derive(Debug, Clone)]
 pub struct Observed {
+    /// The predicted row of the matrix.
     pub row: Row,
+    /// What the probe saw; `None` when it could not tell.
     pub observed: Option<Verdict>,
+    /// The probe's own words.
     pub detail: String,
 }
 
 impl Observed {
+    /// True when the cluster did what the matrix predicts.
     pub fn matches(&self) -> bool {
         self.observed == Some(self.row.verdict)
     }
 }
 
 #[derive(Debug, Clone, Default)]
+/// Everything `verify` found.
 pub struct Report {
+    /// The checks of what is installed.
     pub checks: Vec<CheckResult>,
+    /// The connectivity rows, when probed.
     pub connectivity: Vec<Observed>,
 }
 
 impl Report {
+    /// True when every check held and every row matched.
     pub fn ok(&self) -> bool {
         self.checks.iter().all(|c| c.ok) && self.connectivity.iter().all(Observed::matches)
     }
@@ -150,8 +188,11 @@ impl Report {
 /// Options of one verification.
 #[derive(Debug, Clone)]
 pub struct VerifyOptions {
+    /// The lab's namespace.
     pub namespace: String,
+    /// The image the probe pods run.
     pub image: String,
+    /// Whether to probe the connectivity matrix (one pod per row).
     pub connectivity: bool,
 }
 

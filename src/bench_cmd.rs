@@ -5,12 +5,14 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use hbone_bench::chart;
 use hbone_bench::instructions::{self, InstructionSettings};
 use hbone_bench::report::{markdown, table};
-use hbone_bench::runner::{BenchSettings, LADDER_SCENARIOS, Progress, SCENARIOS, run, summarize};
+use hbone_bench::runner::{
+    BenchSettings, LADDER_SCENARIOS, Progress, SCENARIOS, Sample, run, summarize,
+};
 use hbone_bench::subjects::{Shared, Subject, ZtunnelMode};
 use hbone_bench::topology::Topology;
+use hbone_bench::{chart, scale};
 
 /// Measure hbone-lab's proxy against no proxy and a real ztunnel, on the same
 /// two-pod network-namespace path (needs root), interleaved, with medians and
@@ -104,9 +106,6 @@ pub struct BenchArgs {
     replot: Option<PathBuf>,
 }
 
-/// The curves `--scale` draws, in order.
-const SCALE_CURVES: &[&str] = &["scale_workloads", "scale_policies", "scale_connections"];
-
 /// Redraws the Markdown table and the chart from a saved run.
 fn replot(json_path: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(json_path)
@@ -120,7 +119,7 @@ fn replot(json_path: &std::path::Path, out: &std::path::Path) -> anyhow::Result<
             })?;
         std::fs::create_dir_all(out)?;
         std::fs::write(out.join("scale.svg"), chart::scale_svg(&rows)?)?;
-        print!("{}", hbone_bench::scale::table(&rows));
+        print!("{}", scale::table(&rows));
         println!("wrote {}", out.join("scale.svg").display());
         return Ok(());
     }
@@ -171,70 +170,13 @@ pub async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         hbone_proxy::netns::can_create(),
         "the benchmark builds two pod network namespaces: run it as root (iproute2 and iptables installed)"
     );
-    let mut settings = if args.quick {
-        BenchSettings::quick()
-    } else {
-        BenchSettings::full()
-    };
-    if let Some(r) = args.reps {
-        settings.repetitions = r.max(1);
-    }
-    if let Some(s) = args.seconds {
-        settings.seconds = s;
-    }
-    let mut subjects = if args.ladder {
-        hbone_bench::subjects::ladder().to_vec()
-    } else {
-        vec![Subject::Direct, Subject::HboneLab]
-    };
     anyhow::ensure!(
         !(args.ladder && (args.instructions || args.scale)),
         "--ladder is a timed run; it does not go with --instructions or --scale"
     );
-    if let Some(exe) = &args.baseline {
-        anyhow::ensure!(exe.is_file(), "--baseline {} is not a file", exe.display());
-        subjects.push(Subject::Baseline(exe.clone()));
-    }
-    match &args.ztunnel {
-        Some(bin) => {
-            anyhow::ensure!(bin.is_file(), "--ztunnel {} is not a file", bin.display());
-            let mode = match args.ztunnel_mode.as_str() {
-                "dedicated" => ZtunnelMode::Dedicated,
-                _ => ZtunnelMode::Shared,
-            };
-            subjects.push(Subject::Ztunnel {
-                binary: bin.clone(),
-                mode,
-            });
-        }
-        None => eprintln!(
-            "note: no --ztunnel / ZTUNNEL_BIN given, so ztunnel is not measured in this run"
-        ),
-    }
-    let known: &[&str] = if args.scale { SCALE_CURVES } else { SCENARIOS };
-    let scenarios: Vec<&str> = if args.scale {
-        for s in &args.scenarios {
-            anyhow::ensure!(
-                known.contains(&s.as_str()),
-                "unknown curve {s:?} for --scale; known: {}",
-                known.join(", ")
-            );
-        }
-        Vec::new()
-    } else if args.scenarios.is_empty() && args.ladder {
-        LADDER_SCENARIOS.to_vec()
-    } else if args.scenarios.is_empty() {
-        SCENARIOS.to_vec()
-    } else {
-        for s in &args.scenarios {
-            anyhow::ensure!(
-                SCENARIOS.contains(&s.as_str()),
-                "unknown scenario {s:?}; known: {}",
-                SCENARIOS.join(", ")
-            );
-        }
-        args.scenarios.iter().map(String::as_str).collect()
-    };
+    let settings = settings(&args);
+    let subjects = subjects(&args)?;
+    let scenarios = scenarios(&args)?;
     let topology = Topology::create().context("creating the benchmark namespaces")?;
     let shared_ztunnel = subjects.iter().any(|s| {
         matches!(
@@ -249,75 +191,7 @@ pub async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     // Ctrl-C or SIGTERM stops the run; the subjects' processes, the CA and
     // the namespaces are cleaned up on the way out either way.
     if args.scale {
-        let sizes = hbone_bench::scale::sizes(args.quick);
-        let curves: Vec<&str> = if args.scenarios.is_empty() {
-            SCALE_CURVES.to_vec()
-        } else {
-            args.scenarios.iter().map(String::as_str).collect()
-        };
-        let mut say = |line: &str| eprintln!("{line}");
-        let mut shared = shared;
-        let mut rows = Vec::new();
-        let mut failed = None;
-        for curve in curves {
-            let measured = match curve {
-                "scale_workloads" => {
-                    hbone_bench::scale::workloads(
-                        &subjects,
-                        &topology,
-                        &shared,
-                        &sizes.workloads,
-                        &mut say,
-                    )
-                    .await
-                }
-                "scale_policies" => {
-                    hbone_bench::scale::policies::policies(
-                        &subjects,
-                        &topology,
-                        &mut shared,
-                        &sizes,
-                        &mut say,
-                    )
-                    .await
-                }
-                _ => {
-                    hbone_bench::scale::connections::connections(
-                        &subjects,
-                        &topology,
-                        &mut shared,
-                        &sizes,
-                        &mut say,
-                    )
-                    .await
-                }
-            };
-            match measured {
-                Ok(r) => rows.extend(r),
-                Err(e) => {
-                    failed = Some(e);
-                    break;
-                }
-            }
-        }
-        shared.shutdown().await;
-        if let Some(e) = failed {
-            return Err(e.into());
-        }
-        print!("{}", hbone_bench::scale::table(&rows));
-        std::fs::create_dir_all(&args.out)?;
-        let json = serde_json::json!({"subjects": subjects.iter().map(|s| s.name()).collect::<Vec<_>>(), "scale": rows});
-        std::fs::write(
-            args.out.join("bench.json"),
-            serde_json::to_string_pretty(&json)?,
-        )?;
-        std::fs::write(args.out.join("scale.svg"), chart::scale_svg(&rows)?)?;
-        println!(
-            "wrote {} and {}",
-            args.out.join("bench.json").display(),
-            args.out.join("scale.svg").display()
-        );
-        return Ok(());
+        return run_scale(&args, &scenarios, &subjects, &topology, shared).await;
     }
     let mut bar = Bar;
     let counts = if args.quick {
@@ -345,8 +219,115 @@ pub async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         drop(topology);
         anyhow::bail!("interrupted: the benchmark's processes and namespaces were removed");
     };
-    let samples = samples?;
-    let summaries = summarize(&samples);
+    write_results(&args, &settings, &subjects, &samples?)
+}
+
+/// How long and how often each figure is measured.
+fn settings(args: &BenchArgs) -> BenchSettings {
+    let mut settings = if args.quick {
+        BenchSettings::quick()
+    } else {
+        BenchSettings::full()
+    };
+    if let Some(r) = args.reps {
+        settings.repetitions = r.max(1);
+    }
+    if let Some(s) = args.seconds {
+        settings.seconds = s;
+    }
+    settings
+}
+
+/// Who is measured: direct and hbone-lab (or the ladder's rungs), then the
+/// baseline and ztunnel when given.
+fn subjects(args: &BenchArgs) -> anyhow::Result<Vec<Subject>> {
+    let mut subjects = if args.ladder {
+        hbone_bench::subjects::ladder().to_vec()
+    } else {
+        vec![Subject::Direct, Subject::HboneLab]
+    };
+    if let Some(exe) = &args.baseline {
+        anyhow::ensure!(exe.is_file(), "--baseline {} is not a file", exe.display());
+        subjects.push(Subject::Baseline(exe.clone()));
+    }
+    match &args.ztunnel {
+        Some(bin) => {
+            anyhow::ensure!(bin.is_file(), "--ztunnel {} is not a file", bin.display());
+            let mode = match args.ztunnel_mode.as_str() {
+                "dedicated" => ZtunnelMode::Dedicated,
+                _ => ZtunnelMode::Shared,
+            };
+            subjects.push(Subject::Ztunnel {
+                binary: bin.clone(),
+                mode,
+            });
+        }
+        None => eprintln!(
+            "note: no --ztunnel / ZTUNNEL_BIN given, so ztunnel is not measured in this run"
+        ),
+    }
+    Ok(subjects)
+}
+
+/// The scenarios (or, with --scale, the curves) asked for, every name checked.
+fn scenarios(args: &BenchArgs) -> anyhow::Result<Vec<&str>> {
+    let (known, what) = match args.scale {
+        true => (scale::CURVES, "curve"),
+        false => (SCENARIOS, "scenario"),
+    };
+    for s in &args.scenarios {
+        anyhow::ensure!(
+            known.contains(&s.as_str()),
+            "unknown {what} {s:?}{}; known: {}",
+            if args.scale { " for --scale" } else { "" },
+            known.join(", ")
+        );
+    }
+    Ok(match (args.scenarios.is_empty(), args.scale, args.ladder) {
+        (false, _, _) => args.scenarios.iter().map(String::as_str).collect(),
+        (true, true, _) => scale::CURVES.to_vec(),
+        (true, false, true) => LADDER_SCENARIOS.to_vec(),
+        (true, false, false) => SCENARIOS.to_vec(),
+    })
+}
+
+/// The scale curves: measured, printed, written to bench.json and scale.svg.
+async fn run_scale(
+    args: &BenchArgs,
+    curves: &[&str],
+    subjects: &[Subject],
+    topology: &Topology,
+    mut shared: Shared,
+) -> anyhow::Result<()> {
+    let sizes = scale::sizes(args.quick);
+    let mut say = |line: &str| eprintln!("{line}");
+    let measured = scale::run(curves, subjects, topology, &mut shared, &sizes, &mut say).await;
+    shared.shutdown().await;
+    let rows = measured?;
+    print!("{}", scale::table(&rows));
+    std::fs::create_dir_all(&args.out)?;
+    let json = serde_json::json!({"subjects": subjects.iter().map(|s| s.name()).collect::<Vec<_>>(), "scale": rows});
+    std::fs::write(
+        args.out.join("bench.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
+    std::fs::write(args.out.join("scale.svg"), chart::scale_svg(&rows)?)?;
+    println!(
+        "wrote {} and {}",
+        args.out.join("bench.json").display(),
+        args.out.join("scale.svg").display()
+    );
+    Ok(())
+}
+
+/// The timed (or counted) run's table, bench.json, bench.md and bench.svg.
+fn write_results(
+    args: &BenchArgs,
+    settings: &BenchSettings,
+    subjects: &[Subject],
+    samples: &[Sample],
+) -> anyhow::Result<()> {
+    let summaries = summarize(samples);
     println!("{}", table(&summaries));
     std::fs::create_dir_all(&args.out)?;
     let json = serde_json::json!({

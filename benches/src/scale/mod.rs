@@ -28,6 +28,9 @@ pub use workloads::workloads;
 use crate::runner::Sample;
 use crate::subjects::{SubjectError, rss_bytes};
 
+/// The curves, by the names `--scenarios` picks them with.
+pub const CURVES: &[&str] = &["scale_workloads", "scale_policies", "scale_connections"];
+
 fn setup<E: std::fmt::Display>(e: E) -> SubjectError {
     SubjectError::Setup(e.to_string())
 }
@@ -40,6 +43,29 @@ pub struct Sizes {
     pub connections: Vec<usize>,
     /// Seconds of new connections per policy count.
     pub seconds: f64,
+}
+
+/// Measures `curves` (names from [`CURVES`]) in
+/// order, each for every subject; stops at the first that fails.
+pub async fn run(
+    curves: &[&str],
+    subjects: &[crate::subjects::Subject],
+    topology: &crate::topology::Topology,
+    shared: &mut crate::subjects::Shared,
+    sizes: &Sizes,
+    say: &mut dyn FnMut(&str),
+) -> Result<Vec<Sample>, SubjectError> {
+    let mut rows = Vec::new();
+    for curve in curves {
+        rows.extend(match *curve {
+            "scale_workloads" => {
+                workloads(subjects, topology, shared, &sizes.workloads, say).await?
+            }
+            "scale_policies" => policies::policies(subjects, topology, shared, sizes, say).await?,
+            _ => connections::connections(subjects, topology, shared, sizes, say).await?,
+        });
+    }
+    Ok(rows)
 }
 
 /// The sizes of a run.

@@ -7,6 +7,7 @@
 //!   its 200 — the per-connection cost once the pool holds a connection;
 //! - an Istio and a Cilium policy decision with the lab's own policies;
 //! - the CA signing a CSR.
+#![allow(missing_docs)] // criterion_group! makes an undocumented public function
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -16,6 +16,7 @@ use crate::runner::Summary;
 
 #[derive(Debug, Error)]
 #[error("cannot draw the chart: {0}")]
+/// Why a chart could not be drawn.
 pub struct ChartError(String);
 
 fn err(e: impl std::fmt::Display) -> ChartError {

@@ -40,6 +40,7 @@ pub struct InstructionSettings {
 }
 
 impl InstructionSettings {
+    /// `--quick`: 300 requests, 30 connections, 16 MiB.
     pub fn quick() -> Self {
         InstructionSettings {
             requests: 300,
@@ -48,6 +49,7 @@ impl InstructionSettings {
         }
     }
 
+    /// The full counts: 3000 requests, 300 connections, 256 MiB.
     pub fn full() -> Self {
         InstructionSettings {
             requests: 3000,

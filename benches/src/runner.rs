@@ -15,19 +15,26 @@ use crate::subjects::{
 };
 use crate::topology::{SERVER_IP, Topology};
 
+/// The server pod's sink (throughput scenarios).
 pub const SINK_PORT: u16 = 5201;
+/// The server pod's request/response server.
 pub const RR_PORT: u16 = 5202;
 
 /// How long and how often.
 #[derive(Debug, Clone)]
 pub struct BenchSettings {
+    /// Seconds per measurement.
     pub seconds: f64,
+    /// Measurements per subject and scenario (their median is reported).
     pub repetitions: usize,
+    /// Streams of the parallel throughput scenario.
     pub parallel_streams: usize,
+    /// Idle connections held open for the memory scenario.
     pub idle_connections: usize,
 }
 
 impl BenchSettings {
+    /// `--quick`: 1 s, one repetition.
     pub fn quick() -> Self {
         BenchSettings {
             seconds: 1.0,
@@ -38,6 +45,7 @@ impl BenchSettings {
         }
     }
 
+    /// The full run: 5 s, three repetitions.
     pub fn full() -> Self {
         BenchSettings {
             seconds: 5.0,
@@ -51,23 +59,33 @@ impl BenchSettings {
 /// One measurement: subject × scenario × repetition.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Sample {
+    /// Who was measured.
     pub subject: String,
+    /// Which scenario.
     pub scenario: String,
+    /// Which repetition, from 0.
     pub repetition: usize,
+    /// The figures by name (`gbit_per_s`, `p99_ms`, …).
     pub figures: BTreeMap<String, f64>,
 }
 
 /// The medians of one subject × scenario, with ratios against direct and ztunnel.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
+    /// Who was measured.
     pub subject: String,
+    /// Which scenario.
     pub scenario: String,
     #[serde(flatten)]
+    /// The median of each figure.
     pub figures: BTreeMap<String, f64>,
+    /// Each figure ÷ direct's.
     pub ratio_vs_direct: BTreeMap<String, f64>,
+    /// Each figure ÷ ztunnel's, when ztunnel ran.
     pub ratio_vs_ztunnel: BTreeMap<String, f64>,
 }
 
+/// Every timed scenario, in the order they run.
 pub const SCENARIOS: &[&str] = &[
     "throughput_1",
     "throughput_n",
@@ -298,6 +316,7 @@ pub(crate) async fn warm_up(
 
 /// Progress of a run, for a progress bar.
 pub trait Progress {
+    /// `done` of `total` steps are done; `what` runs next.
     fn step(&mut self, done: usize, total: usize, what: &str);
 }
 

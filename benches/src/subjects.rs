@@ -27,17 +27,23 @@ use thiserror::Error;
 use crate::topology::{CLIENT_IP, SERVER_IP, Topology};
 
 #[derive(Debug, Error)]
+/// Why a subject could not be set up or started.
 pub enum SubjectError {
     #[error("setup: {0}")]
+    /// A setup step failed.
     Setup(String),
     /// A step of the lab's own (a node's control plane, a shared-mode
     /// ztunnel), its cause kept.
     #[error(transparent)]
     Lab(#[from] hbone_standalone::topology::LabError),
     #[error("{what} did not become ready in {secs} s; its log:\n{log}")]
+    /// A process did not become ready in time.
     NotReady {
+        /// What was waited for.
         what: String,
+        /// How long.
         secs: u64,
+        /// The tail of its log.
         log: String,
     },
 }
@@ -47,14 +53,20 @@ fn setup<E: std::fmt::Display>(e: E) -> SubjectError {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+/// Who is measured.
 pub enum Subject {
+    /// No proxy: the client talks to the server.
     Direct,
+    /// hbone-lab's proxies, this binary.
     HboneLab,
     /// Another hbone-lab binary (say, `main` before a change), measured in
     /// the same run so that a change's effect is not lost in the drift.
     Baseline(PathBuf),
+    /// A real ztunnel.
     Ztunnel {
+        /// Its binary.
         binary: PathBuf,
+        /// How it is run.
         mode: ZtunnelMode,
     },
     /// A lower rung of the cost ladder: hbone-lab's proxies with
@@ -75,6 +87,7 @@ pub enum ZtunnelMode {
 }
 
 impl Subject {
+    /// The subject's name in tables, JSON and charts.
     pub fn name(&self) -> &'static str {
         match self {
             Subject::Direct => "direct",
@@ -103,7 +116,9 @@ pub fn ladder() -> [Subject; 4] {
 /// — for a shared-mode ztunnel — a node namespace per pod with hbone-lab's
 /// control plane in it.
 pub struct Shared {
+    /// Where the shared files live (root, token, registry, policies).
     pub dir: tempfile::TempDir,
+    /// The hbone-lab binary the mesh subjects run.
     pub proxy_exe: PathBuf,
     cas: Vec<RunningCa>,
     pub(crate) root_file: PathBuf,
@@ -233,6 +248,7 @@ impl Shared {
         Ok(())
     }
 
+    /// Stops the CAs and the control plane.
     pub async fn shutdown(self) {
         for ca in self.cas {
             ca.shutdown().await;
@@ -271,6 +287,7 @@ impl Running {
         }
     }
 
+    /// Every process of the subject, for memory and CPU accounting.
     pub fn pids(&self) -> Vec<u32> {
         self.children
             .iter()
@@ -279,6 +296,7 @@ impl Running {
             .collect()
     }
 
+    /// Kills and reaps its processes.
     pub fn stop(mut self) {
         for child in &mut self.children {
             let _ = child.kill();

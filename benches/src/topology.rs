@@ -13,11 +13,16 @@ use hbone_proxy::netns::{
 };
 use hbone_workloads::dial::{Connect, Dialer, futures_lite::BoxedConnect};
 
+/// The client pod's address.
 pub const CLIENT_IP: &str = "10.253.0.1";
+/// The server pod's address.
 pub const SERVER_IP: &str = "10.253.0.2";
 
+/// The benchmark's two pods: a network namespace each, joined by a veth.
 pub struct Topology {
+    /// The client pod.
     pub client: NetNs,
+    /// The server pod.
     pub server: NetNs,
 }
 
@@ -43,6 +48,7 @@ const CAPTURE_CHAIN: &str = "HBONE_LAB_OUTPUT";
 const CA_PORT: u16 = 15012;
 
 impl Topology {
+    /// Creates both namespaces and the veth between them (root).
     pub fn create() -> Result<Self, NetnsError> {
         let tag = std::process::id() % 100_000;
         let client = NetNs::create(&format!("hlb-c-{tag}"))?;
@@ -79,6 +85,7 @@ impl Topology {
         Ok(Topology { client, server })
     }
 
+    /// The server pod's address.
     pub fn server_ip(&self) -> IpAddr {
         SERVER_IP.parse().expect("literal")
     }

@@ -38,8 +38,11 @@ fn setup<E: std::fmt::Display>(e: E) -> SubjectError {
 /// The sizes of each curve: `--quick` keeps them small.
 #[derive(Debug, Clone)]
 pub struct Sizes {
+    /// Workloads known to the proxy, per point.
     pub workloads: Vec<usize>,
+    /// AuthorizationPolicies selecting the destination, per point.
     pub policies: Vec<usize>,
+    /// Open idle connections, per point.
     pub connections: Vec<usize>,
     /// Seconds of new connections per policy count.
     pub seconds: f64,

@@ -19,6 +19,7 @@ use tokio::time::{Instant, timeout};
 /// How the clients behave.
 #[derive(Debug, Clone)]
 pub struct LoadSettings {
+    /// Clients connecting at once, each in a loop.
     pub clients: usize,
     /// The largest payload (bytes); sizes are uniform from 1 byte to this.
     pub max_payload: usize,
@@ -26,6 +27,7 @@ pub struct LoadSettings {
     pub max_payloads: usize,
     /// How long any one step may take before the connection counts as hung.
     pub io_timeout: Duration,
+    /// Seeds the payload sizes and contents, so a run can be repeated.
     pub seed: u64,
 }
 
@@ -33,12 +35,16 @@ pub struct LoadSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
+    /// Opening the connection (through the mesh).
     Connect,
+    /// Sending a payload and reading it back.
     Transfer,
+    /// Closing it.
     Close,
 }
 
 impl Phase {
+    /// The phase's name in reports.
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Connect => "connect",
@@ -51,20 +57,30 @@ impl Phase {
 /// One failed connection, its times from the start of the run.
 #[derive(Debug, Clone)]
 pub struct Failure {
+    /// When it started.
     pub started: Duration,
+    /// When it failed.
     pub ended: Duration,
+    /// In which phase.
     pub phase: Phase,
+    /// Why, in a word (`refused`, `reset`, `eof`, `timeout`, …).
     pub reason: &'static str,
 }
 
 /// What every client adds to.
 #[derive(Debug, Default)]
 pub struct Tally {
+    /// Connections tried.
     pub attempted: AtomicU64,
+    /// Connections that carried every payload intact and closed.
     pub succeeded: AtomicU64,
+    /// Payload bytes sent.
     pub bytes_sent: AtomicU64,
+    /// Bytes that came back as sent.
     pub bytes_verified: AtomicU64,
+    /// Bytes that came back different.
     pub bytes_corrupted: AtomicU64,
+    /// Every failed connection.
     pub failures: Mutex<Vec<Failure>>,
 }
 
@@ -73,6 +89,7 @@ impl Tally {
         counter.fetch_add(n as u64, Ordering::Relaxed);
     }
 
+    /// A counter's value now.
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
     }

@@ -53,22 +53,31 @@ use schedule::{Fault, Window, Windows, faults};
 pub const ECHO_PORT: u16 = 5203;
 
 #[derive(Debug, Error)]
+/// Why the soak could not run.
 pub enum SoakError {
     #[error("network namespaces: {0}")]
+    /// A namespace or veth could not be made.
     Netns(#[from] NetnsError),
     #[error("the CA: {0}")]
+    /// The CA could not be served.
     Ca(#[from] ServerError),
     #[error("the node agent: {0}")]
+    /// The node agent failed.
     Zds(#[from] ZdsError),
     #[error(transparent)]
+    /// A proxy could not be started.
     Subject(#[from] SubjectError),
     #[error("{what}: {source}")]
+    /// A file or process could not be used.
     Io {
+        /// What for.
         what: String,
         #[source]
+        /// Why.
         source: std::io::Error,
     },
     #[error("{0}")]
+    /// Something else in the setup failed.
     Setup(String),
 }
 
@@ -80,7 +89,9 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SoakError {
 /// What a soak does.
 #[derive(Debug, Clone)]
 pub struct SoakSettings {
+    /// How long the soak runs.
     pub duration: Duration,
+    /// How the clients behave.
     pub load: LoadSettings,
     /// How long the CA stays away each cycle.
     pub ca_outage: Duration,
@@ -117,6 +128,7 @@ impl SoakSettings {
 
 /// Progress as the run goes: each fault as it happens, and a line now and then.
 pub trait SoakProgress {
+    /// One line to show.
     fn say(&mut self, line: &str);
 }
 

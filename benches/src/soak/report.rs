@@ -14,9 +14,13 @@ use super::schedule::{Fault, Window, Windows};
 /// Failures of one kind.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct FailureGroup {
+    /// The window they fell in.
     pub window: Window,
+    /// The phase they failed in.
     pub phase: Phase,
+    /// Why.
     pub reason: &'static str,
+    /// How many.
     pub count: u64,
     /// Whether the window excuses them (a killed proxy, a DENY policy).
     pub excused: bool,
@@ -25,43 +29,63 @@ pub struct FailureGroup {
 /// One fault as it was carried out.
 #[derive(Debug, Clone, Serialize)]
 pub struct FaultRecord {
+    /// When it began, seconds from the start.
     pub at_s: f64,
+    /// Which fault.
     pub fault: Fault,
     /// How long it took until the system was back (or the step done).
     pub took_ms: u64,
+    /// What was seen.
     pub detail: String,
 }
 
 /// The most a proxy (over all its processes) used.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ProxyPeak {
+    /// The largest resident memory seen, in bytes.
     pub peak_rss_bytes: u64,
+    /// The most file descriptors seen open.
     pub peak_fds: u64,
+    /// How many processes it ran as, over the run (each hand-over and restart adds one).
     pub processes: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]
+/// What a soak found: its verdict is [`SoakReport::passed`].
 pub struct SoakReport {
+    /// How long it ran.
     pub seconds: f64,
+    /// Clients at once.
     pub clients: usize,
+    /// The load's seed.
     pub seed: u64,
+    /// The certificates' lifetime, in seconds.
     pub cert_ttl_s: f64,
+    /// How long the CA was away each cycle, in seconds.
     pub ca_outage_s: f64,
+    /// Connections tried.
     pub connections_attempted: u64,
+    /// Connections that carried every payload intact.
     pub connections_succeeded: u64,
     /// Failed connections by reason, whatever the window.
     pub connections_failed: BTreeMap<String, u64>,
+    /// Failures grouped by window, phase and reason.
     pub failures: Vec<FailureGroup>,
     /// Failures no fault excuses: must be zero.
     pub unexcused_failures: u64,
     /// Connections started during a hand-over that failed: must be zero.
     pub failed_new_connections_during_handover: u64,
+    /// Payload bytes sent.
     pub bytes_sent: u64,
+    /// Bytes that came back as sent.
     pub bytes_verified: u64,
     /// Bytes that came back different from what was sent: must be zero.
     pub bytes_corrupted: u64,
+    /// Every fault, as it was carried out.
     pub faults: Vec<FaultRecord>,
+    /// Certificates the CA signed during the run.
     pub certificates_issued: u64,
+    /// Each proxy's peak use.
     pub proxies: BTreeMap<String, ProxyPeak>,
     /// The client-side proxy's own count of what it refused, by reason.
     pub client_proxy_refusals: BTreeMap<String, u64>,
@@ -69,12 +93,17 @@ pub struct SoakReport {
 
 /// The failure tallies of a report, from the failures and the windows.
 pub struct FailureSummary {
+    /// Failures by reason.
     pub by_reason: BTreeMap<String, u64>,
+    /// Failures grouped by window, phase and reason.
     pub groups: Vec<FailureGroup>,
+    /// Failures no window excuses.
     pub unexcused: u64,
+    /// Connections started during a hand-over that failed.
     pub during_handover: u64,
 }
 
+/// Groups `failures` by the window each started in, and counts what no fault excuses.
 pub fn summarize_failures(failures: &[Failure], windows: &Windows) -> FailureSummary {
     let mut by_reason = BTreeMap::new();
     let mut groups: BTreeMap<(Window, Phase, &'static str), u64> = BTreeMap::new();
@@ -115,6 +144,7 @@ impl SoakReport {
             && self.failed_new_connections_during_handover == 0
     }
 
+    /// The report for a terminal.
     pub fn text(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(

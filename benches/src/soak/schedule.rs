@@ -35,6 +35,7 @@ pub enum Fault {
 }
 
 impl Fault {
+    /// The fault's name in reports.
     pub fn as_str(self) -> &'static str {
         match self {
             Fault::CaStop => "ca_stop",
@@ -52,14 +53,20 @@ impl Fault {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Window {
+    /// No fault under way.
     Steady,
+    /// The CA is away.
     CaOutage,
+    /// A proxy hands its pod over to a new one.
     Handover,
+    /// The server-side proxy was killed and is restarting.
     Kill,
+    /// A DENY policy is in force.
     Deny,
 }
 
 impl Window {
+    /// The window's name in reports.
     pub fn as_str(self) -> &'static str {
         match self {
             Window::Steady => "steady",
@@ -116,6 +123,7 @@ pub struct Windows {
 }
 
 impl Windows {
+    /// Records that `window` lasted from `from` to `to`.
     pub fn add(&mut self, window: Window, from: Duration, to: Duration) {
         self.spans.push((window, from, to));
     }

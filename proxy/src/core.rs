@@ -164,9 +164,7 @@ impl ProxyCore {
             Arc::new(client),
             ca.renewal.clone(),
         ));
-        let roots = hbone_ca::inspect::pem_certs(&ca.root_pem)
-            .map_err(|e| TlsSetupError::Root(Box::new(e)))?;
-        let mut trust = MeshTrust::new(&roots, &registry.trust_domain)?;
+        let mut trust = MeshTrust::from_pem(&ca.root_pem, &registry.trust_domain)?;
         if let Some(path) = &ca.key_log {
             let writer =
                 crate::keylog::KeyLogWriter::open(path).map_err(|source| CoreError::KeyLog {
@@ -187,9 +185,7 @@ impl ProxyCore {
         policies: impl Into<MeshAuthorization>,
         authority: Arc<hbone_ca::SigningAuthority>,
     ) -> Result<Self, CoreError> {
-        let roots = hbone_ca::inspect::pem_certs(authority.root_pem())
-            .map_err(|e| TlsSetupError::Root(Box::new(e)))?;
-        let trust = MeshTrust::new(&roots, authority.trust_domain())?;
+        let trust = MeshTrust::from_pem(authority.root_pem(), authority.trust_domain())?;
         let certs = Arc::new(CertificateManager::new(
             authority,
             hbone_ca::manager::RenewalPolicy::default(),

@@ -350,7 +350,8 @@ impl Pool {
                     }
                 }
                 why = watch => {
-                    warn!("{why}: dropping the HBONE connection and its streams");
+                    // Rare, and at warn the span is off: name the peer here.
+                    warn!(%addr, "{why}: dropping the HBONE connection and its streams");
                 }
             }
             flag.store(true, Ordering::Release);

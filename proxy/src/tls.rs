@@ -144,6 +144,13 @@ impl MeshTrust {
         })
     }
 
+    /// Trusting the root certificate(s) in `root_pem` for `trust_domain`.
+    pub fn from_pem(root_pem: &str, trust_domain: &str) -> Result<Self, TlsSetupError> {
+        let roots =
+            hbone_ca::inspect::pem_certs(root_pem).map_err(|e| TlsSetupError::Root(Box::new(e)))?;
+        MeshTrust::new(&roots, trust_domain)
+    }
+
     /// Logs every mesh connection's TLS secrets to `writer` (see [`crate::keylog`]).
     pub fn with_key_log(mut self, writer: Arc<crate::keylog::KeyLogWriter>) -> Self {
         self.key_log = Some(writer);

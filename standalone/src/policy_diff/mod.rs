@@ -261,8 +261,7 @@ impl Lab {
             .await
             .map_err(setup)?;
 
-        let root = hbone_ca::inspect::pem_certs(authority.root_pem()).map_err(setup)?;
-        let trust = MeshTrust::new(&root, "cluster.local").map_err(setup)?;
+        let trust = MeshTrust::from_pem(authority.root_pem(), "cluster.local").map_err(setup)?;
         let registry = Registry::from_file(RegistryFile {
             trust_domain: "cluster.local".into(),
             nodes: vec![Node {

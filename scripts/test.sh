@@ -45,23 +45,51 @@ cargo fmt --all -- --check
 say "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
+# The real control plane's programs (etcd, kube-apiserver, istiod, istioctl),
+# built from their Go modules into a cache (minutes the first time, seconds
+# after). Where they cannot be built, the tests that need them (each has
+# "istiod" in its name) are skipped.
+have_control_plane=false
+if [[ -n "${ISTIOD_BIN:-}" && -n "${KUBE_APISERVER_BIN:-}" && -n "${ETCD_BIN:-}" ]]; then
+  have_control_plane=true
+elif command -v go >/dev/null; then
+  say "building etcd, kube-apiserver, istiod and istioctl from their Go modules (cached)"
+  if scripts/control-plane-peers.sh >/dev/null; then
+    have_control_plane=true
+  else
+    echo "the control plane's programs could not be built (above): the istiod tests are skipped" >&2
+  fi
+else
+  echo "no 'go': the tests against the real istiod and kube-apiserver are skipped (install Go, or set ETCD_BIN, KUBE_APISERVER_BIN and ISTIOD_BIN)" >&2
+fi
+
 # Tests that drive a real ztunnel (each has "ztunnel" in its name), tests
 # that need root and tests that need a tool installed above (PostgreSQL,
 # Chromium, openssl, shellcheck) are #[ignore]d, so that where they cannot
 # run they show as skipped. As root they run; the ztunnel ones only when a ztunnel binary is
 # given: ZTUNNEL_BIN=/path/to/ztunnel scripts/test.sh
+# As root every ignored test runs, but those whose programs are missing.
+left_out=()
+[[ -n "${ZTUNNEL_BIN:-}" ]] || left_out+=(ztunnel)
+$have_control_plane || left_out+=(istiod)
 nextest_ignored=()
 test_ignored=()
 if [[ -n "${ZTUNNEL_BIN:-}" ]]; then
   say "ZTUNNEL_BIN=$ZTUNNEL_BIN: the ztunnel tests run too"
-  nextest_ignored=(--run-ignored all)
-  test_ignored=(-- --include-ignored)
-elif [[ $(id -u) -eq 0 ]]; then
-  echo "ZTUNNEL_BIN is not set: the tests against a real ztunnel are skipped" >&2
-  nextest_ignored=(--run-ignored all -E 'not test(/ztunnel/)')
-  test_ignored=(-- --include-ignored --skip ztunnel)
 else
-  echo "not root and no ZTUNNEL_BIN: the namespace and ztunnel tests are skipped" >&2
+  echo "ZTUNNEL_BIN is not set: the tests against a real ztunnel are skipped" >&2
+fi
+if [[ $(id -u) -eq 0 ]]; then
+  filter=""
+  test_ignored=(-- --include-ignored)
+  for name in "${left_out[@]}"; do
+    filter+="${filter:+ and }not test(/$name/)"
+    test_ignored+=(--skip "$name")
+  done
+  nextest_ignored=(--run-ignored all)
+  [[ -z "$filter" ]] || nextest_ignored+=(-E "$filter")
+else
+  echo "not root: the namespace, ztunnel and istiod tests are skipped" >&2
 fi
 
 if cargo nextest --version >/dev/null 2>&1; then

@@ -4,6 +4,7 @@
 mod app_cmd;
 mod bench_cmd;
 mod ca_cmd;
+mod control_plane_cmd;
 mod demo_cmd;
 mod kind_cmd;
 mod logging;
@@ -43,6 +44,8 @@ enum Command {
     /// The miniature SPIFFE certificate authority (Istio's CA protocol on 15012).
     #[command(subcommand)]
     Ca(ca_cmd::CaCommand),
+    /// The real Istio control plane here: etcd, kube-apiserver and istiod (built from their Go modules).
+    ControlPlane(control_plane_cmd::ControlPlaneArgs),
     /// Run an HBONE node proxy from a config file.
     Proxy(proxy_cmd::ProxyArgs),
     /// The lab's workloads: hello-app, gateway, worker, and the load peers.
@@ -68,6 +71,9 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(_) | Command::Policy(_) | Command::Wire(_) => "error",
         // The progress bar owns the terminal; the CA's issuance logs would tear it.
         Command::Bench(_) | Command::Soak(_) => "warn",
+        // The API server answers 500 until it is ready, which kube's client
+        // logs as errors; what fails for real comes back as our own error.
+        Command::ControlPlane(_) => "info,kube_client=off",
         _ => "info",
     });
     let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -83,6 +89,7 @@ fn main() -> anyhow::Result<()> {
             Command::Demo(args) => demo_cmd::run(args).await,
             Command::Ca(cmd) => ca_cmd::run(cmd).await,
             Command::Proxy(args) => proxy_cmd::run(args).await,
+            Command::ControlPlane(args) => control_plane_cmd::run(args).await,
             Command::Bench(args) => bench_cmd::run_bench(args).await,
             Command::Soak(args) => soak_cmd::run_soak(args).await,
             Command::App(cmd) => app_cmd::run(cmd).await,

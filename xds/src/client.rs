@@ -67,18 +67,45 @@ fn cluster_id(node: &Node) -> String {
         .unwrap_or_else(|| "Kubernetes".into())
 }
 
+/// The response side of the stream: opened on the first [`AdsClient::receive`].
+type Opening = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<
+                    tonic::Response<tonic::Streaming<DeltaDiscoveryResponse>>,
+                    tonic::Status,
+                >,
+            > + Send,
+    >,
+>;
+
+enum Responses {
+    /// The call is not made yet: what was subscribed meanwhile waits in
+    /// the request channel and goes out with it.
+    Opening(Opening),
+    Open(tonic::Streaming<DeltaDiscoveryResponse>),
+}
+
 /// One delta ADS stream.
+///
+/// The call itself is made on the first [`Self::receive`], with the
+/// subscriptions already queued: istiod (grpc-go) sends its response
+/// headers only once it has a request to answer, so a client that waits
+/// for them before subscribing waits forever. hbone-lab's own server
+/// answered the headers at once, which hid this until the proxy met the
+/// real istiod.
 pub struct AdsClient {
     requests: mpsc::Sender<DeltaDiscoveryRequest>,
-    responses: tonic::Streaming<DeltaDiscoveryResponse>,
+    responses: Responses,
     node: Node,
 }
 
 impl AdsClient {
-    /// Opens the stream to `address` (`https://host:port`), trusting
-    /// `root_pem`, authenticating with `token`, introducing itself as `node`
-    /// (see [`node`]). Like ztunnel it also sends the `clusterid` header
-    /// istiod uses to pick the cluster that checks the token.
+    /// Opens a channel to `address` (`https://host:port`), trusting
+    /// `root_pem`, to authenticate with `token`, introducing itself as
+    /// `node` (see [`node`]). Like ztunnel it also sends the `clusterid`
+    /// header istiod uses to pick the cluster that checks the token.
+    /// Subscribe, then [`Self::receive`].
     pub async fn connect(
         address: &str,
         root_pem: &str,
@@ -115,17 +142,17 @@ impl AdsClient {
             address: address.to_string(),
             source,
         })?;
-        let responses = grpc
-            .streaming(
+        let opening: Opening = Box::pin(async move {
+            grpc.streaming(
                 request,
                 http::uri::PathAndQuery::from_static(DELTA_ADS_PATH),
                 tonic_prost::ProstCodec::default(),
             )
-            .await?
-            .into_inner();
+            .await
+        });
         Ok(AdsClient {
             requests,
-            responses,
+            responses: Responses::Opening(opening),
             node,
         })
     }
@@ -152,9 +179,17 @@ impl AdsClient {
         .await
     }
 
-    /// The next response.
+    /// The next response (the first call makes the call, carrying what
+    /// was subscribed so far).
     pub async fn receive(&mut self) -> Result<DeltaDiscoveryResponse, ClientError> {
-        self.responses.message().await?.ok_or(ClientError::Ended)
+        if let Responses::Opening(opening) = &mut self.responses {
+            let open = opening.await?.into_inner();
+            self.responses = Responses::Open(open);
+        }
+        match &mut self.responses {
+            Responses::Open(stream) => stream.message().await?.ok_or(ClientError::Ended),
+            Responses::Opening(_) => unreachable!("opened above"),
+        }
     }
 
     /// Accepts `response`.

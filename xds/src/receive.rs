@@ -203,11 +203,8 @@ pub fn address(name: &str, a: &wl::Address) -> Result<ReceivedAddress, Rejected>
                 wl::TUNNEL_NONE => false,
                 n => return Err(r.reject("tunnelProtocol", format!("unknown protocol {n}"))),
             };
-            if w.namespace.is_empty() || w.service_account.is_empty() {
-                return Err(r.reject(
-                    "serviceAccount",
-                    "a workload needs a namespace and a service account for its identity",
-                ));
+            if w.namespace.is_empty() {
+                return Err(r.reject("namespace", "a workload needs a namespace for its identity"));
             }
             let mut services = std::collections::BTreeMap::new();
             for (key, list) in &w.services {
@@ -218,7 +215,15 @@ pub fn address(name: &str, a: &wl::Address) -> Result<ReceivedAddress, Rejected>
                 uid: w.uid.clone(),
                 name: w.name.clone(),
                 namespace: w.namespace.clone(),
-                service_account: w.service_account.clone(),
+                // Kubernetes runs a pod without one as `default`, and
+                // istiod sends none for endpoints it learns from an
+                // EndpointSlice alone (the API server's own, for one):
+                // ztunnel reads empty as `default` too.
+                service_account: if w.service_account.is_empty() {
+                    "default".into()
+                } else {
+                    w.service_account.clone()
+                },
                 trust_domain: if w.trust_domain.is_empty() {
                     "cluster.local".into()
                 } else {
@@ -291,6 +296,38 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// What istiod sends for the API server's own endpoint (an
+    /// EndpointSlice, no pod): no service account. Refusing it refused the
+    /// whole Address push from a real istiod.
+    #[test]
+    fn a_workload_without_a_service_account_runs_as_default() {
+        let pod = MeshWorkload::pod(
+            "default",
+            "kubernetes",
+            "",
+            "192.0.2.2".parse().unwrap(),
+            "",
+            "",
+        );
+        let mut message = convert::workload(&pod, Vec::new());
+        if let Some(AddressType::Workload(w)) = &mut message.r#type {
+            w.service_account.clear();
+        }
+        match address(
+            "Kubernetes/discovery.k8s.io/EndpointSlice/default/kubernetes/192.0.2.2",
+            &message,
+        )
+        .unwrap()
+        {
+            ReceivedAddress::Workload(got) => assert_eq!(got.workload.service_account, "default"),
+            other => panic!("{other:?}"),
+        }
+        if let Some(AddressType::Workload(w)) = &mut message.r#type {
+            w.namespace.clear();
+        }
+        assert_eq!(address("x", &message).unwrap_err().field, "namespace");
     }
 
     #[test]

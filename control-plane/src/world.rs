@@ -1,0 +1,297 @@
+//! The lab's world as Kubernetes objects, so that istiod sees it as it
+//! would see a cluster: a Node per lab node, namespaces, ServiceAccounts,
+//! Services with selectors, and one Pod per lab pod — scheduled
+//! (`spec.nodeName`), running, ready and addressed through the status
+//! subresource, since no kubelet runs here — annotated
+//! `ambient.istio.io/redirection: enabled` as istio-cni would annotate it
+//! once the pod is captured (istiod sends `tunnelProtocol: HBONE` only for
+//! such pods).
+//!
+//! Each node proxy gets a Pod `istio-system/ztunnel-<node>` of the
+//! `ztunnel` ServiceAccount on its node: istiod grants impersonated
+//! certificates only to a caller whose token is bound to such a Pod, and
+//! only for identities of pods on the same node. These Pods stay Pending
+//! without an address, so they are no workloads.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::{
+    Container, Node, Pod, PodCondition, PodIP, PodSpec, PodStatus, Service, ServiceAccount,
+    ServicePort, ServiceSpec,
+};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams};
+use kube::{Api, Client};
+
+use crate::cluster::{
+    ControlPlaneError, ISTIO_SYSTEM, ZTUNNEL_ACCOUNT, create_namespace, create_or_keep,
+};
+
+/// The annotation istio-cni puts on a pod it has captured; istiod sends
+/// `tunnelProtocol: HBONE` for a pod only when it is there.
+pub const REDIRECTION_ANNOTATION: &str = "ambient.istio.io/redirection";
+/// The image named in the Pods' one container: nothing pulls it (no
+/// kubelet), and its name says so.
+pub const NO_KUBELET_IMAGE: &str = "hbone-lab/no-kubelet-runs-this:fake";
+
+/// A pod of the lab.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorldPod {
+    /// Its name.
+    pub name: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its ServiceAccount (its SPIFFE identity).
+    pub service_account: String,
+    /// Its labels (what selectors match).
+    pub labels: BTreeMap<String, String>,
+    /// Its address.
+    pub ip: IpAddr,
+    /// The node it runs on.
+    pub node: String,
+    /// Captured by ambient (annotated for HBONE)?
+    pub captured: bool,
+}
+
+/// A Service of the lab.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorldService {
+    /// Its name.
+    pub name: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its cluster IP (inside [`crate::cluster::SERVICE_CIDR`]).
+    pub vip: IpAddr,
+    /// `(port, target port)`.
+    pub ports: Vec<(u16, u16)>,
+    /// The pods it selects, by label.
+    pub selector: BTreeMap<String, String>,
+}
+
+/// Everything the lab puts into the API server.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct World {
+    /// The nodes (a Node object and a node proxy Pod each).
+    pub nodes: Vec<String>,
+    /// The pods.
+    pub pods: Vec<WorldPod>,
+    /// The Services.
+    pub services: Vec<WorldService>,
+}
+
+/// What [`apply`] created that later steps need.
+#[derive(Debug, Clone, Default)]
+pub struct Applied {
+    /// Each node's proxy Pod: node → (pod name, Kubernetes UID).
+    pub node_proxies: BTreeMap<String, (String, String)>,
+    /// Each lab pod's Kubernetes UID, by `namespace/name`.
+    pub pod_uids: BTreeMap<String, String>,
+}
+
+fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: namespace.map(String::from),
+        ..ObjectMeta::default()
+    }
+}
+
+fn api_err(step: String) -> impl FnOnce(kube::Error) -> ControlPlaneError {
+    move |source| ControlPlaneError::Api { step, source }
+}
+
+/// The node proxy Pod's name on `node`.
+pub fn node_proxy_pod(node: &str) -> String {
+    format!("ztunnel-{node}")
+}
+
+fn placeholder_spec(node: &str, service_account: &str) -> PodSpec {
+    PodSpec {
+        node_name: Some(node.into()),
+        service_account_name: Some(service_account.into()),
+        automount_service_account_token: Some(false),
+        containers: vec![Container {
+            name: "main".into(),
+            image: Some(NO_KUBELET_IMAGE.into()),
+            ..Container::default()
+        }],
+        ..PodSpec::default()
+    }
+}
+
+/// Creates (or keeps) a Pod and returns its UID.
+async fn create_pod(client: &Client, pod: &Pod) -> Result<String, ControlPlaneError> {
+    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    create_or_keep(&api, pod, &format!("pod {namespace}/{name}")).await?;
+    let created = api
+        .get(&name)
+        .await
+        .map_err(api_err(format!("reading pod {namespace}/{name}")))?;
+    Ok(created.metadata.uid.unwrap_or_default())
+}
+
+/// Marks a pod Running and Ready at `ip`, as its kubelet would.
+pub async fn set_running(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    ip: IpAddr,
+) -> Result<(), ControlPlaneError> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let status = PodStatus {
+        phase: Some("Running".into()),
+        pod_ip: Some(ip.to_string()),
+        pod_ips: Some(vec![PodIP { ip: ip.to_string() }]),
+        conditions: Some(vec![PodCondition {
+            type_: "Ready".into(),
+            status: "True".into(),
+            ..PodCondition::default()
+        }]),
+        ..PodStatus::default()
+    };
+    let patch = serde_json::json!({ "status": status });
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(api_err(format!(
+            "setting the status of pod {namespace}/{name}"
+        )))?;
+    Ok(())
+}
+
+/// Puts `world` into the API server: Nodes, namespaces, ServiceAccounts,
+/// Services, Pods (running and ready) and a node proxy Pod per node.
+pub async fn apply(client: &Client, world: &World) -> Result<Applied, ControlPlaneError> {
+    let mut applied = Applied::default();
+    let nodes: Api<Node> = Api::all(client.clone());
+    for node in &world.nodes {
+        create_or_keep(
+            &nodes,
+            &Node {
+                metadata: meta(node, None),
+                ..Node::default()
+            },
+            &format!("node {node}"),
+        )
+        .await?;
+    }
+
+    let mut accounts: Vec<(&str, &str)> = world
+        .pods
+        .iter()
+        .map(|p| (p.namespace.as_str(), p.service_account.as_str()))
+        .collect();
+    accounts.push((ISTIO_SYSTEM, ZTUNNEL_ACCOUNT));
+    accounts.sort_unstable();
+    accounts.dedup();
+    let mut namespaces: Vec<&str> = accounts.iter().map(|(ns, _)| *ns).collect();
+    namespaces.extend(world.services.iter().map(|s| s.namespace.as_str()));
+    namespaces.sort_unstable();
+    namespaces.dedup();
+    for namespace in namespaces {
+        create_namespace(client, namespace).await?;
+    }
+    for (namespace, account) in accounts {
+        let api: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+        create_or_keep(
+            &api,
+            &ServiceAccount {
+                metadata: meta(account, Some(namespace)),
+                ..ServiceAccount::default()
+            },
+            &format!("service account {namespace}/{account}"),
+        )
+        .await?;
+    }
+
+    for service in &world.services {
+        let api: Api<Service> = Api::namespaced(client.clone(), &service.namespace);
+        let object = Service {
+            metadata: meta(&service.name, Some(&service.namespace)),
+            spec: Some(ServiceSpec {
+                cluster_ip: Some(service.vip.to_string()),
+                selector: Some(service.selector.clone()),
+                ports: Some(
+                    service
+                        .ports
+                        .iter()
+                        .map(|(port, target)| ServicePort {
+                            name: Some(format!("tcp-{port}")),
+                            port: i32::from(*port),
+                            target_port: Some(IntOrString::Int(i32::from(*target))),
+                            protocol: Some("TCP".into()),
+                            ..ServicePort::default()
+                        })
+                        .collect(),
+                ),
+                ..ServiceSpec::default()
+            }),
+            ..Service::default()
+        };
+        create_or_keep(
+            &api,
+            &object,
+            &format!("service {}/{}", service.namespace, service.name),
+        )
+        .await?;
+    }
+
+    for pod in &world.pods {
+        let mut metadata = meta(&pod.name, Some(&pod.namespace));
+        metadata.labels = Some(pod.labels.clone());
+        if pod.captured {
+            metadata.annotations = Some(BTreeMap::from([(
+                REDIRECTION_ANNOTATION.to_string(),
+                "enabled".to_string(),
+            )]));
+        }
+        let uid = create_pod(
+            client,
+            &Pod {
+                metadata,
+                spec: Some(placeholder_spec(&pod.node, &pod.service_account)),
+                ..Pod::default()
+            },
+        )
+        .await?;
+        set_running(client, &pod.namespace, &pod.name, pod.ip).await?;
+        applied
+            .pod_uids
+            .insert(format!("{}/{}", pod.namespace, pod.name), uid);
+    }
+
+    for node in &world.nodes {
+        let name = node_proxy_pod(node);
+        let uid = create_pod(
+            client,
+            &Pod {
+                metadata: meta(&name, Some(ISTIO_SYSTEM)),
+                spec: Some(placeholder_spec(node, ZTUNNEL_ACCOUNT)),
+                ..Pod::default()
+            },
+        )
+        .await?;
+        applied.node_proxies.insert(node.clone(), (name, uid));
+    }
+    Ok(applied)
+}
+
+/// Deletes a pod (as its node would report it gone).
+pub async fn delete_pod(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<(), ControlPlaneError> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let params = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..DeleteParams::default()
+    };
+    match api.delete(name, &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(e) => Err(api_err(format!("deleting pod {namespace}/{name}"))(e)),
+    }
+}

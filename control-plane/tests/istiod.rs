@@ -1,0 +1,231 @@
+//! The real control plane, end to end: etcd, kube-apiserver and istiod
+//! started here; a node proxy's pod-bound token; istiod's CA granting (and
+//! refusing) impersonated certificates; istiod's delta ADS serving the
+//! lab's world as `Address` resources.
+//!
+//! These need the programs `scripts/control-plane-peers.sh` builds (or
+//! ETCD_BIN, KUBE_APISERVER_BIN, ISTIOD_BIN), so they are ignored unless
+//! asked for, and show as skipped where they cannot run; `scripts/test.sh`
+//! asks for them once the programs are built.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::Duration;
+
+use hbone_ca::client::CaClient;
+use hbone_ca::identity::Identity;
+use hbone_ca::manager::new_key_and_csr;
+use hbone_control_plane::tokens::{LIFETIME, NodeToken};
+use hbone_control_plane::world::{self, World, WorldPod, WorldService};
+use hbone_control_plane::{ControlPlane, ControlPlaneOptions, Given, Programs};
+use hbone_xds::client::{AdsClient, node};
+use hbone_xds::receive::{ReceivedAddress, address};
+
+const NEEDS: &str = "needs etcd, kube-apiserver and istiod (scripts/control-plane-peers.sh)";
+const ADDRESS: &str = "type.googleapis.com/istio.workload.Address";
+const AUTHORIZATION: &str = "type.googleapis.com/istio.security.Authorization";
+
+/// One control plane at a time in this binary: three at once on two
+/// cores would only measure the machine.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn start() -> ControlPlane {
+    let programs = Programs::find(&Given::default()).unwrap_or_else(|e| panic!("{NEEDS}: {e}"));
+    ControlPlane::start(ControlPlaneOptions::new(programs))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn pod(name: &str, sa: &str, ip: &str, node: &str) -> WorldPod {
+    WorldPod {
+        name: name.into(),
+        namespace: "demo".into(),
+        service_account: sa.into(),
+        labels: BTreeMap::from([("app".to_string(), name.to_string())]),
+        ip: ip.parse().unwrap(),
+        node: node.into(),
+        captured: true,
+    }
+}
+
+fn small_world() -> World {
+    World {
+        nodes: vec!["node-1".into(), "node-2".into()],
+        pods: vec![
+            pod("test-pod", "test-pod", "10.244.1.11", "node-1"),
+            pod("hello-app", "hello-app", "10.244.2.10", "node-2"),
+        ],
+        services: vec![WorldService {
+            name: "hello-app".into(),
+            namespace: "demo".into(),
+            vip: "10.96.0.10".parse().unwrap(),
+            ports: vec![(8080, 8080)],
+            selector: BTreeMap::from([("app".to_string(), "hello-app".to_string())]),
+        }],
+    }
+}
+
+/// What ztunnel on `node` introduces itself as.
+fn ztunnel_node(node_name: &str) -> hbone_xds::proto::discovery::Node {
+    let pod = world::node_proxy_pod(node_name);
+    let metadata = BTreeMap::from([
+        ("NAME".to_string(), pod.clone()),
+        ("NAMESPACE".to_string(), "istio-system".to_string()),
+        ("NODE_NAME".to_string(), node_name.to_string()),
+        ("CLUSTER_ID".to_string(), "Kubernetes".to_string()),
+    ]);
+    node(
+        &format!("ztunnel~10.250.0.1~{pod}.istio-system~istio-system.svc.cluster.local"),
+        &metadata,
+    )
+}
+
+async fn certificate_for(ca: &CaClient, spiffe: &str) -> Result<Vec<String>, String> {
+    let identity: Identity = spiffe.parse().unwrap();
+    let (_key, csr) = new_key_and_csr(&identity).unwrap();
+    ca.create_certificate(&csr, Duration::from_secs(3600), Some(&identity))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+#[ignore = "needs etcd, kube-apiserver and istiod (scripts/control-plane-peers.sh)"]
+async fn istiod_impersonates_for_pods_on_the_callers_node_only_and_serves_addresses() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let control = start().await;
+    let applied = world::apply(&control.client, &small_world()).await.unwrap();
+    let (pod, uid) = &applied.node_proxies["node-1"];
+    let token = NodeToken::start(
+        &control.client,
+        pod,
+        uid,
+        LIFETIME,
+        control.dir.join("node-1.token"),
+    )
+    .await
+    .unwrap();
+
+    let ca =
+        CaClient::with_token_file(&control.istiod_url(), &control.root_pem, &token.path).unwrap();
+    // A pod on node-1: granted, chaining to the mesh root.
+    let chain = certificate_for(&ca, "spiffe://cluster.local/ns/demo/sa/test-pod")
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "istiod refused node-1's own pod: {e}\n{}",
+                control.programs()[2].log_tail(20)
+            )
+        });
+    assert!(!chain.is_empty());
+    // A pod on node-2: refused, as istiod's node authorizer says.
+    let refused = certificate_for(&ca, "spiffe://cluster.local/ns/demo/sa/hello-app").await;
+    assert!(
+        refused.is_err(),
+        "istiod granted node-1 a certificate for node-2's pod"
+    );
+    // No such pod anywhere: refused.
+    let nobody = certificate_for(&ca, "spiffe://cluster.local/ns/demo/sa/nobody").await;
+    assert!(nobody.is_err());
+
+    // xDS: the stream is accepted with the same token, and the world arrives.
+    let bearer = std::fs::read_to_string(&token.path).unwrap();
+    let mut ads = AdsClient::connect(
+        &control.istiod_url(),
+        &control.root_pem,
+        Some(bearer.trim()),
+        ztunnel_node("node-1"),
+    )
+    .await
+    .unwrap();
+    ads.subscribe(ADDRESS, HashMap::new()).await.unwrap();
+    ads.subscribe(AUTHORIZATION, HashMap::new()).await.unwrap();
+    let mut received = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while received
+        .iter()
+        .filter(|a| matches!(a, ReceivedAddress::Workload(_)))
+        .count()
+        < 2
+    {
+        let response = tokio::time::timeout_at(deadline, ads.receive())
+            .await
+            .expect("istiod sent the lab's workloads within 20 s")
+            .unwrap();
+        ads.ack(&response).await.unwrap();
+        if response.type_url != ADDRESS {
+            continue;
+        }
+        for resource in &response.resources {
+            let any = resource.resource.as_ref().unwrap();
+            let decoded: hbone_xds::proto::workload::Address =
+                prost::Message::decode(any.value.as_slice()).unwrap();
+            received.push(address(&resource.name, &decoded).unwrap());
+        }
+    }
+    let workload = received
+        .iter()
+        .find_map(|a| match a {
+            ReceivedAddress::Workload(w) if w.workload.name == "hello-app" => Some(&w.workload),
+            _ => None,
+        })
+        .expect("hello-app among the workloads");
+    assert_eq!(workload.node, "node-2");
+    assert_eq!(workload.service_account, "hello-app");
+    assert!(
+        workload.hbone,
+        "the annotated pod is sent with tunnel protocol HBONE"
+    );
+    assert_eq!(
+        workload.ips,
+        vec!["10.244.2.10".parse::<std::net::IpAddr>().unwrap()]
+    );
+    assert!(
+        received
+            .iter()
+            .any(|a| matches!(a, ReceivedAddress::Service(s) if s.name == "hello-app")),
+        "the hello-app Service is among the addresses: {received:?}"
+    );
+    drop(ads);
+    drop(token);
+}
+
+#[tokio::test]
+#[ignore = "needs etcd, kube-apiserver and istiod (scripts/control-plane-peers.sh)"]
+async fn istiod_control_plane_stops_cleanly_and_leaves_nothing_behind() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let control = start().await;
+    let dir = control.dir.clone();
+    let pids: Vec<u32> = control.programs().iter().map(|p| p.pid()).collect();
+    let ports = [control.api_server, control.istiod_ports.secure_grpc];
+    assert!(dir.join("kubeconfig").is_file());
+    drop(control);
+    assert!(!dir.exists(), "{} is left behind", dir.display());
+    for pid in pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "process {pid} outlived the control plane"
+        );
+    }
+    for port in ports {
+        assert!(
+            tokio::net::TcpStream::connect(port).await.is_err(),
+            "something still listens on {port}"
+        );
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs etcd, kube-apiserver and istiod (scripts/control-plane-peers.sh)"]
+async fn istiod_a_second_control_plane_in_the_same_folder_is_refused() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let programs = Programs::find(&Given::default()).unwrap_or_else(|e| panic!("{NEEDS}: {e}"));
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = ControlPlaneOptions::new(programs);
+    options.dir = Some(dir.path().to_path_buf());
+    let first = ControlPlane::start(options.clone()).await.unwrap();
+    let second = ControlPlane::start(options).await.unwrap_err();
+    let text = second.to_string();
+    assert!(text.contains("already running"), "{text}");
+    assert!(text.contains(&std::process::id().to_string()), "{text}");
+    drop(first);
+}

@@ -1,0 +1,94 @@
+//! `hbone-lab control-plane`: the real Istio control plane (etcd,
+//! kube-apiserver, istiod) on this machine until Ctrl-C.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use hbone_control_plane::peers::Versions;
+use hbone_control_plane::{ControlPlane, ControlPlaneOptions, Given, Programs};
+
+/// Runs etcd, kube-apiserver and istiod (ambient on) on 127.0.0.1 until
+/// Ctrl-C, then stops them and empties its folder.
+///
+/// The programs are built from their Go modules by
+/// scripts/control-plane-peers.sh (pinned in control-plane/peers.env), or
+/// given with the flags below or ETCD_BIN, KUBE_APISERVER_BIN, ISTIOD_BIN.
+/// It writes a kubeconfig for kubectl and istioctl, applies Istio's CRDs,
+/// and has istiod sign with a plug-in CA (yours with --plugin-certs, the
+/// layout `hbone-lab ca init` writes, so hbone-lab's CA and istiod share
+/// one root). No kubelet runs: pods are made Running by whoever creates
+/// them (the lab does).
+#[derive(Args)]
+pub struct ControlPlaneArgs {
+    /// The state folder: keys, logs, etcd's data, the kubeconfig. One
+    /// control plane per folder; it is emptied on exit.
+    #[arg(long, default_value = "/tmp/hbone-lab-control-plane")]
+    dir: PathBuf,
+    /// A plug-in CA folder for istiod to sign with (default: a fresh one).
+    #[arg(long)]
+    plugin_certs: Option<PathBuf>,
+    /// The etcd binary (else ETCD_BIN, else what the build script built).
+    #[arg(long)]
+    etcd: Option<PathBuf>,
+    /// The kube-apiserver binary (else KUBE_APISERVER_BIN, …).
+    #[arg(long)]
+    kube_apiserver: Option<PathBuf>,
+    /// The istiod binary, pilot-discovery (else ISTIOD_BIN, …).
+    #[arg(long)]
+    istiod: Option<PathBuf>,
+    /// istiod's --log_output_level.
+    #[arg(long, default_value = "default:info")]
+    istiod_log_level: String,
+}
+
+pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
+    let programs = Programs::find(&Given {
+        etcd: args.etcd,
+        kube_apiserver: args.kube_apiserver,
+        istiod: args.istiod,
+    })?;
+    let versions = Versions::pinned();
+    eprintln!(
+        "starting etcd, kube-apiserver and istiod (pinned: Kubernetes {}, etcd {}, istio {}) in {}",
+        versions.kubernetes,
+        versions.etcd,
+        versions.istio,
+        args.dir.display()
+    );
+    let mut options = ControlPlaneOptions::new(programs);
+    options.dir = Some(args.dir);
+    options.mesh_ca = args.plugin_certs;
+    options.istiod_log_level = args.istiod_log_level;
+    let mut control = ControlPlane::start(options).await?;
+    let kubeconfig = control.kubeconfig.display().to_string();
+    println!("kube-apiserver  https://{}", control.api_server);
+    println!(
+        "istiod          {} (CA and xDS; root {})",
+        control.istiod_url(),
+        control.mesh_ca.join("root-cert.pem").display()
+    );
+    println!(
+        "logs            {}/{{etcd,kube-apiserver,istiod}}.log",
+        control.dir.display()
+    );
+    println!();
+    println!("export KUBECONFIG={kubeconfig}");
+    println!("kubectl get pods -A                      # or istioctl ztunnel-config workloads");
+    println!();
+    println!(
+        "Ctrl-C stops every program and empties {}",
+        control.dir.display()
+    );
+    let mut check = tokio::time::interval(std::time::Duration::from_secs(2));
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
+            _ = check.tick() => control.check_running()?,
+        }
+    }
+    eprintln!("stopping istiod, kube-apiserver and etcd");
+    drop(control);
+    Ok(())
+}

@@ -88,6 +88,16 @@ pub enum ControlPlaneError {
         #[source]
         source: kube::Error,
     },
+    /// A document given to apply is not a Kubernetes object.
+    #[error("document {index} of {source_name} is not a Kubernetes object: {reason}")]
+    Document {
+        /// Where the documents came from.
+        source_name: String,
+        /// Which document (from 1).
+        index: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Istio's CRDs file could not be read.
     #[error("cannot read Istio's CRDs from {path}: {reason}")]
     Crds {

@@ -295,3 +295,101 @@ pub async fn delete_pod(
         Err(e) => Err(api_err(format!("deleting pod {namespace}/{name}"))(e)),
     }
 }
+
+/// The field manager hbone-lab's server-side applies go by.
+pub const FIELD_MANAGER: &str = "hbone-lab";
+
+/// Applies every document of `yaml` (any kind the API server serves, e.g.
+/// the lab's AuthorizationPolicies) by server-side apply: created, or
+/// updated in place. Returns `Kind namespace/name` of each.
+pub async fn apply_yaml(
+    client: &Client,
+    yaml: &str,
+    source: &str,
+) -> Result<Vec<String>, ControlPlaneError> {
+    use serde::Deserialize as _;
+    let mut applied = Vec::new();
+    for (i, document) in serde_yaml::Deserializer::from_str(yaml).enumerate() {
+        let bad = |reason: String| ControlPlaneError::Document {
+            source_name: source.to_string(),
+            index: i + 1,
+            reason,
+        };
+        let value = serde_yaml::Value::deserialize(document).map_err(|e| bad(e.to_string()))?;
+        if value.is_null() {
+            continue;
+        }
+        let object: kube::api::DynamicObject =
+            serde_yaml::from_value(value).map_err(|e| bad(e.to_string()))?;
+        let (api, name) = dynamic_api(client, &object).map_err(bad)?;
+        let label = format!(
+            "{} {}/{name}",
+            object.types.as_ref().map_or("", |t| t.kind.as_str()),
+            object.metadata.namespace.as_deref().unwrap_or("")
+        );
+        api.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&object),
+        )
+        .await
+        .map_err(api_err(format!("applying {label} from {source}")))?;
+        applied.push(label);
+    }
+    Ok(applied)
+}
+
+/// Deletes what `yaml` names (each document's kind, namespace and name);
+/// what is already gone is fine.
+pub async fn delete_yaml(
+    client: &Client,
+    yaml: &str,
+    source: &str,
+) -> Result<(), ControlPlaneError> {
+    use serde::Deserialize as _;
+    for document in serde_yaml::Deserializer::from_str(yaml) {
+        let Ok(value) = serde_yaml::Value::deserialize(document) else {
+            continue;
+        };
+        let Ok(object) = serde_yaml::from_value::<kube::api::DynamicObject>(value) else {
+            continue;
+        };
+        let Ok((api, name)) = dynamic_api(client, &object) else {
+            continue;
+        };
+        match api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(e) => return Err(api_err(format!("deleting {name} (from {source})"))(e)),
+        }
+    }
+    Ok(())
+}
+
+/// The API for `object`'s kind (from its `apiVersion` and `kind`) in its
+/// namespace, and its name.
+fn dynamic_api(
+    client: &Client,
+    object: &kube::api::DynamicObject,
+) -> Result<(Api<kube::api::DynamicObject>, String), String> {
+    let types = object
+        .types
+        .as_ref()
+        .ok_or_else(|| "no apiVersion and kind".to_string())?;
+    let (group, version) = match types.api_version.split_once('/') {
+        Some((g, v)) => (g, v),
+        None => ("", types.api_version.as_str()),
+    };
+    let gvk = kube::api::GroupVersionKind::gvk(group, version, &types.kind);
+    let resource = kube::api::ApiResource::from_gvk(&gvk);
+    let name = object
+        .metadata
+        .name
+        .clone()
+        .ok_or_else(|| "no metadata.name".to_string())?;
+    let api = match &object.metadata.namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    };
+    Ok((api, name))
+}

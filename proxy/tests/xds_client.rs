@@ -219,11 +219,11 @@ async fn the_proxy_follows_the_control_plane_over_delta_ads() {
         "a new stream on the pooled connection is refused too"
     );
 
-    // An unusable workload (no service account) is NACKed; the rest applies.
+    // An unusable workload (no namespace) is NACKed; the rest applies.
     let mut broken = both();
     broken[1].services.clear();
     let mut bad = pod("nameless", "2.7", "n2");
-    bad.service_account.clear();
+    bad.namespace.clear();
     broken.push(bad);
     server.xds.update(&mesh(broken, POLICY));
     let s = wait_for(&mut n2, "the NACK", |s| s.nacks == 1).await;
@@ -244,7 +244,7 @@ async fn the_proxy_follows_the_control_plane_over_delta_ads() {
             .xds
             .clients()
             .iter()
-            .any(|c| c.nacks.iter().any(|m| m.contains("service account")))
+            .any(|c| c.nacks.iter().any(|m| m.contains("namespace")))
     );
     wait_for(&mut n2, "the policies", |s| s.policies == 1).await;
 

@@ -67,23 +67,17 @@ fn cluster_id(node: &Node) -> String {
         .unwrap_or_else(|| "Kubernetes".into())
 }
 
-/// The response side of the stream: opened on the first [`AdsClient::receive`].
-type Opening = std::pin::Pin<
-    Box<
-        dyn std::future::Future<
-                Output = Result<
-                    tonic::Response<tonic::Streaming<DeltaDiscoveryResponse>>,
-                    tonic::Status,
-                >,
-            > + Send,
-    >,
+/// The call, made in a task of its own so that the subscriptions queued
+/// in the request channel go out with it.
+type Opening = tokio::task::JoinHandle<
+    Result<tonic::Response<tonic::Streaming<DeltaDiscoveryResponse>>, tonic::Status>,
 >;
 
 enum Responses {
     /// The call is not made yet: what was subscribed meanwhile waits in
     /// the request channel and goes out with it.
     Opening(Opening),
-    Open(tonic::Streaming<DeltaDiscoveryResponse>),
+    Open(Box<tonic::Streaming<DeltaDiscoveryResponse>>),
 }
 
 /// One delta ADS stream.
@@ -142,7 +136,7 @@ impl AdsClient {
             address: address.to_string(),
             source,
         })?;
-        let opening: Opening = Box::pin(async move {
+        let opening: Opening = tokio::spawn(async move {
             grpc.streaming(
                 request,
                 http::uri::PathAndQuery::from_static(DELTA_ADS_PATH),
@@ -183,8 +177,11 @@ impl AdsClient {
     /// was subscribed so far).
     pub async fn receive(&mut self) -> Result<DeltaDiscoveryResponse, ClientError> {
         if let Responses::Opening(opening) = &mut self.responses {
-            let open = opening.await?.into_inner();
-            self.responses = Responses::Open(open);
+            let open = opening
+                .await
+                .map_err(|e| tonic::Status::internal(format!("the xDS call's task failed: {e}")))??
+                .into_inner();
+            self.responses = Responses::Open(Box::new(open));
         }
         match &mut self.responses {
             Responses::Open(stream) => stream.message().await?.ok_or(ClientError::Ended),
@@ -221,5 +218,14 @@ impl AdsClient {
             ..DeltaDiscoveryRequest::default()
         })
         .await
+    }
+}
+
+/// A call still being made when the client goes is stopped with it.
+impl Drop for AdsClient {
+    fn drop(&mut self) {
+        if let Responses::Opening(opening) = &self.responses {
+            opening.abort();
+        }
     }
 }

@@ -187,11 +187,14 @@ async fn an_empty_mesh_is_still_answered_and_tokens_are_checked() {
         let r = receive(&mut c).await;
         assert!(r.resources.is_empty() && !r.nonce.is_empty());
     }
+    // The call is made on the first receive: that is where a refusal shows.
     for token in [None, Some("wrong-token")] {
-        let refused = match client(&s, token).await {
+        let mut c = client(&s, token).await.unwrap();
+        c.subscribe(ADDRESS, HashMap::new()).await.unwrap();
+        let refused = match c.receive().await {
             Err(ClientError::Refused(status)) => status,
             Err(other) => panic!("{other}"),
-            Ok(_) => panic!("a stream without a valid token was accepted"),
+            Ok(_) => panic!("a stream without a valid token was answered"),
         };
         assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused}");
     }

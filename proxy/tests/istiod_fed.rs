@@ -1,0 +1,213 @@
+//! hbone-lab's proxy fed by the real istiod, end to end on loopback: two
+//! node proxies take their certificates (impersonated, with pod-bound
+//! tokens of `istio-system/ztunnel`) and their world (delta ADS) from
+//! istiod running on a real kube-apiserver; traffic flows through a
+//! Service VIP; an AuthorizationPolicy applied through the API server is
+//! pushed by istiod and refuses the next connection.
+//!
+//! Needs the programs `scripts/control-plane-peers.sh` builds, so it is
+//! ignored unless asked for (and shows as skipped where it cannot run).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hbone_ca::RenewalPolicy;
+use hbone_control_plane::tokens::{LIFETIME, NodeToken};
+use hbone_control_plane::world::{self, World, WorldPod, WorldService};
+use hbone_control_plane::{ControlPlane, ControlPlaneOptions, Given, Programs};
+use hbone_policies::authorization::MeshAuthorization;
+use hbone_proxy::ProxyHandle;
+use hbone_proxy::config::Listeners;
+use hbone_proxy::core::{CaAccess, CaToken, CoreSettings, ProxyCore};
+use hbone_proxy::xds_registry::{XdsSettings, XdsStatus, follow, registry_from};
+use support::{DENY_CLIENT, POLICY, echo_roundtrip, echo_server, ip, socks5_connect};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+const NET: u8 = 62;
+/// The Service's VIP: inside the API server's service range.
+const VIP: &str = "10.96.0.62";
+
+fn pod(name: &str, host: &str, node: &str) -> WorldPod {
+    WorldPod {
+        name: name.into(),
+        namespace: "demo".into(),
+        service_account: name.into(),
+        labels: BTreeMap::from([("app".to_string(), name.to_string())]),
+        ip: ip(NET, host),
+        node: node.into(),
+        captured: true,
+    }
+}
+
+struct Node {
+    proxy: ProxyHandle,
+    status: watch::Receiver<XdsStatus>,
+    _token: NodeToken,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+/// A node proxy as ztunnel runs against istiod: its pod's token, its
+/// node id naming that pod in `istio-system`, CA and xDS at istiod.
+async fn node(control: &ControlPlane, applied: &world::Applied, name: &str, host: &str) -> Node {
+    let (pod, uid) = &applied.node_proxies[name];
+    let token = NodeToken::start(
+        &control.client,
+        pod,
+        uid,
+        LIFETIME,
+        control.dir.join(format!("{name}.token")),
+    )
+    .await
+    .unwrap();
+    let ca = CaAccess {
+        address: control.istiod_url(),
+        root_pem: control.root_pem.clone(),
+        token: CaToken::File(token.path.clone()),
+        renewal: RenewalPolicy::default(),
+        key_log: None,
+    };
+    let settings = CoreSettings {
+        bind_source_ip: true,
+        ..CoreSettings::for_node(name)
+    };
+    let registry = Arc::new(registry_from(std::iter::empty(), name).unwrap());
+    let policies = MeshAuthorization::pushed("istio-system", Vec::new());
+    let core = Arc::new(ProxyCore::with_ca(settings, registry, policies, &ca).unwrap());
+    core.set_waiting_for(Some("istiod".into()));
+    let listeners = Listeners {
+        socks5: Some(SocketAddr::new(ip(NET, host), 0)),
+        ..Listeners::default()
+    };
+    let proxy = ProxyHandle::start(core.clone(), &listeners).await.unwrap();
+    let (tx, status) = watch::channel(XdsStatus::default());
+    let metadata = BTreeMap::from([
+        ("NAME".to_string(), pod.clone()),
+        ("NAMESPACE".to_string(), "istio-system".to_string()),
+        ("NODE_NAME".to_string(), name.to_string()),
+        ("CLUSTER_ID".to_string(), "Kubernetes".to_string()),
+    ]);
+    let settings = XdsSettings {
+        address: control.istiod_url(),
+        root_pem: control.root_pem.clone(),
+        token_file: Some(token.path.clone()),
+        node_id: format!(
+            "ztunnel~{}~{pod}.istio-system~istio-system.svc.cluster.local",
+            ip(NET, host)
+        ),
+        metadata,
+        root_namespace: "istio-system".into(),
+        max_backoff: Duration::from_millis(500),
+    };
+    let stop = CancellationToken::new();
+    tokio::spawn(follow(core, settings, tx, stop.clone()));
+    Node {
+        proxy,
+        status,
+        _token: token,
+        _stop: stop.drop_guard(),
+    }
+}
+
+async fn wait_for(node: &mut Node, what: &str, f: impl Fn(&XdsStatus) -> bool) -> XdsStatus {
+    let waited = tokio::time::timeout(Duration::from_secs(20), node.status.wait_for(|s| f(s)))
+        .await
+        .map(|r| r.map(|s| s.clone()));
+    match waited {
+        Ok(Ok(s)) => s,
+        _ => panic!("timed out waiting for {what}: {:?}", *node.status.borrow()),
+    }
+}
+
+/// Echoes a few bytes from the client's IP to `dst` through node 1's SOCKS5.
+async fn reaches(n1: &Node, dst: SocketAddr) -> bool {
+    match socks5_connect(n1.proxy.addrs.socks5.unwrap(), ip(NET, "1.1"), dst).await {
+        Ok(tcp) => {
+            let (sent, got, n) = echo_roundtrip(tcp, 4096).await;
+            sent == got && n == 4096
+        }
+        Err(_) => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd, kube-apiserver and istiod (scripts/control-plane-peers.sh)"]
+async fn istiod_feeds_hbone_lab_proxies_certificates_workloads_and_policies() {
+    support::capture_logs();
+    let programs = Programs::find(&Given::default()).unwrap_or_else(|e| panic!("{e}"));
+    let control = ControlPlane::start(ControlPlaneOptions::new(programs))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let applied = world::apply(
+        &control.client,
+        &World {
+            nodes: vec!["n1".into(), "n2".into()],
+            pods: vec![pod("client", "1.1", "n1"), pod("echo", "2.1", "n2")],
+            services: vec![WorldService {
+                name: "echo".into(),
+                namespace: "demo".into(),
+                vip: VIP.parse().unwrap(),
+                ports: vec![(80, 9000)],
+                selector: BTreeMap::from([("app".to_string(), "echo".to_string())]),
+            }],
+        },
+    )
+    .await
+    .unwrap();
+    world::apply_yaml(&control.client, POLICY, "POLICY")
+        .await
+        .unwrap();
+
+    let mut n1 = node(&control, &applied, "n1", "1.254").await;
+    let mut n2 = node(&control, &applied, "n2", "2.254").await;
+    echo_server(SocketAddr::new(ip(NET, "2.1"), 9000)).await;
+    for n in [&mut n1, &mut n2] {
+        let s = wait_for(n, "istiod's first push", |s| {
+            s.synced && s.workloads >= 2 && s.services >= 1 && s.policies >= 1
+        })
+        .await;
+        assert_eq!(s.nacks, 0, "{s:?}");
+    }
+    let echo = n2
+        .proxy
+        .core
+        .registry()
+        .workloads
+        .iter()
+        .find(|w| w.name == "echo")
+        .cloned()
+        .expect("istiod sent echo");
+    assert_eq!(echo.node, "n2");
+    assert_eq!(echo.authorization_policies, ["demo/echo-clients"]);
+
+    assert!(
+        reaches(&n1, SocketAddr::new(VIP.parse().unwrap(), 80)).await,
+        "client reaches echo through the Service VIP, both proxies holding istiod's certificates\n{}",
+        control.programs()[2].log_tail(15)
+    );
+
+    // A DENY applied through the API server: istiod pushes it, n2 refuses.
+    let acks = n2.status.borrow().acks;
+    world::apply_yaml(&control.client, DENY_CLIENT, "DENY_CLIENT")
+        .await
+        .unwrap();
+    wait_for(&mut n2, "the DENY", |s| s.acks > acks && s.policies >= 2).await;
+    assert!(
+        !reaches(&n1, SocketAddr::new(ip(NET, "2.1"), 9000)).await,
+        "the DENY pushed by istiod refuses the client"
+    );
+    // Removed again: allowed again.
+    let acks = n2.status.borrow().acks;
+    world::delete_yaml(&control.client, DENY_CLIENT, "DENY_CLIENT")
+        .await
+        .unwrap();
+    wait_for(&mut n2, "the DENY's removal", |s| {
+        s.acks > acks && s.policies == 1
+    })
+    .await;
+    assert!(reaches(&n1, SocketAddr::new(ip(NET, "2.1"), 9000)).await);
+}

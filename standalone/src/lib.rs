@@ -9,11 +9,13 @@
 //! - [`explain`]: one connection's story with the real values of the run.
 //! - [`policy_diff`]: the same policies and connections through ztunnel and hbone-lab, compared.
 //! - [`ztunnel`]: a real ztunnel as a node proxy, fed by hbone-lab's control plane.
+//! - [`istiod`]: the lab on the real istiod: its registry as API objects, istiod reachable from a node's namespace.
 //!
 //! The benchmarks reuse the topology.
 
 pub mod dataplane;
 pub mod explain;
+pub mod istiod;
 pub mod lab;
 pub mod netns_topology;
 pub mod policy_diff;

@@ -62,6 +62,22 @@ pub struct DemoArgs {
     /// The ztunnel binary for --dataplane ztunnel|mixed (default: $ZTUNNEL_BIN).
     #[arg(long, value_name = "PATH")]
     ztunnel: Option<std::path::PathBuf>,
+    /// Who feeds the node proxies certificates and their world: hbone-lab
+    /// (its own CA and xDS), or istiod — the real istiod on a real
+    /// kube-apiserver and etcd, started here (built by
+    /// scripts/control-plane-peers.sh), the lab's pods, services and
+    /// policies as API objects, each node proxy with a pod-bound token.
+    #[arg(long, default_value = "hbone-lab", value_parser = ["hbone-lab", "istiod"])]
+    control_plane: String,
+    /// istiod (pilot-discovery) for --control-plane istiod (default: $ISTIOD_BIN, else what the build script built).
+    #[arg(long, value_name = "PATH")]
+    istiod: Option<PathBuf>,
+    /// kube-apiserver for --control-plane istiod (default: $KUBE_APISERVER_BIN, …).
+    #[arg(long, value_name = "PATH")]
+    kube_apiserver: Option<PathBuf>,
+    /// etcd for --control-plane istiod (default: $ETCD_BIN, …).
+    #[arg(long, value_name = "PATH")]
+    etcd: Option<PathBuf>,
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -121,12 +137,23 @@ async fn start(args: &DemoArgs) -> anyhow::Result<Lab> {
         }
     );
     let dataplane: Dataplane = args.dataplane.parse().map_err(anyhow::Error::msg)?;
-    if dataplane != Dataplane::HboneLab {
+    let istiod = (args.control_plane == "istiod").then(|| hbone_control_plane::Given {
+        etcd: args.etcd.clone(),
+        kube_apiserver: args.kube_apiserver.clone(),
+        istiod: args.istiod.clone(),
+    });
+    let feeder = if istiod.is_some() {
+        "the real istiod on a real kube-apiserver feeds every node proxy; hbone-lab plays istio-cni"
+    } else {
+        "hbone-lab plays istiod and istio-cni for it"
+    };
+    if dataplane != Dataplane::HboneLab || istiod.is_some() {
         eprintln!(
-            "Data plane: {} (hbone-lab plays istiod and istio-cni for it)",
+            "Data plane: {} ({feeder})",
             match dataplane {
                 Dataplane::Mixed => "ztunnel on node-1, hbone-lab on node-2",
-                _ => "a real ztunnel on each node",
+                Dataplane::Ztunnel => "a real ztunnel on each node",
+                Dataplane::HboneLab => "hbone-lab on each node",
             }
         );
     }
@@ -155,6 +182,7 @@ async fn start(args: &DemoArgs) -> anyhow::Result<Lab> {
         dataplane,
         ztunnel: args.ztunnel.clone(),
         key_log,
+        istiod,
         ..LabOptions::default()
     };
     let lab = match Lab::start(options.clone()).await {

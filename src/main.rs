@@ -68,11 +68,12 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     logging::init(match cli.command {
-        Command::Demo(_) | Command::Policy(_) | Command::Wire(_) => "error",
-        // The progress bar owns the terminal; the CA's issuance logs would tear it.
-        Command::Bench(_) | Command::Soak(_) => "warn",
         // The API server answers 500 until it is ready, which kube's client
         // logs as errors; what fails for real comes back as our own error.
+        Command::Demo(_) => "error,kube_client=off",
+        Command::Policy(_) | Command::Wire(_) => "error",
+        // The progress bar owns the terminal; the CA's issuance logs would tear it.
+        Command::Bench(_) | Command::Soak(_) => "warn",
         Command::ControlPlane(_) => "info,kube_client=off",
         _ => "info",
     });

@@ -17,7 +17,8 @@ use hbone_proxy::bench_tunnel::BenchTunnel;
 use hbone_proxy::netns::{NetNs, bind_listener};
 use hbone_proxy::registry::Registry;
 use hbone_standalone::dataplane::{
-    ZtunnelNodeSpec, mesh, node_pods, serve_node_control_plane, start_shared_ztunnel,
+    NodeCredential, ZtunnelNodeSpec, mesh, node_pods, serve_node_control_plane,
+    start_shared_ztunnel,
 };
 use hbone_standalone::ztunnel::{Ztunnel, http_get};
 use hbone_xds::zds::NodeAgent;
@@ -588,11 +589,11 @@ async fn start_shared_ztunnels(binary: &Path, shared: &Shared) -> Result<Running
             registry: &shared.registry,
             dir: shared.dir.path(),
             root_pem: &shared.root_pem,
-            token: TOKEN,
+            credential: NodeCredential::Token(TOKEN),
             secret_ttl: None,
             log_level: "warn",
         };
-        ztunnels.push(start_shared_ztunnel(&spec, control).await?);
+        ztunnels.push(start_shared_ztunnel(&spec, control.url()).await?);
     }
     Ok(Running {
         children: Vec::new(),

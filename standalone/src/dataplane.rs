@@ -123,8 +123,25 @@ pub struct ZtunnelNode {
     pub node: String,
     pub ztunnel: Ztunnel,
     pub agent: NodeAgent,
-    /// CA and xDS, listening on 127.0.0.1:15012 inside the node's namespace.
-    pub control: RunningControlPlane,
+    /// What answers on 127.0.0.1:15012 inside the node's namespace.
+    pub control: NodeControl,
+}
+
+/// Who serves a ztunnel node's CA and xDS on 127.0.0.1:15012 in its namespace.
+pub enum NodeControl {
+    /// hbone-lab's own control plane, serving there.
+    Lab(RunningControlPlane),
+    /// A relay to the real istiod on the host.
+    Istiod(crate::istiod::NodeRelay),
+}
+
+/// How a ztunnel node proves itself to its control plane.
+#[derive(Debug, Clone, Copy)]
+pub enum NodeCredential<'a> {
+    /// A bearer token, written to a file for ztunnel.
+    Token(&'a str),
+    /// A file someone keeps fresh (a pod-bound Kubernetes token).
+    TokenFile(&'a Path),
 }
 
 /// What starting a ztunnel node needs from the lab.
@@ -137,7 +154,7 @@ pub struct ZtunnelNodeSpec<'a> {
     /// Where sockets, tokens and logs go.
     pub dir: &'a Path,
     pub root_pem: &'a str,
-    pub token: &'a str,
+    pub credential: NodeCredential<'a>,
     /// The certificate lifetime ztunnel asks for (`None`: its default, 24 h).
     pub secret_ttl: Option<Duration>,
     /// ztunnel's `RUST_LOG`.
@@ -171,10 +188,11 @@ pub async fn serve_node_control_plane(
 }
 
 /// Starts the node agent with the node's pods and a shared-mode ztunnel fed
-/// by `control`, and waits until ztunnel holds every pod.
+/// by the control plane at `control_url` (as dialled from the node), and
+/// waits until ztunnel holds every pod.
 pub async fn start_shared_ztunnel(
     spec: &ZtunnelNodeSpec<'_>,
-    control: &RunningControlPlane,
+    control_url: String,
 ) -> Result<(Ztunnel, NodeAgent), LabError> {
     let write = |name: &str, text: &str| -> Result<PathBuf, LabError> {
         let path = spec.dir.join(format!("{}-{name}", spec.node));
@@ -182,7 +200,10 @@ pub async fn start_shared_ztunnel(
         Ok(path)
     };
     let root_ca = write("root.pem", spec.root_pem)?;
-    let token_file = write("token", spec.token)?;
+    let token_file = match spec.credential {
+        NodeCredential::Token(token) => write("token", token)?,
+        NodeCredential::TokenFile(path) => path.to_path_buf(),
+    };
     let uds = spec.dir.join(format!("{}-ztunnel.sock", spec.node));
     let agent = NodeAgent::listen(&uds, node_pods(spec.registry, spec.node))
         .map_err(|e| spec.fail("node agent", e))?;
@@ -191,7 +212,7 @@ pub async fn start_shared_ztunnel(
         Settings {
             name: spec.node.to_string(),
             binary: spec.binary.to_path_buf(),
-            control_plane: control.url(),
+            control_plane: control_url,
             root_ca,
             token_file,
             node: spec.node.to_string(),
@@ -303,12 +324,29 @@ impl ZtunnelNode {
         xds: Arc<XdsState>,
     ) -> Result<ZtunnelNode, LabError> {
         let control = serve_node_control_plane(spec.node, spec.netns, ca, xds).await?;
-        let (ztunnel, agent) = start_shared_ztunnel(&spec, &control).await?;
+        let (ztunnel, agent) = start_shared_ztunnel(&spec, control.url()).await?;
         Ok(ZtunnelNode {
             node: spec.node.to_string(),
             ztunnel,
             agent,
-            control,
+            control: NodeControl::Lab(control),
+        })
+    }
+
+    /// Relays 127.0.0.1:15012 in the node's namespace to the real istiod
+    /// at `istiod`, starts the node agent with the node's pods and a
+    /// shared-mode ztunnel, and waits until ztunnel holds every pod.
+    pub async fn start_on_istiod(
+        spec: ZtunnelNodeSpec<'_>,
+        istiod: std::net::SocketAddr,
+    ) -> Result<ZtunnelNode, LabError> {
+        let relay = crate::istiod::NodeRelay::start(spec.node, spec.netns, istiod)?;
+        let (ztunnel, agent) = start_shared_ztunnel(&spec, crate::istiod::NodeRelay::url()).await?;
+        Ok(ZtunnelNode {
+            node: spec.node.to_string(),
+            ztunnel,
+            agent,
+            control: NodeControl::Istiod(relay),
         })
     }
 
@@ -344,7 +382,9 @@ impl ZtunnelNode {
     pub async fn shutdown(self) {
         drop(self.ztunnel);
         drop(self.agent);
-        self.control.server.shutdown().await;
+        if let NodeControl::Lab(control) = self.control {
+            control.server.shutdown().await;
+        }
     }
 }
 

@@ -9,11 +9,22 @@
 //! forwards to istiod. istiod's serving certificate carries 127.0.0.1
 //! (`ISTIOD_CUSTOM_HOST`), so ztunnel checks it without `ALT_*_HOSTNAME`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
-use hbone_control_plane::world::{World, WorldPod, WorldService};
+use hbone_ca::RenewalPolicy;
+use hbone_ca::plugin::PluginCerts;
+use hbone_control_plane::cluster::{CLUSTER_ID, ISTIO_SYSTEM, ISTIOD_HOST};
+use hbone_control_plane::tokens::{LIFETIME, NodeToken};
+use hbone_control_plane::world::{self, World, WorldPod, WorldService};
+use hbone_control_plane::{ControlPlane, ControlPlaneOptions, Given, Programs};
+use hbone_policies::istio::{AuthorizationPolicy, IstioPolicies, PeerAuthentication};
+use hbone_proxy::core::{CaAccess, CaToken};
 use hbone_proxy::netns::{NetNs, bind_listener};
 use hbone_proxy::registry::{Protocol, Registry};
+use hbone_proxy::xds_registry::XdsSettings;
+use kube::Api;
 use tokio_util::sync::CancellationToken;
 
 use crate::topology::{LabError, Part};
@@ -104,4 +115,180 @@ impl NodeRelay {
     pub fn url() -> String {
         format!("https://{ISTIOD_IN_NODE}")
     }
+}
+
+/// The real control plane serving the lab: istiod signing with the lab's
+/// plug-in CA, the lab's world and policies in the API server, a
+/// pod-bound token per node. Stopped (every program, every file) when
+/// dropped.
+pub struct IstiodPlane {
+    /// Each node's token file, kept fresh.
+    pub tokens: BTreeMap<String, NodeToken>,
+    /// etcd, kube-apiserver and istiod.
+    pub control: ControlPlane,
+    _mesh_ca: tempfile::TempDir,
+}
+
+fn failed(what: impl Into<String>, e: impl Into<crate::topology::Cause>) -> LabError {
+    LabError::failed(Part::ControlPlane, what, e)
+}
+
+impl IstiodPlane {
+    /// Starts the control plane with `plugin` as istiod's signing CA, puts
+    /// `registry` and `policies` into the API server, and issues each
+    /// node's token.
+    pub async fn start(
+        given: &Given,
+        plugin: &PluginCerts,
+        registry: &Registry,
+        policies: &IstioPolicies,
+    ) -> Result<IstiodPlane, LabError> {
+        let programs = Programs::find(given).map_err(|e| failed("finding istiod", e))?;
+        let mesh_ca = tempfile::Builder::new()
+            .prefix("hbone-lab-cacerts-")
+            .tempdir()
+            .map_err(|e| failed("a folder for istiod's CA files", e))?;
+        plugin
+            .write(mesh_ca.path())
+            .map_err(|e| failed("writing istiod's CA files", e))?;
+        let mut options = ControlPlaneOptions::new(programs);
+        options.mesh_ca = Some(mesh_ca.path().to_path_buf());
+        let control = ControlPlane::start(options)
+            .await
+            .map_err(|e| failed("starting etcd, kube-apiserver and istiod", e))?;
+        let applied = world::apply(&control.client, &world_of(registry))
+            .await
+            .map_err(|e| failed("the lab's pods and services", e))?;
+        let plane = IstiodPlane {
+            tokens: BTreeMap::new(),
+            control,
+            _mesh_ca: mesh_ca,
+        };
+        plane.sync_policies(policies).await?;
+        let mut tokens = BTreeMap::new();
+        for (node, (pod, uid)) in &applied.node_proxies {
+            let path = plane.control.dir.join(format!("{node}.token"));
+            let token = NodeToken::start(&plane.control.client, pod, uid, LIFETIME, path)
+                .await
+                .map_err(|e| failed(format!("{node}'s token"), e))?;
+            tokens.insert(node.clone(), token);
+        }
+        Ok(IstiodPlane { tokens, ..plane })
+    }
+
+    /// How a node's proxy reaches istiod's CA: its token file.
+    pub fn ca_access(
+        &self,
+        node: &str,
+        renewal: RenewalPolicy,
+        key_log: Option<PathBuf>,
+    ) -> CaAccess {
+        CaAccess {
+            address: self.control.istiod_url(),
+            root_pem: self.control.root_pem.clone(),
+            token: CaToken::File(self.token_file(node)),
+            renewal,
+            key_log,
+        }
+    }
+
+    fn token_file(&self, node: &str) -> PathBuf {
+        self.tokens
+            .get(node)
+            .map(|t| t.path.clone())
+            .unwrap_or_else(|| self.control.dir.join(format!("{node}.token")))
+    }
+
+    /// How a node's proxy follows istiod: ztunnel's node id and metadata
+    /// for the node's proxy pod, the same token.
+    pub fn xds_settings(&self, node: &str) -> XdsSettings {
+        let pod = world::node_proxy_pod(node);
+        let metadata = BTreeMap::from([
+            ("NAME".to_string(), pod.clone()),
+            ("NAMESPACE".to_string(), ISTIO_SYSTEM.to_string()),
+            ("NODE_NAME".to_string(), node.to_string()),
+            ("CLUSTER_ID".to_string(), CLUSTER_ID.to_string()),
+        ]);
+        XdsSettings {
+            address: self.control.istiod_url(),
+            root_pem: self.control.root_pem.clone(),
+            token_file: Some(self.token_file(node)),
+            node_id: format!(
+                "ztunnel~{ISTIOD_HOST}~{pod}.{ISTIO_SYSTEM}~{ISTIO_SYSTEM}.svc.cluster.local"
+            ),
+            metadata,
+            root_namespace: ISTIO_SYSTEM.into(),
+            max_backoff: std::time::Duration::from_secs(2),
+        }
+    }
+
+    /// Makes the API server hold exactly `policies`: each applied
+    /// (server-side), any other AuthorizationPolicy or PeerAuthentication
+    /// deleted. istiod pushes the change to every node proxy.
+    pub async fn sync_policies(&self, policies: &IstioPolicies) -> Result<(), LabError> {
+        let client = &self.control.client;
+        let mut wanted = Vec::new();
+        let mut yaml = String::new();
+        for p in policies.authorization() {
+            wanted.push((
+                "AuthorizationPolicy",
+                p.metadata.namespace.clone(),
+                p.metadata.name.clone(),
+            ));
+            yaml.push_str(&to_document(p)?);
+        }
+        for p in policies.peer_authentication() {
+            wanted.push((
+                "PeerAuthentication",
+                p.metadata.namespace.clone(),
+                p.metadata.name.clone(),
+            ));
+            yaml.push_str(&to_document(p)?);
+        }
+        world::apply_yaml(client, &yaml, "the lab's policies")
+            .await
+            .map_err(|e| failed("applying the lab's policies", e))?;
+        let present_authz: Api<AuthorizationPolicy> = Api::all(client.clone());
+        let present_peer: Api<PeerAuthentication> = Api::all(client.clone());
+        let mut stale = String::new();
+        let listed = |e| failed("listing the policies in the API server", e);
+        for p in present_authz
+            .list(&Default::default())
+            .await
+            .map_err(listed)?
+        {
+            let key = (
+                "AuthorizationPolicy",
+                p.metadata.namespace.clone(),
+                p.metadata.name.clone(),
+            );
+            if !wanted.contains(&key) {
+                stale.push_str(&to_document(&p)?);
+            }
+        }
+        for p in present_peer
+            .list(&Default::default())
+            .await
+            .map_err(listed)?
+        {
+            let key = (
+                "PeerAuthentication",
+                p.metadata.namespace.clone(),
+                p.metadata.name.clone(),
+            );
+            if !wanted.contains(&key) {
+                stale.push_str(&to_document(&p)?);
+            }
+        }
+        world::delete_yaml(client, &stale, "policies no longer in the lab")
+            .await
+            .map_err(|e| failed("removing policies", e))
+    }
+}
+
+/// One YAML document (with its `---`) for a policy.
+fn to_document(object: &impl serde::Serialize) -> Result<String, LabError> {
+    serde_yaml::to_string(object)
+        .map(|text| format!("---\n{text}"))
+        .map_err(|e| failed("writing a policy as YAML", e))
 }

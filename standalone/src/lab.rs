@@ -10,17 +10,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hbone_ca::metrics::CaMetrics;
+use hbone_ca::plugin::PluginCerts;
 use hbone_ca::server::{CaService, RunningCa, serve};
 use hbone_ca::tokens::TokenFile;
 use hbone_ca::{AuthorityConfig, IdentityPattern, RenewalPolicy, SigningAuthority};
+use hbone_control_plane::Given;
+use hbone_policies::authorization::MeshAuthorization;
 use hbone_policies::istio::IstioPolicies;
 use hbone_policies::lab::lab_resources;
-use hbone_policies::matrix::PolicySet;
+use hbone_policies::matrix::{PolicySet, ROOT_NAMESPACE};
 use hbone_proxy::ProxyHandle;
 use hbone_proxy::config::Listeners;
 use hbone_proxy::core::{CaAccess, CaToken, CoreSettings, ProxyCore};
 use hbone_proxy::netns::{bind_listener, can_create, tcp_socket};
+use hbone_proxy::refusal::{Direction, Reason};
 use hbone_proxy::registry::{Node, Protocol, Registry, RegistryFile, Service, Workload};
+use hbone_proxy::xds_registry::{XdsStatus, follow, registry_from};
 use hbone_workloads::db::{Database, DbConfig};
 use hbone_workloads::dial::{Connect, Dialer, futures_lite::BoxedConnect};
 use hbone_workloads::gateway::{GatewayConfig, serve as serve_gateway};
@@ -29,10 +34,13 @@ use hbone_workloads::pgserver::{PgError, PgServer};
 use hbone_workloads::public_api::{self, PublicCa, StandIn};
 use hbone_xds::XdsState;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::dataplane::{
-    Dataplane, HboneNodeAgent, ZTUNNEL_SECRET_TTL, ZtunnelNode, ZtunnelNodeSpec, mesh,
+    Dataplane, HboneNodeAgent, NodeCredential, ZTUNNEL_SECRET_TTL, ZtunnelNode, ZtunnelNodeSpec,
+    mesh,
 };
+use crate::istiod::IstiodPlane;
 use crate::netns_topology::{CLOUDFLARE_IP, GITHUB_IP, NetnsPlumbing, remove_stale};
 use crate::topology::{
     HELLO_HOST, HELLO_PORT, LabError, Mode, PODS, POSTGRES_HOST, POSTGRES_PORT, Part, ip, lab_pod,
@@ -55,6 +63,10 @@ pub struct LabOptions {
     pub ztunnel: Option<PathBuf>,
     /// hbone-lab's proxies write their mesh TLS secrets here (to decrypt a capture).
     pub key_log: Option<PathBuf>,
+    /// Feed every node proxy from the real istiod (on a real kube-apiserver)
+    /// instead of hbone-lab's own CA and xDS; the programs to run (each
+    /// `None` is looked for as `hbone_control_plane::peers::find` says).
+    pub istiod: Option<Given>,
 }
 
 impl Default for LabOptions {
@@ -66,6 +78,7 @@ impl Default for LabOptions {
             dataplane: Dataplane::HboneLab,
             ztunnel: None,
             key_log: None,
+            istiod: None,
         }
     }
 }
@@ -102,6 +115,12 @@ pub struct Lab {
     pub plumbing: Option<NetnsPlumbing>,
     /// Netns mode: the CA behind the outside world's stand-ins.
     pub public_ca: Option<PublicCa>,
+    /// hbone-lab's proxies' view of istiod, by node (when istiod feeds them).
+    pub xds_status: Vec<(String, watch::Receiver<XdsStatus>)>,
+    /// Stops the proxies following istiod (before istiod goes).
+    _xds_follow: Option<tokio_util::sync::DropGuard>,
+    /// The real control plane, when it feeds the lab; last to go.
+    pub istiod: Option<IstiodPlane>,
 }
 
 /// Loads the lab's policies, both layers (`policies/`, compiled in).
@@ -226,6 +245,14 @@ impl Lab {
     /// have answered) — and returns how many open streams hbone-lab's
     /// proxies closed.
     pub async fn apply_policies(&self, policies: &IstioPolicies) -> usize {
+        if let Some(istiod) = &self.istiod {
+            let before = self.revoked();
+            if let Err(e) = istiod.sync_policies(policies).await {
+                tracing::warn!(error = %e, "the policies did not reach the API server");
+            }
+            self.wait_pushed(policies).await;
+            return self.revoked() - before;
+        }
         if let Some(xds) = &self.xds {
             xds.update(&mesh(&self.registry, policies));
             if !xds.wait_answered(Duration::from_secs(10)).await {
@@ -236,6 +263,63 @@ impl Lab {
             .iter()
             .map(|node| node.core.replace_policies(policies.clone()).len())
             .sum()
+    }
+
+    /// Open streams hbone-lab's proxies have closed for a policy change, so far.
+    fn revoked(&self) -> usize {
+        self.nodes
+            .iter()
+            .map(|n| {
+                n.core
+                    .metrics
+                    .refusal_count(Direction::Inbound, Reason::PolicyRevoked)
+                    as usize
+            })
+            .sum()
+    }
+
+    /// Waits (up to 10 s) until every node proxy holds `policies` as
+    /// istiod pushed them: the same policy names as their translation.
+    async fn wait_pushed(&self, policies: &IstioPolicies) {
+        let mut want: Vec<String> = policies
+            .translated()
+            .policies()
+            .iter()
+            .map(|p| p.key())
+            .collect();
+        want.sort();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        for node in &self.nodes {
+            loop {
+                let mut held: Vec<String> = node
+                    .core
+                    .policies()
+                    .policies()
+                    .iter()
+                    .map(|p| p.key())
+                    .collect();
+                held.sort();
+                if held == want {
+                    break;
+                }
+                if tokio::time::Instant::now() > deadline {
+                    tracing::warn!(node = %node.core.node, ?held, ?want, "istiod's push did not arrive within 10 s");
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        for z in &self.ztunnels {
+            let pushed = z
+                .ztunnel
+                .wait_for_dump("hold istiod's push", Duration::from_secs(10), |d| {
+                    d["policies"].as_array().map_or(0, Vec::len) == want.len()
+                })
+                .await;
+            if let Err(e) = pushed {
+                tracing::warn!(node = %z.node, error = %e, "istiod's push did not reach ztunnel");
+            }
+        }
     }
 
     /// The pod's workload entry.
@@ -298,6 +382,14 @@ impl Lab {
                     .map_err(|e| LabError::failed(Part::Proxy, "finding ztunnel", e))?,
             ),
         };
+        if options.istiod.is_some() && mode != Mode::Netns {
+            // The API server allocates Service VIPs from its range
+            // (10.96.0.0/16); the loopback lab's are 127.x.
+            return Err(LabError::refused(
+                Part::ControlPlane,
+                "--control-plane istiod runs the netns lab, whose Service VIPs the API server can allocate: add --netns (as root)",
+            ));
+        }
         let policies = Arc::new(lab_policies()?);
         let plumbing = match mode {
             Mode::Loopback => None,
@@ -337,9 +429,13 @@ impl Lab {
             // be due at once.
             authority_config.backdate = Duration::from_secs(1);
         }
+        // Plug-in CA files, so that istiod (when it feeds the lab) signs
+        // with the same intermediate and every certificate shares one root.
+        let plugin = PluginCerts::generate("cluster.local")
+            .map_err(|e| LabError::failed(Part::Ca, "generating the mesh root", e))?;
         let authority = Arc::new(
-            SigningAuthority::generate(authority_config)
-                .map_err(|e| LabError::failed(Part::Ca, "generating the mesh root", e))?,
+            SigningAuthority::from_plugin(&plugin, authority_config)
+                .map_err(|e| LabError::failed(Part::Ca, "loading the mesh root", e))?,
         );
         // A node may obtain any demo identity, and ztunnel its own.
         let grants: Vec<IdentityPattern> = [
@@ -370,6 +466,15 @@ impl Lab {
             key_log: options.key_log.clone(),
         };
 
+        let istiod = match &options.istiod {
+            Some(given) => {
+                Some(IstiodPlane::start(given, &plugin, &registry, &policies.istio).await?)
+            }
+            None => None,
+        };
+        let follow_stop = tokio_util::sync::CancellationToken::new();
+        let mut xds_status = Vec::new();
+
         let mut nodes = Vec::new();
         let mut node_agents = Vec::new();
         // Netns mode: hbone-lab runs in shared mode, as ztunnel does — one
@@ -393,12 +498,30 @@ impl Lab {
                 bind_source_ip: mode == Mode::Loopback,
                 ..CoreSettings::for_node(node)
             };
-            let core = ProxyCore::with_ca(
-                settings,
-                registry.clone(),
-                policies.istio.clone(),
-                &ca_access,
-            )
+            // Fed by istiod: nothing known until its first push.
+            let core = match &istiod {
+                Some(istiod) => {
+                    let empty = registry_from(std::iter::empty(), node).map_err(|e| {
+                        LabError::failed(Part::Proxy, format!("assembling {node}"), e)
+                    })?;
+                    let core = ProxyCore::with_ca(
+                        settings,
+                        Arc::new(empty),
+                        MeshAuthorization::pushed(ROOT_NAMESPACE, Vec::new()),
+                        &istiod.ca_access(node, options.renewal.clone(), options.key_log.clone()),
+                    );
+                    if let Ok(core) = &core {
+                        core.set_waiting_for(Some("istiod".into()));
+                    }
+                    core
+                }
+                None => ProxyCore::with_ca(
+                    settings,
+                    registry.clone(),
+                    policies.istio.clone(),
+                    &ca_access,
+                ),
+            }
             .map_err(|e| LabError::failed(Part::Proxy, format!("assembling {node}"), e))?;
             let core = Arc::new(core);
             let at = |port| Some(SocketAddr::new(ip(addr), port));
@@ -417,10 +540,21 @@ impl Lab {
                 None => None,
             };
             nodes.push(
-                ProxyHandle::start(core, &listeners)
+                ProxyHandle::start(core.clone(), &listeners)
                     .await
                     .map_err(|e| LabError::failed(Part::Proxy, format!("starting {node}"), e))?,
             );
+            if let Some(istiod) = &istiod {
+                let (tx, rx) = watch::channel(XdsStatus::default());
+                tokio::spawn(follow(
+                    core,
+                    istiod.xds_settings(node),
+                    tx,
+                    follow_stop.clone(),
+                ));
+                wait_synced(node, rx.clone()).await?;
+                xds_status.push((node.to_string(), rx));
+            }
             if let Some(agent) = agent {
                 agent.wait_served(node).await?;
                 node_agents.push(agent);
@@ -431,7 +565,9 @@ impl Lab {
         let mut xds = None;
         let mut ztunnel_dir = None;
         if let (Some(binary), Some(plumbing)) = (&ztunnel_binary, &plumbing) {
-            let state = XdsState::new(&mesh(&registry, &policies.istio), Some(tokens.clone()));
+            let state = istiod
+                .is_none()
+                .then(|| XdsState::new(&mesh(&registry, &policies.istio), Some(tokens.clone())));
             let dir = tempfile::Builder::new()
                 .prefix("hbone-lab-ztunnel-")
                 .tempdir()
@@ -440,26 +576,38 @@ impl Lab {
                 .into_iter()
                 .filter(|n| dataplane.ztunnel_on(n))
             {
-                ztunnels.push(
-                    ZtunnelNode::start(
-                        ZtunnelNodeSpec {
-                            node,
-                            netns: &plumbing.nodes[node],
-                            binary,
-                            registry: &registry,
-                            dir: dir.path(),
-                            root_pem: authority.root_pem(),
-                            token: NODE_TOKEN,
-                            secret_ttl: Some(ZTUNNEL_SECRET_TTL),
-                            log_level: "info",
-                        },
-                        service.clone(),
-                        state.clone(),
-                    )
-                    .await?,
-                );
+                let token_file;
+                let spec = ZtunnelNodeSpec {
+                    node,
+                    netns: &plumbing.nodes[node],
+                    binary,
+                    registry: &registry,
+                    dir: dir.path(),
+                    root_pem: authority.root_pem(),
+                    credential: match &istiod {
+                        Some(istiod) => {
+                            token_file = istiod.tokens[node].path.clone();
+                            NodeCredential::TokenFile(&token_file)
+                        }
+                        None => NodeCredential::Token(NODE_TOKEN),
+                    },
+                    secret_ttl: Some(ZTUNNEL_SECRET_TTL),
+                    log_level: "info",
+                };
+                ztunnels.push(match (&istiod, &state) {
+                    (Some(istiod), _) => {
+                        ZtunnelNode::start_on_istiod(spec, istiod.control.istiod_ports.secure_grpc)
+                            .await?
+                    }
+                    (None, Some(state)) => {
+                        ZtunnelNode::start(spec, service.clone(), state.clone()).await?
+                    }
+                    (None, None) => {
+                        unreachable!("a state is made when istiod does not feed the lab")
+                    }
+                });
             }
-            xds = Some(state);
+            xds = state;
             ztunnel_dir = Some(dir);
         }
 
@@ -488,6 +636,9 @@ impl Lab {
             hello,
             plumbing,
             public_ca: None,
+            xds_status,
+            _xds_follow: Some(follow_stop.drop_guard()),
+            istiod,
         };
         lab.wait_for_certificates().await?;
         if lab.plumbing.is_some() {
@@ -498,18 +649,21 @@ impl Lab {
     }
 
     async fn wait_for_certificates(&self) -> Result<(), LabError> {
+        // Through istiod, the first certificates take a TokenReview and a
+        // pod lookup each: allow more than the lab's own CA needs.
+        let within = if self.istiod.is_some() { 30 } else { 10 };
         for w in &self.registry.workloads {
             // ztunnel fetches its pods' certificates on its own.
             let Some(node) = self.node(&w.node) else {
                 continue;
             };
             let certs = &node.core.certs;
-            tokio::time::timeout(Duration::from_secs(10), certs.get(w.identity()))
+            tokio::time::timeout(Duration::from_secs(within), certs.get(w.identity()))
                 .await
                 .map_err(|_| {
                     LabError::refused(
                         Part::Ca,
-                        format!("no certificate for {} in 10 s", w.identity()),
+                        format!("no certificate for {} in {within} s", w.identity()),
                     )
                 })?
                 .map_err(|e| {
@@ -624,5 +778,32 @@ impl Lab {
         if let Some(plumbing) = self.plumbing.take() {
             let _ = tokio::task::spawn_blocking(move || drop(plumbing)).await;
         }
+        self._xds_follow.take();
+        if let Some(istiod) = self.istiod.take() {
+            // Stopping the programs waits for them: not on a runtime thread.
+            let _ = tokio::task::spawn_blocking(move || drop(istiod)).await;
+        }
     }
+}
+
+/// Waits until a proxy following istiod has both types of its first push.
+async fn wait_synced(node: &str, mut status: watch::Receiver<XdsStatus>) -> Result<(), LabError> {
+    let synced = tokio::time::timeout(
+        Duration::from_secs(30),
+        status.wait_for(|s| s.synced && s.workloads > 0),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
+    if synced {
+        return Ok(());
+    }
+    let last = status.borrow().clone();
+    Err(LabError::refused(
+        Part::ControlPlane,
+        format!(
+            "hbone-lab on {node} had no push from istiod within 30 s ({} connections, last error: {})",
+            last.connects,
+            last.last_error.as_deref().unwrap_or("none")
+        ),
+    ))
 }

@@ -38,6 +38,8 @@ pub enum Part {
     Policies,
     Workload,
     Netns,
+    /// The real Istio control plane (etcd, kube-apiserver, istiod).
+    ControlPlane,
 }
 
 impl std::fmt::Display for Part {
@@ -48,6 +50,7 @@ impl std::fmt::Display for Part {
             Part::Policies => "policies",
             Part::Workload => "a workload",
             Part::Netns => "network namespaces",
+            Part::ControlPlane => "the Istio control plane (istiod)",
         })
     }
 }

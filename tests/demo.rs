@@ -300,67 +300,81 @@ fn netns_demo_enforces_both_layers_and_ctrl_c_leaves_nothing_behind() {
     );
 }
 
+/// Runs the netns demo on `dataplane` with `extra` flags and checks the
+/// outcomes every data plane must show: the first nine scenarios as
+/// predicted, the selector DENY closed by hbone-lab and kept (a finding)
+/// by ztunnel, each refusal and renewal with its proxy's own evidence.
+/// Returns the demo's standard error and process id.
+fn netns_demo_matches_every_prediction(dataplane: &str, extra: &[&str]) -> (String, u32) {
+    let child = Command::new(env!("CARGO_BIN_EXE_hbone-lab"))
+        .args(["demo", "--netns", "--json", "--dataplane", dataplane])
+        .args(extra)
+        .env_remove("RUST_BACKTRACE")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{dataplane}:\n{stdout}\n{stderr}");
+    let results: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let results = results.as_array().unwrap();
+    assert_eq!(results.len(), 10, "{dataplane}: {results:#?}");
+    for r in &results[..9] {
+        assert_eq!(r["expected"], r["observed"], "{dataplane}: {r:#}");
+    }
+    // A selector-scoped DENY added mid-connection: hbone-lab closes the
+    // held connection; ztunnel keeps it (its list is the one from accept
+    // time) — reported as a finding, not a failure.
+    let selector = &results[9];
+    if dataplane == "ztunnel" {
+        assert_eq!(selector["observed"], "allow", "{selector:#}");
+        assert!(
+            selector["finding"]
+                .as_str()
+                .unwrap_or("")
+                .contains("kept the held connection"),
+            "{selector:#}"
+        );
+    } else {
+        assert_eq!(selector["observed"], "deny", "{selector:#}");
+        assert!(selector.get("finding").is_none(), "{selector:#}");
+    }
+    // test-pod → hello-app is refused by hello-app's node proxy: ztunnel
+    // on node-2 in ztunnel mode (quoted from its log), hbone-lab otherwise.
+    let refusal = results[1]["evidence"].as_str().unwrap();
+    if dataplane == "ztunnel" {
+        assert!(
+            refusal.contains("ztunnel refused it by AuthorizationPolicy")
+                && refusal.contains("policy rejection"),
+            "{refusal}"
+        );
+    } else {
+        assert!(
+            refusal.contains("refused the CONNECT by AuthorizationPolicy"),
+            "{refusal}"
+        );
+    }
+    let rotation = results[7]["evidence"].as_str().unwrap();
+    if dataplane != "hbone-lab" {
+        assert!(rotation.contains("ztunnel renewed"), "{rotation}");
+    }
+    (stderr, pid)
+}
+
 /// The netns demo with a real ztunnel on every node, and with one of each:
-/// the same nine scenarios, the same outcomes, ztunnel's own evidence for
-/// its refusals, and nothing left behind.
+/// the same scenarios, the same outcomes, ztunnel's own evidence for
+/// its refusals.
 #[test]
 #[ignore = "needs ZTUNNEL_BIN and root"]
 fn netns_demo_on_ztunnel_and_mixed_matches_every_prediction() {
     assert!(is_root(), "--netns needs root");
     let ztunnel = std::env::var("ZTUNNEL_BIN").expect("ZTUNNEL_BIN names a ztunnel binary");
     for dataplane in ["ztunnel", "mixed"] {
-        let out = Command::new(env!("CARGO_BIN_EXE_hbone-lab"))
-            .args(["demo", "--netns", "--json", "--dataplane", dataplane])
-            .args(["--ztunnel", &ztunnel])
-            .env_remove("RUST_BACKTRACE")
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{dataplane}:\n{stdout}\n{stderr}");
-        assert!(stderr.contains("Data plane:"), "{stderr}");
-        let results: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-        let results = results.as_array().unwrap();
-        assert_eq!(results.len(), 10, "{dataplane}: {results:#?}");
-        for r in &results[..9] {
-            assert_eq!(r["expected"], r["observed"], "{dataplane}: {r:#}");
-        }
-        // A selector-scoped DENY added mid-connection: hbone-lab closes the
-        // held connection; ztunnel keeps it (its list is the one from accept
-        // time) — reported as a finding, not a failure.
-        let selector = &results[9];
-        match dataplane {
-            "ztunnel" => {
-                assert_eq!(selector["observed"], "allow", "{selector:#}");
-                assert!(
-                    selector["finding"]
-                        .as_str()
-                        .unwrap_or("")
-                        .contains("kept the held connection"),
-                    "{selector:#}"
-                );
-            }
-            _ => {
-                assert_eq!(selector["observed"], "deny", "{selector:#}");
-                assert!(selector.get("finding").is_none(), "{selector:#}");
-            }
-        }
-        // test-pod → hello-app is refused by hello-app's node proxy: ztunnel
-        // on node-2 in ztunnel mode (quoted from its log), hbone-lab in mixed.
-        let refusal = results[1]["evidence"].as_str().unwrap();
-        match dataplane {
-            "ztunnel" => assert!(
-                refusal.contains("ztunnel refused it by AuthorizationPolicy")
-                    && refusal.contains("policy rejection"),
-                "{refusal}"
-            ),
-            _ => assert!(
-                refusal.contains("refused the CONNECT by AuthorizationPolicy"),
-                "{refusal}"
-            ),
-        }
-        let rotation = results[7]["evidence"].as_str().unwrap();
-        assert!(rotation.contains("ztunnel renewed"), "{rotation}");
+        let (stderr, _) = netns_demo_matches_every_prediction(dataplane, &["--ztunnel", &ztunnel]);
+        assert!(stderr.contains("hbone-lab plays istiod"), "{stderr}");
     }
     // A wrong binary is refused with a clear message.
     let out = Command::new(env!("CARGO_BIN_EXE_hbone-lab"))
@@ -376,6 +390,67 @@ fn netns_demo_on_ztunnel_and_mixed_matches_every_prediction() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("ztunnel binary /nonexistent"));
+}
+
+/// Nothing of the control plane the demo `pid` started is left: its
+/// programs (named by their folder, which carries the pid), the folder,
+/// the namespaces.
+fn control_plane_gone(pid: u32) {
+    let folder = format!("hbone-lab-control-plane-{pid}-");
+    assert!(
+        processes_mentioning(&folder).is_empty(),
+        "{:?}",
+        processes_mentioning(&folder)
+    );
+    let left: Vec<String> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&folder))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    let namespaces = namespaces_with(&format!("hbl{pid}-"));
+    assert!(namespaces.is_empty(), "{namespaces:?}");
+}
+
+/// The netns demo with every hbone-lab node proxy fed by the real istiod
+/// on a real kube-apiserver: every scenario as predicted (a policy change
+/// goes through the API server), and no program or namespace left behind.
+#[test]
+#[ignore = "needs root and etcd, kube-apiserver and istiod (scripts/control-plane-peers.sh)"]
+fn netns_demo_on_istiod_matches_every_prediction_and_leaves_nothing_behind() {
+    assert!(is_root(), "--netns needs root");
+    let (stderr, pid) =
+        netns_demo_matches_every_prediction("hbone-lab", &["--control-plane", "istiod"]);
+    assert!(stderr.contains("the real istiod"), "{stderr}");
+    control_plane_gone(pid);
+}
+
+/// ztunnel and mixed data planes fed by the real istiod.
+#[test]
+#[ignore = "needs ZTUNNEL_BIN, root and etcd, kube-apiserver and istiod (scripts/control-plane-peers.sh)"]
+fn netns_demo_on_ztunnel_and_mixed_fed_by_istiod_matches_every_prediction() {
+    assert!(is_root(), "--netns needs root");
+    let ztunnel = std::env::var("ZTUNNEL_BIN").expect("ZTUNNEL_BIN names a ztunnel binary");
+    for dataplane in ["ztunnel", "mixed"] {
+        let (stderr, pid) = netns_demo_matches_every_prediction(
+            dataplane,
+            &["--ztunnel", &ztunnel, "--control-plane", "istiod"],
+        );
+        assert!(stderr.contains("the real istiod"), "{stderr}");
+        control_plane_gone(pid);
+    }
+}
+
+#[test]
+fn the_real_control_plane_needs_netns_and_says_so() {
+    let out = Command::new(env!("CARGO_BIN_EXE_hbone-lab"))
+        .args(["demo", "--control-plane", "istiod"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("add --netns"), "{err}");
 }
 
 #[test]

@@ -306,8 +306,9 @@ impl ControlPlane {
                 (None, dir.clone())
             }
             None => {
+                // The pid in the name: whose folder it is, for whoever looks.
                 let temp = tempfile::Builder::new()
-                    .prefix("hbone-lab-control-plane-")
+                    .prefix(&format!("hbone-lab-control-plane-{}-", std::process::id()))
                     .tempdir()
                     .map_err(io("cannot create a folder in", &std::env::temp_dir()))?;
                 let dir = temp.path().to_path_buf();

@@ -18,7 +18,7 @@
 set -euo pipefail
 
 # The versions are pinned in one place, which hbone-lab reads too.
-# shellcheck source=../control-plane/peers.env
+# shellcheck disable=SC1091 # a file of plain KEY=value lines, read at run time
 source "$(dirname "$0")/../control-plane/peers.env"
 
 say() { printf '==> %s\n' "$*" >&2; }

@@ -70,8 +70,8 @@ fn main() -> anyhow::Result<()> {
     logging::init(match cli.command {
         // The API server answers 500 until it is ready, which kube's client
         // logs as errors; what fails for real comes back as our own error.
-        Command::Demo(_) => "error,kube_client=off",
-        Command::Policy(_) | Command::Wire(_) => "error",
+        Command::Demo(_) | Command::Policy(_) => "error,kube_client=off",
+        Command::Wire(_) => "error",
         // The progress bar owns the terminal; the CA's issuance logs would tear it.
         Command::Bench(_) | Command::Soak(_) => "warn",
         Command::ControlPlane(_) => "info,kube_client=off",

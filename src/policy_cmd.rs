@@ -100,11 +100,32 @@ pub enum PolicyCommand {
     /// policy set, the connection and each side's answer; the last line
     /// reads `N cases, M disagreements`, and the exit status is 1 if M > 0.
     ///
+    /// With --against istiod it checks the translation instead, against
+    /// istiod itself (no root, no ztunnel; etcd, kube-apiserver and istiod
+    /// as scripts/control-plane-peers.sh builds them): each policy set is
+    /// applied to a real API server, what istiod pushes is read back as a
+    /// node proxy reads it, and every Authorization is compared field by
+    /// field with `policy translate`'s. The last line reads
+    /// `N sets, M disagreements`.
+    ///
     /// Examples:
     ///   sudo hbone-lab policy diff --ztunnel ./ztunnel
     ///   sudo hbone-lab policy diff --cases 2000 --seed 7   # ZTUNNEL_BIN set
+    ///   hbone-lab policy diff --against istiod --sets 300
+    ///   hbone-lab policy diff --against istiod --policies mine.yaml theirs.yaml
     #[command(verbatim_doc_comment)]
     Diff {
+        /// What to check hbone-lab against: a real ztunnel, connection by
+        /// connection, or istiod's own translation, policy by policy.
+        #[arg(long, default_value = "ztunnel", value_parser = ["ztunnel", "istiod"])]
+        against: String,
+        /// --against istiod: how many generated policy sets.
+        #[arg(long, default_value_t = 300)]
+        sets: u64,
+        /// --against istiod: check these policy files (each one set)
+        /// instead of generated sets.
+        #[arg(long, value_name = "FILE", num_args = 1..)]
+        policies: Vec<PathBuf>,
         /// The ztunnel binary (default: $ZTUNNEL_BIN).
         #[arg(long, value_name = "PATH")]
         ztunnel: Option<PathBuf>,
@@ -161,10 +182,18 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
             root_namespace,
         } => ztunnel_config(policies.as_deref(), loopback, &root_namespace),
         PolicyCommand::Diff {
+            against,
+            sets,
+            policies,
+            seed,
+            ..
+        } if against == "istiod" => diff_against_istiod(policies, sets, seed),
+        PolicyCommand::Diff {
             ztunnel,
             cases,
             seed,
             json,
+            ..
         } => diff(ztunnel, cases, seed, json),
     }
 }
@@ -316,6 +345,72 @@ fn diff(ztunnel: Option<PathBuf>, cases: usize, seed: u64, json: bool) -> anyhow
         anyhow::bail!("ztunnel and hbone-lab disagree on {disagreements} case(s)");
     }
     Ok(())
+}
+
+fn diff_against_istiod(files: Vec<PathBuf>, sets: u64, seed: u64) -> anyhow::Result<()> {
+    use hbone_standalone::policy_diff::generate::policy_set;
+    use hbone_standalone::policy_diff::istiod::{Checked, IstiodTranslator, check_set};
+    let inputs: Vec<(String, String)> = if files.is_empty() {
+        (0..sets)
+            .map(|n| {
+                (
+                    format!("generated set {n} (seed {seed})"),
+                    policy_set(seed, n),
+                )
+            })
+            .collect()
+    } else {
+        files
+            .iter()
+            .map(|f| {
+                std::fs::read_to_string(f)
+                    .map(|text| (f.display().to_string(), text))
+                    .with_context(|| format!("cannot read {}", f.display()))
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    eprintln!(
+        "policy diff --against istiod: starting etcd, kube-apiserver and istiod, then {} policy set(s)",
+        inputs.len()
+    );
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::block_in_place(|| {
+        handle.block_on(async {
+            let mut istiod =
+                IstiodTranslator::start(&hbone_control_plane::Given::default()).await?;
+            let (mut disagreements, mut refused) = (0usize, 0usize);
+            for (i, (name, yaml)) in inputs.iter().enumerate() {
+                let found = match check_set(&mut istiod, yaml, name).await? {
+                    Checked::Compared(found) => found,
+                    Checked::Refused(why) => {
+                        refused += 1;
+                        println!("REFUSED   {name}: the API server refused it: {why}");
+                        continue;
+                    }
+                };
+                if !found.is_empty() {
+                    println!("\n=== {name}:\n{yaml}");
+                    for d in &found {
+                        println!("DISAGREE  {d}");
+                    }
+                }
+                disagreements += found.len();
+                if (i + 1) % 25 == 0 {
+                    eprintln!("  {} policy sets…", i + 1);
+                }
+            }
+            println!(
+                "{} sets, {disagreements} disagreements ({refused} refused by the API server)",
+                inputs.len() - refused
+            );
+            if disagreements > 0 {
+                anyhow::bail!(
+                    "istiod and hbone-lab translate {disagreements} policies differently"
+                );
+            }
+            Ok(())
+        })
+    })
 }
 
 fn ztunnel_config(

@@ -127,6 +127,8 @@ pub struct ControlPlaneOptions {
     pub dir: Option<PathBuf>,
     /// istiod's `--log_output_level` (e.g. `default:info,ads:debug`).
     pub istiod_log_level: String,
+    /// More environment for istiod (e.g. `PILOT_DEBOUNCE_AFTER`).
+    pub istiod_env: Vec<(String, String)>,
 }
 
 impl ControlPlaneOptions {
@@ -137,6 +139,7 @@ impl ControlPlaneOptions {
             mesh_ca: None,
             dir: None,
             istiod_log_level: "default:info".into(),
+            istiod_env: Vec::new(),
         }
     }
 }
@@ -421,6 +424,27 @@ impl ControlPlane {
         };
         let istiod_dir = dir.join("istiod");
         std::fs::create_dir_all(&istiod_dir).map_err(io("cannot create", &istiod_dir))?;
+        let mut istiod_env: Vec<(&str, String)> = vec![
+            ("PILOT_ENABLE_AMBIENT", "true".into()),
+            (
+                "CA_TRUSTED_NODE_ACCOUNTS",
+                format!("{ISTIO_SYSTEM}/{ZTUNNEL_ACCOUNT}"),
+            ),
+            (
+                "ISTIOD_CUSTOM_HOST",
+                format!("istiod.{ISTIO_SYSTEM}.svc,{ISTIOD_HOST}"),
+            ),
+            ("POD_NAMESPACE", ISTIO_SYSTEM.into()),
+            ("CLUSTER_ID", CLUSTER_ID.into()),
+            ("ROOT_CA_DIR", mesh_ca.display().to_string()),
+            ("KUBECONFIG", kubeconfig.display().to_string()),
+        ];
+        istiod_env.extend(
+            options
+                .istiod_env
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.clone())),
+        );
         let mut istiod = Program::spawn(
             "istiod",
             &options.programs.istiod,
@@ -436,21 +460,7 @@ impl ControlPlane {
                 "--ctrlz_port=0".into(),
                 format!("--log_output_level={}", options.istiod_log_level),
             ]),
-            &[
-                ("PILOT_ENABLE_AMBIENT", "true".into()),
-                (
-                    "CA_TRUSTED_NODE_ACCOUNTS",
-                    format!("{ISTIO_SYSTEM}/{ZTUNNEL_ACCOUNT}"),
-                ),
-                (
-                    "ISTIOD_CUSTOM_HOST",
-                    format!("istiod.{ISTIO_SYSTEM}.svc,{ISTIOD_HOST}"),
-                ),
-                ("POD_NAMESPACE", ISTIO_SYSTEM.into()),
-                ("CLUSTER_ID", CLUSTER_ID.into()),
-                ("ROOT_CA_DIR", mesh_ca.display().to_string()),
-                ("KUBECONFIG", kubeconfig.display().to_string()),
-            ],
+            &istiod_env,
             &istiod_dir,
             dir.join("istiod.log"),
         )?;

@@ -301,7 +301,8 @@ pub const FIELD_MANAGER: &str = "hbone-lab";
 
 /// Applies every document of `yaml` (any kind the API server serves, e.g.
 /// the lab's AuthorizationPolicies) by server-side apply: created, or
-/// updated in place. Returns `Kind namespace/name` of each.
+/// updated in place; a namespace named that does not exist is created.
+/// Returns `Kind namespace/name` of each.
 pub async fn apply_yaml(
     client: &Client,
     yaml: &str,
@@ -320,13 +321,17 @@ pub async fn apply_yaml(
             continue;
         }
         let object: kube::api::DynamicObject =
-            serde_yaml::from_value(value).map_err(|e| bad(e.to_string()))?;
+            serde_json::from_value(json_of(value)).map_err(|e| bad(e.to_string()))?;
         let (api, name) = dynamic_api(client, &object).map_err(bad)?;
         let label = format!(
             "{} {}/{name}",
             object.types.as_ref().map_or("", |t| t.kind.as_str()),
             object.metadata.namespace.as_deref().unwrap_or("")
         );
+        // A namespace the document names is made first, as a lab expects.
+        if let Some(namespace) = &object.metadata.namespace {
+            create_namespace(client, namespace).await?;
+        }
         api.patch(
             &name,
             &PatchParams::apply(FIELD_MANAGER).force(),
@@ -351,7 +356,7 @@ pub async fn delete_yaml(
         let Ok(value) = serde_yaml::Value::deserialize(document) else {
             continue;
         };
-        let Ok(object) = serde_yaml::from_value::<kube::api::DynamicObject>(value) else {
+        let Ok(object) = serde_json::from_value::<kube::api::DynamicObject>(json_of(value)) else {
             continue;
         };
         let Ok((api, name)) = dynamic_api(client, &object) else {
@@ -364,6 +369,35 @@ pub async fn delete_yaml(
         }
     }
     Ok(())
+}
+
+/// A YAML document as the JSON the API server takes: YAML allows keys
+/// that are not strings (`portLevelMtls: {9090: …}`), JSON does not, so
+/// they become their text, as kubectl sends them.
+fn json_of(value: serde_yaml::Value) -> serde_json::Value {
+    use serde_yaml::Value as Y;
+    match value {
+        Y::Null => serde_json::Value::Null,
+        Y::Bool(b) => b.into(),
+        Y::Number(n) => serde_json::to_value(&n).unwrap_or(serde_json::Value::Null),
+        Y::String(s) => s.into(),
+        Y::Sequence(items) => items.into_iter().map(json_of).collect(),
+        Y::Mapping(map) => map
+            .into_iter()
+            .map(|(k, v)| {
+                let key = match k {
+                    Y::String(s) => s,
+                    other => serde_yaml::to_string(&other)
+                        .unwrap_or_default()
+                        .trim_end()
+                        .to_string(),
+                };
+                (key, json_of(v))
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into(),
+        Y::Tagged(tagged) => json_of(tagged.value),
+    }
 }
 
 /// The API for `object`'s kind (from its `apiVersion` and `kind`) in its

@@ -118,6 +118,53 @@ pub struct Story {
     pub received: usize,
     pub status: String,
     pub metrics: Option<SocketAddr>,
+    /// When the real istiod fed the lab: what it sent node-2.
+    pub istiod: Option<IstiodSent>,
+}
+
+/// What istiod sent the receiving proxy over delta ADS, as that proxy
+/// holds it: the target workload and the policies that apply to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IstiodSent {
+    /// istiod's address.
+    pub url: String,
+    /// The workload record: uid, addresses, node, identity, protocol, listed policies.
+    pub workload: String,
+    /// The policies in force for it (listed by it, or namespace- or
+    /// mesh-wide), as istiod's YAML.
+    pub policies_yaml: String,
+}
+
+/// What the receiving node proxy holds from istiod for `workload`.
+fn istiod_sent(url: String, node: &hbone_proxy::ProxyHandle, workload: &str) -> Option<IstiodSent> {
+    use hbone_policies::authorization::Scope;
+    let registry = node.core.registry();
+    let w = registry.workloads.iter().find(|w| w.name == workload)?;
+    let policies = node.core.policies();
+    let root = policies.root_namespace().to_string();
+    let applying: Vec<_> = policies
+        .policies()
+        .iter()
+        .filter(|p| match p.scope {
+            Scope::WorkloadSelector => w.authorization_policies.contains(&p.key()),
+            Scope::Namespace => p.namespace == w.namespace,
+            Scope::Global => p.namespace == root,
+        })
+        .collect();
+    let ips: Vec<String> = w.ips.iter().map(ToString::to_string).collect();
+    Some(IstiodSent {
+        url,
+        workload: format!(
+            "uid {}, addresses [{}], node {}, identity {}, protocol {:?}, policies listed [{}]",
+            w.uid,
+            ips.join(", "),
+            w.node,
+            w.identity(),
+            w.protocol,
+            w.authorization_policies.join(", ")
+        ),
+        policies_yaml: hbone_policies::authorization::render::istiod_yaml(applying),
+    })
 }
 
 /// What a ztunnel on one node showed of the connection.
@@ -257,9 +304,17 @@ pub async fn gather(lab: &Lab) -> Result<Told, ExplainError> {
             predict(lab, Some("hello-gateway"), "hello-app", HELLO_PORT).to_string(),
         ),
     };
+    let istiod = lab
+        .istiod
+        .as_ref()
+        .and_then(|plane| istiod_sent(plane.control.istiod_url(), node2, "hello-app"));
     Ok(Told::HboneLab(Box::new(Story {
         now: SystemTime::now(),
-        ca_url: lab.ca.url(),
+        ca_url: match &lab.istiod {
+            Some(plane) => format!("istiod, {}", plane.control.istiod_url()),
+            None => lab.ca.url(),
+        },
+        istiod,
         gateway: SvidFacts::of(&gw_svid),
         hello: SvidFacts::of(&app_svid),
         capture,
@@ -427,6 +482,18 @@ impl fmt::Display for Story {
                 self.principal
             )?,
         }
+        if let Some(sent) = &self.istiod {
+            writeln!(
+                f,
+                "   It decided on what istiod ({}) sent it over delta ADS. The workload:",
+                sent.url
+            )?;
+            writeln!(f, "     {}", sent.workload)?;
+            writeln!(f, "   and the policies in force for it, as received:")?;
+            for line in sent.policies_yaml.lines() {
+                writeln!(f, "     {line}")?;
+            }
+        }
         writeln!(
             f,
             "\n6. The bytes. The application sent {} bytes (an HTTP GET /health) and received {} bytes (\"{}\").",
@@ -588,6 +655,7 @@ mod tests {
             received: 180,
             status: "HTTP/1.1 200 OK".into(),
             metrics: Some("10.244.2.1:15020".parse().unwrap()),
+            istiod: None,
         }
     }
 
@@ -627,6 +695,28 @@ mod tests {
             .filter(|l| l.starts_with(char::is_numeric))
             .collect();
         assert_eq!(steps.len(), 6, "six numbered steps:\n{text}");
+    }
+
+    #[test]
+    fn fed_by_istiod_the_story_quotes_what_istiod_sent() {
+        let mut told = story(Verdict::Predicted("allow".into()));
+        told.istiod = Some(IstiodSent {
+            url: "https://127.0.0.1:40123".into(),
+            workload: "uid Kubernetes//Pod/demo/hello-app, policies listed [demo/hello-app-policy]"
+                .into(),
+            policies_yaml: "- name: hello-app-policy\n  namespace: demo\n".into(),
+        });
+        let text = told.to_string();
+        for expected in [
+            "what istiod (https://127.0.0.1:40123) sent it over delta ADS",
+            "     uid Kubernetes//Pod/demo/hello-app, policies listed [demo/hello-app-policy]",
+            "     - name: hello-app-policy",
+        ] {
+            assert!(
+                text.contains(expected),
+                "{expected:?} is missing from\n{text}"
+            );
+        }
     }
 
     #[test]

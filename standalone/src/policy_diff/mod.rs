@@ -15,6 +15,7 @@
 //! (echoed, or closed).
 
 pub mod generate;
+pub mod istiod;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,277 @@
+//! `policy diff --against istiod`: hbone-lab's translation of Istio
+//! policies checked against istiod's own. Each policy set is applied to a
+//! real kube-apiserver; what istiod then pushes is read back as a node
+//! proxy reads it (delta ADS with a pod-bound ztunnel token), and each
+//! `Authorization` is compared field by field with `policy translate`'s.
+//!
+//! Why here and not only through connections: the connection-level diff
+//! feeds ztunnel hbone-lab's translation, so a translation bug would reach
+//! both sides alike and never show. Here the other side is istiod itself.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use hbone_control_plane::tokens::{LIFETIME, NodeToken};
+use hbone_control_plane::world::{self, World};
+use hbone_control_plane::{ControlPlane, ControlPlaneOptions, Given, Programs};
+use hbone_policies::authorization::Authorization;
+use hbone_policies::load::{istio_policies, parse_documents};
+use hbone_xds::client::{AdsClient, node};
+use hbone_xds::receive::authorization;
+use thiserror::Error;
+
+/// The type istiod serves translated policies as.
+const AUTHORIZATION: &str = "type.googleapis.com/istio.security.Authorization";
+/// The node the differential's xDS client introduces itself on.
+const NODE: &str = "diff-node";
+/// How long istiod is given to push a changed set.
+const PUSH_WITHIN: Duration = Duration::from_secs(10);
+
+/// Why the differential could not run (not a disagreement: those are results).
+#[derive(Debug, Error)]
+pub enum IstiodDiffError {
+    /// The programs are missing or would not start.
+    #[error("the real control plane: {0}")]
+    ControlPlane(#[from] hbone_control_plane::ControlPlaneError),
+    /// The programs are missing.
+    #[error(transparent)]
+    Programs(#[from] hbone_control_plane::PeerError),
+    /// The xDS stream failed.
+    #[error("reading istiod's push: {0}")]
+    Xds(#[from] hbone_xds::client::ClientError),
+    /// A policy set does not load.
+    #[error("{source_name} does not load: {message}")]
+    Policies {
+        /// Which set.
+        source_name: String,
+        /// Why.
+        message: String,
+    },
+    /// istiod sent something hbone-lab cannot read.
+    #[error("istiod sent {resource}, which does not read: {reason}")]
+    Unreadable {
+        /// The resource's name.
+        resource: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One policy that the two translations do not agree on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disagreement {
+    /// The policy set (its name: a file, or `generated set N`).
+    pub set: String,
+    /// The policy's key (`namespace/name`).
+    pub key: String,
+    /// hbone-lab's translation (`None`: it has none by that key).
+    pub ours: Option<Authorization>,
+    /// istiod's (`None`: it sent none by that key).
+    pub istiod: Option<Authorization>,
+}
+
+impl std::fmt::Display for Disagreement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let side = |a: &Option<Authorization>| match a {
+            Some(a) => format!("{a:?}"),
+            None => "(none)".to_string(),
+        };
+        write!(
+            f,
+            "{}: {}\n  hbone-lab: {}\n  istiod:    {}",
+            self.set,
+            self.key,
+            side(&self.ours),
+            side(&self.istiod)
+        )
+    }
+}
+
+/// istiod as the oracle: a control plane, and one xDS stream reading what
+/// it pushes.
+pub struct IstiodTranslator {
+    ads: AdsClient,
+    held: BTreeMap<String, Authorization>,
+    applied: Option<String>,
+    _token: NodeToken,
+    control: ControlPlane,
+}
+
+impl IstiodTranslator {
+    /// Starts etcd, kube-apiserver and istiod, and subscribes to istiod's
+    /// policies as a node proxy of [`NODE`].
+    pub async fn start(given: &Given) -> Result<IstiodTranslator, IstiodDiffError> {
+        let mut options = ControlPlaneOptions::new(Programs::find(given)?);
+        // Push as soon as a change is seen: the differential applies
+        // hundreds of sets one after another.
+        options
+            .istiod_env
+            .push(("PILOT_DEBOUNCE_AFTER".into(), "10ms".into()));
+        let control = ControlPlane::start(options).await?;
+        let applied = world::apply(
+            &control.client,
+            &World {
+                nodes: vec![NODE.into()],
+                ..World::default()
+            },
+        )
+        .await?;
+        let (pod, uid) = &applied.node_proxies[NODE];
+        let token = NodeToken::start(
+            &control.client,
+            pod,
+            uid,
+            LIFETIME,
+            control.dir.join("diff.token"),
+        )
+        .await?;
+        let bearer = std::fs::read_to_string(&token.path).unwrap_or_default();
+        let metadata = BTreeMap::from([
+            ("NAME".to_string(), pod.clone()),
+            ("NAMESPACE".to_string(), "istio-system".to_string()),
+            ("NODE_NAME".to_string(), NODE.to_string()),
+            ("CLUSTER_ID".to_string(), "Kubernetes".to_string()),
+        ]);
+        let ads = AdsClient::connect(
+            &control.istiod_url(),
+            &control.root_pem,
+            Some(bearer.trim()),
+            node(
+                &format!("ztunnel~127.0.0.1~{pod}.istio-system~istio-system.svc.cluster.local"),
+                &metadata,
+            ),
+        )
+        .await?;
+        ads.subscribe(AUTHORIZATION, HashMap::new()).await?;
+        let mut translator = IstiodTranslator {
+            ads,
+            held: BTreeMap::new(),
+            applied: None,
+            _token: token,
+            control,
+        };
+        // The first answer: the (empty) state before any set.
+        translator.receive_one().await?;
+        Ok(translator)
+    }
+
+    /// Applies one response to what is held, and ACKs it.
+    async fn receive_one(&mut self) -> Result<(), IstiodDiffError> {
+        let response = self.ads.receive().await?;
+        for name in &response.removed_resources {
+            self.held.remove(name);
+        }
+        for resource in &response.resources {
+            let Some(any) = &resource.resource else {
+                continue;
+            };
+            let unreadable = |reason: String| IstiodDiffError::Unreadable {
+                resource: resource.name.clone(),
+                reason,
+            };
+            let message: hbone_xds::proto::security::Authorization =
+                prost::Message::decode(any.value.as_slice())
+                    .map_err(|e| unreadable(e.to_string()))?;
+            let read =
+                authorization(&resource.name, &message).map_err(|e| unreadable(e.to_string()))?;
+            self.held.insert(resource.name.clone(), read);
+        }
+        self.ads.ack(&response).await?;
+        Ok(())
+    }
+
+    /// Makes `yaml` the only policies in the API server and returns what
+    /// istiod pushes for them: once the keys it holds are `expect`, or
+    /// whatever it holds after [`PUSH_WITHIN`].
+    pub async fn translate(
+        &mut self,
+        yaml: &str,
+        source_name: &str,
+        expect: &BTreeSet<String>,
+    ) -> Result<Vec<Authorization>, IstiodDiffError> {
+        let client = self.control.client.clone();
+        if let Some(previous) = self.applied.take() {
+            world::delete_yaml(&client, &previous, "the previous set").await?;
+        }
+        // Set first: a set refused half-way is still deleted next time.
+        self.applied = Some(yaml.to_string());
+        world::apply_yaml(&client, yaml, source_name).await?;
+        let deadline = tokio::time::Instant::now() + PUSH_WITHIN;
+        loop {
+            let keys: BTreeSet<String> = self.held.keys().cloned().collect();
+            if &keys == expect {
+                // A push may still be on its way for a changed policy of
+                // the same name: take what arrives within a moment.
+                while let Ok(received) =
+                    tokio::time::timeout(Duration::from_millis(150), self.receive_one()).await
+                {
+                    received?;
+                }
+                break;
+            }
+            match tokio::time::timeout_at(deadline, self.receive_one()).await {
+                Ok(received) => received?,
+                Err(_) => break,
+            }
+        }
+        Ok(self.held.values().cloned().collect())
+    }
+}
+
+/// hbone-lab's translation of `yaml`, as `policy translate` prints it.
+pub fn ours(yaml: &str, source_name: &str) -> Result<Vec<Authorization>, IstiodDiffError> {
+    let loaded = parse_documents(yaml, source_name).map_err(|e| IstiodDiffError::Policies {
+        source_name: source_name.to_string(),
+        message: e.to_string(),
+    })?;
+    Ok(istio_policies(&loaded, "istio-system")
+        .translated()
+        .policies()
+        .to_vec())
+}
+
+/// Every key on which the two translations differ.
+pub fn compare(set: &str, ours: &[Authorization], istiod: &[Authorization]) -> Vec<Disagreement> {
+    let by_key = |list: &[Authorization]| -> BTreeMap<String, Authorization> {
+        list.iter().map(|a| (a.key(), a.clone())).collect()
+    };
+    let (ours, istiod) = (by_key(ours), by_key(istiod));
+    let keys: BTreeSet<&String> = ours.keys().chain(istiod.keys()).collect();
+    keys.into_iter()
+        .filter(|k| ours.get(*k) != istiod.get(*k))
+        .map(|k| Disagreement {
+            set: set.to_string(),
+            key: k.clone(),
+            ours: ours.get(k).cloned(),
+            istiod: istiod.get(k).cloned(),
+        })
+        .collect()
+}
+
+/// What became of one policy set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Checked {
+    /// Both translated it; these are the keys they differ on (none: agreed).
+    Compared(Vec<Disagreement>),
+    /// The API server refused it (a CRD validation rule hbone-lab's own
+    /// check does not know): istiod never saw it.
+    Refused(String),
+}
+
+/// Checks one policy set: applies it, reads istiod's translation, compares.
+pub async fn check_set(
+    translator: &mut IstiodTranslator,
+    yaml: &str,
+    set: &str,
+) -> Result<Checked, IstiodDiffError> {
+    let ours = ours(yaml, set)?;
+    let expect: BTreeSet<String> = ours.iter().map(Authorization::key).collect();
+    match translator.translate(yaml, set, &expect).await {
+        Ok(theirs) => Ok(Checked::Compared(compare(set, &ours, &theirs))),
+        Err(IstiodDiffError::ControlPlane(hbone_control_plane::ControlPlaneError::Api {
+            source: kube::Error::Api(status),
+            ..
+        })) if status.code == 422 => Ok(Checked::Refused(status.message)),
+        Err(e) => Err(e),
+    }
+}

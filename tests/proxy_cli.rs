@@ -126,9 +126,25 @@ fn proxy_follows_ca_serve_xds_without_a_config_file() {
         !listed.is_empty(),
         "hello-app lists its selector-scoped policies: {hello:#}"
     );
-    let policies = dump["policies"].as_array().unwrap();
+    // Policies as ztunnel's dump lists them: objects with namespace and name.
+    let policies: Vec<String> = dump["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            format!(
+                "{}/{}",
+                p["namespace"].as_str().unwrap(),
+                p["name"].as_str().unwrap()
+            )
+        })
+        .collect();
     for key in listed {
-        assert!(policies.contains(key), "{key} was pushed too: {policies:?}");
+        let key = key.as_str().unwrap().to_string();
+        assert!(
+            policies.contains(&key),
+            "{key} was pushed too: {policies:?}"
+        );
     }
     assert!(dump["tlsKeyLog"].is_null(), "no key log unless asked for");
     assert!(

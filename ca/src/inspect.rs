@@ -42,6 +42,8 @@ pub struct CertFacts {
     pub subject: String,
     pub issuer: String,
     pub serial_hex: String,
+    /// The serial as a decimal number (how ztunnel's config dump writes it).
+    pub serial_decimal: String,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
     pub uri_sans: Vec<String>,
@@ -97,6 +99,7 @@ pub fn read_cert_facts(der: &[u8]) -> Result<CertFacts, InspectError> {
         subject: cert.subject().to_string(),
         issuer: cert.issuer().to_string(),
         serial_hex: cert.raw_serial_as_string(),
+        serial_decimal: cert.serial.to_string(),
         not_before: to_system_time(cert.validity().not_before.timestamp()),
         not_after: to_system_time(cert.validity().not_after.timestamp()),
         uri_sans: Vec::new(),

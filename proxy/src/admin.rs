@@ -77,31 +77,123 @@ fn readiness(core: &ProxyCore) -> Reply {
     }
 }
 
+/// The node proxy's state in ztunnel's `/config_dump` shape — workloads,
+/// services, policies and certificates as ztunnel names their fields — so
+/// that `istioctl ztunnel-config … --file` reads it as it reads ztunnel's;
+/// hbone-lab's own facts (node, key log, HTTP/2 settings, whether a
+/// workload is local) ride along under names ztunnel does not use.
 fn config_dump(core: &ProxyCore) -> serde_json::Value {
-    let workloads: Vec<_> = core
-        .registry()
+    let registry = core.registry();
+    let workloads: Vec<_> = registry
         .workloads
         .iter()
         .map(|w| {
             json!({
-                "name": w.name, "namespace": w.namespace, "identity": w.identity().to_string(),
-                "ips": w.ips, "node": w.node, "protocol": w.protocol, "local": w.node == core.node,
-                "authorizationPolicies": w.authorization_policies,
+                "uid": w.uid, "name": w.name, "namespace": w.namespace,
+                "serviceAccount": w.service_account, "trustDomain": w.identity().trust_domain(),
+                "workloadIps": w.ips, "node": w.node, "protocol": w.protocol,
+                "authorizationPolicies": w.authorization_policies, "services": w.services,
+                "workloadName": w.name, "workloadType": "pod", "canonicalName": w.name,
+                "clusterId": "Kubernetes", "status": "Healthy", "networkMode": "Standard",
+                "capacity": 1,
+                "identity": w.identity().to_string(), "local": w.node == core.node,
             })
         })
         .collect();
+    let services: Vec<_> = registry
+        .services
+        .iter()
+        .map(|s| {
+            let hostname = s.hostname(&core.trust.trust_domain);
+            let endpoints: serde_json::Map<String, serde_json::Value> = registry
+                .workloads
+                .iter()
+                .filter(|w| {
+                    s.selects(w)
+                        || w.services
+                            .iter()
+                            .any(|k| k.ends_with(&format!("/{hostname}")))
+                })
+                .map(|w| {
+                    (
+                        w.uid.clone(),
+                        json!({"workloadUid": w.uid, "port": s.ports, "status": "Healthy"}),
+                    )
+                })
+                .collect();
+            json!({
+                "name": s.name, "namespace": s.namespace, "hostname": hostname,
+                "vips": s.vips.iter().map(|ip| format!("/{ip}")).collect::<Vec<_>>(),
+                "ports": s.ports, "endpoints": endpoints, "subjectAltNames": [],
+                "ipFamilies": "IPv4", "canonical": true, "visibility": "Public",
+            })
+        })
+        .collect();
+    let policies: Vec<_> = core
+        .policies()
+        .policies()
+        .iter()
+        .map(|p| {
+            serde_json::to_value(hbone_policies::authorization::render::ztunnel_local_value(
+                p,
+            ))
+            .unwrap_or_default()
+        })
+        .collect();
     json!({
+        "workloads": workloads,
+        "services": services,
+        "policies": policies,
+        "certificates": dump_certificates(core),
         "node": core.node,
         "trustDomain": core.trust.trust_domain,
         "tlsKeyLog": core.trust.key_log().map(|p| p.display().to_string()),
-        "workloads": workloads,
-        "services": core.registry().services,
-        "policies": core.policies().policies().iter().map(|p| p.key()).collect::<Vec<_>>(),
         "h2": {
             "streamWindow": core.h2.stream_window, "connectionWindow": core.h2.connection_window,
             "maxFrameSize": core.h2.max_frame_size, "maxStreamsPerConnection": core.h2.max_streams_per_connection,
         },
     })
+}
+
+/// Each identity's certificate as ztunnel's dump lists it: the chain
+/// (leaf first) and the root apart, each with its PEM (base64), decimal
+/// serial and validity.
+fn dump_certificates(core: &ProxyCore) -> Vec<serde_json::Value> {
+    use base64::Engine;
+    let cert = |der: &rustls_pki_types::CertificateDer<'_>| {
+        let pem = format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            base64::engine::general_purpose::STANDARD.encode(der.as_ref())
+        );
+        let facts = hbone_ca::inspect::read_cert_facts(der.as_ref()).ok();
+        json!({
+            "pem": base64::engine::general_purpose::STANDARD.encode(pem),
+            "serialNumber": facts.as_ref().map(|f| f.serial_decimal.clone()),
+            "validFrom": facts.as_ref().map(|f| hbone_ca::inspect::rfc3339(f.not_before)),
+            "expirationTime": facts.as_ref().map(|f| hbone_ca::inspect::rfc3339(f.not_after)),
+        })
+    };
+    core.certs
+        .snapshot()
+        .into_iter()
+        .map(|(identity, state)| match state.current {
+            Some(svid) => {
+                let (root, chain) = svid.chain.split_last().expect("a chain holds the leaf");
+                json!({
+                    "identity": identity.to_string(),
+                    "state": "Available",
+                    "certChain": chain.iter().map(cert).collect::<Vec<_>>(),
+                    "rootCerts": [cert(root)],
+                })
+            }
+            None => json!({
+                "identity": identity.to_string(),
+                "state": "Unavailable",
+                "certChain": [],
+                "rootCerts": [],
+            }),
+        })
+        .collect()
 }
 
 /// The connection log: JSON, or a table with `?format=table`.

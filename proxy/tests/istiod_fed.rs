@@ -81,6 +81,7 @@ async fn node(control: &ControlPlane, applied: &world::Applied, name: &str, host
     core.set_waiting_for(Some("istiod".into()));
     let listeners = Listeners {
         socks5: Some(SocketAddr::new(ip(NET, host), 0)),
+        admin: Some(SocketAddr::new(ip(NET, host), 0)),
         ..Listeners::default()
     };
     let proxy = ProxyHandle::start(core.clone(), &listeners).await.unwrap();
@@ -131,6 +132,49 @@ async fn reaches(n1: &Node, dst: SocketAddr) -> bool {
             sent == got && n == 4096
         }
         Err(_) => false,
+    }
+}
+
+/// `istioctl ztunnel-config … --file` reads hbone-lab's `/config_dump` as
+/// it reads ztunnel's: every table names what the proxy holds.
+async fn istioctl_reads_the_config_dump(node: &Node) {
+    let istioctl = hbone_control_plane::peers::find(hbone_control_plane::Peer::Istioctl, None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (status, dump) = support::http_get(node.proxy.addrs.admin.unwrap(), "/config_dump").await;
+    assert_eq!(status, 200);
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &dump).unwrap();
+    for (command, expect) in [
+        ("workload", vec!["echo", "client", "HBONE", "n2"]),
+        ("service", vec!["echo", VIP]),
+        ("policy", vec!["echo-clients", "Allow", "WorkloadSelector"]),
+        (
+            "certificate",
+            vec![
+                "spiffe://cluster.local/ns/demo/sa/echo",
+                "Leaf",
+                "Root",
+                "Available",
+            ],
+        ),
+    ] {
+        let out = std::process::Command::new(&istioctl)
+            .args(["ztunnel-config", command, "--file"])
+            .arg(file.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "istioctl zc {command}: {}\n{dump}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for word in expect {
+            assert!(
+                text.contains(word),
+                "istioctl zc {command} lacks {word}:\n{text}"
+            );
+        }
     }
 }
 
@@ -189,6 +233,8 @@ async fn istiod_feeds_hbone_lab_proxies_certificates_workloads_and_policies() {
         "client reaches echo through the Service VIP, both proxies holding istiod's certificates\n{}",
         control.programs()[2].log_tail(15)
     );
+
+    istioctl_reads_the_config_dump(&n2).await;
 
     // A DENY applied through the API server: istiod pushes it, n2 refuses.
     let acks = n2.status.borrow().acks;

@@ -148,7 +148,7 @@ async fn admin_shows_certificates_and_config() {
     );
     let dump = http_get(lab.b.addrs.admin.unwrap(), "/config_dump").await.1;
     assert!(
-        dump.contains("\"node\":\"n2\"") && dump.contains("demo/echo-clients"),
+        dump.contains("\"node\":\"n2\"") && dump.contains("\"name\":\"echo-clients\""),
         "{dump}"
     );
 }

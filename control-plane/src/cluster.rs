@@ -88,6 +88,9 @@ pub enum ControlPlaneError {
         #[source]
         source: kube::Error,
     },
+    /// A token was asked for a node the world does not have.
+    #[error("node {0} is not in the world put into the API server: it has no node proxy pod")]
+    UnknownNode(String),
     /// A document given to apply is not a Kubernetes object.
     #[error("document {index} of {source_name} is not a Kubernetes object: {reason}")]
     Document {
@@ -492,6 +495,27 @@ impl ControlPlane {
     /// `CA_ADDRESS` and `XDS_ADDRESS`.
     pub fn istiod_url(&self) -> String {
         format!("https://{}", self.istiod_ports.secure_grpc)
+    }
+
+    /// A pod-bound token for `node`'s proxy, kept fresh in a file of the
+    /// state folder (`applied` names the node proxy pods [`crate::world::apply`] made).
+    pub async fn node_token(
+        &self,
+        applied: &crate::world::Applied,
+        node: &str,
+    ) -> Result<crate::tokens::NodeToken, ControlPlaneError> {
+        let (pod, uid) = applied
+            .node_proxies
+            .get(node)
+            .ok_or_else(|| ControlPlaneError::UnknownNode(node.to_string()))?;
+        crate::tokens::NodeToken::start(
+            &self.client,
+            pod,
+            uid,
+            crate::tokens::LIFETIME,
+            self.dir.join(format!("{node}.token")),
+        )
+        .await
     }
 
     /// The programs, for their logs and process ids.

@@ -54,6 +54,22 @@ pub struct WorldPod {
     pub captured: bool,
 }
 
+impl WorldPod {
+    /// A captured pod of `namespace` whose name, service account and
+    /// `app` label are `name`.
+    pub fn captured(namespace: &str, name: &str, ip: IpAddr, node: &str) -> WorldPod {
+        WorldPod {
+            name: name.into(),
+            namespace: namespace.into(),
+            service_account: name.into(),
+            labels: BTreeMap::from([("app".to_string(), name.to_string())]),
+            ip,
+            node: node.into(),
+            captured: true,
+        }
+    }
+}
+
 /// A Service of the lab.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorldService {
@@ -104,6 +120,27 @@ fn api_err(step: String) -> impl FnOnce(kube::Error) -> ControlPlaneError {
 /// The node proxy Pod's name on `node`.
 pub fn node_proxy_pod(node: &str) -> String {
     format!("ztunnel-{node}")
+}
+
+/// The xDS node id ztunnel on `node` sends (`ztunnel~<ip>~<pod>.<ns>~<ns>.svc.cluster.local`):
+/// istiod checks that its namespace is the token's.
+pub fn node_proxy_id(node: &str, ip: IpAddr) -> String {
+    let pod = node_proxy_pod(node);
+    format!("ztunnel~{ip}~{pod}.{ISTIO_SYSTEM}~{ISTIO_SYSTEM}.svc.cluster.local")
+}
+
+/// The xDS node metadata ztunnel on `node` sends (`NAME`, `NAMESPACE`,
+/// `NODE_NAME`, `CLUSTER_ID`).
+pub fn node_proxy_metadata(node: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("NAME".to_string(), node_proxy_pod(node)),
+        ("NAMESPACE".to_string(), ISTIO_SYSTEM.to_string()),
+        ("NODE_NAME".to_string(), node.to_string()),
+        (
+            "CLUSTER_ID".to_string(),
+            crate::cluster::CLUSTER_ID.to_string(),
+        ),
+    ])
 }
 
 fn placeholder_spec(node: &str, service_account: &str) -> PodSpec {

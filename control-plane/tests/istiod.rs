@@ -15,7 +15,6 @@ use std::time::Duration;
 use hbone_ca::client::CaClient;
 use hbone_ca::identity::Identity;
 use hbone_ca::manager::new_key_and_csr;
-use hbone_control_plane::tokens::{LIFETIME, NodeToken};
 use hbone_control_plane::world::{self, World, WorldPod, WorldService};
 use hbone_control_plane::{ControlPlane, ControlPlaneOptions, Given, Programs};
 use hbone_xds::client::{AdsClient, node};
@@ -36,24 +35,16 @@ async fn start() -> ControlPlane {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn pod(name: &str, sa: &str, ip: &str, node: &str) -> WorldPod {
-    WorldPod {
-        name: name.into(),
-        namespace: "demo".into(),
-        service_account: sa.into(),
-        labels: BTreeMap::from([("app".to_string(), name.to_string())]),
-        ip: ip.parse().unwrap(),
-        node: node.into(),
-        captured: true,
-    }
+fn pod(name: &str, ip: &str, node: &str) -> WorldPod {
+    WorldPod::captured("demo", name, ip.parse().unwrap(), node)
 }
 
 fn small_world() -> World {
     World {
         nodes: vec!["node-1".into(), "node-2".into()],
         pods: vec![
-            pod("test-pod", "test-pod", "10.244.1.11", "node-1"),
-            pod("hello-app", "hello-app", "10.244.2.10", "node-2"),
+            pod("test-pod", "10.244.1.11", "node-1"),
+            pod("hello-app", "10.244.2.10", "node-2"),
         ],
         services: vec![WorldService {
             name: "hello-app".into(),
@@ -67,16 +58,9 @@ fn small_world() -> World {
 
 /// What ztunnel on `node` introduces itself as.
 fn ztunnel_node(node_name: &str) -> hbone_xds::proto::discovery::Node {
-    let pod = world::node_proxy_pod(node_name);
-    let metadata = BTreeMap::from([
-        ("NAME".to_string(), pod.clone()),
-        ("NAMESPACE".to_string(), "istio-system".to_string()),
-        ("NODE_NAME".to_string(), node_name.to_string()),
-        ("CLUSTER_ID".to_string(), "Kubernetes".to_string()),
-    ]);
     node(
-        &format!("ztunnel~10.250.0.1~{pod}.istio-system~istio-system.svc.cluster.local"),
-        &metadata,
+        &world::node_proxy_id(node_name, "10.250.0.1".parse().unwrap()),
+        &world::node_proxy_metadata(node_name),
     )
 }
 
@@ -94,16 +78,7 @@ async fn istiod_impersonates_for_pods_on_the_callers_node_only_and_serves_addres
     let _serial = ONE_AT_A_TIME.lock().await;
     let control = start().await;
     let applied = world::apply(&control.client, &small_world()).await.unwrap();
-    let (pod, uid) = &applied.node_proxies["node-1"];
-    let token = NodeToken::start(
-        &control.client,
-        pod,
-        uid,
-        LIFETIME,
-        control.dir.join("node-1.token"),
-    )
-    .await
-    .unwrap();
+    let token = control.node_token(&applied, "node-1").await.unwrap();
 
     let ca =
         CaClient::with_token_file(&control.istiod_url(), &control.root_pem, &token.path).unwrap();

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hbone_ca::RenewalPolicy;
-use hbone_control_plane::tokens::{LIFETIME, NodeToken};
+use hbone_control_plane::tokens::NodeToken;
 use hbone_control_plane::world::{self, World, WorldPod, WorldService};
 use hbone_control_plane::{ControlPlane, ControlPlaneOptions, Given, Programs};
 use hbone_policies::authorization::MeshAuthorization;
@@ -24,7 +24,7 @@ use hbone_proxy::ProxyHandle;
 use hbone_proxy::config::Listeners;
 use hbone_proxy::core::{CaAccess, CaToken, CoreSettings, ProxyCore};
 use hbone_proxy::xds_registry::{XdsSettings, XdsStatus, follow, registry_from};
-use support::{DENY_CLIENT, POLICY, echo_roundtrip, echo_server, ip, socks5_connect};
+use support::{DENY_CLIENT, POLICY, echo_server, ip};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -33,15 +33,7 @@ const NET: u8 = 62;
 const VIP: &str = "10.96.0.62";
 
 fn pod(name: &str, host: &str, node: &str) -> WorldPod {
-    WorldPod {
-        name: name.into(),
-        namespace: "demo".into(),
-        service_account: name.into(),
-        labels: BTreeMap::from([("app".to_string(), name.to_string())]),
-        ip: ip(NET, host),
-        node: node.into(),
-        captured: true,
-    }
+    WorldPod::captured("demo", name, ip(NET, host), node)
 }
 
 struct Node {
@@ -54,16 +46,7 @@ struct Node {
 /// A node proxy as ztunnel runs against istiod: its pod's token, its
 /// node id naming that pod in `istio-system`, CA and xDS at istiod.
 async fn node(control: &ControlPlane, applied: &world::Applied, name: &str, host: &str) -> Node {
-    let (pod, uid) = &applied.node_proxies[name];
-    let token = NodeToken::start(
-        &control.client,
-        pod,
-        uid,
-        LIFETIME,
-        control.dir.join(format!("{name}.token")),
-    )
-    .await
-    .unwrap();
+    let token = control.node_token(applied, name).await.unwrap();
     let ca = CaAccess {
         address: control.istiod_url(),
         root_pem: control.root_pem.clone(),
@@ -86,21 +69,12 @@ async fn node(control: &ControlPlane, applied: &world::Applied, name: &str, host
     };
     let proxy = ProxyHandle::start(core.clone(), &listeners).await.unwrap();
     let (tx, status) = watch::channel(XdsStatus::default());
-    let metadata = BTreeMap::from([
-        ("NAME".to_string(), pod.clone()),
-        ("NAMESPACE".to_string(), "istio-system".to_string()),
-        ("NODE_NAME".to_string(), name.to_string()),
-        ("CLUSTER_ID".to_string(), "Kubernetes".to_string()),
-    ]);
     let settings = XdsSettings {
         address: control.istiod_url(),
         root_pem: control.root_pem.clone(),
         token_file: Some(token.path.clone()),
-        node_id: format!(
-            "ztunnel~{}~{pod}.istio-system~istio-system.svc.cluster.local",
-            ip(NET, host)
-        ),
-        metadata,
+        node_id: world::node_proxy_id(name, ip(NET, host)),
+        metadata: world::node_proxy_metadata(name),
         root_namespace: "istio-system".into(),
         max_backoff: Duration::from_millis(500),
     };
@@ -115,24 +89,12 @@ async fn node(control: &ControlPlane, applied: &world::Applied, name: &str, host
 }
 
 async fn wait_for(node: &mut Node, what: &str, f: impl Fn(&XdsStatus) -> bool) -> XdsStatus {
-    let waited = tokio::time::timeout(Duration::from_secs(20), node.status.wait_for(|s| f(s)))
-        .await
-        .map(|r| r.map(|s| s.clone()));
-    match waited {
-        Ok(Ok(s)) => s,
-        _ => panic!("timed out waiting for {what}: {:?}", *node.status.borrow()),
-    }
+    support::wait_for_status(&mut node.status, what, Duration::from_secs(20), f).await
 }
 
 /// Echoes a few bytes from the client's IP to `dst` through node 1's SOCKS5.
 async fn reaches(n1: &Node, dst: SocketAddr) -> bool {
-    match socks5_connect(n1.proxy.addrs.socks5.unwrap(), ip(NET, "1.1"), dst).await {
-        Ok(tcp) => {
-            let (sent, got, n) = echo_roundtrip(tcp, 4096).await;
-            sent == got && n == 4096
-        }
-        Err(_) => false,
-    }
+    support::echoes_through(n1.proxy.addrs.socks5.unwrap(), ip(NET, "1.1"), dst).await
 }
 
 /// `istioctl ztunnel-config … --file` reads hbone-lab's `/config_dump` as

@@ -22,7 +22,7 @@ use hbone_proxy::config::Listeners;
 use hbone_proxy::core::{CaAccess, CaToken, CoreSettings, ProxyCore};
 use hbone_proxy::xds_registry::{XdsSettings, XdsStatus, follow, registry_from};
 use hbone_xds::{Mesh, MeshService, MeshWorkload, RunningControlPlane, XdsState};
-use support::{DENY_CLIENT, POLICY, TOKEN, echo_roundtrip, echo_server, ip, socks5_connect};
+use support::{DENY_CLIENT, POLICY, TOKEN, echo_server, ip, socks5_connect};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -122,24 +122,12 @@ async fn node(
 }
 
 async fn wait_for(node: &mut Node, what: &str, f: impl Fn(&XdsStatus) -> bool) -> XdsStatus {
-    let waited = tokio::time::timeout(Duration::from_secs(10), node.status.wait_for(|s| f(s)))
-        .await
-        .map(|r| r.map(|s| s.clone()));
-    match waited {
-        Ok(Ok(s)) => s,
-        _ => panic!("timed out waiting for {what}: {:?}", *node.status.borrow()),
-    }
+    support::wait_for_status(&mut node.status, what, Duration::from_secs(10), f).await
 }
 
 /// Echoes a few bytes from the client's IP to `dst` through node 1's SOCKS5.
 async fn reaches(n1: &Node, dst: SocketAddr) -> bool {
-    match socks5_connect(n1.proxy.addrs.socks5.unwrap(), ip(NET, "1.1"), dst).await {
-        Ok(tcp) => {
-            let (sent, got, n) = echo_roundtrip(tcp, 4096).await;
-            sent == got && n == 4096
-        }
-        Err(_) => false,
-    }
+    support::echoes_through(n1.proxy.addrs.socks5.unwrap(), ip(NET, "1.1"), dst).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,8 +15,8 @@ use std::path::PathBuf;
 
 use hbone_ca::RenewalPolicy;
 use hbone_ca::plugin::PluginCerts;
-use hbone_control_plane::cluster::{CLUSTER_ID, ISTIO_SYSTEM, ISTIOD_HOST};
-use hbone_control_plane::tokens::{LIFETIME, NodeToken};
+use hbone_control_plane::cluster::{ISTIO_SYSTEM, ISTIOD_HOST};
+use hbone_control_plane::tokens::NodeToken;
 use hbone_control_plane::world::{self, World, WorldPod, WorldService};
 use hbone_control_plane::{ControlPlane, ControlPlaneOptions, Given, Programs};
 use hbone_policies::istio::{AuthorizationPolicy, IstioPolicies, PeerAuthentication};
@@ -166,9 +166,10 @@ impl IstiodPlane {
         };
         plane.sync_policies(policies).await?;
         let mut tokens = BTreeMap::new();
-        for (node, (pod, uid)) in &applied.node_proxies {
-            let path = plane.control.dir.join(format!("{node}.token"));
-            let token = NodeToken::start(&plane.control.client, pod, uid, LIFETIME, path)
+        for node in applied.node_proxies.keys() {
+            let token = plane
+                .control
+                .node_token(&applied, node)
                 .await
                 .map_err(|e| failed(format!("{node}'s token"), e))?;
             tokens.insert(node.clone(), token);
@@ -202,21 +203,12 @@ impl IstiodPlane {
     /// How a node's proxy follows istiod: ztunnel's node id and metadata
     /// for the node's proxy pod, the same token.
     pub fn xds_settings(&self, node: &str) -> XdsSettings {
-        let pod = world::node_proxy_pod(node);
-        let metadata = BTreeMap::from([
-            ("NAME".to_string(), pod.clone()),
-            ("NAMESPACE".to_string(), ISTIO_SYSTEM.to_string()),
-            ("NODE_NAME".to_string(), node.to_string()),
-            ("CLUSTER_ID".to_string(), CLUSTER_ID.to_string()),
-        ]);
         XdsSettings {
             address: self.control.istiod_url(),
             root_pem: self.control.root_pem.clone(),
             token_file: Some(self.token_file(node)),
-            node_id: format!(
-                "ztunnel~{ISTIOD_HOST}~{pod}.{ISTIO_SYSTEM}~{ISTIO_SYSTEM}.svc.cluster.local"
-            ),
-            metadata,
+            node_id: world::node_proxy_id(node, ISTIOD_HOST.parse().expect("an address")),
+            metadata: world::node_proxy_metadata(node),
             root_namespace: ISTIO_SYSTEM.into(),
             max_backoff: std::time::Duration::from_secs(2),
         }
@@ -248,42 +240,42 @@ impl IstiodPlane {
         world::apply_yaml(client, &yaml, "the lab's policies")
             .await
             .map_err(|e| failed("applying the lab's policies", e))?;
-        let present_authz: Api<AuthorizationPolicy> = Api::all(client.clone());
-        let present_peer: Api<PeerAuthentication> = Api::all(client.clone());
-        let mut stale = String::new();
-        let listed = |e| failed("listing the policies in the API server", e);
-        for p in present_authz
-            .list(&Default::default())
-            .await
-            .map_err(listed)?
-        {
-            let key = (
-                "AuthorizationPolicy",
-                p.metadata.namespace.clone(),
-                p.metadata.name.clone(),
-            );
-            if !wanted.contains(&key) {
-                stale.push_str(&to_document(&p)?);
-            }
-        }
-        for p in present_peer
-            .list(&Default::default())
-            .await
-            .map_err(listed)?
-        {
-            let key = (
-                "PeerAuthentication",
-                p.metadata.namespace.clone(),
-                p.metadata.name.clone(),
-            );
-            if !wanted.contains(&key) {
-                stale.push_str(&to_document(&p)?);
-            }
-        }
-        world::delete_yaml(client, &stale, "policies no longer in the lab")
+        let gone = [
+            unwanted::<AuthorizationPolicy>(client, "AuthorizationPolicy", &wanted).await?,
+            unwanted::<PeerAuthentication>(client, "PeerAuthentication", &wanted).await?,
+        ]
+        .concat();
+        world::delete_yaml(client, &gone, "policies no longer in the lab")
             .await
             .map_err(|e| failed("removing policies", e))
     }
+}
+
+/// The objects of kind `K` in the API server that `wanted` does not name,
+/// as YAML documents.
+async fn unwanted<K>(
+    client: &kube::Client,
+    kind: &'static str,
+    wanted: &[(&'static str, Option<String>, Option<String>)],
+) -> Result<String, LabError>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + serde::Serialize,
+    K: std::fmt::Debug,
+{
+    let present: Api<K> = Api::all(client.clone());
+    let listed = present
+        .list(&Default::default())
+        .await
+        .map_err(|e| failed(format!("listing the {kind}s in the API server"), e))?;
+    let mut stale = String::new();
+    for p in listed {
+        let meta = p.meta();
+        let key = (kind, meta.namespace.clone(), meta.name.clone());
+        if !wanted.contains(&key) {
+            stale.push_str(&to_document(&p)?);
+        }
+    }
+    Ok(stale)
 }
 
 /// One YAML document (with its `---`) for a policy.

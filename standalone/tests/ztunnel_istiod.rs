@@ -8,10 +8,8 @@
 //! Needs ZTUNNEL_BIN, root, and the programs scripts/control-plane-peers.sh
 //! builds; ignored otherwise.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use hbone_control_plane::tokens::{LIFETIME, NodeToken};
 use hbone_control_plane::world::{self, World, WorldPod};
 use hbone_control_plane::{ControlPlane, ControlPlaneOptions, Given, Programs};
 use hbone_proxy::netns::NetNs;
@@ -23,15 +21,11 @@ use hbone_xds::zds::{NodeAgent, ZdsPod};
 const ALLOW: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-gw, namespace: demo}\nspec:\n  selector: {matchLabels: {app: echo}}\n  rules: [{from: [{source: {principals: [cluster.local/ns/demo/sa/gw]}}]}]\n";
 const DENY: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-other, namespace: demo}\nspec:\n  action: DENY\n  rules: [{from: [{source: {notNamespaces: [demo]}}]}]\n";
 
+/// A pod on node-a whose service account and `app` label are `app`.
 fn pod(name: &str, app: &str, ip: &str) -> WorldPod {
     WorldPod {
         name: name.into(),
-        namespace: "demo".into(),
-        service_account: app.into(),
-        labels: BTreeMap::from([("app".to_string(), app.to_string())]),
-        ip: ip.parse().unwrap(),
-        node: "node-a".into(),
-        captured: true,
+        ..WorldPod::captured("demo", app, ip.parse().unwrap(), "node-a")
     }
 }
 
@@ -79,16 +73,7 @@ async fn ztunnel_istiod_feeds_a_real_ztunnel_certificates_workloads_and_policies
     let node = NetNs::create(&format!("hlin-{tag}")).unwrap();
     let pod_ns = NetNs::create(&format!("hlip-{tag}")).unwrap();
     let _relay = NodeRelay::start("node-a", &node, control.istiod_ports.secure_grpc).unwrap();
-    let (proxy_pod, uid) = &applied.node_proxies["node-a"];
-    let token = NodeToken::start(
-        &control.client,
-        proxy_pod,
-        uid,
-        LIFETIME,
-        control.dir.join("node-a.token"),
-    )
-    .await
-    .unwrap();
+    let token = control.node_token(&applied, "node-a").await.unwrap();
     let root = control.dir.join("root.pem");
     std::fs::write(&root, &control.root_pem).unwrap();
     let uds = control.dir.join("ztunnel.sock");

@@ -429,3 +429,31 @@ pub async fn h2_session(lab: &Lab, to: SocketAddr) -> h2::client::SendRequest<by
     tokio::spawn(conn);
     send
 }
+
+/// Waits up to `limit` until a proxy's xDS status satisfies `f`; panics
+/// naming `what` and the last status otherwise.
+pub async fn wait_for_status(
+    status: &mut tokio::sync::watch::Receiver<hbone_proxy::xds_registry::XdsStatus>,
+    what: &str,
+    limit: std::time::Duration,
+    f: impl Fn(&hbone_proxy::xds_registry::XdsStatus) -> bool,
+) -> hbone_proxy::xds_registry::XdsStatus {
+    let waited = tokio::time::timeout(limit, status.wait_for(|s| f(s)))
+        .await
+        .map(|r| r.map(|s| s.clone()));
+    match waited {
+        Ok(Ok(s)) => s,
+        _ => panic!("timed out waiting for {what}: {:?}", *status.borrow()),
+    }
+}
+
+/// Does `dst` echo 4 KiB sent from `source` through the SOCKS5 listener at `socks5`?
+pub async fn echoes_through(socks5: SocketAddr, source: IpAddr, dst: SocketAddr) -> bool {
+    match socks5_connect(socks5, source, dst).await {
+        Ok(tcp) => {
+            let (sent, got, n) = echo_roundtrip(tcp, 4096).await;
+            sent == got && n == 4096
+        }
+        Err(_) => false,
+    }
+}

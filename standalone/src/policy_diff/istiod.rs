@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use hbone_control_plane::tokens::{LIFETIME, NodeToken};
+use hbone_control_plane::tokens::NodeToken;
 use hbone_control_plane::world::{self, World};
 use hbone_control_plane::{ControlPlane, ControlPlaneOptions, Given, Programs};
 use hbone_policies::authorization::Authorization;
@@ -116,29 +116,15 @@ impl IstiodTranslator {
             },
         )
         .await?;
-        let (pod, uid) = &applied.node_proxies[NODE];
-        let token = NodeToken::start(
-            &control.client,
-            pod,
-            uid,
-            LIFETIME,
-            control.dir.join("diff.token"),
-        )
-        .await?;
+        let token = control.node_token(&applied, NODE).await?;
         let bearer = std::fs::read_to_string(&token.path).unwrap_or_default();
-        let metadata = BTreeMap::from([
-            ("NAME".to_string(), pod.clone()),
-            ("NAMESPACE".to_string(), "istio-system".to_string()),
-            ("NODE_NAME".to_string(), NODE.to_string()),
-            ("CLUSTER_ID".to_string(), "Kubernetes".to_string()),
-        ]);
         let ads = AdsClient::connect(
             &control.istiod_url(),
             &control.root_pem,
             Some(bearer.trim()),
             node(
-                &format!("ztunnel~127.0.0.1~{pod}.istio-system~istio-system.svc.cluster.local"),
-                &metadata,
+                &world::node_proxy_id(NODE, [127, 0, 0, 1].into()),
+                &world::node_proxy_metadata(NODE),
             ),
         )
         .await?;

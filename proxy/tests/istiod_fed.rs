@@ -12,18 +12,15 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use hbone_ca::RenewalPolicy;
 use hbone_control_plane::tokens::NodeToken;
 use hbone_control_plane::world::{self, World, WorldPod, WorldService};
 use hbone_control_plane::{ControlPlane, ControlPlaneOptions, Given, Programs};
-use hbone_policies::authorization::MeshAuthorization;
 use hbone_proxy::ProxyHandle;
-use hbone_proxy::config::Listeners;
-use hbone_proxy::core::{CaAccess, CaToken, CoreSettings, ProxyCore};
-use hbone_proxy::xds_registry::{XdsSettings, XdsStatus, follow, registry_from};
+use hbone_proxy::core::{CaAccess, CaToken};
+use hbone_proxy::xds_registry::{XdsSettings, XdsStatus};
 use support::{DENY_CLIENT, POLICY, echo_server, ip};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -54,21 +51,6 @@ async fn node(control: &ControlPlane, applied: &world::Applied, name: &str, host
         renewal: RenewalPolicy::default(),
         key_log: None,
     };
-    let settings = CoreSettings {
-        bind_source_ip: true,
-        ..CoreSettings::for_node(name)
-    };
-    let registry = Arc::new(registry_from(std::iter::empty(), name).unwrap());
-    let policies = MeshAuthorization::pushed("istio-system", Vec::new());
-    let core = Arc::new(ProxyCore::with_ca(settings, registry, policies, &ca).unwrap());
-    core.set_waiting_for(Some("istiod".into()));
-    let listeners = Listeners {
-        socks5: Some(SocketAddr::new(ip(NET, host), 0)),
-        admin: Some(SocketAddr::new(ip(NET, host), 0)),
-        ..Listeners::default()
-    };
-    let proxy = ProxyHandle::start(core.clone(), &listeners).await.unwrap();
-    let (tx, status) = watch::channel(XdsStatus::default());
     let settings = XdsSettings {
         address: control.istiod_url(),
         root_pem: control.root_pem.clone(),
@@ -79,7 +61,8 @@ async fn node(control: &ControlPlane, applied: &world::Applied, name: &str, host
         max_backoff: Duration::from_millis(500),
     };
     let stop = CancellationToken::new();
-    tokio::spawn(follow(core, settings, tx, stop.clone()));
+    let (proxy, status) =
+        support::proxy_following(name, &ca, ip(NET, host), settings, stop.clone()).await;
     Node {
         proxy,
         status,

@@ -15,12 +15,10 @@ use hbone_ca::metrics::CaMetrics;
 use hbone_ca::server::CaService;
 use hbone_ca::tokens::TokenFile;
 use hbone_ca::{AuthorityConfig, IdentityPattern, RenewalPolicy, SigningAuthority};
-use hbone_policies::authorization::MeshAuthorization;
 use hbone_policies::load::{istio_policies, parse_documents};
 use hbone_proxy::ProxyHandle;
-use hbone_proxy::config::Listeners;
-use hbone_proxy::core::{CaAccess, CaToken, CoreSettings, ProxyCore};
-use hbone_proxy::xds_registry::{XdsSettings, XdsStatus, follow, registry_from};
+use hbone_proxy::core::{CaAccess, CaToken};
+use hbone_proxy::xds_registry::{XdsSettings, XdsStatus};
 use hbone_xds::{Mesh, MeshService, MeshWorkload, RunningControlPlane, XdsState};
 use support::{DENY_CLIENT, POLICY, TOKEN, echo_server, ip, socks5_connect};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -91,20 +89,6 @@ async fn node(
         renewal: RenewalPolicy::default(),
         key_log: None,
     };
-    let settings = CoreSettings {
-        bind_source_ip: true,
-        ..CoreSettings::for_node(name)
-    };
-    let registry = Arc::new(registry_from(std::iter::empty(), name).unwrap());
-    let policies = MeshAuthorization::pushed("istio-system", Vec::new());
-    let core = Arc::new(ProxyCore::with_ca(settings, registry, policies, &ca).unwrap());
-    core.set_waiting_for(Some("the control plane".into()));
-    let listeners = Listeners {
-        socks5: Some(SocketAddr::new(ip(NET, host), 0)),
-        ..Listeners::default()
-    };
-    let proxy = ProxyHandle::start(core.clone(), &listeners).await.unwrap();
-    let (tx, status) = watch::channel(XdsStatus::default());
     let settings = XdsSettings {
         address: url.into(),
         root_pem: root_pem.into(),
@@ -117,7 +101,9 @@ async fn node(
         root_namespace: "istio-system".into(),
         max_backoff: Duration::from_millis(400),
     };
-    tokio::spawn(follow(core, settings, tx, CancellationToken::new()));
+    let (proxy, status) =
+        support::proxy_following(name, &ca, ip(NET, host), settings, CancellationToken::new())
+            .await;
     Node { proxy, status }
 }
 

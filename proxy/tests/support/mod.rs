@@ -457,3 +457,37 @@ pub async fn echoes_through(socks5: SocketAddr, source: IpAddr, dst: SocketAddr)
         Err(_) => false,
     }
 }
+
+/// A node proxy that knows nothing until its control plane's first push:
+/// certificates from `ca`, SOCKS5 and admin listeners on `host`, following
+/// the control plane `settings` names until `stop`.
+pub async fn proxy_following(
+    name: &str,
+    ca: &CaAccess,
+    host: IpAddr,
+    settings: hbone_proxy::xds_registry::XdsSettings,
+    stop: tokio_util::sync::CancellationToken,
+) -> (
+    ProxyHandle,
+    tokio::sync::watch::Receiver<hbone_proxy::xds_registry::XdsStatus>,
+) {
+    use hbone_proxy::xds_registry::{XdsStatus, follow, registry_from};
+    let core_settings = CoreSettings {
+        bind_source_ip: true,
+        ..CoreSettings::for_node(name)
+    };
+    let registry = Arc::new(registry_from(std::iter::empty(), name).unwrap());
+    let policies =
+        hbone_policies::authorization::MeshAuthorization::pushed("istio-system", Vec::new());
+    let core = Arc::new(ProxyCore::with_ca(core_settings, registry, policies, ca).unwrap());
+    core.set_waiting_for(Some("the control plane".into()));
+    let listeners = Listeners {
+        socks5: Some(SocketAddr::new(host, 0)),
+        admin: Some(SocketAddr::new(host, 0)),
+        ..Listeners::default()
+    };
+    let proxy = ProxyHandle::start(core.clone(), &listeners).await.unwrap();
+    let (tx, status) = tokio::sync::watch::channel(XdsStatus::default());
+    tokio::spawn(follow(core, settings, tx, stop));
+    (proxy, status)
+}

@@ -155,12 +155,12 @@ fn istiod_sent(url: String, node: &hbone_proxy::ProxyHandle, workload: &str) -> 
     Some(IstiodSent {
         url,
         workload: format!(
-            "uid {}, addresses [{}], node {}, identity {}, protocol {:?}, policies listed [{}]",
+            "uid {}, addresses [{}], node {}, identity {}, protocol {}, policies listed [{}]",
             w.uid,
             ips.join(", "),
             w.node,
             w.identity(),
-            w.protocol,
+            format!("{:?}", w.protocol).to_uppercase(),
             w.authorization_policies.join(", ")
         ),
         policies_yaml: hbone_policies::authorization::render::istiod_yaml(applying),

@@ -114,3 +114,67 @@ async fn istiod_translates_every_policy_set_as_hbone_lab_does() {
         refused.join("\n")
     );
 }
+
+/// The lab's world as hbone-lab's own control plane serves it and as
+/// istiod serves it from the same objects in the API server: every
+/// workload and service of the lab's namespace, field by field (uid,
+/// addresses, service account, node, tunnel protocol, service ports and
+/// target ports, the workload's policy keys).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd, kube-apiserver and istiod (scripts/control-plane-peers.sh)"]
+async fn istiod_serves_the_labs_world_as_hbone_labs_control_plane_does() {
+    use std::sync::Arc;
+
+    use hbone_ca::metrics::CaMetrics;
+    use hbone_ca::plugin::PluginCerts;
+    use hbone_ca::server::CaService;
+    use hbone_ca::tokens::TokenFile;
+    use hbone_ca::{AuthorityConfig, SigningAuthority};
+    use hbone_standalone::dataplane::mesh;
+    use hbone_standalone::istiod::IstiodPlane;
+    use hbone_standalone::lab::{lab_policies, lab_registry};
+    use hbone_standalone::policy_diff::istiod::{addresses, compare_addresses};
+    use hbone_standalone::topology::Mode;
+
+    let registry = lab_registry(Mode::Netns).unwrap();
+    let policies = lab_policies().unwrap();
+    let plugin = PluginCerts::generate("cluster.local").unwrap();
+    let plane = IstiodPlane::start(&Given::default(), &plugin, &registry, &policies.istio)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let authority = Arc::new(
+        SigningAuthority::from_plugin(&plugin, AuthorityConfig::new("cluster.local")).unwrap(),
+    );
+    let ca = Arc::new(CaService::new(
+        authority,
+        Arc::new(TokenFile::single("unused", Vec::new())),
+        Arc::new(CaMetrics::default()),
+    ));
+    let state = hbone_xds::XdsState::new(&mesh(&registry, &policies.istio), None);
+    let own = hbone_xds::serve(ca, state, "127.0.0.1:0".parse().unwrap(), &[])
+        .await
+        .unwrap();
+
+    let ours = addresses(&own.url(), &plugin.root_cert_pem, None, "node-1")
+        .await
+        .unwrap();
+    let token = std::fs::read_to_string(&plane.tokens["node-1"].path).unwrap();
+    let theirs = addresses(
+        &plane.control.istiod_url(),
+        &plane.control.root_pem,
+        Some(token.trim()),
+        "node-1",
+    )
+    .await
+    .unwrap();
+    assert!(ours.len() >= 7, "{ours:#?}");
+    let differences = compare_addresses(&ours, &theirs, &["demo"]);
+    assert!(
+        differences.is_empty(),
+        "{} differences:\n{}",
+        differences.len(),
+        differences.join("\n")
+    );
+    own.shutdown().await;
+}

@@ -17,7 +17,7 @@ use hbone_control_plane::{ControlPlane, ControlPlaneOptions, Given, Programs};
 use hbone_policies::authorization::Authorization;
 use hbone_policies::load::{istio_policies, parse_documents};
 use hbone_xds::client::{AdsClient, node};
-use hbone_xds::receive::authorization;
+use hbone_xds::receive::{ReceivedAddress, address, authorization};
 use thiserror::Error;
 
 /// The type istiod serves translated policies as.
@@ -260,4 +260,99 @@ pub async fn check_set(
         })) if status.code == 422 => Ok(Checked::Refused(status.message)),
         Err(e) => Err(e),
     }
+}
+
+/// The type workloads and services are served as.
+const ADDRESS: &str = "type.googleapis.com/istio.workload.Address";
+
+/// Every `Address` a control plane serves node `node_name` — connecting to
+/// `url` with `token`, subscribing, and reading until it has been quiet
+/// for a second after its first answer — by resource name.
+pub async fn addresses(
+    url: &str,
+    root_pem: &str,
+    token: Option<&str>,
+    node_name: &str,
+) -> Result<BTreeMap<String, ReceivedAddress>, IstiodDiffError> {
+    let mut ads = AdsClient::connect(
+        url,
+        root_pem,
+        token,
+        node(
+            &world::node_proxy_id(node_name, [127, 0, 0, 1].into()),
+            &world::node_proxy_metadata(node_name),
+        ),
+    )
+    .await?;
+    ads.subscribe(ADDRESS, HashMap::new()).await?;
+    let mut held = BTreeMap::new();
+    let mut first = true;
+    loop {
+        let wait = if first {
+            PUSH_WITHIN
+        } else {
+            Duration::from_secs(1)
+        };
+        let Ok(response) = tokio::time::timeout(wait, ads.receive()).await else {
+            return Ok(held);
+        };
+        let response = response?;
+        first = false;
+        for name in &response.removed_resources {
+            held.remove(name);
+        }
+        for resource in &response.resources {
+            let Some(any) = &resource.resource else {
+                continue;
+            };
+            let unreadable = |reason: String| IstiodDiffError::Unreadable {
+                resource: resource.name.clone(),
+                reason,
+            };
+            let message: hbone_xds::proto::workload::Address =
+                prost::Message::decode(any.value.as_slice())
+                    .map_err(|e| unreadable(e.to_string()))?;
+            let read = address(&resource.name, &message).map_err(|e| unreadable(e.to_string()))?;
+            held.insert(resource.name.clone(), read);
+        }
+        ads.ack(&response).await?;
+    }
+}
+
+/// Where hbone-lab's own control plane and istiod describe the lab's
+/// world differently: each `Address` of `namespaces`, field by field (a
+/// record only one side has is a difference too). What istiod adds for
+/// the cluster itself (the API server's Service and endpoint) is outside
+/// those namespaces and not compared.
+pub fn compare_addresses(
+    ours: &BTreeMap<String, ReceivedAddress>,
+    istiod: &BTreeMap<String, ReceivedAddress>,
+    namespaces: &[&str],
+) -> Vec<String> {
+    let in_scope = |a: &ReceivedAddress| {
+        let namespace = match a {
+            ReceivedAddress::Workload(w) => &w.workload.namespace,
+            ReceivedAddress::Service(s) => &s.namespace,
+        };
+        namespaces.contains(&namespace.as_str())
+    };
+    let names: BTreeSet<&String> = ours
+        .iter()
+        .chain(istiod.iter())
+        .filter(|(_, a)| in_scope(a))
+        .map(|(name, _)| name)
+        .collect();
+    let mut differences = Vec::new();
+    for name in names {
+        match (ours.get(name), istiod.get(name)) {
+            (Some(a), Some(b)) if a == b => {}
+            (Some(a), Some(b)) => {
+                differences.push(format!("{name}:\n  hbone-lab: {a:?}\n  istiod:    {b:?}"))
+            }
+            (Some(_), None) => differences.push(format!("{name}: only hbone-lab serves it")),
+            (None, Some(_)) => differences.push(format!("{name}: only istiod serves it")),
+            (None, None) => {}
+        }
+    }
+    differences
 }

@@ -308,6 +308,11 @@ impl KubeLister {
             .map(|client| KubeLister { client })
             .map_err(|e| format!("cannot reach the Kubernetes API: {e}"))
     }
+
+    /// Uses `client` (a kubeconfig of one's choosing).
+    pub fn with_client(client: kube::Client) -> Self {
+        KubeLister { client }
+    }
 }
 
 fn labels(

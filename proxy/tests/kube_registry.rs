@@ -291,3 +291,95 @@ async fn a_proxy_follows_the_cluster() {
     );
     assert!(echo_follower.await.unwrap() >= 1);
 }
+
+/// The same lister against a real kube-apiserver (the one
+/// `hbone-control-plane` runs): pods scheduled, running and addressed,
+/// Services with selectors, an AuthorizationPolicy — the registry the
+/// proxy would follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd, kube-apiserver and istiod (scripts/control-plane-peers.sh)"]
+async fn istiod_control_plane_api_server_becomes_the_registry() {
+    use hbone_control_plane::world::{self, World, WorldPod, WorldService};
+    use hbone_control_plane::{ControlPlane, ControlPlaneOptions, Given, Programs};
+    use hbone_proxy::kube_registry::KubeLister;
+
+    let programs = Programs::find(&Given::default()).unwrap_or_else(|e| panic!("{e}"));
+    let control = ControlPlane::start(ControlPlaneOptions::new(programs))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    world::apply(
+        &control.client,
+        &World {
+            nodes: vec!["kind-worker".into()],
+            pods: vec![
+                WorldPod::captured("demo", "echo", "10.244.1.2".parse().unwrap(), "kind-worker"),
+                WorldPod::captured(
+                    "demo",
+                    "client",
+                    "10.244.1.3".parse().unwrap(),
+                    "kind-worker",
+                ),
+            ],
+            services: vec![WorldService {
+                name: "echo".into(),
+                namespace: "demo".into(),
+                vip: "10.96.0.20".parse().unwrap(),
+                ports: vec![(80, 8000)],
+                selector: labels(&[("app", "echo")]),
+            }],
+        },
+    )
+    .await
+    .unwrap();
+    world::apply_yaml(&control.client, POLICY, "POLICY")
+        .await
+        .unwrap();
+
+    let snapshot = KubeLister::with_client(control.client.clone())
+        .snapshot()
+        .await
+        .unwrap();
+    let registry = registry_from(&snapshot, "cluster.local").unwrap();
+    let echo = registry
+        .workloads
+        .iter()
+        .find(|w| w.name == "echo")
+        .expect("the echo pod is a workload");
+    assert_eq!(
+        (
+            echo.namespace.as_str(),
+            echo.service_account.as_str(),
+            echo.node.as_str()
+        ),
+        ("demo", "echo", "kind-worker")
+    );
+    assert_eq!(
+        echo.ips,
+        vec!["10.244.1.2".parse::<std::net::IpAddr>().unwrap()]
+    );
+    assert!(
+        registry
+            .workloads
+            .iter()
+            .all(|w| !w.name.starts_with("ztunnel-")),
+        "the node proxies' pods have no address: not workloads"
+    );
+    let service = registry
+        .services
+        .iter()
+        .find(|s| s.name == "echo")
+        .expect("the echo Service");
+    assert_eq!(
+        service.vips,
+        vec!["10.96.0.20".parse::<std::net::IpAddr>().unwrap()]
+    );
+    assert_eq!(service.ports, BTreeMap::from([(80, 8000)]));
+    assert!(service.selects(echo));
+    let policies = snapshot.policies.expect("Istio's CRDs are served").unwrap();
+    assert_eq!(
+        policies.authorization.len(),
+        1,
+        "{:?}",
+        policies.authorization
+    );
+}

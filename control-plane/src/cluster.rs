@@ -565,7 +565,7 @@ impl Drop for ControlPlane {
     }
 }
 
-/// Creates `name` unless it exists.
+/// Creates namespace `name` and its `default` ServiceAccount, unless they exist.
 pub async fn create_namespace(client: &Client, name: &str) -> Result<(), ControlPlaneError> {
     let api: Api<Namespace> = Api::all(client.clone());
     let namespace = Namespace {
@@ -575,7 +575,26 @@ pub async fn create_namespace(client: &Client, name: &str) -> Result<(), Control
         },
         ..Namespace::default()
     };
-    create_or_keep(&api, &namespace, &format!("namespace {name}")).await
+    create_or_keep(&api, &namespace, &format!("namespace {name}")).await?;
+    // What kube-controller-manager's service-account controller would do
+    // (it does not run here): every namespace has a `default` account, and
+    // a pod that names none runs as it.
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(client.clone(), name);
+    let default = k8s_openapi::api::core::v1::ServiceAccount {
+        metadata: ObjectMeta {
+            name: Some("default".into()),
+            namespace: Some(name.into()),
+            ..ObjectMeta::default()
+        },
+        ..Default::default()
+    };
+    create_or_keep(
+        &accounts,
+        &default,
+        &format!("service account {name}/default"),
+    )
+    .await
 }
 
 /// Creates `object`; one that already exists is kept as it is.

@@ -34,6 +34,12 @@ impl KubeCluster {
         Ok(KubeCluster { client })
     }
 
+    /// Uses `client` (a kubeconfig of one's choosing, such as the one
+    /// `hbone-lab control-plane` writes).
+    pub fn with_client(client: Client) -> Self {
+        KubeCluster { client }
+    }
+
     async fn present<K>(&self, namespace: Option<&str>, name: &str) -> Result<bool, VerifyError>
     where
         K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,

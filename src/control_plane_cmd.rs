@@ -39,6 +39,12 @@ pub struct ControlPlaneArgs {
     /// istiod's --log_output_level.
     #[arg(long, default_value = "default:info")]
     istiod_log_level: String,
+    /// Put the netns lab's world in: its nodes, namespace, service
+    /// accounts, Services and pods (Running, with the lab's addresses; no
+    /// kubelet runs them), a node proxy pod per node, and policies/istio.
+    /// Then `kubectl get pods -n demo` and `istioctl x authz …` see the lab.
+    #[arg(long)]
+    lab: bool,
 }
 
 pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
@@ -60,6 +66,23 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     options.mesh_ca = args.plugin_certs;
     options.istiod_log_level = args.istiod_log_level;
     let mut control = ControlPlane::start(options).await?;
+    if args.lab {
+        use hbone_standalone::topology::Mode;
+        let registry = hbone_standalone::lab::lab_registry(Mode::Netns)?;
+        let policies = hbone_standalone::lab::lab_policies()?;
+        hbone_control_plane::world::apply(
+            &control.client,
+            &hbone_standalone::istiod::world_of(&registry),
+        )
+        .await?;
+        hbone_standalone::istiod::sync_policies(&control.client, &policies.istio).await?;
+        eprintln!(
+            "the netns lab's world is in: {} pods, {} services, {} Istio policies",
+            registry.workloads.len(),
+            registry.services.len(),
+            policies.istio.authorization().len() + policies.istio.peer_authentication().len()
+        );
+    }
     let kubeconfig = control.kubeconfig.display().to_string();
     println!("kube-apiserver  https://{}", control.api_server);
     println!(

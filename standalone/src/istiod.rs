@@ -214,41 +214,49 @@ impl IstiodPlane {
         }
     }
 
-    /// Makes the API server hold exactly `policies`: each applied
-    /// (server-side), any other AuthorizationPolicy or PeerAuthentication
-    /// deleted. istiod pushes the change to every node proxy.
+    /// Makes the API server hold exactly `policies` (see [`sync_policies`]);
+    /// istiod pushes the change to every node proxy.
     pub async fn sync_policies(&self, policies: &IstioPolicies) -> Result<(), LabError> {
-        let client = &self.control.client;
-        let mut wanted = Vec::new();
-        let mut yaml = String::new();
-        for p in policies.authorization() {
-            wanted.push((
-                "AuthorizationPolicy",
-                p.metadata.namespace.clone(),
-                p.metadata.name.clone(),
-            ));
-            yaml.push_str(&to_document(p)?);
-        }
-        for p in policies.peer_authentication() {
-            wanted.push((
-                "PeerAuthentication",
-                p.metadata.namespace.clone(),
-                p.metadata.name.clone(),
-            ));
-            yaml.push_str(&to_document(p)?);
-        }
-        world::apply_yaml(client, &yaml, "the lab's policies")
-            .await
-            .map_err(|e| failed("applying the lab's policies", e))?;
-        let gone = [
-            unwanted::<AuthorizationPolicy>(client, "AuthorizationPolicy", &wanted).await?,
-            unwanted::<PeerAuthentication>(client, "PeerAuthentication", &wanted).await?,
-        ]
-        .concat();
-        world::delete_yaml(client, &gone, "policies no longer in the lab")
-            .await
-            .map_err(|e| failed("removing policies", e))
+        sync_policies(&self.control.client, policies).await
     }
+}
+
+/// Makes the API server behind `client` hold exactly `policies`: each
+/// applied (server-side), any other AuthorizationPolicy or
+/// PeerAuthentication deleted.
+pub async fn sync_policies(
+    client: &kube::Client,
+    policies: &IstioPolicies,
+) -> Result<(), LabError> {
+    let mut wanted = Vec::new();
+    let mut yaml = String::new();
+    for p in policies.authorization() {
+        wanted.push((
+            "AuthorizationPolicy",
+            p.metadata.namespace.clone(),
+            p.metadata.name.clone(),
+        ));
+        yaml.push_str(&to_document(p)?);
+    }
+    for p in policies.peer_authentication() {
+        wanted.push((
+            "PeerAuthentication",
+            p.metadata.namespace.clone(),
+            p.metadata.name.clone(),
+        ));
+        yaml.push_str(&to_document(p)?);
+    }
+    world::apply_yaml(client, &yaml, "the lab's policies")
+        .await
+        .map_err(|e| failed("applying the lab's policies", e))?;
+    let gone = [
+        unwanted::<AuthorizationPolicy>(client, "AuthorizationPolicy", &wanted).await?,
+        unwanted::<PeerAuthentication>(client, "PeerAuthentication", &wanted).await?,
+    ]
+    .concat();
+    world::delete_yaml(client, &gone, "policies no longer in the lab")
+        .await
+        .map_err(|e| failed("removing policies", e))
 }
 
 /// The objects of kind `K` in the API server that `wanted` does not name,

@@ -461,6 +461,8 @@ impl ControlPlane {
                 format!("--httpsAddr={}", ports.webhook),
                 // 0: a free port of its own choosing, on localhost.
                 "--ctrlz_port=0".into(),
+                // Its proxies are ours and go with it: no 10 s drain.
+                "--shutdownDuration=1s".into(),
                 format!("--log_output_level={}", options.istiod_log_level),
             ]),
             &istiod_env,

@@ -17,8 +17,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{
-    Container, Node, Pod, PodCondition, PodIP, PodSpec, PodStatus, Service, ServiceAccount,
-    ServicePort, ServiceSpec,
+    Container, ContainerPort, Node, Pod, PodCondition, PodIP, PodSpec, PodStatus, Service,
+    ServiceAccount, ServicePort, ServiceSpec,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams};
@@ -52,6 +52,9 @@ pub struct WorldPod {
     pub node: String,
     /// Captured by ambient (annotated for HBONE)?
     pub captured: bool,
+    /// Its container's ports that have a name (what a Service's named
+    /// target port refers to).
+    pub named_ports: BTreeMap<String, u16>,
 }
 
 impl WorldPod {
@@ -66,6 +69,7 @@ impl WorldPod {
             ip,
             node: node.into(),
             captured: true,
+            named_ports: BTreeMap::new(),
         }
     }
 }
@@ -81,6 +85,9 @@ pub struct WorldService {
     pub vip: IpAddr,
     /// `(port, target port)`.
     pub ports: Vec<(u16, u16)>,
+    /// `(port, target port's name)`: the target is each pod's container
+    /// port of that name.
+    pub named_targets: Vec<(u16, String)>,
     /// The pods it selects, by label.
     pub selector: BTreeMap<String, String>,
 }
@@ -143,7 +150,20 @@ pub fn node_proxy_metadata(node: &str) -> BTreeMap<String, String> {
     ])
 }
 
-fn placeholder_spec(node: &str, service_account: &str) -> PodSpec {
+fn placeholder_spec(
+    node: &str,
+    service_account: &str,
+    named_ports: &BTreeMap<String, u16>,
+) -> PodSpec {
+    let ports: Vec<ContainerPort> = named_ports
+        .iter()
+        .map(|(name, port)| ContainerPort {
+            name: Some(name.clone()),
+            container_port: i32::from(*port),
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        })
+        .collect();
     PodSpec {
         node_name: Some(node.into()),
         service_account_name: Some(service_account.into()),
@@ -151,6 +171,7 @@ fn placeholder_spec(node: &str, service_account: &str) -> PodSpec {
         containers: vec![Container {
             name: "main".into(),
             image: Some(NO_KUBELET_IMAGE.into()),
+            ports: (!ports.is_empty()).then_some(ports),
             ..Container::default()
         }],
         ..PodSpec::default()
@@ -254,10 +275,17 @@ pub async fn apply(client: &Client, world: &World) -> Result<Applied, ControlPla
                     service
                         .ports
                         .iter()
+                        .map(|(port, target)| (*port, IntOrString::Int(i32::from(*target))))
+                        .chain(
+                            service
+                                .named_targets
+                                .iter()
+                                .map(|(port, name)| (*port, IntOrString::String(name.clone()))),
+                        )
                         .map(|(port, target)| ServicePort {
                             name: Some(format!("tcp-{port}")),
-                            port: i32::from(*port),
-                            target_port: Some(IntOrString::Int(i32::from(*target))),
+                            port: i32::from(port),
+                            target_port: Some(target),
                             protocol: Some("TCP".into()),
                             ..ServicePort::default()
                         })
@@ -288,7 +316,11 @@ pub async fn apply(client: &Client, world: &World) -> Result<Applied, ControlPla
             client,
             &Pod {
                 metadata,
-                spec: Some(placeholder_spec(&pod.node, &pod.service_account)),
+                spec: Some(placeholder_spec(
+                    &pod.node,
+                    &pod.service_account,
+                    &pod.named_ports,
+                )),
                 ..Pod::default()
             },
         )
@@ -305,7 +337,7 @@ pub async fn apply(client: &Client, world: &World) -> Result<Applied, ControlPla
             client,
             &Pod {
                 metadata: meta(&name, Some(ISTIO_SYSTEM)),
-                spec: Some(placeholder_spec(node, ZTUNNEL_ACCOUNT)),
+                spec: Some(placeholder_spec(node, ZTUNNEL_ACCOUNT, &BTreeMap::new())),
                 ..Pod::default()
             },
         )

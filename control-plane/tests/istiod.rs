@@ -51,6 +51,7 @@ fn small_world() -> World {
             namespace: "demo".into(),
             vip: "10.96.0.10".parse().unwrap(),
             ports: vec![(8080, 8080)],
+            named_targets: Vec::new(),
             selector: BTreeMap::from([("app".to_string(), "hello-app".to_string())]),
         }],
     }

@@ -100,6 +100,11 @@ pub struct Workload {
     /// record says it is (from xDS, where services carry no selector).
     #[serde(skip)]
     pub services: Vec<String>,
+    /// For each of those services, its port → this workload's target port,
+    /// where the control plane says so per workload (istiod does when the
+    /// Service's target port is a name: the number is each pod's own).
+    #[serde(skip)]
+    pub service_ports: BTreeMap<String, BTreeMap<u16, u16>>,
     /// The control plane's uid for it (`Kubernetes//Pod/<ns>/<name>`, the
     /// default), by which a node agent names the pod whose namespace it hands over.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -441,6 +446,16 @@ impl Registry {
             ));
         }
         let workload = &self.workloads[endpoints[pick % endpoints.len()] as usize];
+        // 0: the target is named; the endpoint's record has its number.
+        let target_port = match target_port {
+            0 => workload
+                .service_ports
+                .get(&service.key(&self.trust_domain))
+                .and_then(|ports| ports.get(&port).copied())
+                .filter(|&t| t != 0)
+                .unwrap_or(port),
+            n => n,
+        };
         Ok(Destination::Workload {
             workload,
             addr: SocketAddr::new(workload.ips[0], target_port),
@@ -461,6 +476,26 @@ workloads:
 services:
   - {name: hello-app, namespace: demo, vips: [127.0.3.2], ports: {80: 8000}, selector: {app: hello-app}}
 ";
+
+    /// istiod's way with a named target port: 0 on the Service, the number
+    /// in each endpoint's record; without a record, the service port.
+    #[test]
+    fn a_named_target_port_is_taken_from_the_endpoint() {
+        let yaml = YAML.replace("ports: {80: 8000}", "ports: {80: 8000, 81: 0}");
+        let mut file: RegistryFile = serde_yaml::from_str(&yaml).unwrap();
+        let addr = |r: &Registry| match r.resolve("127.0.3.2:81".parse().unwrap(), 0) {
+            Ok(Destination::Workload { addr, .. }) => addr,
+            other => panic!("{other:?}"),
+        };
+        let plain = Registry::from_file(file.clone()).unwrap();
+        assert_eq!(addr(&plain), "127.0.2.2:81".parse().unwrap());
+        file.workloads[1].service_ports = BTreeMap::from([(
+            "demo/hello-app.demo.svc.cluster.local".to_string(),
+            BTreeMap::from([(81, 9090)]),
+        )]);
+        let named = Registry::from_file(file).unwrap();
+        assert_eq!(addr(&named), "127.0.2.2:9090".parse().unwrap());
+    }
 
     #[test]
     fn resolves_vips_workloads_and_externals() {

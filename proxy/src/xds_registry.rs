@@ -174,6 +174,11 @@ pub fn registry_from(
                     },
                     identity: Some(identity),
                     authorization_policies: r.policies,
+                    service_ports: w
+                        .services
+                        .iter()
+                        .map(|(key, pairs)| (key.clone(), pairs.iter().copied().collect()))
+                        .collect(),
                     services: w.services.into_keys().collect(),
                     ..Workload::default()
                 });
@@ -183,13 +188,10 @@ pub fn registry_from(
                 namespace: s.namespace,
                 hostname: Some(s.hostname),
                 vips: s.vips,
-                // A target port of 0 means "the same": the lab's control
-                // plane always sends one, and istiod does for named ports.
-                ports: s
-                    .ports
-                    .into_iter()
-                    .map(|(port, target)| (port, if target == 0 { port } else { target }))
-                    .collect(),
+                // A target port of 0 is kept: istiod sends it when the
+                // Service names its target, and each endpoint's record then
+                // carries the number (Workload::service_ports).
+                ports: s.ports.into_iter().collect(),
                 selector: None,
             }),
         }

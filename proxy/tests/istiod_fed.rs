@@ -135,12 +135,21 @@ async fn istiod_feeds_hbone_lab_proxies_certificates_workloads_and_policies() {
         &control.client,
         &World {
             nodes: vec!["n1".into(), "n2".into()],
-            pods: vec![pod("client", "1.1", "n1"), pod("echo", "2.1", "n2")],
+            pods: vec![
+                pod("client", "1.1", "n1"),
+                WorldPod {
+                    named_ports: BTreeMap::from([("echo-port".to_string(), 9000)]),
+                    ..pod("echo", "2.1", "n2")
+                },
+            ],
+            // Port 81 targets the pod's port by name: istiod then sends
+            // target 0 on the Service and the number on the workload.
             services: vec![WorldService {
                 name: "echo".into(),
                 namespace: "demo".into(),
                 vip: VIP.parse().unwrap(),
                 ports: vec![(80, 9000)],
+                named_targets: vec![(81, "echo-port".into())],
                 selector: BTreeMap::from([("app".to_string(), "echo".to_string())]),
             }],
         },
@@ -179,6 +188,10 @@ async fn istiod_feeds_hbone_lab_proxies_certificates_workloads_and_policies() {
         control.programs()[2].log_tail(15)
     );
 
+    assert!(
+        reaches(&n1, SocketAddr::new(VIP.parse().unwrap(), 81)).await,
+        "through the Service port whose target is the pod's port named echo-port"
+    );
     istioctl_reads_the_config_dump(&n2).await;
 
     // A DENY applied through the API server: istiod pushes it, n2 refuses.

@@ -325,6 +325,7 @@ async fn istiod_control_plane_api_server_becomes_the_registry() {
                 namespace: "demo".into(),
                 vip: "10.96.0.20".parse().unwrap(),
                 ports: vec![(80, 8000)],
+                named_targets: Vec::new(),
                 selector: labels(&[("app", "echo")]),
             }],
         },

@@ -50,6 +50,7 @@ pub fn world_of(registry: &Registry) -> World {
                     ip: *w.ips.first()?,
                     node: w.node.clone(),
                     captured: w.protocol == Protocol::Hbone,
+                    named_ports: Default::default(),
                 })
             })
             .collect(),
@@ -62,6 +63,7 @@ pub fn world_of(registry: &Registry) -> World {
                     namespace: s.namespace.clone(),
                     vip: *s.vips.first()?,
                     ports: s.ports.iter().map(|(p, t)| (*p, *t)).collect(),
+                    named_targets: Vec::new(),
                     selector: s.selector.clone().unwrap_or_default(),
                 })
             })

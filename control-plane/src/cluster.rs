@@ -65,6 +65,9 @@ pub enum ControlPlaneError {
         #[source]
         source: std::io::Error,
     },
+    /// A program is missing.
+    #[error(transparent)]
+    Programs(#[from] crate::peers::PeerError),
     /// The Kubernetes keys could not be made.
     #[error(transparent)]
     Pki(#[from] PkiError),
@@ -491,6 +494,14 @@ impl ControlPlane {
             _lock: lock,
             _temp: temp,
         })
+    }
+
+    /// Starts one with the programs found as [`crate::peers::find`] finds
+    /// them (environment, else what the build script built) and the
+    /// default options.
+    pub async fn start_found() -> Result<ControlPlane, ControlPlaneError> {
+        let programs = Programs::find(&crate::peers::Given::default())?;
+        Self::start(ControlPlaneOptions::new(programs)).await
     }
 
     /// `https://127.0.0.1:<port>`: istiod's CA and xDS, as a node proxy's

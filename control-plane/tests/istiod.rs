@@ -29,10 +29,9 @@ const AUTHORIZATION: &str = "type.googleapis.com/istio.security.Authorization";
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn start() -> ControlPlane {
-    let programs = Programs::find(&Given::default()).unwrap_or_else(|e| panic!("{NEEDS}: {e}"));
-    ControlPlane::start(ControlPlaneOptions::new(programs))
+    ControlPlane::start_found()
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("{NEEDS}: {e}"))
 }
 
 fn pod(name: &str, ip: &str, node: &str) -> WorldPod {

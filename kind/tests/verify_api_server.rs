@@ -16,8 +16,8 @@
 
 use std::path::{Path, PathBuf};
 
+use hbone_control_plane::ControlPlane;
 use hbone_control_plane::world::{self, set_running};
-use hbone_control_plane::{ControlPlane, ControlPlaneOptions, Given, Programs};
 use hbone_kind::kube_cluster::KubeCluster;
 use hbone_kind::verify::{VerifyOptions, verify};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -94,8 +94,7 @@ fn without_gateway_api(text: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs etcd, kube-apiserver and istiod (scripts/control-plane-peers.sh)"]
 async fn istiod_control_plane_kind_verify_reads_a_real_api_server() {
-    let programs = Programs::find(&Given::default()).unwrap_or_else(|e| panic!("{e}"));
-    let control = ControlPlane::start(ControlPlaneOptions::new(programs))
+    let control = ControlPlane::start_found()
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let client = control.client.clone();

@@ -15,9 +15,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use hbone_ca::RenewalPolicy;
+use hbone_control_plane::ControlPlane;
 use hbone_control_plane::tokens::NodeToken;
 use hbone_control_plane::world::{self, World, WorldPod, WorldService};
-use hbone_control_plane::{ControlPlane, ControlPlaneOptions, Given, Programs};
 use hbone_proxy::ProxyHandle;
 use hbone_proxy::core::{CaAccess, CaToken};
 use hbone_proxy::xds_registry::{XdsSettings, XdsStatus};
@@ -127,8 +127,7 @@ async fn istioctl_reads_the_config_dump(node: &Node) {
 #[ignore = "needs etcd, kube-apiserver and istiod (scripts/control-plane-peers.sh)"]
 async fn istiod_feeds_hbone_lab_proxies_certificates_workloads_and_policies() {
     support::capture_logs();
-    let programs = Programs::find(&Given::default()).unwrap_or_else(|e| panic!("{e}"));
-    let control = ControlPlane::start(ControlPlaneOptions::new(programs))
+    let control = ControlPlane::start_found()
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let applied = world::apply(

@@ -299,12 +299,11 @@ async fn a_proxy_follows_the_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs etcd, kube-apiserver and istiod (scripts/control-plane-peers.sh)"]
 async fn istiod_control_plane_api_server_becomes_the_registry() {
+    use hbone_control_plane::ControlPlane;
     use hbone_control_plane::world::{self, World, WorldPod, WorldService};
-    use hbone_control_plane::{ControlPlane, ControlPlaneOptions, Given, Programs};
     use hbone_proxy::kube_registry::KubeLister;
 
-    let programs = Programs::find(&Given::default()).unwrap_or_else(|e| panic!("{e}"));
-    let control = ControlPlane::start(ControlPlaneOptions::new(programs))
+    let control = ControlPlane::start_found()
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     world::apply(

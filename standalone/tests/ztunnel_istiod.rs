@@ -10,8 +10,8 @@
 
 use std::time::Duration;
 
+use hbone_control_plane::ControlPlane;
 use hbone_control_plane::world::{self, World, WorldPod};
-use hbone_control_plane::{ControlPlane, ControlPlaneOptions, Given, Programs};
 use hbone_proxy::netns::NetNs;
 use hbone_standalone::istiod::NodeRelay;
 use hbone_standalone::ztunnel::{Mode, Settings, Ztunnel, find_binary};
@@ -48,8 +48,7 @@ fn names(dump: &serde_json::Value, section: &str, key: &str) -> Vec<String> {
 async fn ztunnel_istiod_feeds_a_real_ztunnel_certificates_workloads_and_policies() {
     assert!(hbone_proxy::netns::can_create(), "this test needs root");
     let binary = find_binary(None).expect("ZTUNNEL_BIN names a ztunnel binary");
-    let programs = Programs::find(&Given::default()).unwrap_or_else(|e| panic!("{e}"));
-    let control = ControlPlane::start(ControlPlaneOptions::new(programs))
+    let control = ControlPlane::start_found()
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let applied = world::apply(

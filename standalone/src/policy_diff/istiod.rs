@@ -144,24 +144,7 @@ impl IstiodTranslator {
     /// Applies one response to what is held, and ACKs it.
     async fn receive_one(&mut self) -> Result<(), IstiodDiffError> {
         let response = self.ads.receive().await?;
-        for name in &response.removed_resources {
-            self.held.remove(name);
-        }
-        for resource in &response.resources {
-            let Some(any) = &resource.resource else {
-                continue;
-            };
-            let unreadable = |reason: String| IstiodDiffError::Unreadable {
-                resource: resource.name.clone(),
-                reason,
-            };
-            let message: hbone_xds::proto::security::Authorization =
-                prost::Message::decode(any.value.as_slice())
-                    .map_err(|e| unreadable(e.to_string()))?;
-            let read =
-                authorization(&resource.name, &message).map_err(|e| unreadable(e.to_string()))?;
-            self.held.insert(resource.name.clone(), read);
-        }
+        apply_response(&mut self.held, &response, authorization)?;
         self.ads.ack(&response).await?;
         Ok(())
     }
@@ -202,6 +185,35 @@ impl IstiodTranslator {
         }
         Ok(self.held.values().cloned().collect())
     }
+}
+
+/// Applies one delta response to `held`: removals, then each resource
+/// decoded as `M` and read by `read` (what a proxy would hold).
+fn apply_response<M, T, E>(
+    held: &mut BTreeMap<String, T>,
+    response: &hbone_xds::proto::discovery::DeltaDiscoveryResponse,
+    read: impl Fn(&str, &M) -> Result<T, E>,
+) -> Result<(), IstiodDiffError>
+where
+    M: prost::Message + Default,
+    E: std::fmt::Display,
+{
+    for name in &response.removed_resources {
+        held.remove(name);
+    }
+    for resource in &response.resources {
+        let Some(any) = &resource.resource else {
+            continue;
+        };
+        let unreadable = |reason: String| IstiodDiffError::Unreadable {
+            resource: resource.name.clone(),
+            reason,
+        };
+        let message = M::decode(any.value.as_slice()).map_err(|e| unreadable(e.to_string()))?;
+        let value = read(&resource.name, &message).map_err(|e| unreadable(e.to_string()))?;
+        held.insert(resource.name.clone(), value);
+    }
+    Ok(())
 }
 
 /// hbone-lab's translation of `yaml`, as `policy translate` prints it.
@@ -298,23 +310,7 @@ pub async fn addresses(
         };
         let response = response?;
         first = false;
-        for name in &response.removed_resources {
-            held.remove(name);
-        }
-        for resource in &response.resources {
-            let Some(any) = &resource.resource else {
-                continue;
-            };
-            let unreadable = |reason: String| IstiodDiffError::Unreadable {
-                resource: resource.name.clone(),
-                reason,
-            };
-            let message: hbone_xds::proto::workload::Address =
-                prost::Message::decode(any.value.as_slice())
-                    .map_err(|e| unreadable(e.to_string()))?;
-            let read = address(&resource.name, &message).map_err(|e| unreadable(e.to_string()))?;
-            held.insert(resource.name.clone(), read);
-        }
+        apply_response(&mut held, &response, address)?;
         ads.ack(&response).await?;
     }
 }

@@ -181,7 +181,11 @@ pub fn parse_documents(text: &str, file: &str) -> Result<Vec<Loaded>, LoadError>
         let spec = map.get("spec").unwrap_or(&empty);
         validate_spec(schema_kind, spec).map_err(|e| (e.path, e.message))?;
         Ok(match head.kind.as_str() {
-            "AuthorizationPolicy" => Resource::AuthorizationPolicy(Box::new(typed(&value)?)),
+            "AuthorizationPolicy" => {
+                let policy: AuthorizationPolicy = typed(&value)?;
+                crd_rules(&policy)?;
+                Resource::AuthorizationPolicy(Box::new(policy))
+            }
             "PeerAuthentication" => Resource::PeerAuthentication(Box::new(typed(&value)?)),
             "CiliumNetworkPolicy" => Resource::CiliumNetworkPolicy(Box::new(typed(&value)?)),
             _ => Resource::CiliumClusterwideNetworkPolicy(Box::new(typed(&value)?)),
@@ -195,6 +199,35 @@ pub fn parse_documents(text: &str, file: &str) -> Result<Vec<Loaded>, LoadError>
             resource,
         })
         .collect())
+}
+
+/// The rules Istio's CRD states beside its schema (`x-kubernetes-validations`,
+/// CEL), which the API server enforces and a structural schema check does
+/// not: a source may not set `serviceAccounts` (or `notServiceAccounts`)
+/// together with `principals`, `notPrincipals`, `namespaces` or
+/// `notNamespaces`. Found by applying generated policies to a real API
+/// server, which refused them.
+fn crd_rules(policy: &AuthorizationPolicy) -> Result<(), (String, String)> {
+    for (i, rule) in policy.spec.rules.iter().enumerate() {
+        for (j, from) in rule.from.iter().enumerate() {
+            let s = &from.source;
+            let accounts = !s.service_accounts.is_empty() || !s.not_service_accounts.is_empty();
+            let others = !s.principals.is_empty()
+                || !s.not_principals.is_empty()
+                || !s.namespaces.is_empty()
+                || !s.not_namespaces.is_empty();
+            if accounts && others {
+                return Err((
+                    format!("spec.rules[{i}].from[{j}].source"),
+                    "Cannot set serviceAccounts with namespaces or principals (a rule of Istio's \
+                     CRD: the API server refuses this policy); write the identities as principals, \
+                     or split the source"
+                        .into(),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Deserializes into `T`, naming the field path of the first mismatch.

@@ -107,3 +107,23 @@ fn pod_to_pod_cilium_rules_name_the_hbone_port() {
         }
     }
 }
+
+/// A rule Istio's CRD states beside its schema, which the API server
+/// enforces: serviceAccounts may not stand beside principals or namespaces.
+/// The file, the document and the source are named.
+#[test]
+fn service_accounts_beside_principals_are_refused_as_the_api_server_refuses_them() {
+    let yaml = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: demo}\nspec:\n  rules:\n  - from: [{source: {principals: [cluster.local/ns/demo/sa/a]}}, {source: {serviceAccounts: [demo/b], namespaces: [demo]}}]\n";
+    let err = hbone_policies::load::parse_documents(yaml, "mine.yaml")
+        .unwrap_err()
+        .to_string();
+    for part in [
+        "mine.yaml",
+        "spec.rules[0].from[1].source",
+        "Cannot set serviceAccounts with namespaces or principals",
+    ] {
+        assert!(err.contains(part), "{err} lacks {part}");
+    }
+    let alone = yaml.replace(", namespaces: [demo]", "");
+    assert!(hbone_policies::load::parse_documents(&alone, "mine.yaml").is_ok());
+}

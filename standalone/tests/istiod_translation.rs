@@ -83,11 +83,12 @@ async fn istiod_translates_every_policy_set_as_hbone_lab_does() {
             Err(e) => panic!("{name}: {e}"),
         }
     }
-    // Generated sets until 300 are compared; the API server refuses some
-    // (CRD rules the generator does not follow), which are counted.
-    let (mut compared, mut refused) = (0, Vec::new());
-    let mut n = 0;
-    while compared < GENERATED && n < 2 * GENERATED as u64 {
+    // Generated sets: the generator writes only what the API server takes
+    // (it once wrote serviceAccounts beside principals, which Istio's CRD
+    // forbids), so every one is compared.
+    let mut refused = Vec::new();
+    let mut compared = 0;
+    for n in 0..GENERATED as u64 {
         let name = format!("generated set {n} (seed 1)");
         match check_set(&mut istiod, &policy_set(1, n), &name).await {
             Ok(Checked::Compared(found)) => {
@@ -97,9 +98,8 @@ async fn istiod_translates_every_policy_set_as_hbone_lab_does() {
             Ok(Checked::Refused(why)) => refused.push(format!("{name}: {why}")),
             Err(e) => panic!("{name}: {e}"),
         }
-        n += 1;
     }
-    assert_eq!(compared, GENERATED, "too many refused: {refused:#?}");
+    assert!(refused.is_empty(), "the API server refused: {refused:#?}");
     assert!(
         disagreements.is_empty(),
         "{} sets, {} disagreements:\n{}",
@@ -107,12 +107,7 @@ async fn istiod_translates_every_policy_set_as_hbone_lab_does() {
         disagreements.len(),
         report(&disagreements)
     );
-    eprintln!(
-        "{} sets, 0 disagreements; {} generated sets refused by the API server:\n{}",
-        sets.len() + compared,
-        refused.len(),
-        refused.join("\n")
-    );
+    eprintln!("{} sets, 0 disagreements", sets.len() + compared);
 }
 
 /// The lab's world as hbone-lab's own control plane serves it and as

@@ -245,10 +245,17 @@ async fn the_proxy_follows_the_control_plane_over_delta_ads() {
     for n in [&mut n1, &mut n2] {
         wait_for(n, "the reconnect", |s| s.connects >= 2 && s.workloads == 2).await;
     }
-    assert!(
-        reaches(&n1, SocketAddr::new(ip(NET, "3.1"), 80)).await,
-        "echo is back after the restart"
-    );
+    // n2 reopens echo's listeners just after it swaps the registry in:
+    // give it a moment rather than racing it.
+    let mut back = false;
+    for _ in 0..50 {
+        if reaches(&n1, SocketAddr::new(ip(NET, "3.1"), 80)).await {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(back, "echo is back after the restart");
     let log = support::log_text();
     let subscriptions: Vec<&str> = log
         .lines()

@@ -105,15 +105,11 @@ fn config_dump(core: &ProxyCore) -> serde_json::Value {
         .iter()
         .map(|s| {
             let hostname = s.hostname(&core.trust.trust_domain);
+            let key = s.key(&core.trust.trust_domain);
             let endpoints: serde_json::Map<String, serde_json::Value> = registry
                 .workloads
                 .iter()
-                .filter(|w| {
-                    s.selects(w)
-                        || w.services
-                            .iter()
-                            .any(|k| k.ends_with(&format!("/{hostname}")))
-                })
+                .filter(|w| s.selects(w) || w.services.contains(&key))
                 .map(|w| {
                     (
                         w.uid.clone(),

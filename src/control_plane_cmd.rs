@@ -7,6 +7,33 @@ use clap::Args;
 use hbone_control_plane::peers::Versions;
 use hbone_control_plane::{ControlPlane, ControlPlaneOptions, Given, Programs};
 
+/// Where the real control plane's programs are, when they are not where
+/// scripts/control-plane-peers.sh put them (every command that starts
+/// istiod takes these).
+#[derive(Args, Clone, Debug, Default)]
+pub struct ProgramArgs {
+    /// The etcd binary (else $ETCD_BIN, else what scripts/control-plane-peers.sh built).
+    #[arg(long, value_name = "PATH")]
+    pub etcd: Option<PathBuf>,
+    /// The kube-apiserver binary (else $KUBE_APISERVER_BIN, else what the script built).
+    #[arg(long, value_name = "PATH")]
+    pub kube_apiserver: Option<PathBuf>,
+    /// istiod, i.e. pilot-discovery (else $ISTIOD_BIN, else what the script built).
+    #[arg(long, value_name = "PATH")]
+    pub istiod: Option<PathBuf>,
+}
+
+impl ProgramArgs {
+    /// The programs given on the command line (the rest are looked for).
+    pub fn given(&self) -> Given {
+        Given {
+            etcd: self.etcd.clone(),
+            kube_apiserver: self.kube_apiserver.clone(),
+            istiod: self.istiod.clone(),
+        }
+    }
+}
+
 /// Runs etcd, kube-apiserver and istiod (ambient on) on 127.0.0.1 until
 /// Ctrl-C, then stops them and empties its folder.
 ///
@@ -27,15 +54,8 @@ pub struct ControlPlaneArgs {
     /// A plug-in CA folder for istiod to sign with (default: a fresh one).
     #[arg(long)]
     plugin_certs: Option<PathBuf>,
-    /// The etcd binary (else ETCD_BIN, else what the build script built).
-    #[arg(long)]
-    etcd: Option<PathBuf>,
-    /// The kube-apiserver binary (else KUBE_APISERVER_BIN, …).
-    #[arg(long)]
-    kube_apiserver: Option<PathBuf>,
-    /// The istiod binary, pilot-discovery (else ISTIOD_BIN, …).
-    #[arg(long)]
-    istiod: Option<PathBuf>,
+    #[command(flatten)]
+    programs: ProgramArgs,
     /// istiod's --log_output_level.
     #[arg(long, default_value = "default:info")]
     istiod_log_level: String,
@@ -48,11 +68,7 @@ pub struct ControlPlaneArgs {
 }
 
 pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
-    let programs = Programs::find(&Given {
-        etcd: args.etcd,
-        kube_apiserver: args.kube_apiserver,
-        istiod: args.istiod,
-    })?;
+    let programs = Programs::find(&args.programs.given())?;
     let versions = Versions::pinned();
     eprintln!(
         "starting etcd, kube-apiserver and istiod (pinned: Kubernetes {}, etcd {}, istio {}) in {}",

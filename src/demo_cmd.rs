@@ -69,15 +69,9 @@ pub struct DemoArgs {
     /// policies as API objects, each node proxy with a pod-bound token.
     #[arg(long, default_value = "hbone-lab", value_parser = ["hbone-lab", "istiod"])]
     control_plane: String,
-    /// istiod (pilot-discovery) for --control-plane istiod (default: $ISTIOD_BIN, else what the build script built).
-    #[arg(long, value_name = "PATH")]
-    istiod: Option<PathBuf>,
-    /// kube-apiserver for --control-plane istiod (default: $KUBE_APISERVER_BIN, …).
-    #[arg(long, value_name = "PATH")]
-    kube_apiserver: Option<PathBuf>,
-    /// etcd for --control-plane istiod (default: $ETCD_BIN, …).
-    #[arg(long, value_name = "PATH")]
-    etcd: Option<PathBuf>,
+    /// The programs for --control-plane istiod.
+    #[command(flatten)]
+    programs: crate::control_plane_cmd::ProgramArgs,
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -137,11 +131,7 @@ async fn start(args: &DemoArgs) -> anyhow::Result<Lab> {
         }
     );
     let dataplane: Dataplane = args.dataplane.parse().map_err(anyhow::Error::msg)?;
-    let istiod = (args.control_plane == "istiod").then(|| hbone_control_plane::Given {
-        etcd: args.etcd.clone(),
-        kube_apiserver: args.kube_apiserver.clone(),
-        istiod: args.istiod.clone(),
-    });
+    let istiod = (args.control_plane == "istiod").then(|| args.programs.given());
     let feeder = if istiod.is_some() {
         "the real istiod on a real kube-apiserver feeds every node proxy; hbone-lab plays istio-cni"
     } else {

@@ -13,6 +13,7 @@ use hbone_policies::load::{Loaded, istio_policies, load_dir, load_file};
 use hbone_policies::matrix::{PolicySet, matrix};
 use hbone_policies::render::{Format, render};
 use hbone_policies::topology::LabTopology;
+use hbone_standalone::policy_diff::ZtunnelFeed;
 
 #[derive(Subcommand)]
 pub enum PolicyCommand {
@@ -100,6 +101,11 @@ pub enum PolicyCommand {
     /// policy set, the connection and each side's answer; the last line
     /// reads `N cases, M disagreements`, and the exit status is 1 if M > 0.
     ///
+    /// With --control-plane istiod, the real istiod feeds ztunnel: each
+    /// set is applied to a real API server and istiod translates it, so a
+    /// translation difference shows as a connection one side allows and
+    /// the other refuses (hbone-lab's proxy still takes hbone-lab's).
+    ///
     /// With --against istiod it checks the translation instead, against
     /// istiod itself (no root, no ztunnel; etcd, kube-apiserver and istiod
     /// as scripts/control-plane-peers.sh builds them): each policy set is
@@ -111,6 +117,7 @@ pub enum PolicyCommand {
     /// Examples:
     ///   sudo hbone-lab policy diff --ztunnel ./ztunnel
     ///   sudo hbone-lab policy diff --cases 2000 --seed 7   # ZTUNNEL_BIN set
+    ///   sudo hbone-lab policy diff --ztunnel ./ztunnel --control-plane istiod
     ///   hbone-lab policy diff --against istiod --sets 300
     ///   hbone-lab policy diff --against istiod --policies mine.yaml theirs.yaml
     #[command(verbatim_doc_comment)]
@@ -129,6 +136,13 @@ pub enum PolicyCommand {
         /// The ztunnel binary (default: $ZTUNNEL_BIN).
         #[arg(long, value_name = "PATH")]
         ztunnel: Option<PathBuf>,
+        /// Who feeds ztunnel in the connection-level diff: hbone-lab's
+        /// control plane (its translation), or the real istiod (istiod's).
+        #[arg(long, default_value = "hbone-lab", value_parser = ["hbone-lab", "istiod"])]
+        control_plane: String,
+        /// The programs for --control-plane istiod and --against istiod.
+        #[command(flatten)]
+        programs: crate::control_plane_cmd::ProgramArgs,
         /// How many connections to try in all (8 per policy set).
         #[arg(long, default_value_t = 200)]
         cases: usize,
@@ -186,15 +200,24 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
             sets,
             policies,
             seed,
+            programs,
             ..
-        } if against == "istiod" => diff_against_istiod(policies, sets, seed),
+        } if against == "istiod" => diff_against_istiod(policies, sets, seed, programs.given()),
         PolicyCommand::Diff {
             ztunnel,
             cases,
             seed,
             json,
+            control_plane,
+            programs,
             ..
-        } => diff(ztunnel, cases, seed, json),
+        } => {
+            let feed = match control_plane.as_str() {
+                "istiod" => ZtunnelFeed::Istiod(programs.given()),
+                _ => ZtunnelFeed::HboneLab,
+            };
+            diff(ztunnel, feed, cases, seed, json)
+        }
     }
 }
 
@@ -293,20 +316,33 @@ fn translate(paths: &[PathBuf], root_namespace: &str, mesh: bool) -> anyhow::Res
     Ok(())
 }
 
-fn diff(ztunnel: Option<PathBuf>, cases: usize, seed: u64, json: bool) -> anyhow::Result<()> {
+fn diff(
+    ztunnel: Option<PathBuf>,
+    feed: ZtunnelFeed,
+    cases: usize,
+    seed: u64,
+    json: bool,
+) -> anyhow::Result<()> {
     use hbone_standalone::policy_diff::{DiffOptions, run};
     let binary = hbone_standalone::ztunnel::find_binary(ztunnel.as_deref())?;
     let dir = tempfile::Builder::new()
         .prefix("hbone-lab-policy-diff-")
         .tempdir()?;
+    let fed_by = match &feed {
+        ZtunnelFeed::HboneLab => "hbone-lab's translation",
+        ZtunnelFeed::Istiod(_) => {
+            "istiod's translation (etcd, kube-apiserver and istiod start first)"
+        }
+    };
     let options = DiffOptions {
         ztunnel: binary,
+        feed,
         seed,
         cases,
         dir: dir.path().to_path_buf(),
     };
     eprintln!(
-        "policy diff: seed {seed}, {cases} connections through ztunnel ({}) and hbone-lab",
+        "policy diff: seed {seed}, {cases} connections through ztunnel ({}, fed {fed_by}) and hbone-lab",
         options.ztunnel.display()
     );
     let mut disagreements = 0usize;
@@ -347,7 +383,12 @@ fn diff(ztunnel: Option<PathBuf>, cases: usize, seed: u64, json: bool) -> anyhow
     Ok(())
 }
 
-fn diff_against_istiod(files: Vec<PathBuf>, sets: u64, seed: u64) -> anyhow::Result<()> {
+fn diff_against_istiod(
+    files: Vec<PathBuf>,
+    sets: u64,
+    seed: u64,
+    given: hbone_control_plane::Given,
+) -> anyhow::Result<()> {
     use hbone_standalone::policy_diff::generate::policy_set;
     use hbone_standalone::policy_diff::istiod::{Checked, IstiodTranslator, check_set};
     let inputs: Vec<(String, String)> = if files.is_empty() {
@@ -376,8 +417,7 @@ fn diff_against_istiod(files: Vec<PathBuf>, sets: u64, seed: u64) -> anyhow::Res
     let handle = tokio::runtime::Handle::current();
     tokio::task::block_in_place(|| {
         handle.block_on(async {
-            let mut istiod =
-                IstiodTranslator::start(&hbone_control_plane::Given::default()).await?;
+            let mut istiod = IstiodTranslator::start(&given).await?;
             let (mut disagreements, mut refused) = (0usize, 0usize);
             for (i, (name, yaml)) in inputs.iter().enumerate() {
                 let found = match check_set(&mut istiod, yaml, name).await? {

@@ -206,6 +206,31 @@ fn diff_finds_no_disagreement_with_ztunnel() {
     }
 }
 
+/// The connection-level check with the real istiod translating for
+/// ztunnel (hbone-lab's proxy still takes hbone-lab's translation): a
+/// translation difference would show as a connection one side allows and
+/// the other refuses.
+#[test]
+#[ignore = "needs ZTUNNEL_BIN, root, and etcd, kube-apiserver and istiod (scripts/control-plane-peers.sh)"]
+fn diff_with_istiod_feeding_ztunnel_finds_no_disagreement() {
+    let ztunnel = std::env::var("ZTUNNEL_BIN").expect("ZTUNNEL_BIN names a ztunnel binary");
+    let out = hbone_lab(&[
+        "policy",
+        "diff",
+        "--ztunnel",
+        &ztunnel,
+        "--control-plane",
+        "istiod",
+        "--cases",
+        "160",
+        "--seed",
+        "11",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert_eq!(stdout.lines().last(), Some("160 cases, 0 disagreements"));
+}
+
 #[test]
 fn ztunnel_config_describes_the_lab_in_ztunnels_local_form() {
     let out = hbone_lab(&["policy", "ztunnel-config"]);

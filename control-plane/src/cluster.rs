@@ -94,6 +94,9 @@ pub enum ControlPlaneError {
     /// A token was asked for a node the world does not have.
     #[error("node {0} is not in the world put into the API server: it has no node proxy pod")]
     UnknownNode(String),
+    /// A token was asked for a pod the world does not have.
+    #[error("pod {0} is not in the world put into the API server")]
+    UnknownPod(String),
     /// A document given to apply is not a Kubernetes object.
     #[error("document {index} of {source_name} is not a Kubernetes object: {reason}")]
     Document {
@@ -516,17 +519,44 @@ impl ControlPlane {
         &self,
         applied: &crate::world::Applied,
         node: &str,
-    ) -> Result<crate::tokens::NodeToken, ControlPlaneError> {
+    ) -> Result<crate::tokens::PodToken, ControlPlaneError> {
         let (pod, uid) = applied
             .node_proxies
             .get(node)
             .ok_or_else(|| ControlPlaneError::UnknownNode(node.to_string()))?;
-        crate::tokens::NodeToken::start(
+        crate::tokens::PodToken::start(
             &self.client,
-            pod,
-            uid,
+            crate::tokens::BoundAccount::node_proxy(pod, uid),
             crate::tokens::LIFETIME,
             self.dir.join(format!("{node}.token")),
+        )
+        .await
+    }
+
+    /// A lab pod's own token (its ServiceAccount, bound to it), kept fresh
+    /// in a file of the state folder: what a dedicated ztunnel inside that
+    /// pod presents. `applied` holds the pod's UID.
+    pub async fn workload_token(
+        &self,
+        applied: &crate::world::Applied,
+        pod: &crate::world::WorldPod,
+    ) -> Result<crate::tokens::PodToken, ControlPlaneError> {
+        let key = format!("{}/{}", pod.namespace, pod.name);
+        let uid = applied
+            .pod_uids
+            .get(&key)
+            .ok_or_else(|| ControlPlaneError::UnknownPod(key.clone()))?;
+        crate::tokens::PodToken::start(
+            &self.client,
+            crate::tokens::BoundAccount {
+                namespace: pod.namespace.clone(),
+                service_account: pod.service_account.clone(),
+                pod: pod.name.clone(),
+                uid: uid.clone(),
+            },
+            crate::tokens::LIFETIME,
+            self.dir
+                .join(format!("{}.{}.token", pod.namespace, pod.name)),
         )
         .await
     }

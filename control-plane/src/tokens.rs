@@ -1,8 +1,9 @@
-//! A node proxy's pod-bound token, as the kubelet projects one into
-//! ztunnel's pod: a TokenRequest for `istio-system/ztunnel`, audience
-//! `istio-ca`, bound to the node proxy's Pod, written to a file both
-//! proxies read before every request — and re-issued at half its lifetime,
-//! as the kubelet rotates it.
+//! A pod-bound token, as the kubelet projects one into a pod: a
+//! TokenRequest for the pod's ServiceAccount, audience `istio-ca`, bound to
+//! the Pod, written to a file the proxy reads before every request — and
+//! re-issued at half its lifetime, as the kubelet rotates it. A node
+//! proxy's is `istio-system/ztunnel`'s, bound to its ztunnel Pod; a
+//! dedicated ztunnel's is its workload's own.
 //!
 //! istiod checks it with a TokenReview: the signature, the audience, and
 //! that the bound Pod still exists with the same UID. A recreated Pod needs
@@ -24,15 +25,46 @@ pub const AUDIENCE: &str = "istio-ca";
 /// How long a token lives: an hour (the API server's minimum is 10 minutes).
 pub const LIFETIME: Duration = Duration::from_secs(3600);
 
-/// Asks the API server for a token of the `ztunnel` ServiceAccount bound to
-/// the Pod `istio-system/<pod>` whose UID is `uid`.
+/// Whose token: a ServiceAccount, and the Pod (running as it) the token is
+/// bound to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoundAccount {
+    /// The namespace of both.
+    pub namespace: String,
+    /// The ServiceAccount the token speaks for.
+    pub service_account: String,
+    /// The Pod it is bound to.
+    pub pod: String,
+    /// That Pod's Kubernetes UID.
+    pub uid: String,
+}
+
+impl BoundAccount {
+    /// A node proxy's: `istio-system/ztunnel`, bound to its Pod `pod`.
+    pub fn node_proxy(pod: &str, uid: &str) -> BoundAccount {
+        BoundAccount {
+            namespace: ISTIO_SYSTEM.into(),
+            service_account: ZTUNNEL_ACCOUNT.into(),
+            pod: pod.into(),
+            uid: uid.into(),
+        }
+    }
+}
+
+/// Asks the API server for a token of `bound`'s ServiceAccount bound to
+/// its Pod.
 pub async fn request(
     client: &Client,
-    pod: &str,
-    uid: &str,
+    bound: &BoundAccount,
     lifetime: Duration,
 ) -> Result<String, ControlPlaneError> {
-    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), ISTIO_SYSTEM);
+    let BoundAccount {
+        namespace,
+        service_account,
+        pod,
+        uid,
+    } = bound;
+    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
     let request = TokenRequest {
         spec: TokenRequestSpec {
             audiences: vec![AUDIENCE.into()],
@@ -40,17 +72,17 @@ pub async fn request(
             bound_object_ref: Some(BoundObjectReference {
                 api_version: Some("v1".into()),
                 kind: Some("Pod".into()),
-                name: Some(pod.into()),
-                uid: Some(uid.into()),
+                name: Some(pod.clone()),
+                uid: Some(uid.clone()),
             }),
         },
         ..TokenRequest::default()
     };
     let answer = api
-        .create_token_request(ZTUNNEL_ACCOUNT, &PostParams::default(), &request)
+        .create_token_request(service_account, &PostParams::default(), &request)
         .await
         .map_err(|source| ControlPlaneError::Api {
-            step: format!("a token for {ISTIO_SYSTEM}/{ZTUNNEL_ACCOUNT} bound to pod {pod}"),
+            step: format!("a token for {namespace}/{service_account} bound to pod {pod}"),
             source,
         })?;
     answer
@@ -78,30 +110,24 @@ fn write_atomically(path: &Path, token: &str) -> Result<(), ControlPlaneError> {
 
 /// A token file kept fresh until dropped.
 #[derive(Debug)]
-pub struct NodeToken {
-    /// The file both proxies read the token from.
+pub struct PodToken {
+    /// The file the proxy reads the token from.
     pub path: PathBuf,
     _refresh: tokio_util::sync::DropGuard,
 }
 
-impl NodeToken {
-    /// Writes a token bound to `istio-system/<pod>` (UID `uid`) to `path`
-    /// and re-issues it every half `lifetime`.
+impl PodToken {
+    /// Writes a token of `bound` to `path` and re-issues it every half
+    /// `lifetime`.
     pub async fn start(
         client: &Client,
-        pod: &str,
-        uid: &str,
+        bound: BoundAccount,
         lifetime: Duration,
         path: PathBuf,
-    ) -> Result<NodeToken, ControlPlaneError> {
-        write_atomically(&path, &request(client, pod, uid, lifetime).await?)?;
+    ) -> Result<PodToken, ControlPlaneError> {
+        write_atomically(&path, &request(client, &bound, lifetime).await?)?;
         let stop = CancellationToken::new();
-        let (client, pod, uid, file) = (
-            client.clone(),
-            pod.to_string(),
-            uid.to_string(),
-            path.clone(),
-        );
+        let (client, file) = (client.clone(), path.clone());
         let cancelled = stop.clone();
         tokio::spawn(async move {
             loop {
@@ -109,19 +135,19 @@ impl NodeToken {
                     _ = tokio::time::sleep(lifetime / 2) => {}
                     _ = cancelled.cancelled() => return,
                 }
-                match request(&client, &pod, &uid, lifetime).await {
+                match request(&client, &bound, lifetime).await {
                     Ok(token) => {
                         if let Err(e) = write_atomically(&file, &token) {
-                            tracing::warn!(error = %e, "node proxy token not renewed");
+                            tracing::warn!(pod = %bound.pod, error = %e, "pod token not renewed");
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(%pod, error = %e, "node proxy token not renewed; the old one serves until it expires")
+                        tracing::warn!(pod = %bound.pod, error = %e, "pod token not renewed; the old one serves until it expires")
                     }
                 }
             }
         });
-        Ok(NodeToken {
+        Ok(PodToken {
             path,
             _refresh: stop.drop_guard(),
         })

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use hbone_ca::RenewalPolicy;
 use hbone_control_plane::ControlPlane;
-use hbone_control_plane::tokens::NodeToken;
+use hbone_control_plane::tokens::PodToken;
 use hbone_control_plane::world::{self, World, WorldPod, WorldService};
 use hbone_proxy::ProxyHandle;
 use hbone_proxy::core::{CaAccess, CaToken};
@@ -36,7 +36,7 @@ fn pod(name: &str, host: &str, node: &str) -> WorldPod {
 struct Node {
     proxy: ProxyHandle,
     status: watch::Receiver<XdsStatus>,
-    _token: NodeToken,
+    _token: PodToken,
     _stop: tokio_util::sync::DropGuard,
 }
 

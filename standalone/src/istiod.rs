@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use hbone_ca::RenewalPolicy;
 use hbone_ca::plugin::PluginCerts;
 use hbone_control_plane::cluster::{ISTIO_SYSTEM, ISTIOD_HOST};
-use hbone_control_plane::tokens::NodeToken;
+use hbone_control_plane::tokens::PodToken;
 use hbone_control_plane::world::{self, World, WorldPod, WorldService};
 use hbone_control_plane::{ControlPlane, ControlPlaneOptions, Given, Programs};
 use hbone_policies::istio::{AuthorizationPolicy, IstioPolicies, PeerAuthentication};
@@ -125,7 +125,7 @@ impl NodeRelay {
 /// dropped.
 pub struct IstiodPlane {
     /// Each node's token file, kept fresh.
-    pub tokens: BTreeMap<String, NodeToken>,
+    pub tokens: BTreeMap<String, PodToken>,
     /// etcd, kube-apiserver and istiod.
     pub control: ControlPlane,
     _mesh_ca: tempfile::TempDir,
@@ -145,19 +145,7 @@ impl IstiodPlane {
         registry: &Registry,
         policies: &IstioPolicies,
     ) -> Result<IstiodPlane, LabError> {
-        let programs = Programs::find(given).map_err(|e| failed("finding istiod", e))?;
-        let mesh_ca = tempfile::Builder::new()
-            .prefix("hbone-lab-cacerts-")
-            .tempdir()
-            .map_err(|e| failed("a folder for istiod's CA files", e))?;
-        plugin
-            .write(mesh_ca.path())
-            .map_err(|e| failed("writing istiod's CA files", e))?;
-        let mut options = ControlPlaneOptions::new(programs);
-        options.mesh_ca = Some(mesh_ca.path().to_path_buf());
-        let control = ControlPlane::start(options)
-            .await
-            .map_err(|e| failed("starting etcd, kube-apiserver and istiod", e))?;
+        let (control, mesh_ca) = start_signing_with(given, plugin, Vec::new()).await?;
         let applied = world::apply(&control.client, &world_of(registry))
             .await
             .map_err(|e| failed("the lab's pods and services", e))?;
@@ -221,6 +209,32 @@ impl IstiodPlane {
     pub async fn sync_policies(&self, policies: &IstioPolicies) -> Result<(), LabError> {
         sync_policies(&self.control.client, policies).await
     }
+}
+
+/// Starts etcd, kube-apiserver and istiod with `plugin` as istiod's signing
+/// CA (so hbone-lab's CA and istiod share one root) and `istiod_env` added
+/// to istiod's environment. The folder holding the CA files lives as long
+/// as the returned guard.
+pub async fn start_signing_with(
+    given: &Given,
+    plugin: &PluginCerts,
+    istiod_env: Vec<(String, String)>,
+) -> Result<(ControlPlane, tempfile::TempDir), LabError> {
+    let programs = Programs::find(given).map_err(|e| failed("finding istiod", e))?;
+    let mesh_ca = tempfile::Builder::new()
+        .prefix("hbone-lab-cacerts-")
+        .tempdir()
+        .map_err(|e| failed("a folder for istiod's CA files", e))?;
+    plugin
+        .write(mesh_ca.path())
+        .map_err(|e| failed("writing istiod's CA files", e))?;
+    let mut options = ControlPlaneOptions::new(programs);
+    options.mesh_ca = Some(mesh_ca.path().to_path_buf());
+    options.istiod_env.extend(istiod_env);
+    let control = ControlPlane::start(options)
+        .await
+        .map_err(|e| failed("starting etcd, kube-apiserver and istiod", e))?;
+    Ok((control, mesh_ca))
 }
 
 /// Makes the API server behind `client` hold exactly `policies`: each

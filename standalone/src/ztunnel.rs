@@ -167,6 +167,15 @@ impl Ztunnel {
                 command
                     .env("PROXY_MODE", "dedicated")
                     .env("PROXY_WORKLOAD_INFO", workload);
+                // As the downward API sets them in the workload's pod:
+                // istiod admits an xDS stream only from the namespace and
+                // service account its token names.
+                if let [namespace, name, account] = workload.split('/').collect::<Vec<_>>()[..] {
+                    command
+                        .env("POD_NAME", name)
+                        .env("POD_NAMESPACE", namespace)
+                        .env("SERVICE_ACCOUNT", account);
+                }
             }
         }
         let child = command.spawn().map_err(spawn_err)?;

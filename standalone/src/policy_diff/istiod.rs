@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use hbone_control_plane::tokens::NodeToken;
+use hbone_control_plane::tokens::PodToken;
 use hbone_control_plane::world::{self, World};
 use hbone_control_plane::{ControlPlane, ControlPlaneOptions, Given, Programs};
 use hbone_policies::authorization::Authorization;
@@ -93,7 +93,7 @@ pub struct IstiodTranslator {
     ads: AdsClient,
     held: BTreeMap<String, Authorization>,
     applied: Option<String>,
-    _token: NodeToken,
+    _token: PodToken,
     control: ControlPlane,
 }
 

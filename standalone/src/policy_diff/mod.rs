@@ -7,12 +7,17 @@
 //! Two identical, isolated worlds (root only): a client namespace holding
 //! the sources' addresses and a target pod namespace with an echo server
 //! on each port and ambient's inbound capture (plaintext → 15006, HBONE on
-//! 15008). In one world the target's proxy is ztunnel (dedicated mode, fed
-//! over xDS by hbone-lab's control plane); in the other, hbone-lab's. Each
-//! policy set is pushed to both (to ztunnel as an xDS delta, waited for
-//! until ACKed), then every source tries every port: over HBONE with its
-//! own certificate (a CONNECT answered 200 or refused), or as plaintext
-//! (echoed, or closed).
+//! 15008). In one world the target's proxy is ztunnel (dedicated mode); in
+//! the other, hbone-lab's. Each policy set is pushed to both, then every
+//! source tries every port: over HBONE with its own certificate (a CONNECT
+//! answered 200 or refused), or as plaintext (echoed, or closed).
+//!
+//! Who feeds ztunnel ([`ZtunnelFeed`]): hbone-lab's control plane, with
+//! hbone-lab's translation (an xDS delta, waited for until ACKed) — then a
+//! difference is one of data planes only; or the real istiod, which reads
+//! the set from a real API server and translates it itself (ztunnel holds
+//! the target pod's own pod-bound token) — then a translation bug shows
+//! as a connection one side allows and the other refuses.
 
 pub mod generate;
 pub mod istiod;
@@ -24,11 +29,15 @@ use std::time::Duration;
 
 use generate::{PORTS, SOURCES, Source, TARGET_APP, TARGET_IP, TARGET_NAMESPACE, policy_set};
 use hbone_ca::metrics::CaMetrics;
+use hbone_ca::plugin::PluginCerts;
 use hbone_ca::server::CaService;
 use hbone_ca::tokens::TokenFile;
 use hbone_ca::{
     AuthorityConfig, CertificateManager, Identity, IdentityPattern, RenewalPolicy, SigningAuthority,
 };
+use hbone_control_plane::tokens::PodToken;
+use hbone_control_plane::world::{self, WorldPod};
+use hbone_control_plane::{ControlPlane, Given};
 use hbone_policies::istio::{ConnectionAttrs, IstioPolicies, TargetWorkload};
 use hbone_policies::load::{istio_policies, parse_documents};
 use hbone_proxy::ProxyHandle;
@@ -44,6 +53,7 @@ use serde::Serialize;
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::istiod::{NodeRelay, start_signing_with};
 use crate::ztunnel::{Mode, Settings, Ztunnel};
 
 const TOKEN: &str = "policy-diff-token";
@@ -62,6 +72,12 @@ pub enum DiffError {
     },
     #[error("ztunnel did not take policy set {set} within 10 s: {detail}")]
     NotApplied { set: u64, detail: String },
+    #[error("the API server refused policy set {set}: {detail}\n{yaml}")]
+    Refused {
+        set: u64,
+        detail: String,
+        yaml: String,
+    },
 }
 
 fn setup(e: impl std::fmt::Display) -> DiffError {
@@ -116,10 +132,24 @@ impl Case {
     }
 }
 
+/// Who feeds ztunnel its workloads and policies.
+#[derive(Debug, Clone, Default)]
+pub enum ZtunnelFeed {
+    /// hbone-lab's control plane, serving hbone-lab's translation.
+    #[default]
+    HboneLab,
+    /// The real istiod (these programs) on a real API server, translating
+    /// the sets itself.
+    Istiod(Given),
+}
+
 /// The run's options.
 #[derive(Debug, Clone)]
 pub struct DiffOptions {
     pub ztunnel: PathBuf,
+    /// Who feeds ztunnel (hbone-lab's proxy always takes hbone-lab's
+    /// translation).
+    pub feed: ZtunnelFeed,
     pub seed: u64,
     /// Connections to try in all (each policy set tries 8).
     pub cases: usize,
@@ -192,19 +222,162 @@ fn mesh(policies: &IstioPolicies) -> Mesh {
             TARGET_APP,
             ip(TARGET_IP),
             TARGET_APP,
-            "node-a",
+            NODE,
         )],
         services: Vec::new(),
         policies: policies.clone(),
     }
 }
 
+/// What serves ztunnel its policies.
+enum Feeder {
+    /// hbone-lab's control plane in the target's namespace.
+    Lab {
+        xds: Arc<XdsState>,
+        _control: RunningControlPlane,
+    },
+    Istiod(Box<IstiodFeed>),
+}
+
+/// istiod serving the dedicated ztunnel, and the set it was last given.
+struct IstiodFeed {
+    /// The last set applied (deleted before the next is).
+    applied: std::sync::Mutex<Option<String>>,
+    _token: PodToken,
+    _relay: NodeRelay,
+    control: ControlPlane,
+    _mesh_ca: tempfile::TempDir,
+}
+
+/// The node the target pod runs on.
+const NODE: &str = "node-a";
+
+impl Feeder {
+    /// hbone-lab's control plane, listening where ztunnel looks for istiod
+    /// in the target's namespace; ztunnel's token and root go to `dir`.
+    async fn lab(
+        zt: &World,
+        authority: &Arc<SigningAuthority>,
+        dir: &Path,
+    ) -> Result<(Feeder, Settings), DiffError> {
+        let everyone: IdentityPattern = "spiffe://cluster.local/*".parse().map_err(setup)?;
+        let tokens = Arc::new(TokenFile::single(TOKEN, vec![everyone]));
+        let ca = Arc::new(CaService::new(
+            authority.clone(),
+            tokens.clone(),
+            Arc::new(CaMetrics::default()),
+        ));
+        let xds = XdsState::new(&mesh(&IstioPolicies::new("istio-system")), Some(tokens));
+        let listener = bind_listener(Some(&zt.target.path()), ([127, 0, 0, 1], 15012).into())
+            .map_err(setup)?;
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(setup)?;
+        let control = hbone_xds::serve_on(ca, xds.clone(), listener, &[])
+            .await
+            .map_err(setup)?;
+        let token_file = dir.join("token");
+        std::fs::write(&token_file, TOKEN).map_err(setup)?;
+        let settings = ztunnel_settings(dir, control.url(), authority.root_pem(), token_file)?;
+        let feeder = Feeder::Lab {
+            xds,
+            _control: control,
+        };
+        Ok((feeder, settings))
+    }
+
+    /// istiod signing with `plugin`, the target pod in its API server, a
+    /// relay to it in the target's namespace, the target pod's own token.
+    async fn istiod(
+        zt: &World,
+        given: &Given,
+        plugin: &PluginCerts,
+        dir: &Path,
+    ) -> Result<(Feeder, Settings), DiffError> {
+        // Push as soon as a change is seen: hundreds of sets follow.
+        let fast = vec![("PILOT_DEBOUNCE_AFTER".to_string(), "10ms".to_string())];
+        let (control, mesh_ca) = start_signing_with(given, plugin, fast)
+            .await
+            .map_err(setup)?;
+        let pod = WorldPod::captured(TARGET_NAMESPACE, TARGET_APP, ip(TARGET_IP), NODE);
+        let applied = world::apply(
+            &control.client,
+            &world::World {
+                nodes: vec![NODE.into()],
+                pods: vec![pod.clone()],
+                services: Vec::new(),
+            },
+        )
+        .await
+        .map_err(setup)?;
+        let token = control
+            .workload_token(&applied, &pod)
+            .await
+            .map_err(setup)?;
+        let relay = NodeRelay::start(TARGET_APP, &zt.target, control.istiod_ports.secure_grpc)
+            .map_err(setup)?;
+        let settings =
+            ztunnel_settings(dir, NodeRelay::url(), &control.root_pem, token.path.clone())?;
+        let feeder = Feeder::Istiod(Box::new(IstiodFeed {
+            applied: std::sync::Mutex::new(None),
+            _token: token,
+            _relay: relay,
+            control,
+            _mesh_ca: mesh_ca,
+        }));
+        Ok((feeder, settings))
+    }
+}
+
+/// The dedicated ztunnel's settings: `control_plane` for CA and xDS,
+/// `root_pem` written to `dir` as its root.
+fn ztunnel_settings(
+    dir: &Path,
+    control_plane: String,
+    root_pem: &str,
+    token_file: PathBuf,
+) -> Result<Settings, DiffError> {
+    let root_ca = dir.join("root.pem");
+    std::fs::write(&root_ca, root_pem).map_err(setup)?;
+    Ok(Settings {
+        name: "target".into(),
+        binary: PathBuf::new(),
+        control_plane,
+        root_ca,
+        token_file,
+        node: NODE.into(),
+        mode: Mode::Dedicated {
+            workload: format!("{TARGET_NAMESPACE}/{TARGET_APP}/{TARGET_APP}"),
+        },
+        log: dir.join("ztunnel.log"),
+        log_level: "info".into(),
+        secret_ttl: None,
+        local_config: None,
+    })
+}
+
+/// The policy keys (`namespace/name`) in ztunnel's config dump.
+fn dumped_policy_keys(dump: &serde_json::Value) -> std::collections::BTreeSet<String> {
+    dump["policies"]
+        .as_array()
+        .map(|policies| {
+            policies
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{}/{}",
+                        p["namespace"].as_str().unwrap_or_default(),
+                        p["name"].as_str().unwrap_or_default()
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Everything running for one comparison.
 struct Lab {
     zt: World,
     hb: World,
-    xds: Arc<XdsState>,
-    _control: RunningControlPlane,
+    feeder: Feeder,
     ztunnel: Ztunnel,
     proxy: ProxyHandle,
     clients: Arc<CertificateManager>,
@@ -215,48 +388,18 @@ impl Lab {
     async fn start(options: &DiffOptions) -> Result<Lab, DiffError> {
         let zt = World::create("zt")?;
         let hb = World::create("hb")?;
+        let plugin = PluginCerts::generate("cluster.local").map_err(setup)?;
         let authority = Arc::new(
-            SigningAuthority::generate(AuthorityConfig::new("cluster.local")).map_err(setup)?,
+            SigningAuthority::from_plugin(&plugin, AuthorityConfig::new("cluster.local"))
+                .map_err(setup)?,
         );
-        let everyone: IdentityPattern = "spiffe://cluster.local/*".parse().map_err(setup)?;
-        let tokens = Arc::new(TokenFile::single(TOKEN, vec![everyone]));
-        let ca = Arc::new(CaService::new(
-            authority.clone(),
-            tokens.clone(),
-            Arc::new(CaMetrics::default()),
-        ));
-        let none = IstioPolicies::new("istio-system");
-        let xds = XdsState::new(&mesh(&none), Some(tokens));
-        let listener = bind_listener(Some(&zt.target.path()), ([127, 0, 0, 1], 15012).into())
-            .map_err(setup)?;
-        let listener = tokio::net::TcpListener::from_std(listener).map_err(setup)?;
-        let control = hbone_xds::serve_on(ca, xds.clone(), listener, &[])
-            .await
-            .map_err(setup)?;
         std::fs::create_dir_all(&options.dir).map_err(setup)?;
-        let root_ca = options.dir.join("root.pem");
-        std::fs::write(&root_ca, authority.root_pem()).map_err(setup)?;
-        let token_file = options.dir.join("token");
-        std::fs::write(&token_file, TOKEN).map_err(setup)?;
-        let ztunnel = Ztunnel::start(
-            &zt.target,
-            Settings {
-                name: "target".into(),
-                binary: options.ztunnel.clone(),
-                control_plane: control.url(),
-                root_ca,
-                token_file,
-                node: "node-a".into(),
-                mode: Mode::Dedicated {
-                    workload: format!("{TARGET_NAMESPACE}/{TARGET_APP}/{TARGET_APP}"),
-                },
-                log: options.dir.join("ztunnel.log"),
-                log_level: "info".into(),
-                secret_ttl: None,
-                local_config: None,
-            },
-        )
-        .map_err(setup)?;
+        let (feeder, mut settings) = match &options.feed {
+            ZtunnelFeed::HboneLab => Feeder::lab(&zt, &authority, &options.dir).await?,
+            ZtunnelFeed::Istiod(given) => Feeder::istiod(&zt, given, &plugin, &options.dir).await?,
+        };
+        settings.binary = options.ztunnel.clone();
+        let ztunnel = Ztunnel::start(&zt.target, settings).map_err(setup)?;
         ztunnel
             .wait_ready(ip(TARGET_IP), Duration::from_secs(20))
             .await
@@ -265,16 +408,14 @@ impl Lab {
         let trust = MeshTrust::from_pem(authority.root_pem(), "cluster.local").map_err(setup)?;
         let registry = Registry::from_file(RegistryFile {
             trust_domain: "cluster.local".into(),
-            nodes: vec![Node {
-                name: "node-a".into(),
-            }],
+            nodes: vec![Node { name: NODE.into() }],
             workloads: vec![Workload {
                 name: TARGET_APP.into(),
                 namespace: TARGET_NAMESPACE.into(),
                 service_account: TARGET_APP.into(),
                 labels: [("app".to_string(), TARGET_APP.to_string())].into(),
                 ips: vec![ip(TARGET_IP)],
-                node: "node-a".into(),
+                node: NODE.into(),
                 protocol: Protocol::Hbone,
                 netns: Some(hb.target.path()),
                 ..Workload::default()
@@ -284,9 +425,9 @@ impl Lab {
         .map_err(|(f, m)| setup(format!("{f}: {m}")))?;
         let core = Arc::new(
             ProxyCore::with_authority(
-                CoreSettings::for_node("node-a"),
+                CoreSettings::for_node(NODE),
                 Arc::new(registry),
-                none,
+                IstioPolicies::new("istio-system"),
                 authority.clone(),
             )
             .map_err(setup)?,
@@ -303,8 +444,7 @@ impl Lab {
         Ok(Lab {
             zt,
             hb,
-            xds,
-            _control: control,
+            feeder,
             ztunnel,
             proxy,
             clients: Arc::new(CertificateManager::new(authority, RenewalPolicy::default())),
@@ -312,16 +452,29 @@ impl Lab {
         })
     }
 
-    /// Serves `policies` to both proxies; waits until ztunnel has ACKed.
-    async fn apply(&self, set: u64, policies: &IstioPolicies) -> Result<(), DiffError> {
-        let nacks = |x: &XdsState| x.clients().iter().map(|c| c.nacks.len()).sum::<usize>();
-        let before = nacks(&self.xds);
-        self.xds.update(&mesh(policies));
+    /// Serves set `set` (`yaml`, loaded as `policies`) to both proxies;
+    /// waits until ztunnel holds it.
+    async fn apply(&self, set: u64, yaml: &str, policies: &IstioPolicies) -> Result<(), DiffError> {
         self.proxy.core.replace_policies(policies.clone());
-        let answered = self.xds.wait_answered(Duration::from_secs(10)).await;
-        if nacks(&self.xds) > before {
-            let detail = self
-                .xds
+        match &self.feeder {
+            Feeder::Lab { xds, .. } => self.apply_over_xds(set, xds, policies).await,
+            Feeder::Istiod(feed) => self.apply_through_istiod(set, yaml, policies, feed).await,
+        }
+    }
+
+    /// hbone-lab's translation as an xDS delta, waited for until ACKed.
+    async fn apply_over_xds(
+        &self,
+        set: u64,
+        xds: &XdsState,
+        policies: &IstioPolicies,
+    ) -> Result<(), DiffError> {
+        let nacks = |x: &XdsState| x.clients().iter().map(|c| c.nacks.len()).sum::<usize>();
+        let before = nacks(xds);
+        xds.update(&mesh(policies));
+        let answered = xds.wait_answered(Duration::from_secs(10)).await;
+        if nacks(xds) > before {
+            let detail = xds
                 .clients()
                 .iter()
                 .flat_map(|c| c.nacks.clone())
@@ -336,6 +489,61 @@ impl Lab {
             });
         }
         Ok(())
+    }
+
+    /// The set into the API server (the previous one deleted first, and
+    /// waited for until ztunnel holds no policy, so that a policy of the
+    /// same name cannot be mistaken for its new version); then waits until
+    /// ztunnel holds a policy by every key hbone-lab's translation has. If
+    /// istiod translated to other keys, that is a translation difference:
+    /// it is logged and the connections show what it does.
+    async fn apply_through_istiod(
+        &self,
+        set: u64,
+        yaml: &str,
+        policies: &IstioPolicies,
+        feed: &IstiodFeed,
+    ) -> Result<(), DiffError> {
+        let client = &feed.control.client;
+        let previous = feed.applied.lock().map(|mut a| a.take()).unwrap_or(None);
+        if let Some(previous) = previous {
+            world::delete_yaml(client, &previous, "the previous set")
+                .await
+                .map_err(setup)?;
+            self.wait_for_policies(set, &Default::default()).await;
+        }
+        if let Ok(mut applied) = feed.applied.lock() {
+            *applied = Some(yaml.to_string());
+        }
+        let name = format!("set-{set}.yaml");
+        if let Err(e) = world::apply_yaml(client, yaml, &name).await {
+            return Err(DiffError::Refused {
+                set,
+                detail: e.to_string(),
+                yaml: yaml.to_string(),
+            });
+        }
+        let expect = policies
+            .translated()
+            .policies()
+            .iter()
+            .map(|p| p.key())
+            .collect();
+        self.wait_for_policies(set, &expect).await;
+        Ok(())
+    }
+
+    /// Waits (10 s at most) until ztunnel's policy keys are `expect`.
+    async fn wait_for_policies(&self, set: u64, expect: &std::collections::BTreeSet<String>) {
+        let held = self
+            .ztunnel
+            .wait_for_dump("hold istiod's push", Duration::from_secs(10), |dump| {
+                &dumped_policy_keys(dump) == expect
+            })
+            .await;
+        if let Err(e) = held {
+            tracing::warn!(set, ?expect, error = %e, "ztunnel's policies from istiod are not the keys hbone-lab's translation has");
+        }
     }
 
     async fn try_connection(&self, world: &World, source: &Source, port: u16) -> Observed {
@@ -448,7 +656,7 @@ pub async fn run(
             }
         })?;
         let policies = istio_policies(&loaded, "istio-system");
-        lab.apply(set, &policies).await?;
+        lab.apply(set, &yaml, &policies).await?;
         let labels = [("app".to_string(), TARGET_APP.to_string())].into();
         let target = TargetWorkload {
             namespace: TARGET_NAMESPACE,

@@ -15,8 +15,8 @@ use hbone_ca::server::{CaService, serve};
 use hbone_ca::token_review::{KubeTokenReviewer, TokenReviewAuthenticator};
 use hbone_ca::tokens::{Authenticator, TokenFile};
 use hbone_ca::{AuthorityConfig, Identity, IdentityPattern, SigningAuthority};
-use hbone_proxy::policy_watch::load_policies;
 use hbone_proxy::registry::Registry;
+use hbone_proxy::sources::policy_file::load_policies;
 
 #[derive(Subcommand)]
 pub enum CaCommand {
@@ -268,10 +268,10 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let stop = tokio_util::sync::CancellationToken::new();
     let mut watched = args.policies.clone();
     watched.push(registry);
-    let follower = tokio::spawn(hbone_proxy::file_watch::on_change(
+    let follower = tokio::spawn(hbone_proxy::sources::file_watch::on_change(
         Duration::from_secs(2),
         stop.clone(),
-        move || hbone_proxy::policy_watch::fingerprint(&watched),
+        move || hbone_proxy::sources::policy_file::fingerprint(&watched),
         move || match load() {
             Ok(mesh) => {
                 xds.update(&mesh);

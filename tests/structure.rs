@@ -1,6 +1,8 @@
 //! The layering the module maps promise, checked: inside every crate of the
-//! workspace, no module reaches (through `crate::` paths, comments left
-//! out) a module that reaches back to it.
+//! workspace, and inside every folder of a crate, no module reaches
+//! (through `crate::` paths, comments left out) a sibling that reaches back
+//! to it. A folder's own `mod.rs` is the folder, not one of its children:
+//! it may use its children, and they may use what it declares.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -15,6 +17,7 @@ const CRATES: &[&str] = &[
     "benches",
     "kind",
     "xds",
+    "control-plane",
 ];
 
 fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -28,50 +31,97 @@ fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// The top-level module a source file belongs to (`scale/mod.rs` → `scale`).
-fn module_of(src: &Path, file: &Path) -> String {
+/// The module path of a source file (`outbound/pool.rs` → `[outbound,
+/// pool]`; `outbound/mod.rs` and `lib.rs` are their folder's).
+fn module_of(src: &Path, file: &Path) -> Vec<String> {
     let relative = file.strip_prefix(src).unwrap();
-    let first = relative.components().next().unwrap();
-    let name = first.as_os_str().to_string_lossy();
-    name.trim_end_matches(".rs").to_string()
+    let mut parts: Vec<String> = relative
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    let last = parts.pop().unwrap();
+    let stem = last.trim_end_matches(".rs");
+    if !matches!(stem, "mod" | "lib" | "main") {
+        parts.push(stem.to_string());
+    }
+    parts
 }
 
-/// The modules named by `crate::name` paths, and inside `use crate::{…}` groups.
-fn references(text: &str) -> BTreeSet<String> {
+fn ident(s: &str) -> &str {
+    let end = s
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(s.len());
+    &s[..end]
+}
+
+/// Skips whitespace at `at`.
+fn skip_space(text: &str, at: usize) -> usize {
+    at + (text[at..].len() - text[at..].trim_start().len())
+}
+
+/// Reads one path after `crate::` (with `{…}` groups, nested), adding every
+/// full path it names to `out`; returns where it stopped in `text`.
+fn read_path(text: &str, prefix: &[String], out: &mut BTreeSet<Vec<String>>) -> usize {
+    let mut path = prefix.to_vec();
+    let mut at = 0;
+    if text.starts_with('{') {
+        at += 1;
+        loop {
+            at = skip_space(text, at);
+            if text[at..].is_empty() {
+                return at;
+            }
+            if text[at..].starts_with('}') {
+                return at + 1;
+            }
+            at += read_path(&text[at..], prefix, out).max(1);
+            at = skip_space(text, at);
+            if text[at..].starts_with(',') {
+                at += 1;
+            }
+        }
+    }
+    loop {
+        let name = ident(&text[at..]);
+        if name.is_empty() {
+            break;
+        }
+        path.push(name.to_string());
+        at += name.len();
+        if !text[at..].starts_with("::") {
+            break;
+        }
+        at += 2;
+        if text[at..].starts_with('{') {
+            return at + read_path(&text[at..], &path, out);
+        }
+    }
+    if path.len() > prefix.len() {
+        out.insert(path);
+    }
+    at
+}
+
+/// The module paths named by `crate::…` paths, and inside `use crate::{…}`
+/// groups (comment lines left out).
+fn references(text: &str) -> BTreeSet<Vec<String>> {
     let code: String = text
         .lines()
         .filter(|l| !l.trim_start().starts_with("//"))
         .collect::<Vec<_>>()
         .join("\n");
-    let ident = |s: &str| {
-        s.chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect::<String>()
-    };
     let mut found = BTreeSet::new();
     for (i, _) in code.match_indices("crate::") {
-        let rest = &code[i + "crate::".len()..];
-        if let Some(group) = rest.strip_prefix('{') {
-            let group = &group[..group.find("};").unwrap_or(group.len())];
-            let mut depth = 0;
-            let mut start = true;
-            for (j, c) in group.char_indices() {
-                match c {
-                    '{' => depth += 1,
-                    '}' => depth -= 1,
-                    ',' if depth == 0 => start = true,
-                    c if start && !c.is_whitespace() => {
-                        found.insert(ident(&group[j..]));
-                        start = false;
-                    }
-                    _ => {}
-                }
-            }
-        } else {
-            found.insert(ident(rest));
+        // `hbone_crate::` and the like are other crates.
+        if code[..i]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            continue;
         }
+        read_path(&code[i + "crate::".len()..], &[], &mut found);
     }
-    found.retain(|m| !m.is_empty());
     found
 }
 
@@ -95,8 +145,48 @@ fn cycle_through(graph: &BTreeMap<String, BTreeSet<String>>, from: &str) -> Opti
     None
 }
 
+/// For every folder (module path) of a crate, the graph between its
+/// children: child → the siblings its files name.
+fn folder_graphs(
+    modules: &[(Vec<String>, BTreeSet<Vec<String>>)],
+) -> BTreeMap<Vec<String>, BTreeMap<String, BTreeSet<String>>> {
+    let mut folders: BTreeMap<Vec<String>, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
+    for (module, _) in modules {
+        for depth in 0..module.len() {
+            folders
+                .entry(module[..depth].to_vec())
+                .or_default()
+                .entry(module[depth].clone())
+                .or_default();
+        }
+    }
+    for (module, uses) in modules {
+        for depth in 0..module.len() {
+            let (folder, child) = (&module[..depth], &module[depth]);
+            for used in uses {
+                if used.len() > depth && used[..depth] == *folder && used[depth] != *child {
+                    folders
+                        .get_mut(folder)
+                        .unwrap()
+                        .get_mut(child)
+                        .unwrap()
+                        .insert(used[depth].clone());
+                }
+            }
+        }
+    }
+    // Items a folder's mod.rs declares are not children.
+    for graph in folders.values_mut() {
+        let children: BTreeSet<String> = graph.keys().cloned().collect();
+        for uses in graph.values_mut() {
+            uses.retain(|used| children.contains(used));
+        }
+    }
+    folders
+}
+
 #[test]
-fn no_crate_has_an_import_circle() {
+fn no_crate_or_folder_has_an_import_circle() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut circles = Vec::new();
     for name in CRATES {
@@ -104,17 +194,23 @@ fn no_crate_has_an_import_circle() {
         let mut files = Vec::new();
         sources(&src, &mut files);
         assert!(!files.is_empty(), "no sources under {}", src.display());
-        let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for file in &files {
-            let module = module_of(&src, file);
-            let text = std::fs::read_to_string(file).unwrap();
-            let mut uses = references(&text);
-            uses.remove(&module);
-            graph.entry(module).or_default().extend(uses);
-        }
-        for module in graph.keys() {
-            if let Some(cycle) = cycle_through(&graph, module) {
-                circles.push(format!("{name}: {}", cycle.join(" → ")));
+        let modules: Vec<_> = files
+            .iter()
+            .map(|file| {
+                let text = std::fs::read_to_string(file).unwrap();
+                (module_of(&src, file), references(&text))
+            })
+            .collect();
+        for (folder, graph) in folder_graphs(&modules) {
+            for module in graph.keys() {
+                if let Some(cycle) = cycle_through(&graph, module) {
+                    let at = if folder.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (in {})", folder.join("/"))
+                    };
+                    circles.push(format!("{name}{at}: {}", cycle.join(" → ")));
+                }
             }
         }
     }
@@ -127,7 +223,31 @@ fn no_crate_has_an_import_circle() {
 
 #[test]
 fn references_are_read_from_paths_and_groups() {
-    let text = "use crate::a::X;\nuse crate::{b::Y, c, d::{e, f}};\n// crate::commented\nlet x = crate::g::h();";
-    let found: Vec<String> = references(text).into_iter().collect();
-    assert_eq!(found, ["a", "b", "c", "d", "g"]);
+    let text = "use crate::a::X;\nuse crate::{b::Y, c, d::{e, f}};\n// crate::commented\nlet x = crate::g::h(); use hbone_crate::z;";
+    let found: Vec<String> = references(text).into_iter().map(|p| p.join("::")).collect();
+    assert_eq!(found, ["a::X", "b::Y", "c", "d::e", "d::f", "g::h"]);
+}
+
+#[test]
+fn a_cycle_inside_a_folder_is_found_and_the_folder_root_is_not_a_child() {
+    let path = |s: &str| s.split("::").map(String::from).collect::<Vec<_>>();
+    let uses = |list: &[&str]| list.iter().map(|s| path(s)).collect::<BTreeSet<_>>();
+    let modules = vec![
+        // net/mod.rs uses its child, and the child uses the folder: no cycle.
+        (path("net"), uses(&["net::listen::accept"])),
+        (path("net::listen"), uses(&["net::Thing"])),
+        // Inside outbound/: pool → capture → pool.
+        (path("outbound::pool"), uses(&["outbound::capture::x"])),
+        (
+            path("outbound::capture"),
+            uses(&["outbound::pool::y", "net::listen::z"]),
+        ),
+    ];
+    let graphs = folder_graphs(&modules);
+    let top = &graphs[&Vec::new()];
+    assert_eq!(top["outbound"], ["net".to_string()].into());
+    assert!(top["net"].is_empty());
+    assert!(graphs[&path("net")]["listen"].is_empty());
+    let inner = &graphs[&path("outbound")];
+    assert!(cycle_through(inner, "pool").is_some());
 }

@@ -14,7 +14,7 @@ use hbone_ca::tokens::TokenFile;
 use hbone_ca::{AuthorityConfig, SigningAuthority};
 use hbone_policies::load::{istio_policies, parse_documents};
 use hbone_proxy::bench_tunnel::BenchTunnel;
-use hbone_proxy::netns::{NetNs, bind_listener};
+use hbone_proxy::net::netns::{NetNs, bind_listener};
 use hbone_proxy::registry::Registry;
 use hbone_standalone::dataplane::{
     NodeCredential, ZtunnelNodeSpec, mesh, node_pods, serve_node_control_plane,

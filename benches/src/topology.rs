@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use hbone_proxy::netns::{
+use hbone_proxy::net::netns::{
     NetNs, NetnsError, bind_listener, outbound_capture_rules, tcp_socket, veth,
 };
 use hbone_workloads::dial::{Connect, Dialer, futures_lite::BoxedConnect};

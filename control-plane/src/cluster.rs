@@ -513,54 +513,6 @@ impl ControlPlane {
         format!("https://{}", self.istiod_ports.secure_grpc)
     }
 
-    /// A pod-bound token for `node`'s proxy, kept fresh in a file of the
-    /// state folder (`applied` names the node proxy pods [`crate::world::apply`] made).
-    pub async fn node_token(
-        &self,
-        applied: &crate::world::Applied,
-        node: &str,
-    ) -> Result<crate::tokens::PodToken, ControlPlaneError> {
-        let (pod, uid) = applied
-            .node_proxies
-            .get(node)
-            .ok_or_else(|| ControlPlaneError::UnknownNode(node.to_string()))?;
-        crate::tokens::PodToken::start(
-            &self.client,
-            crate::tokens::BoundAccount::node_proxy(pod, uid),
-            crate::tokens::LIFETIME,
-            self.dir.join(format!("{node}.token")),
-        )
-        .await
-    }
-
-    /// A lab pod's own token (its ServiceAccount, bound to it), kept fresh
-    /// in a file of the state folder: what a dedicated ztunnel inside that
-    /// pod presents. `applied` holds the pod's UID.
-    pub async fn workload_token(
-        &self,
-        applied: &crate::world::Applied,
-        pod: &crate::world::WorldPod,
-    ) -> Result<crate::tokens::PodToken, ControlPlaneError> {
-        let key = format!("{}/{}", pod.namespace, pod.name);
-        let uid = applied
-            .pod_uids
-            .get(&key)
-            .ok_or_else(|| ControlPlaneError::UnknownPod(key.clone()))?;
-        crate::tokens::PodToken::start(
-            &self.client,
-            crate::tokens::BoundAccount {
-                namespace: pod.namespace.clone(),
-                service_account: pod.service_account.clone(),
-                pod: pod.name.clone(),
-                uid: uid.clone(),
-            },
-            crate::tokens::LIFETIME,
-            self.dir
-                .join(format!("{}.{}.token", pod.namespace, pod.name)),
-        )
-        .await
-    }
-
     /// The programs, for their logs and process ids.
     pub fn programs(&self) -> [&Program; 3] {
         [&self.etcd, &self.apiserver, &self.istiod]

@@ -18,7 +18,8 @@ use kube::api::PostParams;
 use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::{ControlPlaneError, ISTIO_SYSTEM, ZTUNNEL_ACCOUNT};
+use crate::cluster::{ControlPlane, ControlPlaneError, ISTIO_SYSTEM, ZTUNNEL_ACCOUNT};
+use crate::world::{Applied, WorldPod};
 
 /// The audience istiod's CA and xDS accept (`TOKEN_AUDIENCES`' default).
 pub const AUDIENCE: &str = "istio-ca";
@@ -151,5 +152,57 @@ impl PodToken {
             path,
             _refresh: stop.drop_guard(),
         })
+    }
+}
+
+/// The tokens a control plane's pods hold (kept here, beside the token
+/// files, so that the cluster module need not know the lab's world).
+impl ControlPlane {
+    /// A pod-bound token for `node`'s proxy, kept fresh in a file of the
+    /// state folder (`applied` names the node proxy pods [`apply`] made).
+    pub async fn node_token(
+        &self,
+        applied: &Applied,
+        node: &str,
+    ) -> Result<PodToken, ControlPlaneError> {
+        let (pod, uid) = applied
+            .node_proxies
+            .get(node)
+            .ok_or_else(|| ControlPlaneError::UnknownNode(node.to_string()))?;
+        PodToken::start(
+            &self.client,
+            BoundAccount::node_proxy(pod, uid),
+            LIFETIME,
+            self.dir.join(format!("{node}.token")),
+        )
+        .await
+    }
+
+    /// A lab pod's own token (its ServiceAccount, bound to it), kept fresh
+    /// in a file of the state folder: what a dedicated ztunnel inside that
+    /// pod presents. `applied` holds the pod's UID.
+    pub async fn workload_token(
+        &self,
+        applied: &Applied,
+        pod: &WorldPod,
+    ) -> Result<PodToken, ControlPlaneError> {
+        let key = format!("{}/{}", pod.namespace, pod.name);
+        let uid = applied
+            .pod_uids
+            .get(&key)
+            .ok_or_else(|| ControlPlaneError::UnknownPod(key.clone()))?;
+        PodToken::start(
+            &self.client,
+            BoundAccount {
+                namespace: pod.namespace.clone(),
+                service_account: pod.service_account.clone(),
+                pod: pod.name.clone(),
+                uid: uid.clone(),
+            },
+            LIFETIME,
+            self.dir
+                .join(format!("{}.{}.token", pod.namespace, pod.name)),
+        )
+        .await
     }
 }

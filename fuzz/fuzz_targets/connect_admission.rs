@@ -8,7 +8,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use hbone_proxy::inbound::{PROXY_PORTS, connect_target};
+use hbone_proxy::inbound::hbone::{PROXY_PORTS, connect_target};
 use libfuzzer_sys::fuzz_target;
 
 const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));

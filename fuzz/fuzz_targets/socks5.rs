@@ -2,7 +2,7 @@
 //! panic, and a complete message never claims more bytes than it was given.
 #![no_main]
 
-use hbone_proxy::socks5::{parse_greeting, parse_request};
+use hbone_proxy::outbound::socks5::{parse_greeting, parse_request};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

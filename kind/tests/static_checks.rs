@@ -457,7 +457,7 @@ fn the_side_by_side_files_parse_and_agree() {
             .and_then(|s| s.template.metadata.as_ref()?.labels.as_ref())
             .is_some_and(|labels| {
                 labels
-                    .get(hbone_proxy::kube_registry::SIDECAR_LABEL)
+                    .get(hbone_proxy::sources::kube::SIDECAR_LABEL)
                     .is_some()
             }),
         _ => false,

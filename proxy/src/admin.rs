@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
-use crate::core::ProxyCore;
+use crate::state::ProxyCore;
 
 /// Which endpoints a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,9 +197,9 @@ fn connections(core: &ProxyCore, query: &str) -> Reply {
     let (open, recent) = core.connections.snapshot();
     if query.split('&').any(|kv| kv == "format=table") {
         let mut text = format!("open ({}):\n", open.len());
-        text.push_str(&crate::connection_log::table(&open));
+        text.push_str(&crate::observe::connection_log::table(&open));
         text.push_str(&format!("\nrecent ({}):\n", recent.len()));
-        text.push_str(&crate::connection_log::table(&recent));
+        text.push_str(&crate::observe::connection_log::table(&recent));
         return (StatusCode::OK, "text/plain", text);
     }
     let body = json!({"open": open, "recent": recent});
@@ -242,7 +242,7 @@ pub async fn serve(
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
-    crate::listen::accept_loop(listener, shutdown, tasks, "admin", None, move |tcp, _| {
+    crate::net::listen::accept_loop(listener, shutdown, tasks, "admin", None, move |tcp, _| {
         let core = core.clone();
         async move {
             let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {

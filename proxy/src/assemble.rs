@@ -17,12 +17,12 @@ use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{BenchTunnel, ProxyConfig};
-use crate::core::{CaAccess, CaToken, CoreError, CoreSettings, ProxyCore};
-use crate::kube_registry::{ClusterLister, KubeLister};
 use crate::proxy::{BoundAddrs, ProxyHandle};
 use crate::registry::{Registry, RegistryError};
-use crate::xds_registry::{XdsSettings, XdsStatus};
-use crate::zds_pods::ZdsStatus;
+use crate::sources::kube::{ClusterLister, KubeLister};
+use crate::sources::xds::{XdsSettings, XdsStatus};
+use crate::sources::zds::ZdsStatus;
+use crate::state::{CaAccess, CaToken, CoreError, CoreSettings, ProxyCore};
 use hbone_policies::load::LoadError;
 
 /// How often the registry and policy files are looked at again.
@@ -85,8 +85,11 @@ impl NodeProxy {
         let (registry, lister) = first_registry(config).await?;
         let policies = match config.xds {
             Some(_) => MeshAuthorization::pushed(&config.root_namespace, Vec::new()),
-            None => crate::policy_watch::load_policies(&config.policies, &config.root_namespace)?
-                .into_translated(),
+            None => crate::sources::policy_file::load_policies(
+                &config.policies,
+                &config.root_namespace,
+            )?
+            .into_translated(),
         };
         let root_pem = std::fs::read_to_string(&config.ca.root_cert).map_err(|source| {
             AssembleError::RootCert {
@@ -127,7 +130,7 @@ impl NodeProxy {
         if let Some(socket) = &config.zds {
             let (status, _) = tokio::sync::watch::channel(ZdsStatus::default());
             let every = Duration::from_secs(5);
-            let follow = crate::zds_pods::follow(
+            let follow = crate::sources::zds::follow(
                 core.clone(),
                 socket.clone(),
                 every,
@@ -164,7 +167,7 @@ async fn first_registry(
 ) -> Result<(Arc<Registry>, Option<KubeLister>), AssembleError> {
     let (registry, source_name, lister) = match (&config.registry, &config.kubernetes) {
         _ if config.xds.is_some() => {
-            let empty = crate::xds_registry::registry_from(std::iter::empty(), &config.node)
+            let empty = crate::sources::xds::registry_from(std::iter::empty(), &config.node)
                 .map_err(AssembleError::Workloads)?;
             (empty, "the control plane".to_string(), None)
         }
@@ -174,7 +177,7 @@ async fn first_registry(
                 .await
                 .map_err(AssembleError::Kubernetes)?;
             let snapshot = lister.snapshot().await.map_err(AssembleError::Kubernetes)?;
-            let registry = crate::kube_registry::registry_from(&snapshot, &k8s.trust_domain)
+            let registry = crate::sources::kube::registry_from(&snapshot, &k8s.trust_domain)
                 .map_err(AssembleError::Kubernetes)?;
             (registry, "the Kubernetes cluster".to_string(), Some(lister))
         }
@@ -214,7 +217,7 @@ fn follow_sources(
             max_backoff: Duration::from_secs(15),
         };
         let (status, _) = tokio::sync::watch::channel(XdsStatus::default());
-        tokio::spawn(crate::xds_registry::follow(
+        tokio::spawn(crate::sources::xds::follow(
             core.clone(),
             settings,
             status,
@@ -223,7 +226,7 @@ fn follow_sources(
         return;
     }
     if !config.policies.is_empty() {
-        tokio::spawn(crate::policy_watch::follow_policies(
+        tokio::spawn(crate::sources::policy_file::follow_policies(
             core.clone(),
             config.policies.clone(),
             config.root_namespace.clone(),
@@ -233,12 +236,16 @@ fn follow_sources(
     }
     match (&config.registry, &config.kubernetes, lister) {
         (Some(file), _, _) => {
-            let follow =
-                crate::registry_watch::follow_file(core.clone(), file.clone(), FILE_POLL, stop);
+            let follow = crate::sources::registry_file::follow_file(
+                core.clone(),
+                file.clone(),
+                FILE_POLL,
+                stop,
+            );
             tokio::spawn(follow);
         }
         (None, Some(k8s), Some(lister)) => {
-            tokio::spawn(crate::kube_registry::follow_cluster(
+            tokio::spawn(crate::sources::kube::follow_cluster(
                 core.clone(),
                 lister,
                 k8s.trust_domain.clone(),

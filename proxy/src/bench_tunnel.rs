@@ -30,11 +30,10 @@ use tokio_util::task::TaskTracker;
 use tracing::warn;
 
 pub use crate::config::BenchTunnel;
-use crate::core::{CoreError, ProxyCore};
-use crate::inbound::PROXY_PORTS;
-use crate::listen::Gate;
-use crate::refusal::{Direction, Reason};
+use crate::inbound::hbone::PROXY_PORTS;
+use crate::observe::refusal::{Direction, Reason};
 use crate::registry::Workload;
+use crate::state::{CoreError, ProxyCore};
 
 /// The ALPN of the `mtls` rung: never `h2`, so no HBONE peer mistakes it.
 pub const ALPN_BENCH_MTLS: &[u8] = b"hbone-lab-bench-mtls";
@@ -188,12 +187,12 @@ pub async fn serve(
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
-    crate::listen::accept_loop(
+    crate::net::listen::accept_loop(
         listener,
         shutdown,
         tasks,
         "bench tunnel",
-        Gate::new(&core, Direction::Inbound),
+        Some(core.gate(Direction::Inbound)),
         move |tcp, _| {
             let core = core.clone();
             async move {

@@ -12,14 +12,14 @@ use tracing::info;
 
 use crate::admin::{self, Endpoints};
 use crate::config::Listeners;
-use crate::core::ProxyCore;
-use crate::listen::bind_in;
+use crate::net::listen::bind_in;
 use crate::outbound::Outbound;
-use crate::pool::Pool;
+use crate::outbound::pool::Pool;
+use crate::outbound::{capture, socks5};
+use crate::state::ProxyCore;
 use crate::workload_listeners::WorkloadListeners;
-use crate::{capture, socks5};
 
-pub use crate::listen::StartError;
+pub use crate::net::listen::StartError;
 
 /// The addresses actually bound (ports resolved when 0 was asked).
 #[derive(Debug, Clone, Default)]
@@ -94,7 +94,7 @@ impl ProxyHandle {
         if let Some(addr) = listeners.outbound {
             let l = bind(addr, "outbound capture").await?;
             addrs.outbound = Some(l.local_addr().expect("bound"));
-            tasks.spawn(capture::serve_outbound(
+            tasks.spawn(capture::serve(
                 core.clone(),
                 outbound.clone(),
                 l,

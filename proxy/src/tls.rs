@@ -28,7 +28,7 @@ use rustls::{
 use thiserror::Error;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::refusal::Reason;
+use crate::observe::refusal::Reason;
 
 pub const ALPN_H2: &[u8] = b"h2";
 

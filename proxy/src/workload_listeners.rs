@@ -18,11 +18,12 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::Listeners;
-use crate::core::ProxyCore;
-use crate::listen::{StartError, bind_workload};
+use crate::inbound::{hbone, plaintext};
+use crate::net::listen::{StartError, bind_workload};
 use crate::outbound::Outbound;
+use crate::outbound::capture;
 use crate::registry::Workload;
-use crate::{capture, inbound};
+use crate::state::ProxyCore;
 
 /// What one workload's listeners were opened for; a change reopens them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,18 +107,13 @@ impl WorkloadListeners {
                     Some(mode) => self
                         .tasks
                         .spawn(crate::bench_tunnel::serve(core, mode, l, stop, tasks)),
-                    None => self.tasks.spawn(inbound::serve(core, l, stop, tasks)),
+                    None => self.tasks.spawn(hbone::serve(core, l, stop, tasks)),
                 },
-                Kind::Plaintext => self
-                    .tasks
-                    .spawn(capture::serve_plaintext(core, l, stop, tasks)),
-                Kind::PodOutbound => self.tasks.spawn(capture::serve_outbound(
-                    core,
-                    self.outbound.clone(),
-                    l,
-                    stop,
-                    tasks,
-                )),
+                Kind::Plaintext => self.tasks.spawn(plaintext::serve(core, l, stop, tasks)),
+                Kind::PodOutbound => {
+                    self.tasks
+                        .spawn(capture::serve(core, self.outbound.clone(), l, stop, tasks))
+                }
             };
         }
         self.core.certs.watch(w.identity());

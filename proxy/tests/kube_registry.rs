@@ -10,11 +10,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hbone_policies::istio::AuthorizationPolicy;
-use hbone_proxy::kube_registry::{
+use hbone_proxy::registry::Protocol;
+use hbone_proxy::sources::kube::{
     ClusterLister, ClusterPolicies, ClusterSnapshot, PodFacts, ServiceFacts, TargetPort,
     follow_cluster, registry_file, registry_from,
 };
-use hbone_proxy::registry::Protocol;
 use support::{DENY_CLIENT, Lab, POLICY, echo_server, socks5_connect};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -301,7 +301,7 @@ async fn a_proxy_follows_the_cluster() {
 async fn istiod_control_plane_api_server_becomes_the_registry() {
     use hbone_control_plane::ControlPlane;
     use hbone_control_plane::world::{self, World, WorldPod, WorldService};
-    use hbone_proxy::kube_registry::KubeLister;
+    use hbone_proxy::sources::kube::KubeLister;
 
     let control = ControlPlane::start_found()
         .await

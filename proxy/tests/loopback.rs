@@ -4,7 +4,7 @@ mod support;
 
 use std::net::SocketAddr;
 
-use hbone_proxy::refusal::{Direction, Reason};
+use hbone_proxy::observe::refusal::{Direction, Reason};
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use hbone_proxy::policy_watch::follow_policies;
+use hbone_proxy::sources::policy_file::follow_policies;
 use support::{
     DENY_CLIENT, Lab, POLICY, closed_within, echo_server, http_get, log_text, socks5_connect,
 };

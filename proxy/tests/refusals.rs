@@ -12,7 +12,7 @@ use hbone_ca::manager::Svid;
 use hbone_ca::plugin::PluginCerts;
 use hbone_ca::{AuthorityConfig, SigningAuthority};
 use hbone_proxy::config::H2Settings;
-use hbone_proxy::refusal::{Direction, Reason};
+use hbone_proxy::observe::refusal::{Direction, Reason};
 use hbone_proxy::tls::MeshTrust;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};

@@ -6,7 +6,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use hbone_proxy::registry_watch::follow_file;
+use hbone_proxy::sources::registry_file::follow_file;
 use support::{Lab, echo_server, registry_yaml};
 use tokio_util::sync::CancellationToken;
 

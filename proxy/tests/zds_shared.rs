@@ -16,10 +16,12 @@ use hbone_ca::{AuthorityConfig, SigningAuthority};
 use hbone_policies::load::{istio_policies, parse_documents};
 use hbone_proxy::ProxyHandle;
 use hbone_proxy::config::Listeners;
-use hbone_proxy::core::{CoreSettings, ProxyCore};
-use hbone_proxy::netns::{NetNs, install_rules, jump_to, outbound_capture_rules, tcp_socket, veth};
+use hbone_proxy::net::netns::{
+    NetNs, install_rules, jump_to, outbound_capture_rules, tcp_socket, veth,
+};
 use hbone_proxy::registry::Registry;
-use hbone_proxy::zds_pods::{ZdsStatus, follow};
+use hbone_proxy::sources::zds::{ZdsStatus, follow};
+use hbone_proxy::state::{CoreSettings, ProxyCore};
 use hbone_xds::MeshWorkload;
 use hbone_xds::zds::{NodeAgent, ZdsPod};
 use support::{POLICY, echo_server_in};

@@ -22,9 +22,9 @@ use hbone_ca::{AuthorityConfig, SigningAuthority};
 use hbone_policies::istio::IstioPolicies;
 use hbone_proxy::ProxyHandle;
 use hbone_proxy::config::Listeners;
-use hbone_proxy::core::{CoreSettings, ProxyCore};
-use hbone_proxy::netns::{NetNs, bind_listener, can_create, tcp_socket, veth};
+use hbone_proxy::net::netns::{NetNs, bind_listener, can_create, tcp_socket, veth};
 use hbone_proxy::registry::Registry;
+use hbone_proxy::state::{CoreSettings, ProxyCore};
 use support::{echo_roundtrip, echo_server_in};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -15,10 +15,10 @@ use std::time::Duration;
 
 use hbone_ca::server::CaService;
 use hbone_policies::istio::IstioPolicies;
-use hbone_proxy::core::ProxyCore;
-use hbone_proxy::netns::{NetNs, bind_listener};
+use hbone_proxy::net::netns::{NetNs, bind_listener};
 use hbone_proxy::registry::{Protocol, Registry};
-use hbone_proxy::zds_pods::{self, ZdsStatus};
+use hbone_proxy::sources::zds::{self, ZdsStatus};
+use hbone_proxy::state::ProxyCore;
 use hbone_xds::zds::{NodeAgent, ZdsPod};
 use hbone_xds::{Mesh, MeshService, MeshWorkload, RunningControlPlane, XdsState};
 
@@ -284,7 +284,7 @@ impl HboneNodeAgent {
             .map_err(|e| LabError::failed(Part::Proxy, format!("node agent of {node}"), e))?;
         let stop = tokio_util::sync::CancellationToken::new();
         let (status, _) = tokio::sync::watch::channel(ZdsStatus::default());
-        tokio::spawn(zds_pods::follow(
+        tokio::spawn(zds::follow(
             core.clone(),
             socket,
             Duration::from_secs(1),

@@ -19,7 +19,7 @@ use hbone_workloads::http_get::{Get, get};
 
 use hbone_ca::manager::FetchError;
 use hbone_proxy::outbound::OutboundError;
-use hbone_proxy::pool::TlsInfo;
+use hbone_proxy::outbound::pool::TlsInfo;
 use hbone_workloads::dial::DialError;
 use thiserror::Error;
 

@@ -20,10 +20,10 @@ use hbone_control_plane::tokens::PodToken;
 use hbone_control_plane::world::{self, World, WorldPod, WorldService};
 use hbone_control_plane::{ControlPlane, ControlPlaneOptions, Given, Programs};
 use hbone_policies::istio::{AuthorizationPolicy, IstioPolicies, PeerAuthentication};
-use hbone_proxy::core::{CaAccess, CaToken};
-use hbone_proxy::netns::{NetNs, bind_listener};
+use hbone_proxy::net::netns::{NetNs, bind_listener};
 use hbone_proxy::registry::{Protocol, Registry};
-use hbone_proxy::xds_registry::XdsSettings;
+use hbone_proxy::sources::xds::XdsSettings;
+use hbone_proxy::state::{CaAccess, CaToken};
 use kube::Api;
 use tokio_util::sync::CancellationToken;
 

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use hbone_proxy::netns::{NetNs, tcp_socket};
+use hbone_proxy::net::netns::{NetNs, tcp_socket};
 use hbone_workloads::http_get::Get;
 use thiserror::Error;
 

@@ -245,7 +245,7 @@ async fn wait_listening(server: &Killed, topology: &Topology) -> Result<(), Subj
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let socket =
-            hbone_proxy::netns::tcp_socket(Some(&path), addr, None, None).map_err(setup)?;
+            hbone_proxy::net::netns::tcp_socket(Some(&path), addr, None, None).map_err(setup)?;
         if socket.connect(addr).await.is_ok() {
             return Ok(());
         }

@@ -31,7 +31,7 @@ use hbone_ca::metrics::CaMetrics;
 use hbone_ca::server::{CaService, RunningCa, ServerError, serve_listener};
 use hbone_ca::tokens::TokenFile;
 use hbone_ca::{AuthorityConfig, SigningAuthority};
-use hbone_proxy::netns::NetnsError;
+use hbone_proxy::net::netns::NetnsError;
 use hbone_proxy::registry::Registry;
 use hbone_standalone::dataplane::node_pods;
 use hbone_standalone::ztunnel::http_get;

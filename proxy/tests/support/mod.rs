@@ -16,8 +16,8 @@ use hbone_ca::{AuthorityConfig, IdentityPattern, RenewalPolicy, SigningAuthority
 use hbone_policies::load::{istio_policies, parse_documents};
 use hbone_proxy::ProxyHandle;
 use hbone_proxy::config::{H2Settings, Listeners};
-use hbone_proxy::core::{CaAccess, CaToken, CoreSettings, ProxyCore};
 use hbone_proxy::registry::Registry;
+use hbone_proxy::state::{CaAccess, CaToken, CoreSettings, ProxyCore};
 use hbone_proxy::tls::MeshTrust;
 use hbone_workloads::http_get::Get;
 use rustls::pki_types::CertificateDer;
@@ -247,7 +247,8 @@ pub fn echo_server_in(
     addr: SocketAddr,
 ) -> tokio::task::JoinHandle<()> {
     let listener =
-        TcpListener::from_std(hbone_proxy::netns::bind_listener(netns, addr).unwrap()).unwrap();
+        TcpListener::from_std(hbone_proxy::net::netns::bind_listener(netns, addr).unwrap())
+            .unwrap();
     tokio::spawn(async move {
         loop {
             let Ok((mut tcp, _)) = listener.accept().await else {
@@ -433,11 +434,11 @@ pub async fn h2_session(lab: &Lab, to: SocketAddr) -> h2::client::SendRequest<by
 /// Waits up to `limit` until a proxy's xDS status satisfies `f`; panics
 /// naming `what` and the last status otherwise.
 pub async fn wait_for_status(
-    status: &mut tokio::sync::watch::Receiver<hbone_proxy::xds_registry::XdsStatus>,
+    status: &mut tokio::sync::watch::Receiver<hbone_proxy::sources::xds::XdsStatus>,
     what: &str,
     limit: std::time::Duration,
-    f: impl Fn(&hbone_proxy::xds_registry::XdsStatus) -> bool,
-) -> hbone_proxy::xds_registry::XdsStatus {
+    f: impl Fn(&hbone_proxy::sources::xds::XdsStatus) -> bool,
+) -> hbone_proxy::sources::xds::XdsStatus {
     let waited = tokio::time::timeout(limit, status.wait_for(|s| f(s)))
         .await
         .map(|r| r.map(|s| s.clone()));
@@ -465,13 +466,13 @@ pub async fn proxy_following(
     name: &str,
     ca: &CaAccess,
     host: IpAddr,
-    settings: hbone_proxy::xds_registry::XdsSettings,
+    settings: hbone_proxy::sources::xds::XdsSettings,
     stop: tokio_util::sync::CancellationToken,
 ) -> (
     ProxyHandle,
-    tokio::sync::watch::Receiver<hbone_proxy::xds_registry::XdsStatus>,
+    tokio::sync::watch::Receiver<hbone_proxy::sources::xds::XdsStatus>,
 ) {
-    use hbone_proxy::xds_registry::{XdsStatus, follow, registry_from};
+    use hbone_proxy::sources::xds::{XdsStatus, follow, registry_from};
     let core_settings = CoreSettings {
         bind_source_ip: true,
         ..CoreSettings::for_node(name)

@@ -42,11 +42,11 @@ use hbone_policies::istio::{ConnectionAttrs, IstioPolicies, TargetWorkload};
 use hbone_policies::load::{istio_policies, parse_documents};
 use hbone_proxy::ProxyHandle;
 use hbone_proxy::config::Listeners;
-use hbone_proxy::core::{CoreSettings, ProxyCore};
-use hbone_proxy::netns::{
+use hbone_proxy::net::netns::{
     NetNs, bind_listener, inbound_capture_rules, install_rules, jump_to, tcp_socket, veth,
 };
 use hbone_proxy::registry::{Node, Protocol, Registry, RegistryFile, Workload};
+use hbone_proxy::state::{CoreSettings, ProxyCore};
 use hbone_proxy::tls::MeshTrust;
 use hbone_xds::{Mesh, MeshWorkload, RunningControlPlane, XdsState};
 use serde::Serialize;
@@ -640,7 +640,7 @@ pub async fn run(
     options: &DiffOptions,
     mut each: impl FnMut(&Case, &str),
 ) -> Result<Vec<Case>, DiffError> {
-    if !hbone_proxy::netns::can_create() {
+    if !hbone_proxy::net::netns::can_create() {
         return Err(DiffError::NotRoot);
     }
     let lab = Lab::start(options).await?;

@@ -25,8 +25,8 @@ use hbone_policies::selector::labels_match;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::core::ProxyCore;
 use crate::registry::{Node, Protocol, Registry, RegistryFile, Service, Workload};
+use crate::state::ProxyCore;
 
 pub const DATAPLANE_MODE_LABEL: &str = "istio.io/dataplane-mode";
 pub const SIDECAR_LABEL: &str = "hbone-lab.dev/proxy";

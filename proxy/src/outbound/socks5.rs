@@ -15,10 +15,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
 
-use crate::core::ProxyCore;
-use crate::listen::Gate;
+use crate::observe::refusal::{Direction, Reason};
 use crate::outbound::{Outbound, OutboundError};
-use crate::refusal::{Direction, Reason};
+use crate::state::ProxyCore;
 
 const DIRECTION: Direction = Direction::Socks5;
 
@@ -75,12 +74,12 @@ pub async fn serve(
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
-    crate::listen::accept_loop(
+    crate::net::listen::accept_loop(
         listener,
         shutdown,
         tasks,
         "SOCKS5",
-        Gate::new(&core, DIRECTION),
+        Some(core.gate(DIRECTION)),
         move |tcp, peer| {
             let (core, outbound) = (core.clone(), outbound.clone());
             async move {

@@ -22,8 +22,8 @@ use rustls::pki_types::ServerName;
 use thiserror::Error;
 use tracing::{Instrument, debug, warn};
 
-use crate::core::{CoreError, ProxyCore};
-use crate::refusal::Reason;
+use crate::observe::refusal::Reason;
+use crate::state::{CoreError, ProxyCore};
 use crate::tls::handshake_failure_reason;
 
 /// Which connections may be shared.
@@ -331,9 +331,9 @@ impl Pool {
         let closed = Arc::new(AtomicBool::new(false));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let flag = closed.clone();
-        let keepalive = connection
-            .ping_pong()
-            .map(|pp| crate::keepalive::watch(pp, h2s.keepalive_interval, h2s.keepalive_timeout));
+        let keepalive = connection.ping_pong().map(|pp| {
+            crate::outbound::keepalive::watch(pp, h2s.keepalive_interval, h2s.keepalive_timeout)
+        });
         // Its own root: the connection serves many clients, not the one that opened it.
         let span = tracing::info_span!(parent: None, "hbone", connection = id, peer = %addr);
         let driver = async move {
@@ -423,7 +423,7 @@ impl Pool {
         if parts.status != StatusCode::OK {
             let reason = parts
                 .headers
-                .get(crate::refusal::REFUSAL_HEADER)
+                .get(crate::observe::refusal::REFUSAL_HEADER)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("")
                 .to_string();

@@ -24,15 +24,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, warn};
 
-use crate::authorization::decide_peer;
-use crate::connection_log::{ConnectionRecord, Outcome, TlsRecord};
-use crate::copy::bidirectional;
-use crate::core::ProxyCore;
-use crate::established::Stream;
-use crate::listen::Gate;
-use crate::metrics::{ConnectionGuard, ConnectionLabels};
-use crate::refusal::{Direction, REFUSAL_HEADER, Reason};
+use crate::authorize::decide_peer;
+use crate::authorize::open_streams::Stream;
+use crate::net::copy::bidirectional;
+use crate::observe::connection_log::{ConnectionRecord, Outcome, TlsRecord};
+use crate::observe::metrics::{ConnectionGuard, ConnectionLabels};
+use crate::observe::refusal::{Direction, REFUSAL_HEADER, Reason};
 use crate::registry::Workload;
+use crate::state::ProxyCore;
 use crate::tls::{ALPN_H2, handshake_failure_reason, identity_of};
 
 /// Ports of the proxy itself; a CONNECT to one of them is refused (as ztunnel does).
@@ -52,12 +51,12 @@ pub async fn serve(
     tasks: TaskTracker,
 ) {
     let (stop, spawner) = (shutdown.clone(), tasks.clone());
-    crate::listen::accept_loop(
+    crate::net::listen::accept_loop(
         listener,
         shutdown,
         tasks,
         "HBONE",
-        Gate::new(&core, DIRECTION),
+        Some(core.gate(DIRECTION)),
         move |tcp, peer| handle_connection(core.clone(), tcp, peer, stop.clone(), spawner.clone()),
     )
     .await

@@ -2,6 +2,8 @@
 //! certificates, the mesh trust, the metrics and the settings — and the TLS
 //! configurations built from them, cached per certificate.
 
+pub mod pod_netns;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -13,12 +15,12 @@ use hbone_ca::manager::{CertificateManager, FetchError, RenewalPolicy, Svid};
 use hbone_policies::authorization::MeshAuthorization;
 use thiserror::Error;
 
+use crate::authorize::open_streams::{Established, Revoked};
 use crate::config::H2Settings;
-use crate::established::{Established, Revoked};
-use crate::metrics::ProxyMetrics;
-use crate::pod_netns::PodNetns;
-use crate::refusal::{Direction, Reason};
+use crate::observe::metrics::ProxyMetrics;
+use crate::observe::refusal::{Direction, Reason};
 use crate::registry::Registry;
+use crate::state::pod_netns::PodNetns;
 use crate::tls::{MeshTrust, TlsSetupError};
 
 #[derive(Debug, Error)]
@@ -111,9 +113,9 @@ pub struct ProxyCore {
     /// Pods' namespaces handed over by a node agent (shared mode).
     pub pods: PodNetns,
     /// The connections open now and the most recent finished ones.
-    pub connections: crate::connection_log::ConnectionLog,
+    pub connections: crate::observe::connection_log::ConnectionLog,
     /// The cap on connections open at once across the data listeners.
-    pub limit: Arc<crate::connection_limit::ConnectionLimit>,
+    pub limit: Arc<crate::net::connection_limit::ConnectionLimit>,
     /// The uids of the local workloads whose listeners are open.
     served: tokio::sync::watch::Sender<std::collections::BTreeSet<String>>,
 }
@@ -200,8 +202,18 @@ impl ProxyCore {
         self
     }
 
+    /// What a data listener's connections count against: the connection
+    /// cap, counted under `direction` when it refuses.
+    pub(crate) fn gate(&self, direction: Direction) -> crate::net::listen::Gate {
+        crate::net::listen::Gate {
+            limit: self.limit.clone(),
+            metrics: self.metrics.clone(),
+            direction,
+        }
+    }
+
     /// Dials `addr` as a socket of `from` would: inside its network namespace
-    /// (marked with [`crate::netns::PACKET_MARK`] so capture rules let it pass), from `bind_ip` if given.
+    /// (marked with [`crate::net::netns::PACKET_MARK`] so capture rules let it pass), from `bind_ip` if given.
     pub async fn connect(
         &self,
         from: Option<&crate::registry::Workload>,
@@ -209,10 +221,10 @@ impl ProxyCore {
         addr: std::net::SocketAddr,
     ) -> std::io::Result<tokio::net::TcpStream> {
         let netns = from.and_then(|w| w.netns.as_deref());
-        let mark = netns.map(|_| crate::netns::PACKET_MARK);
+        let mark = netns.map(|_| crate::net::netns::PACKET_MARK);
         tracing::debug!(?netns, %addr, ?bind_ip, "dialing");
-        let socket =
-            crate::netns::tcp_socket(netns, addr, bind_ip, mark).map_err(std::io::Error::other)?;
+        let socket = crate::net::netns::tcp_socket(netns, addr, bind_ip, mark)
+            .map_err(std::io::Error::other)?;
         socket.connect(addr).await
     }
 

@@ -20,7 +20,7 @@
 //! connection log (`/debug/connections`) and the refusal metrics keep them.
 //!
 //! The data listeners also share the proxy's connection limit
-//! ([`crate::connection_limit`]): past it, a connection is closed as soon
+//! ([`crate::net::connection_limit`]): past it, a connection is closed as soon
 //! as it is accepted, and counted.
 
 use std::net::SocketAddr;
@@ -35,8 +35,9 @@ use tokio_util::task::TaskTracker;
 use tracing::field::Empty;
 use tracing::{Instrument, warn};
 
-use crate::core::ProxyCore;
-use crate::refusal::{Direction, Reason};
+use crate::net::connection_limit::ConnectionLimit;
+use crate::observe::metrics::ProxyMetrics;
+use crate::observe::refusal::{Direction, Reason};
 
 #[derive(Debug, Error)]
 pub enum StartError {
@@ -55,21 +56,21 @@ pub(crate) fn bind_in(
     addr: SocketAddr,
     what: &'static str,
 ) -> Result<TcpListener, StartError> {
-    bind_with(crate::netns::bind_listener, netns, addr, what)
+    bind_with(crate::net::netns::bind_listener, netns, addr, what)
 }
 
 /// Binds a workload's listener, which a replacement proxy may share while
-/// this one drains ([`crate::netns::bind_handover_listener`]).
+/// this one drains ([`crate::net::netns::bind_handover_listener`]).
 pub(crate) fn bind_workload(
     netns: Option<&Path>,
     addr: SocketAddr,
     what: &'static str,
 ) -> Result<TcpListener, StartError> {
-    bind_with(crate::netns::bind_handover_listener, netns, addr, what)
+    bind_with(crate::net::netns::bind_handover_listener, netns, addr, what)
 }
 
 type Binder =
-    fn(Option<&Path>, SocketAddr) -> Result<std::net::TcpListener, crate::netns::NetnsError>;
+    fn(Option<&Path>, SocketAddr) -> Result<std::net::TcpListener, crate::net::netns::NetnsError>;
 
 fn bind_with(
     binder: Binder,
@@ -133,17 +134,12 @@ impl Backoff {
 }
 
 /// What a data listener's connections count against: the proxy's
-/// connection limit, and the direction its refusals are counted under.
+/// connection limit, and the direction its refusals are counted under
+/// (made by [`crate::state::ProxyCore::gate`]).
 pub(crate) struct Gate {
-    pub core: Arc<ProxyCore>,
+    pub limit: Arc<ConnectionLimit>,
+    pub metrics: Arc<ProxyMetrics>,
     pub direction: Direction,
-}
-
-impl Gate {
-    pub(crate) fn new(core: &Arc<ProxyCore>, direction: Direction) -> Option<Gate> {
-        let core = core.clone();
-        Some(Gate { core, direction })
-    }
 }
 
 /// Accepts until `shutdown`, handing each connection to `handle` on a task
@@ -172,14 +168,13 @@ pub(crate) async fn accept_loop<F, Fut>(
                 backoff.reset();
                 let permit = match &gate {
                     None => None,
-                    Some(gate) => match gate.core.limit.try_acquire() {
+                    Some(gate) => match gate.limit.try_acquire() {
                         Some(permit) => Some(permit),
                         None => {
-                            gate.core
-                                .metrics
+                            gate.metrics
                                 .refused(gate.direction, Reason::TooManyConnections);
                             if refused_said.is_none_or(|t| t.elapsed() >= REPORT_EVERY) {
-                                warn!(listener = what, %peer, max = ?gate.core.limit.max(), "the proxy holds the most connections allowed (listeners.maxConnections): closing new ones");
+                                warn!(listener = what, %peer, max = ?gate.limit.max(), "the proxy holds the most connections allowed (listeners.maxConnections): closing new ones");
                                 refused_said = Some(Instant::now());
                             }
                             continue;

@@ -36,7 +36,7 @@ use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 
-use crate::established::Revocation;
+use crate::authorize::open_streams::Revocation;
 
 const SMALL: usize = 16 * 1024;
 const LARGE: usize = 256 * 1024;

@@ -12,9 +12,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::core::ProxyCore;
-use crate::file_watch::{on_change, stamp};
 use crate::registry::Registry;
+use crate::sources::file_watch::{on_change, stamp};
+use crate::state::ProxyCore;
 
 /// Polls `path` every `every` until `shutdown`; swaps in each new version
 /// that parses. Returns how many versions were swapped in. The file's

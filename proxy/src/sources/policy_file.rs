@@ -15,8 +15,8 @@ use hbone_policies::load::{LoadError, istio_policies, load_dir, load_file, yaml_
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::core::ProxyCore;
-use crate::file_watch::{on_change, stamp};
+use crate::sources::file_watch::{on_change, stamp};
+use crate::state::ProxyCore;
 
 /// Reads every policy in `paths` (files, or directories of YAML files).
 pub fn load_policies(paths: &[PathBuf], root_namespace: &str) -> Result<IstioPolicies, LoadError> {

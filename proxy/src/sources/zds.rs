@@ -1,7 +1,7 @@
 //! Shared mode, as ztunnel runs on a node: one proxy process for every pod
 //! the node agent (istio-cni, or hbone-lab's stand-in) hands it over ZDS.
 //! Each pod's network namespace arrives as a descriptor; the proxy holds
-//! it ([`crate::pod_netns`]), the pod's workload record (from the registry
+//! it ([`crate::state::pod_netns`]), the pod's workload record (from the registry
 //! or the control plane) is then served inside it — its listeners (15008,
 //! 15006, 15001) opened there, before the add is acknowledged, as ztunnel
 //! acknowledges once the pod's proxy runs — and closed again when the agent
@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::core::ProxyCore;
+use crate::state::ProxyCore;
 
 /// How long an add waits for the pod's listeners before it is refused.
 const LISTENERS_WITHIN: Duration = Duration::from_secs(5);

@@ -1,10 +1,7 @@
-//! Transparent capture: outbound on 15001 and plaintext inbound on 15006.
-//!
-//! iptables REDIRECT rewrites a connection's destination to the proxy's
-//! port; the kernel remembers the original, and `SO_ORIGINAL_DST` gives it
-//! back. Outbound, the source workload is the one owning the client's IP.
-//! Inbound plaintext is what PeerAuthentication governs: under STRICT it is
-//! refused, under PERMISSIVE it is authorized without a peer identity.
+//! Plaintext inbound on 15006: what PeerAuthentication governs. iptables
+//! REDIRECT sends a pod's incoming non-HBONE connections here; under
+//! STRICT they are refused, under PERMISSIVE authorized without a peer
+//! identity and passed on to the workload.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,90 +11,27 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::authorization::decide;
-use crate::connection_log::{ConnectionRecord, Outcome};
-use crate::core::ProxyCore;
-use crate::listen::Gate;
-use crate::metrics::{ConnectionGuard, ConnectionLabels};
-use crate::outbound::Outbound;
-use crate::refusal::{Direction, Reason};
+use crate::authorize::decide;
+use crate::net::original_dst::original_destination;
+use crate::observe::connection_log::{ConnectionRecord, Outcome};
+use crate::observe::metrics::{ConnectionGuard, ConnectionLabels};
+use crate::observe::refusal::{Direction, Reason};
 use crate::registry::Workload;
-
-/// The destination before iptables REDIRECT, or `None` when the connection was not redirected.
-pub fn original_destination(tcp: &TcpStream) -> Option<SocketAddr> {
-    let sock = socket2::SockRef::from(tcp);
-    let original = sock
-        .original_dst_v4()
-        .ok()
-        .or_else(|| sock.original_dst_v6().ok())?;
-    let original = original.as_socket()?;
-    let local = tcp.local_addr().ok()?;
-    (original != local).then_some(original)
-}
-
-/// 15001: redirected outbound connections.
-pub async fn serve_outbound(
-    core: Arc<ProxyCore>,
-    outbound: Arc<Outbound>,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-    tasks: TaskTracker,
-) {
-    crate::listen::accept_loop(
-        listener,
-        shutdown,
-        tasks,
-        "outbound",
-        Gate::new(&core, Direction::Outbound),
-        move |tcp, peer| {
-            let (core, outbound) = (core.clone(), outbound.clone());
-            async move {
-                let refuse = |reason: Reason, detail: String| {
-                    core.metrics.refused(Direction::Outbound, reason);
-                    warn!(%reason, error = %detail, "outbound connection refused");
-                };
-                let Some(dst) = original_destination(&tcp) else {
-                    return refuse(
-                        Reason::NotRedirected,
-                        "no SO_ORIGINAL_DST: the connection was not redirected here".into(),
-                    );
-                };
-                let Some(source) = core
-                    .registry()
-                    .workload_by_ip(peer.ip())
-                    .filter(|w| w.node == core.node)
-                    .cloned()
-                else {
-                    return refuse(
-                        Reason::UnknownSource,
-                        format!("{} is not a workload on node {}", peer.ip(), core.node),
-                    );
-                };
-                match outbound.open(&source, peer, dst).await {
-                    Ok((upstream, route)) => {
-                        outbound.relay(tcp, peer, &source, upstream, route).await
-                    }
-                    Err(e) => outbound.record_failure(Direction::Outbound, &source, dst, &e),
-                }
-            }
-        },
-    )
-    .await
-}
+use crate::state::ProxyCore;
 
 /// 15006: plaintext arriving for a local workload.
-pub async fn serve_plaintext(
+pub async fn serve(
     core: Arc<ProxyCore>,
     listener: TcpListener,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
-    crate::listen::accept_loop(
+    crate::net::listen::accept_loop(
         listener,
         shutdown,
         tasks,
         "plaintext",
-        Gate::new(&core, Direction::Plaintext),
+        Some(core.gate(Direction::Plaintext)),
         move |tcp, peer| {
             let core = core.clone();
             async move { plaintext(core, tcp, peer).await }

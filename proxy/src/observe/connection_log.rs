@@ -23,7 +23,7 @@ use hbone_ca::Identity;
 use hbone_policies::decision::Decision;
 use serde::Serialize;
 
-use crate::refusal::Direction;
+use crate::observe::refusal::Direction;
 use crate::registry::Workload;
 
 /// The default ring size.

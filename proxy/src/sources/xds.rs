@@ -32,8 +32,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::core::ProxyCore;
 use crate::registry::{Node, Protocol, Registry, RegistryFile, Service, Workload};
+use crate::state::ProxyCore;
 
 /// Where the control plane is and how to introduce ourselves.
 #[derive(Debug, Clone)]

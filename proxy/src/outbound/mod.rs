@@ -7,6 +7,11 @@
 //! carrying ztunnel's `forwarded`, `traceparent` and `baggage` headers; a
 //! TCP-protocol or unknown destination gets plain passthrough.
 
+pub mod capture;
+pub mod keepalive;
+pub mod pool;
+pub mod socks5;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,12 +22,12 @@ use thiserror::Error;
 use tokio::net::TcpStream;
 use tracing::{info, warn};
 
-use crate::connection_log::{ConnectionRecord, Outcome};
-use crate::core::ProxyCore;
-use crate::metrics::{ConnectionGuard, ConnectionLabels};
-use crate::pool::{Pool, PoolKey, Tunnel, TunnelError};
-use crate::refusal::{Direction, Reason};
+use crate::observe::connection_log::{ConnectionRecord, Outcome};
+use crate::observe::metrics::{ConnectionGuard, ConnectionLabels};
+use crate::observe::refusal::{Direction, Reason};
+use crate::outbound::pool::{Pool, PoolKey, Tunnel, TunnelError};
 use crate::registry::{Destination, Protocol, Service, Workload};
+use crate::state::ProxyCore;
 
 #[derive(Debug, Error)]
 pub enum OutboundError {
@@ -188,7 +193,7 @@ impl Outbound {
             let (sent, received, error) = match upstream {
                 Upstream::Tunnel(tunnel) => {
                     let (send, recv, slot) = tunnel.into_stream();
-                    let (moved, error) = crate::copy::bidirectional(client, send, recv).await;
+                    let (moved, error) = crate::net::copy::bidirectional(client, send, recv).await;
                     drop(slot);
                     (moved.to_tunnel, moved.from_tunnel, error)
                 }

@@ -15,7 +15,7 @@ use futures::task::AtomicWaker;
 use hbone_ca::Identity;
 use hbone_policies::authorization::MeshAuthorization;
 
-use crate::authorization::decide_peer;
+use crate::authorize::decide_peer;
 use crate::registry::{Registry, Workload};
 
 /// Set once, when a policy change denies a stream that is already open.

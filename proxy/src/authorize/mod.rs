@@ -6,6 +6,8 @@
 //! workload and the policy keys its record lists) into `hbone-policies`'
 //! query on the translated policies, whose answer is ztunnel's decision.
 
+pub mod open_streams;
+
 use std::net::{IpAddr, SocketAddr};
 
 use hbone_ca::Identity;

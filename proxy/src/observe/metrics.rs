@@ -10,7 +10,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::refusal::{Direction, Reason};
+use crate::observe::refusal::{Direction, Reason};
 use crate::registry::{Service, Workload};
 
 /// ztunnel's connection labels (src/proxy/metrics.rs in istio/ztunnel).

@@ -1,0 +1,12 @@
+//! Sockets, below every listener: made inside a pod's network namespace
+//! when the proxy serves the pod from outside it ([`netns`]), the original
+//! destination of a redirected connection ([`original_dst`]), the accept
+//! loop every listener shares ([`listen`]) with the proxy-wide connection
+//! cap ([`connection_limit`]), and the hot path that moves bytes between a
+//! TCP socket and an HTTP/2 stream ([`copy`]).
+
+pub mod connection_limit;
+pub mod copy;
+pub mod listen;
+pub mod netns;
+pub mod original_dst;

@@ -1,0 +1,9 @@
+//! What the proxy tells about itself: why it refused something
+//! ([`refusal`], typed end to end), ztunnel's metrics ([`metrics`]), and the
+//! log of its connections one by one ([`connection_log`],
+//! `/debug/connections`). The admin listener that serves them is
+//! [`crate::admin`].
+
+pub mod connection_log;
+pub mod metrics;
+pub mod refusal;

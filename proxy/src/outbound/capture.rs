@@ -1,0 +1,65 @@
+//! Transparent outbound capture on 15001: iptables REDIRECT sends a pod's
+//! outgoing connections here; the original destination says where they
+//! were going, and the source workload is the one owning the client's IP.
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::warn;
+
+use crate::net::original_dst::original_destination;
+use crate::observe::refusal::{Direction, Reason};
+use crate::outbound::Outbound;
+use crate::state::ProxyCore;
+
+/// 15001: redirected outbound connections.
+pub async fn serve(
+    core: Arc<ProxyCore>,
+    outbound: Arc<Outbound>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    crate::net::listen::accept_loop(
+        listener,
+        shutdown,
+        tasks,
+        "outbound",
+        Some(core.gate(Direction::Outbound)),
+        move |tcp, peer| {
+            let (core, outbound) = (core.clone(), outbound.clone());
+            async move {
+                let refuse = |reason: Reason, detail: String| {
+                    core.metrics.refused(Direction::Outbound, reason);
+                    warn!(%reason, error = %detail, "outbound connection refused");
+                };
+                let Some(dst) = original_destination(&tcp) else {
+                    return refuse(
+                        Reason::NotRedirected,
+                        "no SO_ORIGINAL_DST: the connection was not redirected here".into(),
+                    );
+                };
+                let Some(source) = core
+                    .registry()
+                    .workload_by_ip(peer.ip())
+                    .filter(|w| w.node == core.node)
+                    .cloned()
+                else {
+                    return refuse(
+                        Reason::UnknownSource,
+                        format!("{} is not a workload on node {}", peer.ip(), core.node),
+                    );
+                };
+                match outbound.open(&source, peer, dst).await {
+                    Ok((upstream, route)) => {
+                        outbound.relay(tcp, peer, &source, upstream, route).await
+                    }
+                    Err(e) => outbound.record_failure(Direction::Outbound, &source, dst, &e),
+                }
+            }
+        },
+    )
+    .await
+}

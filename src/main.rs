@@ -65,8 +65,23 @@ enum Command {
     Wire(wire_cmd::WireArgs),
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+/// A failed command prints its error and each cause on a line of its own
+/// and exits 1 — never anyhow's Debug form, which appends a stack
+/// backtrace whenever `RUST_BACKTRACE` is set (as many Rust users keep it).
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     logging::init(match cli.command {
         // The API server answers 500 until it is ready, which kube's client
         // logs as errors; what fails for real comes back as our own error.

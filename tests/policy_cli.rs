@@ -115,6 +115,30 @@ fn validate_names_the_file_and_field_of_a_mistake() {
     assert!(text(&out.stdout).contains("15 resource(s) valid"));
 }
 
+/// With RUST_BACKTRACE=1 (common among Rust users) a failed command
+/// still prints its message and causes in a few lines, no stack backtrace.
+#[test]
+fn a_failed_command_prints_no_backtrace_even_with_rust_backtrace_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("typo.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: t, namespace: demo}\nspec:\n  action: ALLOWW\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hbone-lab"))
+        .args(["policy", "validate", file.to_str().unwrap()])
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("spec.action"), "{err}");
+    assert!(err.contains("ALLOWW"), "{err}");
+    assert!(!err.contains("Stack backtrace"), "{err}");
+    assert!(err.lines().count() <= 12, "{err}");
+}
+
 fn vector(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("policies/tests/istiod-vectors")

@@ -167,7 +167,7 @@ pub async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         return replot(json, &args.out);
     }
     anyhow::ensure!(
-        hbone_proxy::net::netns::can_create(),
+        hbone_harness::netns::can_create(),
         "the benchmark builds two pod network namespaces: run it as root (iproute2 and iptables installed)"
     );
     anyhow::ensure!(

@@ -324,7 +324,7 @@ fn diff(
     json: bool,
 ) -> anyhow::Result<()> {
     use hbone_standalone::policy_diff::{DiffOptions, run};
-    let binary = hbone_standalone::ztunnel::find_binary(ztunnel.as_deref())?;
+    let binary = hbone_harness::ztunnel::find_binary(ztunnel.as_deref())?;
     let dir = tempfile::Builder::new()
         .prefix("hbone-lab-policy-diff-")
         .tempdir()?;

@@ -54,7 +54,7 @@ impl SoakProgress for Lines {
 
 pub async fn run_soak(args: SoakArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
-        hbone_proxy::net::netns::can_create(),
+        hbone_harness::netns::can_create(),
         "the soak builds two pod network namespaces: run it as root (iproute2 and iptables installed)"
     );
     anyhow::ensure!(args.clients > 0, "--clients must be at least 1");

@@ -201,8 +201,8 @@ fn bad_input_is_refused_with_the_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs ZTUNNEL_BIN and root"]
 async fn ca_serve_xds_feeds_a_real_ztunnel_and_follows_policy_edits() {
-    use hbone_proxy::net::netns::NetNs;
-    use hbone_standalone::ztunnel::{Mode, Settings, Ztunnel, find_binary};
+    use hbone_harness::netns::NetNs;
+    use hbone_harness::ztunnel::{Mode, Settings, Ztunnel, find_binary};
     use std::time::Duration;
 
     let binary = find_binary(None).expect("ZTUNNEL_BIN names a ztunnel binary");

@@ -18,6 +18,7 @@ const CRATES: &[&str] = &[
     "kind",
     "xds",
     "control-plane",
+    "harness",
 ];
 
 fn sources(dir: &Path, out: &mut Vec<PathBuf>) {

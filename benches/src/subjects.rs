@@ -12,15 +12,16 @@ use hbone_ca::metrics::CaMetrics;
 use hbone_ca::server::{CaService, RunningCa, serve_listener};
 use hbone_ca::tokens::TokenFile;
 use hbone_ca::{AuthorityConfig, SigningAuthority};
+use hbone_harness::netns::NetNs;
+use hbone_harness::ztunnel::{Ztunnel, http_get};
 use hbone_policies::load::{istio_policies, parse_documents};
 use hbone_proxy::bench_tunnel::BenchTunnel;
-use hbone_proxy::net::netns::{NetNs, bind_listener};
+use hbone_proxy::net::pod_sockets::bind_listener;
 use hbone_proxy::registry::Registry;
 use hbone_standalone::dataplane::{
     NodeCredential, ZtunnelNodeSpec, mesh, node_pods, serve_node_control_plane,
     start_shared_ztunnel,
 };
-use hbone_standalone::ztunnel::{Ztunnel, http_get};
 use hbone_xds::zds::NodeAgent;
 use hbone_xds::{Mesh, RunningControlPlane, XdsState};
 use thiserror::Error;

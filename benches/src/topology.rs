@@ -8,9 +8,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use hbone_proxy::net::netns::{
-    NetNs, NetnsError, bind_listener, outbound_capture_rules, tcp_socket, veth,
-};
+use hbone_harness::netns::{NetNs, NetnsError, outbound_capture_rules, veth};
+use hbone_proxy::net::pod_sockets::{self, bind_listener, tcp_socket};
 use hbone_workloads::dial::{Connect, Dialer, futures_lite::BoxedConnect};
 
 /// The client pod's address.
@@ -118,9 +117,11 @@ impl Topology {
             Some(&self.server.path()),
             SocketAddr::new(self.server_ip(), port),
         )?;
-        tokio::net::TcpListener::from_std(std).map_err(|source| NetnsError::Socket {
-            path: self.server.path(),
-            source,
+        tokio::net::TcpListener::from_std(std).map_err(|source| {
+            NetnsError::Inside(pod_sockets::NetnsError::Socket {
+                path: self.server.path(),
+                source,
+            })
         })
     }
 }

@@ -9,12 +9,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use hbone_ca::{AuthorityConfig, SigningAuthority};
+use hbone_harness::netns::{NetNs, install_rules, jump_to, outbound_capture_rules, veth};
 use hbone_policies::load::{istio_policies, parse_documents};
 use hbone_proxy::ProxyHandle;
 use hbone_proxy::config::Listeners;
-use hbone_proxy::net::netns::{
-    NetNs, install_rules, jump_to, outbound_capture_rules, tcp_socket, veth,
-};
+use hbone_proxy::net::pod_sockets::tcp_socket;
 use hbone_proxy::registry::Registry;
 use hbone_proxy::state::{CoreSettings, ProxyCore};
 use support::{POLICY, echo_roundtrip, echo_server_in};

@@ -14,8 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hbone_ca::server::CaService;
+use hbone_harness::netns::NetNs;
 use hbone_policies::istio::IstioPolicies;
-use hbone_proxy::net::netns::{NetNs, bind_listener};
+use hbone_proxy::net::pod_sockets::bind_listener;
 use hbone_proxy::registry::{Protocol, Registry};
 use hbone_proxy::sources::zds::{self, ZdsStatus};
 use hbone_proxy::state::ProxyCore;
@@ -23,7 +24,7 @@ use hbone_xds::zds::{NodeAgent, ZdsPod};
 use hbone_xds::{Mesh, MeshService, MeshWorkload, RunningControlPlane, XdsState};
 
 use crate::topology::{Cause, LabError, Part};
-use crate::ztunnel::{Mode as ZtunnelMode, Settings, Ztunnel};
+use hbone_harness::ztunnel::{Mode as ZtunnelMode, Settings, Ztunnel};
 
 /// The node proxies of the lab.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

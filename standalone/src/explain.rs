@@ -541,7 +541,7 @@ async fn gather_ztunnel(lab: &Lab) -> Result<ZtunnelStory, ExplainError> {
                 && (l.contains(&format!("src.addr={client}"))
                     || (z.node != gateway.node && l.contains("src.workload=\"hello-gateway\"")))
         };
-        let metrics = crate::ztunnel::http_get(
+        let metrics = hbone_harness::ztunnel::http_get(
             Some(&z.ztunnel.netns_path()),
             ([127, 0, 0, 1], 15020).into(),
             "/metrics",

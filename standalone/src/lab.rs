@@ -15,13 +15,14 @@ use hbone_ca::server::{CaService, RunningCa, serve};
 use hbone_ca::tokens::TokenFile;
 use hbone_ca::{AuthorityConfig, IdentityPattern, RenewalPolicy, SigningAuthority};
 use hbone_control_plane::Given;
+use hbone_harness::netns::can_create;
 use hbone_policies::authorization::MeshAuthorization;
 use hbone_policies::istio::IstioPolicies;
 use hbone_policies::lab::lab_resources;
 use hbone_policies::matrix::{PolicySet, ROOT_NAMESPACE};
 use hbone_proxy::ProxyHandle;
 use hbone_proxy::config::Listeners;
-use hbone_proxy::net::netns::{bind_listener, can_create, tcp_socket};
+use hbone_proxy::net::pod_sockets::{bind_listener, tcp_socket};
 use hbone_proxy::observe::refusal::{Direction, Reason};
 use hbone_proxy::registry::{Node, Protocol, Registry, RegistryFile, Service, Workload};
 use hbone_proxy::sources::xds::{XdsStatus, follow, registry_from};
@@ -46,7 +47,7 @@ use crate::topology::{
     HELLO_HOST, HELLO_PORT, LabError, Mode, PODS, POSTGRES_HOST, POSTGRES_PORT, Part, ip, lab_pod,
     topology_for,
 };
-use crate::ztunnel::find_binary;
+use hbone_harness::ztunnel::find_binary;
 
 const NODE_TOKEN: &str = "standalone-lab-node-token";
 

@@ -8,7 +8,6 @@
 //! - [`scenarios`]: the lab's connections, predicted by the policies and then tried for real.
 //! - [`explain`]: one connection's story with the real values of the run.
 //! - [`policy_diff`]: the same policies and connections through ztunnel and hbone-lab, compared.
-//! - [`ztunnel`]: a real ztunnel as a node proxy, fed by hbone-lab's control plane.
 //! - [`istiod`]: the lab on the real istiod: its registry as API objects, istiod reachable from a node's namespace.
 //!
 //! The benchmarks reuse the topology.
@@ -23,4 +22,3 @@ pub mod scenarios;
 pub mod sni_relay;
 pub mod topology;
 pub mod wire;
-pub mod ztunnel;

@@ -21,13 +21,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use hbone_harness::netns::{
+    NetNs, inbound_capture_rules, install_rules, jump_to, outbound_capture_rules, veth,
+};
 use hbone_policies::cilium::CiliumPolicies;
 use hbone_policies::cilium::iptables::{Addressing, PodFirewall, compile};
 use hbone_policies::topology::{LabTopology, MeshMode};
-use hbone_proxy::net::netns::{
-    NetNs, bind_listener, inbound_capture_rules, install_rules, jump_to, outbound_capture_rules,
-    veth,
-};
+use hbone_proxy::net::pod_sockets::bind_listener;
 
 use crate::sni_relay::SniRelay;
 use crate::topology::{Cause, LabError, Part};
@@ -100,7 +100,7 @@ pub fn namespace_prefix(pid: u32) -> String {
 /// Deletes namespaces left by earlier runs whose process is gone (a run
 /// killed with SIGKILL cannot clean up after itself). Returns their names.
 pub fn remove_stale() -> Vec<String> {
-    let Ok(listing) = hbone_proxy::net::netns::run_command("ip", &["netns", "list"]) else {
+    let Ok(listing) = hbone_harness::netns::run_command("ip", &["netns", "list"]) else {
         return Vec::new();
     };
     let mut removed = Vec::new();
@@ -113,7 +113,7 @@ pub fn remove_stale() -> Vec<String> {
             continue;
         };
         if !std::path::Path::new(&format!("/proc/{pid}")).exists()
-            && hbone_proxy::net::netns::run_command("ip", &["netns", "del", name]).is_ok()
+            && hbone_harness::netns::run_command("ip", &["netns", "del", name]).is_ok()
         {
             removed.push(name.to_string());
         }

@@ -16,7 +16,7 @@ pub use hbone_policies::decision::Verdict;
 use hbone_policies::istio::Decision;
 use hbone_policies::load::{istio_policies, parse_documents};
 use hbone_policies::matrix::{ROOT_NAMESPACE, Row, matrix};
-use hbone_proxy::net::netns::tcp_socket;
+use hbone_proxy::net::pod_sockets::tcp_socket;
 use hbone_proxy::observe::refusal::{Direction, Reason};
 use hbone_workloads::db::{Database, DbConfig};
 use hbone_workloads::dial::DialError;

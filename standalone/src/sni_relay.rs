@@ -17,8 +17,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hbone_proxy::net::netns::tcp_socket;
 use hbone_proxy::net::original_dst::original_destination;
+use hbone_proxy::net::pod_sockets::tcp_socket;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 

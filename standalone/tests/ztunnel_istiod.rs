@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use hbone_control_plane::ControlPlane;
 use hbone_control_plane::world::{self, World, WorldPod};
-use hbone_proxy::net::netns::NetNs;
+use hbone_harness::netns::NetNs;
+use hbone_harness::ztunnel::{Mode, Settings, Ztunnel, find_binary};
 use hbone_standalone::istiod::NodeRelay;
-use hbone_standalone::ztunnel::{Mode, Settings, Ztunnel, find_binary};
 use hbone_xds::MeshWorkload;
 use hbone_xds::zds::{NodeAgent, ZdsPod};
 
@@ -46,10 +46,7 @@ fn names(dump: &serde_json::Value, section: &str, key: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs ZTUNNEL_BIN, root, and etcd, kube-apiserver and istiod (scripts/control-plane-peers.sh)"]
 async fn ztunnel_istiod_feeds_a_real_ztunnel_certificates_workloads_and_policies() {
-    assert!(
-        hbone_proxy::net::netns::can_create(),
-        "this test needs root"
-    );
+    assert!(hbone_harness::netns::can_create(), "this test needs root");
     let binary = find_binary(None).expect("ZTUNNEL_BIN names a ztunnel binary");
     let control = ControlPlane::start_found()
         .await

@@ -14,9 +14,10 @@ use hbone_ca::metrics::CaMetrics;
 use hbone_ca::server::CaService;
 use hbone_ca::tokens::TokenFile;
 use hbone_ca::{AuthorityConfig, SigningAuthority};
+use hbone_harness::netns::NetNs;
+use hbone_harness::ztunnel::{Mode, Settings, Ztunnel, find_binary};
 use hbone_policies::load::{istio_policies, parse_documents};
-use hbone_proxy::net::netns::{NetNs, bind_listener};
-use hbone_standalone::ztunnel::{Mode, Settings, Ztunnel, find_binary};
+use hbone_proxy::net::pod_sockets::bind_listener;
 use hbone_xds::zds::{NodeAgent, ZdsPod};
 use hbone_xds::{Mesh, MeshWorkload, XdsState};
 
@@ -117,10 +118,7 @@ impl ControlPlane {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs ZTUNNEL_BIN and root"]
 async fn ztunnel_subscribes_acks_and_follows_changes() {
-    assert!(
-        hbone_proxy::net::netns::can_create(),
-        "this test needs root"
-    );
+    assert!(hbone_harness::netns::can_create(), "this test needs root");
     let tag = std::process::id() % 10_000;
     let ns = NetNs::create(&format!("hlx-{tag}")).unwrap();
     let control = ControlPlane::start(&ns, &mesh(POLICY)).await;
@@ -205,7 +203,8 @@ async fn ztunnel_subscribes_acks_and_follows_changes() {
 /// Is something listening on `port` inside `ns`?
 async fn listening(ns: &NetNs, port: u16) -> bool {
     let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-    let socket = hbone_proxy::net::netns::tcp_socket(Some(&ns.path()), addr, None, None).unwrap();
+    let socket =
+        hbone_proxy::net::pod_sockets::tcp_socket(Some(&ns.path()), addr, None, None).unwrap();
     matches!(
         tokio::time::timeout(Duration::from_secs(1), socket.connect(addr)).await,
         Ok(Ok(_))
@@ -228,10 +227,7 @@ async fn wait_listening(ns: &NetNs, port: u16, want: bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs ZTUNNEL_BIN and root"]
 async fn shared_ztunnel_opens_listeners_in_the_pods_zds_hands_it() {
-    assert!(
-        hbone_proxy::net::netns::can_create(),
-        "this test needs root"
-    );
+    assert!(hbone_harness::netns::can_create(), "this test needs root");
     let tag = std::process::id() % 10_000;
     let node = NetNs::create(&format!("hlxn-{tag}")).unwrap();
     let pod = NetNs::create(&format!("hlxp-{tag}")).unwrap();
@@ -303,10 +299,7 @@ fn sorted_policies(dump: &serde_json::Value) -> Vec<serde_json::Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs ZTUNNEL_BIN and root"]
 async fn local_config_and_xds_give_ztunnel_the_same_state() {
-    assert!(
-        hbone_proxy::net::netns::can_create(),
-        "this test needs root"
-    );
+    assert!(hbone_harness::netns::can_create(), "this test needs root");
     let tag = std::process::id() % 10_000;
     let over_xds = NetNs::create(&format!("hlxa-{tag}")).unwrap();
     let from_file = NetNs::create(&format!("hlxb-{tag}")).unwrap();

@@ -244,8 +244,8 @@ async fn wait_listening(server: &Killed, topology: &Topology) -> Result<(), Subj
     let path = topology.server.path();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let socket =
-            hbone_proxy::net::netns::tcp_socket(Some(&path), addr, None, None).map_err(setup)?;
+        let socket = hbone_proxy::net::pod_sockets::tcp_socket(Some(&path), addr, None, None)
+            .map_err(setup)?;
         if socket.connect(addr).await.is_ok() {
             return Ok(());
         }

@@ -56,21 +56,28 @@ pub(crate) fn bind_in(
     addr: SocketAddr,
     what: &'static str,
 ) -> Result<TcpListener, StartError> {
-    bind_with(crate::net::netns::bind_listener, netns, addr, what)
+    bind_with(crate::net::pod_sockets::bind_listener, netns, addr, what)
 }
 
 /// Binds a workload's listener, which a replacement proxy may share while
-/// this one drains ([`crate::net::netns::bind_handover_listener`]).
+/// this one drains ([`crate::net::pod_sockets::bind_handover_listener`]).
 pub(crate) fn bind_workload(
     netns: Option<&Path>,
     addr: SocketAddr,
     what: &'static str,
 ) -> Result<TcpListener, StartError> {
-    bind_with(crate::net::netns::bind_handover_listener, netns, addr, what)
+    bind_with(
+        crate::net::pod_sockets::bind_handover_listener,
+        netns,
+        addr,
+        what,
+    )
 }
 
-type Binder =
-    fn(Option<&Path>, SocketAddr) -> Result<std::net::TcpListener, crate::net::netns::NetnsError>;
+type Binder = fn(
+    Option<&Path>,
+    SocketAddr,
+) -> Result<std::net::TcpListener, crate::net::pod_sockets::NetnsError>;
 
 fn bind_with(
     binder: Binder,

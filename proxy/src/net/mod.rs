@@ -1,5 +1,5 @@
 //! Sockets, below every listener: made inside a pod's network namespace
-//! when the proxy serves the pod from outside it ([`netns`]), the original
+//! when the proxy serves the pod from outside it ([`pod_sockets`]), the original
 //! destination of a redirected connection ([`original_dst`]), the accept
 //! loop every listener shares ([`listen`]) with the proxy-wide connection
 //! cap ([`connection_limit`]), and the hot path that moves bytes between a
@@ -8,5 +8,5 @@
 pub mod connection_limit;
 pub mod copy;
 pub mod listen;
-pub mod netns;
 pub mod original_dst;
+pub mod pod_sockets;

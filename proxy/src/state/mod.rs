@@ -213,7 +213,7 @@ impl ProxyCore {
     }
 
     /// Dials `addr` as a socket of `from` would: inside its network namespace
-    /// (marked with [`crate::net::netns::PACKET_MARK`] so capture rules let it pass), from `bind_ip` if given.
+    /// (marked with [`crate::net::pod_sockets::PACKET_MARK`] so capture rules let it pass), from `bind_ip` if given.
     pub async fn connect(
         &self,
         from: Option<&crate::registry::Workload>,
@@ -221,9 +221,9 @@ impl ProxyCore {
         addr: std::net::SocketAddr,
     ) -> std::io::Result<tokio::net::TcpStream> {
         let netns = from.and_then(|w| w.netns.as_deref());
-        let mark = netns.map(|_| crate::net::netns::PACKET_MARK);
+        let mark = netns.map(|_| crate::net::pod_sockets::PACKET_MARK);
         tracing::debug!(?netns, %addr, ?bind_ip, "dialing");
-        let socket = crate::net::netns::tcp_socket(netns, addr, bind_ip, mark)
+        let socket = crate::net::pod_sockets::tcp_socket(netns, addr, bind_ip, mark)
             .map_err(std::io::Error::other)?;
         socket.connect(addr).await
     }

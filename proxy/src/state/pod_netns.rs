@@ -44,7 +44,7 @@ impl PodNetns {
             .expect("pods lock")
             .insert(uid.to_string(), Held { _fd: fd, path });
         if let Some(old) = old {
-            crate::net::netns::forget_worker(&old.path);
+            crate::net::pod_sockets::forget_worker(&old.path);
         }
     }
 
@@ -52,7 +52,7 @@ impl PodNetns {
     pub fn remove(&self, uid: &str) -> bool {
         let old = self.pods.lock().expect("pods lock").remove(uid);
         if let Some(old) = &old {
-            crate::net::netns::forget_worker(&old.path);
+            crate::net::pod_sockets::forget_worker(&old.path);
         }
         old.is_some()
     }

@@ -247,7 +247,7 @@ pub fn echo_server_in(
     addr: SocketAddr,
 ) -> tokio::task::JoinHandle<()> {
     let listener =
-        TcpListener::from_std(hbone_proxy::net::netns::bind_listener(netns, addr).unwrap())
+        TcpListener::from_std(hbone_proxy::net::pod_sockets::bind_listener(netns, addr).unwrap())
             .unwrap();
     tokio::spawn(async move {
         loop {

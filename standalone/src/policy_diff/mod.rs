@@ -38,13 +38,12 @@ use hbone_ca::{
 use hbone_control_plane::tokens::PodToken;
 use hbone_control_plane::world::{self, WorldPod};
 use hbone_control_plane::{ControlPlane, Given};
+use hbone_harness::netns::{NetNs, inbound_capture_rules, install_rules, jump_to, veth};
 use hbone_policies::istio::{ConnectionAttrs, IstioPolicies, TargetWorkload};
 use hbone_policies::load::{istio_policies, parse_documents};
 use hbone_proxy::ProxyHandle;
 use hbone_proxy::config::Listeners;
-use hbone_proxy::net::netns::{
-    NetNs, bind_listener, inbound_capture_rules, install_rules, jump_to, tcp_socket, veth,
-};
+use hbone_proxy::net::pod_sockets::{bind_listener, tcp_socket};
 use hbone_proxy::registry::{Node, Protocol, Registry, RegistryFile, Workload};
 use hbone_proxy::state::{CoreSettings, ProxyCore};
 use hbone_proxy::tls::MeshTrust;
@@ -54,7 +53,7 @@ use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::istiod::{NodeRelay, start_signing_with};
-use crate::ztunnel::{Mode, Settings, Ztunnel};
+use hbone_harness::ztunnel::{Mode, Settings, Ztunnel};
 
 const TOKEN: &str = "policy-diff-token";
 
@@ -640,7 +639,7 @@ pub async fn run(
     options: &DiffOptions,
     mut each: impl FnMut(&Case, &str),
 ) -> Result<Vec<Case>, DiffError> {
-    if !hbone_proxy::net::netns::can_create() {
+    if !hbone_harness::netns::can_create() {
         return Err(DiffError::NotRoot);
     }
     let lab = Lab::start(options).await?;

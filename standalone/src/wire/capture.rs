@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hbone_proxy::net::netns::NetNs;
+use hbone_harness::netns::NetNs;
 
 use super::WireError;
 

@@ -12,50 +12,79 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use hbone_proxy::net::netns::{NetNs, tcp_socket};
+use hbone_proxy::net::pod_sockets::tcp_socket;
+
+use crate::netns::NetNs;
 use hbone_workloads::http_get::Get;
 use thiserror::Error;
 
 /// The environment variable that names a ztunnel binary.
 pub const ZTUNNEL_BIN: &str = "ZTUNNEL_BIN";
 
+/// Why a ztunnel could not be found, started or read.
 #[derive(Debug, Error)]
 pub enum ZtunnelError {
+    /// Neither `--ztunnel` nor `ZTUNNEL_BIN` names one.
     #[error(
         "no ztunnel binary: give --ztunnel PATH or set {ZTUNNEL_BIN} (build it from github.com/istio/ztunnel: cargo build --release --bin ztunnel)"
     )]
     NotGiven,
     #[error("ztunnel binary {path}: {reason}")]
-    BadBinary { path: PathBuf, reason: String },
+    /// The path given is not an executable file.
+    BadBinary {
+        /// The path given.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The process could not be started.
     #[error("cannot start ztunnel {name}: {source}")]
     Spawn {
+        /// Which ztunnel (its settings' name).
         name: String,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
+    /// It did not get ready (or do what was waited for) in time.
     #[error("ztunnel {name} did not {what} within {secs} s; its log ({log}) ends with:\n{tail}")]
     Timeout {
+        /// Which ztunnel.
         name: String,
+        /// What it was waited for to do.
         what: String,
+        /// How long it was given.
         secs: u64,
+        /// Its log file.
         log: PathBuf,
+        /// The end of that log.
         tail: String,
     },
+    /// Its admin port (15000, in its namespace) did not answer.
     #[error("cannot reach ztunnel {name}'s admin port: {source}")]
     AdminUnreachable {
+        /// Which ztunnel.
         name: String,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
+    /// Its admin port answered with an error status.
     #[error("ztunnel {name}'s admin answered {status} on {path}")]
     Admin {
+        /// Which ztunnel.
         name: String,
+        /// The admin path asked.
         path: String,
+        /// The HTTP status.
         status: u16,
     },
+    /// `/config_dump` is not JSON.
     #[error("ztunnel {name}'s config dump is not JSON: {source}")]
     Dump {
+        /// Which ztunnel.
         name: String,
+        /// The parse error.
         #[source]
         source: serde_json::Error,
     },
@@ -86,10 +115,16 @@ pub fn find_binary(explicit: Option<&Path>) -> Result<PathBuf, ZtunnelError> {
 #[derive(Debug, Clone)]
 pub enum Mode {
     /// One ztunnel per node; pods arrive over ZDS on this unix socket.
-    Shared { inpod_uds: PathBuf },
+    Shared {
+        /// The node agent's socket (`INPOD_UDS`).
+        inpod_uds: PathBuf,
+    },
     /// ztunnel proxies one workload (`namespace/name/serviceAccount`) from
     /// inside that workload's own namespace.
-    Dedicated { workload: String },
+    Dedicated {
+        /// `PROXY_WORKLOAD_INFO`: `namespace/name/serviceAccount`.
+        workload: String,
+    },
 }
 
 /// Everything one ztunnel is started with.
@@ -97,6 +132,7 @@ pub enum Mode {
 pub struct Settings {
     /// A name for logs and errors (`node-a`).
     pub name: String,
+    /// The ztunnel executable.
     pub binary: PathBuf,
     /// `https://ip:port` of hbone-lab's control plane (CA and xDS).
     pub control_plane: String,
@@ -106,6 +142,7 @@ pub struct Settings {
     pub token_file: PathBuf,
     /// ztunnel's `NODE_NAME`: which workloads are local.
     pub node: String,
+    /// Shared (a node's pods over ZDS) or dedicated (one workload).
     pub mode: Mode,
     /// Where its log goes.
     pub log: PathBuf,
@@ -120,6 +157,7 @@ pub struct Settings {
 
 /// A running ztunnel; killed when dropped.
 pub struct Ztunnel {
+    /// What it was started with.
     pub settings: Settings,
     netns: PathBuf,
     child: Child,
@@ -186,6 +224,7 @@ impl Ztunnel {
         })
     }
 
+    /// Its process id (for /proc readings).
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -27,7 +27,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::warn;
 
 pub use crate::config::BenchTunnel;
 use crate::inbound::hbone::PROXY_PORTS;
@@ -193,12 +192,12 @@ pub async fn serve(
         tasks,
         "bench tunnel",
         Some(core.gate(Direction::Inbound)),
-        move |tcp, _| {
+        move |tcp, peer| {
             let core = core.clone();
             async move {
                 if let Err(e) = accept(&core, mode, tcp).await {
-                    core.metrics.refused(Direction::Inbound, e.reason());
-                    warn!(mode = mode.as_str(), reason = %e.reason(), error = %e, "bench tunnel connection failed");
+                    core.report(Direction::Inbound, Some(peer), None)
+                        .refuse(e.reason(), format_args!("{} tunnel: {e}", mode.as_str()));
                 }
             }
         },

@@ -76,7 +76,8 @@ async fn allowed_and_refused_connections_are_recorded_with_their_deciding_rule()
             .as_array()
             .unwrap()
             .iter()
-            .any(|r| r["direction"] == "outbound"
+            .any(|r| r["direction"] == "socks5"
+                && r["outcome"] == "closed"
                 && r["srcWorkload"] == "client"
                 && r["dstWorkload"] == "echo"),
         "{sender:#}"

@@ -12,6 +12,7 @@ use hbone_ca::manager::Svid;
 use hbone_ca::plugin::PluginCerts;
 use hbone_ca::{AuthorityConfig, SigningAuthority};
 use hbone_proxy::config::H2Settings;
+use hbone_proxy::observe::connection_log::Outcome;
 use hbone_proxy::observe::refusal::{Direction, Reason};
 use hbone_proxy::tls::MeshTrust;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -212,6 +213,30 @@ async fn tls_level_refusals_on_15008() {
         "wrong ALPN and no ALPN"
     );
 
+    // Each connection-level refusal is in the connection log too, with the
+    // client's address and its reason (one report per connection).
+    let (_, recent) = lab.b.core.connections.snapshot();
+    let refused: Vec<_> = recent
+        .iter()
+        .filter(|r| r.outcome == Outcome::Refused)
+        .collect();
+    for reason in [
+        "not_tls",
+        "tls_version",
+        "no_client_cert",
+        "untrusted_certificate",
+        "expired_certificate",
+        "alpn",
+    ] {
+        let entry = refused
+            .iter()
+            .find(|r| r.detail.as_deref().is_some_and(|d| d.starts_with(reason)))
+            .unwrap_or_else(|| panic!("no {reason} refusal in the connection log: {recent:#?}"));
+        assert!(entry.src_addr.starts_with("127."), "{entry:?}");
+        assert_eq!(entry.dst_addr, hbone.to_string(), "{entry:?}");
+    }
+    assert!(log_text().contains("connection refused"));
+
     still_serving(&lab).await;
 }
 
@@ -390,6 +415,15 @@ async fn socks5_garbage_is_refused() {
         1
     );
     assert!(log_text().contains("not a SOCKS5 greeting (first byte 0x47"));
+    let (_, recent) = lab.a.core.connections.snapshot();
+    assert!(
+        recent.iter().any(|r| r.direction == "socks5"
+            && r.outcome == Outcome::Refused
+            && r.detail
+                .as_deref()
+                .is_some_and(|d| d.starts_with("not_socks5"))),
+        "the SOCKS5 refusal is in the connection log: {recent:#?}"
+    );
 
     // A source that is no workload of this node.
     let refused = socks5_connect(

@@ -18,6 +18,7 @@ use hbone_ca::manager::Svid;
 use hbone_workloads::http_get::{Get, get};
 
 use hbone_ca::manager::FetchError;
+use hbone_proxy::observe::refusal::Direction;
 use hbone_proxy::outbound::OutboundError;
 use hbone_proxy::outbound::pool::TlsInfo;
 use hbone_workloads::dial::DialError;
@@ -273,8 +274,9 @@ pub async fn gather(lab: &Lab) -> Result<Told, ExplainError> {
         let gateway = gateway.clone();
         async move {
             let tunnel = hbone_proxy::outbound::Upstream::Tunnel(tunnel);
+            let report = outbound.report(Direction::Outbound, client_addr);
             outbound
-                .relay(proxy_side, client_addr, &gateway, tunnel, route)
+                .relay(report, proxy_side, &gateway, tunnel, route)
                 .await;
         }
     });

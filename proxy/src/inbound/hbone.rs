@@ -12,7 +12,6 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
 
 use bytes::Bytes;
 use h2::server::SendResponse;
@@ -22,14 +21,15 @@ use http::{Method, Request, Response, StatusCode};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, info, warn};
+use tracing::{Instrument, warn};
 
 use crate::authorize::decide_peer;
 use crate::authorize::open_streams::Stream;
 use crate::net::copy::bidirectional;
-use crate::observe::connection_log::{ConnectionRecord, Outcome, TlsRecord};
-use crate::observe::metrics::{ConnectionGuard, ConnectionLabels};
+use crate::observe::connection_log::TlsRecord;
+use crate::observe::metrics::ConnectionLabels;
 use crate::observe::refusal::{Direction, REFUSAL_HEADER, Reason};
+use crate::observe::report::ConnectionReport;
 use crate::registry::Workload;
 use crate::state::ProxyCore;
 use crate::tls::{ALPN_H2, handshake_failure_reason, identity_of};
@@ -71,9 +71,10 @@ async fn handle_connection(
 ) {
     let Ok(local) = tcp.local_addr() else { return };
     let span = tracing::Span::current();
+    // Refused before any stream: the connection is the log's entry.
     let refuse = |reason: Reason, detail: &dyn std::fmt::Display| {
-        core.metrics.refused(DIRECTION, reason);
-        warn!(%reason, error = %detail, "HBONE connection refused");
+        core.report(DIRECTION, Some(peer), Some(local))
+            .refuse(reason, detail)
     };
     let mut resolved_in = core.registry();
     let Some(mut workload) = core.local_workload(local.ip()) else {
@@ -201,8 +202,12 @@ async fn handle_connection(
             Some(Err(e)) => {
                 if e.is_go_away() && e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) {
                     // Our own GOAWAY: the peer crossed one of the limits above.
-                    core.metrics.refused(DIRECTION, Reason::H2Abuse);
-                    warn!(error = %e, "HBONE connection closed: the peer abused HTTP/2 (too many resets or errors)");
+                    let mut report = core.report(DIRECTION, Some(peer), Some(local));
+                    report.record().src_identity = Some(peer_identity.clone());
+                    report.refuse(
+                        Reason::H2Abuse,
+                        format_args!("connection closed: the peer abused HTTP/2 (too many resets or errors): {e}"),
+                    );
                 } else if !e.is_go_away() && !e.is_io() {
                     warn!(error = %e, "HBONE connection error");
                 }
@@ -299,13 +304,14 @@ impl Drop for ActiveStream {
 }
 
 impl StreamContext {
-    /// What the connection log records of a stream to `dst` on this connection.
-    fn record(&self, dst: SocketAddr) -> ConnectionRecord {
-        let mut record = ConnectionRecord::new(DIRECTION, Some(self.peer), Some(dst));
+    /// The report of a stream to `dst` on this connection.
+    fn report(&self, dst: SocketAddr) -> ConnectionReport<'_> {
+        let mut report = self.core.report(DIRECTION, Some(self.peer), Some(dst));
+        let record = report.record();
         record.src_identity = Some(self.peer_identity.clone());
         record.dst_workload = Some(self.workload.clone());
         record.tls = Some(self.tls.clone());
-        record
+        report
     }
 
     fn refuse(&self, mut respond: SendResponse<Bytes>, refusal: Refusal) {
@@ -315,17 +321,10 @@ impl StreamContext {
             detail,
             decision,
         } = refusal;
-        self.core.metrics.refused(DIRECTION, reason);
-        warn!(
-            status = status.as_u16(),
-            %reason,
-            detail = %detail,
-            "HBONE stream refused"
-        );
         let header = format!("{reason}: {detail}");
-        let mut record = self.record(self.local);
-        record.decision = decision.map(Arc::new);
-        self.core.connections.refused(record, header.clone());
+        let mut report = self.report(self.local);
+        report.record().decision = decision.map(Arc::new);
+        report.refuse(reason, detail);
         let response = Response::builder()
             .status(status)
             .header(
@@ -373,7 +372,6 @@ impl StreamContext {
         async move {
             let target = stream.target;
             let decision = Arc::new(decision);
-            let allowed_by = &decision.reason;
             let dial = self.core.connect(Some(&self.workload), None, target);
             let dial = Box::pin(tokio::time::timeout(self.core.h2.connect_timeout, dial));
             let upstream = match dial.await {
@@ -392,7 +390,6 @@ impl StreamContext {
                 }
             };
             let _ = upstream.set_nodelay(true);
-            let started = Instant::now();
             let source = self
                 .core
                 .registry()
@@ -406,53 +403,30 @@ impl StreamContext {
                 None,
                 true,
             );
-            let mut guard = ConnectionGuard::open(&self.core.metrics, labels);
             let response = Response::builder()
                 .status(StatusCode::OK)
                 .body(())
                 .expect("200");
+            let mut report = self.report(target);
+            let record = report.record();
+            record.src_workload = source;
+            record.decision = Some(decision);
+            let open = report.open(labels);
             let send = match respond.send_response(response, false) {
                 Ok(s) => s,
                 Err(e) => {
-                    guard.failed = true;
                     warn!(error = %e, "cannot answer the CONNECT");
-                    return;
+                    return open.finish(0, 0, false, Some(&e));
                 }
             };
             drop(respond);
-            let mut record = self.record(target);
-            record.src_workload = source.clone();
-            record.decision = Some(decision.clone());
-            let logged = self.core.connections.open(record);
             let entry = self.core.established.insert(stream);
             let relay = bidirectional(upstream, send, recv).revocable(entry.revocation.clone());
             let (moved, error) = relay.await;
-            let outcome = match (entry.revocation.reason(), &error) {
-                (Some(_), _) => Outcome::Revoked,
-                (None, Some(_)) => Outcome::Failed,
-                (None, None) => Outcome::Closed,
-            };
-            self.core.connections.close(
-                logged,
-                outcome,
-                moved.to_tunnel,
-                moved.from_tunnel,
-                error.as_ref().map(|e| e.to_string()),
-            );
+            let revoked = entry.revocation.reason().is_some();
             drop((entry, slot));
-            guard.received = moved.from_tunnel;
-            guard.sent = moved.to_tunnel;
-            guard.failed = error.is_some();
-            info!(
-                src.workload = source.as_ref().map(|w| w.name.as_str()).unwrap_or("-"),
-                dst.identity = %self.workload.identity(),
-                policy = %allowed_by,
-                bytes_sent = moved.to_tunnel,
-                bytes_recv = moved.from_tunnel,
-                duration_ms = started.elapsed().as_millis() as u64,
-                error = error.as_ref().map(|e| e.to_string()).unwrap_or_default(),
-                "connection complete"
-            );
+            let error = error.as_ref().map(|e| e as &dyn std::fmt::Display);
+            open.finish(moved.to_tunnel, moved.from_tunnel, revoked, error);
         }
     }
 

@@ -9,14 +9,11 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
 
 use crate::authorize::decide;
 use crate::net::original_dst::original_destination;
-use crate::observe::connection_log::{ConnectionRecord, Outcome};
-use crate::observe::metrics::{ConnectionGuard, ConnectionLabels};
+use crate::observe::metrics::ConnectionLabels;
 use crate::observe::refusal::{Direction, Reason};
-use crate::registry::Workload;
 use crate::state::ProxyCore;
 
 /// 15006: plaintext arriving for a local workload.
@@ -41,44 +38,30 @@ pub async fn serve(
 }
 
 async fn plaintext(core: Arc<ProxyCore>, mut tcp: TcpStream, peer: SocketAddr) {
-    let record = |dst: Option<SocketAddr>, workload: Option<&Arc<Workload>>| {
-        let mut r = ConnectionRecord::new(Direction::Plaintext, Some(peer), dst);
-        r.dst_workload = workload.cloned();
-        r
-    };
-    let refuse = |reason: Reason, detail: String, r: ConnectionRecord| {
-        core.metrics.refused(Direction::Plaintext, reason);
-        warn!(%reason, error = %detail, "plaintext connection refused");
-        core.connections.refused(r, format!("{reason}: {detail}"));
-    };
+    let mut report = core.report(Direction::Plaintext, Some(peer), None);
     let Some(dst) = original_destination(&tcp) else {
-        return refuse(
+        return report.refuse(
             Reason::NotRedirected,
-            "plaintext inbound needs the original destination (iptables REDIRECT)".into(),
-            record(None, None),
+            "plaintext inbound needs the original destination (iptables REDIRECT)",
         );
     };
+    report.record().dst_addr = Some(dst);
     let Some(workload) = core.local_workload(dst.ip()) else {
-        return refuse(
+        return report.refuse(
             Reason::NoLocalWorkload,
-            format!("{dst} is not a workload on node {}", core.node),
-            record(Some(dst), None),
+            format_args!("{dst} is not a workload on node {}", core.node),
         );
     };
-    let decision = decide(&core.policies(), &workload, None, peer.ip(), dst);
-    let mut logged = record(Some(dst), Some(&workload));
-    let decision = Arc::new(decision);
-    logged.decision = Some(decision.clone());
+    report.record().dst_workload = Some(workload.clone());
+    let decision = Arc::new(decide(&core.policies(), &workload, None, peer.ip(), dst));
+    report.record().decision = Some(decision.clone());
     if !decision.allowed {
-        return refuse(Reason::PolicyDenied, decision.reason.clone(), logged);
+        return report.refuse(Reason::PolicyDenied, &decision.reason);
     }
     let mut upstream = match core.connect(Some(&workload), None, dst).await {
         Ok(s) => s,
-        Err(e) => {
-            return refuse(Reason::UpstreamUnreachable, format!("{dst}: {e}"), logged);
-        }
+        Err(e) => return report.refuse(Reason::UpstreamUnreachable, format_args!("{dst}: {e}")),
     };
-    let logged = core.connections.open(logged);
     let registry = core.registry();
     let source = registry.workload_by_ip(peer.ip());
     let labels = ConnectionLabels::new(
@@ -89,20 +72,9 @@ async fn plaintext(core: Arc<ProxyCore>, mut tcp: TcpStream, peer: SocketAddr) {
         None,
         false,
     );
-    let mut guard = ConnectionGuard::open(&core.metrics, labels);
-    let result = tokio::io::copy_bidirectional(&mut tcp, &mut upstream).await;
-    match &result {
-        Ok((up, down)) => {
-            guard.received = *up;
-            guard.sent = *down;
-            core.connections
-                .close(logged, Outcome::Closed, *down, *up, None);
-        }
-        Err(e) => {
-            guard.failed = true;
-            core.connections
-                .close(logged, Outcome::Failed, 0, 0, Some(e.to_string()));
-        }
+    let open = report.open(labels);
+    match tokio::io::copy_bidirectional(&mut tcp, &mut upstream).await {
+        Ok((up, down)) => open.finish(down, up, false, None),
+        Err(e) => open.finish(0, 0, false, Some(&e)),
     }
-    info!(dst.addr = %dst, dst.workload = %workload.name, policy = %decision.reason, "connection complete");
 }

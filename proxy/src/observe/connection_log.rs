@@ -163,14 +163,41 @@ impl ConnectionRecord {
         self.duration_ms = Some(self.started.elapsed().as_millis() as u64);
     }
 
-    /// The record in words.
-    pub fn view(&self) -> ConnectionView {
-        let addr = |a: Option<SocketAddr>| a.map_or("-".to_string(), |a| a.to_string());
-        let src_identity = match (&self.src_identity, &self.src_workload) {
+    /// The record of a connection that ended as `outcome`, having moved
+    /// `sent` bytes to the client and `received` from it.
+    pub fn finished(
+        mut self,
+        outcome: Outcome,
+        sent: u64,
+        received: u64,
+        detail: Option<String>,
+    ) -> Self {
+        self.bytes_sent = sent;
+        self.bytes_recv = received;
+        self.detail = detail;
+        self.finish(outcome);
+        self
+    }
+
+    /// The source's identity: the peer's, from its certificate, where that
+    /// is what is known (inbound); otherwise the source workload's.
+    pub fn source_identity(&self) -> Option<String> {
+        match (&self.src_identity, &self.src_workload) {
             (Some(identity), _) => Some(identity.to_string()),
             (None, Some(w)) => Some(w.identity().to_string()),
             (None, None) => None,
-        };
+        }
+    }
+
+    /// The refusal's reason and detail, or the error it ended with.
+    pub fn detail(&self) -> Option<&str> {
+        self.detail.as_deref()
+    }
+
+    /// The record in words.
+    pub fn view(&self) -> ConnectionView {
+        let addr = |a: Option<SocketAddr>| a.map_or("-".to_string(), |a| a.to_string());
+        let src_identity = self.source_identity();
         ConnectionView {
             id: self.id,
             direction: self.direction.log_name(),
@@ -229,7 +256,8 @@ impl ConnectionLog {
         }
     }
 
-    fn keep(&self, record: ConnectionRecord) {
+    /// Puts a finished connection in the ring (the oldest leaves when full).
+    pub fn keep(&self, record: ConnectionRecord) {
         let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
         done.push_back(record);
         self.trim(&mut done);
@@ -246,27 +274,13 @@ impl ConnectionLog {
         id
     }
 
-    /// Moves connection `id` to the ring, ended as `outcome`.
-    pub fn close(
-        &self,
-        id: u64,
-        outcome: Outcome,
-        sent: u64,
-        received: u64,
-        detail: Option<String>,
-    ) {
-        let record = self
-            .open
+    /// Takes connection `id` out of the open ones, to be finished and
+    /// [kept](Self::keep).
+    pub fn take_open(&self, id: u64) -> Option<ConnectionRecord> {
+        self.open
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
-        if let Some(mut record) = record {
-            record.bytes_sent = sent;
-            record.bytes_recv = received;
-            record.detail = detail;
-            record.finish(outcome);
-            self.keep(record);
-        }
+            .remove(&id)
     }
 
     /// Records a connection refused before it carried anything.
@@ -353,13 +367,13 @@ mod tests {
         assert_eq!(now_open.len(), 1);
         assert_eq!(done.len(), 3, "bounded");
         assert_eq!(done[0].src_addr, "10.0.0.1:4", "the oldest went first");
-        log.close(
-            open,
+        let closed = log.take_open(open).unwrap().finished(
             Outcome::Revoked,
             10,
             20,
             Some("closed by a policy change".into()),
         );
+        log.keep(closed);
         let (now_open, done) = log.snapshot();
         assert!(now_open.is_empty());
         let last = done.last().unwrap();

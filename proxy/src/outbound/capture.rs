@@ -7,7 +7,6 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::warn;
 
 use crate::net::original_dst::original_destination;
 use crate::observe::refusal::{Direction, Reason};
@@ -31,32 +30,31 @@ pub async fn serve(
         move |tcp, peer| {
             let (core, outbound) = (core.clone(), outbound.clone());
             async move {
-                let refuse = |reason: Reason, detail: String| {
-                    core.metrics.refused(Direction::Outbound, reason);
-                    warn!(%reason, error = %detail, "outbound connection refused");
-                };
+                let mut report = outbound.report(Direction::Outbound, peer);
                 let Some(dst) = original_destination(&tcp) else {
-                    return refuse(
+                    return report.refuse(
                         Reason::NotRedirected,
-                        "no SO_ORIGINAL_DST: the connection was not redirected here".into(),
+                        "no SO_ORIGINAL_DST: the connection was not redirected here",
                     );
                 };
+                report.record().dst_addr = Some(dst);
                 let Some(source) = core
                     .registry()
                     .workload_by_ip(peer.ip())
                     .filter(|w| w.node == core.node)
                     .cloned()
                 else {
-                    return refuse(
+                    return report.refuse(
                         Reason::UnknownSource,
-                        format!("{} is not a workload on node {}", peer.ip(), core.node),
+                        format_args!("{} is not a workload on node {}", peer.ip(), core.node),
                     );
                 };
+                report.record().src_workload = Some(source.clone());
                 match outbound.open(&source, peer, dst).await {
                     Ok((upstream, route)) => {
-                        outbound.relay(tcp, peer, &source, upstream, route).await
+                        outbound.relay(report, tcp, &source, upstream, route).await
                     }
-                    Err(e) => outbound.record_failure(Direction::Outbound, &source, dst, &e),
+                    Err(e) => report.refuse(e.reason(), e),
                 }
             }
         },

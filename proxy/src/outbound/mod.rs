@@ -15,16 +15,14 @@ pub mod socks5;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
 
 use http::{HeaderMap, HeaderValue};
 use thiserror::Error;
 use tokio::net::TcpStream;
-use tracing::{info, warn};
 
-use crate::observe::connection_log::{ConnectionRecord, Outcome};
-use crate::observe::metrics::{ConnectionGuard, ConnectionLabels};
+use crate::observe::metrics::ConnectionLabels;
 use crate::observe::refusal::{Direction, Reason};
+use crate::observe::report::ConnectionReport;
 use crate::outbound::pool::{Pool, PoolKey, Tunnel, TunnelError};
 use crate::registry::{Destination, Protocol, Service, Workload};
 use crate::state::ProxyCore;
@@ -153,19 +151,24 @@ impl Outbound {
         Ok((Upstream::Direct(stream), route))
     }
 
+    /// The report of a connection from `client` (see
+    /// [`crate::observe::report`]).
+    pub fn report(&self, direction: Direction, client: SocketAddr) -> ConnectionReport<'_> {
+        self.core.report(direction, Some(client), None)
+    }
+
     /// Carries bytes between the client and the upstream until both sides
     /// are done. The labels are settled before the returned future starts:
     /// it lives as long as the connection, so it holds only what the copy and
-    /// the final log line need.
+    /// the report need.
     pub fn relay<'a>(
         &'a self,
+        mut report: ConnectionReport<'a>,
         client: TcpStream,
-        client_addr: SocketAddr,
         source: &'a Arc<Workload>,
         upstream: Upstream,
         route: Route,
     ) -> impl Future<Output = ()> + Send + 'a {
-        let started = Instant::now();
         let mtls = match upstream {
             Upstream::Tunnel(_) => true,
             Upstream::Bench(_) => {
@@ -181,16 +184,14 @@ impl Outbound {
             route.service.as_deref(),
             mtls,
         );
-        let guard = ConnectionGuard::open(&self.core.metrics, labels);
-        let mut record =
-            ConnectionRecord::new(Direction::Outbound, Some(client_addr), Some(route.target));
+        let record = report.record();
+        record.dst_addr = Some(route.target);
         record.src_workload = Some(source.clone());
         record.dst_workload = route.workload.clone();
-        let logged = self.core.connections.open(record);
+        let open = report.open(labels);
         async move {
-            // The whole guard moves in (a field assignment alone would capture a copy).
-            let mut guard = guard;
-            let (sent, received, error) = match upstream {
+            // Bytes from the client on to the upstream, and back.
+            let (onward, back, error) = match upstream {
                 Upstream::Tunnel(tunnel) => {
                     let (send, recv, slot) = tunnel.into_stream();
                     let (moved, error) = crate::net::copy::bidirectional(client, send, recv).await;
@@ -212,49 +213,9 @@ impl Outbound {
                     }
                 }
             };
-            guard.received = sent;
-            guard.sent = received;
-            guard.failed = error.is_some();
-            let outcome = match error {
-                Some(_) => Outcome::Failed,
-                None => Outcome::Closed,
-            };
-            let detail = error.as_ref().map(|e| e.to_string());
-            self.core
-                .connections
-                .close(logged, outcome, sent, received, detail);
-            info!(
-                src.workload = %source.name,
-                src.identity = %source.identity(),
-                dst.addr = %route.target,
-                dst.service = route.service.as_ref().map(|s| s.name.as_str()).unwrap_or("-"),
-                dst.workload = route.workload.as_ref().map(|w| w.name.as_str()).unwrap_or("-"),
-                dst.identity = route.workload.as_ref().map(|w| w.identity().to_string()).unwrap_or_default(),
-                hbone = mtls,
-                bytes_sent = sent,
-                bytes_recv = received,
-                duration_ms = started.elapsed().as_millis() as u64,
-                error = error.as_ref().map(|e| e.to_string()).unwrap_or_default(),
-                "connection complete"
-            );
+            let error = error.as_ref().map(|e| e as &dyn std::fmt::Display);
+            open.finish(back, onward, false, error);
         }
-    }
-
-    /// Counts and logs a failed outbound attempt.
-    pub fn record_failure(
-        &self,
-        direction: Direction,
-        source: &Arc<Workload>,
-        dst: SocketAddr,
-        err: &OutboundError,
-    ) {
-        self.core.metrics.refused(direction, err.reason());
-        let mut record = ConnectionRecord::new(direction, None, Some(dst));
-        record.src_workload = Some(source.clone());
-        self.core
-            .connections
-            .refused(record, format!("{}: {err}", err.reason()));
-        warn!(src.workload = %source.name, src.identity = %source.identity(), dst = %dst, reason = %err.reason(), error = %err, "outbound connection failed");
     }
 }
 

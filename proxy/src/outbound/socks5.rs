@@ -13,10 +13,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::warn;
 
 use crate::observe::refusal::{Direction, Reason};
 use crate::outbound::{Outbound, OutboundError};
+use crate::registry::Workload;
 use crate::state::ProxyCore;
 
 const DIRECTION: Direction = Direction::Socks5;
@@ -82,12 +82,7 @@ pub async fn serve(
         Some(core.gate(DIRECTION)),
         move |tcp, peer| {
             let (core, outbound) = (core.clone(), outbound.clone());
-            async move {
-                if let Err(e) = handle(&core, &outbound, tcp, peer).await {
-                    core.metrics.refused(DIRECTION, e.reason());
-                    warn!(reason = %e.reason(), error = %e, "SOCKS5 request refused");
-                }
-            }
+            async move { handle(&core, &outbound, tcp, peer).await }
         },
     )
     .await
@@ -113,40 +108,54 @@ fn unspecified() -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)
 }
 
-async fn handle(
+async fn handle(core: &ProxyCore, outbound: &Outbound, mut tcp: TcpStream, peer: SocketAddr) {
+    let mut report = outbound.report(DIRECTION, peer);
+    let (source, dst) = match accept(core, &mut tcp, peer).await {
+        Ok(accepted) => accepted,
+        Err(e) => return report.refuse(e.reason(), e),
+    };
+    let record = report.record();
+    record.dst_addr = Some(dst);
+    record.src_workload = Some(source.clone());
+    match outbound.open(&source, peer, dst).await {
+        Ok((upstream, route)) => {
+            let bound = tcp.local_addr().unwrap_or_else(|_| unspecified());
+            if let Err(e) = send_reply(&mut tcp, reply::SUCCEEDED, bound).await {
+                return report.refuse(Reason::Socks5Io, e);
+            }
+            outbound.relay(report, tcp, &source, upstream, route).await;
+        }
+        Err(e) => {
+            // The client may already be gone; the refusal is what counts.
+            let _ = send_reply(&mut tcp, reply_code(&e), unspecified()).await;
+            report.refuse(e.reason(), e);
+        }
+    }
+}
+
+/// The SOCKS5 exchange up to the request, and the local workload it comes
+/// from: where it wants to go.
+async fn accept(
     core: &ProxyCore,
-    outbound: &Outbound,
-    mut tcp: TcpStream,
+    tcp: &mut TcpStream,
     peer: SocketAddr,
-) -> Result<(), Socks5Error> {
+) -> Result<(Arc<Workload>, SocketAddr), Socks5Error> {
     // A client that connects and then says nothing (or too little) is cut
     // after the handshake timeout, so it cannot hold a task and a socket.
     let limit = core.h2.handshake_timeout;
-    let dst = tokio::time::timeout(limit, negotiate(core, &mut tcp))
+    let dst = tokio::time::timeout(limit, negotiate(core, tcp))
         .await
         .map_err(|_| Socks5Error::Silent(limit))??;
-
     let Some(source) = core
         .registry()
         .workload_by_ip(peer.ip())
         .filter(|w| w.node == core.node)
         .cloned()
     else {
-        send_reply(&mut tcp, reply::NOT_ALLOWED, unspecified()).await?;
+        send_reply(tcp, reply::NOT_ALLOWED, unspecified()).await?;
         return Err(Socks5Error::UnknownSource(peer.ip()));
     };
-    match outbound.open(&source, peer, dst).await {
-        Ok((upstream, route)) => {
-            let bound = tcp.local_addr().unwrap_or_else(|_| unspecified());
-            send_reply(&mut tcp, reply::SUCCEEDED, bound).await?;
-            outbound.relay(tcp, peer, &source, upstream, route).await;
-        }
-        Err(e) => {
-            outbound.record_failure(DIRECTION, &source, dst, &e);
-            send_reply(&mut tcp, reply_code(&e), unspecified()).await?;
-        }
-    }
-    Ok(())
+    Ok((source, dst))
 }
 
 /// What a SOCKS5 request asks to reach.

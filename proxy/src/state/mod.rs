@@ -202,6 +202,23 @@ impl ProxyCore {
         self
     }
 
+    /// The report of a connection `direction` from `src` to `dst` (each
+    /// where known): its metrics, connection log entry and log lines.
+    pub fn report(
+        &self,
+        direction: Direction,
+        src: Option<std::net::SocketAddr>,
+        dst: Option<std::net::SocketAddr>,
+    ) -> crate::observe::report::ConnectionReport<'_> {
+        crate::observe::report::ConnectionReport::new(
+            &self.metrics,
+            &self.connections,
+            direction,
+            src,
+            dst,
+        )
+    }
+
     /// What a data listener's connections count against: the connection
     /// cap, counted under `direction` when it refuses.
     pub(crate) fn gate(&self, direction: Direction) -> crate::net::listen::Gate {

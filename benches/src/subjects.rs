@@ -184,7 +184,7 @@ impl Shared {
             .await
             .map_err(setup)?;
         let pod_addr: SocketAddr = format!("{SERVER_IP}:15012").parse().expect("literal");
-        let pod = bind_listener(Some(&topology.server.path()), pod_addr).map_err(setup)?;
+        let pod = bind_listener(Some(topology.server.sockets()), pod_addr).map_err(setup)?;
         let pod = tokio::net::TcpListener::from_std(pod).map_err(setup)?;
         let host_ca = serve_listener(service.clone(), host, &[])
             .await

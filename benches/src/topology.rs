@@ -5,11 +5,10 @@
 //! while a mesh subject runs, exempting the proxies' own marked sockets.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use hbone_harness::netns::{NetNs, NetnsError, outbound_capture_rules, veth};
-use hbone_proxy::net::pod_sockets::{self, bind_listener, tcp_socket};
+use hbone_proxy::net::pod_sockets::{self, Netns, bind_listener, tcp_socket};
 use hbone_workloads::dial::{Connect, Dialer, futures_lite::BoxedConnect};
 
 /// The client pod's address.
@@ -27,14 +26,14 @@ pub struct Topology {
 
 /// Opens sockets inside a namespace (the load generator's client side).
 #[derive(Debug)]
-struct InNamespace(PathBuf);
+struct InNamespace(Netns);
 
 impl Connect for InNamespace {
     fn connect(&self, addr: SocketAddr) -> BoxedConnect {
-        let path = self.0.clone();
+        let netns = self.0.clone();
         Box::pin(async move {
             let socket =
-                tcp_socket(Some(&path), addr, None, None).map_err(std::io::Error::other)?;
+                tcp_socket(Some(&netns), addr, None, None).map_err(std::io::Error::other)?;
             socket.connect(addr).await
         })
     }
@@ -108,13 +107,13 @@ impl Topology {
 
     /// The load generator's way out of the client pod.
     pub fn client_dialer(&self) -> Dialer {
-        Dialer::Custom(Arc::new(InNamespace(self.client.path())))
+        Dialer::Custom(Arc::new(InNamespace(self.client.sockets().clone())))
     }
 
     /// A listener inside the server pod.
     pub fn server_listener(&self, port: u16) -> Result<tokio::net::TcpListener, NetnsError> {
         let std = bind_listener(
-            Some(&self.server.path()),
+            Some(self.server.sockets()),
             SocketAddr::new(self.server_ip(), port),
         )?;
         tokio::net::TcpListener::from_std(std).map_err(|source| {

@@ -21,7 +21,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use hbone_proxy::net::pod_sockets::{self, PACKET_MARK};
+use hbone_proxy::net::pod_sockets::{self, Netns, PACKET_MARK};
 use thiserror::Error;
 
 /// A lab command that failed.
@@ -73,11 +73,12 @@ pub fn can_create() -> bool {
     nix::unistd::geteuid().is_root() && Command::new("ip").arg("-V").output().is_ok()
 }
 
-/// A named network namespace (`ip netns add`), deleted when dropped if owned.
+/// A named network namespace (`ip netns add`), deleted when dropped.
 #[derive(Debug)]
 pub struct NetNs {
     name: String,
-    owned: bool,
+    /// A handle for making sockets inside it from here.
+    sockets: Netns,
 }
 
 impl NetNs {
@@ -85,9 +86,17 @@ impl NetNs {
     pub fn create(name: &str) -> Result<Self, NetnsError> {
         let _ = run_command("ip", &["netns", "del", name]);
         run_command("ip", &["netns", "add", name])?;
+        let path = Path::new("/var/run/netns").join(name);
+        let sockets = match Netns::open(&path) {
+            Ok(handle) => handle,
+            Err(e) => {
+                let _ = run_command("ip", &["netns", "del", name]);
+                return Err(e.into());
+            }
+        };
         let ns = NetNs {
             name: name.to_string(),
-            owned: true,
+            sockets,
         };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
@@ -124,6 +133,12 @@ impl NetNs {
         c
     }
 
+    /// The handle that makes sockets inside it ([`pod_sockets::tcp_socket`],
+    /// [`pod_sockets::bind_listener`]) on one long-lived thread.
+    pub fn sockets(&self) -> &Netns {
+        &self.sockets
+    }
+
     /// Runs `f` on a thread inside the namespace; sockets it creates stay there.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T, NetnsError> {
         Ok(pod_sockets::run_in(&self.path(), f)?)
@@ -132,10 +147,7 @@ impl NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        if self.owned {
-            pod_sockets::forget_worker(&self.path());
-            let _ = run_command("ip", &["netns", "del", &self.name]);
-        }
+        let _ = run_command("ip", &["netns", "del", &self.name]);
     }
 }
 

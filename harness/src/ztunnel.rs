@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use hbone_proxy::net::pod_sockets::tcp_socket;
+use hbone_proxy::net::pod_sockets::{Netns, tcp_socket};
 
 use crate::netns::NetNs;
 use hbone_workloads::http_get::Get;
@@ -329,7 +329,11 @@ pub async fn http_get(
     addr: SocketAddr,
     path: &str,
 ) -> std::io::Result<(u16, String)> {
-    let socket = tcp_socket(netns, addr, None, None).map_err(std::io::Error::other)?;
+    let netns = netns
+        .map(Netns::open)
+        .transpose()
+        .map_err(std::io::Error::other)?;
+    let socket = tcp_socket(netns.as_ref(), addr, None, None).map_err(std::io::Error::other)?;
     let mut tcp = tokio::time::timeout(Duration::from_secs(2), socket.connect(addr))
         .await
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;

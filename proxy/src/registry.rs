@@ -84,8 +84,10 @@ pub struct Workload {
     pub node: String,
     #[serde(default)]
     pub protocol: Protocol,
-    /// The network namespace holding this workload's sockets (in-pod mode),
-    /// e.g. `/var/run/netns/pod-hello-app`. The proxy binds and dials there.
+    /// The named network namespace holding this workload's sockets (in-pod
+    /// mode), e.g. `/var/run/netns/pod-hello-app`: the proxy binds and dials
+    /// there, through a handle it keeps beside the registry
+    /// (`state::pod_netns`). A pod handed over by a node agent needs none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<std::path::PathBuf>,
     /// Filled in at load from the registry's trust domain.
@@ -193,9 +195,8 @@ pub enum Destination<'a> {
 /// Every new connection asks it where an address goes, so the answer is a
 /// hash lookup, not a scan: with 100 000 workloads known, a scan of every
 /// workload and service per connection would cost more than the tunnel.
-/// The lists may have a workload's `netns` set in place (a node agent's
-/// hand-over); anything that adds, removes or re-addresses entries builds
-/// a new registry ([`Registry::from_file`]), which indexes it again.
+/// Anything that adds, removes or re-addresses entries builds a new
+/// registry ([`Registry::from_file`]), which indexes it again.
 #[derive(Debug, Clone)]
 pub struct Registry {
     pub trust_domain: String,

@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,6 +19,7 @@ use tracing::{info, warn};
 use crate::config::Listeners;
 use crate::inbound::{hbone, plaintext};
 use crate::net::listen::{StartError, bind_workload};
+use crate::net::pod_sockets::Netns;
 use crate::outbound::Outbound;
 use crate::outbound::capture;
 use crate::registry::Workload;
@@ -29,7 +29,9 @@ use crate::state::ProxyCore;
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Placement {
     ips: Vec<IpAddr>,
-    netns: Option<PathBuf>,
+    /// The namespace handle (equal only to itself: a pod handed over
+    /// again is a new namespace, even at the same path).
+    netns: Option<Netns>,
 }
 
 struct Open {
@@ -76,8 +78,12 @@ impl WorkloadListeners {
     }
 
     /// Opens `w`'s listeners, all or none.
-    fn open(&self, w: &Workload, stop: &CancellationToken) -> Result<Opened, StartError> {
-        let netns = w.netns.as_deref();
+    fn open(
+        &self,
+        w: &Workload,
+        netns: Option<&Netns>,
+        stop: &CancellationToken,
+    ) -> Result<Opened, StartError> {
         let mut bound = Vec::new();
         let mut opened = Opened::default();
         for ip in &w.ips {
@@ -127,10 +133,19 @@ impl WorkloadListeners {
         let registry = self.core.registry();
         let mut open = self.open.lock().expect("listeners lock");
         let mut wanted = HashMap::new();
+        let mut failed = Vec::new();
         for w in registry.workloads.iter().filter(|w| self.core.serves(w)) {
+            let netns = match self.core.pods.of(w) {
+                Ok(netns) => netns,
+                Err(source) => {
+                    let workload = w.name.clone();
+                    failed.push(StartError::Netns { workload, source });
+                    continue;
+                }
+            };
             let placement = Placement {
                 ips: w.ips.clone(),
-                netns: w.netns.clone(),
+                netns,
             };
             wanted.insert((w.namespace.clone(), w.name.clone()), (w, placement));
         }
@@ -143,13 +158,12 @@ impl WorkloadListeners {
             keep
         });
         let mut opened = Vec::new();
-        let mut failed = Vec::new();
         for (key, (w, placement)) in wanted {
             if open.contains_key(&key) {
                 continue;
             }
             let stop = self.shutdown.child_token();
-            match self.open(w, &stop) {
+            match self.open(w, placement.netns.as_ref(), &stop) {
                 Ok(addrs) => {
                     let uid = w.uid.clone();
                     open.insert(

@@ -77,10 +77,10 @@ workloads:
 
     // The echo server lives in the server pod's namespace.
     let echo = SocketAddr::from(([10, 251, 7, 2], 9000));
-    echo_server_in(Some(&server_ns.path()), echo);
+    echo_server_in(Some(server_ns.sockets()), echo);
 
     // An unmodified client in the client pod: a plain connect to the server's address.
-    let socket = tcp_socket(Some(&client_ns.path()), echo, None, None).unwrap();
+    let socket = tcp_socket(Some(client_ns.sockets()), echo, None, None).unwrap();
     let tcp = socket.connect(echo).await.unwrap();
     let total = 8 * 1024 * 1024 + 3;
     let (sent, received, n) = echo_roundtrip(tcp, total).await;

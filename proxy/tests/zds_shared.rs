@@ -61,7 +61,7 @@ async fn wait_for(
 /// client makes it: true if the bytes come back.
 async fn exchange(client_ns: &NetNs) -> bool {
     let echo = SocketAddr::new(ECHO.parse().unwrap(), 9000);
-    let socket = tcp_socket(Some(&client_ns.path()), echo, None, None).unwrap();
+    let socket = tcp_socket(Some(client_ns.sockets()), echo, None, None).unwrap();
     let attempt = async {
         let mut tcp = socket.connect(echo).await.ok()?;
         let sent: Vec<u8> = (0..16 * 1024).map(|i| (i % 251) as u8).collect();
@@ -91,7 +91,7 @@ async fn client_reaches_echo(client_ns: &NetNs) -> bool {
 /// The port is closed in the pod's namespace (the listener is gone).
 async fn nothing_listens(ns: &NetNs, addr: SocketAddr) -> bool {
     for _ in 0..50 {
-        let socket = tcp_socket(Some(&ns.path()), addr, None, None).unwrap();
+        let socket = tcp_socket(Some(ns.sockets()), addr, None, None).unwrap();
         if socket.connect(addr).await.is_err() {
             return true;
         }
@@ -172,7 +172,7 @@ async fn one_proxy_serves_the_pods_the_node_agent_hands_it() {
     rules.push(jump_to("OUTPUT", "HBL_OUTPUT"));
     install_rules(&client_ns, &rules).unwrap();
     echo_server_in(
-        Some(&echo_ns.path()),
+        Some(echo_ns.sockets()),
         SocketAddr::new(ECHO.parse().unwrap(), 9000),
     );
 
@@ -304,7 +304,7 @@ workloads:
     let hbone = SocketAddr::from(([10, 251, 10, 2], 15008));
     let mut open = false;
     for _ in 0..50 {
-        let socket = tcp_socket(Some(&echo_ns.path()), hbone, None, None).unwrap();
+        let socket = tcp_socket(Some(echo_ns.sockets()), hbone, None, None).unwrap();
         if socket.connect(hbone).await.is_ok() {
             open = true;
             break;

@@ -89,7 +89,7 @@ async fn hbone_lab_and_ztunnel_carry_bytes_both_ways() {
     ));
     let ca_addr: SocketAddr = format!("{HB_IP}:15012").parse().unwrap();
     let ca_listener =
-        tokio::net::TcpListener::from_std(bind_listener(Some(&hb.path()), ca_addr).unwrap())
+        tokio::net::TcpListener::from_std(bind_listener(Some(hb.sockets()), ca_addr).unwrap())
             .unwrap();
     let ca = serve_listener(service, ca_listener, &[]).await.unwrap();
 
@@ -153,14 +153,14 @@ async fn hbone_lab_and_ztunnel_carry_bytes_both_ways() {
         hb.exec("iptables", &rule.split(' ').collect::<Vec<_>>())
             .unwrap();
     }
-    echo_server_in(Some(&zt.path()), format!("{ZT_IP}:9000").parse().unwrap());
-    echo_server_in(Some(&hb.path()), format!("{HB_IP}:9000").parse().unwrap());
+    echo_server_in(Some(zt.sockets()), format!("{ZT_IP}:9000").parse().unwrap());
+    echo_server_in(Some(hb.sockets()), format!("{HB_IP}:9000").parse().unwrap());
 
     // Wait for ztunnel to be ready (its readiness port, inside `zt`).
     let ready: SocketAddr = format!("{ZT_IP}:15021").parse().unwrap();
     let mut ok = false;
     for _ in 0..100 {
-        if let Ok(socket) = tcp_socket(Some(&zt.path()), ready, None, None)
+        if let Ok(socket) = tcp_socket(Some(zt.sockets()), ready, None, None)
             && let Ok(Ok(mut tcp)) =
                 tokio::time::timeout(Duration::from_secs(1), socket.connect(ready)).await
         {
@@ -179,7 +179,7 @@ async fn hbone_lab_and_ztunnel_carry_bytes_both_ways() {
 
     // 1. hbone-lab → ztunnel: an unmodified client in hb-pod dials zt-pod's echo.
     let target: SocketAddr = format!("{ZT_IP}:9000").parse().unwrap();
-    let tcp = tcp_socket(Some(&hb.path()), target, None, None)
+    let tcp = tcp_socket(Some(hb.sockets()), target, None, None)
         .unwrap()
         .connect(target)
         .await
@@ -195,7 +195,7 @@ async fn hbone_lab_and_ztunnel_carry_bytes_both_ways() {
 
     // 2. ztunnel → hbone-lab: a client in zt-pod through ztunnel's SOCKS5.
     let socks: SocketAddr = "127.0.0.1:15080".parse().unwrap();
-    let mut tcp = tcp_socket(Some(&zt.path()), socks, None, None)
+    let mut tcp = tcp_socket(Some(zt.sockets()), socks, None, None)
         .unwrap()
         .connect(socks)
         .await

@@ -179,7 +179,7 @@ pub async fn serve_node_control_plane(
     let fail = |what: &str, e: Cause| {
         LabError::failed(Part::Proxy, format!("control plane on {node}: {what}"), e)
     };
-    let listener = bind_listener(Some(&netns.path()), ([127, 0, 0, 1], 15012).into())
+    let listener = bind_listener(Some(netns.sockets()), ([127, 0, 0, 1], 15012).into())
         .map_err(|e| fail("listener", e.into()))?;
     let listener =
         tokio::net::TcpListener::from_std(listener).map_err(|e| fail("listener", e.into()))?;

@@ -82,7 +82,7 @@ impl NodeRelay {
     /// Listens in `netns` and forwards every connection to `istiod`.
     pub fn start(node: &str, netns: &NetNs, istiod: SocketAddr) -> Result<NodeRelay, LabError> {
         let what = format!("the relay to istiod in {node}");
-        let listener = bind_listener(Some(&netns.path()), ISTIOD_IN_NODE)
+        let listener = bind_listener(Some(netns.sockets()), ISTIOD_IN_NODE)
             .map_err(|e| LabError::failed(Part::Proxy, what.clone(), e))?;
         let listener = tokio::net::TcpListener::from_std(listener)
             .map_err(|e| LabError::failed(Part::Proxy, what, e))?;

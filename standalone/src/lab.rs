@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ use hbone_policies::lab::lab_resources;
 use hbone_policies::matrix::{PolicySet, ROOT_NAMESPACE};
 use hbone_proxy::ProxyHandle;
 use hbone_proxy::config::Listeners;
-use hbone_proxy::net::pod_sockets::{bind_listener, tcp_socket};
+use hbone_proxy::net::pod_sockets::{Netns, NetnsError, bind_listener, tcp_socket};
 use hbone_proxy::observe::refusal::{Direction, Reason};
 use hbone_proxy::registry::{Node, Protocol, Registry, RegistryFile, Service, Workload};
 use hbone_proxy::sources::xds::{XdsStatus, follow, registry_from};
@@ -186,16 +186,18 @@ fn registry(
 /// client's. Names resolve from a fixed table, like the pod's DNS would.
 #[derive(Debug)]
 struct InPod {
-    netns: PathBuf,
+    /// The pod's namespace, or why it could not be opened (said on connect).
+    netns: Result<Netns, Arc<NetnsError>>,
     names: BTreeMap<String, IpAddr>,
 }
 
 impl Connect for InPod {
     fn connect(&self, addr: SocketAddr) -> BoxedConnect {
-        let path = self.netns.clone();
+        let netns = self.netns.clone();
         Box::pin(async move {
+            let netns = netns.map_err(|e| std::io::Error::other(e.to_string()))?;
             let socket =
-                tcp_socket(Some(&path), addr, None, None).map_err(std::io::Error::other)?;
+                tcp_socket(Some(&netns), addr, None, None).map_err(std::io::Error::other)?;
             socket.connect(addr).await
         })
     }
@@ -332,6 +334,19 @@ impl Lab {
             .expect("a lab pod")
     }
 
+    /// The handle on the pod namespace at `path` (netns mode): the
+    /// plumbing's own, so its socket thread is shared; one opened here if
+    /// the plumbing does not hold it.
+    fn pod_netns(&self, path: &Path) -> Result<Netns, NetnsError> {
+        let held = self.plumbing.as_ref().and_then(|p| {
+            p.pods
+                .values()
+                .find(|ns| ns.path() == path)
+                .map(|ns| ns.sockets().clone())
+        });
+        held.map_or_else(|| Netns::open(path), Ok)
+    }
+
     /// How a pod reaches the mesh: in loopback mode its node's SOCKS5 from
     /// its own address; in netns mode a plain socket in its namespace, which
     /// the pod's iptables redirect to the proxy.
@@ -350,7 +365,7 @@ impl Lab {
                 .map(|(name, addr)| (name.to_string(), ip(addr)))
                 .collect();
                 Dialer::Custom(Arc::new(InPod {
-                    netns: netns.clone(),
+                    netns: self.pod_netns(netns).map_err(Arc::new),
                     names,
                 }))
             }
@@ -676,8 +691,11 @@ impl Lab {
 
     /// A listener for a pod: inside its namespace in netns mode.
     fn listen(&self, pod: &str, addr: SocketAddr) -> Result<TcpListener, LabError> {
-        let netns = self.pod(pod).netns.clone();
-        let std = bind_listener(netns.as_deref(), addr).map_err(|e| {
+        let netns = self.pod(pod).netns.as_deref().map(|p| self.pod_netns(p));
+        let netns = netns
+            .transpose()
+            .map_err(|e| LabError::failed(Part::Workload, format!("{pod}'s namespace"), e))?;
+        let std = bind_listener(netns.as_ref(), addr).map_err(|e| {
             LabError::failed(Part::Workload, format!("{pod} cannot listen on {addr}"), e)
         })?;
         TcpListener::from_std(std).map_err(|e| {
@@ -692,7 +710,7 @@ impl Lab {
         let Some(plumbing) = self.plumbing.as_mut() else {
             return Ok(());
         };
-        let world = plumbing.world.path();
+        let world = plumbing.world.sockets().clone();
         for (name, addr, answer) in [
             ("api.github.com", GITHUB_IP, StandIn::github()),
             ("api.cloudflare.com", CLOUDFLARE_IP, StandIn::cloudflare()),

@@ -256,12 +256,12 @@ impl NetnsPlumbing {
             for rule in fw.sni.clone() {
                 let node = &self.nodes[node_name];
                 let listen = SocketAddr::new(IpAddr::from([0, 0, 0, 0]), next_port);
-                let std = bind_listener(Some(&node.path()), listen).map_err(err)?;
+                let std = bind_listener(Some(node.sockets()), listen).map_err(err)?;
                 let listener = tokio::net::TcpListener::from_std(std).map_err(err)?;
                 let relay = Arc::new(SniRelay {
                     rule: rule.rule.clone(),
                     server_names: rule.server_names.clone(),
-                    netns: node.path(),
+                    netns: node.sockets().clone(),
                     events: Mutex::new(Vec::new()),
                 });
                 tokio::spawn(relay.clone().serve(listener));

@@ -259,7 +259,7 @@ async fn through_gateway(lab: &Lab) -> (Verdict, String) {
     let connected = match &lab.plumbing {
         // From the "world" namespace, as a browser outside the cluster.
         Some(p) => match tcp_socket(
-            Some(&p.world.path()),
+            Some(p.world.sockets()),
             lab.gateway,
             Some(BROWSER_IP.parse().expect("literal")),
             None,
@@ -476,10 +476,10 @@ fn relay_events(lab: &Lab) -> Vec<(String, crate::sni_relay::SniEvent)> {
 async fn plaintext_from_outside(lab: &Lab, rows: &[Row]) -> ScenarioResult {
     let p = expect(lab, rows, "browser", "hello-app", HELLO_PORT);
     let witness = Witness::new(lab, "hello-gateway", "hello-app");
-    let world = lab.plumbing.as_ref().map(|p| p.world.path());
+    let world = lab.plumbing.as_ref().map(|p| p.world.sockets());
     let attempt = async {
         let socket = tcp_socket(
-            world.as_deref(),
+            world,
             lab.hello,
             Some(BROWSER_IP.parse().expect("literal")),
             None,

@@ -13,12 +13,11 @@
 //! bytes at it, and a test reads a real rustls ClientHello.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hbone_proxy::net::original_dst::original_destination;
-use hbone_proxy::net::pod_sockets::tcp_socket;
+use hbone_proxy::net::pod_sockets::{Netns, tcp_socket};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -38,7 +37,7 @@ pub struct SniRelay {
     pub rule: String,
     pub server_names: Vec<String>,
     /// Where onward connections are made (the node's namespace).
-    pub netns: PathBuf,
+    pub netns: Netns,
     pub events: Mutex<Vec<SniEvent>>,
 }
 

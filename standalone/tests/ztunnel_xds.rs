@@ -82,7 +82,7 @@ impl ControlPlane {
         ));
         let xds = XdsState::new(mesh, Some(authenticator));
         let listener = tokio::net::TcpListener::from_std(
-            bind_listener(Some(&ns.path()), "127.0.0.1:15012".parse().unwrap()).unwrap(),
+            bind_listener(Some(ns.sockets()), "127.0.0.1:15012".parse().unwrap()).unwrap(),
         )
         .unwrap();
         let running = hbone_xds::serve_on(ca, xds.clone(), listener, &[])
@@ -204,7 +204,7 @@ async fn ztunnel_subscribes_acks_and_follows_changes() {
 async fn listening(ns: &NetNs, port: u16) -> bool {
     let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
     let socket =
-        hbone_proxy::net::pod_sockets::tcp_socket(Some(&ns.path()), addr, None, None).unwrap();
+        hbone_proxy::net::pod_sockets::tcp_socket(Some(ns.sockets()), addr, None, None).unwrap();
     matches!(
         tokio::time::timeout(Duration::from_secs(1), socket.connect(addr)).await,
         Ok(Ok(_))

@@ -241,10 +241,10 @@ pub async fn connections(
 /// Waits until the server answers a connection made in its own pod.
 async fn wait_listening(server: &Killed, topology: &Topology) -> Result<(), SubjectError> {
     let addr = std::net::SocketAddr::new(topology.server_ip(), RR_PORT);
-    let path = topology.server.path();
+    let netns = topology.server.sockets();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let socket = hbone_proxy::net::pod_sockets::tcp_socket(Some(&path), addr, None, None)
+        let socket = hbone_proxy::net::pod_sockets::tcp_socket(Some(netns), addr, None, None)
             .map_err(setup)?;
         if socket.connect(addr).await.is_ok() {
             return Ok(());

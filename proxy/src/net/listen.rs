@@ -24,7 +24,6 @@
 //! as it is accepted, and counted.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,6 +35,7 @@ use tracing::field::Empty;
 use tracing::{Instrument, warn};
 
 use crate::net::connection_limit::ConnectionLimit;
+use crate::net::pod_sockets::Netns;
 use crate::observe::metrics::ProxyMetrics;
 use crate::observe::refusal::{Direction, Reason};
 
@@ -48,11 +48,18 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// A workload's network namespace could not be opened.
+    #[error("workload {workload}'s network namespace: {source}")]
+    Netns {
+        workload: String,
+        #[source]
+        source: crate::net::pod_sockets::NetnsError,
+    },
 }
 
 /// Binds inside a network namespace (in-pod mode) or here.
 pub(crate) fn bind_in(
-    netns: Option<&Path>,
+    netns: Option<&Netns>,
     addr: SocketAddr,
     what: &'static str,
 ) -> Result<TcpListener, StartError> {
@@ -62,7 +69,7 @@ pub(crate) fn bind_in(
 /// Binds a workload's listener, which a replacement proxy may share while
 /// this one drains ([`crate::net::pod_sockets::bind_handover_listener`]).
 pub(crate) fn bind_workload(
-    netns: Option<&Path>,
+    netns: Option<&Netns>,
     addr: SocketAddr,
     what: &'static str,
 ) -> Result<TcpListener, StartError> {
@@ -75,13 +82,13 @@ pub(crate) fn bind_workload(
 }
 
 type Binder = fn(
-    Option<&Path>,
+    Option<&Netns>,
     SocketAddr,
 ) -> Result<std::net::TcpListener, crate::net::pod_sockets::NetnsError>;
 
 fn bind_with(
     binder: Binder,
-    netns: Option<&Path>,
+    netns: Option<&Netns>,
     addr: SocketAddr,
     what: &'static str,
 ) -> Result<TcpListener, StartError> {

@@ -229,18 +229,23 @@ impl ProxyCore {
         }
     }
 
-    /// Dials `addr` as a socket of `from` would: inside its network namespace
-    /// (marked with [`crate::net::pod_sockets::PACKET_MARK`] so capture rules let it pass), from `bind_ip` if given.
+    /// Dials `addr` as a socket of `from` would: inside the network
+    /// namespace it is served in ([`pod_netns`]), marked with
+    /// [`crate::net::pod_sockets::PACKET_MARK`] so capture rules let it
+    /// pass, from `bind_ip` if given.
     pub async fn connect(
         &self,
         from: Option<&crate::registry::Workload>,
         bind_ip: Option<std::net::IpAddr>,
         addr: std::net::SocketAddr,
     ) -> std::io::Result<tokio::net::TcpStream> {
-        let netns = from.and_then(|w| w.netns.as_deref());
-        let mark = netns.map(|_| crate::net::pod_sockets::PACKET_MARK);
+        let netns = match from {
+            Some(w) => self.pods.of(w).map_err(std::io::Error::other)?,
+            None => None,
+        };
+        let mark = netns.as_ref().map(|_| crate::net::pod_sockets::PACKET_MARK);
         tracing::debug!(?netns, %addr, ?bind_ip, "dialing");
-        let socket = crate::net::pod_sockets::tcp_socket(netns, addr, bind_ip, mark)
+        let socket = crate::net::pod_sockets::tcp_socket(netns.as_ref(), addr, bind_ip, mark)
             .map_err(std::io::Error::other)?;
         socket.connect(addr).await
     }
@@ -254,20 +259,21 @@ impl ProxyCore {
     /// Replaces the registry: new connections see the new one, established
     /// ones keep what they resolved.
     pub fn replace_registry(&self, registry: Registry) {
-        let registry = self.pods.apply(registry);
+        self.pods.prune(&registry);
         self.registry.store(Arc::new(registry));
         self.registry_version.send_modify(|v| *v += 1);
     }
 
-    /// Applies a change of the handed-over pods to the registry held.
+    /// Tells the local workloads' listeners that the handed-over pods
+    /// changed (they follow registry changes, and this is one for them).
     pub fn pods_changed(&self) {
-        self.replace_registry(self.registry().as_ref().clone());
+        self.registry_version.send_modify(|v| *v += 1);
     }
 
     /// Whether this proxy serves `w`: it runs on this node and, in shared
     /// mode, the node agent has handed its pod over.
     pub fn serves(&self, w: &crate::registry::Workload) -> bool {
-        w.node == self.node && (w.netns.is_some() || !self.pods.shared_mode())
+        w.node == self.node && (!self.pods.shared_mode() || self.pods.handed_over(&w.uid))
     }
 
     /// Records which local workloads (by uid) have their listeners open.

@@ -1,28 +1,32 @@
-//! The network namespaces a node agent handed over (ZDS, shared mode), by
-//! pod uid, and how they join the registry: a workload whose uid is here
-//! is served inside that namespace, wherever its record came from. With
-//! shared mode on, only such workloads get listeners — a pod the agent has
-//! not handed over (or has taken back) is not this proxy's to serve.
+//! Which network namespace each local workload is served in, as handles
+//! ([`Netns`]) kept beside the registry rather than inside its records.
+//!
+//! Two sources: the pods a node agent handed over (ZDS, shared mode), by
+//! pod uid, each with the descriptor it sent; and the named namespaces a
+//! registry file gives (`netns: /var/run/netns/<pod>`), opened once and let
+//! go when no workload names them any more. With shared mode on, only
+//! handed-over pods are served — a pod the agent has not handed over (or
+//! has taken back) is not this proxy's to serve, whatever its record says.
+//! Dropping a handle ends its socket thread; nothing here is cleared by
+//! hand.
 
-use std::collections::HashMap;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::collections::{HashMap, HashSet};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::registry::Registry;
+use crate::net::pod_sockets::{Netns, NetnsError};
+use crate::registry::{Registry, Workload};
 
-/// One pod's namespace, held open for as long as the pod is served.
-struct Held {
-    _fd: OwnedFd,
-    path: PathBuf,
-}
-
-/// The pods' namespaces, by uid.
+/// The pods' namespaces.
 #[derive(Default)]
 pub struct PodNetns {
     shared_mode: AtomicBool,
-    pods: Mutex<HashMap<String, Held>>,
+    /// Handed over by the node agent, by pod uid.
+    handed: Mutex<HashMap<String, Netns>>,
+    /// Named by the registry, by path.
+    named: Mutex<HashMap<PathBuf, Netns>>,
 }
 
 impl PodNetns {
@@ -31,70 +35,85 @@ impl PodNetns {
         self.shared_mode.store(true, Ordering::Relaxed);
     }
 
+    /// Whether only handed-over pods are served.
     pub fn shared_mode(&self) -> bool {
         self.shared_mode.load(Ordering::Relaxed)
     }
 
+    fn handed(&self) -> std::sync::MutexGuard<'_, HashMap<String, Netns>> {
+        self.handed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Holds `fd` as pod `uid`'s namespace (replacing one held before).
     pub fn insert(&self, uid: &str, fd: OwnedFd) {
-        let path = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
-        let old = self
-            .pods
-            .lock()
-            .expect("pods lock")
-            .insert(uid.to_string(), Held { _fd: fd, path });
-        if let Some(old) = old {
-            crate::net::pod_sockets::forget_worker(&old.path);
-        }
+        let netns = Netns::from_fd(fd, format!("(pod {uid}, handed over)"));
+        self.handed().insert(uid.to_string(), netns);
     }
 
     /// Lets go of pod `uid`'s namespace; true if it was held.
     pub fn remove(&self, uid: &str) -> bool {
-        let old = self.pods.lock().expect("pods lock").remove(uid);
-        if let Some(old) = &old {
-            crate::net::pod_sockets::forget_worker(&old.path);
-        }
-        old.is_some()
+        self.handed().remove(uid).is_some()
     }
 
     /// Lets go of every pod not in `keep`; returns the uids dropped.
-    pub fn retain(&self, keep: &std::collections::HashSet<String>) -> Vec<String> {
-        let gone: Vec<String> = self
-            .pods
-            .lock()
-            .expect("pods lock")
+    pub fn retain(&self, keep: &HashSet<String>) -> Vec<String> {
+        let mut handed = self.handed();
+        let gone: Vec<String> = handed
             .keys()
             .filter(|uid| !keep.contains(*uid))
             .cloned()
             .collect();
         for uid in &gone {
-            self.remove(uid);
+            handed.remove(uid);
         }
         gone
     }
 
+    /// The handed-over pods' uids.
     pub fn uids(&self) -> Vec<String> {
-        self.pods
-            .lock()
-            .expect("pods lock")
-            .keys()
-            .cloned()
-            .collect()
+        self.handed().keys().cloned().collect()
     }
 
-    /// `registry` with each handed-over pod's namespace set on its workload.
-    pub fn apply(&self, registry: Registry) -> Registry {
-        let pods = self.pods.lock().expect("pods lock");
-        if pods.is_empty() && !self.shared_mode() {
-            return registry;
+    /// Whether the node agent has handed pod `uid` over.
+    pub fn handed_over(&self, uid: &str) -> bool {
+        !uid.is_empty() && self.handed().contains_key(uid)
+    }
+
+    /// The namespace `w` is served in: its handed-over pod's; in shared
+    /// mode, no other; else the named namespace its record gives, if any
+    /// (opened on first use). `None` means the proxy's own namespace.
+    pub fn of(&self, w: &Workload) -> Result<Option<Netns>, NetnsError> {
+        if !w.uid.is_empty()
+            && let Some(netns) = self.handed().get(&w.uid)
+        {
+            return Ok(Some(netns.clone()));
         }
-        let mut registry = registry;
-        for w in &mut registry.workloads {
-            let netns = pods.get(&w.uid).map(|p| p.path.clone());
-            if !w.uid.is_empty() && (netns.is_some() || self.shared_mode()) && w.netns != netns {
-                std::sync::Arc::make_mut(w).netns = netns;
-            }
+        if self.shared_mode() {
+            return Ok(None);
         }
-        registry
+        let Some(path) = &w.netns else {
+            return Ok(None);
+        };
+        let mut named = self.named.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(netns) = named.get(path) {
+            return Ok(Some(netns.clone()));
+        }
+        let netns = Netns::open(path)?;
+        named.insert(path.clone(), netns.clone());
+        Ok(Some(netns))
+    }
+
+    /// Lets go of the named namespaces no workload of `registry` names.
+    pub fn prune(&self, registry: &Registry) {
+        let mut named = self.named.lock().unwrap_or_else(|e| e.into_inner());
+        if named.is_empty() {
+            return;
+        }
+        let wanted: HashSet<&PathBuf> = registry
+            .workloads
+            .iter()
+            .filter_map(|w| w.netns.as_ref())
+            .collect();
+        named.retain(|path, _| wanted.contains(path));
     }
 }

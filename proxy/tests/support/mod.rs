@@ -243,7 +243,7 @@ pub async fn echo_server(addr: SocketAddr) -> tokio::task::JoinHandle<()> {
 
 /// The same, listening inside the network namespace at `netns` (or here).
 pub fn echo_server_in(
-    netns: Option<&std::path::Path>,
+    netns: Option<&hbone_proxy::net::pod_sockets::Netns>,
     addr: SocketAddr,
 ) -> tokio::task::JoinHandle<()> {
     let listener =

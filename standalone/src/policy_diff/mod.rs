@@ -43,7 +43,7 @@ use hbone_policies::istio::{ConnectionAttrs, IstioPolicies, TargetWorkload};
 use hbone_policies::load::{istio_policies, parse_documents};
 use hbone_proxy::ProxyHandle;
 use hbone_proxy::config::Listeners;
-use hbone_proxy::net::pod_sockets::{bind_listener, tcp_socket};
+use hbone_proxy::net::pod_sockets::{Netns, bind_listener, tcp_socket};
 use hbone_proxy::registry::{Node, Protocol, Registry, RegistryFile, Workload};
 use hbone_proxy::state::{CoreSettings, ProxyCore};
 use hbone_proxy::tls::MeshTrust;
@@ -184,7 +184,7 @@ impl World {
         rules.push(jump_to("PREROUTING", "HBL_PREROUTING"));
         install_rules(&target, &rules).map_err(setup)?;
         for port in PORTS {
-            echo_server(&target.path(), SocketAddr::new(ip(TARGET_IP), port))?;
+            echo_server(target.sockets(), SocketAddr::new(ip(TARGET_IP), port))?;
         }
         Ok(World { client, target })
     }
@@ -194,7 +194,7 @@ fn ip(s: &str) -> IpAddr {
     s.parse().expect("a literal address")
 }
 
-fn echo_server(netns: &Path, addr: SocketAddr) -> Result<(), DiffError> {
+fn echo_server(netns: &Netns, addr: SocketAddr) -> Result<(), DiffError> {
     let listener =
         tokio::net::TcpListener::from_std(bind_listener(Some(netns), addr).map_err(setup)?)
             .map_err(setup)?;
@@ -267,7 +267,7 @@ impl Feeder {
             Arc::new(CaMetrics::default()),
         ));
         let xds = XdsState::new(&mesh(&IstioPolicies::new("istio-system")), Some(tokens));
-        let listener = bind_listener(Some(&zt.target.path()), ([127, 0, 0, 1], 15012).into())
+        let listener = bind_listener(Some(zt.target.sockets()), ([127, 0, 0, 1], 15012).into())
             .map_err(setup)?;
         let listener = tokio::net::TcpListener::from_std(listener).map_err(setup)?;
         let control = hbone_xds::serve_on(ca, xds.clone(), listener, &[])
@@ -547,7 +547,7 @@ impl Lab {
 
     async fn try_connection(&self, world: &World, source: &Source, port: u16) -> Observed {
         match source.identity {
-            None => plaintext(&world.client.path(), source, port).await,
+            None => plaintext(world.client.sockets(), source, port).await,
             Some((ns, sa)) => {
                 let identity = match Identity::new("cluster.local", ns, sa) {
                     Ok(i) => i,
@@ -555,7 +555,7 @@ impl Lab {
                 };
                 match self.clients.get(&identity).await {
                     Ok(svid) => match self.trust.client_config(&svid, vec![target_identity()]) {
-                        Ok(tls) => hbone(&world.client.path(), source, port, tls).await,
+                        Ok(tls) => hbone(world.client.sockets(), source, port, tls).await,
                         Err(e) => Observed::Error(e.to_string()),
                     },
                     Err(e) => Observed::Error(e.to_string()),
@@ -566,7 +566,7 @@ impl Lab {
 }
 
 /// Plaintext to the target's port: echoed back (allowed) or closed (denied).
-async fn plaintext(netns: &Path, source: &Source, port: u16) -> Observed {
+async fn plaintext(netns: &Netns, source: &Source, port: u16) -> Observed {
     let target = SocketAddr::new(ip(TARGET_IP), port);
     let attempt = async {
         let socket = tcp_socket(Some(netns), target, Some(ip(source.ip)), None)
@@ -590,7 +590,7 @@ async fn plaintext(netns: &Path, source: &Source, port: u16) -> Observed {
 /// HBONE to the target's 15008 as the source's identity: CONNECT answered
 /// 200 (allowed) or refused.
 async fn hbone(
-    netns: &Path,
+    netns: &Netns,
     source: &Source,
     port: u16,
     tls: Arc<rustls::ClientConfig>,

@@ -110,9 +110,18 @@ fn unspecified() -> SocketAddr {
 
 async fn handle(core: &ProxyCore, outbound: &Outbound, mut tcp: TcpStream, peer: SocketAddr) {
     let mut report = outbound.report(DIRECTION, peer);
+    // Each refusal is counted before the client hears of it, so that what
+    // a client sees is already in the metrics and the log.
     let (source, dst) = match accept(core, &mut tcp, peer).await {
         Ok(accepted) => accepted,
-        Err(e) => return report.refuse(e.reason(), e),
+        Err(e) => {
+            let answer = matches!(e, Socks5Error::UnknownSource(_));
+            report.refuse(e.reason(), e);
+            if answer {
+                let _ = send_reply(&mut tcp, reply::NOT_ALLOWED, unspecified()).await;
+            }
+            return;
+        }
     };
     let record = report.record();
     record.dst_addr = Some(dst);
@@ -126,9 +135,10 @@ async fn handle(core: &ProxyCore, outbound: &Outbound, mut tcp: TcpStream, peer:
             outbound.relay(report, tcp, &source, upstream, route).await;
         }
         Err(e) => {
-            // The client may already be gone; the refusal is what counts.
-            let _ = send_reply(&mut tcp, reply_code(&e), unspecified()).await;
+            let code = reply_code(&e);
             report.refuse(e.reason(), e);
+            // The client may already be gone; the refusal is what counts.
+            let _ = send_reply(&mut tcp, code, unspecified()).await;
         }
     }
 }
@@ -152,7 +162,6 @@ async fn accept(
         .filter(|w| w.node == core.node)
         .cloned()
     else {
-        send_reply(tcp, reply::NOT_ALLOWED, unspecified()).await?;
         return Err(Socks5Error::UnknownSource(peer.ip()));
     };
     Ok((source, dst))

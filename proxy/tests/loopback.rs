@@ -245,3 +245,27 @@ async fn shutdown_stops_accepting_and_waits_for_open_connections_within_the_grac
         "an idle proxy drains at once"
     );
 }
+
+/// Concurrent first connections for one pool key share one dial: eight
+/// clients at once, one TLS handshake between the proxies, every stream
+/// carried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_connections_share_one_dial() {
+    let lab = Lab::start(47).await;
+    let echo = SocketAddr::new(lab.ip("2.1"), 9000);
+    echo_server(echo).await;
+    let socks = lab.a.addrs.socks5.unwrap();
+    let clients = (0..8).map(|_| {
+        let client = lab.ip("1.1");
+        tokio::spawn(async move {
+            let tcp = socks5_connect(socks, client, echo).await.expect("allowed");
+            echo_roundtrip(tcp, 64 * 1024).await
+        })
+    });
+    for client in clients.collect::<Vec<_>>() {
+        let (sent, received, n) = client.await.unwrap();
+        assert_eq!((n, sent), (64 * 1024, received));
+    }
+    assert_eq!(lab.a.outbound.pool().dials(), 1, "one dial for one key");
+    assert_eq!(lab.a.outbound.pool().open_connections(), 1);
+}

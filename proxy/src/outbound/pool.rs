@@ -36,17 +36,51 @@ pub struct PoolKey {
 }
 
 impl PoolKey {
+    /// The local workload this key's connections speak for: by its source
+    /// address when the key has one (an index lookup), else the workload
+    /// the identity indexes when it is local, else any local workload with
+    /// that identity.
     fn source_workload(&self, core: &ProxyCore) -> Option<Arc<crate::registry::Workload>> {
-        core.registry()
-            .workloads
-            .iter()
-            .find(|w| {
-                w.node == core.node
-                    && w.identity() == &self.source
-                    && self.source_ip.is_none_or(|ip| w.ips.contains(&ip))
-            })
+        let registry = core.registry();
+        let ours = |w: &&Arc<crate::registry::Workload>| {
+            w.node == core.node && w.identity() == &self.source
+        };
+        if let Some(ip) = self.source_ip {
+            return registry.workload_by_ip(ip).filter(ours).cloned();
+        }
+        registry
+            .workload_by_identity(&self.source)
+            .filter(ours)
+            .or_else(|| registry.local_workloads(&core.node).find(ours))
             .cloned()
     }
+}
+
+/// What the pool's rules look at in one pooled connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    /// The peer closed it (GOAWAY), or its keep-alive failed.
+    closed: bool,
+    /// It was made with the source's current certificate.
+    current_cert: bool,
+    /// Streams it carries now.
+    active: usize,
+}
+
+/// The connections a new stream may go to, in the order they are tried:
+/// open, made with the current certificate (after a renewal, new streams
+/// go to a connection presenting the new one), below `max` streams.
+fn usable(seen: &[Seen], max: usize) -> impl Iterator<Item = usize> + '_ {
+    seen.iter()
+        .enumerate()
+        .filter(move |(_, c)| !c.closed && c.current_cert && c.active < max)
+        .map(|(i, _)| i)
+}
+
+/// Whether a connection leaves the pool: closed, or carrying nothing for
+/// `timeout` or longer.
+fn released(seen: Seen, idle_for: Duration, timeout: Duration) -> bool {
+    seen.closed || (seen.active == 0 && idle_for >= timeout)
 }
 
 /// What was negotiated on a connection (for `demo --explain` and the admin page).
@@ -137,6 +171,17 @@ struct PooledConnection {
     tls: TlsInfo,
 }
 
+impl PooledConnection {
+    /// What the pool's rules look at, `cert` being the source's current one.
+    fn seen(&self, cert: &Arc<Svid>) -> Seen {
+        Seen {
+            closed: self.closed.load(Ordering::Acquire),
+            current_cert: Arc::ptr_eq(&self.cert, cert),
+            active: self.active.load(Ordering::Acquire),
+        }
+    }
+}
+
 /// Keeps a stream's slot on its connection until dropped.
 pub struct StreamGuard {
     conn: Arc<PooledConnection>,
@@ -205,12 +250,17 @@ impl Pool {
             .sum()
     }
 
+    /// A slot on a pooled connection for `key`, if one may take a stream
+    /// ([`usable`]); the slot is taken atomically, so racing callers cannot
+    /// overfill a connection.
     fn checkout(&self, key: &PoolKey, cert: &Arc<Svid>) -> Option<Arc<PooledConnection>> {
         let max = self.core.h2.max_streams_per_connection;
         let mut conns = self.conns.lock().expect("pool lock");
         let list = conns.get_mut(key)?;
         list.retain(|c| !c.closed.load(Ordering::Acquire));
-        for conn in list.iter().filter(|c| Arc::ptr_eq(&c.cert, cert)) {
+        let seen: Vec<Seen> = list.iter().map(|c| c.seen(cert)).collect();
+        for i in usable(&seen, max) {
+            let conn = &list[i];
             let mut current = conn.active.load(Ordering::Acquire);
             while current < max {
                 match conn.active.compare_exchange(
@@ -473,17 +523,117 @@ async fn release_idle(pool: Weak<Pool>) {
         let mut conns = pool.conns.lock().expect("pool lock");
         for list in conns.values_mut() {
             list.retain(|c| {
-                let idle = c.active.load(Ordering::Acquire) == 0
-                    && c.idle_since.lock().expect("idle lock").elapsed() >= timeout;
-                if idle {
+                let seen = c.seen(&c.cert);
+                let idle_for = c.idle_since.lock().expect("idle lock").elapsed();
+                let release = released(seen, idle_for, timeout);
+                if release && !seen.closed {
                     debug!(connection = c.id, "releasing idle HBONE connection");
                 }
-                !idle && !c.closed.load(Ordering::Acquire)
+                !release
             });
         }
         conns.retain(|_, list| !list.is_empty());
+        // A key's dial gate goes with its last connection, unless a dial
+        // holds it now.
+        pool.dialing
+            .lock()
+            .expect("pool lock")
+            .retain(|key, gate| conns.contains_key(key) || Arc::strong_count(gate) > 1);
         if conns.len() > 10_000 {
             warn!(keys = conns.len(), "the HBONE pool holds very many keys");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OPEN: Seen = Seen {
+        closed: false,
+        current_cert: true,
+        active: 0,
+    };
+
+    #[test]
+    fn a_stream_goes_to_an_open_connection_with_the_current_certificate_and_room() {
+        let cases: &[(&str, &[Seen], usize, &[usize])] = &[
+            ("empty pool: dial", &[], 100, &[]),
+            ("one idle connection", &[OPEN], 100, &[0]),
+            (
+                "full at the stream limit",
+                &[Seen {
+                    active: 100,
+                    ..OPEN
+                }],
+                100,
+                &[],
+            ),
+            (
+                "one below the limit",
+                &[Seen { active: 99, ..OPEN }],
+                100,
+                &[0],
+            ),
+            (
+                "made with the old certificate: not for new streams",
+                &[
+                    Seen {
+                        current_cert: false,
+                        ..OPEN
+                    },
+                    OPEN,
+                ],
+                100,
+                &[1],
+            ),
+            (
+                "closed by GOAWAY",
+                &[Seen {
+                    closed: true,
+                    ..OPEN
+                }],
+                100,
+                &[],
+            ),
+            (
+                "tried in order, the full one skipped",
+                &[OPEN, Seen { active: 1, ..OPEN }, OPEN],
+                1,
+                &[0, 2],
+            ),
+        ];
+        for (name, seen, max, expected) in cases {
+            let got: Vec<usize> = usable(seen, *max).collect();
+            assert_eq!(&got, expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_connection_is_released_when_closed_or_idle_past_the_timeout() {
+        let minute = Duration::from_secs(60);
+        let cases = [
+            (
+                "busy, however long",
+                Seen { active: 3, ..OPEN },
+                2 * minute,
+                false,
+            ),
+            ("idle, not yet", OPEN, minute / 2, false),
+            ("idle, at the timeout", OPEN, minute, true),
+            (
+                "closed, at once",
+                Seen {
+                    closed: true,
+                    active: 2,
+                    ..OPEN
+                },
+                Duration::ZERO,
+                true,
+            ),
+        ];
+        for (name, seen, idle_for, expected) in cases {
+            assert_eq!(released(seen, idle_for, minute), expected, "{name}");
         }
     }
 }

@@ -35,9 +35,9 @@ pub enum AssembleError {
     #[error(transparent)]
     Registry(#[from] RegistryError),
     #[error("the Kubernetes cluster: {0}")]
-    Kubernetes(String),
-    #[error("the registry: {0}")]
-    Workloads(String),
+    Kubernetes(#[from] crate::sources::kube::KubeError),
+    #[error("the registry from the Kubernetes cluster: {0}")]
+    Workloads(#[from] crate::config::FieldError),
     #[error("node {node:?} is not in the registry from {source_name} (nodes: {nodes})")]
     NodeMissing {
         node: String,
@@ -167,18 +167,14 @@ async fn first_registry(
 ) -> Result<(Arc<Registry>, Option<KubeLister>), AssembleError> {
     let (registry, source_name, lister) = match (&config.registry, &config.kubernetes) {
         _ if config.xds.is_some() => {
-            let empty = crate::sources::xds::registry_from(std::iter::empty(), &config.node)
-                .map_err(AssembleError::Workloads)?;
+            let empty = crate::sources::xds::registry_from(std::iter::empty(), &config.node)?;
             (empty, "the control plane".to_string(), None)
         }
         (Some(file), _) => (Registry::load(file)?, file.display().to_string(), None),
         (None, Some(k8s)) => {
-            let lister = KubeLister::connect()
-                .await
-                .map_err(AssembleError::Kubernetes)?;
-            let snapshot = lister.snapshot().await.map_err(AssembleError::Kubernetes)?;
-            let registry = crate::sources::kube::registry_from(&snapshot, &k8s.trust_domain)
-                .map_err(AssembleError::Kubernetes)?;
+            let lister = KubeLister::connect().await?;
+            let snapshot = lister.snapshot().await?;
+            let registry = crate::sources::kube::registry_from(&snapshot, &k8s.trust_domain)?;
             (registry, "the Kubernetes cluster".to_string(), Some(lister))
         }
         (None, None) => return Err(AssembleError::NoRegistry),

@@ -64,11 +64,33 @@ pub enum ConfigError {
     },
 }
 
+/// A field of a document that is wrong, and why: what [`parse_yaml`] and
+/// the registry's checks report, and the errors of every file built on
+/// them name their file around it.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("field `{field}`: {message}")]
+pub struct FieldError {
+    /// The field's path, like `h2.streamWindow` or `workloads[2].ips`.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl FieldError {
+    /// `field` is wrong because of `message`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
 /// Parses YAML into `T`, or says which field (as a path like
 /// `h2.streamWindow`) is wrong and why. Every config file of the proxy reads through here.
-pub fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, (String, String)> {
+pub fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, FieldError> {
     serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text))
-        .map_err(|e| (e.path().to_string(), e.into_inner().to_string()))
+        .map_err(|e| FieldError::new(e.path().to_string(), e.into_inner().to_string()))
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -285,7 +307,7 @@ impl ProxyConfig {
             source,
         })?;
         let mut config: ProxyConfig =
-            parse_yaml(&text).map_err(|(field, message)| ConfigError::Field {
+            parse_yaml(&text).map_err(|FieldError { field, message }| ConfigError::Field {
                 file: file.clone(),
                 field,
                 message,

@@ -40,6 +40,8 @@ use hbone_policies::selector::labels_match;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::config::FieldError;
+
 #[derive(Debug, Error)]
 pub enum RegistryError {
     #[error("cannot read registry {file}: {source}")]
@@ -190,6 +192,25 @@ pub enum Destination<'a> {
     External(SocketAddr),
 }
 
+/// Why a destination cannot be resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ResolveError {
+    /// The service at that VIP does not serve that port.
+    #[error("service {service} has no port {port}")]
+    NoPort {
+        /// `namespace/name`.
+        service: String,
+        /// The port asked for.
+        port: u16,
+    },
+    /// The service has no endpoint to send to.
+    #[error("service {service} has no endpoints")]
+    NoEndpoints {
+        /// `namespace/name`.
+        service: String,
+    },
+}
+
 /// The registry, validated and indexed.
 ///
 /// Every new connection asks it where an address goes, so the answer is a
@@ -301,44 +322,44 @@ impl Registry {
     }
 
     pub fn parse(text: &str, file: &str) -> Result<Self, RegistryError> {
-        let err = |field: String, message: String| RegistryError::Field {
+        let err = |FieldError { field, message }| RegistryError::Field {
             file: file.to_string(),
             field,
             message,
         };
-        let doc: RegistryFile =
-            crate::config::parse_yaml(text).map_err(|(field, message)| err(field, message))?;
-        Self::from_file(doc).map_err(|(field, message)| err(field, message))
+        let doc: RegistryFile = crate::config::parse_yaml(text).map_err(err)?;
+        Self::from_file(doc).map_err(err)
     }
 
     /// Validates cross-references and computes identities (in the file's
     /// trust domain, unless a workload comes with its own, as from xDS).
-    pub fn from_file(mut doc: RegistryFile) -> Result<Self, (String, String)> {
+    pub fn from_file(mut doc: RegistryFile) -> Result<Self, FieldError> {
         let mut seen_ips = BTreeMap::new();
         for (i, w) in doc.workloads.iter_mut().enumerate() {
             if w.uid.is_empty() {
                 w.uid = hbone_xds::MeshWorkload::pod_uid(&w.namespace, &w.name);
             }
             if w.identity.is_none() {
-                let identity = Identity::new(&doc.trust_domain, &w.namespace, &w.service_account)
-                    .map_err(|e| (format!("workloads[{i}]"), e.to_string()))?;
+                let identity =
+                    Identity::new(&doc.trust_domain, &w.namespace, &w.service_account)
+                        .map_err(|e| FieldError::new(format!("workloads[{i}]"), e.to_string()))?;
                 w.identity = Some(identity);
             }
             if !doc.nodes.iter().any(|n| n.name == w.node) {
-                return Err((
+                return Err(FieldError::new(
                     format!("workloads[{i}].node"),
                     format!("node {:?} is not listed under nodes", w.node),
                 ));
             }
             if w.ips.is_empty() {
-                return Err((
+                return Err(FieldError::new(
                     format!("workloads[{i}].ips"),
-                    "a workload needs at least one IP".into(),
+                    "a workload needs at least one IP",
                 ));
             }
             for ip in &w.ips {
                 if let Some(other) = seen_ips.insert(*ip, w.name.clone()) {
-                    return Err((
+                    return Err(FieldError::new(
                         format!("workloads[{i}].ips"),
                         format!("{ip} is also used by workload {other}"),
                     ));
@@ -348,7 +369,7 @@ impl Registry {
         for (i, s) in doc.services.iter().enumerate() {
             for vip in &s.vips {
                 if let Some(other) = seen_ips.insert(*vip, s.name.clone()) {
-                    return Err((
+                    return Err(FieldError::new(
                         format!("services[{i}].vips"),
                         format!("{vip} is also used by {other}"),
                     ));
@@ -407,7 +428,7 @@ impl Registry {
 
     /// Resolves an outbound destination address (service VIP or workload IP).
     /// Services pick an endpoint by the `pick` index (for spreading load).
-    pub fn resolve(&self, dst: SocketAddr, pick: usize) -> Result<Destination<'_>, String> {
+    pub fn resolve(&self, dst: SocketAddr, pick: usize) -> Result<Destination<'_>, ResolveError> {
         if let Some((position, service)) = self.service_by_vip(dst.ip()) {
             return self.resolve_service(position, service, dst.port(), pick);
         }
@@ -428,23 +449,22 @@ impl Registry {
         service: &'a Arc<Service>,
         port: u16,
         pick: usize,
-    ) -> Result<Destination<'a>, String> {
-        let target_port = *service.ports.get(&port).ok_or_else(|| {
-            format!(
-                "service {}/{} has no port {port}",
-                service.namespace, service.name
-            )
-        })?;
+    ) -> Result<Destination<'a>, ResolveError> {
+        let name = || format!("{}/{}", service.namespace, service.name);
+        let target_port = *service
+            .ports
+            .get(&port)
+            .ok_or_else(|| ResolveError::NoPort {
+                service: name(),
+                port,
+            })?;
         let endpoints = self
             .index
             .endpoints
             .get(position)
             .map_or(&[][..], Vec::as_slice);
         if endpoints.is_empty() {
-            return Err(format!(
-                "service {}/{} has no endpoints",
-                service.namespace, service.name
-            ));
+            return Err(ResolveError::NoEndpoints { service: name() });
         }
         let workload = &self.workloads[endpoints[pick % endpoints.len()] as usize];
         // 0: the target is named; the endpoint's record has its number.
@@ -524,6 +544,7 @@ services:
         assert!(
             r.resolve("127.0.3.2:81".parse().unwrap(), 0)
                 .unwrap_err()
+                .to_string()
                 .contains("no port 81")
         );
         assert_eq!(r.local_workloads("n2").count(), 1);
@@ -569,10 +590,11 @@ services:
         // An empty selector takes the namespace's workloads, in order.
         assert_eq!(endpoint("10.1.0.2", 0).unwrap(), "a1");
         assert_eq!(endpoint("10.1.0.2", 1).unwrap(), "a2");
-        assert!(
-            endpoint("10.1.0.3", 0)
-                .unwrap_err()
-                .contains("no endpoints")
+        assert_eq!(
+            endpoint("10.1.0.3", 0),
+            Err(ResolveError::NoEndpoints {
+                service: "demo/none".into()
+            })
         );
         // A VIP is not a workload; the first workload of an identity answers for it.
         assert!(r.workload_by_ip("10.1.0.1".parse().unwrap()).is_none());

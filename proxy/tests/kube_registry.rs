@@ -12,8 +12,8 @@ use std::time::Duration;
 use hbone_policies::istio::AuthorizationPolicy;
 use hbone_proxy::registry::Protocol;
 use hbone_proxy::sources::kube::{
-    ClusterLister, ClusterPolicies, ClusterSnapshot, PodFacts, ServiceFacts, TargetPort,
-    follow_cluster, registry_file, registry_from,
+    ClusterLister, ClusterPolicies, ClusterSnapshot, KubeError, PodFacts, PolicyListError,
+    ServiceFacts, TargetPort, follow_cluster, registry_file, registry_from,
 };
 use support::{DENY_CLIENT, Lab, POLICY, echo_server, socks5_connect};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -156,8 +156,11 @@ fn pods_and_services_become_the_registry() {
 struct FakeLister(Arc<Mutex<Result<ClusterSnapshot, String>>>);
 
 impl ClusterLister for FakeLister {
-    async fn snapshot(&self) -> Result<ClusterSnapshot, String> {
-        self.0.lock().unwrap().clone()
+    async fn snapshot(&self) -> Result<ClusterSnapshot, KubeError> {
+        self.0.lock().unwrap().clone().map_err(|e| KubeError::List {
+            what: "the fake cluster",
+            source: e.into(),
+        })
     }
 }
 
@@ -263,9 +266,11 @@ async fn a_proxy_follows_the_cluster() {
     assert!(support::log_text().contains("the cluster's policies changed"));
 
     // A policy that does not parse: reported, and the proxy keeps the two.
-    cluster.policies = Some(Err(
-        "AuthorizationPolicy demo/oops: spec.rules[0]: unknown field".into(),
-    ));
+    cluster.policies = Some(Err(PolicyListError::Parse {
+        object: "AuthorizationPolicy demo/oops".into(),
+        field: "spec.rules[0]".into(),
+        message: "unknown field".into(),
+    }));
     *lister.0.lock().unwrap() = Ok(cluster.clone());
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(echo_side.policies().policies().len(), 2);

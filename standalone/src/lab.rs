@@ -176,9 +176,7 @@ fn registry(
             service("postgres", postgres_vip, POSTGRES_PORT, pg_port),
         ],
     })
-    .map_err(|(field, message)| {
-        LabError::refused(Part::Workload, format!("registry {field}: {message}"))
-    })
+    .map_err(|e| LabError::refused(Part::Workload, format!("registry {e}")))
 }
 
 /// A pod's own way out in netns mode: sockets made inside its namespace,

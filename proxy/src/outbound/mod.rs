@@ -30,7 +30,7 @@ use crate::state::ProxyCore;
 #[derive(Debug, Error)]
 pub enum OutboundError {
     #[error("no route to {0}: {1}")]
-    NoRoute(SocketAddr, String),
+    NoRoute(SocketAddr, #[source] crate::registry::ResolveError),
     #[error("cannot reach {addr} directly: {source}")]
     Direct {
         addr: SocketAddr,

@@ -22,14 +22,58 @@ use std::time::Duration;
 use hbone_policies::istio::IstioPolicies;
 use hbone_policies::istio::{AuthorizationPolicy, PeerAuthentication};
 use hbone_policies::selector::labels_match;
+use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::config::FieldError;
 use crate::registry::{Node, Protocol, Registry, RegistryFile, Service, Workload};
 use crate::state::ProxyCore;
 
 pub const DATAPLANE_MODE_LABEL: &str = "istio.io/dataplane-mode";
 pub const SIDECAR_LABEL: &str = "hbone-lab.dev/proxy";
+
+/// Why the cluster could not be listed.
+#[derive(Debug, Error)]
+pub enum KubeError {
+    /// No client: no kubeconfig here and no in-cluster service account.
+    #[error("cannot reach the Kubernetes API: {0}")]
+    Connect(#[source] kube::Error),
+    /// A list call failed (the API server down, RBAC, …).
+    #[error("listing {what}: {source}")]
+    List {
+        /// What was being listed (`pods`, `services`, …).
+        what: &'static str,
+        /// The client's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Why the cluster's Istio policies were not taken (the proxy then keeps
+/// the ones it has). Compared between listings, so it keeps text, not the
+/// client's error.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum PolicyListError {
+    /// Listing a policy kind failed.
+    #[error("listing {plural}: {message}")]
+    List {
+        /// The kind's plural (`authorizationpolicies`).
+        plural: String,
+        /// The client's error, as text.
+        message: String,
+    },
+    /// One object does not parse as its kind.
+    #[error("{object}: {field}: {message}")]
+    Parse {
+        /// `Kind namespace/name`.
+        object: String,
+        /// The field's path.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
 
 /// A pod, as the registry needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,7 +115,7 @@ pub struct ClusterSnapshot {
     /// ztunnel gets them from istiod; `None` where the cluster has no
     /// Istio CRDs (the proxy keeps the policies it has), an error naming
     /// the resource where one does not parse (likewise).
-    pub policies: Option<Result<ClusterPolicies, String>>,
+    pub policies: Option<Result<ClusterPolicies, PolicyListError>>,
 }
 
 /// Istio's security resources, as listed from the cluster.
@@ -83,7 +127,7 @@ pub struct ClusterPolicies {
 
 /// Where snapshots come from: the API server, or a fake in tests.
 pub trait ClusterLister: Send + Sync {
-    fn snapshot(&self) -> impl Future<Output = Result<ClusterSnapshot, String>> + Send;
+    fn snapshot(&self) -> impl Future<Output = Result<ClusterSnapshot, KubeError>> + Send;
 }
 
 fn meshed(pod: &PodFacts, snapshot: &ClusterSnapshot) -> bool {
@@ -176,9 +220,11 @@ pub fn registry_file(snapshot: &ClusterSnapshot, trust_domain: &str) -> Registry
 }
 
 /// The registry a snapshot describes, validated.
-pub fn registry_from(snapshot: &ClusterSnapshot, trust_domain: &str) -> Result<Registry, String> {
+pub fn registry_from(
+    snapshot: &ClusterSnapshot,
+    trust_domain: &str,
+) -> Result<Registry, FieldError> {
     Registry::from_file(registry_file(snapshot, trust_domain))
-        .map_err(|(field, message)| format!("{field}: {message}"))
 }
 
 /// Lists the cluster every `every` until `shutdown`, swapping in each
@@ -226,7 +272,10 @@ pub async fn follow_cluster<L: ClusterLister>(
 
 /// Swaps in the cluster's policies, judging open streams again; keeps the
 /// current ones when the cluster has none to give or one does not parse.
-fn apply_cluster_policies(core: &ProxyCore, policies: &Option<Result<ClusterPolicies, String>>) {
+fn apply_cluster_policies(
+    core: &ProxyCore,
+    policies: &Option<Result<ClusterPolicies, PolicyListError>>,
+) {
     match policies {
         Some(Ok(listed)) => {
             let policies = IstioPolicies::with(
@@ -251,7 +300,7 @@ fn apply_cluster_policies(core: &ProxyCore, policies: &Option<Result<ClusterPoli
 
 /// Lists one Istio resource kind across the cluster, typed one object at a
 /// time so that an error names the object and field. `None`: no such CRD.
-async fn list_typed<K>(client: &kube::Client) -> Option<Result<Vec<K>, String>>
+async fn list_typed<K>(client: &kube::Client) -> Option<Result<Vec<K>, PolicyListError>>
 where
     K: kube::Resource<DynamicType = ()> + serde::de::DeserializeOwned,
 {
@@ -260,7 +309,12 @@ where
     let listed = match api.list(&kube::api::ListParams::default()).await {
         Ok(listed) => listed,
         Err(kube::Error::Api(status)) if status.code == 404 => return None,
-        Err(e) => return Some(Err(format!("listing {}: {e}", resource.plural))),
+        Err(e) => {
+            return Some(Err(PolicyListError::List {
+                plural: resource.plural.clone(),
+                message: e.to_string(),
+            }));
+        }
     };
     let mut out = Vec::new();
     for object in listed.items {
@@ -270,10 +324,14 @@ where
             object.metadata.namespace.as_deref().unwrap_or(""),
             object.metadata.name.as_deref().unwrap_or("")
         );
-        let value = serde_json::to_value(&object).map_err(|e| format!("{name}: {e}"));
+        let parse = |field: String, message: String| PolicyListError::Parse {
+            object: name.clone(),
+            field,
+            message,
+        };
+        let value = serde_json::to_value(&object).map_err(|e| parse(String::new(), e.to_string()));
         let typed = value.and_then(|v| {
-            hbone_policies::load::typed::<K>(&v)
-                .map_err(|(field, message)| format!("{name}: {field}: {message}"))
+            hbone_policies::load::typed::<K>(&v).map_err(|(field, message)| parse(field, message))
         });
         match typed {
             Ok(k) => out.push(k),
@@ -284,7 +342,7 @@ where
 }
 
 /// Both Istio security kinds, or why not.
-async fn list_policies(client: &kube::Client) -> Option<Result<ClusterPolicies, String>> {
+async fn list_policies(client: &kube::Client) -> Option<Result<ClusterPolicies, PolicyListError>> {
     let authorization = list_typed::<AuthorizationPolicy>(client).await?;
     let peer_authentication = list_typed::<PeerAuthentication>(client).await?;
     Some(authorization.and_then(|authorization| {
@@ -302,11 +360,11 @@ pub struct KubeLister {
 
 impl KubeLister {
     /// Uses the in-cluster service account (or the kubeconfig outside one).
-    pub async fn connect() -> Result<Self, String> {
+    pub async fn connect() -> Result<Self, KubeError> {
         kube::Client::try_default()
             .await
             .map(|client| KubeLister { client })
-            .map_err(|e| format!("cannot reach the Kubernetes API: {e}"))
+            .map_err(KubeError::Connect)
     }
 
     /// Uses `client` (a kubeconfig of one's choosing).
@@ -326,23 +384,28 @@ fn labels(
 }
 
 impl ClusterLister for KubeLister {
-    async fn snapshot(&self) -> Result<ClusterSnapshot, String> {
+    async fn snapshot(&self) -> Result<ClusterSnapshot, KubeError> {
         use k8s_openapi::api::core::v1::{Namespace, Pod, Service as KService};
         use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
         let list = kube::api::ListParams::default();
-        let err = |e: kube::Error| e.to_string();
+        let err = |what| {
+            move |e: kube::Error| KubeError::List {
+                what,
+                source: Box::new(e),
+            }
+        };
         let namespaces = kube::Api::<Namespace>::all(self.client.clone())
             .list(&list)
             .await
-            .map_err(err)?;
+            .map_err(err("namespaces"))?;
         let pods = kube::Api::<Pod>::all(self.client.clone())
             .list(&list)
             .await
-            .map_err(err)?;
+            .map_err(err("pods"))?;
         let services = kube::Api::<KService>::all(self.client.clone())
             .list(&list)
             .await
-            .map_err(err)?;
+            .map_err(err("services"))?;
         let policies = list_policies(&self.client).await;
         Ok(ClusterSnapshot {
             policies,

@@ -32,6 +32,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::config::FieldError;
 use crate::registry::{Node, Protocol, Registry, RegistryFile, Service, Workload};
 use crate::state::ProxyCore;
 
@@ -149,7 +150,7 @@ fn apply(held: &Held, response: &DeltaDiscoveryResponse) -> (Held, Vec<Rejected>
 pub fn registry_from(
     addresses: impl IntoIterator<Item = ReceivedAddress>,
     node: &str,
-) -> Result<Registry, String> {
+) -> Result<Registry, FieldError> {
     let mut nodes = BTreeSet::from([node.to_string()]);
     let mut workloads = Vec::new();
     let mut services = Vec::new();
@@ -158,7 +159,12 @@ pub fn registry_from(
             ReceivedAddress::Workload(r) => {
                 let w = r.workload;
                 let identity = Identity::new(&w.trust_domain, &w.namespace, &w.service_account)
-                    .map_err(|e| format!("workload {}/{}: {e}", w.namespace, w.name))?;
+                    .map_err(|e| {
+                        FieldError::new(
+                            format!("workload {}/{}", w.namespace, w.name),
+                            e.to_string(),
+                        )
+                    })?;
                 nodes.insert(w.node.clone());
                 workloads.push(Workload {
                     uid: w.uid,
@@ -202,7 +208,6 @@ pub fn registry_from(
         workloads,
         services,
     })
-    .map_err(|(field, message)| format!("{field}: {message}"))
 }
 
 /// Follows the control plane until `shutdown`, swapping each accepted state

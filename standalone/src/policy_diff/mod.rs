@@ -421,7 +421,7 @@ impl Lab {
             }],
             services: Vec::new(),
         })
-        .map_err(|(f, m)| setup(format!("{f}: {m}")))?;
+        .map_err(setup)?;
         let core = Arc::new(
             ProxyCore::with_authority(
                 CoreSettings::for_node(NODE),

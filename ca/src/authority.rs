@@ -24,33 +24,53 @@ use crate::plugin::{PluginCerts, PluginError};
 
 /// Istio's defaults: 24 h workload certificates, at most 90 days.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Longest lifetime a request may ask for (90 days); anything longer is refused.
 pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
 /// How far notBefore is set in the past, for peers whose clocks run behind.
 pub const DEFAULT_BACKDATE: Duration = Duration::from_secs(60);
 
+/// Why the authority would not, or could not, sign a certificate.
 #[derive(Debug, Error)]
 pub enum AuthorityError {
+    /// The CSR did not parse, or its self-signature did not verify.
     #[error("malformed CSR: {0}")]
     Csr(#[from] CsrError),
+    /// The CSR's URI SAN is not of the form `spiffe://<td>/ns/<ns>/sa/<sa>`.
     #[error("the CSR's SAN is not an Istio workload identity: {0}")]
     CsrIdentity(IdentityError),
+    /// The CSR names an identity other than the one the caller was authorized for.
     #[error("the CSR asks for {csr_san} but the caller is authorized for {authorized}")]
     SanMismatch {
+        /// The identity the caller may obtain.
         authorized: Identity,
+        /// The URI SAN the CSR actually carries.
         csr_san: String,
     },
+    /// The identity lies outside the one trust domain this CA signs for.
     #[error("{identity} is in trust domain {found:?}; this CA signs only for {expected:?}")]
     ForeignTrustDomain {
+        /// The identity that was asked for.
         identity: Identity,
+        /// The trust domain of that identity.
         found: String,
+        /// The trust domain this CA is configured for.
         expected: String,
     },
+    /// The requested lifetime exceeds `AuthorityConfig::max_ttl`.
     #[error("requested lifetime {requested:?} is above this CA's maximum {max:?}")]
-    TtlTooLong { requested: Duration, max: Duration },
+    TtlTooLong {
+        /// The lifetime the request asked for.
+        requested: Duration,
+        /// The longest lifetime this CA grants.
+        max: Duration,
+    },
+    /// A plug-in CA file (key, certificate, chain or root) could not be used; the text names the file.
     #[error("the plug-in CA files are unusable: {0}")]
     Plugin(String),
+    /// The plug-in CA material could not be produced (for `generate`, making the root and intermediate failed).
     #[error(transparent)]
     PluginFiles(#[from] PluginError),
+    /// rcgen could not make a key, encode a SAN or sign the certificate.
     #[error("signing failed: {0}")]
     Sign(#[from] rcgen::Error),
 }
@@ -73,13 +93,18 @@ impl AuthorityError {
 /// Lifetimes and the trust domain the authority signs for.
 #[derive(Debug, Clone)]
 pub struct AuthorityConfig {
+    /// The one trust domain identities are issued in, e.g. `cluster.local`.
     pub trust_domain: String,
+    /// Lifetime granted when a request asks for none (or for 0 seconds).
     pub default_ttl: Duration,
+    /// Longest lifetime granted; longer requests are refused, not shortened.
     pub max_ttl: Duration,
+    /// How long before the signing time `notBefore` is set, to tolerate clock skew.
     pub backdate: Duration,
 }
 
 impl AuthorityConfig {
+    /// A configuration for `trust_domain` with the defaults: 24 h lifetime, 90 days maximum, 60 s backdating.
     pub fn new(trust_domain: impl Into<String>) -> Self {
         AuthorityConfig {
             trust_domain: trust_domain.into(),
@@ -93,19 +118,25 @@ impl AuthorityConfig {
 /// A signed workload certificate and the chain that proves it.
 #[derive(Debug, Clone)]
 pub struct IssuedCertificate {
+    /// The workload identity written into the URI SAN.
     pub identity: Identity,
     /// PEM documents, leaf first, root last (the order Istio's CA answers in).
     pub chain_pem: Vec<String>,
+    /// Start of validity, already moved back by the backdating.
     pub not_before: SystemTime,
+    /// End of validity.
     pub not_after: SystemTime,
+    /// The random 128-bit serial number, as big-endian bytes (always positive).
     pub serial: Vec<u8>,
 }
 
 impl IssuedCertificate {
+    /// The workload's own (leaf) certificate in PEM, the first of the chain.
     pub fn leaf_pem(&self) -> &str {
         &self.chain_pem[0]
     }
 
+    /// The mesh root in PEM, the last of the chain.
     pub fn root_pem(&self) -> &str {
         self.chain_pem
             .last()
@@ -172,10 +203,12 @@ impl SigningAuthority {
         })
     }
 
+    /// The trust domain and lifetimes this authority was built with.
     pub fn config(&self) -> &AuthorityConfig {
         &self.config
     }
 
+    /// The trust domain this authority signs identities in.
     pub fn trust_domain(&self) -> &str {
         &self.config.trust_domain
     }

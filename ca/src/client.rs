@@ -11,23 +11,43 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use crate::identity::Identity;
 use crate::proto::{CREATE_CERTIFICATE_PATH, IstioCertificateRequest};
 
+/// Why a certificate request to a remote CA failed.
 #[derive(Debug, Error)]
 pub enum ClientError {
+    /// The CA address is not a usable `https://host:port` URL.
     #[error("bad CA address {address:?}: {reason}")]
-    Address { address: String, reason: String },
+    Address {
+        /// The address as given.
+        address: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The channel to the CA could not be made ready (the connection failed).
     #[error("cannot reach the CA at {address}: {source}")]
     Connect {
+        /// The CA address that was dialled.
         address: String,
+        /// The transport error reported by tonic.
         #[source]
         source: tonic::transport::Error,
     },
+    /// The call ended with a non-OK gRPC status, usually the CA's refusal (also used when the token cannot be sent as a header).
     #[error("the CA refused: {code:?}: {message}")]
-    Refused { code: tonic::Code, message: String },
+    Refused {
+        /// The gRPC status code.
+        code: tonic::Code,
+        /// The status message, which says why.
+        message: String,
+    },
+    /// The CA answered OK but sent no certificate.
     #[error("the CA answered with an empty certificate chain")]
     EmptyChain,
+    /// The file holding the bearer token could not be read.
     #[error("cannot read the token file {path}: {source}")]
     TokenFile {
+        /// Path of the token file.
         path: std::path::PathBuf,
+        /// The underlying I/O error.
         #[source]
         source: std::io::Error,
     },
@@ -141,6 +161,7 @@ impl CaClient {
         }
     }
 
+    /// The CA address this client sends to, as given when it was made.
     pub fn address(&self) -> &str {
         &self.address
     }

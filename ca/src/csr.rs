@@ -19,16 +19,22 @@ use crate::san::uri_sans;
 /// Why a CSR was refused.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum CsrError {
+    /// The text holds no PEM `CERTIFICATE REQUEST` block.
     #[error("the CSR is not PEM (expected a '-----BEGIN CERTIFICATE REQUEST-----' block)")]
     NotPem,
+    /// The DER does not decode as a PKCS#10 request; holds the parser's message.
     #[error("the CSR is not a valid PKCS#10 structure: {0}")]
     NotPkcs10(String),
+    /// The request was not signed by the private key matching the public key it carries.
     #[error("the CSR's signature does not verify with its own public key")]
     BadSignature,
+    /// The key is not ECDSA P-256, P-384 or RSA; holds what was found instead.
     #[error("the CSR's key type is not supported ({0}); use ECDSA P-256, P-384 or RSA")]
     UnsupportedKey(String),
+    /// The request has no URI SAN, so it names no identity.
     #[error("the CSR carries no URI SAN; a workload CSR must name exactly one SPIFFE ID")]
     NoUriSan,
+    /// The request has more than one URI SAN; holds all of them.
     #[error("the CSR carries {} URI SANs ({}); exactly one is allowed", .0.len(), .0.join(", "))]
     SeveralUriSans(Vec<String>),
 }
@@ -53,6 +59,7 @@ impl PublicKeyData for CsrPublicKey {
 /// What the CA takes from a verified CSR.
 #[derive(Debug, Clone)]
 pub struct ParsedCsr {
+    /// The requester's public key, the only key material the certificate will carry.
     pub public_key: CsrPublicKey,
     /// The one URI SAN (a SPIFFE ID, not yet validated as one).
     pub uri_san: String,

@@ -14,20 +14,30 @@ use thiserror::Error;
 /// Why a string is not an Istio workload identity.
 #[derive(Debug, Error, Clone, PartialEq)]
 pub enum IdentityError {
+    /// The string fails generic SPIFFE ID syntax.
     #[error("{input:?} is not a SPIFFE ID: {source}")]
     Spiffe {
+        /// The string that was parsed.
         input: String,
+        /// What the `spiffe` crate found wrong.
         #[source]
         source: spiffe::SpiffeIdError,
     },
+    /// A valid SPIFFE ID whose path is not `/ns/<namespace>/sa/<service-account>`, or a pattern whose `*` does not follow a `/`.
     #[error(
         "{input:?} is a SPIFFE ID but not in Istio's workload form \
          spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>"
     )]
-    NotIstioShape { input: String },
+    NotIstioShape {
+        /// The string that was parsed.
+        input: String,
+    },
+    /// The name is not a valid SPIFFE trust domain.
     #[error("{input:?} is not a valid trust domain: {source}")]
     TrustDomain {
+        /// The name as given.
         input: String,
+        /// What the `spiffe` crate found wrong.
         #[source]
         source: spiffe::SpiffeIdError,
     },
@@ -51,14 +61,17 @@ impl Identity {
         format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}").parse()
     }
 
+    /// The trust domain, e.g. `cluster.local`.
     pub fn trust_domain(&self) -> &str {
         &self.trust_domain
     }
 
+    /// The Kubernetes namespace the workload runs in.
     pub fn namespace(&self) -> &str {
         &self.namespace
     }
 
+    /// The Kubernetes service account the workload runs as.
     pub fn service_account(&self) -> &str {
         &self.service_account
     }
@@ -120,11 +133,14 @@ pub fn validate_trust_domain(name: &str) -> Result<String, IdentityError> {
 /// (`spiffe://cluster.local/ns/demo/sa/*` = every service account in `demo`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdentityPattern {
+    /// Exactly this one identity.
     Exact(Identity),
+    /// Every identity whose URI starts with this text: the pattern without its `*`, ending in `/`.
     Prefix(String),
 }
 
 impl IdentityPattern {
+    /// Whether `identity` is the exact one, or its URI starts with the prefix.
     pub fn matches(&self, identity: &Identity) -> bool {
         match self {
             IdentityPattern::Exact(exact) => exact == identity,

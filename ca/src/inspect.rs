@@ -16,47 +16,77 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::san::san_names;
 
+/// Why a certificate or a chain could not be read, or did not verify.
 #[derive(Debug, Error, Clone, PartialEq)]
 pub enum InspectError {
+    /// The PEM text contains no `CERTIFICATE` block.
     #[error("no PEM CERTIFICATE block found")]
     NoCertificate,
+    /// The PEM text is malformed; holds the decoder's message.
     #[error("not valid PEM: {0}")]
     Pem(String),
+    /// A certificate's DER does not parse as X.509.
     #[error("certificate #{index} is not valid X.509: {reason}")]
-    X509 { index: usize, reason: String },
+    X509 {
+        /// Position of the certificate, 0 for the leaf (the root counts after the chain).
+        index: usize,
+        /// The parser's message.
+        reason: String,
+    },
+    /// A certificate's signature does not verify with the key of the next certificate in the chain.
     #[error("certificate #{index} ({subject}) is not signed by the next one ({issuer})")]
     BrokenLink {
+        /// Position of the certificate whose signature fails, 0 for the leaf.
         index: usize,
+        /// Subject of that certificate.
         subject: String,
+        /// Subject of the certificate expected to have signed it.
         issuer: String,
     },
+    /// The last certificate of the chain is not signed by the given root; the text names both.
     #[error("the chain does not end at the given root: {0}")]
     NotUnderRoot(String),
+    /// A certificate (or the root) is not yet valid, or has expired, at the time checked.
     #[error("certificate #{index} is outside its validity period")]
-    OutsideValidity { index: usize },
+    OutsideValidity {
+        /// Position of the certificate, 0 for the leaf, the root last.
+        index: usize,
+    },
 }
 
 /// The facts of one certificate that matter to a mesh.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CertFacts {
+    /// Subject distinguished name as text; empty for Istio workload certificates.
     pub subject: String,
+    /// Issuer distinguished name as text.
     pub issuer: String,
+    /// Serial number as hex bytes separated by `:`.
     pub serial_hex: String,
     /// The serial as a decimal number (how ztunnel's config dump writes it).
     pub serial_decimal: String,
+    /// Start of the validity period.
     pub not_before: SystemTime,
+    /// End of the validity period.
     pub not_after: SystemTime,
+    /// URI SANs; a workload certificate has exactly one, its SPIFFE ID.
     pub uri_sans: Vec<String>,
+    /// DNS name SANs, such as a serving certificate's host names.
     pub dns_sans: Vec<String>,
+    /// IP address SANs, as text (IPv4 dotted or IPv6).
     pub ip_sans: Vec<String>,
+    /// Whether basic constraints mark it as a CA.
     pub is_ca: bool,
+    /// Whether extended key usage allows TLS server authentication.
     pub server_auth: bool,
+    /// Whether extended key usage allows TLS client authentication.
     pub client_auth: bool,
     /// The raw subject public key (for matching against a key pair).
     pub public_key: Vec<u8>,
 }
 
 impl CertFacts {
+    /// The length of the validity period, notBefore to notAfter (zero if reversed).
     pub fn lifetime(&self) -> Duration {
         self.not_after
             .duration_since(self.not_before)

@@ -13,6 +13,8 @@
 //! - [`proto`], [`server`], [`metrics`]: `IstioCertificateService/CreateCertificate` on 15012.
 //! - [`client`], [`manager`]: obtaining certificates, renewing at half-life.
 
+#![forbid(unsafe_code)]
+
 pub mod authority;
 pub mod client;
 pub mod csr;

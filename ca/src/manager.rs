@@ -46,26 +46,36 @@ pub enum FetchError {
     /// Another [`CertificateSource`] failed (see [`FetchError::source_failed`]).
     #[error("the certificate source failed: {0}")]
     Source(#[source] Arc<dyn std::error::Error + Send + Sync>),
+    /// Generating the key pair or encoding the CSR failed.
     #[error("cannot build the CSR: {0}")]
     Csr(#[source] Arc<rcgen::Error>),
+    /// The PEM answer could not be read as certificates.
     #[error("the CA's answer is unusable: {0}")]
     BadAnswer(#[source] Arc<InspectError>),
+    /// The answer held no certificate at all.
     #[error("the CA answered with an empty chain")]
     EmptyChain,
+    /// The leaf's URI SANs are not exactly the requested identity.
     #[error("the CA's certificate names {found:?}, not {expected}")]
     WrongIdentity {
+        /// The identity that was requested.
         expected: Identity,
+        /// The URI SANs the leaf actually carries.
         found: Vec<String>,
     },
+    /// The leaf's public key is not the one generated for this request.
     #[error("the CA's certificate is not for the key our CSR carried")]
     WrongKey,
     /// [`CertificateManager::get`] before any success; `last` is why.
     #[error("none for {identity} yet; the last attempt: {last}")]
     Unavailable {
+        /// The identity that was asked for.
         identity: Identity,
+        /// The most recent failure of the renewal task.
         #[source]
         last: Arc<FetchError>,
     },
+    /// The identity's renewal task has ended, so no certificate will come; holds the identity.
     #[error("none for {0}: the certificate manager has stopped")]
     Stopped(Identity),
 }
@@ -81,6 +91,7 @@ impl FetchError {
 /// this process (the standalone lab runs its CA in-process too).
 #[async_trait]
 pub trait CertificateSource: Send + Sync + 'static {
+    /// Asks for a certificate for `identity` from `csr_pem`, valid for `ttl`; returns the PEM chain, leaf first.
     async fn sign(
         &self,
         identity: &Identity,
@@ -119,11 +130,15 @@ impl CertificateSource for SigningAuthority {
 
 /// A workload's certificate, its chain and its private key.
 pub struct Svid {
+    /// The identity the certificate names.
     pub identity: Identity,
     /// Leaf first, root last.
     pub chain: Vec<CertificateDer<'static>>,
+    /// The same chain in PEM, as the source returned it.
     pub chain_pem: Vec<String>,
+    /// The private key matching the leaf, as PKCS#8 DER; it exists only in memory.
     pub key: PrivatePkcs8KeyDer<'static>,
+    /// What the leaf certificate says: serial, validity, SANs.
     pub leaf: CertFacts,
     /// When the manager will (or did) ask for the next one.
     pub refresh_at: SystemTime,
@@ -140,6 +155,7 @@ impl std::fmt::Debug for Svid {
 }
 
 impl Svid {
+    /// The last certificate of the chain: the mesh root.
     pub fn root(&self) -> &CertificateDer<'static> {
         self.chain.last().expect("a chain holds at least the leaf")
     }
@@ -148,7 +164,9 @@ impl Svid {
 /// What subscribers see for one identity.
 #[derive(Debug, Clone, Default)]
 pub struct CertState {
+    /// The certificate in use; `None` before the first success, or once it expired while renewal kept failing.
     pub current: Option<Arc<Svid>>,
+    /// Why the latest attempt failed; cleared by the next success.
     pub last_error: Option<FetchError>,
     /// How many certificates have been obtained (1 after the first, 2 after the first renewal …).
     pub generation: u64,
@@ -161,7 +179,9 @@ pub struct RenewalPolicy {
     pub ttl: Duration,
     /// Upper bound of the random delay added after the half-life, as a fraction of the lifetime.
     pub jitter_fraction: f64,
+    /// Base retry delay (500 ms by default): the first retry waits 1–2× this, ±20 %, doubling with each further failure.
     pub initial_backoff: Duration,
+    /// Ceiling on the delay between retries (150 s by default).
     pub max_backoff: Duration,
 }
 
@@ -225,6 +245,7 @@ struct Entry {
 }
 
 impl CertificateManager {
+    /// A manager that obtains certificates from `source` on `policy`'s schedule; nothing is fetched until an identity is first asked for.
     pub fn new(source: Arc<dyn CertificateSource>, policy: RenewalPolicy) -> Self {
         CertificateManager {
             source,

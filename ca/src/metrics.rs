@@ -42,6 +42,7 @@ impl Default for CaMetrics {
 }
 
 impl CaMetrics {
+    /// Counts one certificate issued.
     pub fn record_issued(&self) {
         self.issued.inc();
     }
@@ -54,14 +55,17 @@ impl CaMetrics {
             .clone()
     }
 
+    /// Counts one refused request under `reason`, a label such as `unknown_token`.
     pub fn record_refusal(&self, reason: &str) {
         self.refusal(reason).inc();
     }
 
+    /// How many certificates have been issued so far.
     pub fn issued(&self) -> u64 {
         self.issued.get()
     }
 
+    /// How many requests have been refused so far for `reason`.
     pub fn refusals(&self, reason: &str) -> u64 {
         self.refusal(reason).get()
     }

@@ -20,30 +20,42 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, 
 use thiserror::Error;
 use time::OffsetDateTime;
 
+/// File name of the intermediate certificate that signs workload certificates.
 pub const CA_CERT: &str = "ca-cert.pem";
+/// File name of that intermediate's private key.
 pub const CA_KEY: &str = "ca-key.pem";
+/// File name of the mesh root certificate.
 pub const ROOT_CERT: &str = "root-cert.pem";
+/// File name of the chain from the intermediate up to the root.
 pub const CERT_CHAIN: &str = "cert-chain.pem";
 
 const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 const INTERMEDIATE_LIFETIME: Duration = Duration::from_secs(5 * 365 * 24 * 3600);
 
+/// Why plug-in CA files could not be read, written or generated.
 #[derive(Debug, Error)]
 pub enum PluginError {
+    /// One of the four files could not be read.
     #[error(
         "cannot read {path}: {source} (a plug-in CA directory holds {CA_CERT}, {CA_KEY}, {ROOT_CERT} and {CERT_CHAIN})"
     )]
     Read {
+        /// The file that could not be read.
         path: PathBuf,
+        /// The underlying I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// The directory could not be created, or a file in it could not be written.
     #[error("cannot write {path}: {source}")]
     Write {
+        /// The directory or file that failed.
         path: PathBuf,
+        /// The underlying I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// rcgen could not generate a key or sign the root or the intermediate.
     #[error("cannot generate the CA certificates: {0}")]
     Generate(#[from] rcgen::Error),
 }
@@ -51,9 +63,13 @@ pub enum PluginError {
 /// The four PEM documents of the plug-in layout.
 #[derive(Clone)]
 pub struct PluginCerts {
+    /// Contents of `ca-cert.pem`: the intermediate that signs workload certificates.
     pub ca_cert_pem: String,
+    /// Contents of `ca-key.pem`: the intermediate's private key (left out of `Debug`).
     pub ca_key_pem: String,
+    /// Contents of `root-cert.pem`: the mesh root.
     pub root_cert_pem: String,
+    /// Contents of `cert-chain.pem`: the intermediate, any further intermediates, then the root.
     pub cert_chain_pem: String,
 }
 

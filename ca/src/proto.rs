@@ -15,6 +15,7 @@ pub const CREATE_CERTIFICATE_PATH: &str =
 /// The metadata key in which a node proxy names the workload it asks for.
 pub const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
 
+/// A workload's request for a certificate: its CSR, a lifetime and optional metadata.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct IstioCertificateRequest {
     /// PEM-encoded PKCS#10 request.
@@ -28,6 +29,7 @@ pub struct IstioCertificateRequest {
     pub metadata: Option<prost_types::Struct>,
 }
 
+/// The CA's answer: the signed certificate and the chain above it.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct IstioCertificateResponse {
     /// PEM certificates, leaf first, root last.

@@ -36,8 +36,11 @@ use crate::tokens::{AuthError, Authenticator};
 #[derive(Debug, Error, Clone, PartialEq)]
 #[error("{reason}: {message}")]
 pub struct Refusal {
+    /// Short stable label, used in logs and as the refusal metric's `reason`.
     pub reason: &'static str,
+    /// The gRPC status code the client receives.
     pub code: Code,
+    /// Human-readable explanation sent along with the status.
     pub message: String,
 }
 
@@ -72,6 +75,7 @@ pub struct CaService {
 }
 
 impl CaService {
+    /// A service that checks tokens with `authenticator`, signs with `authority` and counts outcomes in `metrics`.
     pub fn new(
         authority: Arc<SigningAuthority>,
         authenticator: Arc<dyn Authenticator>,
@@ -84,10 +88,12 @@ impl CaService {
         }
     }
 
+    /// The counters this service updates.
     pub fn metrics(&self) -> &Arc<CaMetrics> {
         &self.metrics
     }
 
+    /// The authority that signs the certificates.
     pub fn authority(&self) -> &Arc<SigningAuthority> {
         &self.authority
     }
@@ -237,23 +243,31 @@ impl tonic::server::UnaryService<IstioCertificateRequest> for UnaryHandler {
     }
 }
 
+/// Why the CA server could not start.
 #[derive(Debug, Error)]
 pub enum ServerError {
+    /// The listen address could not be bound, or a bound listener's address not read.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
+        /// The address concerned (`0.0.0.0:0` when the listener's own address was unreadable).
         addr: SocketAddr,
+        /// The underlying I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// The authority could not issue the CA's own TLS serving certificate.
     #[error("cannot make the CA's serving certificate: {0}")]
     ServingCert(#[from] AuthorityError),
+    /// tonic rejected the TLS configuration.
     #[error("TLS setup failed: {0}")]
     Tls(#[from] tonic::transport::Error),
 }
 
 /// A CA server running in the background.
 pub struct RunningCa {
+    /// The address actually bound (useful when listening on port 0).
     pub addr: SocketAddr,
+    /// The service answering requests, to reach its metrics and authority.
     pub service: Arc<CaService>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: JoinHandle<Result<(), tonic::transport::Error>>,

@@ -21,6 +21,7 @@ use crate::tokens::{AuthError, Authenticator, Grant};
 /// Submits a TokenReview and returns its status.
 #[async_trait]
 pub trait TokenReviewApi: Send + Sync + 'static {
+    /// Submits a TokenReview for `token` and returns its status; `Err` says why the call itself failed.
     async fn review(&self, token: &str) -> Result<TokenReviewStatus, String>;
 }
 
@@ -70,6 +71,7 @@ pub struct TokenReviewAuthenticator<A> {
 }
 
 impl<A: TokenReviewApi> TokenReviewAuthenticator<A> {
+    /// An authenticator for `trust_domain`; `node_proxies` lists the `namespace/name` service accounts that may obtain any identity in it.
     pub fn new(api: A, trust_domain: impl Into<String>, node_proxies: Vec<String>) -> Self {
         TokenReviewAuthenticator {
             api,

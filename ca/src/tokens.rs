@@ -29,19 +29,24 @@ use crate::identity::{Identity, IdentityPattern};
 pub struct Grant {
     /// A name for logs (never the token itself).
     pub subject: String,
+    /// The identities, or families of them, the holder may obtain.
     pub identities: Vec<IdentityPattern>,
 }
 
 impl Grant {
+    /// Whether any of the grant's patterns matches `identity`.
     pub fn allows(&self, identity: &Identity) -> bool {
         self.identities.iter().any(|p| p.matches(identity))
     }
 }
 
+/// Why a bearer token yields no grant.
 #[derive(Debug, Error, Clone, PartialEq)]
 pub enum AuthError {
+    /// The token is not recognised, or the API server did not authenticate it.
     #[error("the token is not known to this CA")]
     UnknownToken,
+    /// The token could not be checked, or its holder is not a usable service account; holds why.
     #[error("the token could not be checked: {0}")]
     Backend(String),
 }
@@ -49,21 +54,30 @@ pub enum AuthError {
 /// Turns a bearer token into a grant.
 #[async_trait]
 pub trait Authenticator: Send + Sync + 'static {
+    /// The grant for `token`, or why there is none.
     async fn authenticate(&self, token: &str) -> Result<Grant, AuthError>;
 }
 
+/// Why a token file could not be loaded.
 #[derive(Debug, Error)]
 pub enum TokenFileError {
+    /// The file could not be read.
     #[error("cannot read token file {file}: {source}")]
     Read {
+        /// The file's path.
         file: String,
+        /// The underlying I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// One field of the file is invalid: bad YAML, an unknown key, a bad identity, or an empty or repeated token.
     #[error("{file}: field `{field}`: {message}")]
     Field {
+        /// The file's name, as given to `parse`.
         file: String,
+        /// Path of the offending field, e.g. `tokens[0].identities[1]`.
         field: String,
+        /// What is wrong with it.
         message: String,
     },
 }
@@ -88,6 +102,7 @@ pub struct TokenFile {
 }
 
 impl TokenFile {
+    /// Reads and parses the token file at `path`.
     pub fn load(path: &Path) -> Result<Self, TokenFileError> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| TokenFileError::Read {

@@ -1,6 +1,8 @@
 //! `hbone-lab`: the one command-line entry point. It parses arguments and
 //! hands each command to the crate that does the work; no logic lives here.
 
+#![forbid(unsafe_code)]
+
 mod app_cmd;
 mod bench_cmd;
 mod ca_cmd;

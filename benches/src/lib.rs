@@ -13,6 +13,8 @@
 //!
 //! Criterion micro-benchmarks of the hot pieces live in `benches/benches/`.
 
+#![forbid(unsafe_code)]
+
 pub mod chart;
 pub mod instructions;
 pub mod report;

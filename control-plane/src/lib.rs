@@ -17,6 +17,10 @@
 //! | [`world`] | the lab's nodes, pods and Services as API objects (pods made Running by hand: no kubelet) |
 //! | [`tokens`] | the node proxies' pod-bound tokens (TokenRequest), kept fresh |
 
+// Unsafe code is denied but in one place, which says why it is sound:
+// process.rs, where a child asks to die with its parent between fork and exec.
+#![deny(unsafe_code)]
+
 pub mod cluster;
 pub mod peers;
 pub mod pki;

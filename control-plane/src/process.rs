@@ -103,8 +103,10 @@ impl Program {
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
-        // SAFETY: prctl and getppid are async-signal-safe; nothing else runs
-        // between fork and exec.
+        // SAFETY: `pre_exec` runs the closure in the child between fork and
+        // exec, where only async-signal-safe calls are sound; prctl and
+        // getppid are, and the closure allocates nothing and takes no lock.
+        #[allow(unsafe_code)]
         unsafe {
             use std::os::unix::process::CommandExt;
             let parent = std::process::id() as i32;

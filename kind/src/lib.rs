@@ -13,6 +13,8 @@
 //! - [`verify`]: `kind verify` — the running lab against the files, through
 //!   [`verify::Cluster`]: [`kube_cluster`] for real, [`fake_cluster`] in tests.
 
+#![forbid(unsafe_code)]
+
 pub mod fake_cluster;
 pub mod gateway_api;
 pub mod kind_config;

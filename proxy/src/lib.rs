@@ -28,6 +28,8 @@
 //!   assembly — each local workload's listeners, metrics/readiness/admin,
 //!   the node's listeners and draining, and a running proxy from a config.
 
+#![forbid(unsafe_code)]
+
 pub mod admin;
 pub mod assemble;
 pub mod authorize;

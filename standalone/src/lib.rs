@@ -12,6 +12,8 @@
 //!
 //! The benchmarks reuse the topology.
 
+#![forbid(unsafe_code)]
+
 pub mod dataplane;
 pub mod explain;
 pub mod istiod;

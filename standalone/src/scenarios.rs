@@ -131,14 +131,26 @@ fn expect(lab: &Lab, rows: &[Row], src: &str, dst: &str, port: u16) -> Predictio
     }
 }
 
-/// The application's answer on a fresh connection, within 3 s.
-async fn probe_answer(stream: &mut TcpStream, kind: ProbeKind) -> Result<String, String> {
-    match probe(stream, kind, "hello-app", Duration::from_secs(3)).await {
+/// Why a connection brought no answer from the application.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum NoAnswer {
+    /// The connection closed first (a proxy or a firewall refused it).
+    #[error("the connection closed without an answer ({0})")]
+    Closed(String),
+    /// Nothing came back in time.
+    #[error("no answer within {} s", .0.as_secs())]
+    Silent(Duration),
+}
+
+/// How long a probe waits for the application.
+const PROBE_WAIT: Duration = Duration::from_secs(3);
+
+/// The application's answer on a fresh connection, within [`PROBE_WAIT`].
+async fn probe_answer(stream: &mut TcpStream, kind: ProbeKind) -> Result<String, NoAnswer> {
+    match probe(stream, kind, "hello-app", PROBE_WAIT).await {
         ProbeOutcome::Answered(answer) => Ok(answer),
-        ProbeOutcome::Refused(why) => {
-            Err(format!("the connection closed without an answer ({why})"))
-        }
-        ProbeOutcome::TimedOut => Err("no answer within 3 s".into()),
+        ProbeOutcome::Refused(why) => Err(NoAnswer::Closed(why)),
+        ProbeOutcome::TimedOut => Err(NoAnswer::Silent(PROBE_WAIT)),
     }
 }
 
@@ -238,7 +250,7 @@ async fn attempt(
     let outcome = match lab.dialer(src).connect(host, port).await {
         Ok(mut stream) => match probe_answer(&mut stream, probe).await {
             Ok(answer) => (Verdict::Allow, format!("{answer} through the mesh")),
-            Err(e) => (Verdict::Deny, e),
+            Err(e) => (Verdict::Deny, e.to_string()),
         },
         Err(e @ DialError::Refused { .. }) if e.is_policy() => (
             Verdict::Deny,
@@ -489,7 +501,9 @@ async fn plaintext_from_outside(lab: &Lab, rows: &[Row]) -> ScenarioResult {
             .await
             .map_err(|_| "the SYN went unanswered for 2 s".to_string())?
             .map_err(|e| e.to_string())?;
-        probe_answer(&mut tcp, ProbeKind::Http).await
+        probe_answer(&mut tcp, ProbeKind::Http)
+            .await
+            .map_err(|e| e.to_string())
     };
     let (observed, seen) = match attempt.await {
         Ok(answer) => (Verdict::Allow, answer),

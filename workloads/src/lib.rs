@@ -9,6 +9,8 @@
 //! - [`probe`]: "does the application answer?" — how a client in a captured pod tells allowed from refused.
 //! - [`peers`]: echo, sink, source and request/response load for the benchmarks.
 
+#![forbid(unsafe_code)]
+
 pub mod db;
 pub mod dial;
 pub mod external;

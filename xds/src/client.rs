@@ -17,20 +17,33 @@ use crate::proto::discovery::{
     DELTA_ADS_PATH, DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node, Status,
 };
 
+/// Why a delta ADS client could not connect, or lost its stream.
 #[derive(Debug, Error)]
 pub enum ClientError {
+    /// The server address, the token or the cluster id cannot be used in the request.
     #[error("bad xDS address {address}: {reason}")]
-    Address { address: String, reason: String },
+    Address {
+        /// The xDS server address as given.
+        address: String,
+        /// What could not be used, and why.
+        reason: String,
+    },
+    /// The TLS channel to the server could not be opened.
     #[error("cannot reach the xDS server {address}: {source}")]
     Connect {
+        /// The xDS server address dialled.
         address: String,
+        /// The transport's error.
         #[source]
         source: tonic::transport::Error,
     },
+    /// The server answered the call with a gRPC error (or the call's task failed).
     #[error("the xDS server refused the stream: {0}")]
     Refused(#[from] tonic::Status),
+    /// The server ended the response stream.
     #[error("the xDS server ended the stream")]
     Ended,
+    /// The request channel is closed, so no subscription, ACK or NACK can go out.
     #[error("the request stream is closed")]
     Closed,
 }

@@ -19,6 +19,7 @@ use crate::server::{XdsState, ads_service};
 pub struct RunningControlPlane {
     /// The TLS server (stop it with `server.shutdown()`).
     pub server: RunningCa,
+    /// The xDS side: update the mesh served and read the clients' status through it.
     pub xds: Arc<XdsState>,
 }
 

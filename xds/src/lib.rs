@@ -18,6 +18,10 @@
 //! hbone-lab's own proxy decides on), so ztunnel and hbone-lab enforce one
 //! set of `Authorization` resources.
 
+// Unsafe code is denied but in one place, which says why it is sound:
+// zds_client.rs, where descriptors arrive over SCM_RIGHTS.
+#![deny(unsafe_code)]
+
 pub mod client;
 pub mod control_plane;
 pub mod convert;

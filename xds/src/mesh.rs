@@ -11,11 +11,18 @@ use hbone_policies::istio::IstioPolicies;
 pub struct MeshWorkload {
     /// The xDS resource name and the ZDS uid (istiod: `Kubernetes//Pod/<ns>/<name>`).
     pub uid: String,
+    /// The pod's name in Kubernetes (also its workload name).
     pub name: String,
+    /// The pod's namespace, part of its identity.
     pub namespace: String,
+    /// The service account it runs as, part of its identity.
     pub service_account: String,
+    /// The trust domain of its SPIFFE identity (`cluster.local` by default).
     pub trust_domain: String,
+    /// Its labels, which policy selectors match; not sent over xDS, but `app`
+    /// becomes the canonical name.
     pub labels: BTreeMap<String, String>,
+    /// Its pod IPs.
     pub ips: Vec<IpAddr>,
     /// The node it runs on (ztunnel's `NODE_NAME`).
     pub node: String,
@@ -59,9 +66,13 @@ impl MeshWorkload {
 /// One service and its virtual IPs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MeshService {
+    /// The Service object's name.
     pub name: String,
+    /// The namespace of the Service object.
     pub namespace: String,
+    /// Its fully qualified DNS name (`<name>.<ns>.svc.cluster.local`).
     pub hostname: String,
+    /// Its virtual (cluster) IPs.
     pub vips: Vec<IpAddr>,
     /// (service port, target port).
     pub ports: Vec<(u16, u16)>,
@@ -77,7 +88,10 @@ impl MeshService {
 /// Everything one control plane knows.
 #[derive(Debug, Clone, Default)]
 pub struct Mesh {
+    /// Every pod, each served as one `Address` resource.
     pub workloads: Vec<MeshWorkload>,
+    /// Every service, each served as one `Address` resource.
     pub services: Vec<MeshService>,
+    /// The Istio policies; their translation is served as `Authorization` resources.
     pub policies: IstioPolicies,
 }

@@ -24,12 +24,14 @@ pub struct Rejected {
     pub resource: String,
     /// Where in it (`rules[0].clauses[1].matches[0].sourceIps[2]`).
     pub field: String,
+    /// What is wrong with it.
     pub reason: String,
 }
 
 /// A workload as its record describes it, with the policy keys it lists.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReceivedWorkload {
+    /// The workload; its labels are empty, as the workload API does not carry them.
     pub workload: MeshWorkload,
     /// Its selector-scoped policies (`authorization_policies`).
     pub policies: Vec<String>,
@@ -38,7 +40,9 @@ pub struct ReceivedWorkload {
 /// One `Address` resource: a workload or a service.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ReceivedAddress {
+    /// The resource held a workload.
     Workload(ReceivedWorkload),
+    /// The resource held a service.
     Service(MeshService),
 }
 

@@ -34,6 +34,7 @@ use crate::snapshot::Snapshot;
 pub struct ClientStatus {
     /// The node id it sent (`ztunnel~<ip>~<pod>.<ns>~<ns>.svc.cluster.local`).
     pub node_id: String,
+    /// Whether its stream is open now.
     pub connected: bool,
     /// Responses sent, by type URL.
     pub pushes: BTreeMap<String, u64>,

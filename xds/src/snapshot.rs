@@ -21,7 +21,9 @@ pub const TYPES: [&str; 2] = [ADDRESS, AUTHORIZATION];
 /// One encoded resource.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
+    /// A hash of `bytes` in 16 hex digits: equal versions mean equal bytes.
     pub version: String,
+    /// The encoded protobuf message.
     pub bytes: Vec<u8>,
 }
 
@@ -75,6 +77,7 @@ impl Snapshot {
         self.types.get(type_url).into_iter().flatten()
     }
 
+    /// The resource `name` of type `type_url`, if the snapshot holds it.
     pub fn get(&self, type_url: &str, name: &str) -> Option<&Entry> {
         self.types.get(type_url)?.get(name)
     }

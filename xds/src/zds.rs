@@ -38,43 +38,63 @@ use crate::proto::zds::{
 /// How long the agent waits for the proxy's hello or an ack.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What went wrong on either side of a ZDS connection.
 #[derive(Debug, Error)]
 pub enum ZdsError {
+    /// The node agent could not create, bind or listen on its socket.
     #[error("cannot listen on the ZDS socket {path}: {source}")]
     Listen {
+        /// The socket's path.
         path: PathBuf,
+        /// The OS error.
         #[source]
         source: io::Error,
     },
+    /// A pod's network namespace could not be opened to hand it over.
     #[error("cannot open pod {uid}'s network namespace {path}: {source}")]
     Netns {
+        /// The pod's uid.
         uid: String,
+        /// The network namespace's path.
         path: PathBuf,
+        /// Why opening it failed.
         #[source]
         source: io::Error,
     },
+    /// Sending or receiving on the connection failed.
     #[error("ZDS connection: {0}")]
     Io(#[from] io::Error),
+    /// A datagram did not decode as the message expected.
     #[error("ZDS peer sent something that is not {expected}: {source}")]
     Decode {
+        /// The message expected (`ZdsHello`, `WorkloadRequest`, …).
         expected: &'static str,
+        /// The decoder's error.
         #[source]
         source: prost::DecodeError,
     },
+    /// The proxy's hello named a version other than V1.
     #[error("ZDS peer speaks version {0}, not V1")]
     Version(i32),
+    /// No hello or ack came in time, or a wait for sync ran out.
     #[error("no answer from the ZDS peer within {0:?}")]
     Timeout(Duration),
+    /// The peer closed the connection.
     #[error("the ZDS peer closed the connection")]
     Closed,
+    /// The proxy could not connect to the node agent's socket.
     #[error(
         "cannot reach the node agent at {path}: {source} (is istio-cni, or `hbone-lab`'s node agent, running there?)"
     )]
     Connect {
+        /// The socket's path.
         path: PathBuf,
+        /// The OS error.
         #[source]
         source: io::Error,
     },
+    /// The node agent sent a request the proxy cannot use (no payload, or an
+    /// add without a descriptor).
     #[error("the node agent sent {0}")]
     Unexpected(String),
 }
@@ -84,8 +104,11 @@ pub enum ZdsError {
 pub struct ZdsPod {
     /// The same uid as the pod's xDS Workload.
     pub uid: String,
+    /// The pod's name, sent in `WorkloadInfo`.
     pub name: String,
+    /// The pod's namespace, sent in `WorkloadInfo`.
     pub namespace: String,
+    /// The service account it runs as, sent in `WorkloadInfo`.
     pub service_account: String,
     /// Its network namespace (`/var/run/netns/<name>` or `/proc/<pid>/ns/net`).
     pub netns: PathBuf,
@@ -94,6 +117,7 @@ pub struct ZdsPod {
 /// What the agent has seen of its peer.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AgentStatus {
+    /// Whether the newest peer is connected now.
     pub connected: bool,
     /// Connections accepted so far.
     pub connections: u64,
@@ -190,6 +214,7 @@ impl NodeAgent {
         });
     }
 
+    /// A copy of what the agent has seen of its newest peer.
     pub fn status(&self) -> AgentStatus {
         self.shared
             .status

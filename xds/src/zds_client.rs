@@ -29,14 +29,23 @@ use crate::zds::{ZdsError, decode};
 pub enum ZdsEvent {
     /// A pod to serve, with its network namespace.
     Add {
+        /// The pod's uid, as in its xDS workload.
         uid: String,
+        /// Its name, namespace and service account, if the agent sent them.
         info: Option<WorkloadInfo>,
+        /// A descriptor of its network namespace, now owned by the receiver.
         netns: OwnedFd,
     },
     /// A pod from before a reconnect that is still there.
-    Keep { uid: String },
+    Keep {
+        /// The uid of the pod kept.
+        uid: String,
+    },
     /// A pod gone.
-    Del { uid: String },
+    Del {
+        /// The uid of the pod gone.
+        uid: String,
+    },
     /// Every pod has been replayed: those held and not named since the
     /// connection began are gone.
     SnapshotSent,
@@ -113,12 +122,13 @@ impl ZdsClient {
                 for cmsg in msg.cmsgs().map_err(io::Error::from)? {
                     if let ControlMessageOwned::ScmRights(received) = cmsg {
                         // SAFETY: the kernel just installed these descriptors in
-                        // this process for this message; nothing else owns them.
-                        fds.extend(
-                            received
-                                .into_iter()
-                                .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                        );
+                        // this process for this message (SCM_RIGHTS, close-on-exec);
+                        // nothing else holds them, so each gets exactly one owner.
+                        #[allow(unsafe_code)]
+                        let owned = received
+                            .into_iter()
+                            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+                        fds.extend(owned);
                     }
                 }
                 Ok((msg.bytes, fds))

@@ -5,17 +5,21 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+/// One layer's verdict on a connection, with the policy, rule and reason behind it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Decision {
+    /// Whether the connection may proceed.
     pub allowed: bool,
     /// The deciding policy (`demo/hello-app-policy`), when one decided.
     pub policy: Option<String>,
     /// The deciding rule within it (`rules[0]`, `egress[1]`).
     pub rule: Option<String>,
+    /// Why, in a sentence for people.
     pub reason: String,
 }
 
 impl Decision {
+    /// An allowing decision for `reason`, naming no policy yet (see `by`).
     pub fn allow(reason: impl Into<String>) -> Self {
         Decision {
             allowed: true,
@@ -25,6 +29,7 @@ impl Decision {
         }
     }
 
+    /// A refusing decision for `reason`, naming no policy yet (see `by`).
     pub fn deny(reason: impl Into<String>) -> Self {
         Decision {
             allowed: false,
@@ -50,6 +55,7 @@ impl Decision {
         }
     }
 
+    /// `allow` or `deny`.
     pub fn verdict(&self) -> &'static str {
         if self.allowed { "allow" } else { "deny" }
     }
@@ -65,11 +71,14 @@ impl fmt::Display for Decision {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
+    /// The connection goes through.
     Allow,
+    /// The connection is refused.
     Deny,
 }
 
 impl Verdict {
+    /// `Allow` when `allowed`, else `Deny`.
     pub fn of(allowed: bool) -> Self {
         if allowed {
             Verdict::Allow
@@ -78,10 +87,12 @@ impl Verdict {
         }
     }
 
+    /// Whether this is `Allow`.
     pub fn allowed(self) -> bool {
         self == Verdict::Allow
     }
 
+    /// The lowercase spelling used in files: `allow` or `deny`.
     pub fn as_str(self) -> &'static str {
         match self {
             Verdict::Allow => "allow",

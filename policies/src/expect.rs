@@ -12,25 +12,38 @@ use thiserror::Error;
 
 use crate::matrix::{Row, Verdict};
 
+/// Why an expectation file could not be used.
 #[derive(Debug, Error)]
 pub enum ExpectError {
+    /// The file could not be read.
     #[error("cannot read the expected matrix {path}: {source}")]
     Read {
+        /// The file, as given.
         path: String,
+        /// The underlying I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// The text is not a list of rows (bad YAML/JSON, a missing or ill-typed field).
     #[error("{path}: {field}: {message}")]
     Parse {
+        /// The file, as given.
         path: String,
+        /// Path to the offending field, e.g. `[3].verdict`.
         field: String,
+        /// What is wrong with it.
         message: String,
     },
+    /// Two rows share the same source, destination and port.
     #[error("{path}: row {src} → {dst}:{port} is listed twice")]
     Duplicate {
+        /// The file, as given.
         path: String,
+        /// Source of the repeated row.
         src: String,
+        /// Destination of the repeated row.
         dst: String,
+        /// Port of the repeated row.
         port: u16,
     },
 }
@@ -38,11 +51,17 @@ pub enum ExpectError {
 /// One expected row (YAML or JSON; extra fields such as `reasons` are ignored).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct ExpectedRow {
+    /// The client: a workload or outside client, by name.
     pub src: String,
+    /// The destination: a workload or external host, by name.
     pub dst: String,
+    /// The port the client dials.
     pub port: u16,
+    /// Expected Cilium verdict (egress and ingress together).
     pub cilium: Verdict,
+    /// Expected Istio verdict at the receiving side.
     pub istio: Verdict,
+    /// Expected overall verdict: allow only if both layers allow.
     pub verdict: Verdict,
 }
 
@@ -58,6 +77,7 @@ pub fn load_expected(path: &Path) -> Result<Vec<ExpectedRow>, ExpectError> {
     parse_expected(&text, &shown)
 }
 
+/// Parses an expectation from text; `path` only names it in errors. Refuses duplicate rows.
 pub fn parse_expected(text: &str, path: &str) -> Result<Vec<ExpectedRow>, ExpectError> {
     let de = serde_yaml::Deserializer::from_str(text);
     let rows: Vec<ExpectedRow> =

@@ -22,6 +22,8 @@
 //! - [`topology`], [`matrix`], [`render`], [`expect`]: `policy check` — who
 //!   may reach whom, in both layers, shown and compared with expectations.
 
+#![forbid(unsafe_code)]
+
 pub mod authorization;
 pub mod cilium;
 pub mod decision;

@@ -14,26 +14,40 @@ use crate::cilium::{CiliumClusterwideNetworkPolicy, CiliumNetworkPolicy, CiliumP
 use crate::istio::{AuthorizationPolicy, IstioPolicies, PeerAuthentication};
 use crate::schema::{SchemaKind, validate_spec};
 
+/// Why a policy file or directory could not be loaded.
 #[derive(Debug, Error)]
 pub enum LoadError {
+    /// A file or directory could not be read.
     #[error("cannot read {path}: {source}")]
     Read {
+        /// What could not be read.
         path: PathBuf,
+        /// The underlying I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// A document is not valid YAML.
     #[error("{file}: document {doc}: not valid YAML: {message}")]
     Yaml {
+        /// The file, as shown in messages.
         file: String,
+        /// 1-based index of the document within the file.
         doc: usize,
+        /// The YAML parser's message.
         message: String,
     },
+    /// A document is YAML but no valid resource: a field unknown, missing, ill-typed or off-schema.
     #[error("{file}: document {doc}{what}: field `{field}`: {message}")]
     Field {
+        /// The file, as shown in messages.
         file: String,
+        /// 1-based index of the document within the file.
         doc: usize,
+        /// ` (Kind namespace/name)` of the resource, or empty when unknown.
         what: String,
+        /// Path to the offending field, e.g. `spec.rules[0].from[0].source`.
         field: String,
+        /// What is wrong with it.
         message: String,
     },
 }
@@ -41,9 +55,13 @@ pub enum LoadError {
 /// One resource read from a file, typed.
 #[derive(Debug, Clone)]
 pub enum Resource {
+    /// An Istio AuthorizationPolicy.
     AuthorizationPolicy(Box<AuthorizationPolicy>),
+    /// An Istio PeerAuthentication.
     PeerAuthentication(Box<PeerAuthentication>),
+    /// A namespaced CiliumNetworkPolicy.
     CiliumNetworkPolicy(Box<CiliumNetworkPolicy>),
+    /// A CiliumClusterwideNetworkPolicy.
     CiliumClusterwideNetworkPolicy(Box<CiliumClusterwideNetworkPolicy>),
 }
 
@@ -69,8 +87,11 @@ impl Resource {
 /// A resource and where it came from.
 #[derive(Debug, Clone)]
 pub struct Loaded {
+    /// The file it was read from, as shown in messages.
     pub file: String,
+    /// 1-based index of its document within the file.
     pub doc: usize,
+    /// The typed resource.
     pub resource: Resource,
 }
 
@@ -79,7 +100,9 @@ const TOP_LEVEL: &[&str] = &["apiVersion", "kind", "metadata", "spec", "specs", 
 /// The head of one YAML document: what it is, for dispatch and for errors.
 #[derive(Debug, Clone)]
 pub struct DocumentHead {
+    /// The document's `apiVersion`, or empty.
     pub api_version: String,
+    /// The document's `kind`, or empty.
     pub kind: String,
     /// ` (Kind namespace/name)`, as errors show it.
     pub what: String,

@@ -21,11 +21,14 @@ pub const ROOT_NAMESPACE: &str = "istio-system";
 /// Both layers' policies.
 #[derive(Debug, Clone, Default)]
 pub struct PolicySet {
+    /// The AuthorizationPolicies and PeerAuthentications, decided at the receiving ztunnel.
     pub istio: IstioPolicies,
+    /// The Cilium policies, decided at L3/L4 on both ends.
     pub cilium: CiliumPolicies,
 }
 
 impl PolicySet {
+    /// Sorts loaded resources into the two layers, with `istio-system` as Istio's root namespace.
     pub fn from_loaded(loaded: &[Loaded]) -> Self {
         PolicySet {
             istio: istio_policies(loaded, ROOT_NAMESPACE),
@@ -37,14 +40,19 @@ impl PolicySet {
 /// One cell of the matrix.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Row {
+    /// Name of the client: a lab workload or an outside client.
     pub src: String,
+    /// Name of the destination: a lab workload or an external host.
     pub dst: String,
     /// The port the client dials.
     pub port: u16,
     /// The port Cilium sees on the wire (15008 for meshed traffic).
     pub wire_port: u16,
+    /// Cilium's verdict: allow only if both egress and ingress allow.
     pub cilium: Verdict,
+    /// Istio's verdict at the receiving side.
     pub istio: Verdict,
+    /// The outcome: allow only if both layers allow.
     pub verdict: Verdict,
     /// Each check's reason, in order: Cilium egress, Cilium ingress, Istio.
     pub reasons: Vec<String>,
@@ -57,9 +65,11 @@ pub struct Row {
 pub struct Check {
     /// `cilium egress`, `cilium ingress` or `istio`.
     pub layer: String,
+    /// This check's verdict.
     pub verdict: Verdict,
     /// The policy and rule in a few words.
     pub by: String,
+    /// Why, in a sentence for people.
     pub reason: String,
 }
 

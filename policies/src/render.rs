@@ -9,9 +9,13 @@ use crate::matrix::{Row, Verdict};
 /// Output formats of `policy check`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
+    /// An aligned plain-text table for the terminal.
     Table,
+    /// The rows as pretty-printed JSON, checks and reasons included.
     Json,
+    /// A Markdown table.
     Markdown,
+    /// An SVG grid, coloured by which layer refused.
     Svg,
     /// The verdict columns only, one JSON row per line: an `--expect` file.
     Expected,
@@ -33,6 +37,7 @@ impl std::str::FromStr for Format {
     }
 }
 
+/// Writes the matrix in the given format.
 pub fn render(rows: &[Row], format: Format) -> String {
     match format {
         Format::Table => table(rows),

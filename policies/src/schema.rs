@@ -41,6 +41,7 @@ use thiserror::Error;
 pub struct SchemaError {
     /// `spec.egress[0].toPorts[0].ports[0].port`
     pub path: String,
+    /// What does not fit there.
     pub message: String,
 }
 
@@ -55,7 +56,9 @@ const PEER_AUTHENTICATION: &str =
 pub enum SchemaKind {
     /// CiliumNetworkPolicy and CiliumClusterwideNetworkPolicy share one schema.
     Cilium,
+    /// Istio's AuthorizationPolicy.
     AuthorizationPolicy,
+    /// Istio's PeerAuthentication.
     PeerAuthentication,
 }
 

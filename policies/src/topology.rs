@@ -33,17 +33,24 @@ impl MeshMode {
 /// A pod of the lab.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LabWorkload {
+    /// The workload's name, as rows of the matrix show it.
     pub name: String,
+    /// The namespace the pod runs in.
     pub namespace: String,
+    /// The pod's service account, part of its mesh identity.
     pub service_account: String,
+    /// The pod's labels, as policy selectors see them.
     pub labels: BTreeMap<String, String>,
+    /// The pod's address, when known: what Istio's IP rules and the iptables rules see.
     #[serde(default)]
     pub ip: Option<IpAddr>,
     /// The application ports it serves (the ports clients dial).
     #[serde(default)]
     pub ports: Vec<u16>,
+    /// Named container ports, for Cilium rules that give a port by name.
     #[serde(default)]
     pub named_ports: BTreeMap<String, u16>,
+    /// How the pod takes part in the mesh.
     pub mesh: MeshMode,
     /// The node it runs on, when known (Cilium's `host` / `remote-node`).
     #[serde(default)]
@@ -53,7 +60,9 @@ pub struct LabWorkload {
 /// A node of the cluster and its address.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LabNode {
+    /// The node's name, as workloads refer to it.
     pub name: String,
+    /// The node's address.
     pub ip: IpAddr,
 }
 
@@ -62,9 +71,12 @@ pub struct LabNode {
 pub struct ExternalHost {
     /// The DNS name (also the TLS SNI when `tls`).
     pub name: String,
+    /// The port clients dial.
     pub port: u16,
+    /// An address it resolves to, when known, for CIDR rules.
     #[serde(default)]
     pub ip: Option<IpAddr>,
+    /// Whether clients speak TLS to it, so that Cilium can see an SNI.
     #[serde(default)]
     pub tls: bool,
 }
@@ -72,7 +84,9 @@ pub struct ExternalHost {
 /// A client that is not a pod: a person's browser, the kubelet's probes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OutsideClient {
+    /// A name for the client, as rows of the matrix show it.
     pub name: String,
+    /// The address its connections come from.
     pub ip: IpAddr,
     /// True for the kubelet's probes, which ambient SNATs to 169.254.7.127
     /// and lets past ztunnel, so no Istio policy sees them.
@@ -83,12 +97,17 @@ pub struct OutsideClient {
 /// Everything `policy check` draws its matrix from.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LabTopology {
+    /// The mesh's trust domain, the first part of every principal.
     pub trust_domain: String,
+    /// The lab's pods, both sources and destinations of the matrix.
     pub workloads: Vec<LabWorkload>,
+    /// The cluster's nodes, which give Cilium's `host` and `remote-node` their addresses.
     #[serde(default)]
     pub nodes: Vec<LabNode>,
+    /// Destinations outside the cluster, reached from pods.
     #[serde(default)]
     pub externals: Vec<ExternalHost>,
+    /// Clients outside the cluster, reaching into pods.
     #[serde(default)]
     pub outside_clients: Vec<OutsideClient>,
 }

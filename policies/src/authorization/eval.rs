@@ -27,8 +27,11 @@ pub struct Connection<'a> {
     /// The peer's principal without `spiffe://` (`cluster.local/ns/demo/sa/x`);
     /// `None` for plaintext.
     pub principal: Option<&'a str>,
+    /// Address the connection comes from, as the receiving proxy sees it.
     pub src_ip: IpAddr,
+    /// Destination address after HBONE unwrapping: the workload's own address.
     pub dst_ip: IpAddr,
+    /// Destination port after HBONE unwrapping: the port the client dialed.
     pub dst_port: u16,
 }
 
@@ -54,16 +57,30 @@ impl Connection<'_> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// A DENY policy's rule matched.
-    Denied { policy: String, rule: usize },
+    Denied {
+        /// Key (`namespace/name`) of the DENY policy.
+        policy: String,
+        /// Index of its first matching rule.
+        rule: usize,
+    },
     /// An ALLOW policy's rule matched.
-    Allowed { policy: String, rule: usize },
+    Allowed {
+        /// Key (`namespace/name`) of the ALLOW policy.
+        policy: String,
+        /// Index of its first matching rule.
+        rule: usize,
+    },
     /// ALLOW policies apply and none matched.
-    NotAllowed { policies: Vec<String> },
+    NotAllowed {
+        /// Keys of the ALLOW policies that applied.
+        policies: Vec<String>,
+    },
     /// No ALLOW policy applies (and no DENY matched): open by default.
     Open,
 }
 
 impl Verdict {
+    /// Whether the connection may proceed: an ALLOW rule matched, or no ALLOW policy applies.
     pub fn allowed(&self) -> bool {
         matches!(self, Verdict::Allowed { .. } | Verdict::Open)
     }

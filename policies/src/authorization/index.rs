@@ -20,7 +20,9 @@ use crate::selector::labels_match;
 /// A workload as policy selection sees it.
 #[derive(Debug, Clone, Copy)]
 pub struct WorkloadRef<'a> {
+    /// The namespace the workload runs in; NAMESPACE-scoped policies of it apply.
     pub namespace: &'a str,
+    /// The workload's labels, matched against AuthorizationPolicy selectors.
     pub labels: &'a BTreeMap<String, String>,
     /// The keys the workload's own record lists (from xDS); empty when the
     /// selectors are known and the keys are worked out from them.
@@ -121,6 +123,7 @@ impl MeshAuthorization {
         }
     }
 
+    /// The mesh's root namespace, whose selector-less policies are GLOBAL.
     pub fn root_namespace(&self) -> &str {
         &self.root_namespace
     }
@@ -135,6 +138,7 @@ impl MeshAuthorization {
         &self.policies
     }
 
+    /// The policy whose xDS key (`namespace/name`) is `key`, if there is one.
     pub fn get(&self, key: &str) -> Option<&Authorization> {
         self.by_key.get(key).map(|&i| &self.policies[i])
     }

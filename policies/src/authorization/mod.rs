@@ -85,11 +85,14 @@ impl Scope {
 /// What a matching policy does. ztunnel knows no AUDIT or CUSTOM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Action {
+    /// Accept the connection when one of the policy's rules matches.
     Allow,
+    /// Refuse the connection when one of the policy's rules matches; checked before any ALLOW.
     Deny,
 }
 
 impl Action {
+    /// The proto enum's name (`ALLOW` or `DENY`).
     pub fn proto_name(self) -> &'static str {
         match self {
             Action::Allow => "ALLOW",
@@ -97,6 +100,7 @@ impl Action {
         }
     }
 
+    /// The proto enum's number.
     pub fn number(self) -> i32 {
         match self {
             Action::Allow => 0,
@@ -115,9 +119,13 @@ impl Action {
 /// One translated policy. Its xDS resource name is [`Authorization::key`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Authorization {
+    /// The policy's name; the second half of its key.
     pub name: String,
+    /// The namespace the policy lives in; NAMESPACE scope applies it there.
     pub namespace: String,
+    /// Which workloads the policy applies to.
     pub scope: Scope,
+    /// Whether a matching rule accepts or refuses the connection.
     pub action: Action,
     /// ORed; a policy without rules matches nothing.
     pub rules: Vec<Rule>,
@@ -135,6 +143,7 @@ impl Authorization {
 /// Clauses that must all hold (istiod: a `Group` of `Rules`). No clauses = always.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Rule {
+    /// ANDed: the rule matches only when every clause holds.
     pub clauses: Vec<Clause>,
 }
 
@@ -142,6 +151,7 @@ pub struct Rule {
 /// never hold; a clause with no matches at all always holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Clause {
+    /// ORed: the clause holds when one non-empty match holds.
     pub matches: Vec<Match>,
 }
 
@@ -149,17 +159,29 @@ pub struct Clause {
 /// positive list needs one hit, a negative list must have none.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Match {
+    /// Source namespaces (taken from the peer identity), one of which must match.
     pub namespaces: Vec<StringMatch>,
+    /// Source namespaces none of which may match.
     pub not_namespaces: Vec<StringMatch>,
+    /// Peer identities (without `spiffe://`), one of which must match; plaintext matches none.
     pub principals: Vec<StringMatch>,
+    /// Peer identities none of which may match; always holds for plaintext.
     pub not_principals: Vec<StringMatch>,
+    /// Networks, one of which must contain the source address.
     pub source_ips: Vec<IpNet>,
+    /// Networks none of which may contain the source address.
     pub not_source_ips: Vec<IpNet>,
+    /// Networks, one of which must contain the destination address.
     pub destination_ips: Vec<IpNet>,
+    /// Networks none of which may contain the destination address.
     pub not_destination_ips: Vec<IpNet>,
+    /// Destination ports, one of which must be the connection's (u32 on the wire, compared as u16).
     pub destination_ports: Vec<u32>,
+    /// Destination ports none of which may be the connection's.
     pub not_destination_ports: Vec<u32>,
+    /// Source service accounts (from the peer identity), one of which must match.
     pub service_accounts: Vec<ServiceAccountMatch>,
+    /// Source service accounts none of which may match.
     pub not_service_accounts: Vec<ServiceAccountMatch>,
 }
 
@@ -181,8 +203,11 @@ impl Match {
 /// How a string field is compared.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum StringMatch {
+    /// The whole value equals the string.
     Exact(String),
+    /// The value starts with the string (pattern `x*`).
     Prefix(String),
+    /// The value ends with the string (pattern `*x`).
     Suffix(String),
     /// Any non-empty value.
     Presence,
@@ -203,6 +228,7 @@ impl StringMatch {
         }
     }
 
+    /// Whether `value` passes this comparison.
     pub fn matches(&self, value: &str) -> bool {
         match self {
             StringMatch::Exact(x) => value == x,
@@ -216,6 +242,8 @@ impl StringMatch {
 /// A service account, trust domain left out.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ServiceAccountMatch {
+    /// The namespace the service account belongs to.
     pub namespace: String,
+    /// The service account's name within that namespace.
     pub service_account: String,
 }

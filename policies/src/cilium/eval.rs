@@ -45,8 +45,11 @@ pub const SERVICE_ACCOUNT_LABEL: &str = "io.cilium.k8s.policy.serviceaccount";
 /// A pod as Cilium knows it.
 #[derive(Debug, Clone)]
 pub struct EndpointInfo<'a> {
+    /// The pod's namespace, seen by selectors as `io.kubernetes.pod.namespace`.
     pub namespace: &'a str,
+    /// The pod's own labels, matched by endpoint selectors.
     pub labels: &'a BTreeMap<String, String>,
+    /// The pod's service account, seen by selectors as `io.cilium.k8s.policy.serviceaccount`.
     pub service_account: &'a str,
     /// Named container ports, for `port: http`-style rules.
     pub named_ports: &'a BTreeMap<String, u16>,
@@ -80,14 +83,20 @@ impl<'a> From<&'a LabWorkload> for EndpointInfo<'a> {
 /// The other side of a flow.
 #[derive(Debug, Clone)]
 pub enum Peer<'a> {
+    /// A pod of the cluster, matched by endpoint selectors.
     Endpoint(EndpointInfo<'a>),
     /// Outside the cluster, with the DNS name the client used, if any.
     World {
+        /// Its address, for CIDR rules; `None` when not known.
         ip: Option<IpAddr>,
+        /// The DNS name the client looked up, for `toFQDNs` rules.
         name: Option<&'a str>,
     },
+    /// The local node (entity `host`).
     Host,
+    /// Another node of the cluster (entity `remote-node`).
     RemoteNode,
+    /// The Kubernetes API server (entity `kube-apiserver`).
     KubeApiserver,
 }
 
@@ -95,8 +104,11 @@ pub enum Peer<'a> {
 /// TLS SNI when the client sends one.
 #[derive(Debug, Clone, Copy)]
 pub struct Flow<'a> {
+    /// Destination port as Cilium sees it on the wire.
     pub port: u16,
+    /// Transport protocol of the flow, matched against `toPorts[].ports[].protocol`.
     pub protocol: L4Protocol,
+    /// The SNI of the TLS ClientHello, for `serverNames`; `None` without TLS or SNI.
     pub sni: Option<&'a str>,
 }
 
@@ -107,22 +119,28 @@ pub struct PolicyEntry {
     pub name: String,
     /// `None` for clusterwide policies.
     pub namespace: Option<String>,
+    /// The policy's spec: whom it selects and its rules per direction.
     pub rule: PolicyRule,
 }
 
 /// The Cilium policies of a cluster, ready to evaluate.
 #[derive(Debug, Clone, Default)]
 pub struct CiliumPolicies {
+    /// Every policy: namespaced ones first, then clusterwide ones, each in the order given.
     pub entries: Vec<PolicyEntry>,
 }
 
+/// Which way a flow crosses the selected endpoint, and so which rule sections decide it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
+    /// Traffic arriving at the endpoint (`ingress`, `ingressDeny`).
     Ingress,
+    /// Traffic leaving the endpoint (`egress`, `egressDeny`).
     Egress,
 }
 
 impl Direction {
+    /// Lower-case name (`ingress` or `egress`), for messages.
     pub fn name(self) -> &'static str {
         match self {
             Direction::Ingress => "ingress",
@@ -214,6 +232,7 @@ struct Context<'a> {
 }
 
 impl CiliumPolicies {
+    /// Collects both kinds; a namespaced policy lacking a namespace is put in `default`.
     pub fn new(
         namespaced: impl IntoIterator<Item = CiliumNetworkPolicy>,
         clusterwide: impl IntoIterator<Item = CiliumClusterwideNetworkPolicy>,

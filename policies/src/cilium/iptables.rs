@@ -31,7 +31,9 @@ use super::eval::{
 use super::types::{Entity, L4Protocol};
 use crate::topology::{LabTopology, LabWorkload};
 
+/// Chain in the pod's `filter` table for what leaves its interface.
 pub const EGRESS_CHAIN: &str = "HBL_CILIUM_EGRESS";
+/// Chain in the pod's `filter` table for what arrives on its interface.
 pub const INGRESS_CHAIN: &str = "HBL_CILIUM_INGRESS";
 
 /// An egress rule whose L7 part (`serverNames`) the node must enforce.
@@ -39,10 +41,12 @@ pub const INGRESS_CHAIN: &str = "HBL_CILIUM_INGRESS";
 pub struct SniRule {
     /// `cnp demo/hello-app-to-github egress[0]`
     pub rule: String,
+    /// Destination ports the relay must watch for this rule; empty when the rule names none.
     pub ports: Vec<u16>,
     /// The rule's peer part as iptables address arguments (`! -d 10.0.0.0/8`
     /// for `world`), to select the same flows on the node.
     pub destination: Vec<String>,
+    /// Allowed SNI patterns, as in the rule's `serverNames`.
     pub server_names: Vec<String>,
 }
 
@@ -51,7 +55,9 @@ pub struct SniRule {
 pub struct PodFirewall {
     /// Argument lists for `iptables`, in order.
     pub commands: Vec<Vec<String>>,
+    /// `serverNames` rules the caller must enforce with an SNI relay on the node.
     pub sni: Vec<SniRule>,
+    /// Where these rules differ from Cilium's datapath, one sentence each, sorted and deduplicated.
     pub notes: Vec<String>,
 }
 

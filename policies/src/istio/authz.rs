@@ -23,7 +23,9 @@ use crate::istio_crd::{AuthorizationPolicy, PeerAuthentication};
 /// The workload a connection arrives at.
 #[derive(Debug, Clone)]
 pub struct TargetWorkload<'a> {
+    /// The namespace the workload runs in.
     pub namespace: &'a str,
+    /// The workload's labels, matched against policy selectors.
     pub labels: &'a BTreeMap<String, String>,
 }
 
@@ -33,8 +35,11 @@ pub struct ConnectionAttrs<'a> {
     /// The peer's principal without `spiffe://` (`cluster.local/ns/demo/sa/x`);
     /// `None` for plaintext.
     pub principal: Option<&'a str>,
+    /// Address the connection comes from.
     pub src_ip: IpAddr,
+    /// Destination address: the workload's own.
     pub dst_ip: IpAddr,
+    /// Destination port: the port the client dialed.
     pub dst_port: u16,
 }
 
@@ -50,6 +55,7 @@ pub struct IstioPolicies {
 }
 
 impl IstioPolicies {
+    /// An empty set for a mesh whose root namespace is `root_namespace`.
     pub fn new(root_namespace: impl Into<String>) -> Self {
         IstioPolicies {
             root_namespace: root_namespace.into(),
@@ -71,23 +77,28 @@ impl IstioPolicies {
         }
     }
 
+    /// The mesh's root namespace, whose selector-less policies are mesh-wide.
     pub fn root_namespace(&self) -> &str {
         &self.root_namespace
     }
 
+    /// The AuthorizationPolicies, as written.
     pub fn authorization(&self) -> &[AuthorizationPolicy] {
         &self.authorization
     }
 
+    /// The PeerAuthentications, as written.
     pub fn peer_authentication(&self) -> &[PeerAuthentication] {
         &self.peer_authentication
     }
 
+    /// Adds an AuthorizationPolicy; the translation is redone on next use.
     pub fn add_authorization(&mut self, policy: AuthorizationPolicy) {
         self.translated.take();
         self.authorization.push(policy);
     }
 
+    /// Adds a PeerAuthentication; the translation is redone on next use.
     pub fn add_peer_authentication(&mut self, policy: PeerAuthentication) {
         self.translated.take();
         self.peer_authentication.push(policy);

@@ -83,15 +83,15 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     options.istiod_log_level = args.istiod_log_level;
     let mut control = ControlPlane::start(options).await?;
     if args.lab {
-        use hbone_standalone::topology::Mode;
+        use hbone_standalone::lab::topology::Mode;
         let registry = hbone_standalone::lab::lab_registry(Mode::Netns)?;
         let policies = hbone_standalone::lab::lab_policies()?;
         hbone_control_plane::world::apply(
             &control.client,
-            &hbone_standalone::istiod::world_of(&registry),
+            &hbone_standalone::lab::istiod::world_of(&registry),
         )
         .await?;
-        hbone_standalone::istiod::sync_policies(&control.client, &policies.istio).await?;
+        hbone_standalone::lab::istiod::sync_policies(&control.client, &policies.istio).await?;
         eprintln!(
             "the netns lab's world is in: {} pods, {} services, {} Istio policies",
             registry.workloads.len(),

@@ -243,7 +243,7 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
                 anyhow::anyhow!("{}: field `{}`: {}", file.display(), e.path(), e.inner())
             })?
         }
-        (None, None) => hbone_standalone::topology::policy_topology(),
+        (None, None) => hbone_standalone::lab::topology::policy_topology(),
     };
     let policies = PolicySet::from_loaded(&loaded);
     for warning in policies.cilium.warnings() {
@@ -458,7 +458,7 @@ fn ztunnel_config(
     loopback: bool,
     root_namespace: &str,
 ) -> anyhow::Result<()> {
-    use hbone_standalone::topology::Mode;
+    use hbone_standalone::lab::topology::Mode;
     let loaded = match policies {
         Some(dir) => read(dir)?,
         None => lab_resources()?,
@@ -470,7 +470,7 @@ fn ztunnel_config(
     };
     let registry = hbone_standalone::lab::lab_registry(mode)?;
     let mesh =
-        hbone_standalone::dataplane::mesh(&registry, &istio_policies(&loaded, root_namespace));
+        hbone_standalone::lab::dataplane::mesh(&registry, &istio_policies(&loaded, root_namespace));
     print!("{}", hbone_xds::local_config::render(&mesh));
     Ok(())
 }

@@ -18,7 +18,7 @@ use hbone_policies::load::{istio_policies, parse_documents};
 use hbone_proxy::bench_tunnel::BenchTunnel;
 use hbone_proxy::net::pod_sockets::bind_listener;
 use hbone_proxy::registry::Registry;
-use hbone_standalone::dataplane::{
+use hbone_standalone::lab::dataplane::{
     NodeCredential, ZtunnelNodeSpec, mesh, node_pods, serve_node_control_plane,
     start_shared_ztunnel,
 };
@@ -37,7 +37,7 @@ pub enum SubjectError {
     /// A step of the lab's own (a node's control plane, a shared-mode
     /// ztunnel), its cause kept.
     #[error(transparent)]
-    Lab(#[from] hbone_standalone::topology::LabError),
+    Lab(#[from] hbone_standalone::lab::topology::LabError),
     #[error("{what} did not become ready in {secs} s; its log:\n{log}")]
     /// A process did not become ready in time.
     NotReady {

@@ -2,7 +2,7 @@
 //! untrusted pod sends): never a panic, and a name it finds is in the input.
 #![no_main]
 
-use hbone_standalone::sni_relay::client_hello_sni;
+use hbone_standalone::lab::sni_relay::client_hello_sni;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

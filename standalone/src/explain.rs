@@ -25,8 +25,8 @@ use hbone_workloads::dial::DialError;
 use thiserror::Error;
 
 use crate::lab::Lab;
+use crate::lab::topology::{HELLO_PORT, Mode};
 use crate::scenarios::predict;
-use crate::topology::{HELLO_PORT, Mode};
 
 /// Why the story could not be told: the step, and what failed in it.
 #[derive(Debug, Error)]

@@ -28,8 +28,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::lab::Lab;
-use crate::netns_topology::BROWSER_IP;
-use crate::topology::{HELLO_HOST, HELLO_PORT, Mode, POSTGRES_HOST, POSTGRES_PORT, topology_for};
+use crate::lab::plumbing::BROWSER_IP;
+use crate::lab::topology::{
+    HELLO_HOST, HELLO_PORT, Mode, POSTGRES_HOST, POSTGRES_PORT, topology_for,
+};
 
 /// One scenario's outcome.
 #[derive(Debug, Clone, Serialize)]
@@ -473,7 +475,7 @@ async fn outside(lab: &Lab, rows: &[Row], name: &str, url: &str) -> ScenarioResu
     }
 }
 
-fn relay_events(lab: &Lab) -> Vec<(String, crate::sni_relay::SniEvent)> {
+fn relay_events(lab: &Lab) -> Vec<(String, crate::lab::sni_relay::SniEvent)> {
     lab.plumbing
         .iter()
         .flat_map(|p| &p.relays)
@@ -604,7 +606,7 @@ async fn rotation(lab: &Lab) -> ScenarioResult {
         .await
         .ok_or_else(|| "ztunnel holds no certificate for the gateway".to_string());
     let renew = async {
-        let limit = 2 * crate::dataplane::ZTUNNEL_SECRET_TTL;
+        let limit = 2 * crate::lab::dataplane::ZTUNNEL_SECRET_TTL;
         let deadline = std::time::Instant::now() + limit;
         loop {
             match z.serial_of(&spiffe).await {

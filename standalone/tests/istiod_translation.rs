@@ -125,11 +125,11 @@ async fn istiod_serves_the_labs_world_as_hbone_labs_control_plane_does() {
     use hbone_ca::server::CaService;
     use hbone_ca::tokens::TokenFile;
     use hbone_ca::{AuthorityConfig, SigningAuthority};
-    use hbone_standalone::dataplane::mesh;
-    use hbone_standalone::istiod::IstiodPlane;
+    use hbone_standalone::lab::dataplane::mesh;
+    use hbone_standalone::lab::istiod::IstiodPlane;
+    use hbone_standalone::lab::topology::Mode;
     use hbone_standalone::lab::{lab_policies, lab_registry};
     use hbone_standalone::policy_diff::istiod::{addresses, compare_addresses};
-    use hbone_standalone::topology::Mode;
 
     let registry = lab_registry(Mode::Netns).unwrap();
     let policies = lab_policies().unwrap();

@@ -6,7 +6,7 @@ use std::path::Path;
 use hbone_policies::expect::{differences, load_expected};
 use hbone_policies::lab::lab_resources;
 use hbone_policies::matrix::{PolicySet, Row, Verdict, matrix};
-use hbone_standalone::topology::policy_topology;
+use hbone_standalone::lab::topology::policy_topology;
 
 fn rows() -> Vec<Row> {
     let policies = PolicySet::from_loaded(&lab_resources().unwrap());

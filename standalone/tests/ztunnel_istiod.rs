@@ -14,7 +14,7 @@ use hbone_control_plane::ControlPlane;
 use hbone_control_plane::world::{self, World, WorldPod};
 use hbone_harness::netns::NetNs;
 use hbone_harness::ztunnel::{Mode, Settings, Ztunnel, find_binary};
-use hbone_standalone::istiod::NodeRelay;
+use hbone_standalone::lab::istiod::NodeRelay;
 use hbone_xds::MeshWorkload;
 use hbone_xds::zds::{NodeAgent, ZdsPod};
 

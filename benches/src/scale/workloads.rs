@@ -13,7 +13,7 @@ use std::path::Path;
 
 use hbone_policies::load::{istio_policies, parse_documents};
 use hbone_proxy::registry::Registry;
-use hbone_standalone::dataplane::mesh;
+use hbone_standalone::lab::dataplane::mesh;
 
 use super::{Killed, settled_rss, setup};
 use crate::runner::Sample;

@@ -34,7 +34,7 @@ use hbone_ca::{AuthorityConfig, SigningAuthority};
 use hbone_harness::netns::NetnsError;
 use hbone_harness::ztunnel::http_get;
 use hbone_proxy::registry::Registry;
-use hbone_standalone::dataplane::node_pods;
+use hbone_standalone::lab::dataplane::node_pods;
 use hbone_workloads::peers::echo;
 use hbone_xds::zds::{NodeAgent, ZdsError};
 use thiserror::Error;

@@ -23,7 +23,7 @@ use hbone_proxy::state::ProxyCore;
 use hbone_xds::zds::{NodeAgent, ZdsPod};
 use hbone_xds::{Mesh, MeshService, MeshWorkload, RunningControlPlane, XdsState};
 
-use crate::topology::{Cause, LabError, Part};
+use crate::lab::topology::{Cause, LabError, Part};
 use hbone_harness::ztunnel::{Mode as ZtunnelMode, Settings, Ztunnel};
 
 /// The node proxies of the lab.
@@ -133,7 +133,7 @@ pub enum NodeControl {
     /// hbone-lab's own control plane, serving there.
     Lab(RunningControlPlane),
     /// A relay to the real istiod on the host.
-    Istiod(crate::istiod::NodeRelay),
+    Istiod(crate::lab::istiod::NodeRelay),
 }
 
 /// How a ztunnel node proves itself to its control plane.
@@ -341,8 +341,9 @@ impl ZtunnelNode {
         spec: ZtunnelNodeSpec<'_>,
         istiod: std::net::SocketAddr,
     ) -> Result<ZtunnelNode, LabError> {
-        let relay = crate::istiod::NodeRelay::start(spec.node, spec.netns, istiod)?;
-        let (ztunnel, agent) = start_shared_ztunnel(&spec, crate::istiod::NodeRelay::url()).await?;
+        let relay = crate::lab::istiod::NodeRelay::start(spec.node, spec.netns, istiod)?;
+        let (ztunnel, agent) =
+            start_shared_ztunnel(&spec, crate::lab::istiod::NodeRelay::url()).await?;
         Ok(ZtunnelNode {
             node: spec.node.to_string(),
             ztunnel,

@@ -28,7 +28,7 @@ use hbone_proxy::state::{CaAccess, CaToken};
 use kube::Api;
 use tokio_util::sync::CancellationToken;
 
-use crate::topology::{LabError, Part};
+use crate::lab::topology::{LabError, Part};
 
 /// Where a node's ztunnel finds istiod, inside the node's namespace.
 pub const ISTIOD_IN_NODE: SocketAddr =
@@ -132,7 +132,7 @@ pub struct IstiodPlane {
     _mesh_ca: tempfile::TempDir,
 }
 
-fn failed(what: impl Into<String>, e: impl Into<crate::topology::Cause>) -> LabError {
+fn failed(what: impl Into<String>, e: impl Into<crate::lab::topology::Cause>) -> LabError {
     LabError::failed(Part::ControlPlane, what, e)
 }
 

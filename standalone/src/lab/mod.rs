@@ -2,6 +2,19 @@
 //! the gateway — in loopback mode (127.x addresses, SOCKS5) or in netns
 //! mode (namespaces, in-pod capture, the Cilium layer, the outside world's
 //! stand-ins).
+//!
+//! - [`topology`]: what the lab is made of — pods, addresses per mode, the policy view.
+//! - [`plumbing`]: netns mode's namespaces, in-pod capture and the Cilium layer.
+//! - [`sni_relay`]: the node-side SNI check that stands in for Cilium's Envoy.
+//! - [`dataplane`]: hbone-lab's proxy, ztunnel or one of each on the nodes, and ztunnel's control plane.
+//! - [`istiod`]: the lab on the real istiod: its registry as API objects, istiod reachable from a node's namespace.
+//! - here: [`Lab`], which starts them in order ([`Lab::start`]).
+
+pub mod dataplane;
+pub mod istiod;
+pub mod plumbing;
+pub mod sni_relay;
+pub mod topology;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -37,13 +50,13 @@ use hbone_xds::XdsState;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::dataplane::{
+use crate::lab::dataplane::{
     Dataplane, HboneNodeAgent, NodeCredential, ZTUNNEL_SECRET_TTL, ZtunnelNode, ZtunnelNodeSpec,
     mesh,
 };
-use crate::istiod::IstiodPlane;
-use crate::netns_topology::{CLOUDFLARE_IP, GITHUB_IP, NetnsPlumbing, remove_stale};
-use crate::topology::{
+use crate::lab::istiod::IstiodPlane;
+use crate::lab::plumbing::{CLOUDFLARE_IP, GITHUB_IP, NetnsPlumbing, remove_stale};
+use crate::lab::topology::{
     HELLO_HOST, HELLO_PORT, LabError, Mode, PODS, POSTGRES_HOST, POSTGRES_PORT, Part, ip, lab_pod,
     topology_for,
 };
@@ -122,6 +135,334 @@ pub struct Lab {
     _xds_follow: Option<tokio_util::sync::DropGuard>,
     /// The real control plane, when it feeds the lab; last to go.
     pub istiod: Option<IstiodPlane>,
+}
+
+/// The ztunnel binary the options need (none for hbone-lab only), or why
+/// the options cannot run together.
+fn check_options(options: &LabOptions) -> Result<Option<PathBuf>, LabError> {
+    let (mode, dataplane) = (options.mode, options.dataplane);
+    let ztunnel_binary = match dataplane {
+        Dataplane::HboneLab => None,
+        _ if mode != Mode::Netns => {
+            return Err(LabError::refused(
+                Part::Netns,
+                format!(
+                    "--dataplane {} runs ztunnel in shared mode, one per node namespace: add --netns (as root)",
+                    dataplane.name()
+                ),
+            ));
+        }
+        _ => Some(
+            find_binary(options.ztunnel.as_deref())
+                .map_err(|e| LabError::failed(Part::Proxy, "finding ztunnel", e))?,
+        ),
+    };
+    if options.istiod.is_some() && mode != Mode::Netns {
+        // The API server allocates Service VIPs from its range
+        // (10.96.0.0/16); the loopback lab's are 127.x.
+        return Err(LabError::refused(
+            Part::ControlPlane,
+            "--control-plane istiod runs the netns lab, whose Service VIPs the API server can allocate: add --netns (as root)",
+        ));
+    }
+    Ok(ztunnel_binary)
+}
+
+/// Netns mode's namespaces, capture and Cilium layer (stale ones from an
+/// earlier run removed first); nothing in loopback mode.
+async fn start_plumbing(
+    mode: Mode,
+    policies: &PolicySet,
+) -> Result<Option<NetnsPlumbing>, LabError> {
+    Ok(match mode {
+        Mode::Loopback => None,
+        Mode::Netns => {
+            if !can_create() {
+                return Err(LabError::refused(
+                    Part::Netns,
+                    "--netns needs root and iproute2 (`ip`); run it with sudo, or without --netns for the loopback lab",
+                ));
+            }
+            let topology = topology_for(Mode::Netns);
+            let cilium = policies.cilium.clone();
+            let plumbing = tokio::task::spawn_blocking(move || {
+                for name in remove_stale() {
+                    tracing::warn!(%name, "removed a namespace left by an earlier run");
+                }
+                NetnsPlumbing::create(&topology, &cilium)
+            })
+            .await
+            .map_err(|e| LabError::failed(Part::Netns, "creating the namespaces", e))??;
+            Some(plumbing)
+        }
+    })
+}
+
+/// The lab's CA: a plug-in root (which istiod signs with too, when it
+/// feeds the lab), the nodes' token, the CA server, and how a node reaches it.
+struct LabCa {
+    plugin: PluginCerts,
+    authority: Arc<SigningAuthority>,
+    tokens: Arc<TokenFile>,
+    service: Arc<CaService>,
+    running: RunningCa,
+    metrics: Arc<CaMetrics>,
+    access: CaAccess,
+}
+
+impl LabCa {
+    async fn start(options: &LabOptions, ztunnel: bool) -> Result<LabCa, LabError> {
+        let mut authority_config = AuthorityConfig::new("cluster.local");
+        if ztunnel {
+            // ztunnel renews at half of (not_after - not_before): with the
+            // default minute of backdating, its short lab certificates would
+            // be due at once.
+            authority_config.backdate = Duration::from_secs(1);
+        }
+        // Plug-in CA files, so that istiod (when it feeds the lab) signs
+        // with the same intermediate and every certificate shares one root.
+        let plugin = PluginCerts::generate("cluster.local")
+            .map_err(|e| LabError::failed(Part::Ca, "generating the mesh root", e))?;
+        let authority = Arc::new(
+            SigningAuthority::from_plugin(&plugin, authority_config)
+                .map_err(|e| LabError::failed(Part::Ca, "loading the mesh root", e))?,
+        );
+        // A node may obtain any demo identity, and ztunnel its own.
+        let grants: Vec<IdentityPattern> = [
+            "spiffe://cluster.local/ns/demo/sa/*",
+            "spiffe://cluster.local/ns/istio-system/sa/ztunnel",
+        ]
+        .iter()
+        .map(|p| p.parse())
+        .collect::<Result<_, _>>()
+        .map_err(|e: hbone_ca::identity::IdentityError| {
+            LabError::failed(Part::Ca, "the nodes' identity grants", e)
+        })?;
+        let ca_metrics = Arc::new(CaMetrics::default());
+        let tokens = Arc::new(TokenFile::single(NODE_TOKEN, grants));
+        let service = Arc::new(CaService::new(
+            authority.clone(),
+            tokens.clone(),
+            ca_metrics.clone(),
+        ));
+        let ca = serve(service.clone(), SocketAddr::new(ip("127.0.10.1"), 0), &[])
+            .await
+            .map_err(|e| LabError::failed(Part::Ca, "serving", e))?;
+        let ca_access = CaAccess {
+            address: ca.url(),
+            root_pem: authority.root_pem().to_string(),
+            token: CaToken::Value(NODE_TOKEN.into()),
+            renewal: options.renewal.clone(),
+            key_log: options.key_log.clone(),
+        };
+        Ok(LabCa {
+            plugin,
+            authority,
+            tokens,
+            service,
+            running: ca,
+            metrics: ca_metrics,
+            access: ca_access,
+        })
+    }
+}
+
+/// hbone-lab's node proxies (on the nodes ztunnel does not take), each
+/// with its node agent in netns mode and following istiod when it feeds
+/// the lab.
+struct HboneNodes {
+    nodes: Vec<ProxyHandle>,
+    node_agents: Vec<HboneNodeAgent>,
+    agent_dir: Option<tempfile::TempDir>,
+    xds_status: Vec<(String, watch::Receiver<XdsStatus>)>,
+}
+
+impl HboneNodes {
+    async fn start(
+        options: &LabOptions,
+        registry: &Arc<Registry>,
+        policies: &PolicySet,
+        ca: &LabCa,
+        istiod: Option<&IstiodPlane>,
+        follow_stop: &tokio_util::sync::CancellationToken,
+    ) -> Result<HboneNodes, LabError> {
+        let (mode, dataplane) = (options.mode, options.dataplane);
+        let mut xds_status = Vec::new();
+        let mut nodes = Vec::new();
+        let mut node_agents = Vec::new();
+        // Netns mode: hbone-lab runs in shared mode, as ztunnel does — one
+        // process per node, its pods handed over by a node agent (ZDS).
+        let agent_dir = match mode {
+            Mode::Netns => Some(
+                tempfile::Builder::new()
+                    .prefix("hbone-lab-zds-")
+                    .tempdir()
+                    .map_err(|e| {
+                        LabError::failed(Part::Proxy, "a directory for the node agents", e)
+                    })?,
+            ),
+            Mode::Loopback => None,
+        };
+        for (node, addr) in [("node-1", "127.0.11.1"), ("node-2", "127.0.11.2")] {
+            if dataplane.ztunnel_on(node) {
+                continue;
+            }
+            let settings = CoreSettings {
+                bind_source_ip: mode == Mode::Loopback,
+                ..CoreSettings::for_node(node)
+            };
+            // Fed by istiod: nothing known until its first push.
+            let core = match istiod {
+                Some(istiod) => {
+                    let empty = registry_from(std::iter::empty(), node).map_err(|e| {
+                        LabError::failed(Part::Proxy, format!("assembling {node}"), e)
+                    })?;
+                    let core = ProxyCore::with_ca(
+                        settings,
+                        Arc::new(empty),
+                        MeshAuthorization::pushed(ROOT_NAMESPACE, Vec::new()),
+                        &istiod.ca_access(node, options.renewal.clone(), options.key_log.clone()),
+                    );
+                    if let Ok(core) = &core {
+                        core.set_waiting_for(Some("istiod".into()));
+                    }
+                    core
+                }
+                None => ProxyCore::with_ca(
+                    settings,
+                    registry.clone(),
+                    policies.istio.clone(),
+                    &ca.access,
+                ),
+            }
+            .map_err(|e| LabError::failed(Part::Proxy, format!("assembling {node}"), e))?;
+            let core = Arc::new(core);
+            let at = |port| Some(SocketAddr::new(ip(addr), port));
+            let in_pod = mode == Mode::Netns;
+            let listeners = Listeners {
+                socks5: at(0),
+                metrics: at(0),
+                admin: at(0),
+                readiness: at(0),
+                pod_outbound_port: in_pod.then_some(15001),
+                plaintext_port: in_pod.then_some(15006),
+                ..Listeners::default()
+            };
+            let agent = match &agent_dir {
+                Some(dir) => Some(HboneNodeAgent::start(&core, registry, dir.path())?),
+                None => None,
+            };
+            nodes.push(
+                ProxyHandle::start(core.clone(), &listeners)
+                    .await
+                    .map_err(|e| LabError::failed(Part::Proxy, format!("starting {node}"), e))?,
+            );
+            if let Some(istiod) = &istiod {
+                let (tx, rx) = watch::channel(XdsStatus::default());
+                tokio::spawn(follow(
+                    core,
+                    istiod.xds_settings(node),
+                    tx,
+                    follow_stop.clone(),
+                ));
+                wait_synced(node, rx.clone()).await?;
+                xds_status.push((node.to_string(), rx));
+            }
+            if let Some(agent) = agent {
+                agent.wait_served(node).await?;
+                node_agents.push(agent);
+            }
+        }
+        Ok(HboneNodes {
+            nodes,
+            node_agents,
+            agent_dir,
+            xds_status,
+        })
+    }
+}
+
+/// The ztunnels of a lab, when it has any.
+#[derive(Default)]
+struct Ztunnels {
+    ztunnels: Vec<ZtunnelNode>,
+    xds: Option<Arc<XdsState>>,
+    dir: Option<tempfile::TempDir>,
+}
+
+/// What the ztunnels start on.
+struct ZtunnelsOn<'a> {
+    binary: &'a Path,
+    plumbing: &'a NetnsPlumbing,
+    dataplane: Dataplane,
+    registry: &'a Arc<Registry>,
+    policies: &'a PolicySet,
+    ca: &'a LabCa,
+    istiod: Option<&'a IstiodPlane>,
+}
+
+impl ZtunnelsOn<'_> {
+    /// One shared-mode ztunnel per node the data plane gives it, fed by
+    /// hbone-lab's control plane or by istiod.
+    async fn start(self) -> Result<Ztunnels, LabError> {
+        let ZtunnelsOn {
+            binary,
+            plumbing,
+            dataplane,
+            registry,
+            policies,
+            ca,
+            istiod,
+        } = self;
+        let mut ztunnels = Vec::new();
+        let state = istiod
+            .is_none()
+            .then(|| XdsState::new(&mesh(registry, &policies.istio), Some(ca.tokens.clone())));
+        let dir = tempfile::Builder::new()
+            .prefix("hbone-lab-ztunnel-")
+            .tempdir()
+            .map_err(|e| LabError::failed(Part::Proxy, "a directory for ztunnel", e))?;
+        for node in ["node-1", "node-2"]
+            .into_iter()
+            .filter(|n| dataplane.ztunnel_on(n))
+        {
+            let token_file;
+            let spec = ZtunnelNodeSpec {
+                node,
+                netns: &plumbing.nodes[node],
+                binary,
+                registry,
+                dir: dir.path(),
+                root_pem: ca.authority.root_pem(),
+                credential: match istiod {
+                    Some(istiod) => {
+                        token_file = istiod.tokens[node].path.clone();
+                        NodeCredential::TokenFile(&token_file)
+                    }
+                    None => NodeCredential::Token(NODE_TOKEN),
+                },
+                secret_ttl: Some(ZTUNNEL_SECRET_TTL),
+                log_level: "info",
+            };
+            ztunnels.push(match (istiod, &state) {
+                (Some(istiod), _) => {
+                    ZtunnelNode::start_on_istiod(spec, istiod.control.istiod_ports.secure_grpc)
+                        .await?
+                }
+                (None, Some(state)) => {
+                    ZtunnelNode::start(spec, ca.service.clone(), state.clone()).await?
+                }
+                (None, None) => {
+                    unreachable!("a state is made when istiod does not feed the lab")
+                }
+            });
+        }
+        Ok(Ztunnels {
+            ztunnels,
+            xds: state,
+            dir: Some(dir),
+        })
+    }
 }
 
 /// Loads the lab's policies, both layers (`policies/`, compiled in).
@@ -377,254 +718,55 @@ impl Lab {
         }
     }
 
+    /// Starts the lab, in its order: the options checked, the namespaces
+    /// (netns mode), PostgreSQL (its port goes into the registry), the CA,
+    /// the control plane (istiod, when it feeds the lab), hbone-lab's node
+    /// proxies, the ztunnels, then — once every workload has its
+    /// certificate — the outside world's stand-ins and the applications.
     pub async fn start(options: LabOptions) -> Result<Self, LabError> {
-        let mode = options.mode;
-        let dataplane = options.dataplane;
-        let ztunnel_binary = match dataplane {
-            Dataplane::HboneLab => None,
-            _ if mode != Mode::Netns => {
-                return Err(LabError::refused(
-                    Part::Netns,
-                    format!(
-                        "--dataplane {} runs ztunnel in shared mode, one per node namespace: add --netns (as root)",
-                        dataplane.name()
-                    ),
-                ));
-            }
-            _ => Some(
-                find_binary(options.ztunnel.as_deref())
-                    .map_err(|e| LabError::failed(Part::Proxy, "finding ztunnel", e))?,
-            ),
-        };
-        if options.istiod.is_some() && mode != Mode::Netns {
-            // The API server allocates Service VIPs from its range
-            // (10.96.0.0/16); the loopback lab's are 127.x.
-            return Err(LabError::refused(
-                Part::ControlPlane,
-                "--control-plane istiod runs the netns lab, whose Service VIPs the API server can allocate: add --netns (as root)",
-            ));
-        }
+        let (mode, dataplane) = (options.mode, options.dataplane);
+        let ztunnel_binary = check_options(&options)?;
         let policies = Arc::new(lab_policies()?);
-        let plumbing = match mode {
-            Mode::Loopback => None,
-            Mode::Netns => {
-                if !can_create() {
-                    return Err(LabError::refused(
-                        Part::Netns,
-                        "--netns needs root and iproute2 (`ip`); run it with sudo, or without --netns for the loopback lab",
-                    ));
-                }
-                let topology = topology_for(Mode::Netns);
-                let cilium = policies.cilium.clone();
-                let plumbing = tokio::task::spawn_blocking(move || {
-                    for name in remove_stale() {
-                        tracing::warn!(%name, "removed a namespace left by an earlier run");
-                    }
-                    NetnsPlumbing::create(&topology, &cilium)
-                })
-                .await
-                .map_err(|e| LabError::failed(Part::Netns, "creating the namespaces", e))??;
-                Some(plumbing)
-            }
-        };
+        let plumbing = start_plumbing(mode, &policies).await?;
         let netns_of = |pod: &str| plumbing.as_ref().map(|p| p.pod_path(pod));
-        // PostgreSQL first: its port goes into the registry.
         let (postgres, postgres_missing) = start_postgres(mode, netns_of("postgres")).await?;
         let pg_port = postgres
             .as_ref()
             .map(|p| p.addr.port())
             .unwrap_or(POSTGRES_PORT);
         let registry = Arc::new(registry(mode, pg_port, &netns_of)?);
-
-        let mut authority_config = AuthorityConfig::new("cluster.local");
-        if ztunnel_binary.is_some() {
-            // ztunnel renews at half of (not_after - not_before): with the
-            // default minute of backdating, its short lab certificates would
-            // be due at once.
-            authority_config.backdate = Duration::from_secs(1);
-        }
-        // Plug-in CA files, so that istiod (when it feeds the lab) signs
-        // with the same intermediate and every certificate shares one root.
-        let plugin = PluginCerts::generate("cluster.local")
-            .map_err(|e| LabError::failed(Part::Ca, "generating the mesh root", e))?;
-        let authority = Arc::new(
-            SigningAuthority::from_plugin(&plugin, authority_config)
-                .map_err(|e| LabError::failed(Part::Ca, "loading the mesh root", e))?,
-        );
-        // A node may obtain any demo identity, and ztunnel its own.
-        let grants: Vec<IdentityPattern> = [
-            "spiffe://cluster.local/ns/demo/sa/*",
-            "spiffe://cluster.local/ns/istio-system/sa/ztunnel",
-        ]
-        .iter()
-        .map(|p| p.parse())
-        .collect::<Result<_, _>>()
-        .map_err(|e: hbone_ca::identity::IdentityError| {
-            LabError::failed(Part::Ca, "the nodes' identity grants", e)
-        })?;
-        let ca_metrics = Arc::new(CaMetrics::default());
-        let tokens = Arc::new(TokenFile::single(NODE_TOKEN, grants));
-        let service = Arc::new(CaService::new(
-            authority.clone(),
-            tokens.clone(),
-            ca_metrics.clone(),
-        ));
-        let ca = serve(service.clone(), SocketAddr::new(ip("127.0.10.1"), 0), &[])
-            .await
-            .map_err(|e| LabError::failed(Part::Ca, "serving", e))?;
-        let ca_access = CaAccess {
-            address: ca.url(),
-            root_pem: authority.root_pem().to_string(),
-            token: CaToken::Value(NODE_TOKEN.into()),
-            renewal: options.renewal.clone(),
-            key_log: options.key_log.clone(),
-        };
-
+        let ca = LabCa::start(&options, ztunnel_binary.is_some()).await?;
         let istiod = match &options.istiod {
             Some(given) => {
-                Some(IstiodPlane::start(given, &plugin, &registry, &policies.istio).await?)
+                Some(IstiodPlane::start(given, &ca.plugin, &registry, &policies.istio).await?)
             }
             None => None,
         };
         let follow_stop = tokio_util::sync::CancellationToken::new();
-        let mut xds_status = Vec::new();
-
-        let mut nodes = Vec::new();
-        let mut node_agents = Vec::new();
-        // Netns mode: hbone-lab runs in shared mode, as ztunnel does — one
-        // process per node, its pods handed over by a node agent (ZDS).
-        let agent_dir = match mode {
-            Mode::Netns => Some(
-                tempfile::Builder::new()
-                    .prefix("hbone-lab-zds-")
-                    .tempdir()
-                    .map_err(|e| {
-                        LabError::failed(Part::Proxy, "a directory for the node agents", e)
-                    })?,
-            ),
-            Mode::Loopback => None,
-        };
-        for (node, addr) in [("node-1", "127.0.11.1"), ("node-2", "127.0.11.2")] {
-            if dataplane.ztunnel_on(node) {
-                continue;
-            }
-            let settings = CoreSettings {
-                bind_source_ip: mode == Mode::Loopback,
-                ..CoreSettings::for_node(node)
-            };
-            // Fed by istiod: nothing known until its first push.
-            let core = match &istiod {
-                Some(istiod) => {
-                    let empty = registry_from(std::iter::empty(), node).map_err(|e| {
-                        LabError::failed(Part::Proxy, format!("assembling {node}"), e)
-                    })?;
-                    let core = ProxyCore::with_ca(
-                        settings,
-                        Arc::new(empty),
-                        MeshAuthorization::pushed(ROOT_NAMESPACE, Vec::new()),
-                        &istiod.ca_access(node, options.renewal.clone(), options.key_log.clone()),
-                    );
-                    if let Ok(core) = &core {
-                        core.set_waiting_for(Some("istiod".into()));
-                    }
-                    core
-                }
-                None => ProxyCore::with_ca(
-                    settings,
-                    registry.clone(),
-                    policies.istio.clone(),
-                    &ca_access,
-                ),
-            }
-            .map_err(|e| LabError::failed(Part::Proxy, format!("assembling {node}"), e))?;
-            let core = Arc::new(core);
-            let at = |port| Some(SocketAddr::new(ip(addr), port));
-            let in_pod = mode == Mode::Netns;
-            let listeners = Listeners {
-                socks5: at(0),
-                metrics: at(0),
-                admin: at(0),
-                readiness: at(0),
-                pod_outbound_port: in_pod.then_some(15001),
-                plaintext_port: in_pod.then_some(15006),
-                ..Listeners::default()
-            };
-            let agent = match &agent_dir {
-                Some(dir) => Some(HboneNodeAgent::start(&core, &registry, dir.path())?),
-                None => None,
-            };
-            nodes.push(
-                ProxyHandle::start(core.clone(), &listeners)
-                    .await
-                    .map_err(|e| LabError::failed(Part::Proxy, format!("starting {node}"), e))?,
-            );
-            if let Some(istiod) = &istiod {
-                let (tx, rx) = watch::channel(XdsStatus::default());
-                tokio::spawn(follow(
-                    core,
-                    istiod.xds_settings(node),
-                    tx,
-                    follow_stop.clone(),
-                ));
-                wait_synced(node, rx.clone()).await?;
-                xds_status.push((node.to_string(), rx));
-            }
-            if let Some(agent) = agent {
-                agent.wait_served(node).await?;
-                node_agents.push(agent);
-            }
-        }
-
-        let mut ztunnels = Vec::new();
-        let mut xds = None;
-        let mut ztunnel_dir = None;
-        if let (Some(binary), Some(plumbing)) = (&ztunnel_binary, &plumbing) {
-            let state = istiod
-                .is_none()
-                .then(|| XdsState::new(&mesh(&registry, &policies.istio), Some(tokens.clone())));
-            let dir = tempfile::Builder::new()
-                .prefix("hbone-lab-ztunnel-")
-                .tempdir()
-                .map_err(|e| LabError::failed(Part::Proxy, "a directory for ztunnel", e))?;
-            for node in ["node-1", "node-2"]
-                .into_iter()
-                .filter(|n| dataplane.ztunnel_on(n))
-            {
-                let token_file;
-                let spec = ZtunnelNodeSpec {
-                    node,
-                    netns: &plumbing.nodes[node],
+        let hbone = HboneNodes::start(
+            &options,
+            &registry,
+            &policies,
+            &ca,
+            istiod.as_ref(),
+            &follow_stop,
+        )
+        .await?;
+        let zt = match (&ztunnel_binary, &plumbing) {
+            (Some(binary), Some(plumbing)) => {
+                let on = ZtunnelsOn {
                     binary,
+                    plumbing,
+                    dataplane,
                     registry: &registry,
-                    dir: dir.path(),
-                    root_pem: authority.root_pem(),
-                    credential: match &istiod {
-                        Some(istiod) => {
-                            token_file = istiod.tokens[node].path.clone();
-                            NodeCredential::TokenFile(&token_file)
-                        }
-                        None => NodeCredential::Token(NODE_TOKEN),
-                    },
-                    secret_ttl: Some(ZTUNNEL_SECRET_TTL),
-                    log_level: "info",
+                    policies: &policies,
+                    ca: &ca,
+                    istiod: istiod.as_ref(),
                 };
-                ztunnels.push(match (&istiod, &state) {
-                    (Some(istiod), _) => {
-                        ZtunnelNode::start_on_istiod(spec, istiod.control.istiod_ports.secure_grpc)
-                            .await?
-                    }
-                    (None, Some(state)) => {
-                        ZtunnelNode::start(spec, service.clone(), state.clone()).await?
-                    }
-                    (None, None) => {
-                        unreachable!("a state is made when istiod does not feed the lab")
-                    }
-                });
+                on.start().await?
             }
-            xds = state;
-            ztunnel_dir = Some(dir);
-        }
-
+            _ => Ztunnels::default(),
+        };
         let hello = SocketAddr::new(lab_pod("hello-app").addr(mode), HELLO_PORT);
         let gateway = match mode {
             Mode::Loopback => options.gateway_listen,
@@ -632,25 +774,25 @@ impl Lab {
         };
         let mut lab = Lab {
             mode,
-            ca,
-            ca_metrics,
-            authority,
+            ca: ca.running,
+            ca_metrics: ca.metrics,
+            authority: ca.authority,
             registry,
             policies,
-            nodes,
+            nodes: hbone.nodes,
             dataplane,
-            ztunnels,
-            xds,
-            ztunnel_dir,
-            node_agents,
-            _agent_dir: agent_dir,
+            ztunnels: zt.ztunnels,
+            xds: zt.xds,
+            ztunnel_dir: zt.dir,
+            node_agents: hbone.node_agents,
+            _agent_dir: hbone.agent_dir,
             postgres,
             postgres_missing,
             gateway,
             hello,
             plumbing,
             public_ca: None,
-            xds_status,
+            xds_status: hbone.xds_status,
             _xds_follow: Some(follow_stop.drop_guard()),
             istiod,
         };

@@ -29,12 +29,12 @@ use hbone_policies::cilium::iptables::{Addressing, PodFirewall, compile};
 use hbone_policies::topology::{LabTopology, MeshMode};
 use hbone_proxy::net::pod_sockets::bind_listener;
 
-use crate::sni_relay::SniRelay;
-use crate::topology::{Cause, LabError, Part};
+use crate::lab::sni_relay::SniRelay;
+use crate::lab::topology::{Cause, LabError, Part};
 
 /// Every address inside the netns cluster (pods, nodes, their links).
 pub const CLUSTER_CIDR: &str = "10.0.0.0/8";
-pub use crate::topology::{CLOUDFLARE_IP, GITHUB_IP};
+pub use crate::lab::topology::{CLOUDFLARE_IP, GITHUB_IP};
 pub use hbone_policies::topology::BROWSER_IP;
 /// Where each node's SNI relay listens (in the node's namespace).
 pub const SNI_RELAY_PORT: u16 = 15443;

@@ -15,7 +15,7 @@
 //! ```
 //!
 //! Netns mode — pods and nodes are network namespaces (see
-//! [`crate::netns_topology`]); pods on 10.244.<node>.x, services on 10.96.0.x.
+//! [`crate::lab::plumbing`]); pods on 10.244.<node>.x, services on 10.96.0.x.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

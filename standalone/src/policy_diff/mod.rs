@@ -52,7 +52,7 @@ use serde::Serialize;
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::istiod::{NodeRelay, start_signing_with};
+use crate::lab::istiod::{NodeRelay, start_signing_with};
 use hbone_harness::ztunnel::{Mode, Settings, Ztunnel};
 
 const TOKEN: &str = "policy-diff-token";

@@ -22,8 +22,11 @@ use crate::state::ProxyCore;
 /// Which endpoints a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoints {
+    /// Prometheus metrics at `/metrics` and `/stats/prometheus` (15020).
     Metrics,
+    /// `/healthz/ready`: ready once every local workload has its certificate (15021).
     Readiness,
+    /// `/config_dump`, `/certs` and `/debug/connections` (15000).
     Admin,
 }
 

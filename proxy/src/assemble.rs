@@ -28,37 +28,56 @@ use hbone_policies::load::LoadError;
 /// How often the registry and policy files are looked at again.
 const FILE_POLL: Duration = Duration::from_secs(2);
 
+/// Why a node proxy could not be built from its config and started.
 #[derive(Debug, Error)]
 pub enum AssembleError {
+    /// The config names none of `registry`, `kubernetes` or `xds`.
     #[error("the config names no registry (registry:, kubernetes: or xds:)")]
     NoRegistry,
+    /// The registry file could not be read or parsed.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// The Kubernetes API could not be reached or listed.
     #[error("the Kubernetes cluster: {0}")]
     Kubernetes(#[from] crate::sources::kube::KubeError),
+    /// The cluster's pods and services do not make a valid registry.
     #[error("the registry from the Kubernetes cluster: {0}")]
     Workloads(#[from] crate::config::FieldError),
+    /// The configured node is not among the registry's nodes.
     #[error("node {node:?} is not in the registry from {source_name} (nodes: {nodes})")]
     NodeMissing {
+        /// The node the config names.
         node: String,
+        /// Where the registry came from (a file, the cluster, the control plane).
         source_name: String,
+        /// The node names the registry does list, comma-separated.
         nodes: String,
     },
+    /// A policy file could not be read or parsed.
     #[error(transparent)]
     Policies(#[from] LoadError),
+    /// The mesh root certificate (`ca.rootCert`) could not be read.
     #[error("cannot read ca.rootCert {}: {source}", path.display())]
     RootCert {
+        /// The file `ca.rootCert` names.
         path: PathBuf,
+        /// The read error.
         #[source]
         source: std::io::Error,
     },
+    /// The CA bearer token file (`ca.tokenFile`) does not exist.
     #[error(
         "cannot read ca.tokenFile {}: no such file (the bearer token for the CA and the control plane)",
         path.display()
     )]
-    TokenFile { path: PathBuf },
+    TokenFile {
+        /// The file `ca.tokenFile` names.
+        path: PathBuf,
+    },
+    /// The CA client, the mesh trust or the key log could not be set up.
     #[error(transparent)]
     Core(#[from] CoreError),
+    /// A listener could not be bound, or a workload's namespace entered.
     #[error(transparent)]
     Start(#[from] crate::proxy::StartError),
 }
@@ -75,6 +94,7 @@ pub struct Extras {
 /// A node proxy serving, and the tasks that keep its registry, policies
 /// and pods current.
 pub struct NodeProxy {
+    /// The listeners, their bound addresses and the shared state.
     pub handle: ProxyHandle,
     followers: CancellationToken,
 }
@@ -148,6 +168,7 @@ impl NodeProxy {
         Ok(NodeProxy { handle, followers })
     }
 
+    /// The addresses the listeners were bound to.
     pub fn addrs(&self) -> &BoundAddrs {
         &self.handle.addrs
     }
@@ -267,8 +288,11 @@ fn warn_not_a_mesh(mode: BenchTunnel) {
 /// Who the proxy says it is to a control plane, from the pod's
 /// downward-API variables where they are set (as ztunnel reads them).
 pub struct PodEnv {
+    /// The proxy's pod name (`POD_NAME`, else the node's name).
     pub name: String,
+    /// The proxy's pod namespace (`POD_NAMESPACE`, else `istio-system`).
     pub namespace: String,
+    /// The proxy's pod IP (`INSTANCE_IP` or `POD_IP`, else `127.0.0.1`).
     pub ip: String,
 }
 

@@ -39,38 +39,55 @@ pub const ALPN_BENCH_MTLS: &[u8] = b"hbone-lab-bench-mtls";
 /// Copy buffers of the lower rungs, each way (tokio's `copy_bidirectional`).
 const BUFFER: usize = 64 * 1024;
 
+/// Why a benchmark tunnel could not be opened or accepted.
 #[derive(Debug, Error)]
 pub enum BenchTunnelError {
+    /// The sending proxy could not dial the peer proxy's port 15008.
     #[error("cannot reach the peer proxy at {addr}: {source}")]
     Connect {
+        /// The peer proxy's address.
         addr: SocketAddr,
+        /// The dial error.
         #[source]
         source: std::io::Error,
     },
     /// No certificate yet, or no TLS configuration from it.
     #[error(transparent)]
     Setup(#[from] CoreError),
+    /// The mutual-TLS handshake of the `mtls` rung failed.
     #[error("TLS with {addr}: {source}")]
     Tls {
+        /// The peer's address (sending side) or our own (receiving side).
         addr: SocketAddr,
+        /// The handshake error.
         #[source]
         source: std::io::Error,
     },
+    /// The preamble is not a length byte and an `ip:port`.
     #[error("the preamble: {0}")]
     Preamble(String),
+    /// The preamble could not be written or read.
     #[error("the preamble: {0}")]
     PreambleIo(#[source] std::io::Error),
+    /// The target is not the local workload the connection arrived for, or a proxy port.
     #[error("the preamble names {target}, not a port of this connection's workload")]
-    Target { target: SocketAddr },
+    Target {
+        /// The address named, or the local one no workload holds.
+        target: SocketAddr,
+    },
+    /// The receiving proxy could not dial the target workload.
     #[error("cannot reach the destination {target}: {source}")]
     Upstream {
+        /// The target the preamble named.
         target: SocketAddr,
+        /// The dial error.
         #[source]
         source: std::io::Error,
     },
 }
 
 impl BenchTunnelError {
+    /// The refusal reason this error is counted and logged under.
     pub fn reason(&self) -> Reason {
         match self {
             BenchTunnelError::Connect { .. } => Reason::ConnectFailed,

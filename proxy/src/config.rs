@@ -48,18 +48,26 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 use thiserror::Error;
 
+/// Why the proxy's config file could not be loaded.
 #[derive(Debug, Error)]
 pub enum ConfigError {
+    /// The file could not be read.
     #[error("cannot read config {file}: {source}")]
     Read {
+        /// The config file's path.
         file: String,
+        /// The read error.
         #[source]
         source: std::io::Error,
     },
+    /// A field is malformed or out of range, or not exactly one registry source is named.
     #[error("{file}: field `{field}`: {message}")]
     Field {
+        /// The config file's path.
         file: String,
+        /// The field's path, like `h2.streamWindow`.
         field: String,
+        /// What is wrong with it.
         message: String,
     },
 }
@@ -102,15 +110,23 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct H2Settings {
+    /// Initial HTTP/2 stream window in bytes, both ways (default 4 MiB).
     pub stream_window: u32,
+    /// Initial HTTP/2 connection window in bytes (default 16 MiB).
     pub connection_window: u32,
+    /// Largest HTTP/2 frame we accept, in bytes (default 1 MiB).
     pub max_frame_size: u32,
+    /// Most streams the client pool puts on one connection before dialing another (default 100).
     pub max_streams_per_connection: usize,
+    /// Most CONNECT streams one inbound connection carries at once; past it, 503 (default 200).
     pub server_max_streams: usize,
+    /// How long a pooled connection may sit without streams before it is closed (default 300 s).
     #[serde(deserialize_with = "duration")]
     pub pool_idle_timeout: Duration,
+    /// How long a dial may take: to a peer's 15008, or to the target inbound (default 10 s).
     #[serde(deserialize_with = "duration")]
     pub connect_timeout: Duration,
+    /// How long a TLS or HTTP/2 handshake may take (default 10 s); also bounds SOCKS5 negotiation.
     #[serde(deserialize_with = "duration")]
     pub handshake_timeout: Duration,
     /// PING pooled connections this often…
@@ -138,18 +154,26 @@ impl Default for H2Settings {
     }
 }
 
+/// `listeners:` — the ports and addresses the proxy listens on.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct Listeners {
+    /// HBONE port, bound on every local workload IP (default 15008).
     pub hbone_port: u16,
+    /// Plaintext inbound port, bound on every local workload IP (15006; none by default).
     pub plaintext_port: Option<u16>,
+    /// SOCKS5 listener address (15080; none by default).
     pub socks5: Option<SocketAddr>,
+    /// Host-side captured-outbound listener, read with `SO_ORIGINAL_DST` (15001; none by default).
     pub outbound: Option<SocketAddr>,
     /// In-pod capture: an outbound listener on `0.0.0.0:<port>` inside the
     /// network namespace of every local workload that has one (15001).
     pub pod_outbound_port: Option<u16>,
+    /// Prometheus metrics listener address (15020; none by default).
     pub metrics: Option<SocketAddr>,
+    /// Admin listener address (15000; none by default).
     pub admin: Option<SocketAddr>,
+    /// Readiness listener address (15021; none by default).
     pub readiness: Option<SocketAddr>,
     /// The most connections the data listeners hold open at once (none by
     /// default); past it new ones are closed and counted as `too_many_connections`.
@@ -172,12 +196,17 @@ impl Default for Listeners {
     }
 }
 
+/// `ca:` — the CA server the workloads' certificates come from.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct CaSettings {
+    /// The CA's address, `https://host:15012`.
     pub address: String,
+    /// The mesh root (PEM): verifies the CA's serving certificate, and peers.
     pub root_cert: PathBuf,
+    /// The bearer token for `CreateCertificate`, read again before each request.
     pub token_file: PathBuf,
+    /// Lifetime asked for each workload certificate (default 24 h).
     #[serde(default = "default_ttl", deserialize_with = "duration")]
     pub ttl: Duration,
 }
@@ -194,6 +223,7 @@ fn default_root_namespace() -> String {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ProxyConfig {
+    /// The registry node whose workloads this proxy serves.
     pub node: String,
     /// The registry file (followed: edits take effect without a restart).
     #[serde(default)]
@@ -208,19 +238,25 @@ pub struct ProxyConfig {
     /// Shared mode: the node agent's socket (istio-cni: `/var/run/ztunnel/ztunnel.sock`).
     #[serde(default)]
     pub zds: Option<PathBuf>,
+    /// AuthorizationPolicy and PeerAuthentication files or directories (ignored with `xds`).
     #[serde(default)]
     pub policies: Vec<PathBuf>,
+    /// Istio's root namespace, whose policies apply mesh-wide (default `istio-system`).
     #[serde(default = "default_root_namespace")]
     pub root_namespace: String,
+    /// Where the workloads' certificates come from.
     pub ca: CaSettings,
+    /// What the proxy listens on.
     #[serde(default)]
     pub listeners: Listeners,
+    /// HTTP/2 tuning of the HBONE client and server.
     #[serde(default)]
     pub h2: H2Settings,
     /// Dial HBONE from the source workload's IP (loopback mode), as a socket
     /// inside the pod's network namespace would.
     #[serde(default = "yes")]
     pub bind_source_ip: bool,
+    /// How long open connections get to finish at shutdown (default 5 s).
     #[serde(default = "default_grace", deserialize_with = "duration")]
     pub drain_grace: Duration,
     /// How many finished connections `/debug/connections` keeps.
@@ -244,8 +280,10 @@ fn default_connection_log() -> usize {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct KubernetesRegistry {
+    /// Trust domain of the workloads' SPIFFE identities (default `cluster.local`).
     #[serde(default = "default_trust_domain")]
     pub trust_domain: String,
+    /// How often the cluster's pods and services are listed again (default 5 s).
     #[serde(default = "default_poll", deserialize_with = "duration")]
     pub poll_interval: Duration,
 }

@@ -38,6 +38,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 impl KeyLogWriter {
+    /// Opens `path` for appending (created with mode 0600, as it holds secrets).
     pub fn open(path: &Path) -> std::io::Result<Arc<KeyLogWriter>> {
         let file = OpenOptions::new()
             .create(true)
@@ -50,6 +51,7 @@ impl KeyLogWriter {
         }))
     }
 
+    /// The file the secrets are written to.
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -24,21 +24,31 @@ pub use crate::net::listen::StartError;
 /// The addresses actually bound (ports resolved when 0 was asked).
 #[derive(Debug, Clone, Default)]
 pub struct BoundAddrs {
+    /// HBONE listeners (15008), one per local workload IP.
     pub hbone: Vec<SocketAddr>,
+    /// Plaintext inbound listeners (15006), one per local workload IP.
     pub plaintext: Vec<SocketAddr>,
+    /// The SOCKS5 listener (15080), if configured.
     pub socks5: Option<SocketAddr>,
+    /// The captured-outbound listener (15001) on the host, if configured.
     pub outbound: Option<SocketAddr>,
     /// In-pod outbound listeners: (workload name, address inside its namespace).
     pub pod_outbound: Vec<(String, SocketAddr)>,
+    /// The Prometheus metrics listener (15020), if configured.
     pub metrics: Option<SocketAddr>,
+    /// The admin listener (15000), if configured.
     pub admin: Option<SocketAddr>,
+    /// The readiness listener (15021), if configured.
     pub readiness: Option<SocketAddr>,
 }
 
 /// A running proxy.
 pub struct ProxyHandle {
+    /// The state every listener shares.
     pub core: Arc<ProxyCore>,
+    /// The sending side, with its HBONE connection pool.
     pub outbound: Arc<Outbound>,
+    /// Where each listener ended up bound.
     pub addrs: BoundAddrs,
     shutdown: CancellationToken,
     tasks: TaskTracker,

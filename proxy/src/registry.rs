@@ -42,22 +42,31 @@ use thiserror::Error;
 
 use crate::config::FieldError;
 
+/// Why a registry file could not be loaded.
 #[derive(Debug, Error)]
 pub enum RegistryError {
+    /// The file could not be read.
     #[error("cannot read registry {file}: {source}")]
     Read {
+        /// The registry file's path.
         file: String,
+        /// The read error.
         #[source]
         source: std::io::Error,
     },
+    /// A field is malformed, or a reference, identity or address in it is wrong.
     #[error("{file}: field `{field}`: {message}")]
     Field {
+        /// The registry file's path.
         file: String,
+        /// The field's path, like `workloads[2].ips`.
         field: String,
+        /// What is wrong with it.
         message: String,
     },
 }
 
+/// How a workload is reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Protocol {
@@ -68,22 +77,32 @@ pub enum Protocol {
     Tcp,
 }
 
+/// A node a proxy may serve (`nodes:`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Node {
+    /// The node's name, as a proxy's config names it.
     pub name: String,
 }
 
+/// A workload (a pod): who it is, where it runs, how it is reached.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Workload {
+    /// The pod's name.
     pub name: String,
+    /// Its Kubernetes namespace.
     pub namespace: String,
+    /// Its service account: with the namespace and trust domain, its SPIFFE identity.
     pub service_account: String,
+    /// Its labels, matched by service and policy selectors.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Its addresses, at least one; any of them identifies it as a source.
     pub ips: Vec<IpAddr>,
+    /// The node it runs on, one of those under `nodes`.
     pub node: String,
+    /// Meshed (`HBONE`, the default) or plain `TCP`.
     #[serde(default)]
     pub protocol: Protocol,
     /// The named network namespace holding this workload's sockets (in-pod
@@ -116,6 +135,7 @@ pub struct Workload {
 }
 
 impl Workload {
+    /// Its SPIFFE identity, set when the registry is built (panics before).
     pub fn identity(&self) -> &Identity {
         self.identity
             .as_ref()
@@ -123,13 +143,18 @@ impl Workload {
     }
 }
 
+/// A service: virtual IPs in front of the workloads it selects.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Service {
+    /// The service's name.
     pub name: String,
+    /// Its namespace.
     pub namespace: String,
+    /// Its hostname, when not `name.namespace.svc.<suffix>`.
     #[serde(default)]
     pub hostname: Option<String>,
+    /// Its virtual IPs; a connection to one goes to one of its endpoints.
     pub vips: Vec<IpAddr>,
     /// Service port → target port.
     pub ports: BTreeMap<u16, u16>,
@@ -154,6 +179,7 @@ impl Service {
             }
     }
 
+    /// Its hostname: the one given, else `name.namespace.svc.<trust_domain_suffix>`.
     pub fn hostname(&self, trust_domain_suffix: &str) -> String {
         self.hostname.clone().unwrap_or_else(|| {
             format!("{}.{}.svc.{trust_domain_suffix}", self.name, self.namespace)
@@ -161,15 +187,20 @@ impl Service {
     }
 }
 
+/// The registry's YAML document, as written (see the module's example).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RegistryFile {
+    /// Trust domain of the workloads' identities (default `cluster.local`).
     #[serde(default = "default_trust_domain")]
     pub trust_domain: String,
+    /// The nodes proxies may serve.
     #[serde(default)]
     pub nodes: Vec<Node>,
+    /// Every workload, on any node.
     #[serde(default)]
     pub workloads: Vec<Workload>,
+    /// Every service.
     #[serde(default)]
     pub services: Vec<Service>,
 }
@@ -183,9 +214,11 @@ fn default_trust_domain() -> String {
 pub enum Destination<'a> {
     /// A known workload, possibly reached through a service.
     Workload {
+        /// The workload chosen.
         workload: &'a Arc<Workload>,
         /// The workload's address and target port.
         addr: SocketAddr,
+        /// The service dialed, when the address was its VIP.
         service: Option<&'a Arc<Service>>,
     },
     /// Not in the registry: passed through as plain TCP.
@@ -220,11 +253,14 @@ pub enum ResolveError {
 /// registry ([`Registry::from_file`]), which indexes it again.
 #[derive(Debug, Clone)]
 pub struct Registry {
+    /// Trust domain of the workloads' SPIFFE identities.
     pub trust_domain: String,
+    /// The nodes proxies may serve.
     pub nodes: Vec<Node>,
     /// Shared, so a connection holds its endpoints for its lifetime at the
     /// cost of a reference count, not a copy of every name and label.
     pub workloads: Vec<Arc<Workload>>,
+    /// Every service, shared like the workloads.
     pub services: Vec<Arc<Service>>,
     index: Index,
 }
@@ -312,6 +348,7 @@ impl Index {
 }
 
 impl Registry {
+    /// Reads and validates the registry file at `path`.
     pub fn load(path: &Path) -> Result<Self, RegistryError> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| RegistryError::Read {
@@ -321,6 +358,7 @@ impl Registry {
         Self::parse(&text, &file)
     }
 
+    /// Parses and validates a registry document; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Self, RegistryError> {
         let err = |FieldError { field, message }| RegistryError::Field {
             file: file.to_string(),
@@ -387,6 +425,7 @@ impl Registry {
         })
     }
 
+    /// The workload with `ip` among its addresses (`None` for a service VIP).
     pub fn workload_by_ip(&self, ip: IpAddr) -> Option<&Arc<Workload>> {
         match self.index.by_ip.get(&ip)? {
             Addressed::Workload(i) => self.workloads.get(*i as usize),
@@ -401,6 +440,7 @@ impl Registry {
         }
     }
 
+    /// The first workload with `identity` (several pods may share one).
     pub fn workload_by_identity(&self, identity: &Identity) -> Option<&Arc<Workload>> {
         let i = *self.index.by_identity.get(identity)?;
         self.workloads.get(i as usize)

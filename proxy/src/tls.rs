@@ -30,33 +30,48 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::observe::refusal::Reason;
 
+/// The ALPN protocol HBONE negotiates: HTTP/2.
 pub const ALPN_H2: &[u8] = b"h2";
 
 /// Why a peer's certificate does not carry an acceptable identity.
 #[derive(Debug, Error, Clone, PartialEq)]
 pub enum PeerIdentityError {
+    /// The peer sent no certificate.
     #[error("the peer presented no certificate")]
     NoCertificate,
+    /// The peer's certificate does not parse as X.509.
     #[error("the peer certificate is not valid X.509")]
     Unparseable,
+    /// The certificate has no URI SAN, several, or one that is not `spiffe://`;
+    /// it holds the URI SANs found.
     #[error("the peer certificate carries no single SPIFFE ID (URI SANs: {0:?})")]
     NoSpiffeId(Vec<String>),
+    /// The SPIFFE ID is not `spiffe://<trust domain>/ns/<namespace>/sa/<account>`;
+    /// it holds the parse error.
     #[error("the peer's SPIFFE ID is not an Istio workload identity: {0}")]
     BadSpiffeId(String),
+    /// A client's identity is in another trust domain than the server's.
     #[error("the peer {identity} is in trust domain {found:?}, not ours ({expected:?})")]
     ForeignTrustDomain {
+        /// The client's SPIFFE ID.
         identity: String,
+        /// Its trust domain.
         found: String,
+        /// The server's trust domain.
         expected: String,
     },
+    /// The server's identity is not one the client expected for the destination.
     #[error("the server is {found}, expected {}", expected.join(" or "))]
     UnexpectedServer {
+        /// The SPIFFE ID the server presented.
         found: String,
+        /// The SPIFFE IDs the client would accept.
         expected: Vec<String>,
     },
 }
 
 impl PeerIdentityError {
+    /// The refusal reason this error is counted and logged under.
     pub fn reason(&self) -> Reason {
         match self {
             PeerIdentityError::NoCertificate => Reason::NoClientCert,
@@ -89,7 +104,9 @@ fn identity_error(e: PeerIdentityError) -> TlsError {
 /// The mesh's trust: its root(s) and its trust domain.
 #[derive(Clone)]
 pub struct MeshTrust {
+    /// The mesh root certificates peers' chains must end at.
     pub roots: Arc<RootCertStore>,
+    /// The mesh's trust domain, which a client's identity must be in.
     pub trust_domain: String,
     provider: Arc<CryptoProvider>,
     /// Where the mesh connections' TLS secrets go, when someone asked.
@@ -105,12 +122,16 @@ impl std::fmt::Debug for MeshTrust {
     }
 }
 
+/// Why a TLS configuration could not be built.
 #[derive(Debug, Error)]
 pub enum TlsSetupError {
+    /// A root certificate does not parse, or the store rejects it.
     #[error("the root certificate is unusable: {0}")]
     Root(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// rustls rejected the configuration (for instance the workload's key or chain).
     #[error("cannot build the TLS configuration: {0}")]
     Config(#[from] TlsError),
+    /// The client-certificate verifier could not be built from the roots.
     #[error("cannot build the client verifier: {0}")]
     Verifier(#[source] rustls::server::VerifierBuilderError),
 }
@@ -126,6 +147,7 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
 }
 
 impl MeshTrust {
+    /// Trusting the DER root certificates `roots` for `trust_domain`.
     pub fn new(
         roots: &[CertificateDer<'static>],
         trust_domain: &str,

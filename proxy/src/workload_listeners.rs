@@ -43,7 +43,9 @@ struct Open {
 /// The addresses one workload's listeners were bound to.
 #[derive(Debug, Clone, Default)]
 pub struct Opened {
+    /// The HBONE listeners (15008), one per workload IP.
     pub hbone: Vec<SocketAddr>,
+    /// The plaintext inbound listeners (15006), one per workload IP.
     pub plaintext: Vec<SocketAddr>,
     /// The in-pod outbound listener, inside the workload's namespace.
     pub pod_outbound: Option<SocketAddr>,

@@ -52,9 +52,13 @@ impl Revocation {
 
 /// One admitted stream, as a policy sees it.
 pub struct Stream {
+    /// The peer's verified SPIFFE identity, from its certificate.
     pub peer_identity: Arc<Identity>,
+    /// The IP the stream came from (the CONNECT's source).
     pub src_ip: IpAddr,
+    /// The address the CONNECT asked for: workload IP and port.
     pub target: SocketAddr,
+    /// The local workload the stream reaches, as it was when admitted.
     pub workload: Arc<Workload>,
 }
 
@@ -69,6 +73,7 @@ pub struct Established {
 pub struct Entry {
     table: Arc<Established>,
     id: u64,
+    /// Flagged when a policy change denies the stream; its relay watches it.
     pub revocation: Arc<Revocation>,
 }
 
@@ -85,12 +90,16 @@ impl Drop for Entry {
 /// A stream a policy change closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Revoked {
+    /// The peer's SPIFFE identity, as a string.
     pub peer: String,
+    /// The address the stream was carried to.
     pub target: SocketAddr,
+    /// Why the policies now deny it.
     pub reason: String,
 }
 
 impl Established {
+    /// Adds an admitted stream; it stays until the returned entry is dropped.
     pub fn insert(self: &Arc<Self>, stream: Stream) -> Entry {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let revocation = Arc::new(Revocation::default());
@@ -105,10 +114,12 @@ impl Established {
         }
     }
 
+    /// How many streams are open now.
     pub fn len(&self) -> usize {
         self.streams.lock().expect("established lock").len()
     }
 
+    /// Whether no stream is open.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -233,8 +233,11 @@ struct ActiveStream(Arc<AtomicUsize>);
 /// Why a CONNECT is refused: the status answered, the reason counted, what the log says.
 #[derive(Debug)]
 pub struct Refusal {
+    /// The HTTP status the CONNECT is answered with.
     pub status: StatusCode,
+    /// The reason the refusal is counted and logged under.
     pub reason: Reason,
+    /// What went wrong, for the log, the connection log and the refusal header.
     pub detail: String,
     /// The policies' decision, when they refused it.
     pub decision: Option<Decision>,
@@ -287,6 +290,7 @@ pub fn connect_target(
 }
 
 impl Refusal {
+    /// A refusal with no policy decision attached.
     pub fn new(status: StatusCode, reason: Reason, detail: impl Into<String>) -> Self {
         Refusal {
             status,

@@ -31,10 +31,12 @@ impl ConnectionLimit {
         self.max.store(max, Ordering::Relaxed);
     }
 
+    /// The cap, or `None` when there is none.
     pub fn max(&self) -> Option<usize> {
         Some(self.max.load(Ordering::Relaxed)).filter(|m| *m > 0)
     }
 
+    /// How many connections hold a permit now.
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Acquire)
     }

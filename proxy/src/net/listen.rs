@@ -39,19 +39,26 @@ use crate::net::pod_sockets::Netns;
 use crate::observe::metrics::ProxyMetrics;
 use crate::observe::refusal::{Direction, Reason};
 
+/// Why a listener could not be opened.
 #[derive(Debug, Error)]
 pub enum StartError {
+    /// Binding the socket failed (address in use, no permission, no such namespace).
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
+        /// The address asked for.
         addr: SocketAddr,
+        /// Which listener it was, for the message (`"SOCKS5"`, `"metrics"`…).
         what: &'static str,
+        /// The bind error.
         #[source]
         source: std::io::Error,
     },
     /// A workload's network namespace could not be opened.
     #[error("workload {workload}'s network namespace: {source}")]
     Netns {
+        /// The workload whose namespace it is.
         workload: String,
+        /// Why its namespace could not be entered.
         #[source]
         source: crate::net::pod_sockets::NetnsError,
     },

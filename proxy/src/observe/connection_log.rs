@@ -33,14 +33,20 @@ pub use crate::config::DEFAULT_CONNECTION_LOG as DEFAULT_CAPACITY;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
+    /// Still carrying bytes.
     Open,
+    /// Ended normally, both sides done.
     Closed,
+    /// Refused before it carried anything (see the detail for the reason).
     Refused,
+    /// Closed because a policy change denied it while it was open.
     Revoked,
+    /// Ended by an error (see the detail).
     Failed,
 }
 
 impl Outcome {
+    /// The lowercase name shown in the log and in `/debug/connections`.
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Open => "open",
@@ -55,9 +61,13 @@ impl Outcome {
 /// The decision, as shown.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DecisionRecord {
+    /// Whether the policies let the connection through.
     pub allowed: bool,
+    /// The policy that decided, as `namespace/name`, if one did.
     pub policy: Option<String>,
+    /// The rule within that policy that decided, if one did.
     pub rule: Option<String>,
+    /// Why, in words.
     pub reason: String,
 }
 
@@ -75,8 +85,11 @@ impl From<&Decision> for DecisionRecord {
 /// The TLS session a connection rode on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TlsRecord {
+    /// TLS protocol version, like `TLSv1_3`.
     pub version: String,
+    /// Negotiated cipher suite, like `TLS13_AES_128_GCM_SHA256`.
     pub cipher: String,
+    /// Negotiated ALPN protocol (`h2` for HBONE), empty if none.
     pub alpn: String,
 }
 
@@ -84,15 +97,22 @@ pub struct TlsRecord {
 #[derive(Debug, Clone)]
 pub struct ConnectionRecord {
     id: u64,
+    /// Which listener took the connection.
     pub direction: Direction,
+    /// The client's address, where known.
     pub src_addr: Option<SocketAddr>,
+    /// Where the connection was carried to, where known.
     pub dst_addr: Option<SocketAddr>,
+    /// The local or source workload the connection came from, if known.
     pub src_workload: Option<Arc<Workload>>,
+    /// The workload the connection was carried to, if known.
     pub dst_workload: Option<Arc<Workload>>,
     /// The peer's identity from its certificate, where that is what is
     /// known (inbound); otherwise the source workload's is shown.
     pub src_identity: Option<Arc<Identity>>,
+    /// The policies' decision, when one was asked for.
     pub decision: Option<Arc<Decision>>,
+    /// The TLS session it rode on, if any.
     pub tls: Option<Arc<TlsRecord>>,
     bytes_sent: u64,
     bytes_recv: u64,
@@ -107,22 +127,35 @@ pub struct ConnectionRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ConnectionView {
+    /// Unique per proxy, assigned when the record enters the log.
     pub id: u64,
     /// [`Direction::log_name`]: `inbound`, `inbound_plaintext`, `outbound`, `socks5`.
     pub direction: &'static str,
+    /// The client's address, `-` if unknown.
     pub src_addr: String,
+    /// Where it was carried to, `-` if unknown.
     pub dst_addr: String,
+    /// The source workload's name.
     pub src_workload: Option<String>,
+    /// The destination workload's name.
     pub dst_workload: Option<String>,
+    /// The peer's SPIFFE identity from its certificate (inbound), else the source workload's.
     pub src_identity: Option<String>,
+    /// The destination workload's SPIFFE identity.
     pub dst_identity: Option<String>,
+    /// The policies' decision, if one was asked for.
     pub decision: Option<DecisionRecord>,
+    /// The TLS session's parameters, if it rode on one.
     pub tls: Option<TlsRecord>,
+    /// Bytes sent towards the client (the responses).
     pub bytes_sent: u64,
+    /// Bytes received from the client.
     pub bytes_recv: u64,
     /// Milliseconds since the Unix epoch.
     pub start_ms: u64,
+    /// How long it lasted in milliseconds; `None` while open.
     pub duration_ms: Option<u64>,
+    /// How it ended, or `open`.
     pub outcome: Outcome,
     /// The refusal's reason and detail, or the error it ended with.
     pub detail: Option<String>,
@@ -234,6 +267,7 @@ impl Default for ConnectionLog {
 }
 
 impl ConnectionLog {
+    /// A log keeping the `capacity` most recent finished connections.
     pub fn new(capacity: usize) -> Self {
         ConnectionLog {
             capacity: AtomicUsize::new(capacity),
@@ -263,7 +297,7 @@ impl ConnectionLog {
         self.trim(&mut done);
     }
 
-    /// Records an open connection; returns its id for [`Self::close`].
+    /// Records an open connection; returns its id for [`Self::take_open`].
     pub fn open(&self, mut record: ConnectionRecord) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         record.id = id;

@@ -16,28 +16,52 @@ use crate::registry::{Service, Workload};
 /// ztunnel's connection labels (src/proxy/metrics.rs in istio/ztunnel).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, Default, EncodeLabelSet)]
 pub struct ConnectionLabels {
+    /// `source` from the sending proxy, `destination` from the receiving one.
     pub reporter: String,
+    /// The source workload's name (`unknown` when not known).
     pub source_workload: String,
+    /// The source's canonical service: its `service.istio.io/canonical-name` label, else its app.
     pub source_canonical_service: String,
+    /// The source's canonical revision: its
+    /// `service.istio.io/canonical-revision` label, else its version.
     pub source_canonical_revision: String,
+    /// The source workload's namespace.
     pub source_workload_namespace: String,
+    /// The source's SPIFFE identity (`unknown` when it is not known).
     pub source_principal: String,
+    /// The source's `app` (or `app.kubernetes.io/name`) label, else its name.
     pub source_app: String,
+    /// The source's `version` label, else `latest`.
     pub source_version: String,
+    /// The source's cluster: `Kubernetes` when the source is known.
     pub source_cluster: String,
+    /// The dialed service's hostname (`name.namespace.svc.cluster.local`), else `unknown`.
     pub destination_service: String,
+    /// The dialed service's namespace.
     pub destination_service_namespace: String,
+    /// The dialed service's name.
     pub destination_service_name: String,
+    /// The destination workload's name (`unknown` when not known).
     pub destination_workload: String,
+    /// The destination's canonical service, chosen as for the source.
     pub destination_canonical_service: String,
+    /// The destination's canonical revision, chosen as for the source.
     pub destination_canonical_revision: String,
+    /// The destination workload's namespace.
     pub destination_workload_namespace: String,
+    /// The destination workload's SPIFFE identity (`unknown` when not known).
     pub destination_principal: String,
+    /// The destination's `app` (or `app.kubernetes.io/name`) label, else its name.
     pub destination_app: String,
+    /// The destination's `version` label, else `latest`.
     pub destination_version: String,
+    /// The destination's cluster: `Kubernetes` when the destination is known.
     pub destination_cluster: String,
+    /// Always `tcp`: the proxy moves bytes and never parses HTTP.
     pub request_protocol: String,
+    /// Always `-`.
     pub response_flags: String,
+    /// `mutual_tls` when carried over mTLS, else `unknown`.
     pub connection_security_policy: String,
 }
 
@@ -118,22 +142,31 @@ impl ConnectionLabels {
     }
 }
 
+/// The labels of `hbone_refusals_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusalLabels {
     /// inbound | outbound | socks5 | plaintext
     pub direction: String,
+    /// The refusal's reason, as [`Reason::as_str`] spells it.
     pub reason: String,
 }
 
 /// Every metric the proxy keeps.
 pub struct ProxyMetrics {
     registry: Registry,
+    /// `istio_tcp_connections_opened_total`: connections that started carrying bytes.
     pub opened: Family<ConnectionLabels, Counter>,
+    /// `istio_tcp_connections_closed_total`: connections that ended, whatever the outcome.
     pub closed: Family<ConnectionLabels, Counter>,
+    /// `istio_tcp_sent_bytes_total`: bytes sent towards the client (responses).
     pub sent_bytes: Family<ConnectionLabels, Counter>,
+    /// `istio_tcp_received_bytes_total`: bytes received from the client (requests).
     pub received_bytes: Family<ConnectionLabels, Counter>,
+    /// `istio_tcp_connections_failed_total`: connections that ended with an error.
     pub failed: Family<ConnectionLabels, Counter>,
+    /// `hbone_refusals_total`: connections and streams refused, by direction and reason.
     pub refusals: Family<RefusalLabels, Counter>,
+    /// `tcp_sockets_open`: proxied connections open now.
     pub sockets_open: Gauge,
     /// Each label set's five counters, found in the families once: a new
     /// connection then costs one hash of its labels instead of five
@@ -236,14 +269,17 @@ impl ProxyMetrics {
             .clone()
     }
 
+    /// Counts one refusal under `direction` and `reason`.
     pub fn refused(&self, direction: Direction, reason: Reason) {
         self.refusal(direction, reason).inc();
     }
 
+    /// How many refusals have been counted under `direction` and `reason`.
     pub fn refusal_count(&self, direction: Direction, reason: Reason) -> u64 {
         self.refusal(direction, reason).get()
     }
 
+    /// Every metric in the OpenMetrics text format, as `/metrics` serves it.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
@@ -261,12 +297,16 @@ impl ProxyMetrics {
 pub struct ConnectionGuard {
     counters: Arc<LabelCounters>,
     sockets_open: Gauge,
+    /// Bytes sent towards the client, added to the sent-bytes counter on drop.
     pub sent: u64,
+    /// Bytes received from the client, added to the received-bytes counter on drop.
     pub received: u64,
+    /// Whether the connection ended with an error, counted as failed on drop.
     pub failed: bool,
 }
 
 impl ConnectionGuard {
+    /// Counts a connection opened under `labels`, and one more socket open.
     pub fn open(metrics: &ProxyMetrics, labels: ConnectionLabels) -> Self {
         let counters = metrics.counters(labels);
         counters.opened.inc();

@@ -27,23 +27,31 @@ use crate::outbound::pool::{Pool, PoolKey, Tunnel, TunnelError};
 use crate::registry::{Destination, Protocol, Service, Workload};
 use crate::state::ProxyCore;
 
+/// Why an outbound connection could not be opened.
 #[derive(Debug, Error)]
 pub enum OutboundError {
+    /// The registry cannot resolve the destination (a service without that port or any endpoint).
     #[error("no route to {0}: {1}")]
     NoRoute(SocketAddr, #[source] crate::registry::ResolveError),
+    /// A destination that is not meshed could not be dialed.
     #[error("cannot reach {addr} directly: {source}")]
     Direct {
+        /// The address dialed.
         addr: SocketAddr,
+        /// The dial error.
         #[source]
         source: std::io::Error,
     },
+    /// The HBONE tunnel could not be opened.
     #[error(transparent)]
     Tunnel(#[from] TunnelError),
+    /// The benchmark tunnel could not be opened.
     #[error("bench tunnel: {0}")]
     Bench(#[from] crate::bench_tunnel::BenchTunnelError),
 }
 
 impl OutboundError {
+    /// The refusal reason this error is counted and logged under.
     pub fn reason(&self) -> Reason {
         match self {
             OutboundError::NoRoute(..) => Reason::NoRoute,
@@ -57,20 +65,28 @@ impl OutboundError {
 /// Where an outbound connection is going, as decided.
 #[derive(Debug, Clone)]
 pub struct Route {
+    /// The address the client asked for: a service VIP, a workload IP or anything else.
     pub original: SocketAddr,
+    /// Where it goes: the chosen endpoint's IP and target port, or `original` passed through.
     pub target: SocketAddr,
+    /// The destination workload, when the registry knows it.
     pub workload: Option<Arc<Workload>>,
+    /// The service the client dialed, if it dialed one.
     pub service: Option<Arc<Service>>,
 }
 
 /// An upstream ready to carry bytes.
 pub enum Upstream {
+    /// A CONNECT stream over a pooled HBONE connection.
     Tunnel(Box<Tunnel>),
+    /// A plain TCP connection to a destination that is not meshed.
     Direct(TcpStream),
     /// A benchmark-only rung below HBONE ([`crate::bench_tunnel`]).
     Bench(Box<dyn crate::bench_tunnel::BenchStream>),
 }
 
+/// The sending side the captured and SOCKS5 listeners share: routes each
+/// connection and opens its upstream.
 pub struct Outbound {
     core: Arc<ProxyCore>,
     pool: Arc<Pool>,
@@ -78,6 +94,7 @@ pub struct Outbound {
 }
 
 impl Outbound {
+    /// Routes with `core`'s registry and opens tunnels from `pool`.
     pub fn new(core: Arc<ProxyCore>, pool: Arc<Pool>) -> Self {
         Outbound {
             core,
@@ -86,6 +103,7 @@ impl Outbound {
         }
     }
 
+    /// The HBONE connection pool the tunnels come from.
     pub fn pool(&self) -> &Arc<Pool> {
         &self.pool
     }

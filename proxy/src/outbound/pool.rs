@@ -29,9 +29,13 @@ use crate::tls::handshake_failure_reason;
 /// Which connections may be shared.
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
 pub struct PoolKey {
+    /// The identity we present: the source workload's.
     pub source: Identity,
+    /// The identity the peer must present: the destination workload's.
     pub destination: Identity,
+    /// The peer proxy's address: the destination's IP on the HBONE port.
     pub addr: SocketAddr,
+    /// The source workload's IP to dial from, when `bindSourceIp` is on.
     pub source_ip: Option<IpAddr>,
 }
 
@@ -86,42 +90,69 @@ fn released(seen: Seen, idle_for: Duration, timeout: Duration) -> bool {
 /// What was negotiated on a connection (for `demo --explain` and the admin page).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsInfo {
+    /// TLS protocol version, like `TLSv1_3`.
     pub version: String,
+    /// Negotiated cipher suite, like `TLS13_AES_128_GCM_SHA256`.
     pub cipher: String,
+    /// Negotiated ALPN protocol (`h2`).
     pub alpn: String,
+    /// Our end of the TCP connection.
     pub local: SocketAddr,
+    /// The peer proxy's address.
     pub peer: SocketAddr,
 }
 
+/// Why an HBONE tunnel could not be opened.
 #[derive(Debug, Error)]
 pub enum TunnelError {
+    /// The TCP connect to the peer proxy failed.
     #[error("cannot connect to {addr}: {source}")]
     Connect {
+        /// The peer proxy's address.
         addr: SocketAddr,
+        /// The connect error.
         #[source]
         source: std::io::Error,
     },
+    /// The TLS handshake with the peer proxy failed.
     #[error("TLS handshake with {addr} failed ({reason}): {source}")]
     Tls {
+        /// The peer proxy's address.
         addr: SocketAddr,
+        /// The refusal reason the handshake error maps to.
         reason: Reason,
+        /// The handshake error.
         #[source]
         source: std::io::Error,
     },
+    /// The HTTP/2 handshake or the CONNECT request failed.
     #[error("HTTP/2 with {addr} failed: {source}")]
     H2 {
+        /// The peer proxy's address.
         addr: SocketAddr,
+        /// The HTTP/2 error.
         #[source]
         source: h2::Error,
     },
+    /// The destination proxy answered the CONNECT with a status other than 200.
     #[error("the destination proxy refused the tunnel: {status} {reason}")]
-    Refused { status: StatusCode, reason: String },
+    Refused {
+        /// The status it answered.
+        status: StatusCode,
+        /// Its refusal header (`hbone-lab-refusal`), empty if it sent none.
+        reason: String,
+    },
+    /// No certificate for the source workload, or no TLS configuration from it.
     #[error(transparent)]
     Core(#[from] CoreError),
+    /// The TCP connect or the TLS handshake did not finish in time.
     #[error("{phase} to {addr} timed out after {after:?}")]
     Timeout {
+        /// The step that ran out of time.
         phase: TunnelPhase,
+        /// The peer proxy's address.
         addr: SocketAddr,
+        /// The limit it ran into (`h2.connectTimeout` or `h2.handshakeTimeout`).
         after: Duration,
     },
 }
@@ -129,7 +160,9 @@ pub enum TunnelError {
 /// Which step of opening a tunnel ran out of time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TunnelPhase {
+    /// Dialing the peer proxy (`h2.connectTimeout`).
     TcpConnect,
+    /// The TLS handshake with it (`h2.handshakeTimeout`).
     TlsHandshake,
 }
 
@@ -143,6 +176,7 @@ impl std::fmt::Display for TunnelPhase {
 }
 
 impl TunnelError {
+    /// The refusal reason this error is counted and logged under.
     pub fn reason(&self) -> Reason {
         match self {
             TunnelError::Connect { .. } => Reason::ConnectFailed,
@@ -197,13 +231,19 @@ impl Drop for StreamGuard {
 
 /// An open CONNECT stream, answered 200.
 pub struct Tunnel {
+    /// Bytes towards the destination.
     pub send: SendStream<Bytes>,
+    /// Bytes from the destination.
     pub recv: RecvStream,
+    /// The destination proxy's response headers.
     pub response_headers: HeaderMap,
     /// The CONNECT request as sent (for teaching views).
     pub request_headers: HeaderMap,
+    /// What the connection carrying the stream negotiated.
     pub tls: TlsInfo,
+    /// Which pooled connection carries it: numbered from 1, in dial order.
     pub connection_id: u64,
+    /// Holds the stream's slot on that connection until dropped.
     pub guard: StreamGuard,
 }
 
@@ -216,6 +256,7 @@ impl Tunnel {
     }
 }
 
+/// The HBONE connections to other proxies, shared by every outbound connection of one proxy.
 pub struct Pool {
     core: Arc<ProxyCore>,
     conns: Mutex<HashMap<PoolKey, Vec<Arc<PooledConnection>>>>,
@@ -224,6 +265,7 @@ pub struct Pool {
 }
 
 impl Pool {
+    /// An empty pool, with a task that releases idle connections (so, inside a Tokio runtime).
     pub fn new(core: Arc<ProxyCore>) -> Arc<Self> {
         let pool = Arc::new(Pool {
             core,

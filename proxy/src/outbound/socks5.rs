@@ -21,22 +21,31 @@ use crate::state::ProxyCore;
 
 const DIRECTION: Direction = Direction::Socks5;
 
+/// Why a SOCKS5 client was refused before its connection was opened.
 #[derive(Debug, Error)]
 pub enum Socks5Error {
+    /// The first byte is not version 5; it holds that byte.
     #[error("not a SOCKS5 greeting (first byte {0:#04x}; SOCKS5 starts with 0x05)")]
     NotSocks5(u8),
+    /// The greeting does not offer "no authentication" (0x00).
     #[error("the client offers no method this proxy supports (only 'no authentication')")]
     NoAcceptableMethod,
+    /// The request's command is not CONNECT (0x01); it holds the command.
     #[error("command {0:#04x} is not supported (only CONNECT, 0x01)")]
     UnsupportedCommand(u8),
+    /// The request's address type is not IPv4, IPv6 or a name; it holds the type.
     #[error("address type {0:#04x} is not supported")]
     UnsupportedAddressType(u8),
+    /// A host name neither a service of the registry nor DNS resolves; it holds the name.
     #[error("cannot resolve {0}")]
     Unresolvable(String),
+    /// The client's IP is not a workload on this node.
     #[error("the source {0} is not a workload on this node")]
     UnknownSource(IpAddr),
+    /// The client did not finish its greeting and request within this time.
     #[error("no complete SOCKS5 request within {0:?}")]
     Silent(std::time::Duration),
+    /// Reading from or writing to the client failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -67,6 +76,7 @@ mod reply {
     pub const ADDRESS_TYPE_NOT_SUPPORTED: u8 = 0x08;
 }
 
+/// Serves SOCKS5 clients on `listener` until `shutdown`, each connection a task on `tasks`.
 pub async fn serve(
     core: Arc<ProxyCore>,
     outbound: Arc<Outbound>,
@@ -170,6 +180,7 @@ async fn accept(
 /// What a SOCKS5 request asks to reach.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
+    /// An IPv4 or IPv6 address (ATYP 1 or 4) and port.
     Addr(SocketAddr),
     /// A host name (ATYP 3) and port, resolved by the proxy.
     Name(String, u16),

@@ -30,7 +30,10 @@ use crate::config::FieldError;
 use crate::registry::{Node, Protocol, Registry, RegistryFile, Service, Workload};
 use crate::state::ProxyCore;
 
+/// The label (on a namespace or a pod) whose value `ambient` meshes pods, and
+/// `none` opts a pod out.
 pub const DATAPLANE_MODE_LABEL: &str = "istio.io/dataplane-mode";
+/// The label marking a pod that carries an hbone-lab sidecar proxy (value `sidecar`).
 pub const SIDECAR_LABEL: &str = "hbone-lab.dev/proxy";
 
 /// Why the cluster could not be listed.
@@ -78,11 +81,17 @@ pub enum PolicyListError {
 /// A pod, as the registry needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodFacts {
+    /// The pod's name.
     pub name: String,
+    /// Its namespace.
     pub namespace: String,
+    /// Its service account (`default` when the spec names none).
     pub service_account: String,
+    /// Its labels.
     pub labels: BTreeMap<String, String>,
+    /// Its IP, once it has one; a pod without one is left out of the registry.
     pub ip: Option<IpAddr>,
+    /// The node it is scheduled on, if it is.
     pub node: Option<String>,
     /// Container port names → numbers, for services that target a name.
     pub named_ports: BTreeMap<String, u16>,
@@ -91,16 +100,24 @@ pub struct PodFacts {
 /// A service port's target: a number, or a container port's name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TargetPort {
+    /// A port number.
     Number(u16),
+    /// A container port's name, looked up on the pods the service selects.
     Name(String),
 }
 
+/// A service, as the registry needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceFacts {
+    /// The service's name.
     pub name: String,
+    /// Its namespace.
     pub namespace: String,
+    /// Its cluster IP, the service's VIP; a headless service has none and is left out.
     pub cluster_ip: Option<IpAddr>,
+    /// Its ports, each with its target.
     pub ports: Vec<(u16, TargetPort)>,
+    /// Its pod selector; an empty one selects no pod.
     pub selector: BTreeMap<String, String>,
 }
 
@@ -109,7 +126,9 @@ pub struct ServiceFacts {
 pub struct ClusterSnapshot {
     /// Namespace → its labels.
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    /// Every pod in the cluster.
     pub pods: Vec<PodFacts>,
+    /// Every service in the cluster.
     pub services: Vec<ServiceFacts>,
     /// The cluster's AuthorizationPolicies and PeerAuthentications, as
     /// ztunnel gets them from istiod; `None` where the cluster has no
@@ -121,12 +140,15 @@ pub struct ClusterSnapshot {
 /// Istio's security resources, as listed from the cluster.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClusterPolicies {
+    /// Every AuthorizationPolicy in the cluster.
     pub authorization: Vec<AuthorizationPolicy>,
+    /// Every PeerAuthentication in the cluster.
     pub peer_authentication: Vec<PeerAuthentication>,
 }
 
 /// Where snapshots come from: the API server, or a fake in tests.
 pub trait ClusterLister: Send + Sync {
+    /// Lists the cluster once.
     fn snapshot(&self) -> impl Future<Output = Result<ClusterSnapshot, KubeError>> + Send;
 }
 

@@ -35,6 +35,8 @@ pub fn load_policies(paths: &[PathBuf], root_namespace: &str) -> Result<IstioPol
 /// file can be added to or removed from a directory, too).
 pub type Fingerprint = Vec<(PathBuf, Option<(SystemTime, u64)>)>;
 
+/// Each file `paths` names, directories expanded to their YAML files, with its
+/// modification time and size (`None` when it cannot be read).
 pub fn fingerprint(paths: &[PathBuf]) -> Fingerprint {
     let mut files = Vec::new();
     for path in paths {

@@ -50,6 +50,7 @@ pub struct XdsSettings {
     /// The node's metadata (ztunnel: `NAME`, `NAMESPACE`, `INSTANCE_IPS`,
     /// `NODE_NAME`, `CLUSTER_ID`, …); istiod checks `NAMESPACE` against the token.
     pub metadata: BTreeMap<String, String>,
+    /// Istio's root namespace: its policies apply mesh-wide.
     pub root_namespace: String,
     /// The longest wait between reconnects.
     pub max_backoff: Duration,
@@ -60,14 +61,19 @@ pub struct XdsSettings {
 pub struct XdsStatus {
     /// Streams opened (1 + reconnects).
     pub connects: u64,
+    /// Responses accepted (ACKed).
     pub acks: u64,
+    /// Responses rejected (NACKed).
     pub nacks: u64,
     /// The last NACK's message.
     pub last_nack: Option<String>,
     /// Both types have been answered at least once.
     pub synced: bool,
+    /// Workloads in the registry after the last response.
     pub workloads: usize,
+    /// Services in the registry after the last response.
     pub services: usize,
+    /// Authorization policies held after the last response.
     pub policies: usize,
     /// Why the last stream ended, or the last connect failed.
     pub last_error: Option<String>,

@@ -27,10 +27,13 @@ const LISTENERS_WITHIN: Duration = Duration::from_secs(5);
 /// What the follower has seen, for tests and logs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ZdsStatus {
+    /// Connections made to the node agent.
     pub connects: u64,
     /// Pods held now.
     pub pods: usize,
+    /// Snapshots the node agent finished sending (each ending a resync).
     pub snapshots: u64,
+    /// Why the last connection ended, or failed to open.
     pub last_error: Option<String>,
 }
 

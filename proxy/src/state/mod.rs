@@ -23,17 +23,24 @@ use crate::registry::Registry;
 use crate::state::pod_netns::PodNetns;
 use crate::tls::{MeshTrust, TlsSetupError};
 
+/// Why the proxy's shared state, or a TLS configuration from it, could not be set up.
 #[derive(Debug, Error)]
 pub enum CoreError {
+    /// A workload's certificate could not be had from the CA.
     #[error(transparent)]
     Certificate(#[from] FetchError),
+    /// A TLS configuration could not be built from the roots or a certificate.
     #[error(transparent)]
     Tls(#[from] TlsSetupError),
+    /// The CA client could not be made: its address or root is unusable.
     #[error("the CA client: {0}")]
     CaClient(#[from] ClientError),
+    /// The TLS key log file could not be opened.
     #[error("cannot open the TLS key log {}: {source}", path.display())]
     KeyLog {
+        /// The key log file's path.
         path: PathBuf,
+        /// The open error.
         #[source]
         source: std::io::Error,
     },
@@ -48,7 +55,9 @@ pub struct CaAccess {
     pub address: String,
     /// The mesh root (PEM): verifies the CA, and peers.
     pub root_pem: String,
+    /// How the proxy proves itself to the CA.
     pub token: CaToken,
+    /// What lifetime to ask for, and when to renew and retry.
     pub renewal: RenewalPolicy,
     /// Where to write the mesh connections' TLS secrets, if anywhere.
     pub key_log: Option<PathBuf>,
@@ -57,6 +66,7 @@ pub struct CaAccess {
 /// The bearer token the CA checks.
 #[derive(Debug, Clone)]
 pub enum CaToken {
+    /// This token, as given.
     Value(String),
     /// Read from the file before each request (a projected token rotates).
     File(PathBuf),
@@ -67,7 +77,9 @@ type ConfigCache<C> = Mutex<HashMap<Identity, (Arc<Svid>, Arc<C>)>>;
 /// The settings the data path reads.
 #[derive(Debug, Clone)]
 pub struct CoreSettings {
+    /// The node whose workloads this proxy serves.
     pub node: String,
+    /// HTTP/2 tuning of the HBONE client and server.
     pub h2: H2Settings,
     /// Port peers listen for HBONE on (15008).
     pub hbone_port: u16,
@@ -90,9 +102,13 @@ impl CoreSettings {
 
 /// The shared state of one proxy.
 pub struct ProxyCore {
+    /// The node whose workloads this proxy serves.
     pub node: String,
+    /// HTTP/2 tuning of the HBONE client and server.
     pub h2: H2Settings,
+    /// Port peers listen for HBONE on (15008).
     pub hbone_port: u16,
+    /// Dial HBONE from the source workload's IP instead of the node's.
     pub bind_source_ip: bool,
     /// Benchmarks only: a lower rung of the cost ladder instead of HBONE.
     pub bench_tunnel: Option<crate::config::BenchTunnel>,
@@ -105,8 +121,11 @@ pub struct ProxyCore {
     policies: ArcSwap<MeshAuthorization>,
     /// The inbound streams being carried, re-judged on a policy change.
     pub established: Arc<Established>,
+    /// The local workloads' certificates, fetched and renewed.
     pub certs: Arc<CertificateManager>,
+    /// The mesh roots and trust domain peers are verified against.
     pub trust: MeshTrust,
+    /// The proxy's metrics, served on `/metrics`.
     pub metrics: Arc<ProxyMetrics>,
     server_configs: ConfigCache<rustls::ServerConfig>,
     waiting_for: Mutex<Option<String>>,
@@ -121,6 +140,9 @@ pub struct ProxyCore {
 }
 
 impl ProxyCore {
+    /// A proxy of `settings` resolving against `registry` and judging by
+    /// `policies`, with `certs` for its workloads and peers verified by
+    /// `trust`.
     pub fn new(
         settings: CoreSettings,
         registry: Arc<Registry>,
@@ -334,6 +356,7 @@ impl ProxyCore {
         self.waiting_for.lock().expect("waiting lock").clone()
     }
 
+    /// Sets what readiness still waits for (`None` once nothing); see [`Self::waiting_for`].
     pub fn set_waiting_for(&self, what: Option<String>) {
         *self.waiting_for.lock().expect("waiting lock") = what;
     }

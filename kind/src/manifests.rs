@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use hbone_policies::load::{read_documents, read_text, typed, yaml_files};
+use hbone_policies::load::{FieldError, read_documents, read_text, typed, yaml_files};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
@@ -108,12 +108,12 @@ pub fn dropped_field(original: &Value, typed: &Value, path: &str) -> Option<Stri
     }
 }
 
-fn strict<T: DeserializeOwned + Serialize>(value: &Value) -> Result<T, (String, String)> {
+fn strict<T: DeserializeOwned + Serialize>(value: &Value) -> Result<T, FieldError> {
     let typed: T = typed(value)?;
-    let back = serde_json::to_value(&typed).map_err(|e| (".".to_string(), e.to_string()))?;
+    let back = serde_json::to_value(&typed).map_err(|e| FieldError::new(".", e.to_string()))?;
     if let Some(field) = dropped_field(value, &back, "") {
         let name = field.rsplit('.').next().unwrap_or(&field).to_string();
-        return Err((field, format!("unknown field `{name}`")));
+        return Err(FieldError::new(field, format!("unknown field `{name}`")));
     }
     Ok(typed)
 }
@@ -121,10 +121,11 @@ fn strict<T: DeserializeOwned + Serialize>(value: &Value) -> Result<T, (String, 
 fn schema_checked<T: DeserializeOwned + Serialize>(
     value: &Value,
     schema: &str,
-) -> Result<T, (String, String)> {
+) -> Result<T, FieldError> {
     let schema: Value = serde_json::from_str(schema).expect("a committed schema");
     let spec = value.get("spec").cloned().unwrap_or(Value::Null);
-    hbone_policies::schema::validate_spec_with(&schema, &spec).map_err(|e| (e.path, e.message))?;
+    hbone_policies::schema::validate_spec_with(&schema, &spec)
+        .map_err(|e| FieldError::new(e.path, e.message))?;
     typed(value)
 }
 
@@ -154,8 +155,8 @@ pub fn parse_documents(text: &str, file: &str) -> Result<Vec<Loaded>, ManifestEr
                 Manifest::HTTPRoute(Box::new(schema_checked(value, HTTPROUTE_SCHEMA)?))
             }
             (api_version, kind) => {
-                return Err((
-                    "kind".into(),
+                return Err(FieldError::new(
+                    "kind",
                     format!("{api_version} {kind} is not a kind the lab's manifests use"),
                 ));
             }

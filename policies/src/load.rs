@@ -97,6 +97,29 @@ pub struct Loaded {
 
 const TOP_LEVEL: &[&str] = &["apiVersion", "kind", "metadata", "spec", "specs", "status"];
 
+/// A field of a document that is wrong, and why — what a reader of one
+/// document reports, before the file and document are known around it
+/// ([`LoadError::Field`]). The proxy's own YAML files report the same way.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("field `{field}`: {message}")]
+pub struct FieldError {
+    /// The field's path, like `spec.rules[0].from[1].source` (`.` for the
+    /// whole document).
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl FieldError {
+    /// `field` is wrong because of `message`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
 /// The head of one YAML document: what it is, for dispatch and for errors.
 #[derive(Debug, Clone)]
 pub struct DocumentHead {
@@ -109,13 +132,13 @@ pub struct DocumentHead {
 }
 
 /// Splits a multi-document YAML text and hands each non-empty document, as
-/// JSON, with its head, to `read`. A `(field, message)` from `read` becomes
+/// JSON, with its head, to `read`. A [`FieldError`] from `read` becomes
 /// an error naming the file, the document, the resource and the field. The
 /// kind lab's manifests are read with this too.
 pub fn read_documents<T>(
     text: &str,
     file: &str,
-    mut read: impl FnMut(serde_json::Value, &DocumentHead) -> Result<T, (String, String)>,
+    mut read: impl FnMut(serde_json::Value, &DocumentHead) -> Result<T, FieldError>,
 ) -> Result<Vec<(usize, T)>, LoadError> {
     let mut out = Vec::new();
     for (i, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
@@ -151,13 +174,14 @@ pub fn read_documents<T>(
                 message: "a document must be a mapping".into(),
             });
         }
-        let item = read(value, &head).map_err(|(field, message)| LoadError::Field {
-            file: file.to_string(),
-            doc,
-            what: head.what.clone(),
-            field,
-            message,
-        })?;
+        let item =
+            read(value, &head).map_err(|FieldError { field, message }| LoadError::Field {
+                file: file.to_string(),
+                doc,
+                what: head.what.clone(),
+                field,
+                message,
+            })?;
         out.push((doc, item));
     }
     Ok(out)
@@ -168,7 +192,7 @@ pub fn parse_documents(text: &str, file: &str) -> Result<Vec<Loaded>, LoadError>
     let resources = read_documents(text, file, |value, head| {
         let map = value.as_object().expect("read_documents checked");
         if let Some(key) = map.keys().find(|k| !TOP_LEVEL.contains(&k.as_str())) {
-            return Err((
+            return Err(FieldError::new(
                 key.clone(),
                 format!("unknown field `{key}`, expected one of {TOP_LEVEL:?}"),
             ));
@@ -184,8 +208,8 @@ pub fn parse_documents(text: &str, file: &str) -> Result<Vec<Loaded>, LoadError>
                 SchemaKind::Cilium
             }
             (api_version, kind) => {
-                return Err((
-                    "kind".into(),
+                return Err(FieldError::new(
+                    "kind",
                     format!("{api_version} {kind} is not a policy this lab reads"),
                 ));
             }
@@ -198,11 +222,11 @@ pub fn parse_documents(text: &str, file: &str) -> Result<Vec<Loaded>, LoadError>
                 }
                 _ => "unknown field `specs` (did you mean `spec`?)",
             };
-            return Err(("specs".into(), message.into()));
+            return Err(FieldError::new("specs", message));
         }
         let empty = serde_json::Value::Object(Default::default());
         let spec = map.get("spec").unwrap_or(&empty);
-        validate_spec(schema_kind, spec).map_err(|e| (e.path, e.message))?;
+        validate_spec(schema_kind, spec).map_err(|e| FieldError::new(e.path, e.message))?;
         Ok(match head.kind.as_str() {
             "AuthorizationPolicy" => {
                 let policy: AuthorizationPolicy = typed(&value)?;
@@ -230,7 +254,7 @@ pub fn parse_documents(text: &str, file: &str) -> Result<Vec<Loaded>, LoadError>
 /// together with `principals`, `notPrincipals`, `namespaces` or
 /// `notNamespaces`. Found by applying generated policies to a real API
 /// server, which refused them.
-fn crd_rules(policy: &AuthorizationPolicy) -> Result<(), (String, String)> {
+fn crd_rules(policy: &AuthorizationPolicy) -> Result<(), FieldError> {
     for (i, rule) in policy.spec.rules.iter().enumerate() {
         for (j, from) in rule.from.iter().enumerate() {
             let s = &from.source;
@@ -240,12 +264,11 @@ fn crd_rules(policy: &AuthorizationPolicy) -> Result<(), (String, String)> {
                 || !s.namespaces.is_empty()
                 || !s.not_namespaces.is_empty();
             if accounts && others {
-                return Err((
+                return Err(FieldError::new(
                     format!("spec.rules[{i}].from[{j}].source"),
                     "Cannot set serviceAccounts with namespaces or principals (a rule of Istio's \
                      CRD: the API server refuses this policy); write the identities as principals, \
-                     or split the source"
-                        .into(),
+                     or split the source",
                 ));
             }
         }
@@ -254,9 +277,9 @@ fn crd_rules(policy: &AuthorizationPolicy) -> Result<(), (String, String)> {
 }
 
 /// Deserializes into `T`, naming the field path of the first mismatch.
-pub fn typed<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, (String, String)> {
+pub fn typed<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, FieldError> {
     serde_path_to_error::deserialize(value)
-        .map_err(|e| (e.path().to_string(), e.into_inner().to_string()))
+        .map_err(|e| FieldError::new(e.path().to_string(), e.into_inner().to_string()))
 }
 
 /// Reads one file.

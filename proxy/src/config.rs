@@ -72,27 +72,10 @@ pub enum ConfigError {
     },
 }
 
-/// A field of a document that is wrong, and why: what [`parse_yaml`] and
-/// the registry's checks report, and the errors of every file built on
-/// them name their file around it.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("field `{field}`: {message}")]
-pub struct FieldError {
-    /// The field's path, like `h2.streamWindow` or `workloads[2].ips`.
-    pub field: String,
-    /// What is wrong with it.
-    pub message: String,
-}
-
-impl FieldError {
-    /// `field` is wrong because of `message`.
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
+/// A field of a document that is wrong, and why: the same type the policy
+/// loader reports, so every YAML file hbone-lab reads names its mistakes
+/// alike.
+pub use hbone_policies::load::FieldError;
 
 /// Parses YAML into `T`, or says which field (as a path like
 /// `h2.streamWindow`) is wrong and why. Every config file of the proxy reads through here.

@@ -353,7 +353,7 @@ where
         };
         let value = serde_json::to_value(&object).map_err(|e| parse(String::new(), e.to_string()));
         let typed = value.and_then(|v| {
-            hbone_policies::load::typed::<K>(&v).map_err(|(field, message)| parse(field, message))
+            hbone_policies::load::typed::<K>(&v).map_err(|e| parse(e.field, e.message))
         });
         match typed {
             Ok(k) => out.push(k),

@@ -159,7 +159,7 @@ impl PodToken {
 /// files, so that the cluster module need not know the lab's world).
 impl ControlPlane {
     /// A pod-bound token for `node`'s proxy, kept fresh in a file of the
-    /// state folder (`applied` names the node proxy pods [`apply`] made).
+    /// state folder (`applied` names the node proxy pods [`crate::world::apply`] made).
     pub async fn node_token(
         &self,
         applied: &Applied,

@@ -1,7 +1,7 @@
 //! How each proxy's cost grows as its work grows — the figures no one
 //! publishes. Three curves, for hbone-lab and (given) ztunnel in one run:
 //!
-//! - [`workloads`] (`scale_workloads`): memory per workload known.
+//! - [`workloads`](mod@workloads) (`scale_workloads`): memory per workload known.
 //! - [`policies`] (`scale_policies`): new connections per second and their
 //!   p99 with 1, 100 and 1 000 AuthorizationPolicies selecting the
 //!   destination, all but one not matching.

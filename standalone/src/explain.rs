@@ -31,22 +31,31 @@ use crate::scenarios::predict;
 /// Why the story could not be told: the step, and what failed in it.
 #[derive(Debug, Error)]
 pub enum ExplainError {
+    /// The CA gave no certificate for one side of the connection.
     #[error("no certificate for {who}")]
     Certificate {
+        /// Whose certificate was asked for (`"the gateway"` or `"hello-app"`).
         who: &'static str,
+        /// Why fetching it failed.
         #[source]
         source: FetchError,
     },
+    /// node-1's proxy could not open the HBONE tunnel to hello-app.
     #[error("opening the tunnel to hello-app")]
     Open(#[source] OutboundError),
+    /// The route chosen for hello-app was not an HBONE tunnel (a direct connection, say).
     #[error("the connection did not use HBONE")]
     NotHbone,
+    /// A socket operation failed at the named step.
     #[error("{step}")]
     Io {
+        /// The step that failed, such as "a loopback socket pair".
         step: &'static str,
+        /// The I/O error it returned.
         #[source]
         source: std::io::Error,
     },
+    /// With ztunnel on a node, the gateway's connection to hello-app could not be dialed.
     #[error("dialing hello-app through ztunnel")]
     Dial(#[source] DialError),
 }
@@ -58,9 +67,13 @@ fn io(step: &'static str) -> impl FnOnce(std::io::Error) -> ExplainError {
 /// What a workload's certificate says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SvidFacts {
+    /// The SPIFFE ID the certificate carries.
     pub identity: Identity,
+    /// The leaf certificate's serial number, in hex.
     pub serial: String,
+    /// When the certificate expires.
     pub not_after: SystemTime,
+    /// When the proxy plans to renew it (about half of its lifetime).
     pub refresh_at: SystemTime,
 }
 
@@ -79,7 +92,12 @@ impl SvidFacts {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Capture {
     /// Loopback lab: the app asks the node's SOCKS5 port from its pod address.
-    Socks5 { port: SocketAddr, from: IpAddr },
+    Socks5 {
+        /// The node proxy's SOCKS5 listener.
+        port: SocketAddr,
+        /// The pod address the app connects from.
+        from: IpAddr,
+    },
     /// Network namespaces: iptables in the pod redirect to 15001.
     InPod,
 }
@@ -88,14 +106,20 @@ pub enum Capture {
 /// no record) as the policies predict it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
+    /// Found in the receiving proxy's own connection log.
     Recorded {
+        /// The connection's id in that log.
         connection: u64,
+        /// The proxy's admin address, whose `/debug/connections` shows the log.
         admin: Option<SocketAddr>,
+        /// Whether the policies let the connection through.
         allowed: bool,
+        /// Which policy rule decided, as the proxy wrote it.
         reason: String,
         /// Version, cipher and ALPN as the receiver saw them.
         tls: Option<(String, String, String)>,
     },
+    /// Not in the log: the decision the policies predict, as text.
     Predicted(String),
 }
 
@@ -104,20 +128,35 @@ pub enum Verdict {
 pub struct Story {
     /// When the facts were gathered (durations are told from it).
     pub now: SystemTime,
+    /// Who signed the certificates: the lab CA's URL, or istiod and its address.
     pub ca_url: String,
+    /// The gateway's certificate.
     pub gateway: SvidFacts,
+    /// hello-app's certificate.
     pub hello: SvidFacts,
+    /// How the app's connection was handed to node-1's proxy.
     pub capture: Capture,
+    /// The service address the app dialed: hello-app's VIP and port.
     pub vip: SocketAddr,
+    /// The hello-app pod address the VIP resolved to.
     pub endpoint: IpAddr,
+    /// The mTLS handshake between the two node proxies, as node-1 saw it.
     pub tls: TlsInfo,
+    /// The CONNECT target: hello-app's own address and port, not the VIP.
     pub target: SocketAddr,
+    /// The other headers node-1 sent with the CONNECT request, as (name, value).
     pub request_headers: Vec<(String, String)>,
+    /// The gateway's principal as policies name it (`<trust domain>/ns/<ns>/sa/<sa>`).
     pub principal: String,
+    /// What node-2 decided, as recorded or as predicted.
     pub verdict: Verdict,
+    /// Bytes the application sent (its HTTP request).
     pub sent: usize,
+    /// Bytes the application got back.
     pub received: usize,
+    /// The status line of hello-app's answer.
     pub status: String,
+    /// node-2's metrics address, when it serves metrics.
     pub metrics: Option<SocketAddr>,
     /// When the real istiod fed the lab: what it sent node-2.
     pub istiod: Option<IstiodSent>,
@@ -171,10 +210,15 @@ fn istiod_sent(url: String, node: &hbone_proxy::ProxyHandle, workload: &str) -> 
 /// What a ztunnel on one node showed of the connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ZtunnelNode {
+    /// The node it runs on (`node-1` or `node-2`).
     pub node: String,
+    /// ztunnel's process id.
     pub pid: u32,
+    /// How many pods it acknowledged from its ZDS node agent.
     pub pods: usize,
+    /// Its access log lines for this connection.
     pub access_log: Vec<String>,
+    /// Its `istio_tcp_connections_opened_total` lines for hello-app.
     pub metrics: Vec<String>,
 }
 
@@ -183,21 +227,32 @@ pub struct ZtunnelNode {
 /// log lines for the connection and its connection metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ZtunnelStory {
+    /// The lab's data plane, by name (`ztunnel` or `mixed`).
     pub dataplane: &'static str,
+    /// How many xDS clients were connected to the lab's control plane.
     pub xds_clients: usize,
+    /// The client pod's name.
     pub gateway: String,
+    /// The client pod's SPIFFE ID.
     pub gateway_identity: Identity,
+    /// The server pod's name.
     pub hello: String,
+    /// The server pod's address.
     pub hello_ip: IpAddr,
+    /// The status line of the answer.
     pub status: String,
+    /// Bytes the client got back.
     pub received: usize,
+    /// What each node's ztunnel showed.
     pub nodes: Vec<ZtunnelNode>,
 }
 
 /// Either story, by the lab's data plane.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Told {
+    /// Both nodes ran hbone-lab's proxy: the full story, from inside.
     HboneLab(Box<Story>),
+    /// ztunnel ran on a node: the story from its own evidence.
     Ztunnel(Box<ZtunnelStory>),
 }
 

@@ -36,10 +36,15 @@ use crate::lab::topology::{
 /// One scenario's outcome.
 #[derive(Debug, Clone, Serialize)]
 pub struct ScenarioResult {
+    /// A short title: who calls whom (`gateway → hello-app`).
     pub name: String,
+    /// The client: its SPIFFE ID, or what it is when it has none.
     pub source: String,
+    /// What it connects to: a pod or service and port, or an external API.
     pub destination: String,
+    /// What the policies predict.
     pub expected: Verdict,
+    /// What the run saw.
     pub observed: Verdict,
     /// The policy decision (or other cause) behind the expectation.
     pub reason: String,

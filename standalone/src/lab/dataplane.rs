@@ -49,6 +49,7 @@ impl Dataplane {
         }
     }
 
+    /// Its name as the command line spells it (and `from_str` parses).
     pub fn name(self) -> &'static str {
         match self {
             Dataplane::HboneLab => "hbone-lab",
@@ -121,8 +122,11 @@ pub const ZTUNNEL_SECRET_TTL: Duration = Duration::from_secs(20);
 
 /// A node of the lab whose proxy is a real ztunnel.
 pub struct ZtunnelNode {
+    /// The node's name (`node-1` or `node-2`).
     pub node: String,
+    /// The running ztunnel process; killed when dropped.
     pub ztunnel: Ztunnel,
+    /// The ZDS node agent that hands ztunnel the node's pods.
     pub agent: NodeAgent,
     /// What answers on 127.0.0.1:15012 inside the node's namespace.
     pub control: NodeControl,
@@ -147,14 +151,19 @@ pub enum NodeCredential<'a> {
 
 /// What starting a ztunnel node needs from the lab.
 pub struct ZtunnelNodeSpec<'a> {
+    /// The node to start it on.
     pub node: &'a str,
+    /// The node's network namespace, where ztunnel runs.
     pub netns: &'a NetNs,
+    /// The ztunnel executable.
     pub binary: &'a Path,
     /// The node's pods are its workloads with a network namespace.
     pub registry: &'a Registry,
     /// Where sockets, tokens and logs go.
     pub dir: &'a Path,
+    /// The mesh root certificate (PEM), which ztunnel trusts for its control plane.
     pub root_pem: &'a str,
+    /// How ztunnel authenticates to its control plane.
     pub credential: NodeCredential<'a>,
     /// The certificate lifetime ztunnel asks for (`None`: its default, 24 h).
     pub secret_ttl: Option<Duration>,
@@ -271,6 +280,7 @@ pub struct HboneNodeAgent {
     /// Dropped first (fields drop in order): the proxy stops following
     /// before the agent goes, so its end is not reported as a failure.
     _follow: tokio_util::sync::DropGuard,
+    /// The ZDS node agent serving the proxy the node's pods.
     pub agent: NodeAgent,
 }
 
@@ -381,6 +391,7 @@ impl ZtunnelNode {
         find_serial(&dump, spiffe_id)
     }
 
+    /// Stops ztunnel and its node agent, then the node's own control plane if it has one.
     pub async fn shutdown(self) {
         drop(self.ztunnel);
         drop(self.agent);

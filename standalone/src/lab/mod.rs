@@ -69,7 +69,9 @@ const NODE_TOKEN: &str = "standalone-lab-node-token";
 pub struct LabOptions {
     /// Where the gateway listens for people in loopback mode (`curl http://…/`).
     pub gateway_listen: SocketAddr,
+    /// When hbone-lab's proxies renew certificates: lifetime asked, jitter, retry backoff.
     pub renewal: RenewalPolicy,
+    /// Loopback (the default, no privileges) or network namespaces (root).
     pub mode: Mode,
     /// Which proxy runs on each node (ztunnel needs netns mode).
     pub dataplane: Dataplane,
@@ -99,16 +101,22 @@ impl Default for LabOptions {
 
 /// A running lab.
 pub struct Lab {
+    /// How the lab is wired: loopback or network namespaces.
     pub mode: Mode,
+    /// The lab's CA server, where hbone-lab's proxies get their certificates.
     pub ca: RunningCa,
+    /// The CA's counters (certificates issued, refusals by reason).
     pub ca_metrics: Arc<CaMetrics>,
+    /// What signs the workloads' certificates, under the mesh root.
     pub authority: Arc<SigningAuthority>,
+    /// The lab's nodes, workloads and services, as the proxies route by them.
     pub registry: Arc<Registry>,
     /// Both layers; the proxies enforce the Istio half, netns mode's
     /// iptables the Cilium half.
     pub policies: Arc<PolicySet>,
     /// hbone-lab's node proxies (none on a ztunnel node).
     pub nodes: Vec<ProxyHandle>,
+    /// Which proxy runs on each node.
     pub dataplane: Dataplane,
     /// The nodes whose proxy is a real ztunnel, with their control plane and node agent.
     pub ztunnels: Vec<ZtunnelNode>,
@@ -119,11 +127,13 @@ pub struct Lab {
     /// Netns mode: the node agents handing hbone-lab's proxies their pods.
     pub node_agents: Vec<HboneNodeAgent>,
     _agent_dir: Option<tempfile::TempDir>,
+    /// The PostgreSQL server behind hello-app; `None` when PostgreSQL is not installed.
     pub postgres: Option<PgServer>,
     /// Why there is no database, when there is none.
     pub postgres_missing: Option<String>,
     /// Where people reach the gateway (in netns mode: from the world namespace).
     pub gateway: SocketAddr,
+    /// Where hello-app listens: its pod address and port.
     pub hello: SocketAddr,
     /// Netns mode: the namespaces and what runs in them.
     pub plumbing: Option<NetnsPlumbing>,

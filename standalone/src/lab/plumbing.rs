@@ -64,10 +64,16 @@ const NODES: [NodePlan; 2] = [
 
 /// The running namespaces and what was installed in them.
 pub struct NetnsPlumbing {
+    /// Each node's namespace, by node name.
     pub nodes: BTreeMap<String, NetNs>,
+    /// Each pod's namespace, by pod name.
     pub pods: BTreeMap<String, NetNs>,
+    /// The outside world's namespace: the public APIs' stand-ins and the browser.
     pub world: NetNs,
+    /// The Cilium layer's iptables rules installed in each pod, by pod name.
     pub firewalls: BTreeMap<String, PodFirewall>,
+    /// The running SNI relays: the pod whose rule each enforces, the relay, and
+    /// where it listens in the node's namespace.
     pub relays: Vec<(String, Arc<SniRelay>, SocketAddr)>,
 }
 
@@ -238,6 +244,7 @@ impl NetnsPlumbing {
         })
     }
 
+    /// The path of `pod`'s network namespace; panics for a pod the lab lacks.
     pub fn pod_path(&self, pod: &str) -> PathBuf {
         self.pods[pod].path()
     }

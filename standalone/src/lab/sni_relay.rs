@@ -24,9 +24,13 @@ use tokio::net::{TcpListener, TcpStream};
 /// One decision of the relay, kept for the demo's evidence.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SniEvent {
+    /// The redirected client's address and port.
     pub client: SocketAddr,
+    /// Where the client was going (its original destination), when it could be read.
     pub destination: Option<SocketAddr>,
+    /// The server name of its ClientHello, if it sent one.
     pub sni: Option<String>,
+    /// Whether the relay passed the connection on (else it reset it).
     pub allowed: bool,
 }
 
@@ -35,9 +39,11 @@ pub struct SniEvent {
 pub struct SniRelay {
     /// The policy rule this relay stands for (`cnp demo/x egress[0]`).
     pub rule: String,
+    /// The rule's `serverNames` patterns, as written.
     pub server_names: Vec<String>,
     /// Where onward connections are made (the node's namespace).
     pub netns: Netns,
+    /// Every decision so far, oldest first.
     pub events: Mutex<Vec<SniEvent>>,
 }
 
@@ -137,6 +143,7 @@ async fn read_first_record(tcp: &mut TcpStream) -> std::io::Result<Vec<u8>> {
 }
 
 impl SniRelay {
+    /// Whether `sni` matches one of the rule's server names.
     pub fn allows(&self, sni: &str) -> bool {
         self.server_names
             .iter()

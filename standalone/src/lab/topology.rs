@@ -15,7 +15,7 @@
 //! ```
 //!
 //! Netns mode — pods and nodes are network namespaces (see
-//! [`crate::lab::plumbing`]); pods on 10.244.<node>.x, services on 10.96.0.x.
+//! [`crate::lab::plumbing`]); pods on `10.244.<node>.x`, services on `10.96.0.x`.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -25,6 +25,7 @@ use thiserror::Error;
 
 /// Where the netns lab's stand-ins for the public APIs listen (the `world` namespace).
 pub const GITHUB_IP: &str = "203.0.113.10";
+/// Where the stand-in for api.cloudflare.com listens (the `world` namespace).
 pub const CLOUDFLARE_IP: &str = "203.0.113.20";
 
 /// What went wrong underneath a lab step, kept whole (its own sources too).
@@ -33,10 +34,15 @@ pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// The part of the lab a step belongs to, as the error names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Part {
+    /// The lab's certificate authority.
     Ca,
+    /// A node proxy (hbone-lab's or ztunnel) or its node agent.
     Proxy,
+    /// Loading the lab's policies.
     Policies,
+    /// An application: PostgreSQL, hello-app or the gateway.
     Workload,
+    /// Netns mode's namespaces, capture rules and the outside world's stand-ins.
     Netns,
     /// The real Istio control plane (etcd, kube-apiserver, istiod).
     ControlPlane,
@@ -55,19 +61,26 @@ impl std::fmt::Display for Part {
     }
 }
 
+/// Why the lab, or one of its steps, could not run.
 #[derive(Debug, Error)]
 pub enum LabError {
     /// A step failed; `cause` says why (shown by `{:#}` and anyhow's chain).
     #[error("{part}: {what}")]
     Step {
+        /// The part of the lab the step belongs to.
         part: Part,
+        /// What was being done or, when refused, why it could not be.
         what: String,
+        /// The underlying error; `None` when the step was refused.
         #[source]
         cause: Option<Cause>,
     },
+    /// The loopback gateway could not bind its listening address (taken, say).
     #[error("the gateway cannot listen on {addr}")]
     GatewayListen {
+        /// The address asked for (`LabOptions::gateway_listen`).
         addr: std::net::SocketAddr,
+        /// The bind error.
         #[source]
         source: std::io::Error,
     },
@@ -110,14 +123,19 @@ pub(crate) fn ip(s: &str) -> IpAddr {
 /// same policies select it.
 #[derive(Debug, Clone, Copy)]
 pub struct LabPod {
+    /// The pod's name, in the `demo` namespace.
     pub name: &'static str,
+    /// Its service account, which makes its SPIFFE ID.
     pub service_account: &'static str,
+    /// Its labels, by which policies select it.
     pub labels: &'static [(&'static str, &'static str)],
     /// Its address in loopback mode.
     pub ip: &'static str,
     /// Its address in netns mode.
     pub netns_ip: &'static str,
+    /// The node it runs on.
     pub node: &'static str,
+    /// How it takes part in the mesh (captured, or an HBONE client only).
     pub mesh: MeshMode,
     /// The ports it serves.
     pub ports: &'static [u16],
@@ -214,6 +232,7 @@ impl LabPod {
         })
     }
 
+    /// Its labels as an owned map, as the policy topology takes them.
     pub fn label_map(&self) -> BTreeMap<String, String> {
         self.labels
             .iter()
@@ -270,10 +289,15 @@ pub fn topology_for(mode: Mode) -> LabTopology {
     }
 }
 
+/// The port hello-app serves HTTP on.
 pub const HELLO_PORT: u16 = 8000;
+/// PostgreSQL's port, the usual one (policies name 5432).
 pub const POSTGRES_PORT: u16 = 5432;
+/// hello-app's service address in loopback mode.
 pub const HELLO_VIP: &str = "127.0.13.1";
+/// postgres's service address in loopback mode.
 pub const POSTGRES_VIP: &str = "127.0.13.2";
 /// The service hostnames clients use.
 pub const HELLO_HOST: &str = "hello-app.demo.svc.cluster.local";
+/// PostgreSQL's service hostname, as hello-app dials it.
 pub const POSTGRES_HOST: &str = "postgres.demo.svc.cluster.local";

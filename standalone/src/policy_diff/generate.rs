@@ -8,8 +8,11 @@ use rand::{Rng, SeedableRng};
 
 /// The destination every connection goes to.
 pub const TARGET_NAMESPACE: &str = "demo";
+/// The target's name, service account and `app` label.
 pub const TARGET_APP: &str = "target";
+/// The target pod's address, the same in both worlds.
 pub const TARGET_IP: &str = "10.254.0.10";
+/// The target's ports, each with an echo server; every source tries both.
 pub const PORTS: [u16; 2] = [8000, 9090];
 
 /// One source of connections: an identity (or none: plaintext) and an address.
@@ -17,6 +20,7 @@ pub const PORTS: [u16; 2] = [8000, 9090];
 pub struct Source {
     /// `namespace/serviceAccount`, or `None` for a plaintext client.
     pub identity: Option<(&'static str, &'static str)>,
+    /// The address it connects from (one of the client namespace's).
     pub ip: &'static str,
 }
 
@@ -27,6 +31,7 @@ impl Source {
             .map(|(ns, sa)| format!("cluster.local/ns/{ns}/sa/{sa}"))
     }
 
+    /// Its principal (or "plaintext") and address, for the report.
     pub fn describe(&self) -> String {
         match self.principal() {
             Some(p) => format!("{p} from {}", self.ip),

@@ -99,7 +99,7 @@ pub struct IstiodTranslator {
 
 impl IstiodTranslator {
     /// Starts etcd, kube-apiserver and istiod, and subscribes to istiod's
-    /// policies as a node proxy of [`NODE`].
+    /// policies as a node proxy of its one node (`diff-node`).
     pub async fn start(given: &Given) -> Result<IstiodTranslator, IstiodDiffError> {
         let mut options = ControlPlaneOptions::new(Programs::find(given)?);
         // Push as soon as a change is seen: the differential applies
@@ -151,7 +151,7 @@ impl IstiodTranslator {
 
     /// Makes `yaml` the only policies in the API server and returns what
     /// istiod pushes for them: once the keys it holds are `expect`, or
-    /// whatever it holds after [`PUSH_WITHIN`].
+    /// whatever it holds once istiod has had its time to push (`PUSH_WITHIN`).
     pub async fn translate(
         &mut self,
         yaml: &str,

@@ -57,24 +57,41 @@ use hbone_harness::ztunnel::{Mode, Settings, Ztunnel};
 
 const TOKEN: &str = "policy-diff-token";
 
+/// Why `policy diff` could not run, or stopped.
 #[derive(Debug, Error)]
 pub enum DiffError {
+    /// Not run as root: the two worlds need network namespaces and iptables.
     #[error("policy diff needs root (network namespaces, iptables)")]
     NotRoot,
+    /// Building the worlds, the CA, a proxy or a control plane failed; the message says what.
     #[error("setting up the differential lab: {0}")]
     Setup(String),
+    /// A generated set did not load as Istio policies (a generator bug).
     #[error("generated policy set {set} does not load: {message}\n{yaml}")]
     Policies {
+        /// The set's number under the seed.
         set: u64,
+        /// The loader's complaint.
         message: String,
+        /// The set as generated.
         yaml: String,
     },
+    /// ztunnel refused (NACKed) the set over xDS, or did not acknowledge it within 10 s.
     #[error("ztunnel did not take policy set {set} within 10 s: {detail}")]
-    NotApplied { set: u64, detail: String },
+    NotApplied {
+        /// The set's number under the seed.
+        set: u64,
+        /// ztunnel's last NACK, or the end of its log.
+        detail: String,
+    },
+    /// The API server would not take the set (when istiod feeds ztunnel).
     #[error("the API server refused policy set {set}: {detail}\n{yaml}")]
     Refused {
+        /// The set's number under the seed.
         set: u64,
+        /// The API server's error.
         detail: String,
+        /// The set as sent.
         yaml: String,
     },
 }
@@ -87,7 +104,9 @@ fn setup(e: impl std::fmt::Display) -> DiffError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "outcome", content = "detail")]
 pub enum Observed {
+    /// Through: echoed back (plaintext), or CONNECT answered 200 (HBONE).
     Allowed,
+    /// Refused: the plaintext connection closed, or CONNECT refused or reset; how.
     Denied(String),
     /// Neither: the attempt failed in a way that says nothing about policy.
     Error(String),
@@ -102,6 +121,7 @@ impl Observed {
         }
     }
 
+    /// The outcome in words: `allow`, `deny (…)` or `error (…)`.
     pub fn word(&self) -> String {
         match self {
             Observed::Allowed => "allow".into(),
@@ -114,12 +134,19 @@ impl Observed {
 /// One connection under one policy set, as each side saw it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Case {
+    /// The policy set's number under the seed.
     pub set: u64,
+    /// Who connected: its principal (or plaintext) and address.
     pub source: String,
+    /// The target port it tried.
     pub port: u16,
+    /// Whether hbone-lab's evaluation of the policies allows it.
     pub predicted: bool,
+    /// Why, as that evaluation says.
     pub reason: String,
+    /// What ztunnel did with it.
     pub ztunnel: Observed,
+    /// What hbone-lab's proxy did with it.
     pub hbone_lab: Observed,
 }
 
@@ -145,10 +172,12 @@ pub enum ZtunnelFeed {
 /// The run's options.
 #[derive(Debug, Clone)]
 pub struct DiffOptions {
+    /// The ztunnel binary to run.
     pub ztunnel: PathBuf,
     /// Who feeds ztunnel (hbone-lab's proxy always takes hbone-lab's
     /// translation).
     pub feed: ZtunnelFeed,
+    /// Seeds the generated policy sets: the same seed, the same sets.
     pub seed: u64,
     /// Connections to try in all (each policy set tries 8).
     pub cases: usize,

@@ -33,7 +33,9 @@ fn tool() -> Option<(&'static str, &'static str)> {
 /// A capture running in the background.
 pub struct Capture {
     child: Child,
+    /// The file it writes: `mesh.pcapng` (dumpcap) or `mesh.pcap` (tcpdump).
     pub file: PathBuf,
+    /// The tool running: `dumpcap` or `tcpdump`.
     pub tool: &'static str,
 }
 

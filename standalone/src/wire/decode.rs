@@ -47,9 +47,11 @@ const FIELDS: &[&str] = &[
 pub struct H2Frame {
     /// The frame type's name (`HEADERS`, `DATA`, …).
     pub kind: &'static str,
+    /// The HTTP/2 stream id (0: the connection itself).
     pub stream: u32,
     /// The frame's payload length.
     pub length: u32,
+    /// Whether END_STREAM is set: the sender's last frame on the stream.
     pub end_stream: bool,
     /// For HEADERS: the decoded header fields.
     pub headers: Vec<(String, String)>,
@@ -60,38 +62,54 @@ pub struct H2Frame {
 /// One packet, as decoded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Packet {
+    /// tshark's frame number, from 1.
     pub number: u64,
     /// Seconds from the start of the capture.
     pub time: f64,
     /// Bytes on the wire.
     pub len: u32,
+    /// The sender's address and port.
     pub src: SocketAddr,
+    /// The receiver's address and port.
     pub dst: SocketAddr,
+    /// tshark's TCP stream index: which connection it belongs to.
     pub stream: u32,
+    /// TCP SYN: opens the connection.
     pub syn: bool,
+    /// TCP FIN: the sender has no more to send.
     pub fin: bool,
+    /// TCP RST: the connection is aborted.
     pub reset: bool,
+    /// TCP ACK: acknowledges what the peer sent.
     pub ack: bool,
+    /// TCP payload length in bytes (0 for a bare ACK).
     pub tcp_len: u32,
     /// TLS handshake message types (1 ClientHello, 2 ServerHello, …).
     pub handshakes: Vec<u8>,
+    /// ALPN protocol names in its handshake messages (`h2` for HBONE).
     pub alpn: Vec<String>,
+    /// Server names from its ClientHello's SNI extension.
     pub sni: Vec<String>,
+    /// Cipher suites its handshake names: those offered, or the one chosen.
     pub cipher_suites: Vec<String>,
     /// URI SANs of the certificates carried (decrypted from the handshake).
     pub spiffe_ids: Vec<String>,
     /// The HTTP/2 connection preface.
     pub preface: bool,
+    /// The HTTP/2 frames it carries, decrypted.
     pub frames: Vec<H2Frame>,
 }
 
 /// One TCP connection of the capture.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Connection {
+    /// tshark's TCP stream index.
     pub stream: u32,
     /// Who sent the SYN.
     pub client: SocketAddr,
+    /// Who received the SYN (the HBONE side, port 15008).
     pub server: SocketAddr,
+    /// Its packets, in capture order.
     pub packets: Vec<Packet>,
 }
 

@@ -252,7 +252,9 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         move || -> anyhow::Result<hbone_xds::Mesh> {
             let workloads = Registry::load(&registry)?;
             let policies = load_policies(&policies, &root)?;
-            Ok(hbone_standalone::lab::dataplane::mesh(&workloads, &policies))
+            Ok(hbone_standalone::lab::dataplane::mesh(
+                &workloads, &policies,
+            ))
         }
     };
     let mesh = load()?;

@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use clap::Args;
-use hbone_standalone::lab::dataplane::Dataplane;
 use hbone_standalone::explain::explain;
+use hbone_standalone::lab::dataplane::Dataplane;
+use hbone_standalone::lab::topology::{LabError, Mode};
 use hbone_standalone::lab::{Lab, LabOptions};
 use hbone_standalone::scenarios::{ScenarioResult, run_all};
-use hbone_standalone::lab::topology::{LabError, Mode};
 use hbone_standalone::wire::capture::Capture;
 
 /// Stand up the whole lab on this machine — CA, a proxy per node, PostgreSQL,

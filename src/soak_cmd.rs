@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use hbone_bench::soak::{SoakProgress, SoakSettings, run};
+use hbone_soak::{SoakProgress, SoakSettings, run};
 
 /// Drive byte-checked traffic through hbone-lab's mesh while faults happen
 /// (needs root: it builds the benchmark's two pod namespaces).

@@ -19,6 +19,7 @@ const CRATES: &[&str] = &[
     "xds",
     "control-plane",
     "harness",
+    "soak",
 ];
 
 fn sources(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -1,15 +1,16 @@
-//! hbone-bench: direct vs hbone-lab vs ztunnel on the same two-pod path,
-//! and the soak that runs faults under load on it.
+//! hbone-bench: direct vs hbone-lab vs ztunnel on the same two-pod path.
+//! (The soak, which runs faults under load on this path, is a crate of its
+//! own: `hbone-soak`.)
 //!
 //! - [`topology`]: two pod namespaces joined by a veth, capture rules in the client pod.
 //! - [`subjects`]: starting and stopping each subject (and the cost ladder's
 //!   rungs below HBONE); one CA and one control plane for both meshes.
 //! - [`instructions`]: instructions per request, per connection and per MiB, counted by callgrind.
 //! - [`runner`]: scenarios, interleaved repetitions, medians and ratios.
+//! - [`proc_stats`]: CPU seconds, resident memory and context switches from /proc.
 //! - [`scale`]: how the cost grows — workloads known, policies in scope, open connections.
 //! - [`report`]: table and Markdown (JSON comes from serde).
 //! - [`chart`]: the same results as an SVG chart.
-//! - [`soak`]: faults under load on the same path (`hbone-lab soak`): nothing lost.
 //!
 //! Criterion micro-benchmarks of the hot pieces live in `benches/benches/`.
 
@@ -17,9 +18,9 @@
 
 pub mod chart;
 pub mod instructions;
+pub mod proc_stats;
 pub mod report;
 pub mod runner;
 pub mod scale;
-pub mod soak;
 pub mod subjects;
 pub mod topology;

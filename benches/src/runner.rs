@@ -10,9 +10,8 @@ use std::time::Duration;
 use hbone_workloads::peers::{RrSettings, rr_client, rr_server_counting, sink, source};
 use serde::{Deserialize, Serialize};
 
-use crate::subjects::{
-    Running, Shared, Subject, SubjectError, context_switches, cpu_seconds, rss_bytes, start,
-};
+use crate::proc_stats::{context_switches, cpu_seconds, rss_bytes};
+use crate::subjects::{Running, Shared, Subject, SubjectError, start};
 use crate::topology::{SERVER_IP, Topology};
 
 /// The server pod's sink (throughput scenarios).

@@ -138,7 +138,8 @@ pub struct Shared {
     nodes: Vec<(NetNs, RunningControlPlane)>,
 }
 
-pub(crate) const TOKEN: &str = "bench-token";
+/// The bearer token every benchmark proxy and ztunnel presents to the benchmark's CA.
+pub const TOKEN: &str = "bench-token";
 /// What both meshes enforce on every connection: STRICT, and one ALLOW by
 /// identity — the per-connection authorization work a real deployment does.
 pub const BENCH_POLICIES: &str = "apiVersion: security.istio.io/v1
@@ -263,7 +264,7 @@ impl Shared {
 }
 
 /// The two pods, each on a node of its own, as a registry file says it.
-pub(crate) fn registry_yaml(topology: &Topology) -> String {
+pub fn registry_yaml(topology: &Topology) -> String {
     format!(
         "nodes: [{{name: node-c}}, {{name: node-s}}]\nworkloads:\n  - {{name: client, namespace: bench, serviceAccount: client, labels: {{app: client}}, ips: [{CLIENT_IP}], node: node-c, netns: {}}}\n  - {{name: server, namespace: bench, serviceAccount: server, labels: {{app: server}}, ips: [{SERVER_IP}], node: node-s, netns: {}}}\n",
         topology.client.path().display(),
@@ -322,7 +323,7 @@ impl Drop for Running {
 /// An address on a loopback range of this process's own, from its pid
 /// (`127.<a>.<b>.<host>:<port>`): two benchmarks or soaks at once never
 /// answer each other's readiness checks.
-pub(crate) fn own_loopback(host: u32, port: u16) -> SocketAddr {
+pub fn own_loopback(host: u32, port: u16) -> SocketAddr {
     let pid = std::process::id();
     format!("127.{}.{}.{host}:{port}", 60 + pid % 50, (pid / 50) % 250)
         .parse()
@@ -331,7 +332,7 @@ pub(crate) fn own_loopback(host: u32, port: u16) -> SocketAddr {
 
 /// Writes `config` to `file` and starts `exe proxy --config <file>`, its
 /// output going to `log`.
-pub(crate) fn spawn_proxy(
+pub fn spawn_proxy(
     exe: &Path,
     config: &str,
     file: &Path,
@@ -357,7 +358,9 @@ pub(crate) fn log_to(path: &Path) -> Result<(Stdio, Stdio), SubjectError> {
     ))
 }
 
-pub(crate) async fn wait_http_ready(
+/// Waits (20 s at most) until `addr` answers `path` with 200, from inside `ns`
+/// if given; else says `what` was not ready, with the end of its `log`.
+pub async fn wait_http_ready(
     ns: Option<&NetNs>,
     addr: SocketAddr,
     path: &str,
@@ -601,52 +604,4 @@ async fn start_shared_ztunnels(binary: &Path, shared: &Shared) -> Result<Running
         ztunnels,
         agents: Vec::new(),
     })
-}
-
-/// CPU seconds (user + system) used so far by `pids`, from /proc.
-pub fn cpu_seconds(pids: &[u32]) -> f64 {
-    let ticks = 100.0; // USER_HZ on Linux
-    pids.iter()
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-        .filter_map(|stat| {
-            let after = stat.rsplit_once(") ")?.1;
-            let fields: Vec<&str> = after.split_whitespace().collect();
-            let utime: f64 = fields.get(11)?.parse().ok()?;
-            let stime: f64 = fields.get(12)?.parse().ok()?;
-            Some((utime + stime) / ticks)
-        })
-        .sum()
-}
-
-/// Resident memory (bytes) of `pids`, from /proc.
-pub fn rss_bytes(pids: &[u32]) -> u64 {
-    pids.iter()
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
-        .filter_map(|s| {
-            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
-            line.split_whitespace().nth(1)?.parse::<u64>().ok()
-        })
-        .sum::<u64>()
-        * 1024
-}
-
-/// Context switches (voluntary and not) of every thread of `pids` so far, from /proc.
-pub fn context_switches(pids: &[u32]) -> u64 {
-    let mut total = 0;
-    for pid in pids {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-            continue;
-        };
-        for task in tasks.filter_map(Result::ok) {
-            let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
-                continue;
-            };
-            total += status
-                .lines()
-                .filter(|l| l.contains("ctxt_switches:"))
-                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-                .sum::<u64>();
-        }
-    }
-    total
 }

@@ -21,9 +21,10 @@ use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use tokio::io::AsyncReadExt as _;
 
 use super::{Killed, Sizes, setup};
+use crate::proc_stats::rss_bytes;
 use crate::runner::{RR_PORT, Sample, warm_up};
 use crate::subjects::{
-    BENCH_POLICIES, Running, Shared, Subject, SubjectError, log_to, rss_bytes, start_fed_by_xds,
+    BENCH_POLICIES, Running, Shared, Subject, SubjectError, log_to, start_fed_by_xds,
 };
 use crate::topology::{SERVER_IP, Topology};
 

@@ -25,8 +25,9 @@ use std::time::Duration;
 
 pub use workloads::workloads;
 
+use crate::proc_stats::rss_bytes;
 use crate::runner::Sample;
-use crate::subjects::{SubjectError, rss_bytes};
+use crate::subjects::SubjectError;
 
 /// The curves, by the names `--scenarios` picks them with.
 pub const CURVES: &[&str] = &["scale_workloads", "scale_policies", "scale_connections"];

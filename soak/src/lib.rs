@@ -16,6 +16,8 @@
 //! drains, and the client side sends a stream the old one did not take
 //! again on a fresh connection.
 
+#![forbid(unsafe_code)]
+
 pub mod load;
 pub mod report;
 pub mod schedule;
@@ -40,11 +42,11 @@ use hbone_xds::zds::{NodeAgent, ZdsError};
 use thiserror::Error;
 use tokio::time::Instant;
 
-use crate::subjects::{
-    BENCH_POLICIES, SubjectError, TOKEN, own_loopback, registry_yaml, rss_bytes, spawn_proxy,
-    wait_http_ready,
+use hbone_bench::proc_stats::rss_bytes;
+use hbone_bench::subjects::{
+    BENCH_POLICIES, SubjectError, TOKEN, own_loopback, registry_yaml, spawn_proxy, wait_http_ready,
 };
-use crate::topology::{SERVER_IP, Topology};
+use hbone_bench::topology::{SERVER_IP, Topology};
 use load::{LoadSettings, Tally};
 use report::{FaultRecord, ProxyPeak, SoakReport, summarize_failures};
 use schedule::{Fault, Window, Windows, faults};

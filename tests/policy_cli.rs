@@ -83,15 +83,19 @@ fn check_writes_json_markdown_and_svg() {
     assert!(svg.contains("✗ both") && svg.contains("✗ Istio") && svg.contains("✓ allowed"));
 }
 
-#[test]
-fn validate_names_the_file_and_field_of_a_mistake() {
+/// `typo.yaml` in a fresh folder (kept as long as the returned guard).
+fn typo_file(yaml: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("typo.yaml");
-    std::fs::write(
-        &file,
+    std::fs::write(&file, yaml).unwrap();
+    (dir, file)
+}
+
+#[test]
+fn validate_names_the_file_and_field_of_a_mistake() {
+    let (_dir, file) = typo_file(
         "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: t, namespace: demo}\nspec:\n  endpointSelector: {}\n  egress:\n    - toEndpoints: [{}]\n      toPorts: [{ports: [{port: \"53\", protocl: UDP}]}]\n",
-    )
-    .unwrap();
+    );
     let out = hbone_lab(&["policy", "validate", file.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = text(&out.stderr);
@@ -119,13 +123,9 @@ fn validate_names_the_file_and_field_of_a_mistake() {
 /// still prints its message and causes in a few lines, no stack backtrace.
 #[test]
 fn a_failed_command_prints_no_backtrace_even_with_rust_backtrace_set() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("typo.yaml");
-    std::fs::write(
-        &file,
+    let (_dir, file) = typo_file(
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: t, namespace: demo}\nspec:\n  action: ALLOWW\n",
-    )
-    .unwrap();
+    );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_hbone-lab"))
         .args(["policy", "validate", file.to_str().unwrap()])
         .env("RUST_BACKTRACE", "1")

@@ -12,11 +12,9 @@ use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::debug;
 
+use crate::net::listen::Listening;
 use crate::state::ProxyCore;
 
 /// Which endpoints a listener serves.
@@ -237,15 +235,9 @@ fn certs(core: &ProxyCore) -> serde_json::Value {
     json!({ "certificates": entries })
 }
 
-/// Serves `endpoints` on `listener` (HTTP/1.1) until `shutdown`.
-pub async fn serve(
-    core: Arc<ProxyCore>,
-    endpoints: Endpoints,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-    tasks: TaskTracker,
-) {
-    crate::net::listen::accept_loop(listener, shutdown, tasks, "admin", None, move |tcp, _| {
+/// Serves `endpoints` on `on` (HTTP/1.1) until its shutdown.
+pub async fn serve(core: Arc<ProxyCore>, endpoints: Endpoints, on: Listening) {
+    on.accept("admin", None, move |tcp, _| {
         let core = core.clone();
         async move {
             let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {

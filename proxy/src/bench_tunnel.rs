@@ -24,12 +24,11 @@ use std::sync::Arc;
 use rustls::pki_types::ServerName;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio::net::TcpStream;
 
 pub use crate::config::BenchTunnel;
 use crate::inbound::hbone::PROXY_PORTS;
+use crate::net::listen::Listening;
 use crate::observe::refusal::{Direction, Reason};
 use crate::registry::Workload;
 use crate::state::{CoreError, ProxyCore};
@@ -196,29 +195,17 @@ pub async fn relay(
 }
 
 /// The receiving side, on a local workload's port 15008, until `shutdown`.
-pub async fn serve(
-    core: Arc<ProxyCore>,
-    mode: BenchTunnel,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-    tasks: TaskTracker,
-) {
-    crate::net::listen::accept_loop(
-        listener,
-        shutdown,
-        tasks,
-        "bench tunnel",
-        Some(core.gate(Direction::Inbound)),
-        move |tcp, peer| {
-            let core = core.clone();
-            async move {
-                if let Err(e) = accept(&core, mode, tcp).await {
-                    core.report(Direction::Inbound, Some(peer), None)
-                        .refuse(e.reason(), format_args!("{} tunnel: {e}", mode.as_str()));
-                }
+pub async fn serve(core: Arc<ProxyCore>, mode: BenchTunnel, on: Listening) {
+    let gate = core.gate(Direction::Inbound);
+    on.accept("bench tunnel", Some(gate), move |tcp, peer| {
+        let core = core.clone();
+        async move {
+            if let Err(e) = accept(&core, mode, tcp).await {
+                core.report(Direction::Inbound, Some(peer), None)
+                    .refuse(e.reason(), format_args!("{} tunnel: {e}", mode.as_str()));
             }
-        },
-    )
+        }
+    })
     .await
 }
 

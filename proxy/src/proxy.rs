@@ -12,7 +12,7 @@ use tracing::info;
 
 use crate::admin::{self, Endpoints};
 use crate::config::Listeners;
-use crate::net::listen::bind_in;
+use crate::net::listen::{Listening, bind_in};
 use crate::outbound::Outbound;
 use crate::outbound::pool::Pool;
 use crate::outbound::{capture, socks5};
@@ -90,27 +90,20 @@ impl ProxyHandle {
                 .extend(opened.pod_outbound.map(|a| (name.clone(), a)));
         }
         tasks.spawn(workloads.follow(changes));
+        let on = |listener| Listening {
+            listener,
+            shutdown: shutdown.clone(),
+            tasks: tasks.clone(),
+        };
         if let Some(addr) = listeners.socks5 {
             let l = bind(addr, "SOCKS5").await?;
             addrs.socks5 = Some(l.local_addr().expect("bound"));
-            tasks.spawn(socks5::serve(
-                core.clone(),
-                outbound.clone(),
-                l,
-                shutdown.clone(),
-                tasks.clone(),
-            ));
+            tasks.spawn(socks5::serve(core.clone(), outbound.clone(), on(l)));
         }
         if let Some(addr) = listeners.outbound {
             let l = bind(addr, "outbound capture").await?;
             addrs.outbound = Some(l.local_addr().expect("bound"));
-            tasks.spawn(capture::serve(
-                core.clone(),
-                outbound.clone(),
-                l,
-                shutdown.clone(),
-                tasks.clone(),
-            ));
+            tasks.spawn(capture::serve(core.clone(), outbound.clone(), on(l)));
         }
         for (addr, what, endpoints, slot) in [
             (
@@ -130,13 +123,7 @@ impl ProxyHandle {
             if let Some(addr) = addr {
                 let l = bind(addr, what).await?;
                 *slot = Some(l.local_addr().expect("bound"));
-                tasks.spawn(admin::serve(
-                    core.clone(),
-                    endpoints,
-                    l,
-                    shutdown.clone(),
-                    tasks.clone(),
-                ));
+                tasks.spawn(admin::serve(core.clone(), endpoints, on(l)));
             }
         }
         info!(node = %core.node, hbone = ?addrs.hbone, socks5 = ?addrs.socks5, outbound = ?addrs.outbound, "proxy started");

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use crate::config::Listeners;
 use crate::inbound::{hbone, plaintext};
-use crate::net::listen::{StartError, bind_workload};
+use crate::net::listen::{Listening, StartError, bind_workload};
 use crate::net::pod_sockets::Netns;
 use crate::outbound::Outbound;
 use crate::outbound::capture;
@@ -108,19 +108,22 @@ impl WorkloadListeners {
             opened.pod_outbound = Some(l.local_addr().expect("bound"));
             bound.push((l, Kind::PodOutbound));
         }
-        for (l, kind) in bound {
-            let (core, stop, tasks) = (self.core.clone(), stop.clone(), self.tasks.clone());
+        for (listener, kind) in bound {
+            let core = self.core.clone();
+            let on = Listening {
+                listener,
+                shutdown: stop.clone(),
+                tasks: self.tasks.clone(),
+            };
             match kind {
                 Kind::Hbone => match core.bench_tunnel {
-                    Some(mode) => self
-                        .tasks
-                        .spawn(crate::bench_tunnel::serve(core, mode, l, stop, tasks)),
-                    None => self.tasks.spawn(hbone::serve(core, l, stop, tasks)),
+                    Some(mode) => self.tasks.spawn(crate::bench_tunnel::serve(core, mode, on)),
+                    None => self.tasks.spawn(hbone::serve(core, on)),
                 },
-                Kind::Plaintext => self.tasks.spawn(plaintext::serve(core, l, stop, tasks)),
+                Kind::Plaintext => self.tasks.spawn(plaintext::serve(core, on)),
                 Kind::PodOutbound => {
                     self.tasks
-                        .spawn(capture::serve(core, self.outbound.clone(), l, stop, tasks))
+                        .spawn(capture::serve(core, self.outbound.clone(), on))
                 }
             };
         }

@@ -18,7 +18,7 @@ use h2::server::SendResponse;
 use hbone_ca::Identity;
 use hbone_policies::decision::Decision;
 use http::{Method, Request, Response, StatusCode};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, warn};
@@ -26,6 +26,7 @@ use tracing::{Instrument, warn};
 use crate::authorize::decide_peer;
 use crate::authorize::open_streams::Stream;
 use crate::net::copy::bidirectional;
+use crate::net::listen::Listening;
 use crate::observe::connection_log::TlsRecord;
 use crate::observe::metrics::ConnectionLabels;
 use crate::observe::refusal::{Direction, REFUSAL_HEADER, Reason};
@@ -44,21 +45,12 @@ const PENDING_RESETS: usize = 50;
 const LOCAL_ERROR_RESETS: usize = 1024;
 
 /// Accepts HBONE connections until `shutdown`.
-pub async fn serve(
-    core: Arc<ProxyCore>,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-    tasks: TaskTracker,
-) {
-    let (stop, spawner) = (shutdown.clone(), tasks.clone());
-    crate::net::listen::accept_loop(
-        listener,
-        shutdown,
-        tasks,
-        "HBONE",
-        Some(core.gate(DIRECTION)),
-        move |tcp, peer| handle_connection(core.clone(), tcp, peer, stop.clone(), spawner.clone()),
-    )
+pub async fn serve(core: Arc<ProxyCore>, on: Listening) {
+    let (stop, spawner) = (on.shutdown.clone(), on.tasks.clone());
+    let gate = core.gate(DIRECTION);
+    on.accept("HBONE", Some(gate), move |tcp, peer| {
+        handle_connection(core.clone(), tcp, peer, stop.clone(), spawner.clone())
+    })
     .await
 }
 

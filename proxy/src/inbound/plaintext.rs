@@ -6,34 +6,21 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio::net::TcpStream;
 
 use crate::authorize::decide;
+use crate::net::listen::Listening;
 use crate::net::original_dst::original_destination;
 use crate::observe::metrics::ConnectionLabels;
 use crate::observe::refusal::{Direction, Reason};
 use crate::state::ProxyCore;
 
 /// 15006: plaintext arriving for a local workload.
-pub async fn serve(
-    core: Arc<ProxyCore>,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-    tasks: TaskTracker,
-) {
-    crate::net::listen::accept_loop(
-        listener,
-        shutdown,
-        tasks,
-        "plaintext",
-        Some(core.gate(Direction::Plaintext)),
-        move |tcp, peer| {
-            let core = core.clone();
-            async move { plaintext(core, tcp, peer).await }
-        },
-    )
+pub async fn serve(core: Arc<ProxyCore>, on: Listening) {
+    let gate = core.gate(Direction::Plaintext);
+    on.accept("plaintext", Some(gate), move |tcp, peer| {
+        plaintext(core.clone(), tcp, peer)
+    })
     .await
 }
 

@@ -163,6 +163,29 @@ pub(crate) struct Gate {
     pub direction: Direction,
 }
 
+/// A bound listener and what governs its life: the signal that stops
+/// accepting, and the tracker that draining waits on. Every listener of the
+/// proxy is served from one.
+pub struct Listening {
+    /// The bound socket.
+    pub listener: TcpListener,
+    /// Cancelled when the proxy (or this workload's listeners) stops.
+    pub shutdown: CancellationToken,
+    /// Where each connection's task runs, so draining can wait for it.
+    pub tasks: TaskTracker,
+}
+
+impl Listening {
+    /// [`accept_loop`] on this listener.
+    pub(crate) async fn accept<F, Fut>(self, what: &'static str, gate: Option<Gate>, handle: F)
+    where
+        F: Fn(TcpStream, SocketAddr) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        accept_loop(self.listener, self.shutdown, self.tasks, what, gate, handle).await
+    }
+}
+
 /// Accepts until `shutdown`, handing each connection to `handle` on a task
 /// of its own; with a `gate`, a connection past the proxy's limit is closed
 /// at once and counted instead (and said once per `REPORT_EVERY`).

@@ -10,10 +10,9 @@ use std::sync::Arc;
 
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio::net::TcpStream;
 
+use crate::net::listen::Listening;
 use crate::observe::refusal::{Direction, Reason};
 use crate::outbound::{Outbound, OutboundError};
 use crate::registry::Workload;
@@ -77,24 +76,12 @@ mod reply {
 }
 
 /// Serves SOCKS5 clients on `listener` until `shutdown`, each connection a task on `tasks`.
-pub async fn serve(
-    core: Arc<ProxyCore>,
-    outbound: Arc<Outbound>,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-    tasks: TaskTracker,
-) {
-    crate::net::listen::accept_loop(
-        listener,
-        shutdown,
-        tasks,
-        "SOCKS5",
-        Some(core.gate(DIRECTION)),
-        move |tcp, peer| {
-            let (core, outbound) = (core.clone(), outbound.clone());
-            async move { handle(&core, &outbound, tcp, peer).await }
-        },
-    )
+pub async fn serve(core: Arc<ProxyCore>, outbound: Arc<Outbound>, on: Listening) {
+    let gate = core.gate(DIRECTION);
+    on.accept("SOCKS5", Some(gate), move |tcp, peer| {
+        let (core, outbound) = (core.clone(), outbound.clone());
+        async move { handle(&core, &outbound, tcp, peer).await }
+    })
     .await
 }
 
@@ -166,12 +153,7 @@ async fn accept(
     let dst = tokio::time::timeout(limit, negotiate(core, tcp))
         .await
         .map_err(|_| Socks5Error::Silent(limit))??;
-    let Some(source) = core
-        .registry()
-        .workload_by_ip(peer.ip())
-        .filter(|w| w.node == core.node)
-        .cloned()
-    else {
+    let Some(source) = core.local_workload(peer.ip()) else {
         return Err(Socks5Error::UnknownSource(peer.ip()));
     };
     Ok((source, dst))

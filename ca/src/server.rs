@@ -186,9 +186,10 @@ pub fn bearer_token(metadata: &MetadataMap) -> Result<&str, Refusal> {
     };
     let value = metadata.get("authorization").ok_or_else(missing)?;
     let value = value.to_str().map_err(|_| missing())?;
+    // Compared exactly, as it was issued: a token padded with spaces is
+    // another token.
     value
         .strip_prefix("Bearer ")
-        .map(str::trim)
         .filter(|t| !t.is_empty())
         .ok_or_else(missing)
 }
@@ -384,4 +385,27 @@ pub async fn serve_listener_with(
         shutdown: Some(tx),
         handle,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_authorization(value: &str) -> MetadataMap {
+        let mut metadata = MetadataMap::new();
+        metadata.insert("authorization", value.parse().unwrap());
+        metadata
+    }
+
+    /// A token is the bytes after `Bearer `, exactly: one padded with
+    /// spaces is another token (and no token file holds it).
+    #[test]
+    fn a_bearer_token_is_taken_exactly_as_sent() {
+        let token = |v: &str| bearer_token(&with_authorization(v)).map(str::to_string);
+        assert_eq!(token("Bearer secret").unwrap(), "secret");
+        assert_eq!(token("Bearer  secret ").unwrap(), " secret ");
+        assert!(token("Bearer ").is_err());
+        assert!(token("Basic secret").is_err());
+        assert!(bearer_token(&MetadataMap::new()).is_err());
+    }
 }

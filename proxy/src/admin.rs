@@ -241,15 +241,29 @@ pub async fn serve(core: Arc<ProxyCore>, endpoints: Endpoints, on: Listening) {
         let core = core.clone();
         async move {
             let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let (status, content_type, body) = route(
-                    &core,
-                    endpoints,
-                    req.uri().path(),
-                    req.uri().query().unwrap_or(""),
-                );
+                // Read-only ports: anything but GET is refused, not served
+                // as if it were one.
+                let (status, content_type, body) = if req.method() == hyper::Method::GET {
+                    route(
+                        &core,
+                        endpoints,
+                        req.uri().path(),
+                        req.uri().query().unwrap_or(""),
+                    )
+                } else {
+                    (
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "text/plain",
+                        format!(
+                            "{} is not allowed here: this port answers GET only\n",
+                            req.method()
+                        ),
+                    )
+                };
                 let response = Response::builder()
                     .status(status)
                     .header("content-type", content_type)
+                    .header("allow", "GET")
                     .body(Full::new(Bytes::from(body)))
                     .expect("a valid response");
                 async move { Ok::<_, Infallible>(response) }

@@ -511,6 +511,31 @@ async fn the_admin_port_shows_no_private_key() {
         assert_eq!(status, 200, "{path}");
         assert!(!body.contains("PRIVATE KEY"), "{path} shows a key: {body}");
     }
+    // Read-only ports answer GET only: other methods are refused, not
+    // served as if they were GET.
+    for (port, path) in [
+        (lab.b.addrs.admin.unwrap(), "/config_dump"),
+        (lab.b.addrs.metrics.unwrap(), "/metrics"),
+    ] {
+        for method in ["POST", "DELETE", "TRACE"] {
+            let mut tcp = TcpStream::connect(port).await.unwrap();
+            let request = format!(
+                "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            );
+            tcp.write_all(request.as_bytes()).await.unwrap();
+            let mut answer = String::new();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), tcp.read_to_string(&mut answer)).await;
+            assert!(
+                answer.starts_with("HTTP/1.1 405"),
+                "{method} {path}: {answer}"
+            );
+            assert!(
+                answer.to_ascii_lowercase().contains("allow: get"),
+                "{answer}"
+            );
+        }
+    }
     let (_, certs) = http_get(lab.b.addrs.admin.unwrap(), "/certs").await;
     assert!(
         certs.contains("spiffe://cluster.local/ns/demo/sa/echo"),

@@ -161,9 +161,12 @@ impl Netns {
         let job: Job = Box::new(move || {
             let _ = result_tx.send(f());
         });
-        self.worker()?
-            .send(job)
-            .map_err(|_| self.enter_error("the namespace thread ended"))?;
+        if self.worker()?.send(job).is_err() {
+            // The thread is gone (a job panicked): forget it, so that the
+            // next use starts a new one instead of failing for good.
+            *self.0.worker.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            return Err(self.enter_error("the namespace thread ended; it restarts on next use"));
+        }
         result_rx
             .recv()
             .map_err(|_| self.enter_error("the namespace thread dropped the job"))

@@ -85,17 +85,34 @@ impl<'a> ConnectionReport<'a> {
             guard,
             id,
             started: Instant::now(),
+            finished: false,
         }
     }
 }
 
 /// A connection carrying bytes; [`OpenReport::finish`] ends it. Dropped
-/// without finishing (its task cancelled), it still counts as closed.
+/// without finishing (its task cancelled or panicking), it is closed as
+/// failed, in the metrics and in the connection log alike.
 pub struct OpenReport<'a> {
     log: &'a ConnectionLog,
     guard: ConnectionGuard,
     id: u64,
     started: Instant,
+    finished: bool,
+}
+
+impl Drop for OpenReport<'_> {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.guard.failed = true;
+        if let Some(record) = self.log.take_open(self.id) {
+            let why = "the connection's task ended before it finished".to_string();
+            self.log
+                .keep(record.finished(Outcome::Failed, 0, 0, Some(why)));
+        }
+    }
 }
 
 impl OpenReport<'_> {
@@ -112,6 +129,7 @@ impl OpenReport<'_> {
             (false, None) => Outcome::Closed,
         };
         let detail = error.map(|e| e.to_string());
+        self.finished = true;
         let Some(record) = self.log.take_open(self.id) else {
             return;
         };
@@ -208,5 +226,14 @@ mod tests {
         assert_eq!(done[1].outcome, Outcome::Revoked);
         assert_eq!(done[1].detail.as_deref(), Some("reset by peer"));
         assert_eq!(metrics.failed.get_or_create(&labels).get(), 1);
+
+        // A report dropped unfinished (its task cancelled) closes as failed.
+        let report = ConnectionReport::new(&metrics, &log, Direction::Outbound, None, None);
+        drop(report.open(labels.clone()));
+        let (open, done) = log.snapshot();
+        assert!(open.is_empty(), "no entry left open");
+        assert_eq!(done[2].outcome, Outcome::Failed);
+        assert_eq!(metrics.failed.get_or_create(&labels).get(), 2);
+        assert_eq!(metrics.closed.get_or_create(&labels).get(), 3);
     }
 }

@@ -317,16 +317,14 @@ impl StreamContext {
             detail,
             decision,
         } = refusal;
-        let header = format!("{reason}: {detail}");
         let mut report = self.report(self.local);
         report.record().decision = decision.map(Arc::new);
         report.refuse(reason, detail);
+        // The peer learns the reason's class only: which policy refused it
+        // (and why) stays in this proxy's log and connection log.
         let response = Response::builder()
             .status(status)
-            .header(
-                REFUSAL_HEADER,
-                header.replace(|c: char| !c.is_ascii() || c.is_ascii_control(), " "),
-            )
+            .header(REFUSAL_HEADER, reason.as_str())
             .body(())
             .expect("a status and a header make a response");
         let _ = respond.send_response(response, true);

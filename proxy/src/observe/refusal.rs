@@ -7,8 +7,10 @@
 
 use std::fmt;
 
-/// Response header that names why a CONNECT was refused (an hbone-lab
-/// addition; ztunnel sends none, and its clients ignore it).
+/// Response header that names why a CONNECT was refused, by its reason's
+/// class only (`policy_denied`, never the policy: that stays in the
+/// refusing proxy's log and `/debug/connections`). An hbone-lab addition;
+/// ztunnel sends none, and its clients ignore it.
 pub const REFUSAL_HEADER: &str = "hbone-lab-refusal";
 
 /// Where the refused connection was going.

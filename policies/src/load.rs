@@ -304,9 +304,42 @@ pub fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
     Ok(files)
 }
 
-/// Reads a file's text, naming it in the error.
+/// The largest YAML document file hbone-lab reads (policies, registries,
+/// configs): far above any real one, far below what would stall a proxy
+/// (a 100 MB policy file took 5 GB to parse).
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
+
+/// Reads a regular file of at most `max` bytes as text. Anything else — a
+/// device such as `/dev/zero`, a FIFO, a file that is or grows too large —
+/// is refused before its contents are held, with the reason.
+pub fn read_bounded(path: &Path, max: u64) -> std::io::Result<String> {
+    use std::io::Read;
+    let refused = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidData, why);
+    let file = std::fs::File::open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(refused("not a regular file".into()));
+    }
+    let too_big = || {
+        refused(format!(
+            "larger than {max} bytes, the most read from one file"
+        ))
+    };
+    if meta.len() > max {
+        return Err(too_big());
+    }
+    let mut text = String::new();
+    file.take(max + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > max {
+        return Err(too_big());
+    }
+    Ok(text)
+}
+
+/// Reads a file's text ([`read_bounded`] by [`MAX_FILE_BYTES`]), naming it
+/// in the error.
 pub fn read_text(path: &Path) -> Result<String, LoadError> {
-    std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+    read_bounded(path, MAX_FILE_BYTES).map_err(|source| LoadError::Read {
         path: path.to_path_buf(),
         source,
     })
@@ -356,4 +389,24 @@ pub fn cilium_policies(loaded: &[Loaded]) -> CiliumPolicies {
         }
     }
     CiliumPolicies::new(namespaced, clusterwide)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A device, or a file over the limit, is refused before its contents
+    /// are held (a registry of `/dev/zero` grew a proxy to 20 GB).
+    #[test]
+    fn only_regular_files_within_the_limit_are_read() {
+        let err = read_text(Path::new("/dev/zero")).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.yaml");
+        std::fs::write(&file, "x".repeat(100)).unwrap();
+        assert_eq!(read_bounded(&file, 100).unwrap().len(), 100);
+        let err = read_bounded(&file, 99).unwrap_err();
+        assert!(err.to_string().contains("larger than 99 bytes"), "{err}");
+        assert!(read_bounded(dir.path(), 99).is_err(), "a folder is no file");
+    }
 }

@@ -323,10 +323,12 @@ impl ProxyConfig {
     /// Reads the file; relative paths inside it are taken from its directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            file: file.clone(),
-            source,
-        })?;
+        let max = hbone_policies::load::MAX_FILE_BYTES;
+        let text =
+            hbone_policies::load::read_bounded(path, max).map_err(|source| ConfigError::Read {
+                file: file.clone(),
+                source,
+            })?;
         let mut config: ProxyConfig =
             parse_yaml(&text).map_err(|FieldError { field, message }| ConfigError::Field {
                 file: file.clone(),

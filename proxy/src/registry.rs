@@ -351,9 +351,12 @@ impl Registry {
     /// Reads and validates the registry file at `path`.
     pub fn load(path: &Path) -> Result<Self, RegistryError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| RegistryError::Read {
-            file: file.clone(),
-            source,
+        let max = hbone_policies::load::MAX_FILE_BYTES;
+        let text = hbone_policies::load::read_bounded(path, max).map_err(|source| {
+            RegistryError::Read {
+                file: file.clone(),
+                source,
+            }
         })?;
         Self::parse(&text, &file)
     }
@@ -640,6 +643,14 @@ services:
         assert!(r.workload_by_ip("10.1.0.1".parse().unwrap()).is_none());
         let app = r.workloads[1].identity().clone();
         assert_eq!(r.workload_by_identity(&app).unwrap().name, "a1");
+    }
+
+    /// `registry: /dev/zero` is refused at once, not read until memory
+    /// runs out.
+    #[test]
+    fn a_registry_that_is_no_regular_file_is_refused() {
+        let err = Registry::load(Path::new("/dev/zero")).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
     }
 
     #[test]

@@ -368,9 +368,9 @@ pub async fn wait_http_ready(
     log: &Path,
 ) -> Result<(), SubjectError> {
     let deadline = Instant::now() + Duration::from_secs(20);
-    let netns = ns.map(|n| n.path());
+    let netns = ns.map(NetNs::sockets);
     while Instant::now() < deadline {
-        if let Ok((200, _)) = http_get(netns.as_deref(), addr, path).await {
+        if let Ok((200, _)) = http_get(netns, addr, path).await {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

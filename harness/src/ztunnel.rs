@@ -159,7 +159,8 @@ pub struct Settings {
 pub struct Ztunnel {
     /// What it was started with.
     pub settings: Settings,
-    netns: PathBuf,
+    /// The handle on its namespace, for reaching its admin and readiness ports.
+    netns: Netns,
     child: Child,
 }
 
@@ -219,7 +220,7 @@ impl Ztunnel {
         let child = command.spawn().map_err(spawn_err)?;
         Ok(Ztunnel {
             settings,
-            netns: netns.path(),
+            netns: netns.sockets().clone(),
             child,
         })
     }
@@ -230,8 +231,8 @@ impl Ztunnel {
     }
 
     /// The network namespace it runs in.
-    pub fn netns_path(&self) -> PathBuf {
-        self.netns.clone()
+    pub fn netns(&self) -> &Netns {
+        &self.netns
     }
 
     /// The last lines of its log.
@@ -322,18 +323,14 @@ impl Drop for Ztunnel {
     }
 }
 
-/// A one-shot HTTP/1.0 GET, from inside the namespace at `netns` if given:
-/// the status and the body.
+/// A one-shot HTTP/1.0 GET, from inside `netns` if given (through its
+/// handle, so a poll loop reuses one socket thread): the status and the body.
 pub async fn http_get(
-    netns: Option<&Path>,
+    netns: Option<&Netns>,
     addr: SocketAddr,
     path: &str,
 ) -> std::io::Result<(u16, String)> {
-    let netns = netns
-        .map(Netns::open)
-        .transpose()
-        .map_err(std::io::Error::other)?;
-    let socket = tcp_socket(netns.as_ref(), addr, None, None).map_err(std::io::Error::other)?;
+    let socket = tcp_socket(netns, addr, None, None).map_err(std::io::Error::other)?;
     let mut tcp = tokio::time::timeout(Duration::from_secs(2), socket.connect(addr))
         .await
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;

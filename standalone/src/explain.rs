@@ -599,7 +599,7 @@ async fn gather_ztunnel(lab: &Lab) -> Result<ZtunnelStory, ExplainError> {
                     || (z.node != gateway.node && l.contains("src.workload=\"hello-gateway\"")))
         };
         let metrics = hbone_harness::ztunnel::http_get(
-            Some(&z.ztunnel.netns_path()),
+            Some(z.ztunnel.netns()),
             ([127, 0, 0, 1], 15020).into(),
             "/metrics",
         )

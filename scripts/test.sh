@@ -44,6 +44,8 @@ cargo fmt --all -- --check
 
 say "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+say "cargo clippy -p hbone-proxy (the proxy as a library: no benchmark rungs)"
+cargo clippy -p hbone-proxy --all-targets --quiet -- -D warnings
 
 say "cargo doc (warnings are errors: the intra-doc links stay true)"
 RUSTDOCFLAGS="-D warnings" K8S_OPENAPI_ENABLED_VERSION=1.34 cargo doc --workspace --no-deps --quiet

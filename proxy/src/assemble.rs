@@ -16,7 +16,7 @@ use hbone_policies::authorization::MeshAuthorization;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{BenchTunnel, ProxyConfig};
+use crate::config::ProxyConfig;
 use crate::proxy::{BoundAddrs, ProxyHandle};
 use crate::registry::{Registry, RegistryError};
 use crate::sources::kube::{ClusterLister, KubeLister};
@@ -31,6 +31,11 @@ const FILE_POLL: Duration = Duration::from_secs(2);
 /// Why a node proxy could not be built from its config and started.
 #[derive(Debug, Error)]
 pub enum AssembleError {
+    /// The config sets `benchTunnel`, but this build has no benchmark rungs.
+    #[error(
+        "benchTunnel: {0} is a benchmark rung, and this proxy was built without them (they come with the `bench-rungs` feature of hbone-proxy, which the hbone-lab binary turns on for its bench command)"
+    )]
+    BenchRungsNotBuilt(&'static str),
     /// The config names none of `registry`, `kubernetes` or `xds`.
     #[error("the config names no registry (registry:, kubernetes: or xds:)")]
     NoRegistry,
@@ -139,10 +144,13 @@ impl NodeProxy {
             bind_source_ip: config.bind_source_ip,
         };
         let core = ProxyCore::with_ca(settings, registry, policies, &ca)?;
+        #[cfg(feature = "bench-rungs")]
+        let core = crate::bench_tunnel::install(core, config.bench_tunnel);
+        #[cfg(not(feature = "bench-rungs"))]
         if let Some(mode) = config.bench_tunnel {
-            warn_not_a_mesh(mode);
+            return Err(AssembleError::BenchRungsNotBuilt(mode.as_str()));
         }
-        let core = Arc::new(core.with_bench_tunnel(config.bench_tunnel));
+        let core = Arc::new(core);
         if let Some(address) = &config.xds {
             core.set_waiting_for(Some(format!("the control plane {address}")));
         }
@@ -272,17 +280,6 @@ fn follow_sources(
         }
         _ => {}
     }
-}
-
-fn warn_not_a_mesh(mode: BenchTunnel) {
-    let rung = match mode {
-        BenchTunnel::Plain => "a TCP relay",
-        BenchTunnel::Mtls => "mutual TLS without HTTP/2",
-    };
-    tracing::warn!(
-        tunnel = mode.as_str(),
-        "benchTunnel is set: connections between proxies are a benchmark rung ({rung}), not HBONE, and no policy is enforced — this is not a mesh"
-    );
 }
 
 /// Who the proxy says it is to a control plane, from the pod's

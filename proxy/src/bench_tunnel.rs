@@ -103,6 +103,51 @@ impl BenchTunnelError {
 pub trait BenchStream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> BenchStream for T {}
 
+/// An opened rung, as the outbound path carries it.
+pub struct BenchUpstream {
+    stream: Box<dyn BenchStream>,
+    mode: BenchTunnel,
+}
+
+impl BenchUpstream {
+    /// Whether this rung is mutual TLS (the metrics' security policy label).
+    pub fn mtls(&self) -> bool {
+        self.mode == BenchTunnel::Mtls
+    }
+
+    /// Carries bytes both ways until both ends are done: the bytes sent on,
+    /// the bytes back, and the error that ended it early, if one did.
+    pub async fn relay(mut self, mut client: TcpStream) -> (u64, u64, Option<std::io::Error>) {
+        match tokio::io::copy_bidirectional_with_sizes(
+            &mut client,
+            &mut self.stream,
+            BUFFER,
+            BUFFER,
+        )
+        .await
+        {
+            Ok((up, down)) => (up, down, None),
+            Err(e) => (0, 0, Some(e)),
+        }
+    }
+}
+
+/// Puts `mode` (from the config's `benchTunnel`) in place of HBONE, saying
+/// loudly that what runs is not a mesh.
+pub fn install(core: ProxyCore, mode: Option<BenchTunnel>) -> ProxyCore {
+    if let Some(mode) = mode {
+        let rung = match mode {
+            BenchTunnel::Plain => "a TCP relay",
+            BenchTunnel::Mtls => "mutual TLS without HTTP/2",
+        };
+        tracing::warn!(
+            tunnel = mode.as_str(),
+            "benchTunnel is set: connections between proxies are a benchmark rung ({rung}), not HBONE, and no policy is enforced — this is not a mesh"
+        );
+    }
+    core.with_bench_tunnel(mode)
+}
+
 fn bench_alpn<C: Clone>(config: &Arc<C>, alpn: impl FnOnce(&mut C)) -> Arc<C> {
     let mut config = C::clone(config);
     alpn(&mut config);
@@ -154,7 +199,7 @@ pub async fn open(
     source: &Workload,
     destination: &Workload,
     target: SocketAddr,
-) -> Result<Box<dyn BenchStream>, BenchTunnelError> {
+) -> Result<BenchUpstream, BenchTunnelError> {
     let addr = SocketAddr::new(target.ip(), core.hbone_port);
     let bind_ip = core.bind_source_ip.then(|| source.ips[0]);
     let tcp = core
@@ -183,19 +228,15 @@ pub async fn open(
         }
     };
     write_preamble(&mut stream, target).await?;
-    Ok(stream)
-}
-
-/// Carries bytes both ways until both ends are done.
-pub async fn relay(
-    client: &mut TcpStream,
-    stream: &mut (dyn BenchStream + '_),
-) -> std::io::Result<(u64, u64)> {
-    tokio::io::copy_bidirectional_with_sizes(client, stream, BUFFER, BUFFER).await
+    Ok(BenchUpstream { stream, mode })
 }
 
 /// The receiving side, on a local workload's port 15008, until `shutdown`.
-pub async fn serve(core: Arc<ProxyCore>, mode: BenchTunnel, on: Listening) {
+/// Serves nothing unless a rung is installed.
+pub async fn serve(core: Arc<ProxyCore>, on: Listening) {
+    let Some(mode) = core.bench_tunnel else {
+        return;
+    };
     let gate = core.gate(Direction::Inbound);
     on.accept("bench tunnel", Some(gate), move |tcp, peer| {
         let core = core.clone();

@@ -247,7 +247,7 @@ pub struct ProxyConfig {
     pub connection_log: usize,
     /// Benchmarks only: replace HBONE between proxies by a lower rung of
     /// the cost ladder (`plain`: a TCP relay; `mtls`: mutual TLS without
-    /// HTTP/2), with no policy at all. Not a mesh; see [`crate::bench_tunnel`].
+    /// HTTP/2), with no policy at all. Not a mesh; needs the `bench-rungs` feature (the benchmark turns it on).
     #[serde(default)]
     pub bench_tunnel: Option<BenchTunnel>,
 }

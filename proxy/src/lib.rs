@@ -19,8 +19,9 @@
 //!   15006.
 //! - [`outbound`]: ways into the mesh — captured 15001, SOCKS5 15080 — the
 //!   HBONE client and its connection pool.
-//! - [`bench_tunnel`]: benchmark-only tunnels below HBONE (a TCP relay,
-//!   mTLS alone), for the cost ladder.
+//! - `bench_tunnel` (feature `bench-rungs`, which only the benchmark turns
+//!   on): tunnels below HBONE (a TCP relay, mTLS alone), for the cost
+//!   ladder; without the feature the data path is HBONE or passthrough.
 //! - [`sources`]: where the registry and policies come from — files, a
 //!   Kubernetes cluster, a control plane over xDS — and the node agent that
 //!   hands over pods (ZDS).
@@ -33,6 +34,7 @@
 pub mod admin;
 pub mod assemble;
 pub mod authorize;
+#[cfg(feature = "bench-rungs")]
 pub mod bench_tunnel;
 pub mod config;
 pub mod inbound;

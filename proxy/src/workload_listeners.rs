@@ -116,10 +116,11 @@ impl WorkloadListeners {
                 tasks: self.tasks.clone(),
             };
             match kind {
-                Kind::Hbone => match core.bench_tunnel {
-                    Some(mode) => self.tasks.spawn(crate::bench_tunnel::serve(core, mode, on)),
-                    None => self.tasks.spawn(hbone::serve(core, on)),
-                },
+                #[cfg(feature = "bench-rungs")]
+                Kind::Hbone if core.bench_tunnel.is_some() => {
+                    self.tasks.spawn(crate::bench_tunnel::serve(core, on))
+                }
+                Kind::Hbone => self.tasks.spawn(hbone::serve(core, on)),
                 Kind::Plaintext => self.tasks.spawn(plaintext::serve(core, on)),
                 Kind::PodOutbound => {
                     self.tasks

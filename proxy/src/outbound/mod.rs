@@ -46,6 +46,7 @@ pub enum OutboundError {
     #[error(transparent)]
     Tunnel(#[from] TunnelError),
     /// The benchmark tunnel could not be opened.
+    #[cfg(feature = "bench-rungs")]
     #[error("bench tunnel: {0}")]
     Bench(#[from] crate::bench_tunnel::BenchTunnelError),
 }
@@ -57,6 +58,7 @@ impl OutboundError {
             OutboundError::NoRoute(..) => Reason::NoRoute,
             OutboundError::Direct { .. } => Reason::ConnectFailed,
             OutboundError::Tunnel(t) => t.reason(),
+            #[cfg(feature = "bench-rungs")]
             OutboundError::Bench(b) => b.reason(),
         }
     }
@@ -82,7 +84,8 @@ pub enum Upstream {
     /// A plain TCP connection to a destination that is not meshed.
     Direct(TcpStream),
     /// A benchmark-only rung below HBONE ([`crate::bench_tunnel`]).
-    Bench(Box<dyn crate::bench_tunnel::BenchStream>),
+    #[cfg(feature = "bench-rungs")]
+    Bench(crate::bench_tunnel::BenchUpstream),
 }
 
 /// The sending side the captured and SOCKS5 listeners share: routes each
@@ -146,6 +149,7 @@ impl Outbound {
             service: service.cloned(),
         };
         if let Some(workload) = workload.filter(|w| w.protocol == Protocol::Hbone) {
+            #[cfg(feature = "bench-rungs")]
             if let Some(mode) = self.core.bench_tunnel {
                 let stream =
                     crate::bench_tunnel::open(&self.core, mode, source, workload, addr).await?;
@@ -189,9 +193,8 @@ impl Outbound {
     ) -> impl Future<Output = ()> + Send + 'a {
         let mtls = match upstream {
             Upstream::Tunnel(_) => true,
-            Upstream::Bench(_) => {
-                self.core.bench_tunnel == Some(crate::bench_tunnel::BenchTunnel::Mtls)
-            }
+            #[cfg(feature = "bench-rungs")]
+            Upstream::Bench(ref b) => b.mtls(),
             Upstream::Direct(_) => false,
         };
         let labels = ConnectionLabels::new(
@@ -216,13 +219,8 @@ impl Outbound {
                     drop(slot);
                     (moved.to_tunnel, moved.from_tunnel, error)
                 }
-                Upstream::Bench(mut stream) => {
-                    let mut client = client;
-                    match crate::bench_tunnel::relay(&mut client, stream.as_mut()).await {
-                        Ok((up, down)) => (up, down, None),
-                        Err(e) => (0, 0, Some(e)),
-                    }
-                }
+                #[cfg(feature = "bench-rungs")]
+                Upstream::Bench(bench) => bench.relay(client).await,
                 Upstream::Direct(mut stream) => {
                     let mut client = client;
                     match tokio::io::copy_bidirectional(&mut client, &mut stream).await {

@@ -111,6 +111,7 @@ pub struct ProxyCore {
     /// Dial HBONE from the source workload's IP instead of the node's.
     pub bind_source_ip: bool,
     /// Benchmarks only: a lower rung of the cost ladder instead of HBONE.
+    #[cfg(feature = "bench-rungs")]
     pub bench_tunnel: Option<crate::config::BenchTunnel>,
     /// Swapped whole when the registry's source changes (file, cluster, xDS).
     registry: ArcSwap<Registry>,
@@ -155,6 +156,7 @@ impl ProxyCore {
             h2: settings.h2,
             hbone_port: settings.hbone_port,
             bind_source_ip: settings.bind_source_ip,
+            #[cfg(feature = "bench-rungs")]
             bench_tunnel: None,
             registry: ArcSwap::new(registry),
             registry_version: tokio::sync::watch::Sender::new(0),
@@ -219,6 +221,7 @@ impl ProxyCore {
 
     /// Benchmarks only: carry connections between proxies on `tunnel`
     /// instead of HBONE ([`crate::bench_tunnel`]).
+    #[cfg(feature = "bench-rungs")]
     pub fn with_bench_tunnel(mut self, tunnel: Option<crate::config::BenchTunnel>) -> Self {
         self.bench_tunnel = tunnel;
         self

@@ -175,10 +175,10 @@ async fn measure(
                 );
             }
             figure(&mut f, rate_key, r.per_second);
-            figure(&mut f, "p50_ms", r.p50_ms);
-            figure(&mut f, "p90_ms", r.p90_ms);
-            figure(&mut f, "p99_ms", r.p99_ms);
-            figure(&mut f, "p999_ms", r.p999_ms);
+            figure(&mut f, "p50_ms", r.latency.p50_ms);
+            figure(&mut f, "p90_ms", r.latency.p90_ms);
+            figure(&mut f, "p99_ms", r.latency.p99_ms);
+            figure(&mut f, "p999_ms", r.latency.p999_ms);
         }
         "idle_memory" => {
             let pids = running.pids();

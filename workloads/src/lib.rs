@@ -8,6 +8,7 @@
 //! - [`http_get`]: the one HTTP GET every tool, story and test sends.
 //! - [`probe`]: "does the application answer?" — how a client in a captured pod tells allowed from refused.
 //! - [`peers`]: echo, sink, source and request/response load for the benchmarks.
+//! - [`open_loop`]: request/response load at a fixed arrival rate, timed from each request's due time (wrk2's way).
 
 #![forbid(unsafe_code)]
 
@@ -17,6 +18,7 @@ pub mod external;
 pub mod gateway;
 pub mod hello;
 pub mod http_get;
+pub mod open_loop;
 pub mod peers;
 pub mod pgserver;
 pub mod probe;

@@ -1,7 +1,11 @@
 //! Load peers for the benchmarks: the equivalents of iperf3's stream test
 //! (`source` → `sink`), netperf's TCP_RR (`rr_client` on one connection) and
 //! TCP_CRR (`rr_client` with a new connection per request), and `echo`.
-//! Every loop is bounded in count and time.
+//! Every loop is bounded in count and time. `rr_client` is closed-loop: each
+//! request waits for the one before and is timed from its own send, which
+//! is right for "how fast can one connection go" but hides a stall from
+//! the requests queued behind it; the open-loop load that does not is
+//! [`crate::open_loop`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -140,6 +144,50 @@ pub struct RrSettings {
     pub new_connection_each: bool,
 }
 
+/// The latency percentiles every load peer reports, read from one HDR
+/// histogram of microseconds (every request recorded, none sampled).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Latencies {
+    /// Median, in ms.
+    pub p50_ms: f64,
+    /// 90th percentile, in ms.
+    pub p90_ms: f64,
+    /// 99th percentile, in ms.
+    pub p99_ms: f64,
+    /// 99.9th percentile, in ms.
+    pub p999_ms: f64,
+    /// The slowest, in ms.
+    pub max_ms: f64,
+}
+
+/// The longest latency a histogram holds: a minute, in microseconds.
+const LONGEST_MICROS: u64 = 60_000_000;
+
+/// An empty latency histogram: 1 µs to a minute, three significant digits.
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::<u64>::new_with_bounds(1, LONGEST_MICROS, 3).expect("valid histogram bounds")
+}
+
+/// Records one latency (clamped to the histogram's 1 µs … 1 min).
+pub fn record_latency(hist: &mut Histogram<u64>, latency: Duration) {
+    let micros = (latency.as_micros() as u64).clamp(1, LONGEST_MICROS);
+    let _ = hist.record(micros);
+}
+
+impl Latencies {
+    /// The percentiles of `hist` (all zero when it is empty).
+    pub fn of(hist: &Histogram<u64>) -> Self {
+        let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+        Latencies {
+            p50_ms: ms(0.5),
+            p90_ms: ms(0.9),
+            p99_ms: ms(0.99),
+            p999_ms: ms(0.999),
+            max_ms: hist.max() as f64 / 1000.0,
+        }
+    }
+}
+
 /// Latency figures of an `rr_client` run.
 #[derive(Debug, Clone, Serialize)]
 pub struct RrResult {
@@ -149,16 +197,9 @@ pub struct RrResult {
     pub seconds: f64,
     /// Requests per second.
     pub per_second: f64,
-    /// Median round trip, in ms.
-    pub p50_ms: f64,
-    /// 90th percentile round trip, in ms.
-    pub p90_ms: f64,
-    /// 99th percentile round trip, in ms.
-    pub p99_ms: f64,
-    /// 99.9th percentile round trip, in ms.
-    pub p999_ms: f64,
-    /// The slowest round trip, in ms.
-    pub max_ms: f64,
+    /// Round trips, each timed from its own send.
+    #[serde(flatten)]
+    pub latency: Latencies,
 }
 
 /// Runs requests against an `rr_server`, recording each round trip.
@@ -168,8 +209,7 @@ pub async fn rr_client(
     port: u16,
     s: &RrSettings,
 ) -> std::io::Result<RrResult> {
-    let mut hist =
-        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds");
+    let mut hist = latency_histogram();
     let request = vec![0x3cu8; s.request];
     let mut response = vec![0u8; s.response];
     let connect = || async {
@@ -193,24 +233,18 @@ pub async fn rr_client(
         };
         conn.write_all(&request).await?;
         conn.read_exact(&mut response).await?;
-        let micros = t0.elapsed().as_micros().max(1) as u64;
-        let _ = hist.record(micros.min(60_000_000));
+        record_latency(&mut hist, t0.elapsed());
         done += 1;
         if !s.new_connection_each {
             tcp = Some(conn);
         }
     }
     let seconds = started.elapsed().as_secs_f64();
-    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     Ok(RrResult {
         requests: done,
         seconds,
         per_second: done as f64 / seconds,
-        p50_ms: ms(0.5),
-        p90_ms: ms(0.9),
-        p99_ms: ms(0.99),
-        p999_ms: ms(0.999),
-        max_ms: hist.max() as f64 / 1000.0,
+        latency: Latencies::of(&hist),
     })
 }
 

@@ -46,7 +46,9 @@ async fn request_response_fills_the_histogram() {
             .unwrap();
         assert_eq!(r.requests, 200);
         assert!(
-            r.p50_ms > 0.0 && r.p50_ms <= r.p99_ms && r.p99_ms <= r.max_ms,
+            r.latency.p50_ms > 0.0
+                && r.latency.p50_ms <= r.latency.p99_ms
+                && r.latency.p99_ms <= r.latency.max_ms,
             "{r:?}"
         );
         assert!(r.per_second <= 2100.0, "the rate limit holds: {r:?}");

@@ -61,7 +61,7 @@ async fn measure_one(
         ("conn_per_s".to_string(), done.per_second.round()),
         (
             "p99_ms".to_string(),
-            (done.p99_ms * 1000.0).round() / 1000.0,
+            (done.latency.p99_ms * 1000.0).round() / 1000.0,
         ),
     ]))
 }

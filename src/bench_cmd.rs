@@ -11,6 +11,7 @@ use hbone_bench::runner::{
     BenchSettings, LADDER_SCENARIOS, Progress, SCENARIOS, Sample, run, summarize,
 };
 use hbone_bench::subjects::{Shared, Subject, ZtunnelMode};
+use hbone_bench::sweep::{self, SweepReport, SweepSettings};
 use hbone_bench::topology::Topology;
 use hbone_bench::{chart, scale};
 
@@ -26,7 +27,8 @@ use hbone_bench::{chart, scale};
 /// Writes bench.json, bench.md and bench.svg (a chart; when ztunnel ran,
 /// its first panel is hbone-lab's advantage over ztunnel on every figure)
 /// into --out. --ladder adds the cost ladder's rungs, --instructions counts
-/// instead of timing, --scale draws the scale curves (scale.svg).
+/// instead of timing, --scale draws the scale curves (scale.svg), --sweep
+/// steps an open-loop rate past the slowest proxy's limit (sweep.svg).
 ///
 /// The binary that runs the bench is the hbone-lab measured: build it with
 /// `cargo build --profile perf` (fat LTO, one codegen unit, as ztunnel's
@@ -99,9 +101,28 @@ pub struct BenchArgs {
     /// default to throughput_1, rr_unthrottled, rr_1000 and crr.
     #[arg(long)]
     ladder: bool,
+    /// The rate sweep: latency against load, open loop (wrk2's model: a
+    /// fixed arrival rate, each request timed from when it was due, so a
+    /// stall counts for every request due during it). First each subject's
+    /// maximum (closed-loop requests/s over --connections), then steps of
+    /// 10, 25, 50, 75, 90, 100 and 110 % of the slowest proxy's maximum
+    /// (--quick: 10, 50, 90, 110 %, 1 s each; or --steps), every subject in
+    /// turn at each step. Per step: offered and achieved rate, p50, p99,
+    /// p99.9 and max, and both proxies' user and system CPU per request;
+    /// each subject's knee (the highest step it carried: ≥ 95 % of the
+    /// offered rate, nothing lost, p99 ≤ 3× its lowest step's) marked.
+    /// Writes bench.json (`sweep`) and sweep.svg; --seconds sets a step's length.
+    #[arg(long)]
+    sweep: bool,
+    /// Connections the sweep's load is spread over.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    connections: u16,
+    /// The sweep's steps, in % of the slowest proxy's maximum (comma-separated, ascending).
+    #[arg(long, value_delimiter = ',')]
+    steps: Vec<f64>,
     /// Measure nothing: redraw bench.md and bench.svg (or, for a --scale
-    /// run, scale.svg) into --out from a bench.json written earlier (no
-    /// root needed).
+    /// run, scale.svg; for a --sweep run, sweep.svg) into --out from a
+    /// bench.json written earlier (no root needed).
     #[arg(long, value_name = "BENCH_JSON")]
     replot: Option<PathBuf>,
 }
@@ -112,6 +133,11 @@ fn replot(json_path: &std::path::Path, out: &std::path::Path) -> anyhow::Result<
         .with_context(|| format!("cannot read {}", json_path.display()))?;
     let saved: serde_json::Value = serde_json::from_str(&text)
         .with_context(|| format!("{} is not JSON", json_path.display()))?;
+    if saved.get("sweep").is_some() {
+        let report: SweepReport = serde_json::from_value(saved["sweep"].clone())
+            .with_context(|| format!("{}: `sweep` is not a sweep's report", json_path.display()))?;
+        return write_sweep(&report, out, None);
+    }
     if saved.get("scale").is_some() {
         let rows: Vec<hbone_bench::runner::Sample> = serde_json::from_value(saved["scale"].clone())
             .with_context(|| {
@@ -166,6 +192,7 @@ pub async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(json) = &args.replot {
         return replot(json, &args.out);
     }
+    let sweep_settings = sweep_settings(&args)?;
     anyhow::ensure!(
         hbone_harness::netns::can_create(),
         "the benchmark builds two pod network namespaces: run it as root (iproute2 and iptables installed)"
@@ -173,6 +200,10 @@ pub async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         !(args.ladder && (args.instructions || args.scale)),
         "--ladder is a timed run; it does not go with --instructions or --scale"
+    );
+    anyhow::ensure!(
+        !(args.sweep && (args.ladder || args.instructions || args.scale)),
+        "--sweep is a run of its own; it does not go with --ladder, --instructions or --scale"
     );
     let settings = settings(&args);
     let subjects = subjects(&args)?;
@@ -192,6 +223,9 @@ pub async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     // the namespaces are cleaned up on the way out either way.
     if args.scale {
         return run_scale(&args, &scenarios, &subjects, &topology, shared).await;
+    }
+    if args.sweep {
+        return run_sweep(&args, &sweep_settings, &subjects, &topology, shared).await;
     }
     let mut bar = Bar;
     let counts = if args.quick {
@@ -289,6 +323,74 @@ fn scenarios(args: &BenchArgs) -> anyhow::Result<Vec<&str>> {
         (true, false, true) => LADDER_SCENARIOS.to_vec(),
         (true, false, false) => SCENARIOS.to_vec(),
     })
+}
+
+/// The sweep's settings: --quick or full, then --seconds, --connections
+/// and --steps (checked: positive and ascending).
+fn sweep_settings(args: &BenchArgs) -> anyhow::Result<SweepSettings> {
+    let mut s = match args.quick {
+        true => SweepSettings::quick(),
+        false => SweepSettings::full(),
+    };
+    if let Some(seconds) = args.seconds {
+        s.seconds = seconds;
+    }
+    s.connections = args.connections.into();
+    if !args.steps.is_empty() {
+        anyhow::ensure!(
+            args.steps.iter().all(|p| p.is_finite() && *p > 0.0)
+                && args.steps.windows(2).all(|w| w[0] < w[1]),
+            "--steps must be percentages above 0, ascending: {:?}",
+            args.steps
+        );
+        s.percents = args.steps.clone();
+    }
+    Ok(s)
+}
+
+/// The rate sweep: measured, then printed and written (bench.json, sweep.svg).
+async fn run_sweep(
+    args: &BenchArgs,
+    settings: &SweepSettings,
+    subjects: &[Subject],
+    topology: &Topology,
+    shared: Shared,
+) -> anyhow::Result<()> {
+    let mut say = |line: &str| eprintln!("{line}");
+    let measured = tokio::select! {
+        report = sweep::run(subjects, settings, topology, &shared, &mut say) => Some(report),
+        _ = crate::proxy_cmd::wait_for_stop() => None,
+    };
+    shared.shutdown().await;
+    let Some(report) = measured else {
+        anyhow::bail!("interrupted: the benchmark's processes and namespaces were removed");
+    };
+    let report = report?;
+    let subjects: Vec<&str> = subjects.iter().map(|s| s.name()).collect();
+    write_sweep(&report, &args.out, Some(&subjects))
+}
+
+/// The sweep's table on stdout, sweep.svg, and (for a run, not a replot)
+/// bench.json with the report whole.
+fn write_sweep(
+    report: &SweepReport,
+    out: &std::path::Path,
+    measured: Option<&[&str]>,
+) -> anyhow::Result<()> {
+    print!("{}", sweep::table(report));
+    std::fs::create_dir_all(out)?;
+    if let Some(subjects) = measured {
+        let json = serde_json::json!({
+            "settings": {"connections": report.connections, "seconds": report.seconds, "policies": hbone_bench::subjects::BENCH_POLICIES},
+            "subjects": subjects,
+            "sweep": report,
+        });
+        std::fs::write(out.join("bench.json"), serde_json::to_string_pretty(&json)?)?;
+        println!("wrote {}", out.join("bench.json").display());
+    }
+    std::fs::write(out.join("sweep.svg"), chart::sweep_svg(report)?)?;
+    println!("wrote {}", out.join("sweep.svg").display());
+    Ok(())
 }
 
 /// The scale curves: measured, printed, written to bench.json and scale.svg.

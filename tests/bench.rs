@@ -354,3 +354,109 @@ fn the_cost_ladder_measures_each_rung() {
     let svg = std::fs::read_to_string(out_dir.path().join("bench.svg")).unwrap();
     assert!(svg.contains("cost ladder"), "the chart is not the ladder");
 }
+
+/// `bench --sweep --quick`: each subject's maximum, then every step
+/// (10, 50, 90, 110 % of hbone-lab's maximum) for every subject, ascending,
+/// each with its figures, a knee field per subject, and a chart naming
+/// each subject; `--replot` redraws the chart from bench.json. Structure
+/// only: no figure's value is checked.
+#[test]
+#[ignore = "needs root: the benchmark builds two pod network namespaces (test.sh runs it as root)"]
+fn the_sweep_has_every_step_for_every_subject() {
+    let (stdout, json, out_dir) = bench_ok(&["--sweep", "--quick"]);
+    assert_eq!(json["subjects"], serde_json::json!(["direct", "hbone-lab"]));
+    let sweep = &json["sweep"];
+    assert_eq!(sweep["reference_subject"], "hbone-lab", "{sweep}");
+    let curves = sweep["subjects"].as_array().unwrap();
+    assert_eq!(curves.len(), 2, "{sweep}");
+    for (curve, subject) in curves.iter().zip(["direct", "hbone-lab"]) {
+        assert_eq!(curve["subject"], subject);
+        assert!(
+            curve["max_per_s"].as_f64().is_some_and(|m| m > 0.0),
+            "{curve}"
+        );
+        assert!(curve.get("knee").is_some(), "no knee field: {curve}");
+        let steps = curve["steps"].as_array().unwrap();
+        let percents: Vec<f64> = steps
+            .iter()
+            .map(|s| s["percent"].as_f64().unwrap())
+            .collect();
+        assert_eq!(percents, [10.0, 50.0, 90.0, 110.0], "{curve}");
+        let offered: Vec<f64> = steps
+            .iter()
+            .map(|s| s["offered_per_s"].as_f64().unwrap())
+            .collect();
+        assert!(offered.windows(2).all(|w| w[0] < w[1]), "{offered:?}");
+        for step in steps {
+            for key in [
+                "achieved_per_s",
+                "p50_ms",
+                "p90_ms",
+                "p99_ms",
+                "p999_ms",
+                "max_ms",
+            ] {
+                assert!(step[key].as_f64().is_some(), "{subject} {key}: {step}");
+            }
+            for key in ["requests", "errors", "unfinished"] {
+                assert!(step[key].as_u64().is_some(), "{subject} {key}: {step}");
+            }
+            for key in [
+                "proxy_user_cpu_s_per_request",
+                "proxy_system_cpu_s_per_request",
+            ] {
+                // The proxies' CPU: none for direct, which has no proxy.
+                assert_eq!(
+                    step[key].is_null(),
+                    subject == "direct",
+                    "{subject} {key}: {step}"
+                );
+            }
+        }
+        if let Some(knee) = curve["knee"].as_object() {
+            assert!(
+                percents.contains(&knee["percent"].as_f64().unwrap()),
+                "{curve}"
+            );
+        }
+    }
+    assert!(
+        stdout.contains("offered/s") && stdout.contains("sys µs/req"),
+        "{stdout}"
+    );
+    let svg = std::fs::read_to_string(out_dir.path().join("sweep.svg")).unwrap();
+    for label in ["direct p99", "hbone-lab p99", "hbone-lab p50"] {
+        assert!(svg.contains(label), "{label} missing from the chart");
+    }
+
+    let again = tempfile::tempdir().unwrap();
+    let replot = Command::new(env!("CARGO_BIN_EXE_hbone-lab"))
+        .args(["bench", "--replot"])
+        .arg(out_dir.path().join("bench.json"))
+        .arg("--out")
+        .arg(again.path())
+        .output()
+        .unwrap();
+    assert!(
+        replot.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replot.stderr)
+    );
+    assert!(String::from_utf8_lossy(&replot.stdout).contains("offered/s"));
+    assert!(again.path().join("sweep.svg").is_file());
+}
+
+/// The sweep's steps are checked before anything is started (no root needed).
+#[test]
+fn sweep_steps_out_of_order_are_refused() {
+    let out = Command::new(env!("CARGO_BIN_EXE_hbone-lab"))
+        .args(["bench", "--sweep", "--steps", "50,10"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--steps must be percentages above 0, ascending"),
+        "{stderr}"
+    );
+}

@@ -8,6 +8,11 @@
 //! is better; with the ladder's rungs in the run, this panel is the cost
 //! ladder, direct → relay → +mTLS → +HTTP/2), p99 latency at a fixed rate,
 //! and memory per idle connection (lower is better).
+//!
+//! The rate sweep gets a chart of its own ([`sweep_svg`]): latency against
+//! the rate each subject achieved — the curve load-testing reports draw,
+//! because the question there is where the tail bends upward, which bars
+//! of one rate cannot show.
 
 use plotters::prelude::*;
 use thiserror::Error;
@@ -428,4 +433,118 @@ pub fn scale_svg(samples: &[crate::runner::Sample]) -> Result<String, ChartError
         root.present().map_err(err)?;
     }
     Ok(out)
+}
+
+/// The rate sweep as one SVG: latency (log scale) against achieved
+/// requests per second, per subject its p99 as a solid line and its p50
+/// dashed, in the subject's colour; each knee ringed and labelled.
+pub fn sweep_svg(report: &crate::sweep::SweepReport) -> Result<String, ChartError> {
+    let points = |pick: fn(&crate::sweep::Step) -> f64, steps: &[crate::sweep::Step]| {
+        steps
+            .iter()
+            .map(|s| (s.achieved_per_s, pick(s)))
+            .filter(|(x, y)| x.is_finite() && y.is_finite() && *y > 0.0)
+            .collect::<Vec<(f64, f64)>>()
+    };
+    let p99 = |s: &crate::sweep::Step| s.latency.p99_ms;
+    let p50 = |s: &crate::sweep::Step| s.latency.p50_ms;
+    let all: Vec<(f64, f64)> = report
+        .subjects
+        .iter()
+        .flat_map(|c| {
+            points(p99, &c.steps)
+                .into_iter()
+                .chain(points(p50, &c.steps))
+        })
+        .collect();
+    let x_max = all.iter().fold(1.0f64, |m, (x, _)| m.max(*x)) * 1.08;
+    let y_min = all.iter().fold(f64::MAX, |m, (_, y)| m.min(*y)).min(1.0) / 2.0;
+    let y_max = all.iter().fold(y_min * 4.0, |m, (_, y)| m.max(*y)) * 2.0;
+    let title = format!(
+        "latency against achieved rate — open loop, {} connections; p99 solid, p50 dashed, ○ knee",
+        report.connections
+    );
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, (1100, 620)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(16)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..x_max, (y_min..y_max).log_scale())
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc(format!(
+                "requests/s achieved (steps: % of {}'s maximum, {:.0}/s)",
+                report.reference_subject, report.reference_per_s
+            ))
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_desc("ms from each request's due time")
+            .y_label_formatter(&|y| format!("{y}"))
+            .draw()
+            .map_err(err)?;
+        for curve in &report.subjects {
+            let colour = colour(&curve.subject);
+            let tail = points(p99, &curve.steps);
+            chart
+                .draw_series(LineSeries::new(tail.clone(), colour.stroke_width(2)))
+                .map_err(err)?
+                .label(format!("{} p99", curve.subject))
+                .legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 18, y)], colour.stroke_width(2))
+                });
+            chart
+                .draw_series(tail.into_iter().map(|p| Circle::new(p, 3, colour.filled())))
+                .map_err(err)?;
+            chart
+                .draw_series(DashedLineSeries::new(
+                    points(p50, &curve.steps),
+                    6,
+                    4,
+                    colour.stroke_width(1),
+                ))
+                .map_err(err)?
+                .label(format!("{} p50", curve.subject))
+                .legend(move |(x, y)| {
+                    let dash = |from: i32| PathElement::new([(from, 0), (from + 6, 0)], colour);
+                    EmptyElement::at((x, y)) + dash(0) + dash(11)
+                });
+            if let Some(knee) = curve.knee.as_ref().filter(|k| k.p99_ms > 0.0) {
+                let at = (knee.achieved_per_s, knee.p99_ms);
+                chart
+                    .draw_series([EmptyElement::at(at)
+                        + Circle::new((0, 0), 9, colour.stroke_width(2))
+                        + Text::new(
+                            format!("knee {} %", knee.percent),
+                            (-20, -24),
+                            ("sans-serif", 12),
+                        )])
+                    .map_err(err)?;
+            }
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.9))
+            .draw()
+            .map_err(err)?;
+        root.present().map_err(err)?;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_chart_names_each_subject_and_rings_the_knee() {
+        let svg = super::sweep_svg(&crate::sweep::fixtures::report()).unwrap();
+        for label in ["direct p99", "direct p50", "hbone-lab p99", "knee 110 %"] {
+            assert!(svg.contains(label), "{label} missing");
+        }
+        assert_eq!(svg.matches("knee 1").count(), 1, "hbone-lab has no knee");
+    }
 }

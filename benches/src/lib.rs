@@ -7,6 +7,7 @@
 //!   rungs below HBONE); one CA and one control plane for both meshes.
 //! - [`instructions`]: instructions per request, per connection and per MiB, counted by callgrind.
 //! - [`runner`]: scenarios, interleaved repetitions, medians and ratios.
+//! - [`sweep`]: open-loop load stepped past the slowest proxy's maximum — latency against rate, and each subject's knee.
 //! - [`proc_stats`]: CPU seconds, resident memory and context switches from /proc.
 //! - [`scale`]: how the cost grows — workloads known, policies in scope, open connections.
 //! - [`report`]: table and Markdown (JSON comes from serde).
@@ -23,4 +24,5 @@ pub mod report;
 pub mod runner;
 pub mod scale;
 pub mod subjects;
+pub mod sweep;
 pub mod topology;

@@ -1,6 +1,8 @@
 //! Running the comparison: every scenario for every subject, interleaved
 //! (direct, hbone-lab, ztunnel, direct, …) so drift on a shared machine hits
 //! all subjects alike, then medians and ratios measured in the same run.
+//! The servers, the warm start and the bounded measurement here are shared
+//! with the rate sweep ([`crate::sweep`]), which interleaves the same way.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -319,6 +321,69 @@ pub trait Progress {
     fn step(&mut self, done: usize, total: usize, what: &str);
 }
 
+/// The server pod's peers every timed scenario talks to — the sink and the
+/// request/response server — with what they counted; stopped when dropped.
+pub(crate) struct Servers {
+    /// Bytes the sink has read.
+    pub(crate) sunk: Arc<AtomicU64>,
+    /// Connections the request/response server has accepted.
+    pub(crate) accepted: Arc<AtomicU64>,
+    tasks: [tokio::task::JoinHandle<std::io::Result<()>>; 2],
+}
+
+impl Servers {
+    /// Listens in the server pod on [`SINK_PORT`] and [`RR_PORT`] (1 KiB
+    /// requests and responses).
+    pub(crate) fn start(topology: &Topology) -> Result<Servers, SubjectError> {
+        let listen = |port| {
+            topology
+                .server_listener(port)
+                .map_err(|e| SubjectError::Setup(e.to_string()))
+        };
+        let sink_listener = listen(SINK_PORT)?;
+        let rr_listener = listen(RR_PORT)?;
+        let sunk = Arc::new(AtomicU64::new(0));
+        let accepted = Arc::new(AtomicU64::new(0));
+        let tasks = [
+            tokio::spawn(sink(sink_listener, sunk.clone())),
+            tokio::spawn(rr_server_counting(
+                rr_listener,
+                1024,
+                1024,
+                accepted.clone(),
+            )),
+        ];
+        Ok(Servers {
+            sunk,
+            accepted,
+            tasks,
+        })
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// One measurement of `subject` given at most `limit`: a stall or a
+/// failure becomes an error naming the subject and `what` was measured.
+pub(crate) async fn bounded<T, E: std::fmt::Display>(
+    subject: &Subject,
+    what: &str,
+    limit: Duration,
+    measuring: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, SubjectError> {
+    let name = subject.name();
+    tokio::time::timeout(limit, measuring)
+        .await
+        .map_err(|_| SubjectError::Setup(format!("{name} {what}: stalled for {limit:?}")))?
+        .map_err(|e| SubjectError::Setup(format!("{name} {what}: {e}")))
+}
+
 /// Runs the whole comparison.
 pub async fn run(
     subjects: &[Subject],
@@ -328,21 +393,7 @@ pub async fn run(
     shared: &Shared,
     progress: &mut dyn Progress,
 ) -> Result<Vec<Sample>, SubjectError> {
-    let sink_listener = topology
-        .server_listener(SINK_PORT)
-        .map_err(|e| SubjectError::Setup(e.to_string()))?;
-    let rr_listener = topology
-        .server_listener(RR_PORT)
-        .map_err(|e| SubjectError::Setup(e.to_string()))?;
-    let sunk = Arc::new(AtomicU64::new(0));
-    let sink_task = tokio::spawn(sink(sink_listener, sunk.clone()));
-    let accepted = Arc::new(AtomicU64::new(0));
-    let rr_task = tokio::spawn(rr_server_counting(
-        rr_listener,
-        1024,
-        1024,
-        accepted.clone(),
-    ));
+    let servers = Servers::start(topology)?;
     let total = subjects.len() * scenarios.len() * settings.repetitions;
     let mut done = 0;
     let mut samples = Vec::new();
@@ -366,18 +417,15 @@ pub async fn run(
                     ),
                 );
                 let limit = Duration::from_secs_f64(settings.seconds * 3.0 + 30.0);
-                let figures = tokio::time::timeout(
-                    limit,
-                    measure(scenario, topology, &running, settings, &accepted, &sunk),
-                )
-                .await
-                .map_err(|_| {
-                    SubjectError::Setup(format!(
-                        "{} {scenario}: stalled for {limit:?}",
-                        subject.name()
-                    ))
-                })?
-                .map_err(|e| SubjectError::Setup(format!("{} {scenario}: {e}", subject.name())))?;
+                let measuring = measure(
+                    scenario,
+                    topology,
+                    &running,
+                    settings,
+                    &servers.accepted,
+                    &servers.sunk,
+                );
+                let figures = bounded(subject, scenario, limit, measuring).await?;
                 samples.push(Sample {
                     subject: subject.name().into(),
                     scenario: scenario.to_string(),
@@ -390,8 +438,7 @@ pub async fn run(
         }
     }
     progress.step(total, total, "done");
-    sink_task.abort();
-    rr_task.abort();
+    drop(servers);
     let _ = topology.capture(false);
     Ok(samples)
 }

@@ -13,14 +13,16 @@
 //! wait behind a slow answer on its connection is charged from its due
 //! time, so a stall shows in every request that was due during it.
 //!
-//! What is not charged: the generator's own lateness. When a connection
-//! is idle at a request's due time, the request is timed from its actual
-//! send — otherwise the timer's millisecond granularity (and the
-//! generator's scheduling on a shared machine) would add up to a
-//! millisecond to every request, more than the proxies' own latency.
-//! When the connection is still busy with an earlier request at the due
-//! time, the wait is the service's fault and the request is timed from its
-//! due time.
+//! Each request is charged what a generator that is never late would have
+//! measured. On each connection's ideal timeline a request starts when it
+//! is due, or when the connection's previous request would have been
+//! answered if that is later, and takes the time the server really took
+//! (answer − actual send); its latency is from its due time to the end of
+//! that. So a stall is charged to every request queued behind it, and the
+//! generator's own lateness — tokio's millisecond timer, or its scheduling
+//! on a shared machine — is not: charging it would add up to a
+//! millisecond to requests whose proxies take a tenth of that. A
+//! generator too slow for its rate shows as achieved below offered.
 //!
 //! Bounded in count and time: at most `max_requests`, only those due
 //! within `duration`, and answers are awaited at most `grace` beyond the
@@ -175,17 +177,16 @@ async fn carry(
         unfinished: 0,
         last_answer: None,
     };
+    // Where this connection would be if the generator were never late:
+    // the moment its last request would have been answered.
+    let mut ideal_free = schedule.start;
     let mut indices = schedule.indices(c);
     while let Some(index) = indices.next() {
         let due = schedule.due(index);
-        // Busy at the due time: the wait behind the earlier answer is the
-        // service's, so it counts. Idle: the timer's lateness is ours.
-        let from = if Instant::now() >= due {
-            due
-        } else {
-            tokio::time::sleep_until(due).await;
-            Instant::now()
-        };
+        tokio::time::sleep_until(due).await;
+        let sent = Instant::now();
+        // Due, or queued behind the previous answer: the service's wait.
+        let ideal_start = due.max(ideal_free);
         let exchange = async {
             let mut conn = match tcp.take() {
                 Some(conn) => conn,
@@ -195,25 +196,24 @@ async fn carry(
             conn.read_exact(&mut response).await.map_err(|_| ())?;
             Ok::<_, ()>(conn)
         };
-        match tokio::time::timeout_at(schedule.deadline, exchange).await {
+        let outcome = tokio::time::timeout_at(schedule.deadline, exchange).await;
+        // The time the server really took, placed on the ideal timeline.
+        ideal_free = ideal_start + (Instant::now() - sent);
+        match outcome {
             Ok(Ok(conn)) => {
-                let now = Instant::now();
-                record_latency(&mut tally.hist, now - from);
+                record_latency(&mut tally.hist, ideal_free - due);
                 tally.answered += 1;
-                tally.last_answer = Some(now);
+                tally.last_answer = Some(Instant::now());
                 tcp = Some(conn);
             }
             // Not retried: the next request opens a new connection.
             Ok(Err(())) => tally.errors += 1,
             Err(_) => {
                 // Out of time: this request and every later one of this
-                // connection are unfinished, each at the latency it reached.
-                record_latency(&mut tally.hist, schedule.deadline - from);
-                tally.unfinished += 1;
-                for later in indices.by_ref() {
-                    let waited = schedule
-                        .deadline
-                        .saturating_duration_since(schedule.due(later));
+                // connection are unfinished, each at the latency it had
+                // reached on the ideal timeline (a lower bound).
+                for unanswered in std::iter::once(index).chain(indices.by_ref()) {
+                    let waited = ideal_free.saturating_duration_since(schedule.due(unanswered));
                     record_latency(&mut tally.hist, waited);
                     tally.unfinished += 1;
                 }

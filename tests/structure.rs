@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 const CRATES: &[&str] = &[
     ".",
     "ca",
+    "listen",
     "proxy",
     "policies",
     "workloads",

@@ -6,12 +6,23 @@
 //! its node, otherwise the CSR's SAN); its trust domain; the grant allows it;
 //! the CSR names it; the lifetime is within bounds. Every refusal is logged
 //! with its reason, counted, and answered with a gRPC status that says why.
+//!
+//! The port answers anyone before any token, so it is bounded the way every
+//! listener of the lab is (`hbone_listen::Bounds::CONTROL_PLANE`): a cap on
+//! connections, a TLS handshake timeout, a request timeout, a few streams
+//! per connection, and HTTP/2 keep-alive pings that close dead peers. The
+//! token is checked from the request's headers *before* its body is read,
+//! and a body is at most [`MAX_REQUEST_BYTES`]: an unauthenticated client
+//! used to make the CA hold 300 × 4 MiB bodies on one connection. A
+//! refusal's message is at most [`MAX_REFUSAL_BYTES`], in the log and on
+//! the wire (a CSR with 720 long SANs made a 2.9 MB status before).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hbone_listen::{Acceptor, Bounds, ConnectionLimit};
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -30,7 +41,15 @@ use crate::metrics::CaMetrics;
 use crate::proto::{
     CREATE_CERTIFICATE_PATH, IstioCertificateRequest, IstioCertificateResponse, SERVICE,
 };
-use crate::tokens::{AuthError, Authenticator};
+use crate::tokens::{AuthError, Authenticator, Grant};
+
+/// How often an idle HTTP/2 connection is pinged, and how long the answer
+/// may take before the connection is closed.
+const KEEPALIVE: Duration = Duration::from_secs(20);
+/// The largest `CreateCertificate` request read: a CSR is a few kilobytes.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// The longest refusal message sent or logged; the rest is cut and counted.
+pub const MAX_REFUSAL_BYTES: usize = 512;
 
 /// Why a request was refused: a metric label, a gRPC code and a message.
 #[derive(Debug, Error, Clone, PartialEq)]
@@ -49,7 +68,7 @@ impl Refusal {
         Refusal {
             reason,
             code,
-            message: message.into(),
+            message: bounded(message.into(), MAX_REFUSAL_BYTES),
         }
     }
 }
@@ -104,28 +123,15 @@ impl CaService {
         metadata: &MetadataMap,
         request: &IstioCertificateRequest,
     ) -> Result<IstioCertificateResponse, Refusal> {
-        match self.decide(metadata, request).await {
-            Ok((identity, chain, lifetime)) => {
-                self.metrics.record_issued();
-                info!(%identity, lifetime = %humanize(lifetime), "issued workload certificate");
-                Ok(IstioCertificateResponse { cert_chain: chain })
-            }
-            Err(refusal) => {
-                self.metrics.record_refusal(refusal.reason);
-                warn!(reason = refusal.reason, detail = %refusal.message, "refused certificate request");
-                Err(refusal)
-            }
-        }
+        let grant = self.authenticate(metadata).await?;
+        self.issue(&grant, request).await
     }
 
-    async fn decide(
-        &self,
-        metadata: &MetadataMap,
-        request: &IstioCertificateRequest,
-    ) -> Result<(Identity, Vec<String>, Duration), Refusal> {
-        let token = bearer_token(metadata)?;
-        let grant = self
-            .authenticator
+    /// The grant of the request's bearer token; a refusal is logged and
+    /// counted. The gRPC server asks this before reading the request's body.
+    pub async fn authenticate(&self, metadata: &MetadataMap) -> Result<Grant, Refusal> {
+        let token = bearer_token(metadata).inspect_err(|r| self.refused(r))?;
+        self.authenticator
             .authenticate(token)
             .await
             .map_err(|e| match e {
@@ -135,7 +141,39 @@ impl CaService {
                 AuthError::Backend(_) => {
                     Refusal::new("auth_backend", Code::Unavailable, e.to_string())
                 }
-            })?;
+            })
+            .inspect_err(|r| self.refused(r))
+    }
+
+    fn refused(&self, refusal: &Refusal) {
+        self.metrics.record_refusal(refusal.reason);
+        warn!(reason = refusal.reason, detail = %refusal.message, "refused certificate request");
+    }
+
+    /// Answers one authenticated request, logging and counting the outcome.
+    pub async fn issue(
+        &self,
+        grant: &Grant,
+        request: &IstioCertificateRequest,
+    ) -> Result<IstioCertificateResponse, Refusal> {
+        match self.decide(grant, request).await {
+            Ok((identity, chain, lifetime)) => {
+                self.metrics.record_issued();
+                info!(%identity, lifetime = %humanize(lifetime), "issued workload certificate");
+                Ok(IstioCertificateResponse { cert_chain: chain })
+            }
+            Err(refusal) => {
+                self.refused(&refusal);
+                Err(refusal)
+            }
+        }
+    }
+
+    async fn decide(
+        &self,
+        grant: &Grant,
+        request: &IstioCertificateRequest,
+    ) -> Result<(Identity, Vec<String>, Duration), Refusal> {
         let csr = parse_csr_pem(&request.csr).map_err(AuthorityError::from)?;
         let identity = match request.impersonated_identity() {
             Some(asked) => asked.parse::<Identity>().map_err(|e| {
@@ -194,6 +232,22 @@ pub fn bearer_token(metadata: &MetadataMap) -> Result<&str, Refusal> {
         .ok_or_else(missing)
 }
 
+/// `text` cut to at most `max` bytes (on a character boundary), saying how
+/// much was left out.
+fn bounded(mut text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let left = text.len() - cut;
+    text.truncate(cut);
+    text.push_str(&format!("… ({left} bytes more)"));
+    text
+}
+
 fn humanize(d: Duration) -> String {
     let secs = d.as_secs();
     format!("{}h{:02}m", secs / 3600, (secs % 3600) / 60)
@@ -220,13 +274,28 @@ impl Method for CreateCertificate {
         request: http::Request<tonic::body::Body>,
     ) -> BoxFuture<http::Response<tonic::body::Body>, Infallible> {
         Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
-            Ok(grpc.unary(UnaryHandler(self.0), request).await)
+            // The token first, from the headers: a client without one never
+            // gets its body read.
+            let metadata = MetadataMap::from_headers(request.headers().clone());
+            let grant = match self.0.authenticate(&metadata).await {
+                Ok(grant) => grant,
+                Err(refusal) => return Ok(status(&refusal).into_http()),
+            };
+            let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default())
+                .max_decoding_message_size(MAX_REQUEST_BYTES);
+            Ok(grpc.unary(UnaryHandler(self.0, grant), request).await)
         })
     }
 }
 
-struct UnaryHandler(Arc<CaService>);
+fn status(refusal: &Refusal) -> Status {
+    Status::new(
+        refusal.code,
+        format!("{} ({})", refusal.message, refusal.reason),
+    )
+}
+
+struct UnaryHandler(Arc<CaService>, Grant);
 
 impl tonic::server::UnaryService<IstioCertificateRequest> for UnaryHandler {
     type Response = IstioCertificateResponse;
@@ -234,12 +303,13 @@ impl tonic::server::UnaryService<IstioCertificateRequest> for UnaryHandler {
 
     fn call(&mut self, request: tonic::Request<IstioCertificateRequest>) -> Self::Future {
         let service = self.0.clone();
+        let grant = self.1.clone();
         Box::pin(async move {
             service
-                .create_certificate(request.metadata(), request.get_ref())
+                .issue(&grant, request.get_ref())
                 .await
                 .map(tonic::Response::new)
-                .map_err(|r| Status::new(r.code, format!("{} ({})", r.message, r.reason)))
+                .map_err(|r| status(&r))
         })
     }
 }
@@ -350,12 +420,24 @@ pub async fn serve_listener(
 }
 
 /// Serves the CA and `more` gRPC services on the same TLS port, as istiod
-/// serves its CA and xDS on 15012.
+/// serves its CA and xDS on 15012, within [`Bounds::CONTROL_PLANE`].
 pub async fn serve_listener_with(
     service: Arc<CaService>,
     listener: TcpListener,
     extra_names: &[String],
     more: Routes,
+) -> Result<RunningCa, ServerError> {
+    serve_bounded(service, listener, extra_names, more, Bounds::CONTROL_PLANE).await
+}
+
+/// [`serve_listener_with`] within `bounds`: the connection cap, the TLS
+/// handshake timeout, the request timeout and the streams per connection.
+pub async fn serve_bounded(
+    service: Arc<CaService>,
+    listener: TcpListener,
+    extra_names: &[String],
+    more: Routes,
+    bounds: Bounds,
 ) -> Result<RunningCa, ServerError> {
     let unknown: SocketAddr = ([0, 0, 0, 0], 0).into();
     let addr = listener.local_addr().map_err(|source| ServerError::Bind {
@@ -365,12 +447,24 @@ pub async fn serve_listener_with(
     let names = serving_names(addr, extra_names);
     let (key, chain) = service.authority.issue_serving_cert(&names)?;
     let identity = tonic::transport::Identity::from_pem(chain.concat(), key.serialize_pem());
-    let tls = tonic::transport::ServerTlsConfig::new().identity(identity);
+    let tls = tonic::transport::ServerTlsConfig::new()
+        .identity(identity)
+        .timeout(bounds.first_bytes);
     let (tx, rx) = oneshot::channel::<()>();
     let router = tonic::transport::Server::builder()
         .tls_config(tls)?
+        .timeout(bounds.request)
+        .max_concurrent_streams(bounds.streams_per_connection)
+        .http2_keepalive_interval(Some(KEEPALIVE))
+        .http2_keepalive_timeout(Some(KEEPALIVE))
         .add_routes(more.add_service(certificate_service(service.clone())));
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let metrics = service.metrics.clone();
+    let count = move |_| metrics.record_refusal("too_many_connections");
+    let limit = ConnectionLimit::with_max(bounds.max_connections);
+    let incoming = Acceptor::new(listener, "CA", limit)
+        .on_refused(Box::new(count))
+        .cap_set_by("the CA port's bound of connections")
+        .into_incoming();
     let handle = tokio::spawn(async move {
         router
             .serve_with_incoming_shutdown(incoming, async {
@@ -395,6 +489,18 @@ mod tests {
         let mut metadata = MetadataMap::new();
         metadata.insert("authorization", value.parse().unwrap());
         metadata
+    }
+
+    /// A refusal's message is cut on a character boundary, saying how much
+    /// was left out; a short one is kept whole.
+    #[test]
+    fn a_long_refusal_is_cut_and_says_so() {
+        let long = "é".repeat(1000);
+        let cut = Refusal::new("r", Code::InvalidArgument, long).message;
+        assert!(cut.len() < MAX_REFUSAL_BYTES + 32, "{} bytes", cut.len());
+        assert!(cut.ends_with("… (1488 bytes more)"), "{cut}");
+        let short = Refusal::new("r", Code::InvalidArgument, "short").message;
+        assert_eq!(short, "short");
     }
 
     /// A token is the bytes after `Bearer `, exactly: one padded with

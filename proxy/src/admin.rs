@@ -1,20 +1,30 @@
 //! The proxy's small HTTP endpoints: Prometheus metrics (15020), readiness
 //! (15021, `/healthz/ready`) and admin (15000: `/config_dump`, `/certs`,
 //! `/debug/connections`).
+//!
+//! These ports answer anyone who can reach them, before any identity, so
+//! each is bounded on its own (`hbone_listen::Bounds::ADMIN`): 64
+//! connections at once, 10 s to send the request headers, 30 s for the
+//! whole connection. A storm of requests that never finish their headers
+//! used to hold every descriptor of the process and fail the node's real
+//! traffic; now it costs refusals counted as `too_many_connections` under
+//! direction `admin`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use hbone_listen::{Bounds, ConnectionLimit};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tracing::debug;
 
-use crate::net::listen::Listening;
+use crate::net::listen::{Gate, Listening};
+use crate::observe::refusal::Direction;
 use crate::state::ProxyCore;
 
 /// Which endpoints a listener serves.
@@ -26,6 +36,17 @@ pub enum Endpoints {
     Readiness,
     /// `/config_dump`, `/certs` and `/debug/connections` (15000).
     Admin,
+}
+
+impl Endpoints {
+    /// The listener's name in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Endpoints::Metrics => "metrics",
+            Endpoints::Readiness => "readiness",
+            Endpoints::Admin => "admin",
+        }
+    }
 }
 
 type Reply = (StatusCode, &'static str, String);
@@ -235,9 +256,15 @@ fn certs(core: &ProxyCore) -> serde_json::Value {
     json!({ "certificates": entries })
 }
 
-/// Serves `endpoints` on `on` (HTTP/1.1) until its shutdown.
-pub async fn serve(core: Arc<ProxyCore>, endpoints: Endpoints, on: Listening) {
-    on.accept("admin", None, move |tcp, _| {
+/// Serves `endpoints` on `on` (HTTP/1.1) until its shutdown, within
+/// `bounds` ([`Bounds::ADMIN`] unless a test needs tighter ones).
+pub async fn serve(core: Arc<ProxyCore>, endpoints: Endpoints, bounds: Bounds, on: Listening) {
+    let gate = Gate {
+        limit: ConnectionLimit::with_max(bounds.max_connections),
+        metrics: core.metrics.clone(),
+        direction: Direction::Admin,
+    };
+    on.accept(endpoints.name(), gate, move |tcp, _| {
         let core = core.clone();
         async move {
             let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
@@ -268,11 +295,16 @@ pub async fn serve(core: Arc<ProxyCore>, endpoints: Endpoints, on: Listening) {
                     .expect("a valid response");
                 async move { Ok::<_, Infallible>(response) }
             });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), service)
-                .await
-            {
-                debug!(error = %e, "admin connection ended");
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(bounds.first_bytes)
+                .serve_connection(TokioIo::new(tcp), service);
+            match tokio::time::timeout(bounds.request, connection).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => debug!(error = %e, "admin connection ended"),
+                Err(_) => {
+                    debug!(limit = ?bounds.request, "admin connection closed at its time limit")
+                }
             }
         }
     })

@@ -238,7 +238,7 @@ pub async fn serve(core: Arc<ProxyCore>, on: Listening) {
         return;
     };
     let gate = core.gate(Direction::Inbound);
-    on.accept("bench tunnel", Some(gate), move |tcp, peer| {
+    on.accept("bench tunnel", gate, move |tcp, peer| {
         let core = core.clone();
         async move {
             if let Err(e) = accept(&core, mode, tcp).await {

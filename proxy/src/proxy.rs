@@ -123,7 +123,12 @@ impl ProxyHandle {
             if let Some(addr) = addr {
                 let l = bind(addr, what).await?;
                 *slot = Some(l.local_addr().expect("bound"));
-                tasks.spawn(admin::serve(core.clone(), endpoints, on(l)));
+                tasks.spawn(admin::serve(
+                    core.clone(),
+                    endpoints,
+                    hbone_listen::Bounds::ADMIN,
+                    on(l),
+                ));
             }
         }
         info!(node = %core.node, hbone = ?addrs.hbone, socks5 = ?addrs.socks5, outbound = ?addrs.outbound, "proxy started");

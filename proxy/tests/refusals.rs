@@ -701,3 +701,76 @@ async fn the_connection_limit_closes_new_connections_and_spares_open_ones() {
     );
     assert_eq!(lab.b.core.limit.open(), 2);
 }
+
+/// The admin, metrics and readiness ports answer before any identity, so
+/// each is bounded on its own: requests that never finish their headers
+/// fill the admin port's 64 places, the next connection is closed at once
+/// and counted under direction `admin`, and readiness and real traffic go
+/// on (before, 20 000 such requests held every descriptor of the process
+/// and the node's traffic failed). A request whose headers do not arrive in
+/// time is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_ports_are_bounded_against_unfinished_requests() {
+    use hbone_listen::Bounds;
+    use hbone_proxy::admin::{self, Endpoints};
+    use hbone_proxy::net::listen::Listening;
+
+    let lab = Lab::start(75).await;
+    echo_server(SocketAddr::new(lab.ip("2.1"), 9000)).await;
+    still_serving(&lab).await;
+    let admin_addr = lab.b.addrs.admin.unwrap();
+    let mut unfinished = Vec::new();
+    for _ in 0..Bounds::ADMIN.max_connections {
+        let mut tcp = TcpStream::connect(admin_addr).await.unwrap();
+        tcp.write_all(b"GET /config_dump HTTP/1.1\r\nhost: x\r\n")
+            .await
+            .unwrap();
+        unfinished.push(tcp);
+    }
+    let mut extra = TcpStream::connect(admin_addr).await.unwrap();
+    assert!(
+        closed_within(&mut extra, Duration::from_secs(3)).await,
+        "a connection past the admin port's 64 was kept"
+    );
+    settle().await;
+    assert_eq!(
+        lab.b
+            .core
+            .metrics
+            .refusal_count(Direction::Admin, Reason::TooManyConnections),
+        1
+    );
+    let (status, _) = http_get(lab.b.addrs.readiness.unwrap(), "/healthz/ready").await;
+    assert_eq!(status, 200, "readiness has places of its own");
+    still_serving(&lab).await;
+    drop(unfinished);
+
+    // The header deadline, shortened here (10 s in a proxy).
+    let listener = tokio::net::TcpListener::bind(SocketAddr::new(lab.ip("2.254"), 0))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let bounds = Bounds {
+        first_bytes: Duration::from_millis(300),
+        ..Bounds::ADMIN
+    };
+    let on = Listening {
+        listener,
+        shutdown: tokio_util::sync::CancellationToken::new(),
+        tasks: tokio_util::task::TaskTracker::new(),
+    };
+    tokio::spawn(admin::serve(
+        lab.b.core.clone(),
+        Endpoints::Admin,
+        bounds,
+        on,
+    ));
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET /config_dump HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    assert!(
+        closed_within(&mut slow, Duration::from_secs(3)).await,
+        "a request without its headers' end was kept past the 300 ms deadline"
+    );
+}

@@ -48,7 +48,7 @@ const LOCAL_ERROR_RESETS: usize = 1024;
 pub async fn serve(core: Arc<ProxyCore>, on: Listening) {
     let (stop, spawner) = (on.shutdown.clone(), on.tasks.clone());
     let gate = core.gate(DIRECTION);
-    on.accept("HBONE", Some(gate), move |tcp, peer| {
+    on.accept("HBONE", gate, move |tcp, peer| {
         handle_connection(core.clone(), tcp, peer, stop.clone(), spawner.clone())
     })
     .await

@@ -18,7 +18,7 @@ use crate::state::ProxyCore;
 /// 15006: plaintext arriving for a local workload.
 pub async fn serve(core: Arc<ProxyCore>, on: Listening) {
     let gate = core.gate(Direction::Plaintext);
-    on.accept("plaintext", Some(gate), move |tcp, peer| {
+    on.accept("plaintext", gate, move |tcp, peer| {
         plaintext(core.clone(), tcp, peer)
     })
     .await

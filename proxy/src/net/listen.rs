@@ -1,12 +1,13 @@
 //! Binding a listener (on the host or inside a pod's network namespace),
-//! and the accept loop every listener shares: accept until shutdown, set
-//! TCP_NODELAY, hand each connection to its handler on the proxy's task
-//! tracker (so draining can wait for it), log accept errors and go on.
+//! and the accept loop every listener shares: accept until shutdown, hand
+//! each connection to its handler on the proxy's task tracker (so draining
+//! can wait for it).
 //!
-//! When the process is out of file descriptors (or the kernel of socket
-//! memory), accept fails at once, again and again: the loop then backs off
-//! (10 ms, doubling to 1 s) instead of spinning, logs once every 10 s how
-//! many accepts failed, and recovers by itself once descriptors are free.
+//! Each step of the loop is `hbone_listen`'s, the same as the CA port's: it
+//! backs off while the process is out of file descriptors instead of
+//! spinning, and closes a connection past the listener's cap as soon as it
+//! is accepted, counted as `too_many_connections` under the listener's
+//! direction.
 //!
 //! Each connection's task runs in a `conn` span: its direction (or, for
 //! the admin listener, the listener's name) and the client's address, with
@@ -19,25 +20,25 @@
 //! `bench --instructions`). Its warnings then lack the addresses; the
 //! connection log (`/debug/connections`) and the refusal metrics keep them.
 //!
-//! The data listeners also share the proxy's connection limit
-//! ([`crate::net::connection_limit`]): past it, a connection is closed as soon
-//! as it is accepted, and counted.
+//! The data listeners share the proxy's connection limit
+//! (`listeners.maxConnections`); each admin, metrics and readiness listener
+//! has a limit of its own (`hbone_listen::Bounds::ADMIN`), so a storm on one
+//! of them cannot take the descriptors real traffic needs.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 use tracing::field::Empty;
-use tracing::{Instrument, warn};
 
-use crate::net::connection_limit::ConnectionLimit;
 use crate::net::pod_sockets::Netns;
 use crate::observe::metrics::ProxyMetrics;
 use crate::observe::refusal::{Direction, Reason};
+use hbone_listen::{Acceptor, ConnectionLimit};
 
 /// Why a listener could not be opened.
 #[derive(Debug, Error)]
@@ -107,56 +108,10 @@ fn bind_with(
     TcpListener::from_std(std).map_err(|source| StartError::Bind { addr, what, source })
 }
 
-/// Whether an accept error means the process or the system is out of a resource.
-fn exhausted(e: &std::io::Error) -> bool {
-    use nix::errno::Errno;
-    e.raw_os_error().is_some_and(|code| {
-        matches!(
-            Errno::from_raw(code),
-            Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM
-        )
-    })
-}
-
-/// Backs off while accepts fail for lack of resources, and says so at most
-/// every `REPORT_EVERY`.
-struct Backoff {
-    delay: Duration,
-    failed: u64,
-    reported: Option<Instant>,
-}
-
-const REPORT_EVERY: Duration = Duration::from_secs(10);
-
-impl Backoff {
-    fn new() -> Self {
-        Backoff {
-            delay: Duration::ZERO,
-            failed: 0,
-            reported: None,
-        }
-    }
-
-    /// The wait before the next accept, after `e`.
-    fn after(&mut self, e: &std::io::Error, what: &'static str) -> Duration {
-        self.failed += 1;
-        if self.reported.is_none_or(|t| t.elapsed() >= REPORT_EVERY) {
-            warn!(error = %e, listener = what, failed = self.failed, "accept failed (out of file descriptors or socket memory?); backing off until it recovers");
-            self.reported = Some(Instant::now());
-            self.failed = 0;
-        }
-        self.delay = (self.delay * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
-        self.delay
-    }
-
-    fn reset(&mut self) {
-        self.delay = Duration::ZERO;
-    }
-}
-
-/// What a data listener's connections count against: the proxy's
-/// connection limit, and the direction its refusals are counted under
-/// (made by [`crate::state::ProxyCore::gate`]).
+/// What a listener's connections count against: a connection limit (the
+/// proxy's for data listeners, made by [`crate::state::ProxyCore::gate`];
+/// its own for an admin listener), and the direction its refusals are
+/// counted under.
 pub(crate) struct Gate {
     pub limit: Arc<ConnectionLimit>,
     pub metrics: Arc<ProxyMetrics>,
@@ -177,7 +132,7 @@ pub struct Listening {
 
 impl Listening {
     /// [`accept_loop`] on this listener.
-    pub(crate) async fn accept<F, Fut>(self, what: &'static str, gate: Option<Gate>, handle: F)
+    pub(crate) async fn accept<F, Fut>(self, what: &'static str, gate: Gate, handle: F)
     where
         F: Fn(TcpStream, SocketAddr) -> Fut,
         Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -187,70 +142,49 @@ impl Listening {
 }
 
 /// Accepts until `shutdown`, handing each connection to `handle` on a task
-/// of its own; with a `gate`, a connection past the proxy's limit is closed
-/// at once and counted instead (and said once per `REPORT_EVERY`).
+/// of its own that holds the connection's place under `gate`'s limit.
 pub(crate) async fn accept_loop<F, Fut>(
     listener: TcpListener,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     what: &'static str,
-    gate: Option<Gate>,
+    gate: Gate,
     handle: F,
 ) where
     F: Fn(TcpStream, SocketAddr) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let mut backoff = Backoff::new();
-    let mut refused_said: Option<Instant> = None;
+    let Gate {
+        limit,
+        metrics,
+        direction,
+    } = gate;
+    let count = move |_| metrics.refused(direction, Reason::TooManyConnections);
+    let mut acceptor = Acceptor::new(listener, what, limit).on_refused(Box::new(count));
+    if direction != Direction::Admin {
+        acceptor = acceptor.cap_set_by("listeners.maxConnections");
+    }
     loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
+        let admitted = tokio::select! {
+            a = acceptor.next() => a,
             _ = shutdown.cancelled() => return,
         };
-        match accepted {
-            Ok((tcp, peer)) => {
-                backoff.reset();
-                let permit = match &gate {
-                    None => None,
-                    Some(gate) => match gate.limit.try_acquire() {
-                        Some(permit) => Some(permit),
-                        None => {
-                            gate.metrics
-                                .refused(gate.direction, Reason::TooManyConnections);
-                            if refused_said.is_none_or(|t| t.elapsed() >= REPORT_EVERY) {
-                                warn!(listener = what, %peer, max = ?gate.limit.max(), "the proxy holds the most connections allowed (listeners.maxConnections): closing new ones");
-                                refused_said = Some(Instant::now());
-                            }
-                            continue;
-                        }
-                    },
-                };
-                let _ = tcp.set_nodelay(true);
-                let span = tracing::info_span!(
-                    "conn",
-                    direction = gate.as_ref().map(|g| g.direction.as_str()),
-                    listener = gate.is_none().then_some(what),
-                    src.addr = %peer,
-                    src.identity = Empty,
-                    dst.workload = Empty,
-                );
-                let served = handle(tcp, peer);
-                tasks.spawn(
-                    async move {
-                        served.await;
-                        drop(permit);
-                    }
-                    .instrument(span),
-                );
+        let (tcp, peer, permit) = admitted.into_parts();
+        let span = tracing::info_span!(
+            "conn",
+            direction = direction.as_str(),
+            listener = (direction == Direction::Admin).then_some(what),
+            src.addr = %peer,
+            src.identity = Empty,
+            dst.workload = Empty,
+        );
+        let served = handle(tcp, peer);
+        tasks.spawn(
+            async move {
+                served.await;
+                drop(permit);
             }
-            Err(e) if exhausted(&e) => {
-                let wait = backoff.after(&e, what);
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.cancelled() => return,
-                }
-            }
-            Err(e) => warn!(error = %e, listener = what, "accept failed"),
-        }
+            .instrument(span),
+        );
     }
 }

@@ -24,6 +24,8 @@ pub enum Direction {
     Plaintext,
     /// Through the SOCKS5 port (15080).
     Socks5,
+    /// To the admin, metrics or readiness port.
+    Admin,
 }
 
 impl Direction {
@@ -34,6 +36,7 @@ impl Direction {
             Direction::Outbound => "outbound",
             Direction::Plaintext => "plaintext",
             Direction::Socks5 => "socks5",
+            Direction::Admin => "admin",
         }
     }
 

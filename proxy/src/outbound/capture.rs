@@ -17,7 +17,7 @@ use crate::state::ProxyCore;
 /// 15001: redirected outbound connections.
 pub async fn serve(core: Arc<ProxyCore>, outbound: Arc<Outbound>, on: Listening) {
     let gate = core.gate(Direction::Outbound);
-    on.accept("outbound", Some(gate), move |tcp, peer| {
+    on.accept("outbound", gate, move |tcp, peer| {
         redirected(core.clone(), outbound.clone(), tcp, peer)
     })
     .await

@@ -78,7 +78,7 @@ mod reply {
 /// Serves SOCKS5 clients on `listener` until `shutdown`, each connection a task on `tasks`.
 pub async fn serve(core: Arc<ProxyCore>, outbound: Arc<Outbound>, on: Listening) {
     let gate = core.gate(DIRECTION);
-    on.accept("SOCKS5", Some(gate), move |tcp, peer| {
+    on.accept("SOCKS5", gate, move |tcp, peer| {
         let (core, outbound) = (core.clone(), outbound.clone());
         async move { handle(&core, &outbound, tcp, peer).await }
     })

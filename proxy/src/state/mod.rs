@@ -135,7 +135,7 @@ pub struct ProxyCore {
     /// The connections open now and the most recent finished ones.
     pub connections: crate::observe::connection_log::ConnectionLog,
     /// The cap on connections open at once across the data listeners.
-    pub limit: Arc<crate::net::connection_limit::ConnectionLimit>,
+    pub limit: Arc<hbone_listen::ConnectionLimit>,
     /// The uids of the local workloads whose listeners are open.
     served: tokio::sync::watch::Sender<std::collections::BTreeSet<String>>,
 }

@@ -1,9 +1,10 @@
-//! The proxy's cap on connections held open at once across its data
-//! listeners (`listeners.maxConnections`). Past it, a new connection is
-//! closed as soon as it is accepted and counted as `too_many_connections`:
-//! a storm of connections costs the proxy a refusal each, not its memory
-//! or its file descriptors, and the connections it already carries are
-//! unharmed. Off (0) unless configured, as ztunnel has no such cap.
+//! A cap on connections held open at once. Past it, a new connection is
+//! closed as soon as it is accepted and counted: a storm of connections
+//! costs a refusal each, not memory or file descriptors, and the
+//! connections already carried are unharmed. The proxy's data listeners
+//! share one (`listeners.maxConnections`, off unless configured, as ztunnel
+//! has none); the CA port and each admin port have their own
+//! ([`crate::Bounds`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,6 +27,13 @@ impl Drop for Permit {
 }
 
 impl ConnectionLimit {
+    /// A limit of `max` connections at once (0 for none), to share.
+    pub fn with_max(max: usize) -> Arc<Self> {
+        let limit = Arc::new(ConnectionLimit::default());
+        limit.set_max(max);
+        limit
+    }
+
     /// At most `max` connections at once; 0 for no limit.
     pub fn set_max(&self, max: usize) {
         self.max.store(max, Ordering::Relaxed);

@@ -8,6 +8,16 @@
 //! of the mesh is pushed the same way as a delta. ACKs and NACKs are
 //! matched to the response they answer by nonce; a NACK is logged with the
 //! client's reason and kept in the client's status.
+//!
+//! What a client can make the server keep is bounded, since a node token
+//! is all it takes to connect (a hostile pass held 790 MB after two 190 MB
+//! NACKs): a request is at most [`MAX_REQUEST_BYTES`]; a client's status
+//! keeps its newest [`KEPT_NACKS`] NACK reasons and a node id, each cut at
+//! [`MAX_DETAIL_BYTES`]; only Address and Authorization are served (any
+//! other type URL ends the stream with INVALID_ARGUMENT, so none is kept);
+//! the status of at most [`KEPT_GONE_CLIENTS`] disconnected clients is
+//! kept; and a message that does not decode ends the stream with its
+//! error, not with OK.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -27,7 +37,21 @@ use crate::mesh::Mesh;
 use crate::proto::discovery::{
     DELTA_ADS_PATH, DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource, SERVICE,
 };
+use crate::proto::security::TYPE_URL as AUTHORIZATION;
+use crate::proto::workload::ADDRESS_TYPE_URL as ADDRESS;
 use crate::snapshot::Snapshot;
+
+/// The largest request read: a reconnecting client's held versions for
+/// 100 000 workloads take a few MB; an ACK or NACK, bytes to kilobytes.
+pub const MAX_REQUEST_BYTES: usize = 16 << 20;
+/// NACK reasons kept per client, newest last.
+pub const KEPT_NACKS: usize = 16;
+/// The longest NACK reason, node id or type URL kept or logged.
+pub const MAX_DETAIL_BYTES: usize = 1024;
+/// Disconnected clients whose status is kept, newest.
+pub const KEPT_GONE_CLIENTS: usize = 64;
+/// The types this server serves, as ztunnel subscribes to them.
+const SERVED_TYPES: [&str; 2] = [ADDRESS, AUTHORIZATION];
 
 /// What the server knows of one connected (or once connected) client.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -40,8 +64,11 @@ pub struct ClientStatus {
     pub pushes: BTreeMap<String, u64>,
     /// Responses acknowledged, by type URL.
     pub acks: BTreeMap<String, u64>,
-    /// Every NACK's reason, oldest first.
+    /// The newest NACKs' reasons (at most [`KEPT_NACKS`], each cut at
+    /// [`MAX_DETAIL_BYTES`]), oldest first.
     pub nacks: Vec<String>,
+    /// Every NACK this client sent.
+    pub nacks_total: u64,
     /// The newest snapshot generation this client has been sent the changes of.
     pub generation: u64,
 }
@@ -97,7 +124,7 @@ impl XdsState {
         loop {
             let current = self.snapshot.borrow().generation;
             let settled = self.clients().iter().filter(|c| c.connected).all(|c| {
-                let answered: u64 = c.acks.values().sum::<u64>() + c.nacks.len() as u64;
+                let answered: u64 = c.acks.values().sum::<u64>() + c.nacks_total;
                 c.generation >= current && answered >= c.pushes.values().sum::<u64>()
             });
             if settled {
@@ -121,6 +148,26 @@ impl XdsState {
 
     fn with_client(&self, id: u64, f: impl FnOnce(&mut ClientStatus)) {
         f(self.lock_clients().entry(id).or_default());
+    }
+
+    /// Marks client `id` gone, and forgets the oldest gone clients past
+    /// [`KEPT_GONE_CLIENTS`]: 3 000 short connections used to keep 75 MB.
+    fn gone(&self, id: u64) {
+        let mut clients = self.lock_clients();
+        if let Some(c) = clients.get_mut(&id) {
+            c.connected = false;
+        }
+        let gone: Vec<u64> = clients
+            .iter()
+            .filter(|(_, c)| !c.connected)
+            .map(|(id, _)| *id)
+            .collect();
+        for old in gone
+            .iter()
+            .take(gone.len().saturating_sub(KEPT_GONE_CLIENTS))
+        {
+            clients.remove(old);
+        }
     }
 
     async fn authenticate(&self, metadata: &MetadataMap) -> Result<(), Status> {
@@ -173,7 +220,10 @@ impl StreamTask {
                     }
                     Ok(None) => break,
                     Err(status) => {
+                        // A message that does not decode (or is too large)
+                        // ends the stream with that status, not with OK.
                         debug!(client = self.id, %status, "xDS stream ended with an error");
+                        let _ = self.out.send(Err(status)).await;
                         break;
                     }
                 },
@@ -188,7 +238,7 @@ impl StreamTask {
                 }
             }
         }
-        self.state.with_client(self.id, |c| c.connected = false);
+        self.state.gone(self.id);
         info!(client = self.id, "xDS client disconnected");
     }
 
@@ -198,20 +248,37 @@ impl StreamTask {
         snapshot: &Arc<Snapshot>,
     ) -> Result<(), ()> {
         if let Some(node) = &request.node {
-            let node_id = node.id.clone();
+            let node_id = cut(&node.id);
             self.state.with_client(self.id, |c| c.node_id = node_id);
         }
         let type_url = request.type_url.clone();
+        if !SERVED_TYPES.contains(&type_url.as_str()) {
+            // Nothing is kept of a type not served: ACKs with ever-new type
+            // URLs used to grow the server by 100 MB a run.
+            let status = Status::invalid_argument(format!(
+                "type {:?} is not served here (only {})",
+                cut(&type_url),
+                SERVED_TYPES.join(", ")
+            ));
+            let _ = self.out.send(Err(status)).await;
+            return Err(());
+        }
         if !request.response_nonce.is_empty() {
             let name = short(&type_url);
             match &request.error_detail {
                 Some(error) => {
-                    warn!(client = self.id, r#type = name, nonce = %request.response_nonce, reason = %error.message, "xDS client refused (NACK) resources");
-                    let reason = error.message.clone();
-                    self.state.with_client(self.id, |c| c.nacks.push(reason));
+                    let reason = cut(&error.message);
+                    warn!(client = self.id, r#type = name, nonce = %cut(&request.response_nonce), %reason, "xDS client refused (NACK) resources");
+                    self.state.with_client(self.id, |c| {
+                        c.nacks_total += 1;
+                        if c.nacks.len() == KEPT_NACKS {
+                            c.nacks.remove(0);
+                        }
+                        c.nacks.push(reason);
+                    });
                 }
                 None => {
-                    debug!(client = self.id, r#type = name, nonce = %request.response_nonce, "ACK");
+                    debug!(client = self.id, r#type = name, "ACK");
                     self.state.with_client(self.id, |c| {
                         *c.acks.entry(type_url.clone()).or_default() += 1;
                     });
@@ -317,6 +384,15 @@ impl StreamTask {
     }
 }
 
+/// `text` cut to at most [`MAX_DETAIL_BYTES`] (on a character boundary).
+fn cut(text: &str) -> String {
+    let mut end = text.len().min(MAX_DETAIL_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
 /// `type.googleapis.com/istio.workload.Address` → `Address`.
 fn short(type_url: &str) -> &str {
     type_url.rsplit('.').next().unwrap_or(type_url)
@@ -344,7 +420,7 @@ impl Method for DeltaAds {
     ) -> BoxFuture<http::Response<tonic::body::Body>, Infallible> {
         Box::pin(async move {
             let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default())
-                .max_decoding_message_size(200 << 20);
+                .max_decoding_message_size(MAX_REQUEST_BYTES);
             Ok(grpc.streaming(StreamHandler(self.0), request).await)
         })
     }

@@ -199,3 +199,65 @@ async fn an_empty_mesh_is_still_answered_and_tokens_are_checked() {
         assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused}");
     }
 }
+
+/// What a client with a node token can make the server keep is bounded
+/// (issue 30, finding 4): a NACK flood keeps the newest 16 reasons, each
+/// cut at 1 KiB; a type that is not served ends the stream and leaves
+/// nothing behind; the statuses of gone clients are forgotten past 64.
+#[tokio::test]
+async fn what_a_client_leaves_in_the_server_is_bounded() {
+    use hbone_xds::server::{KEPT_GONE_CLIENTS, KEPT_NACKS, MAX_DETAIL_BYTES};
+    let s = server(&mesh(ALLOW)).await;
+    let mut c = client(&s, Some("node-token")).await.unwrap();
+    c.subscribe(ADDRESS, HashMap::new()).await.unwrap();
+    let first = receive(&mut c).await;
+    let reason = "x".repeat(100 * 1024);
+    for _ in 0..40 {
+        c.nack(&first, &reason).await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while s.xds.clients()[0].nacks_total < 40 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = &s.xds.clients()[0];
+    assert_eq!(status.nacks_total, 40);
+    assert_eq!(status.nacks.len(), KEPT_NACKS);
+    assert!(status.nacks.iter().all(|n| n.len() <= MAX_DETAIL_BYTES));
+
+    let mut odd = client(&s, Some("node-token")).await.unwrap();
+    odd.subscribe("type.googleapis.com/made.up.Type", HashMap::new())
+        .await
+        .unwrap();
+    let refused = tokio::time::timeout(Duration::from_secs(5), odd.receive())
+        .await
+        .expect("an answer within 5 s");
+    match refused {
+        Err(ClientError::Refused(status)) => {
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}")
+        }
+        other => panic!("a type that is not served was answered: {other:?}"),
+    }
+
+    for _ in 0..KEPT_GONE_CLIENTS + 10 {
+        let mut short = client(&s, Some("node-token")).await.unwrap();
+        short.subscribe(ADDRESS, HashMap::new()).await.unwrap();
+        receive(&mut short).await;
+    }
+    let most = KEPT_GONE_CLIENTS + 1;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while s.xds.clients().len() > most && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        s.xds.clients().len() <= most,
+        "{} client statuses kept",
+        s.xds.clients().len()
+    );
+    assert!(
+        s.xds
+            .clients()
+            .iter()
+            .any(|c| c.connected && c.nacks_total == 40),
+        "the connected client's status is kept"
+    );
+}

@@ -497,7 +497,7 @@ impl Lab {
         xds: &XdsState,
         policies: &IstioPolicies,
     ) -> Result<(), DiffError> {
-        let nacks = |x: &XdsState| x.clients().iter().map(|c| c.nacks.len()).sum::<usize>();
+        let nacks = |x: &XdsState| x.clients().iter().map(|c| c.nacks_total).sum::<u64>();
         let before = nacks(xds);
         xds.update(&mesh(policies));
         let answered = xds.wait_answered(Duration::from_secs(10)).await;

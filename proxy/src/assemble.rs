@@ -152,6 +152,7 @@ impl NodeProxy {
         }
         let core = Arc::new(core);
         if let Some(address) = &config.xds {
+            core.own.add(crate::state::address_of(address));
             core.set_waiting_for(Some(format!("the control plane {address}")));
         }
         let followers = CancellationToken::new();

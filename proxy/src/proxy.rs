@@ -42,6 +42,28 @@ pub struct BoundAddrs {
     pub readiness: Option<SocketAddr>,
 }
 
+impl BoundAddrs {
+    /// Every listener bound on the host, and each workload's HBONE and
+    /// plaintext listener bound at start.
+    fn node_listeners(&self) -> Vec<SocketAddr> {
+        let singles = [
+            self.socks5,
+            self.outbound,
+            self.metrics,
+            self.admin,
+            self.readiness,
+        ];
+        let pods = self.pod_outbound.iter().map(|(_, a)| *a);
+        let workloads = self.hbone.iter().chain(&self.plaintext).copied();
+        singles
+            .into_iter()
+            .flatten()
+            .chain(pods)
+            .chain(workloads)
+            .collect()
+    }
+}
+
 /// A running proxy.
 pub struct ProxyHandle {
     /// The state every listener shares.
@@ -131,6 +153,7 @@ impl ProxyHandle {
                 ));
             }
         }
+        core.own.add(addrs.node_listeners());
         info!(node = %core.node, hbone = ?addrs.hbone, socks5 = ?addrs.socks5, outbound = ?addrs.outbound, "proxy started");
         Ok(ProxyHandle {
             core,

@@ -774,3 +774,42 @@ async fn the_admin_ports_are_bounded_against_unfinished_requests() {
         "a request without its headers' end was kept past the 300 ms deadline"
     );
 }
+
+/// No self-calls (issue 30, finding 5): a workload's SOCKS5 CONNECT to
+/// any of its node proxy's own listeners — admin, metrics, readiness, the
+/// SOCKS5 port itself — or to the CA the proxy uses is refused before any
+/// lookup, also in its IPv4-mapped IPv6 form and through `0.0.0.0`,
+/// counted as `proxy_port` (before, `/config_dump` and `/certs` answered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workload_cannot_reach_its_own_proxy_or_its_ca() {
+    let lab = Lab::start(76).await;
+    echo_server(SocketAddr::new(lab.ip("2.1"), 9000)).await;
+    let a = &lab.a.addrs;
+    let ca = hbone_proxy::state::address_of(&lab.ca.url()).unwrap();
+    let mut targets = vec![
+        a.admin.unwrap(),
+        a.metrics.unwrap(),
+        a.readiness.unwrap(),
+        a.socks5.unwrap(),
+        ca,
+    ];
+    let admin = a.admin.unwrap();
+    let std::net::IpAddr::V4(v4) = admin.ip() else {
+        panic!("the lab is IPv4")
+    };
+    targets.push(SocketAddr::new(v4.to_ipv6_mapped().into(), admin.port()));
+    targets.push(SocketAddr::new([0, 0, 0, 0].into(), admin.port()));
+    for dst in &targets {
+        let refused = socks5_connect(a.socks5.unwrap(), lab.ip("1.1"), *dst).await;
+        assert_eq!(refused.err(), Some(0x02), "{dst} is the proxy's own");
+    }
+    settle().await;
+    assert_eq!(
+        lab.a
+            .core
+            .metrics
+            .refusal_count(Direction::Socks5, Reason::ProxyPort),
+        targets.len() as u64
+    );
+    still_serving(&lab).await;
+}

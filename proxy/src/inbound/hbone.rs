@@ -436,6 +436,14 @@ impl StreamContext {
             ));
         }
         let target = connect_target(request, self.local.ip(), &self.workload.ips)?;
+        if self.core.own.contains(target) {
+            let detail = format!("{target} is the proxy's own listener");
+            return Err(Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Reason::ProxyPort,
+                detail,
+            ));
+        }
         let stream = Stream {
             peer_identity: self.peer_identity.clone(),
             src_ip: self.peer.ip(),

@@ -33,6 +33,9 @@ async fn plaintext(core: Arc<ProxyCore>, mut tcp: TcpStream, peer: SocketAddr) {
         );
     };
     report.record().dst_addr = Some(dst);
+    if core.own.contains(dst) {
+        return report.refuse(Reason::ProxyPort, format_args!("{dst} is the proxy's own"));
+    }
     let Some(workload) = core.local_workload(dst.ip()) else {
         return report.refuse(
             Reason::NoLocalWorkload,

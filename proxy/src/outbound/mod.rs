@@ -42,6 +42,10 @@ pub enum OutboundError {
         #[source]
         source: std::io::Error,
     },
+    /// The destination is one of this proxy's own listeners, or its CA or
+    /// control plane ([`crate::state::own_addrs`]).
+    #[error("{0} is the proxy's own (its listener, CA or control plane)")]
+    SelfCall(SocketAddr),
     /// The HBONE tunnel could not be opened.
     #[error(transparent)]
     Tunnel(#[from] TunnelError),
@@ -56,6 +60,7 @@ impl OutboundError {
     pub fn reason(&self) -> Reason {
         match self {
             OutboundError::NoRoute(..) => Reason::NoRoute,
+            OutboundError::SelfCall(_) => Reason::ProxyPort,
             OutboundError::Direct { .. } => Reason::ConnectFailed,
             OutboundError::Tunnel(t) => t.reason(),
             #[cfg(feature = "bench-rungs")]
@@ -129,6 +134,9 @@ impl Outbound {
         client: SocketAddr,
         dst: SocketAddr,
     ) -> Result<(Upstream, Route), OutboundError> {
+        if self.core.own.contains(dst) {
+            return Err(OutboundError::SelfCall(dst));
+        }
         let pick = self.round_robin.fetch_add(1, Ordering::Relaxed);
         let registry = self.core.registry();
         let destination = registry

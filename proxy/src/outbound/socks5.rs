@@ -296,7 +296,7 @@ async fn negotiate(core: &ProxyCore, tcp: &mut TcpStream) -> Result<SocketAddr, 
 
 fn reply_code(e: &OutboundError) -> u8 {
     match e.reason() {
-        Reason::PolicyDenied => reply::NOT_ALLOWED,
+        Reason::PolicyDenied | Reason::ProxyPort => reply::NOT_ALLOWED,
         Reason::NoRoute => reply::HOST_UNREACHABLE,
         Reason::ConnectFailed | Reason::UpstreamUnavailable => reply::CONNECTION_REFUSED,
         _ => reply::GENERAL_FAILURE,

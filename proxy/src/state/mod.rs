@@ -2,6 +2,7 @@
 //! certificates, the mesh trust, the metrics and the settings — and the TLS
 //! configurations built from them, cached per certificate.
 
+pub mod own_addrs;
 pub mod pod_netns;
 
 use std::collections::HashMap;
@@ -136,6 +137,9 @@ pub struct ProxyCore {
     pub connections: crate::observe::connection_log::ConnectionLog,
     /// The cap on connections open at once across the data listeners.
     pub limit: Arc<hbone_listen::ConnectionLimit>,
+    /// Where no connection may be carried: the proxy's own listeners, its
+    /// CA and control plane ([`own_addrs`]).
+    pub own: own_addrs::OwnAddrs,
     /// The uids of the local workloads whose listeners are open.
     served: tokio::sync::watch::Sender<std::collections::BTreeSet<String>>,
 }
@@ -170,6 +174,7 @@ impl ProxyCore {
             pods: PodNetns::default(),
             connections: Default::default(),
             limit: Arc::default(),
+            own: Default::default(),
             served: tokio::sync::watch::Sender::new(Default::default()),
         }
     }
@@ -199,7 +204,9 @@ impl ProxyCore {
                 })?;
             trust = trust.with_key_log(writer);
         }
-        Ok(ProxyCore::new(settings, registry, policies, certs, trust))
+        let core = ProxyCore::new(settings, registry, policies, certs, trust);
+        core.own.add(address_of(&ca.address));
+        Ok(core)
     }
 
     /// A proxy whose certificates are signed in this process by
@@ -395,4 +402,11 @@ impl ProxyCore {
             .insert(identity.clone(), (svid, config.clone()));
         Ok(config)
     }
+}
+
+/// The `ip:port` of a URL such as `https://127.0.0.1:15012`, when it names
+/// an IP (a host name is resolved by whoever dials it, not here).
+pub fn address_of(url: &str) -> Option<std::net::SocketAddr> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    rest.split('/').next()?.parse().ok()
 }

@@ -276,11 +276,17 @@ pub async fn socks5_connect(
     let mut choice = [0u8; 2];
     tcp.read_exact(&mut choice).await.unwrap();
     assert_eq!(choice, [0x05, 0x00]);
-    let IpAddr::V4(v4) = dst.ip() else {
-        panic!("v4 only")
-    };
-    let mut req = vec![0x05, 0x01, 0x00, 0x01];
-    req.extend_from_slice(&v4.octets());
+    let mut req = vec![0x05, 0x01, 0x00];
+    match dst.ip() {
+        IpAddr::V4(v4) => {
+            req.push(0x01);
+            req.extend_from_slice(&v4.octets());
+        }
+        IpAddr::V6(v6) => {
+            req.push(0x04);
+            req.extend_from_slice(&v6.octets());
+        }
+    }
     req.extend_from_slice(&dst.port().to_be_bytes());
     tcp.write_all(&req).await.unwrap();
     let mut reply = [0u8; 10];

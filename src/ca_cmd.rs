@@ -10,6 +10,7 @@ use clap::{Args, Subcommand};
 use hbone_ca::identity::validate_trust_domain;
 use hbone_ca::inspect::explain;
 use hbone_ca::metrics::CaMetrics;
+use hbone_ca::placement::Placement;
 use hbone_ca::plugin::{PluginCerts, write_with_mode};
 use hbone_ca::server::{CaService, serve};
 use hbone_ca::token_review::{KubeTokenReviewer, TokenReviewAuthenticator};
@@ -110,7 +111,10 @@ pub struct ServeArgs {
     listen: SocketAddr,
     #[command(flatten)]
     authority: AuthorityArgs,
-    /// YAML token file: `tokens: [{token: <string>, identities: [<SPIFFE ID or prefix/*>]}]`.
+    /// YAML token file: `tokens: [{token: <string>, identities: [<SPIFFE ID or prefix/*>],
+    /// node: <name>}]`. A token with `node:` is a node proxy's: it obtains only identities
+    /// of workloads --registry places on that node (as istiod authorizes node proxies).
+    /// Tokens are compared exactly, as written (no trimming).
     /// Without it, a random token is printed that may obtain any identity in the trust domain.
     #[arg(long, value_name = "FILE")]
     tokens: Option<PathBuf>,
@@ -135,8 +139,10 @@ pub struct ServeArgs {
     /// Authorization) on the same port, as istiod does on 15012.
     #[arg(long, requires = "registry")]
     xds: bool,
-    /// With --xds: the workloads and services to serve (the registry file
-    /// `hbone-lab proxy` reads; see proxy/examples/).
+    /// The workloads and services (the registry file `hbone-lab proxy`
+    /// reads; see proxy/examples/): where each workload runs, for tokens
+    /// scoped to a node, and with --xds what is served. Followed while
+    /// running.
     #[arg(long, value_name = "FILE")]
     registry: Option<PathBuf>,
     /// With --xds: AuthorizationPolicy / PeerAuthentication files or
@@ -198,8 +204,13 @@ fn read(path: &Path) -> anyhow::Result<String> {
 
 async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let authority = Arc::new(args.authority.build()?);
+    let mut scoped = false;
     let authenticator: Arc<dyn Authenticator> = match &args.tokens {
-        Some(path) => Arc::new(TokenFile::load(path)?),
+        Some(path) => {
+            let file = TokenFile::load(path)?;
+            scoped = !file.nodes().is_empty();
+            Arc::new(file)
+        }
         None if args.token_review => {
             let api = KubeTokenReviewer::connect(vec![args.audience.clone()])
                 .await
@@ -227,11 +238,28 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot write {}", path.display()))?;
         println!("root certificate written to {}", path.display());
     }
-    let service = Arc::new(CaService::new(
-        authority,
-        authenticator.clone(),
-        Arc::new(CaMetrics::default()),
-    ));
+    let placement = Arc::new(Placement::default());
+    if scoped && args.registry.is_none() {
+        anyhow::bail!(
+            "{} scopes tokens to nodes, and checking them needs where workloads run: add --registry FILE",
+            args.tokens
+                .as_ref()
+                .expect("scoped tokens come from a file")
+                .display()
+        );
+    }
+    let service = Arc::new(
+        CaService::new(
+            authority,
+            authenticator.clone(),
+            Arc::new(CaMetrics::default()),
+        )
+        .with_placement(placement.clone()),
+    );
+    let _placing = match &args.registry {
+        Some(path) if !args.xds => Some(follow_placement(path.clone(), placement.clone())?),
+        _ => None,
+    };
     if !args.xds {
         let running = serve(service, args.listen, &args.sans).await?;
         println!("CA listening on {} (Ctrl-C to stop)", running.url());
@@ -249,9 +277,11 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             args.policies.clone(),
             args.root_namespace.clone(),
         );
+        let placement = placement.clone();
         move || -> anyhow::Result<hbone_xds::Mesh> {
             let workloads = Registry::load(&registry)?;
             let policies = load_policies(&policies, &root)?;
+            place(&placement, &workloads);
             Ok(hbone_standalone::lab::dataplane::mesh(
                 &workloads, &policies,
             ))
@@ -292,6 +322,43 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let _ = follower.await;
     running.server.shutdown().await;
     Ok(())
+}
+
+/// Tells `placement` where `registry`'s workloads run.
+fn place(placement: &Placement, registry: &Registry) {
+    placement.replace(
+        registry
+            .workloads
+            .iter()
+            .map(|w| (w.node.clone(), w.identity().clone())),
+    );
+}
+
+/// Places the workloads of the registry file at `path`, and again whenever
+/// it changes, until the returned token is dropped.
+fn follow_placement(
+    path: PathBuf,
+    placement: Arc<Placement>,
+) -> anyhow::Result<tokio_util::sync::DropGuard> {
+    place(&placement, &Registry::load(&path)?);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let watched = vec![path.clone()];
+    tokio::spawn(hbone_proxy::sources::file_watch::on_change(
+        Duration::from_secs(2),
+        stop.clone(),
+        move || hbone_proxy::sources::policy_file::fingerprint(&watched),
+        move || match Registry::load(&path) {
+            Ok(registry) => {
+                place(&placement, &registry);
+                true
+            }
+            Err(e) => {
+                eprintln!("warning: {e}; still placing workloads as before");
+                false
+            }
+        },
+    ));
+    Ok(stop.drop_guard())
 }
 
 fn run_issue(args: IssueArgs) -> anyhow::Result<()> {

@@ -193,6 +193,17 @@ fn bad_input_is_refused_with_the_reason() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("ca-cert.pem"), "{err}");
+
+    // Tokens scoped to nodes need to know where workloads run.
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(env!("CARGO_BIN_EXE_hbone-lab"))
+        .args(["ca", "serve", "--listen", "127.0.0.1:0", "--tokens"])
+        .arg(repo.join("proxy/examples/tokens.yaml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--registry"), "{err}");
 }
 
 /// `ca serve --xds` as ztunnel's whole control plane: a real ztunnel takes

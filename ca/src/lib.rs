@@ -23,6 +23,7 @@ pub mod identity;
 pub mod inspect;
 pub mod manager;
 pub mod metrics;
+pub mod placement;
 pub mod plugin;
 pub mod proto;
 pub mod san;

@@ -38,6 +38,7 @@ use crate::csr::parse_csr_pem;
 use crate::grpc::{Method, OneMethod};
 use crate::identity::Identity;
 use crate::metrics::CaMetrics;
+use crate::placement::Placement;
 use crate::proto::{
     CREATE_CERTIFICATE_PATH, IstioCertificateRequest, IstioCertificateResponse, SERVICE,
 };
@@ -91,6 +92,7 @@ pub struct CaService {
     authority: Arc<SigningAuthority>,
     authenticator: Arc<dyn Authenticator>,
     metrics: Arc<CaMetrics>,
+    placement: Option<Arc<Placement>>,
 }
 
 impl CaService {
@@ -104,7 +106,15 @@ impl CaService {
             authority,
             authenticator,
             metrics,
+            placement: None,
         }
+    }
+
+    /// Checks node-scoped grants against `placement`: a node's token then
+    /// obtains only identities of workloads placed on that node.
+    pub fn with_placement(mut self, placement: Arc<Placement>) -> Self {
+        self.placement = Some(placement);
+        self
     }
 
     /// The counters this service updates.
@@ -192,6 +202,28 @@ impl CaService {
                 Code::PermissionDenied,
                 format!("{} may not obtain {identity}", grant.subject),
             ));
+        }
+        if let Some(node) = &grant.node {
+            let Some(placement) = &self.placement else {
+                return Err(Refusal::new(
+                    "no_placement",
+                    Code::FailedPrecondition,
+                    format!(
+                        "{} is scoped to node {node}, and this CA does not know where workloads run (ca serve --registry)",
+                        grant.subject
+                    ),
+                ));
+            };
+            if !placement.places(node, &identity) {
+                return Err(Refusal::new(
+                    "identity_not_on_node",
+                    Code::PermissionDenied,
+                    format!(
+                        "{} is a proxy of node {node}, and no workload with {identity} runs there",
+                        grant.subject
+                    ),
+                ));
+            }
         }
         let ttl = match request.validity_duration {
             n if n < 0 => {

@@ -119,6 +119,10 @@ impl<A: TokenReviewApi> Authenticator for TokenReviewAuthenticator<A> {
         Ok(Grant {
             subject,
             identities,
+            // Not scoped yet: the node is in a pod-bound token's review
+            // (`user.extra`), but the workloads' placement would have to
+            // come from the API server's pods.
+            node: None,
         })
     }
 }

@@ -11,6 +11,7 @@
 //! tokens:
 //!   - token: node-1-secret
 //!     identities: ["spiffe://cluster.local/ns/demo/sa/*"]
+//!     node: node-1     # only workloads placed on node-1 (crate::placement)
 //!   - token: gateway-secret
 //!     identities: ["spiffe://cluster.local/ns/demo/sa/hello-gateway-istio"]
 //! ```
@@ -31,6 +32,9 @@ pub struct Grant {
     pub subject: String,
     /// The identities, or families of them, the holder may obtain.
     pub identities: Vec<IdentityPattern>,
+    /// The node the holder is a proxy of: it may obtain only identities of
+    /// workloads placed on that node ([`crate::placement`]).
+    pub node: Option<String>,
 }
 
 impl Grant {
@@ -93,6 +97,8 @@ struct TokenFileDoc {
 struct TokenEntryDoc {
     token: String,
     identities: Vec<String>,
+    #[serde(default)]
+    node: Option<String>,
 }
 
 /// Grants read from a YAML token file.
@@ -147,6 +153,7 @@ impl TokenFile {
             let grant = Grant {
                 subject: format!("token #{} of {origin}", i + 1),
                 identities,
+                node: entry.node,
             };
             if grants.insert(entry.token, grant).is_some() {
                 return Err(field_error(
@@ -158,11 +165,24 @@ impl TokenFile {
         Ok(TokenFile { grants })
     }
 
+    /// The nodes its tokens are scoped to, if any is.
+    pub fn nodes(&self) -> Vec<&str> {
+        let mut nodes: Vec<&str> = self
+            .grants
+            .values()
+            .filter_map(|g| g.node.as_deref())
+            .collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        nodes
+    }
+
     /// A file granting one token a set of identity patterns (for the standalone lab).
     pub fn single(token: &str, patterns: Vec<IdentityPattern>) -> Self {
         let grant = Grant {
             subject: "built-in lab token".into(),
             identities: patterns,
+            node: None,
         };
         TokenFile {
             grants: HashMap::from([(token.to_string(), grant)]),

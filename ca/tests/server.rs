@@ -7,6 +7,7 @@ use std::time::Duration;
 use hbone_ca::client::{CaClient, ClientError};
 use hbone_ca::manager::new_key_and_csr;
 use hbone_ca::metrics::CaMetrics;
+use hbone_ca::placement::Placement;
 use hbone_ca::server::{CaService, RunningCa, serve};
 use hbone_ca::tokens::TokenFile;
 use hbone_ca::{AuthorityConfig, Identity, SigningAuthority};
@@ -17,6 +18,9 @@ tokens:
     identities: ["spiffe://cluster.local/ns/demo/sa/*"]
   - token: gateway-token
     identities: ["spiffe://cluster.local/ns/demo/sa/hello-gateway-istio"]
+  - token: node-1-token
+    identities: ["spiffe://cluster.local/ns/demo/sa/*"]
+    node: node-1
 "#;
 
 struct Lab {
@@ -26,16 +30,19 @@ struct Lab {
 
 impl Lab {
     async fn start() -> Lab {
+        Lab::start_placing(None).await
+    }
+
+    async fn start_placing(placement: Option<Arc<Placement>>) -> Lab {
         let authority =
             Arc::new(SigningAuthority::generate(AuthorityConfig::new("cluster.local")).unwrap());
         let root_pem = authority.root_pem().to_string();
         let tokens = Arc::new(TokenFile::parse(TOKENS, "tokens.yaml").unwrap());
-        let service = Arc::new(CaService::new(
-            authority,
-            tokens,
-            Arc::new(CaMetrics::default()),
-        ));
-        let ca = serve(service, "127.0.0.1:0".parse().unwrap(), &[])
+        let mut service = CaService::new(authority, tokens, Arc::new(CaMetrics::default()));
+        if let Some(placement) = placement {
+            service = service.with_placement(placement);
+        }
+        let ca = serve(Arc::new(service), "127.0.0.1:0".parse().unwrap(), &[])
             .await
             .unwrap();
         Lab { ca, root_pem }
@@ -220,4 +227,49 @@ async fn a_client_trusting_another_root_refuses_the_ca() {
 fn plaintext_addresses_are_refused_up_front() {
     let err = CaClient::new("http://127.0.0.1:15012", "", "t").unwrap_err();
     assert!(err.to_string().contains("https"), "{err}");
+}
+
+/// A token scoped to a node obtains only identities of workloads placed on
+/// that node (istiod's node authorization): node-1's token gets the
+/// gateway's certificate, not hello-app's, which runs on node-2; and a CA
+/// that does not know where workloads run grants such a token nothing.
+#[tokio::test]
+async fn a_node_token_obtains_only_its_own_nodes_workloads() {
+    let gateway = id("spiffe://cluster.local/ns/demo/sa/hello-gateway-istio");
+    let app = id("spiffe://cluster.local/ns/demo/sa/hello-app");
+    let placement = Arc::new(Placement::default());
+    placement.replace([
+        ("node-1".to_string(), gateway.clone()),
+        ("node-2".to_string(), app.clone()),
+    ]);
+    let lab = Lab::start_placing(Some(placement)).await;
+    let node_1 = lab.client("node-1-token");
+    let (_, csr) = new_key_and_csr(&gateway).unwrap();
+    node_1
+        .create_certificate(&csr, DAY, Some(&gateway))
+        .await
+        .expect("node-1 runs the gateway");
+    let (_, csr) = new_key_and_csr(&app).unwrap();
+    let (code, message) = refused(node_1.create_certificate(&csr, DAY, Some(&app)).await).await;
+    assert_eq!(code, tonic::Code::PermissionDenied, "{message}");
+    assert!(message.contains("identity_not_on_node"), "{message}");
+    assert_eq!(lab.metrics().refusals("identity_not_on_node"), 1);
+    // An unscoped node token still obtains any workload's.
+    lab.client("node-token")
+        .create_certificate(&csr, DAY, Some(&app))
+        .await
+        .unwrap();
+    lab.ca.shutdown().await;
+
+    let blind = Lab::start().await;
+    let (code, message) = refused(
+        blind
+            .client("node-1-token")
+            .create_certificate(&csr, DAY, Some(&app))
+            .await,
+    )
+    .await;
+    assert_eq!(code, tonic::Code::FailedPrecondition, "{message}");
+    assert!(message.contains("--registry"), "{message}");
+    blind.ca.shutdown().await;
 }

@@ -80,6 +80,7 @@ pub use hbone_policies::load::FieldError;
 /// Parses YAML into `T`, or says which field (as a path like
 /// `h2.streamWindow`) is wrong and why. Every config file of the proxy reads through here.
 pub fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, FieldError> {
+    hbone_policies::load::check_nesting(text).map_err(|m| FieldError::new(String::new(), m))?;
     serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text))
         .map_err(|e| FieldError::new(e.path().to_string(), e.into_inner().to_string()))
 }

@@ -113,7 +113,7 @@ pub struct H2Settings {
     /// How long a TLS or HTTP/2 handshake may take (default 10 s); also bounds SOCKS5 negotiation.
     #[serde(deserialize_with = "duration")]
     pub handshake_timeout: Duration,
-    /// PING pooled connections this often…
+    /// PING HBONE connections (pooled ones, and those arriving on 15008) this often…
     #[serde(deserialize_with = "duration")]
     pub keepalive_interval: Duration,
     /// …and drop one whose PING goes unanswered this long.

@@ -813,3 +813,31 @@ async fn a_workload_cannot_reach_its_own_proxy_or_its_ca() {
     );
     still_serving(&lab).await;
 }
+
+/// Keep-alive on the receiving side too (issue 30, finding 8): a peer
+/// with a valid certificate that completes HTTP/2's handshake and then
+/// never answers a PING is dropped once the PING goes unanswered, instead
+/// of being held for as long as it likes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stops_answering_pings_is_dropped() {
+    let h2 = H2Settings {
+        keepalive_interval: Duration::from_millis(200),
+        keepalive_timeout: Duration::from_millis(300),
+        ..H2Settings::default()
+    };
+    let lab = Lab::start_with(77, h2).await;
+    echo_server(SocketAddr::new(lab.ip("2.1"), 9000)).await;
+    let hbone = SocketAddr::new(lab.ip("2.1"), 15008);
+    let mut silent = mesh_tls(&lab, hbone).await;
+    // The client preface and an empty SETTINGS frame, then nothing: what
+    // arrives (SETTINGS, PINGs) is read and never answered.
+    silent
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(5)).await,
+        "a peer answering no PING was kept past 200 ms + 300 ms"
+    );
+    still_serving(&lab).await;
+}

@@ -158,9 +158,21 @@ async fn handle_connection(
     let active = Arc::new(AtomicUsize::new(0));
     let peer_identity = Arc::new(peer_identity);
     let mut draining = false;
+    // A peer that stopped answering (gone without a FIN) is dropped, with
+    // every stream on the connection, instead of held until TCP gives up.
+    let pings = connection.ping_pong().expect("taken once, here");
+    let mut keepalive = std::pin::pin!(crate::net::keepalive::watch(
+        pings,
+        core.h2.keepalive_interval,
+        core.h2.keepalive_timeout,
+    ));
     loop {
         let next = tokio::select! {
             n = connection.accept() => n,
+            why = &mut keepalive => {
+                tracing::debug!(%why, "HBONE connection dropped: the peer stopped answering");
+                break;
+            }
             _ = shutdown.cancelled(), if !draining => {
                 draining = true;
                 connection.graceful_shutdown();

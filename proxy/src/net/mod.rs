@@ -6,6 +6,7 @@
 //! TCP socket and an HTTP/2 stream ([`copy`]).
 
 pub mod copy;
+pub mod keepalive;
 pub mod listen;
 pub mod original_dst;
 pub mod pod_sockets;

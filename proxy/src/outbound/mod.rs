@@ -8,7 +8,6 @@
 //! TCP-protocol or unknown destination gets plain passthrough.
 
 pub mod capture;
-pub mod keepalive;
 pub mod pool;
 pub mod socks5;
 

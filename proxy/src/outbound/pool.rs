@@ -424,7 +424,7 @@ impl Pool {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let flag = closed.clone();
         let keepalive = connection.ping_pong().map(|pp| {
-            crate::outbound::keepalive::watch(pp, h2s.keepalive_interval, h2s.keepalive_timeout)
+            crate::net::keepalive::watch(pp, h2s.keepalive_interval, h2s.keepalive_timeout)
         });
         // Its own root: the connection serves many clients, not the one that opened it.
         let span = tracing::info_span!(parent: None, "hbone", connection = id, peer = %addr);

@@ -1,6 +1,6 @@
-//! HTTP/2 keep-alive on pooled HBONE connections, as ztunnel's client does
-//! it: a PING every 10 s, and the connection dropped when 20 s pass without
-//! the answer. A peer that vanished without a FIN (a node that died, a path
+//! HTTP/2 keep-alive on HBONE connections, both ends: a PING every 10 s,
+//! and the connection dropped when 20 s pass without the answer (ztunnel's
+//! client does it on its pool; here the receiving side does it too). A peer that vanished without a FIN (a node that died, a path
 //! that a firewall silently broke) would otherwise hold the pool's
 //! connection — and every stream opened on it — until TCP gives up, which
 //! takes many minutes.

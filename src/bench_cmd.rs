@@ -13,7 +13,7 @@ use hbone_bench::runner::{
 use hbone_bench::subjects::{Shared, Subject, ZtunnelMode};
 use hbone_bench::sweep::{self, SweepReport, SweepSettings};
 use hbone_bench::topology::Topology;
-use hbone_bench::{chart, scale};
+use hbone_bench::{chart, scale, scaling};
 
 /// Measure hbone-lab's proxy against no proxy and a real ztunnel, on the same
 /// two-pod network-namespace path (needs root), interleaved, with medians and
@@ -28,7 +28,10 @@ use hbone_bench::{chart, scale};
 /// its first panel is hbone-lab's advantage over ztunnel on every figure)
 /// into --out. --ladder adds the cost ladder's rungs, --instructions counts
 /// instead of timing, --scale draws the scale curves (scale.svg), --sweep
-/// steps an open-loop rate past the slowest proxy's limit (sweep.svg).
+/// steps an open-loop rate past the slowest proxy's limit (sweep.svg),
+/// --scaling measures throughput and connections/s over 1, 2, 4 and 8
+/// parallel streams and connection loops (curves: does it use the cores?),
+/// --worker-threads N runs every proxy with N async worker threads.
 ///
 /// The binary that runs the bench is the hbone-lab measured: build it with
 /// `cargo build --profile perf` (fat LTO, one codegen unit, as ztunnel's
@@ -114,6 +117,20 @@ pub struct BenchArgs {
     /// Writes bench.json (`sweep`) and sweep.svg; --seconds sets a step's length.
     #[arg(long)]
     sweep: bool,
+    /// The scaling curves: throughput over 1, 2, 4 and 8 parallel streams
+    /// (scenarios throughput_x1 … throughput_x8) and new connections/s over
+    /// 1, 2, 4 and 8 parallel connection loops (crr_x1 … crr_x8), every
+    /// subject interleaved as in the other scenarios. Printed as a table
+    /// (a row per subject and curve, a column per point) and written to
+    /// bench.json under "scaling"; pick points with --scenarios.
+    #[arg(long)]
+    scaling: bool,
+    /// Async worker threads for every proxy process: hbone-lab's and the
+    /// baseline's (HBONE_WORKER_THREADS) and ztunnel's
+    /// (ZTUNNEL_WORKER_THREADS). Default: each its own — hbone-lab one per
+    /// core, ztunnel 2. Recorded in bench.json's settings.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    worker_threads: Option<u16>,
     /// Connections the sweep's load is spread over.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1024))]
     connections: u16,
@@ -205,9 +222,14 @@ pub async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         !(args.sweep && (args.ladder || args.instructions || args.scale)),
         "--sweep is a run of its own; it does not go with --ladder, --instructions or --scale"
     );
+    anyhow::ensure!(
+        !(args.scaling && (args.ladder || args.instructions || args.scale || args.sweep)),
+        "--scaling is a timed run of its own; it does not go with --ladder, --instructions, --scale or --sweep"
+    );
     let settings = settings(&args);
     let subjects = subjects(&args)?;
     let scenarios = scenarios(&args)?;
+    println!("{}", header(&args));
     let topology = Topology::create().context("creating the benchmark namespaces")?;
     let shared_ztunnel = subjects.iter().any(|s| {
         matches!(
@@ -218,7 +240,8 @@ pub async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
             }
         )
     });
-    let shared = Shared::new(&topology, std::env::current_exe()?, shared_ztunnel).await?;
+    let mut shared = Shared::new(&topology, std::env::current_exe()?, shared_ztunnel).await?;
+    shared.worker_threads = args.worker_threads.map(usize::from);
     // Ctrl-C or SIGTERM stops the run; the subjects' processes, the CA and
     // the namespaces are cleaned up on the way out either way.
     if args.scale {
@@ -303,26 +326,47 @@ fn subjects(args: &BenchArgs) -> anyhow::Result<Vec<Subject>> {
     Ok(subjects)
 }
 
-/// The scenarios (or, with --scale, the curves) asked for, every name checked.
+/// The scenarios (or, with --scale, the curves; with --scaling, the
+/// points) asked for, every name checked.
 fn scenarios(args: &BenchArgs) -> anyhow::Result<Vec<&str>> {
-    let (known, what) = match args.scale {
-        true => (scale::CURVES, "curve"),
-        false => (SCENARIOS, "scenario"),
+    let (known, what, flag) = match (args.scale, args.scaling) {
+        (true, _) => (scale::CURVES, "curve", " for --scale"),
+        (false, true) => (scaling::SCENARIOS, "scaling point", " for --scaling"),
+        (false, false) => (SCENARIOS, "scenario", ""),
     };
     for s in &args.scenarios {
         anyhow::ensure!(
             known.contains(&s.as_str()),
-            "unknown {what} {s:?}{}; known: {}",
-            if args.scale { " for --scale" } else { "" },
+            "unknown {what} {s:?}{flag}; known: {}",
             known.join(", ")
         );
     }
-    Ok(match (args.scenarios.is_empty(), args.scale, args.ladder) {
-        (false, _, _) => args.scenarios.iter().map(String::as_str).collect(),
-        (true, true, _) => scale::CURVES.to_vec(),
-        (true, false, true) => LADDER_SCENARIOS.to_vec(),
-        (true, false, false) => SCENARIOS.to_vec(),
+    Ok(if !args.scenarios.is_empty() {
+        args.scenarios.iter().map(String::as_str).collect()
+    } else if args.ladder && !args.scale && !args.scaling {
+        LADDER_SCENARIOS.to_vec()
+    } else {
+        known.to_vec()
     })
+}
+
+/// The worker threads every proxy runs with, as the run's header says it.
+fn threads_said(args: &BenchArgs) -> String {
+    match args.worker_threads {
+        Some(n) => format!("{n} per proxy process"),
+        None => "defaults (hbone-lab one per core, ztunnel 2)".into(),
+    }
+}
+
+/// The line printed before measuring: what runs, and with how many threads.
+fn header(args: &BenchArgs) -> String {
+    let what = match (args.scaling, args.quick) {
+        (true, true) => "scaling (quick)",
+        (true, false) => "scaling",
+        (false, true) => "bench (quick)",
+        (false, false) => "bench",
+    };
+    format!("hbone-lab {what}: worker threads {}", threads_said(args))
 }
 
 /// The sweep's settings: --quick or full, then --seconds, --connections
@@ -430,14 +474,22 @@ fn write_results(
     samples: &[Sample],
 ) -> anyhow::Result<()> {
     let summaries = summarize(samples);
+    println!("{}", header(args));
     println!("{}", table(&summaries));
+    let curves = scaling::curves(&summaries);
+    if args.scaling {
+        print!("{}", scaling::table(&curves));
+    }
     std::fs::create_dir_all(&args.out)?;
-    let json = serde_json::json!({
-        "settings": {"seconds": settings.seconds, "repetitions": settings.repetitions, "parallel_streams": settings.parallel_streams, "idle_connections": settings.idle_connections, "ztunnel_mode": args.ztunnel_mode, "policies": hbone_bench::subjects::BENCH_POLICIES},
+    let mut json = serde_json::json!({
+        "settings": {"seconds": settings.seconds, "repetitions": settings.repetitions, "parallel_streams": settings.parallel_streams, "idle_connections": settings.idle_connections, "ztunnel_mode": args.ztunnel_mode, "worker_threads": args.worker_threads, "policies": hbone_bench::subjects::BENCH_POLICIES},
         "subjects": subjects.iter().map(|s| s.name()).collect::<Vec<_>>(),
         "results": summaries,
         "samples": samples,
     });
+    if args.scaling {
+        json["scaling"] = serde_json::to_value(&curves)?;
+    }
     std::fs::write(
         args.out.join("bench.json"),
         serde_json::to_string_pretty(&json)?,

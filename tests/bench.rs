@@ -460,3 +460,36 @@ fn sweep_steps_out_of_order_are_refused() {
         "{stderr}"
     );
 }
+
+#[test]
+#[ignore = "needs root: the benchmark builds two pod network namespaces (test.sh runs it as root)"]
+fn the_scaling_curves_have_every_point_for_every_subject() {
+    let (stdout, json, _dir) = bench_ok(&[
+        "--quick",
+        "--seconds",
+        "0.3",
+        "--scaling",
+        "--worker-threads",
+        "2",
+    ]);
+    assert!(stdout.contains("worker threads 2"), "{stdout}");
+    assert_eq!(json["settings"]["worker_threads"], 2);
+    let subjects = ["direct", "hbone-lab"];
+    assert_eq!(json["subjects"], serde_json::json!(subjects));
+    let curves = json["scaling"].as_array().unwrap();
+    assert_eq!(curves.len(), 4, "2 curves × 2 subjects: {curves:?}");
+    for subject in subjects {
+        for figure in ["throughput_gbps", "conn_per_s"] {
+            let curve = curves
+                .iter()
+                .find(|c| c["subject"] == subject && c["figure"] == figure)
+                .unwrap_or_else(|| panic!("{subject} {figure}"));
+            for point in ["1", "2", "4", "8"] {
+                assert!(
+                    curve["points"][point].as_f64().is_some(),
+                    "{subject} {figure} ×{point}: {curve}"
+                );
+            }
+        }
+    }
+}

@@ -7,6 +7,7 @@
 //!   rungs below HBONE); one CA and one control plane for both meshes.
 //! - [`instructions`]: instructions per request, per connection and per MiB, counted by callgrind.
 //! - [`runner`]: scenarios, interleaved repetitions, medians and ratios.
+//! - [`scaling`]: throughput and connections/s over 1–8 parallel streams or loops, as curves.
 //! - [`sweep`]: open-loop load stepped past the slowest proxy's maximum — latency against rate, and each subject's knee.
 //! - [`proc_stats`]: CPU seconds, resident memory and context switches from /proc.
 //! - [`scale`]: how the cost grows — workloads known, policies in scope, open connections.
@@ -23,6 +24,7 @@ pub mod proc_stats;
 pub mod report;
 pub mod runner;
 pub mod scale;
+pub mod scaling;
 pub mod subjects;
 pub mod sweep;
 pub mod topology;

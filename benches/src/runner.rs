@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use hbone_workloads::peers::{RrSettings, rr_client, rr_server_counting, sink, source};
+use hbone_workloads::peers::{RrResult, RrSettings, rr_client, rr_server_counting, sink, source};
 use serde::{Deserialize, Serialize};
 
 use crate::proc_stats::{context_switches, cpu_seconds, rss_bytes};
+use crate::scaling;
 use crate::subjects::{Running, Shared, Subject, SubjectError, start};
 use crate::topology::{SERVER_IP, Topology};
 
@@ -124,12 +125,8 @@ async fn measure(
     let time = Duration::from_secs_f64(s.seconds);
     let mut f = BTreeMap::new();
     match scenario {
-        "throughput_1" | "throughput_n" => {
-            let streams = if scenario == "throughput_1" {
-                1
-            } else {
-                s.parallel_streams
-            };
+        _ if streams(scenario, s).is_some() => {
+            let streams = streams(scenario, s).unwrap_or(1);
             let cpu_before = cpu_seconds(&running.pids());
             let runs = (0..streams).map(|_| source(&dialer, host, SINK_PORT, u64::MAX, time));
             let results = futures::future::join_all(runs).await;
@@ -150,20 +147,23 @@ async fn measure(
                 );
             }
         }
-        "rr_unthrottled" | "rr_1000" | "crr" => {
+        _ if rr_loops(scenario).is_some() => {
+            let new_connection_each = scenario == "crr" || scenario.starts_with("crr_x");
             let settings = RrSettings {
                 request: 1024,
                 response: 1024,
                 rate: (scenario == "rr_1000").then_some(1000.0),
                 max_requests: 10_000_000,
                 duration: time,
-                new_connection_each: scenario == "crr",
+                new_connection_each,
             };
+            let loops = rr_loops(scenario).unwrap_or(1);
             let pids = running.pids();
             let switches_before = context_switches(&pids);
-            let r = rr_client(&dialer, host, RR_PORT, &settings).await?;
+            let clients = (0..loops).map(|_| rr_client(&dialer, host, RR_PORT, &settings));
+            let r = merge_loops(futures::future::join_all(clients).await)?;
             let switches = context_switches(&pids) - switches_before;
-            let rate_key = if scenario == "crr" {
+            let rate_key = if new_connection_each {
                 "conn_per_s"
             } else {
                 "rps"
@@ -248,6 +248,48 @@ async fn measure(
         other => return Err(std::io::Error::other(format!("unknown scenario {other}"))),
     }
     Ok(f)
+}
+
+/// How many parallel streams a throughput scenario runs: one, the
+/// settings' `parallel_streams`, or a scaling point's `N` (`throughput_xN`);
+/// `None` for any other scenario.
+fn streams(scenario: &str, s: &BenchSettings) -> Option<usize> {
+    match scenario {
+        "throughput_1" => Some(1),
+        "throughput_n" => Some(s.parallel_streams),
+        _ => scaling::parallelism(scenario, scaling::Kind::Throughput),
+    }
+}
+
+/// How many request/response loops run at once: one for the classic
+/// scenarios, `N` for a scaling point (`crr_xN`); `None` for any other.
+fn rr_loops(scenario: &str) -> Option<usize> {
+    match scenario {
+        "rr_unthrottled" | "rr_1000" | "crr" => Some(1),
+        _ => scaling::parallelism(scenario, scaling::Kind::Crr),
+    }
+}
+
+/// Parallel request/response loops as one: their rates and counts added,
+/// each percentile the worst loop's (a bound, not an exact merged quantile).
+fn merge_loops(results: Vec<std::io::Result<RrResult>>) -> std::io::Result<RrResult> {
+    let mut merged: Option<RrResult> = None;
+    for r in results {
+        let r = r?;
+        merged = Some(match merged {
+            None => r,
+            Some(mut m) => {
+                m.requests += r.requests;
+                m.per_second += r.per_second;
+                m.latency.p50_ms = m.latency.p50_ms.max(r.latency.p50_ms);
+                m.latency.p90_ms = m.latency.p90_ms.max(r.latency.p90_ms);
+                m.latency.p99_ms = m.latency.p99_ms.max(r.latency.p99_ms);
+                m.latency.p999_ms = m.latency.p999_ms.max(r.latency.p999_ms);
+                m
+            }
+        });
+    }
+    merged.ok_or_else(|| std::io::Error::other("no request/response loop ran"))
 }
 
 /// Waits until `count` connections beyond `since` have reached the server:

@@ -136,6 +136,20 @@ pub struct Shared {
     /// when they are fed over xDS as ztunnel is.
     host_control: RunningControlPlane,
     nodes: Vec<(NetNs, RunningControlPlane)>,
+    /// Async worker threads every proxy process runs with (hbone-lab's
+    /// `HBONE_WORKER_THREADS`, ztunnel's `ZTUNNEL_WORKER_THREADS`); `None`
+    /// leaves each at its own default (one per core; ztunnel 2).
+    pub worker_threads: Option<usize>,
+}
+
+/// The variable hbone-lab's runtime reads its worker-thread count from.
+pub const HBONE_WORKER_THREADS: &str = "HBONE_WORKER_THREADS";
+/// The variable ztunnel reads its worker-thread count from.
+pub const ZTUNNEL_WORKER_THREADS: &str = "ZTUNNEL_WORKER_THREADS";
+
+/// `var=threads` for a child's environment, or nothing for its default.
+fn worker_env(var: &'static str, threads: Option<usize>) -> Option<(&'static str, String)> {
+    threads.map(|n| (var, n.to_string()))
 }
 
 /// The bearer token every benchmark proxy and ztunnel presents to the benchmark's CA.
@@ -236,6 +250,7 @@ impl Shared {
             host_control,
             nodes,
             dir,
+            worker_threads: None,
         })
     }
 
@@ -338,12 +353,25 @@ pub fn spawn_proxy(
     file: &Path,
     log: &Path,
 ) -> Result<Child, SubjectError> {
+    spawn_proxy_with_threads(exe, config, file, log, None)
+}
+
+/// [`spawn_proxy`], the proxy's runtime given `threads` worker threads
+/// (`None`: its default, one per core).
+pub fn spawn_proxy_with_threads(
+    exe: &Path,
+    config: &str,
+    file: &Path,
+    log: &Path,
+    threads: Option<usize>,
+) -> Result<Child, SubjectError> {
     std::fs::write(file, config).map_err(setup)?;
     let (out, err) = log_to(log)?;
     Command::new(exe)
         .args(["proxy", "--config"])
         .arg(file)
         .env("RUST_LOG", "warn")
+        .envs(worker_env(HBONE_WORKER_THREADS, threads))
         .stdout(out)
         .stderr(err)
         .spawn()
@@ -508,7 +536,13 @@ async fn start_hbone_lab(exe: &Path, shared: &Shared, feed: Feed) -> Result<Runn
         );
         let file = dir.join(format!("{node}.yaml"));
         let log = dir.join(format!("hbone-lab-{node}.log"));
-        children.push(spawn_proxy(exe, &config, &file, &log)?);
+        children.push(spawn_proxy_with_threads(
+            exe,
+            &config,
+            &file,
+            &log,
+            shared.worker_threads,
+        )?);
         wait_http_ready(
             None,
             ready,
@@ -559,6 +593,7 @@ async fn start_ztunnel(
             .env("PACKET_MARK", "1337")
             .env("ENABLE_ORIG_SRC", "false")
             .env("RUST_LOG", "warn")
+            .envs(worker_env(ZTUNNEL_WORKER_THREADS, shared.worker_threads))
             .stdout(out)
             .stderr(err)
             .spawn()
@@ -585,6 +620,12 @@ async fn start_shared_ztunnels(binary: &Path, shared: &Shared) -> Result<Running
             "no node namespaces: Shared::new was told there is no shared-mode ztunnel",
         ));
     }
+    // The lab starts shared-mode ztunnels with an environment of its own;
+    // a script that `exec`s ztunnel (same pid) adds the thread count.
+    let binary = match shared.worker_threads {
+        Some(n) => &with_env(binary, ZTUNNEL_WORKER_THREADS, n, shared.dir.path())?,
+        None => binary,
+    };
     for ((node, _), (netns, control)) in NODES.iter().zip(&shared.nodes) {
         let spec = ZtunnelNodeSpec {
             node,
@@ -604,4 +645,18 @@ async fn start_shared_ztunnels(binary: &Path, shared: &Shared) -> Result<Running
         ztunnels,
         agents: Vec::new(),
     })
+}
+
+/// A script in `dir` that runs `binary` with `var=value` added to its
+/// environment, `exec`ing it so that the pid measured is the binary's.
+fn with_env(binary: &Path, var: &str, value: usize, dir: &Path) -> Result<PathBuf, SubjectError> {
+    use std::os::unix::fs::PermissionsExt;
+    let script = dir.join(format!("{var}-{value}.sh"));
+    let text = format!(
+        "#!/bin/sh\n{var}={value} exec '{}' \"$@\"\n",
+        binary.display()
+    );
+    std::fs::write(&script, text).map_err(setup)?;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).map_err(setup)?;
+    Ok(script)
 }

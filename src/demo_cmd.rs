@@ -25,6 +25,12 @@ use hbone_standalone::wire::capture::Capture;
 /// namespace holds stand-ins for api.github.com and api.cloudflare.com.
 ///
 /// Exits 0 only when every outcome matches the prediction.
+///
+/// A lab, not a hardened node: the node proxies' admin, metrics and
+/// readiness ports listen on each node's own address, where pods can reach
+/// them directly in both modes (a real ztunnel's admin listens on localhost
+/// of its own namespace). Through the proxy itself they are refused
+/// (proxy_port), and each is bounded against floods; see RELIABILITY.md.
 #[derive(Args)]
 #[command(verbatim_doc_comment)]
 pub struct DemoArgs {

@@ -201,19 +201,7 @@ fn diff_names_a_missing_ztunnel() {
 #[test]
 #[ignore = "needs ZTUNNEL_BIN and root"]
 fn diff_finds_no_disagreement_with_ztunnel() {
-    let ztunnel = std::env::var("ZTUNNEL_BIN").expect("ZTUNNEL_BIN names a ztunnel binary");
-    let out = hbone_lab(&[
-        "policy",
-        "diff",
-        "--ztunnel",
-        &ztunnel,
-        "--cases",
-        "400",
-        "--json",
-    ]);
-    let stdout = text(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
-    assert_eq!(stdout.lines().last(), Some("400 cases, 0 disagreements"));
+    let stdout = diff_with_ztunnel(400, &["--json"]);
     // The cases are not all alike: both verdicts, over HBONE and plaintext.
     let cases: Vec<serde_json::Value> = stdout
         .lines()
@@ -237,22 +225,22 @@ fn diff_finds_no_disagreement_with_ztunnel() {
 #[test]
 #[ignore = "needs ZTUNNEL_BIN, root, and etcd, kube-apiserver and istiod (scripts/control-plane-peers.sh)"]
 fn diff_with_istiod_feeding_ztunnel_finds_no_disagreement() {
+    diff_with_ztunnel(160, &["--control-plane", "istiod", "--seed", "11"]);
+}
+
+/// `policy diff --ztunnel $ZTUNNEL_BIN --cases N` with `extra`: asserts it
+/// ran every case with no disagreement, and returns what it printed.
+fn diff_with_ztunnel(cases: usize, extra: &[&str]) -> String {
     let ztunnel = std::env::var("ZTUNNEL_BIN").expect("ZTUNNEL_BIN names a ztunnel binary");
-    let out = hbone_lab(&[
-        "policy",
-        "diff",
-        "--ztunnel",
-        &ztunnel,
-        "--control-plane",
-        "istiod",
-        "--cases",
-        "160",
-        "--seed",
-        "11",
-    ]);
+    let count = cases.to_string();
+    let mut args = vec!["policy", "diff", "--ztunnel", &ztunnel, "--cases", &count];
+    args.extend_from_slice(extra);
+    let out = hbone_lab(&args);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
-    assert_eq!(stdout.lines().last(), Some("160 cases, 0 disagreements"));
+    let verdict = format!("{cases} cases, 0 disagreements");
+    assert_eq!(stdout.lines().last(), Some(verdict.as_str()));
+    stdout
 }
 
 #[test]

@@ -320,9 +320,7 @@ impl ConnectionLog {
     /// Records a connection refused before it carried anything.
     pub fn refused(&self, mut record: ConnectionRecord, detail: String) {
         record.id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        record.detail = Some(detail);
-        record.finish(Outcome::Refused);
-        self.keep(record);
+        self.keep(record.finished(Outcome::Refused, 0, 0, Some(detail)));
     }
 
     /// The open connections (oldest first) and the finished ones (oldest first).

@@ -6,7 +6,8 @@
 //! - [`subjects`]: starting and stopping each subject (and the cost ladder's
 //!   rungs below HBONE); one CA and one control plane for both meshes.
 //! - [`instructions`]: instructions per request, per connection and per MiB, counted by callgrind.
-//! - [`runner`]: scenarios, interleaved repetitions, medians and ratios.
+//! - [`runner`]: scenarios, interleaved repetitions, medians and ratios
+//!   (the measurements themselves are [`figures`]).
 //! - [`scaling`]: throughput and connections/s over 1–8 parallel streams or loops, as curves.
 //! - [`sweep`]: open-loop load stepped past the slowest proxy's maximum — latency against rate, and each subject's knee.
 //! - [`proc_stats`]: CPU seconds, resident memory and context switches from /proc.
@@ -19,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod chart;
+pub mod figures;
 pub mod instructions;
 pub mod proc_stats;
 pub mod report;

@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hbone_workloads::peers::{RrResult, RrSettings, rr_client, rr_server_counting, sink, source};
-use serde::{Deserialize, Serialize};
 
 use crate::proc_stats::{context_switches, cpu_seconds, rss_bytes};
 use crate::scaling;
@@ -58,34 +57,7 @@ impl BenchSettings {
     }
 }
 
-/// One measurement: subject × scenario × repetition.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Sample {
-    /// Who was measured.
-    pub subject: String,
-    /// Which scenario.
-    pub scenario: String,
-    /// Which repetition, from 0.
-    pub repetition: usize,
-    /// The figures by name (`gbit_per_s`, `p99_ms`, …).
-    pub figures: BTreeMap<String, f64>,
-}
-
-/// The medians of one subject × scenario, with ratios against direct and ztunnel.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Summary {
-    /// Who was measured.
-    pub subject: String,
-    /// Which scenario.
-    pub scenario: String,
-    #[serde(flatten)]
-    /// The median of each figure.
-    pub figures: BTreeMap<String, f64>,
-    /// Each figure ÷ direct's.
-    pub ratio_vs_direct: BTreeMap<String, f64>,
-    /// Each figure ÷ ztunnel's, when ztunnel ran.
-    pub ratio_vs_ztunnel: BTreeMap<String, f64>,
-}
+pub use crate::figures::{Sample, Summary};
 
 /// Every timed scenario, in the order they run.
 pub const SCENARIOS: &[&str] = &[

@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::runner::Summary;
+use crate::figures::Summary;
 
 /// The parallelism of each point on a curve.
 pub const POINTS: [usize; 4] = [1, 2, 4, 8];

@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use hbone_ca::identity::validate_trust_domain;
 use hbone_ca::inspect::explain;
 use hbone_ca::metrics::CaMetrics;
-use hbone_ca::placement::Placement;
+use hbone_ca::placement::{ApiServerPods, Placement, Places};
 use hbone_ca::plugin::{PluginCerts, write_with_mode};
 use hbone_ca::server::{CaService, serve};
 use hbone_ca::token_review::{KubeTokenReviewer, TokenReviewAuthenticator};
@@ -122,7 +122,10 @@ pub struct ServeArgs {
     #[arg(long, conflicts_with = "tokens")]
     token_review: bool,
     /// With --token-review: a node proxy's service account (namespace/name) that
-    /// may obtain identities for the workloads on its node (repeatable).
+    /// may obtain identities for the workloads on its node (repeatable). Its node
+    /// is the one its pod-bound token names (Kubernetes 1.30 and newer), and the
+    /// workloads on it are the API server's pods scheduled there, as istiod's
+    /// node authorizer sees them; the CA's service account needs `list` on pods.
     #[arg(long = "node-proxy", value_name = "NS/NAME", default_values_t = ["istio-system/ztunnel".to_string()])]
     node_proxies: Vec<String>,
     /// With --token-review: the audience tokens must carry.
@@ -205,6 +208,7 @@ fn read(path: &Path) -> anyhow::Result<String> {
 async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let authority = Arc::new(args.authority.build()?);
     let mut scoped = false;
+    let mut pods: Option<Arc<dyn Places>> = None;
     let authenticator: Arc<dyn Authenticator> = match &args.tokens {
         Some(path) => {
             let file = TokenFile::load(path)?;
@@ -215,6 +219,10 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             let api = KubeTokenReviewer::connect(vec![args.audience.clone()])
                 .await
                 .context("--token-review needs a Kubernetes API server (in-cluster config or kubeconfig)")?;
+            pods = Some(Arc::new(ApiServerPods::new(
+                api.client().clone(),
+                authority.trust_domain(),
+            )));
             Arc::new(TokenReviewAuthenticator::new(
                 api,
                 authority.trust_domain(),
@@ -254,7 +262,7 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             authenticator.clone(),
             Arc::new(CaMetrics::default()),
         )
-        .with_placement(placement.clone()),
+        .with_placement(pods.unwrap_or_else(|| placement.clone())),
     );
     let _placing = match &args.registry {
         Some(path) if !args.xds => Some(follow_placement(path.clone(), placement.clone())?),

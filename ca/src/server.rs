@@ -38,7 +38,7 @@ use crate::csr::parse_csr_pem;
 use crate::grpc::{Method, OneMethod};
 use crate::identity::Identity;
 use crate::metrics::CaMetrics;
-use crate::placement::Placement;
+use crate::placement::Places;
 use crate::proto::{
     CREATE_CERTIFICATE_PATH, IstioCertificateRequest, IstioCertificateResponse, SERVICE,
 };
@@ -92,7 +92,7 @@ pub struct CaService {
     authority: Arc<SigningAuthority>,
     authenticator: Arc<dyn Authenticator>,
     metrics: Arc<CaMetrics>,
-    placement: Option<Arc<Placement>>,
+    placement: Option<Arc<dyn Places>>,
 }
 
 impl CaService {
@@ -112,7 +112,7 @@ impl CaService {
 
     /// Checks node-scoped grants against `placement`: a node's token then
     /// obtains only identities of workloads placed on that node.
-    pub fn with_placement(mut self, placement: Arc<Placement>) -> Self {
+    pub fn with_placement(mut self, placement: Arc<dyn Places>) -> Self {
         self.placement = Some(placement);
         self
     }
@@ -214,7 +214,14 @@ impl CaService {
                     ),
                 ));
             };
-            if !placement.places(node, &identity) {
+            let placed = placement.places(node, &identity).await.map_err(|e| {
+                Refusal::new(
+                    "placement_unavailable",
+                    Code::Unavailable,
+                    format!("cannot tell whether {identity} runs on node {node}: {e}"),
+                )
+            })?;
+            if !placed {
                 return Err(Refusal::new(
                     "identity_not_on_node",
                     Code::PermissionDenied,

@@ -4,10 +4,12 @@
 //! API server says whether it is valid and whose it is
 //! (`system:serviceaccount:<namespace>:<name>`). That service account may
 //! obtain exactly its own identity. Node proxies — ztunnel's or hbone-lab's
-//! own service account — ask on behalf of the workloads on their node; istiod
-//! checks the pod's node for that, and this miniature CA lets the configured
-//! node-proxy accounts obtain any identity in its trust domain instead (a
-//! simplification, said here so nobody mistakes it for istiod's check).
+//! own service account — ask on behalf of the workloads on their node, and
+//! get only those, as istiod's node authorizer grants them: the node is the
+//! one the review of their pod-bound token names, and the CA's
+//! [`crate::placement::Places`] (in a cluster the API server's pods) says
+//! which identities run there. A node proxy whose token names no node
+//! obtains nothing.
 //!
 //! The API call sits behind [`TokenReviewApi`]: [`KubeTokenReviewer`] talks to
 //! the real API server; tests use a fake of the trait.
@@ -34,10 +36,17 @@ pub struct KubeTokenReviewer {
 impl KubeTokenReviewer {
     /// Uses the in-cluster (or kubeconfig) client; `audiences` as istiod's (`istio-ca`).
     pub async fn connect(audiences: Vec<String>) -> Result<Self, kube::Error> {
-        Ok(KubeTokenReviewer {
-            client: kube::Client::try_default().await?,
-            audiences,
-        })
+        Ok(Self::new(kube::Client::try_default().await?, audiences))
+    }
+
+    /// Reviews through `client`; `audiences` as istiod's (`istio-ca`).
+    pub fn new(client: kube::Client, audiences: Vec<String>) -> Self {
+        KubeTokenReviewer { client, audiences }
+    }
+
+    /// The API server client, to ask it more (the pods on a node).
+    pub fn client(&self) -> &kube::Client {
+        &self.client
     }
 }
 
@@ -62,7 +71,14 @@ impl TokenReviewApi for KubeTokenReviewer {
     }
 }
 
-/// Grants from TokenReviews.
+/// Where the API server names the node of a pod-bound token's pod, in the
+/// review's `user.extra` (Kubernetes 1.30 and newer).
+pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
+
+/// Grants from TokenReviews: a service account obtains its own identity; a
+/// node proxy's account ([`TokenReviewAuthenticator::new`]'s `node_proxies`)
+/// obtains identities of the workloads on its token's node, checked
+/// against a [`crate::placement::Places`] (istiod's node authorization).
 pub struct TokenReviewAuthenticator<A> {
     api: A,
     trust_domain: String,
@@ -88,7 +104,8 @@ impl<A: TokenReviewApi> Authenticator for TokenReviewAuthenticator<A> {
         if status.authenticated != Some(true) {
             return Err(AuthError::UnknownToken);
         }
-        let username = status.user.and_then(|u| u.username).unwrap_or_default();
+        let user = status.user.unwrap_or_default();
+        let username = user.username.unwrap_or_default();
         let Some(account) = username.strip_prefix("system:serviceaccount:") else {
             return Err(AuthError::Backend(format!(
                 "{username:?} is not a service account"
@@ -100,29 +117,44 @@ impl<A: TokenReviewApi> Authenticator for TokenReviewAuthenticator<A> {
             )));
         };
         let subject = format!("service account {namespace}/{name}");
-        let identities = if self
+        let is_node_proxy = self
             .node_proxies
             .iter()
-            .any(|p| *p == format!("{namespace}/{name}"))
-        {
-            let everything = format!("spiffe://{}/*", self.trust_domain);
-            vec![
+            .any(|p| *p == format!("{namespace}/{name}"));
+        if !is_node_proxy {
+            let own = Identity::new(&self.trust_domain, namespace, name)
+                .map_err(|e| AuthError::Backend(e.to_string()))?;
+            return Ok(Grant {
+                subject,
+                identities: vec![IdentityPattern::Exact(own)],
+                node: None,
+            });
+        }
+        // A node proxy acts for the workloads on its node, and only those:
+        // the node is the one its token's pod is scheduled on, which the
+        // API server names in the review of a pod-bound token.
+        let node = user
+            .extra
+            .as_ref()
+            .and_then(|extra| extra.get(NODE_NAME_EXTRA))
+            .and_then(|names| names.first())
+            .filter(|name| !name.is_empty())
+            .ok_or_else(|| {
+                AuthError::Backend(format!(
+                    "{subject} is a node proxy, and its token names no node (`{NODE_NAME_EXTRA}`): \
+                     give it a token bound to its pod (a projected service account token, Kubernetes 1.30 or newer)"
+                ))
+            })?
+            .clone();
+        let everything = format!("spiffe://{}/*", self.trust_domain);
+        Ok(Grant {
+            subject: format!("{subject} on node {node}"),
+            identities: vec![
                 everything
                     .parse::<IdentityPattern>()
                     .map_err(|e| AuthError::Backend(e.to_string()))?,
-            ]
-        } else {
-            let own = Identity::new(&self.trust_domain, namespace, name)
-                .map_err(|e| AuthError::Backend(e.to_string()))?;
-            vec![IdentityPattern::Exact(own)]
-        };
-        Ok(Grant {
-            subject,
-            identities,
-            // Not scoped yet: the node is in a pod-bound token's review
-            // (`user.extra`), but the workloads' placement would have to
-            // come from the API server's pods.
-            node: None,
+            ],
+            node: Some(node),
         })
     }
 }
@@ -148,7 +180,16 @@ mod tests {
             };
             match token {
                 "hello-app-token" => Ok(user("system:serviceaccount:demo:hello-app")),
-                "ztunnel-token" => Ok(user("system:serviceaccount:istio-system:ztunnel")),
+                "ztunnel-token" => {
+                    let mut status = user("system:serviceaccount:istio-system:ztunnel");
+                    if let Some(user) = status.user.as_mut() {
+                        user.extra = Some(
+                            [(NODE_NAME_EXTRA.to_string(), vec!["node-1".to_string()])].into(),
+                        );
+                    }
+                    Ok(status)
+                }
+                "unbound-ztunnel-token" => Ok(user("system:serviceaccount:istio-system:ztunnel")),
                 "human-token" => Ok(user("kubernetes-admin")),
                 "down" => Err("connection refused".into()),
                 _ => Ok(TokenReviewStatus {
@@ -191,8 +232,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_node_proxy_acts_for_the_trust_domain() {
+    async fn a_node_proxy_acts_for_the_trust_domain_on_its_tokens_node_only() {
         let grant = authenticator().authenticate("ztunnel-token").await.unwrap();
+        assert_eq!(grant.node.as_deref(), Some("node-1"));
+        assert!(grant.subject.contains("node-1"), "{}", grant.subject);
+        let unbound = authenticator()
+            .authenticate("unbound-ztunnel-token")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&unbound, AuthError::Backend(m) if m.contains("names no node")),
+            "{unbound:?}"
+        );
         assert!(
             grant.allows(
                 &"spiffe://cluster.local/ns/demo/sa/postgres"

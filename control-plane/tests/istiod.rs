@@ -10,11 +10,18 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
+use hbone_ca::authority::{AuthorityConfig, SigningAuthority};
 use hbone_ca::client::CaClient;
 use hbone_ca::identity::Identity;
 use hbone_ca::manager::new_key_and_csr;
+use hbone_ca::metrics::CaMetrics;
+use hbone_ca::placement::ApiServerPods;
+use hbone_ca::server::{CaService, RunningCa, serve};
+use hbone_ca::token_review::{KubeTokenReviewer, TokenReviewAuthenticator};
+use hbone_control_plane::tokens;
 use hbone_control_plane::world::{self, World, WorldPod, WorldService};
 use hbone_control_plane::{ControlPlane, ControlPlaneOptions, Given, Programs};
 use hbone_xds::client::{AdsClient, node};
@@ -64,6 +71,31 @@ fn ztunnel_node(node_name: &str) -> hbone_xds::proto::discovery::Node {
     )
 }
 
+/// hbone-lab's CA in a cluster (`ca serve --token-review`): TokenReviews
+/// and the pods on a node from `control`'s API server.
+async fn hbone_lab_ca(control: &ControlPlane) -> RunningCa {
+    let authority =
+        Arc::new(SigningAuthority::generate(AuthorityConfig::new("cluster.local")).unwrap());
+    let reviewer = KubeTokenReviewer::new(control.client.clone(), vec![tokens::AUDIENCE.into()]);
+    let authenticator = TokenReviewAuthenticator::new(
+        reviewer,
+        "cluster.local",
+        vec!["istio-system/ztunnel".into()],
+    );
+    let service = CaService::new(
+        authority,
+        Arc::new(authenticator),
+        Arc::new(CaMetrics::default()),
+    )
+    .with_placement(Arc::new(ApiServerPods::new(
+        control.client.clone(),
+        "cluster.local",
+    )));
+    serve(Arc::new(service), "127.0.0.1:0".parse().unwrap(), &[])
+        .await
+        .unwrap()
+}
+
 async fn certificate_for(ca: &CaClient, spiffe: &str) -> Result<Vec<String>, String> {
     let identity: Identity = spiffe.parse().unwrap();
     let (_key, csr) = new_key_and_csr(&identity).unwrap();
@@ -101,6 +133,32 @@ async fn istiod_impersonates_for_pods_on_the_callers_node_only_and_serves_addres
     // No such pod anywhere: refused.
     let nobody = certificate_for(&ca, "spiffe://cluster.local/ns/demo/sa/nobody").await;
     assert!(nobody.is_err());
+
+    // hbone-lab's CA, reviewing the same token with the same API server,
+    // decides each request as istiod did (issue 30: node-scoped tokens).
+    let ours = hbone_lab_ca(&control).await;
+    let our_client = CaClient::with_token_file(
+        &ours.url(),
+        ours.service.authority().root_pem(),
+        &token.path,
+    )
+    .unwrap();
+    for (spiffe, istiod_granted) in [
+        ("spiffe://cluster.local/ns/demo/sa/test-pod", true),
+        ("spiffe://cluster.local/ns/demo/sa/hello-app", false),
+        ("spiffe://cluster.local/ns/demo/sa/nobody", false),
+    ] {
+        let answer = certificate_for(&our_client, spiffe).await;
+        assert_eq!(
+            answer.is_ok(),
+            istiod_granted,
+            "hbone-lab's CA and istiod disagree on node-1's request for {spiffe}: {answer:?}"
+        );
+        if let Err(refusal) = answer {
+            assert!(refusal.contains("identity_not_on_node"), "{refusal}");
+        }
+    }
+    ours.shutdown().await;
 
     // xDS: the stream is accepted with the same token, and the world arrives.
     let bearer = std::fs::read_to_string(&token.path).unwrap();

@@ -8,8 +8,11 @@
 //! - [`plugin`]: Istio's plug-in CA files, shared with istiod.
 //! - [`authority`]: signs X.509-SVIDs (24 h by default).
 //! - [`inspect`]: reads certificates back and explains them.
-//! - [`tokens`]: which bearer token may obtain which identity.
+//! - [`tokens`]: which bearer token may obtain which identity; in a
+//!   cluster, [`token_review`]; for node proxies, [`placement`] (which
+//!   identities run on their node).
 //! - [`grpc`]: serving one gRPC method without generated code.
+//! - [`handshake`]: the CA port's TLS handshakes, each failure counted.
 //! - [`proto`], [`server`], [`metrics`]: `IstioCertificateService/CreateCertificate` on 15012.
 //! - [`client`], [`manager`]: obtaining certificates, renewing at half-life.
 
@@ -19,6 +22,7 @@ pub mod authority;
 pub mod client;
 pub mod csr;
 pub mod grpc;
+pub mod handshake;
 pub mod identity;
 pub mod inspect;
 pub mod manager;

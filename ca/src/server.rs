@@ -36,6 +36,7 @@ use tracing::{info, warn};
 use crate::authority::{AuthorityError, SigningAuthority};
 use crate::csr::parse_csr_pem;
 use crate::grpc::{Method, OneMethod};
+use crate::handshake::{TlsSetupError, handshaken, server_config};
 use crate::identity::Identity;
 use crate::metrics::CaMetrics;
 use crate::placement::Places;
@@ -368,9 +369,9 @@ pub enum ServerError {
     /// The authority could not issue the CA's own TLS serving certificate.
     #[error("cannot make the CA's serving certificate: {0}")]
     ServingCert(#[from] AuthorityError),
-    /// tonic rejected the TLS configuration.
+    /// The serving certificate did not make a TLS configuration.
     #[error("TLS setup failed: {0}")]
-    Tls(#[from] tonic::transport::Error),
+    Tls(#[from] TlsSetupError),
 }
 
 /// A CA server running in the background.
@@ -485,13 +486,9 @@ pub async fn serve_bounded(
     })?;
     let names = serving_names(addr, extra_names);
     let (key, chain) = service.authority.issue_serving_cert(&names)?;
-    let identity = tonic::transport::Identity::from_pem(chain.concat(), key.serialize_pem());
-    let tls = tonic::transport::ServerTlsConfig::new()
-        .identity(identity)
-        .timeout(bounds.first_bytes);
+    let tls = Arc::new(server_config(&chain.concat(), &key.serialize_pem())?);
     let (tx, rx) = oneshot::channel::<()>();
     let router = tonic::transport::Server::builder()
-        .tls_config(tls)?
         .timeout(bounds.request)
         .max_concurrent_streams(bounds.streams_per_connection)
         .http2_keepalive_interval(Some(KEEPALIVE))
@@ -500,10 +497,10 @@ pub async fn serve_bounded(
     let metrics = service.metrics.clone();
     let count = move |_| metrics.record_refusal("too_many_connections");
     let limit = ConnectionLimit::with_max(bounds.max_connections);
-    let incoming = Acceptor::new(listener, "CA", limit)
+    let acceptor = Acceptor::new(listener, "CA", limit)
         .on_refused(Box::new(count))
-        .cap_set_by("the CA port's bound of connections")
-        .into_incoming();
+        .cap_set_by("the CA port's bound of connections");
+    let incoming = handshaken(acceptor, tls, bounds.first_bytes, service.metrics.clone());
     let handle = tokio::spawn(async move {
         router
             .serve_with_incoming_shutdown(incoming, async {

@@ -19,7 +19,7 @@ use hbone_ca::tokens::TokenFile;
 use hbone_ca::{AuthorityConfig, SigningAuthority};
 use hbone_listen::Bounds;
 use rustls::pki_types::ServerName;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tonic::service::Routes;
 
@@ -181,6 +181,23 @@ async fn an_unfinished_handshake_is_closed_at_its_deadline() {
             matches!(read, Ok(Ok(0)) | Ok(Err(_))),
             "a silent client was still connected 5 s after its 300 ms handshake deadline"
         );
+    }
+    // Each one counted, not closed silently.
+    assert_eq!(ca.service.metrics().refusals("handshake_timeout"), 5);
+    // A client that speaks something other than TLS: counted as failed.
+    let mut http = TcpStream::connect(ca.addr).await.unwrap();
+    http.write_all(b"GET / HTTP/1.1\r\nhost: ca\r\n\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), http.read_to_end(&mut rest)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while ca.service.metrics().refusals("tls_handshake_failed") == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a plaintext request was not counted as a failed handshake"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

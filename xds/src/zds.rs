@@ -9,16 +9,24 @@
 //! `SnapshotSent` (the proxy drops pods it holds that were not replayed);
 //! after that it sends adds and deletes as pods come and go. Every message
 //! waits for the proxy's ack before the next; a NACK is logged and kept.
+//!
+//! The socket hands out pods' network namespaces, so it is bounded as every
+//! port of the lab is (issue 30): only the agent's user may connect (mode
+//! 0600), at most [`MAX_PEERS`] peers at once (the rest closed and
+//! counted), 10 s for a hello or an ack, one datagram of 4 KiB at most, and
+//! the newest [`KEPT_NACKS`] refusals kept.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use hbone_listen::ConnectionLimit;
 use nix::sys::socket::{
     AddressFamily, Backlog, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr, bind, listen,
     sendmsg, socket,
@@ -37,6 +45,16 @@ use crate::proto::zds::{
 
 /// How long the agent waits for the proxy's hello or an ack.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Peers connected at once: a node proxy and its successor while it
+/// drains, with room to spare. Past it a connection is closed as it
+/// arrives and counted ([`AgentStatus::refused`]).
+pub const MAX_PEERS: usize = 4;
+
+/// The newest NACKs kept in [`AgentStatus::nacks`]; older ones are only
+/// counted ([`AgentStatus::nacks_total`]), so a peer that refuses every pod
+/// on every reconnection cannot grow the agent.
+pub const KEPT_NACKS: usize = 16;
 
 /// What went wrong on either side of a ZDS connection.
 #[derive(Debug, Error)]
@@ -125,8 +143,23 @@ pub struct AgentStatus {
     pub acked: BTreeSet<String>,
     /// Snapshots the peer acknowledged.
     pub snapshots: u64,
-    /// (uid, the peer's error), oldest first.
+    /// (uid, the peer's error), oldest first: the newest [`KEPT_NACKS`].
     pub nacks: Vec<(String, String)>,
+    /// Every NACK so far, kept or not.
+    pub nacks_total: u64,
+    /// Connections closed as they arrived, past [`MAX_PEERS`].
+    pub refused: u64,
+}
+
+impl AgentStatus {
+    /// Records the peer's refusal of `uid`, keeping the newest [`KEPT_NACKS`].
+    fn nack(&mut self, uid: String, error: String) {
+        if self.nacks.len() == KEPT_NACKS {
+            self.nacks.remove(0);
+        }
+        self.nacks.push((uid, error));
+        self.nacks_total += 1;
+    }
 }
 
 struct Shared {
@@ -182,6 +215,10 @@ impl NodeAgent {
         .map_err(|e| listen_err(e.into()))?;
         let addr = UnixAddr::new(path).map_err(|e| listen_err(e.into()))?;
         bind(fd.as_raw_fd(), &addr).map_err(|e| listen_err(e.into()))?;
+        // Only the agent's own user (root, as istio-cni) may connect: the
+        // socket hands out pods' network namespaces.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(listen_err)?;
         listen(&fd, Backlog::new(8).expect("small backlog")).map_err(|e| listen_err(e.into()))?;
         let listener = UnixListener::from_std(std::os::unix::net::UnixListener::from(fd))
             .map_err(listen_err)?;
@@ -253,15 +290,26 @@ impl Drop for NodeAgent {
 /// with this one (a dropped `JoinSet` aborts them).
 async fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
     let mut peers = tokio::task::JoinSet::new();
+    let limit = ConnectionLimit::with_max(MAX_PEERS);
     loop {
         while peers.try_join_next().is_some() {}
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
+                // Out of descriptors, most likely: wait rather than spin.
                 warn!(error = %e, "ZDS accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
+        };
+        let Some(permit) = limit.try_acquire() else {
+            shared.status(|s| s.refused += 1);
+            warn!(
+                max = MAX_PEERS,
+                "ZDS: as many peers as allowed are connected; closing a new one"
+            );
+            drop(stream);
+            continue;
         };
         let number = shared.latest.fetch_add(1, Ordering::AcqRel) + 1;
         shared.status(|s| {
@@ -273,6 +321,7 @@ async fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
         info!(peer = number, "ZDS peer connected");
         let shared = shared.clone();
         peers.spawn(async move {
+            let _permit = permit;
             let peer = Peer {
                 shared: &shared,
                 number,
@@ -303,7 +352,7 @@ async fn serve_peer(stream: &UnixStream, peer: &Peer<'_>) -> Result<(), ZdsError
     let ack = request(stream, Payload::SnapshotSent(SnapshotSent {}), None).await?;
     match ack {
         None => peer.status(|s| s.snapshots += 1),
-        Some(error) => peer.status(|s| s.nacks.push(("<snapshot>".into(), error))),
+        Some(error) => peer.status(|s| s.nack("<snapshot>".into(), error)),
     }
     info!(pods = sent.len(), "ZDS snapshot sent");
     loop {
@@ -324,7 +373,7 @@ async fn serve_peer(stream: &UnixStream, peer: &Peer<'_>) -> Result<(), ZdsError
                     let del = Payload::Del(DelWorkload { uid: uid.clone() });
                     if let Some(error) = request(stream, del, None).await? {
                         warn!(%uid, %error, "ZDS peer refused a delete");
-                        peer.status(|s| s.nacks.push((uid.clone(), error)));
+                        peer.status(|s| s.nack(uid.clone(), error));
                     }
                     peer.status(|s| { s.acked.remove(&uid); });
                     sent.remove(&uid);
@@ -370,7 +419,7 @@ async fn send_add(stream: &UnixStream, peer: &Peer<'_>, pod: &ZdsPod) -> Result<
         }
         Some(error) => {
             warn!(uid = %pod.uid, %error, "ZDS peer refused a pod");
-            peer.status(|s| s.nacks.push((pod.uid.clone(), error)));
+            peer.status(|s| s.nack(pod.uid.clone(), error));
         }
     }
     Ok(())

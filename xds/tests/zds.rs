@@ -13,7 +13,7 @@ use std::time::Duration;
 use hbone_xds::proto::zds::{
     Ack, Payload, ResponsePayload, VERSION_V1, WorkloadRequest, WorkloadResponse, ZdsHello,
 };
-use hbone_xds::zds::{NodeAgent, ZdsPod};
+use hbone_xds::zds::{KEPT_NACKS, MAX_PEERS, NodeAgent, ZdsPod};
 use nix::sys::socket::{
     AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr, connect, recvmsg,
     send, socket,
@@ -206,4 +206,59 @@ async fn a_peer_of_another_version_is_refused() {
     .await
     .unwrap();
     assert!(agent.status().acked.is_empty());
+}
+
+/// The socket is the agent's user's alone; past [`MAX_PEERS`] a connection
+/// is closed as it arrives and counted; a peer that refuses every pod
+/// leaves only the newest [`KEPT_NACKS`] reasons behind (issue 30).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_peer_can_hold_of_the_agent_is_bounded() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ztunnel.sock");
+    let pods: Vec<ZdsPod> = (0..KEPT_NACKS + 4).map(|i| pod(&format!("p{i:02}"))).collect();
+    let agent = NodeAgent::listen(&path, pods).unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the socket is {mode:o}");
+
+    let pods = KEPT_NACKS + 4;
+    let silent_path = path.clone();
+    tokio::task::spawn_blocking(move || {
+        // One peer that refuses every pod, then as many silent ones as allowed.
+        let refusing = Peer::connect(&silent_path);
+        refusing.send(
+            &ZdsHello {
+                version: VERSION_V1,
+            }
+            .encode_to_vec(),
+        );
+        for _ in 0..pods {
+            let (add, _fds) = refusing.receive();
+            assert!(matches!(add.payload, Some(Payload::Add(_))));
+            refusing.answer("no room");
+        }
+        let (done, _) = refusing.receive();
+        assert!(matches!(done.payload, Some(Payload::SnapshotSent(_))));
+        refusing.answer("");
+        let held: Vec<Peer> = (1..MAX_PEERS)
+            .map(|_| Peer::connect(&silent_path))
+            .collect();
+        // One more: closed by the agent before it says anything.
+        let extra = Peer::connect(&silent_path);
+        let mut buf = [0u8; 16];
+        let n = nix::sys::socket::recv(extra.0.as_raw_fd(), &mut buf, MsgFlags::empty()).unwrap();
+        assert_eq!(n, 0, "a peer past the cap was kept");
+        drop((refusing, held));
+    })
+    .await
+    .unwrap();
+    let status = agent.status();
+    assert_eq!(status.refused, 1, "{status:?}");
+    assert_eq!(status.nacks.len(), KEPT_NACKS);
+    assert_eq!(status.nacks_total, pods as u64);
+    assert_eq!(
+        status.nacks.last().unwrap().0,
+        format!("Kubernetes//Pod/demo/p{:02}", pods - 1),
+        "the newest are kept"
+    );
 }

@@ -26,11 +26,13 @@ use hbone_standalone::wire::capture::Capture;
 ///
 /// Exits 0 only when every outcome matches the prediction.
 ///
-/// A lab, not a hardened node: the node proxies' admin, metrics and
-/// readiness ports listen on each node's own address, where pods can reach
-/// them directly in both modes (a real ztunnel's admin listens on localhost
-/// of its own namespace). Through the proxy itself they are refused
-/// (proxy_port), and each is bounded against floods; see RELIABILITY.md.
+/// Where the node proxies' admin, metrics and readiness ports listen: on
+/// the host's loopback (127.0.11.x). With --netns no pod reaches them, as
+/// no pod reaches a real ztunnel's admin on localhost of its own namespace.
+/// Without --netns every pod shares that loopback and can reach them
+/// directly: a lab, not a hardened node. Through the proxy itself they are
+/// refused (proxy_port), and each is bounded against floods; see
+/// RELIABILITY.md.
 #[derive(Args)]
 #[command(verbatim_doc_comment)]
 pub struct DemoArgs {

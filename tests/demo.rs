@@ -255,6 +255,38 @@ fn netns_demo_enforces_both_layers_and_ctrl_c_leaves_nothing_behind() {
         .unwrap();
     let rules = String::from_utf8_lossy(&rules.stdout);
     assert!(rules.contains("--dport 15008"), "{rules}");
+    // The node proxies' admin ports answer on the host and are out of a
+    // pod's reach: they listen on the host namespace's loopback (issue 30).
+    let admins: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split("admin: http://").nth(1))
+        .filter_map(|rest| rest.split('/').next())
+        .collect();
+    assert!(!admins.is_empty(), "--keep names the admin ports:\n{text}");
+    for admin in admins {
+        let (ip, port) = admin.rsplit_once(':').unwrap();
+        let reach = |netns: Option<&str>| {
+            let probe = format!("exec 3<>/dev/tcp/{ip}/{port}");
+            let mut command = match netns {
+                Some(ns) => {
+                    let mut c = Command::new("ip");
+                    c.args(["netns", "exec", ns, "timeout", "3", "bash", "-c", &probe]);
+                    c
+                }
+                None => {
+                    let mut c = Command::new("timeout");
+                    c.args(["3", "bash", "-c", &probe]);
+                    c
+                }
+            };
+            command.stderr(Stdio::null()).status().unwrap().success()
+        };
+        assert!(reach(None), "admin {admin} does not answer on the host");
+        assert!(
+            !reach(Some(&format!("{prefix}test-pod"))),
+            "test-pod reaches its node proxy's admin port {admin}"
+        );
+    }
     let pg_dirs = pg_dirs_of(child.id());
     if have_pg {
         assert_eq!(pg_dirs.len(), 1, "{pg_dirs:?}");

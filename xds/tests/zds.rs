@@ -216,7 +216,9 @@ async fn what_a_peer_can_hold_of_the_agent_is_bounded() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ztunnel.sock");
-    let pods: Vec<ZdsPod> = (0..KEPT_NACKS + 4).map(|i| pod(&format!("p{i:02}"))).collect();
+    let pods: Vec<ZdsPod> = (0..KEPT_NACKS + 4)
+        .map(|i| pod(&format!("p{i:02}")))
+        .collect();
     let agent = NodeAgent::listen(&path, pods).unwrap();
     let mode = std::fs::metadata(&path).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "the socket is {mode:o}");

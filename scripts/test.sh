@@ -79,6 +79,15 @@ else
   echo "no 'go': the tests against the real istiod and kube-apiserver are skipped (install Go, or set ETCD_BIN, KUBE_APISERVER_BIN and ISTIOD_BIN)" >&2
 fi
 
+# fortio, the benchmark's independent load generator (bench --fortio),
+# built from its Go module into the same cache: about 40 s the first time
+# on two cores, nothing after. Where it cannot be built, the cross-check's
+# test prints that it is skipped, and why.
+if [[ -z "${FORTIO_BIN:-}" ]] && command -v go >/dev/null; then
+  say "building fortio from its Go module (cached)"
+  scripts/bench-peers.sh >/dev/null || echo "fortio could not be built (above): the fortio cross-check's test is skipped" >&2
+fi
+
 # Tests that drive a real ztunnel (each has "ztunnel" in its name), tests
 # that need root and tests that need a tool installed above (PostgreSQL,
 # Chromium, openssl, shellcheck) are #[ignore]d, so that where they cannot

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
+use hbone_bench::fortio::{self, CrossCheck};
 use hbone_bench::instructions::{self, InstructionSettings};
 use hbone_bench::report::{markdown, table};
 use hbone_bench::runner::{
@@ -31,7 +32,9 @@ use hbone_bench::{chart, scale, scaling};
 /// steps an open-loop rate past the slowest proxy's limit (sweep.svg),
 /// --scaling measures throughput and connections/s over 1, 2, 4 and 8
 /// parallel streams and connection loops (curves: does it use the cores?),
-/// --worker-threads N runs every proxy with N async worker threads.
+/// --worker-threads N runs every proxy with N async worker threads,
+/// --fortio drives the request/response scenario with fortio too (an
+/// independent load generator) and sets its figures beside the own ones.
 ///
 /// The binary that runs the bench is the hbone-lab measured: build it with
 /// `cargo build --profile perf` (fat LTO, one codegen unit, as ztunnel's
@@ -131,6 +134,18 @@ pub struct BenchArgs {
     /// core, ztunnel 2. Recorded in bench.json's settings.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     worker_threads: Option<u16>,
+    /// The fortio cross-check: the request/response scenario (one
+    /// connection, 1 KiB each way) measured by hbone-lab's own generator
+    /// (rr_unthrottled, rr_1000) and by fortio (`fortio load -c 1`, at
+    /// -qps 0 and -qps 1000, against a TCP echo in the server pod), every
+    /// subject interleaved. Prints both side by side, whether they agree
+    /// within 10 % on the direct path (and why not, when they do not) and
+    /// hbone-lab ÷ ztunnel by each; bench.json's `fortio` holds both
+    /// generators' figures, and fortio's own JSON results are kept in
+    /// `<out>/fortio/`. Which fortio: the value given here, else FORTIO_BIN,
+    /// else what scripts/bench-peers.sh built (pinned in benches/peers.env).
+    #[arg(long, value_name = "FORTIO_BINARY", num_args = 0..=1)]
+    fortio: Option<Option<PathBuf>>,
     /// Connections the sweep's load is spread over.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1024))]
     connections: u16,
@@ -154,6 +169,17 @@ fn replot(json_path: &std::path::Path, out: &std::path::Path) -> anyhow::Result<
         let report: SweepReport = serde_json::from_value(saved["sweep"].clone())
             .with_context(|| format!("{}: `sweep` is not a sweep's report", json_path.display()))?;
         return write_sweep(&report, out, None);
+    }
+    if saved.get("fortio").is_some() {
+        let report: CrossCheck =
+            serde_json::from_value(saved["fortio"].clone()).with_context(|| {
+                format!(
+                    "{}: `fortio` is not a fortio cross-check",
+                    json_path.display()
+                )
+            })?;
+        print!("{}", fortio::table(&report.judged()));
+        return Ok(());
     }
     if saved.get("scale").is_some() {
         let rows: Vec<hbone_bench::runner::Sample> = serde_json::from_value(saved["scale"].clone())
@@ -211,6 +237,20 @@ pub async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     }
     let sweep_settings = sweep_settings(&args)?;
     anyhow::ensure!(
+        !(args.fortio.is_some()
+            && (args.ladder || args.instructions || args.scale || args.sweep || args.scaling)),
+        "--fortio is a run of its own; it does not go with --ladder, --instructions, --scale, --sweep or --scaling"
+    );
+    anyhow::ensure!(
+        args.fortio.is_none() || args.scenarios.is_empty(),
+        "--fortio measures rr_unthrottled and rr_1000 (and fortio's twin of each); --scenarios does not apply"
+    );
+    // Before anything needs root: a missing fortio is named with its script.
+    let fortio_bin = match &args.fortio {
+        Some(given) => Some(fortio::find(given.as_deref())?),
+        None => None,
+    };
+    anyhow::ensure!(
         hbone_harness::netns::can_create(),
         "the benchmark builds two pod network namespaces: run it as root (iproute2 and iptables installed)"
     );
@@ -249,6 +289,9 @@ pub async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.sweep {
         return run_sweep(&args, &sweep_settings, &subjects, &topology, shared).await;
+    }
+    if let Some(fortio_bin) = &fortio_bin {
+        return run_fortio(&args, &settings, &subjects, fortio_bin, &topology, shared).await;
     }
     let mut bar = Bar;
     let counts = if args.quick {
@@ -360,13 +403,16 @@ fn threads_said(args: &BenchArgs) -> String {
 
 /// The line printed before measuring: what runs, and with how many threads.
 fn header(args: &BenchArgs) -> String {
-    let what = match (args.scaling, args.quick) {
-        (true, true) => "scaling (quick)",
-        (true, false) => "scaling",
-        (false, true) => "bench (quick)",
+    let what = match (args.scaling, args.fortio.is_some()) {
+        (true, _) => "scaling",
+        (false, true) => "fortio cross-check",
         (false, false) => "bench",
     };
-    format!("hbone-lab {what}: worker threads {}", threads_said(args))
+    let quick = if args.quick { " (quick)" } else { "" };
+    format!(
+        "hbone-lab {what}{quick}: worker threads {}",
+        threads_said(args)
+    )
 }
 
 /// The sweep's settings: --quick or full, then --seconds, --connections
@@ -463,6 +509,45 @@ async fn run_scale(
         args.out.join("bench.json").display(),
         args.out.join("scale.svg").display()
     );
+    Ok(())
+}
+
+/// The fortio cross-check: measured, printed, written to bench.json
+/// (`fortio`; fortio's own results in `<out>/fortio/`).
+async fn run_fortio(
+    args: &BenchArgs,
+    settings: &BenchSettings,
+    subjects: &[Subject],
+    fortio_bin: &std::path::Path,
+    topology: &Topology,
+    shared: Shared,
+) -> anyhow::Result<()> {
+    let mut say = |line: &str| eprintln!("{line}");
+    let checking = fortio::run(
+        subjects, settings, fortio_bin, topology, &shared, &args.out, &mut say,
+    );
+    let measured = tokio::select! {
+        report = checking => Some(report),
+        _ = crate::proxy_cmd::wait_for_stop() => None,
+    };
+    shared.shutdown().await;
+    let Some(report) = measured else {
+        anyhow::bail!("interrupted: the benchmark's processes and namespaces were removed");
+    };
+    let report = report?;
+    println!("{}", header(args));
+    print!("{}", fortio::table(&report));
+    let json = serde_json::json!({
+        "settings": {"seconds": settings.seconds, "repetitions": settings.repetitions, "ztunnel_mode": args.ztunnel_mode, "worker_threads": args.worker_threads, "policies": hbone_bench::subjects::BENCH_POLICIES, "fortio": fortio_bin},
+        "subjects": subjects.iter().map(|s| s.name()).collect::<Vec<_>>(),
+        "fortio": report,
+    });
+    std::fs::create_dir_all(&args.out)?;
+    std::fs::write(
+        args.out.join("bench.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
+    println!("wrote {}", args.out.join("bench.json").display());
     Ok(())
 }
 

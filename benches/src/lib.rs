@@ -10,6 +10,8 @@
 //!   (the measurements themselves are [`figures`]).
 //! - [`scaling`]: throughput and connections/s over 1–8 parallel streams or loops, as curves.
 //! - [`sweep`]: open-loop load stepped past the slowest proxy's maximum — latency against rate, and each subject's knee.
+//! - [`fortio`]: the request/response scenario driven again by fortio, an independent
+//!   load generator, in the same run — do the two agree on the direct path?
 //! - [`proc_stats`]: CPU seconds, resident memory and context switches from /proc.
 //! - [`scale`]: how the cost grows — workloads known, policies in scope, open connections.
 //! - [`report`]: table and Markdown (JSON comes from serde).
@@ -21,6 +23,7 @@
 
 pub mod chart;
 pub mod figures;
+pub mod fortio;
 pub mod instructions;
 pub mod proc_stats;
 pub mod report;

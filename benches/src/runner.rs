@@ -373,6 +373,31 @@ impl Servers {
             tasks,
         })
     }
+
+    /// One measurement of `scenario` through the started `subject`, its
+    /// figures by name (`rps`, `p50_ms`, …), given at most three times its
+    /// length and 30 s more. The fortio cross-check ([`crate::fortio`])
+    /// takes its own-generator figures from here too: the very figures
+    /// this run reports.
+    pub(crate) async fn measure(
+        &self,
+        scenario: &str,
+        subject: &Subject,
+        running: &Running,
+        topology: &Topology,
+        settings: &BenchSettings,
+    ) -> Result<BTreeMap<String, f64>, SubjectError> {
+        let limit = Duration::from_secs_f64(settings.seconds * 3.0 + 30.0);
+        let measuring = measure(
+            scenario,
+            topology,
+            running,
+            settings,
+            &self.accepted,
+            &self.sunk,
+        );
+        bounded(subject, scenario, limit, measuring).await
+    }
 }
 
 impl Drop for Servers {
@@ -430,16 +455,9 @@ pub async fn run(
                         repetition + 1
                     ),
                 );
-                let limit = Duration::from_secs_f64(settings.seconds * 3.0 + 30.0);
-                let measuring = measure(
-                    scenario,
-                    topology,
-                    &running,
-                    settings,
-                    &servers.accepted,
-                    &servers.sunk,
-                );
-                let figures = bounded(subject, scenario, limit, measuring).await?;
+                let figures = servers
+                    .measure(scenario, subject, &running, topology, settings)
+                    .await?;
                 samples.push(Sample {
                     subject: subject.name().into(),
                     scenario: scenario.to_string(),
@@ -457,7 +475,8 @@ pub async fn run(
     Ok(samples)
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+/// The middle value (the mean of the two middle ones for an even count).
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     let n = values.len();
     if n % 2 == 1 {

@@ -8,10 +8,11 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use hbone_ca::identity::validate_trust_domain;
-use hbone_ca::inspect::explain;
+use hbone_ca::inspect::{explain, pem_certs, read_cert_facts};
 use hbone_ca::metrics::CaMetrics;
 use hbone_ca::placement::{ApiServerPods, Placement, Places};
 use hbone_ca::plugin::{PluginCerts, write_with_mode};
+use hbone_ca::revocation::{RevocationList, explain_list, parse_serial, reason_named, serial_text};
 use hbone_ca::server::{CaService, serve};
 use hbone_ca::token_review::{KubeTokenReviewer, TokenReviewAuthenticator};
 use hbone_ca::tokens::{Authenticator, TokenFile};
@@ -54,14 +55,55 @@ pub enum CaCommand {
     /// Writes cert.pem, key.pem, chain.pem (leaf → root) and root.pem. Real
     /// workloads never put their key on disk: a proxy keeps it in memory.
     Issue(IssueArgs),
-    /// Explain a certificate in plain words, and check it against a root.
+    /// Revoke certificates: add them to the CA's revocation list (CRL).
+    ///
+    /// Needs the plug-in CA files the certificates were issued from (their
+    /// intermediate signs the list). The list in --crl is read back, checked
+    /// to be this CA's, and written again as the next edition with the new
+    /// entries: revocations accumulate. Give the file to proxies
+    /// (hbone-lab proxy --crl, ztunnel CRL_PATH); they refuse the revoked
+    /// certificates on new connections and close connections using them.
+    ///
+    /// Example:
+    ///   hbone-lab ca inspect cert.pem            # prints the serial
+    ///   hbone-lab ca revoke --plugin-certs ca/ --crl ca/crl.pem \
+    ///       --serial 3f:a2:... --reason key-compromise
+    ///   hbone-lab ca inspect ca/crl.pem --root ca/ca-cert.pem
+    #[command(verbatim_doc_comment)]
+    Revoke(RevokeArgs),
+    /// Explain a certificate, a chain or a revocation list in plain words.
     Inspect {
-        /// PEM file: a certificate, or a chain with the leaf first.
+        /// PEM file: a certificate, a chain with the leaf first, or an X509 CRL.
         file: PathBuf,
-        /// Root certificate to verify the chain against.
+        /// Root certificate to verify the chain against; for a CRL, the
+        /// issuing certificate (ca-cert.pem) to verify its signature with.
         #[arg(long)]
         root: Option<PathBuf>,
     },
+}
+
+#[derive(Args)]
+pub struct RevokeArgs {
+    /// The plug-in CA files (ca-cert.pem, ca-key.pem, …) that issued the certificates.
+    #[arg(long, value_name = "DIR")]
+    plugin_certs: PathBuf,
+    /// The revocation list to extend; made when it does not exist yet.
+    #[arg(long, value_name = "FILE")]
+    crl: PathBuf,
+    /// A serial to revoke, in hex as `ca inspect` prints it (repeatable).
+    #[arg(long = "serial", value_name = "HEX")]
+    serials: Vec<String>,
+    /// A certificate file whose serial to revoke (repeatable; a chain's first).
+    #[arg(long = "cert", value_name = "FILE")]
+    certs: Vec<PathBuf>,
+    /// Why: unspecified, key-compromise, ca-compromise, affiliation-changed,
+    /// superseded, cessation-of-operation, certificate-hold, privilege-withdrawn.
+    #[arg(long)]
+    reason: Option<String>,
+    /// When the next edition is due (proxies may treat an older list as stale);
+    /// re-run `ca revoke` with no serial to re-sign before then.
+    #[arg(long, default_value = "7days", value_parser = humantime::parse_duration)]
+    next_update: Duration,
 }
 
 #[derive(Args)]
@@ -188,9 +230,18 @@ pub async fn run(command: CaCommand) -> anyhow::Result<()> {
             Ok(())
         }
         CaCommand::Issue(args) => run_issue(args),
+        CaCommand::Revoke(args) => run_revoke(args),
         CaCommand::Inspect { file, root } => {
             let chain = read(&file)?;
             let root = root.as_deref().map(read).transpose()?;
+            if chain.contains("-----BEGIN X509 CRL-----") {
+                print!(
+                    "{}",
+                    explain_list(&chain, root.as_deref(), SystemTime::now())
+                        .with_context(|| format!("reading {}", file.display()))?
+                );
+                return Ok(());
+            }
             print!(
                 "{}",
                 explain(&chain, root.as_deref(), SystemTime::now())
@@ -199,6 +250,48 @@ pub async fn run(command: CaCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn run_revoke(args: RevokeArgs) -> anyhow::Result<()> {
+    let certs = PluginCerts::read(&args.plugin_certs)?;
+    let authority = SigningAuthority::from_plugin(&certs, AuthorityConfig::new("cluster.local"))
+        .with_context(|| format!("plug-in CA files in {}", args.plugin_certs.display()))?;
+    let reason = args.reason.as_deref().map(reason_named).transpose()?;
+    let mut list = match std::fs::read_to_string(&args.crl) {
+        Ok(pem) => RevocationList::read(&pem, authority.issuer_pem())
+            .with_context(|| format!("{} (the list to extend)", args.crl.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => RevocationList::default(),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", args.crl.display())),
+    };
+    let mut serials = Vec::new();
+    for text in &args.serials {
+        serials.push(parse_serial(text)?);
+    }
+    for path in &args.certs {
+        let certs =
+            pem_certs(&read(path)?).with_context(|| format!("reading {}", path.display()))?;
+        let leaf = read_cert_facts(certs[0].as_ref())
+            .with_context(|| format!("reading {}", path.display()))?;
+        serials.push(parse_serial(&leaf.serial_hex)?);
+    }
+    for serial in &serials {
+        if list.revoke(serial, reason) {
+            println!("revoked serial {}", serial_text(serial));
+        } else {
+            println!("serial {} was already revoked", serial_text(serial));
+        }
+    }
+    let (pem, signed) = authority.sign_revocation_list(&list, args.next_update)?;
+    write_with_mode(&args.crl, &pem, 0o644)
+        .with_context(|| format!("cannot write {}", args.crl.display()))?;
+    println!(
+        "wrote {}: edition #{}, {} revoked, next edition due in {}",
+        args.crl.display(),
+        signed.number,
+        signed.revoked.len(),
+        humantime::format_duration(args.next_update)
+    );
+    Ok(())
 }
 
 fn read(path: &Path) -> anyhow::Result<String> {

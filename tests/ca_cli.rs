@@ -5,7 +5,7 @@ mod support;
 
 use std::process::Command;
 
-use support::hbone_lab_ok;
+use support::{hbone_lab, hbone_lab_ok};
 
 /// Runs openssl; a test that calls it is ignored unless asked for (and
 /// fails when openssl is missing): scripts/test.sh installs it first.
@@ -302,4 +302,161 @@ async fn ca_serve_xds_feeds_a_real_ztunnel_and_follows_policy_edits() {
     let _ = server.kill();
     let _ = server.wait();
     followed.unwrap();
+}
+
+/// `ca revoke` writes a CRL that openssl, independently, takes as the CA's:
+/// the revoked certificate fails `openssl verify -crl_check` as revoked,
+/// another one of the same CA still verifies; a second revocation extends
+/// the list (edition #2, both serials); `ca inspect` explains it.
+#[test]
+#[ignore = "needs openssl (scripts/test.sh installs it and runs it as root)"]
+fn revoke_writes_a_crl_that_openssl_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let cacerts = dir.path().join("cacerts");
+    hbone_lab_ok(&["ca", "init", "--out", s(&cacerts)]);
+    let issue = |name: &str| {
+        let out = dir.path().join(name);
+        hbone_lab_ok(&[
+            "ca",
+            "issue",
+            "--plugin-certs",
+            s(&cacerts),
+            "--spiffe-id",
+            &format!("spiffe://cluster.local/ns/demo/sa/{name}"),
+            "--out-dir",
+            s(&out),
+        ]);
+        out.join("cert.pem")
+    };
+    let (revoked, kept, later) = (issue("leaked"), issue("kept"), issue("later"));
+    let crl = dir.path().join("crl.pem");
+    let out = hbone_lab_ok(&[
+        "ca",
+        "revoke",
+        "--plugin-certs",
+        s(&cacerts),
+        "--crl",
+        s(&crl),
+        "--cert",
+        s(&revoked),
+        "--reason",
+        "key-compromise",
+    ]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("edition #1, 1 revoked"), "{said}");
+
+    // openssl: the chain's two CA certificates as trust, the CRL checked for the leaf.
+    let trust = dir.path().join("trust.pem");
+    std::fs::write(
+        &trust,
+        std::fs::read_to_string(cacerts.join("cert-chain.pem")).unwrap(),
+    )
+    .unwrap();
+    let verify = |cert: &Path| {
+        Command::new("openssl")
+            .args([
+                "verify",
+                "-crl_check",
+                "-CAfile",
+                s(&trust),
+                "-CRLfile",
+                s(&crl),
+                s(cert),
+            ])
+            .output()
+            .expect("this test needs openssl")
+    };
+    let refused = verify(&revoked);
+    assert!(
+        !refused.status.success(),
+        "openssl accepted a revoked certificate"
+    );
+    let why = String::from_utf8_lossy(&refused.stdout).to_string()
+        + &String::from_utf8_lossy(&refused.stderr);
+    assert!(why.contains("certificate revoked"), "{why}");
+    assert!(verify(&kept).status.success(), "the kept certificate fails");
+
+    // A second revocation, by serial as `ca inspect` prints it.
+    let facts =
+        String::from_utf8_lossy(&hbone_lab_ok(&["ca", "inspect", s(&later)]).stdout).to_string();
+    let serial = facts
+        .lines()
+        .find_map(|l| l.strip_prefix("Serial: "))
+        .expect("inspect prints the serial")
+        .trim()
+        .to_string();
+    let out = hbone_lab_ok(&[
+        "ca",
+        "revoke",
+        "--plugin-certs",
+        s(&cacerts),
+        "--crl",
+        s(&crl),
+        "--serial",
+        &serial,
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("edition #2, 2 revoked"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        !verify(&later).status.success(),
+        "the later certificate is revoked too"
+    );
+    assert!(
+        !verify(&revoked).status.success(),
+        "the first stays revoked"
+    );
+    let story = String::from_utf8_lossy(
+        &hbone_lab_ok(&[
+            "ca",
+            "inspect",
+            s(&crl),
+            "--root",
+            s(&cacerts.join("ca-cert.pem")),
+        ])
+        .stdout,
+    )
+    .to_string();
+    assert!(story.contains("revocation list #2"), "{story}");
+    assert!(story.contains("verified"), "{story}");
+    assert!(story.contains("key-compromise"), "{story}");
+    assert!(story.contains(&serial), "{story}");
+
+    // Another CA's files do not extend this CA's list; a reason must exist.
+    let other = dir.path().join("other");
+    hbone_lab_ok(&["ca", "init", "--out", s(&other)]);
+    let foreign = hbone_lab(&[
+        "ca",
+        "revoke",
+        "--plugin-certs",
+        s(&other),
+        "--crl",
+        s(&crl),
+        "--serial",
+        "01",
+    ]);
+    assert!(!foreign.status.success());
+    assert!(
+        String::from_utf8_lossy(&foreign.stderr).contains("not signed by"),
+        "{}",
+        String::from_utf8_lossy(&foreign.stderr)
+    );
+    let bad = hbone_lab(&[
+        "ca",
+        "revoke",
+        "--plugin-certs",
+        s(&cacerts),
+        "--crl",
+        s(&crl),
+        "--serial",
+        "01",
+        "--reason",
+        "lost",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("key-compromise"),
+        "the error lists the reasons"
+    );
 }

@@ -203,6 +203,17 @@ impl SigningAuthority {
         })
     }
 
+    /// The issuing certificate (the intermediate that signs leaves and
+    /// revocation lists), PEM.
+    pub fn issuer_pem(&self) -> &str {
+        &self.chain_above_leaf[0]
+    }
+
+    /// The issuing certificate and key, to sign with (crate::revocation).
+    pub(crate) fn issuer(&self) -> &Issuer<'static, KeyPair> {
+        &self.issuer
+    }
+
     /// The trust domain and lifetimes this authority was built with.
     pub fn config(&self) -> &AuthorityConfig {
         &self.config

@@ -8,6 +8,7 @@
 //! - [`plugin`]: Istio's plug-in CA files, shared with istiod.
 //! - [`authority`]: signs X.509-SVIDs (24 h by default).
 //! - [`inspect`]: reads certificates back and explains them.
+//! - [`revocation`]: revocation lists (CRLs) signed by the issuing certificate.
 //! - [`tokens`]: which bearer token may obtain which identity; in a
 //!   cluster, [`token_review`]; for node proxies, [`placement`] (which
 //!   identities run on their node).
@@ -30,6 +31,7 @@ pub mod metrics;
 pub mod placement;
 pub mod plugin;
 pub mod proto;
+pub mod revocation;
 pub mod san;
 pub mod server;
 pub mod token_review;

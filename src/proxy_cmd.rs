@@ -83,6 +83,11 @@ pub struct ProxyArgs {
     /// capture. Anyone with the file can read the traffic: for learning only.
     #[arg(long, value_name = "FILE")]
     keylog: Option<PathBuf>,
+    /// The CA's revocation list (PEM, from `hbone-lab ca revoke`); overrides
+    /// `ca.crl`. Peers presenting a revoked certificate are refused, in both
+    /// directions (`certificate_revoked`); the file is followed.
+    #[arg(long, value_name = "FILE")]
+    crl: Option<PathBuf>,
     /// Override `listeners.socks5`.
     #[arg(long)]
     socks5: Option<SocketAddr>,
@@ -143,6 +148,9 @@ fn config(args: &ProxyArgs) -> anyhow::Result<ProxyConfig> {
     }
     if let Some(token) = &args.token_file {
         config.ca.token_file = token.clone();
+    }
+    if let Some(crl) = &args.crl {
+        config.ca.crl = Some(crl.clone());
     }
     config.listeners.readiness = args.readiness.or(config.listeners.readiness);
     if let Some(zds) = &args.zds {

@@ -136,6 +136,7 @@ impl NodeProxy {
                 ..RenewalPolicy::default()
             },
             key_log: key_log.clone(),
+            crl: config.ca.crl.clone(),
         };
         let settings = CoreSettings {
             node: config.node.clone(),
@@ -169,6 +170,9 @@ impl NodeProxy {
             tokio::spawn(follow);
         }
         let handle = ProxyHandle::start(core.clone(), &config.listeners).await?;
+        if let Some(path) = &config.ca.crl {
+            follow_crl(path.clone(), &core, followers.clone());
+        }
         if let Some(path) = key_log {
             let every = Duration::from_secs(60);
             tokio::spawn(crate::keylog::keep_warning(path, every, followers.clone()));
@@ -188,6 +192,29 @@ impl NodeProxy {
         self.followers.cancel();
         self.handle.shutdown(grace).await;
     }
+}
+
+/// Reads the CA's revocation list again whenever it changes: a new
+/// edition applies to the next handshake; one that does not load is
+/// reported and the last good one stays in force.
+fn follow_crl(path: PathBuf, core: &Arc<ProxyCore>, stop: CancellationToken) {
+    let revocations = core.trust.revocations().clone();
+    let watched = path.clone();
+    tokio::spawn(crate::sources::file_watch::on_change(
+        Duration::from_secs(2),
+        stop,
+        move || crate::sources::file_watch::stamp(&watched),
+        move || match revocations.reload(&path) {
+            Ok(lists) => {
+                tracing::info!(path = %path.display(), lists, "revocation list reloaded");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the revocation list does not load; the last good one stays in force");
+                false
+            }
+        },
+    ));
 }
 
 /// The registry to start with, from wherever the config says it lives; a

@@ -193,6 +193,12 @@ pub struct CaSettings {
     /// Lifetime asked for each workload certificate (default 24 h).
     #[serde(default = "default_ttl", deserialize_with = "duration")]
     pub ttl: Duration,
+    /// The CA's revocation list (PEM, from `hbone-lab ca revoke`): peers
+    /// presenting a revoked certificate are refused (`certificate_revoked`)
+    /// in both directions. Followed: a new edition applies to the next
+    /// handshake; one that does not parse leaves the last good one in force.
+    #[serde(default)]
+    pub crl: Option<PathBuf>,
 }
 
 fn default_ttl() -> Duration {
@@ -311,6 +317,7 @@ impl ProxyConfig {
                 root_cert,
                 token_file,
                 ttl: default_ttl(),
+                crl: None,
             },
             listeners: Listeners::default(),
             h2: H2Settings::default(),

@@ -7,8 +7,9 @@
 //!   the workloads and services it resolves against.
 //! - [`observe`]: what it tells — refusal reasons, ztunnel's metrics, the
 //!   connection log.
-//! - [`keylog`], [`tls`]: mutual TLS with SPIFFE identities, and the key log
-//!   that lets Wireshark decrypt it.
+//! - [`keylog`], [`tls`], [`crl`]: mutual TLS with SPIFFE identities, the
+//!   key log that lets Wireshark decrypt it, and the CA's revocation lists
+//!   every handshake is checked against.
 //! - [`authorize`]: the one adapter from a connection to the policies'
 //!   decision, and the open streams judged again when the policies change.
 //! - [`net`]: sockets — inside pods' namespaces, the accept loop every
@@ -37,6 +38,7 @@ pub mod authorize;
 #[cfg(feature = "bench-rungs")]
 pub mod bench_tunnel;
 pub mod config;
+pub mod crl;
 pub mod inbound;
 pub mod keylog;
 pub mod net;

@@ -28,6 +28,7 @@ use rustls::{
 use thiserror::Error;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use crate::crl::Revocations;
 use crate::observe::refusal::Reason;
 
 /// The ALPN protocol HBONE negotiates: HTTP/2.
@@ -111,6 +112,8 @@ pub struct MeshTrust {
     provider: Arc<CryptoProvider>,
     /// Where the mesh connections' TLS secrets go, when someone asked.
     key_log: Option<Arc<crate::keylog::KeyLogWriter>>,
+    /// The CA's revocation lists, read at every handshake.
+    revocations: Arc<Revocations>,
 }
 
 impl std::fmt::Debug for MeshTrust {
@@ -163,6 +166,7 @@ impl MeshTrust {
             trust_domain: trust_domain.to_string(),
             provider: crypto_provider(),
             key_log: None,
+            revocations: Revocations::none(),
         })
     }
 
@@ -177,6 +181,17 @@ impl MeshTrust {
     pub fn with_key_log(mut self, writer: Arc<crate::keylog::KeyLogWriter>) -> Self {
         self.key_log = Some(writer);
         self
+    }
+
+    /// Checks every peer's chain against `revocations` (see [`crate::crl`]).
+    pub fn with_revocations(mut self, revocations: Arc<Revocations>) -> Self {
+        self.revocations = revocations;
+        self
+    }
+
+    /// The revocation lists in force.
+    pub fn revocations(&self) -> &Arc<Revocations> {
+        &self.revocations
     }
 
     /// The key log file, when keys are logged.
@@ -197,6 +212,9 @@ impl MeshTrust {
         let verifier = Arc::new(SpiffeClientVerifier {
             inner,
             trust_domain: self.trust_domain.clone(),
+            roots: self.roots.clone(),
+            algorithms: self.algorithms(),
+            revocations: self.revocations.clone(),
         });
         let mut config = rustls::ServerConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -224,6 +242,7 @@ impl MeshTrust {
             roots: self.roots.clone(),
             algorithms: self.algorithms(),
             expected,
+            revocations: self.revocations.clone(),
         });
         let mut config = rustls::ClientConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -254,6 +273,9 @@ fn presented_chain(svid: &Svid) -> Vec<CertificateDer<'static>> {
 struct SpiffeClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     trust_domain: String,
+    roots: Arc<RootCertStore>,
+    algorithms: WebPkiSupportedAlgorithms,
+    revocations: Arc<Revocations>,
 }
 
 impl ClientCertVerifier for SpiffeClientVerifier {
@@ -269,6 +291,16 @@ impl ClientCertVerifier for SpiffeClientVerifier {
     ) -> Result<ClientCertVerified, TlsError> {
         self.inner
             .verify_client_cert(end_entity, intermediates, now)?;
+        self.revocations
+            .check(
+                end_entity,
+                intermediates,
+                &self.roots,
+                self.algorithms.all,
+                now,
+                true,
+            )
+            .map_err(TlsError::InvalidCertificate)?;
         let identity = identity_of(end_entity).map_err(identity_error)?;
         if identity.trust_domain() != self.trust_domain {
             return Err(identity_error(PeerIdentityError::ForeignTrustDomain {
@@ -308,6 +340,7 @@ struct SpiffeServerVerifier {
     roots: Arc<RootCertStore>,
     algorithms: WebPkiSupportedAlgorithms,
     expected: Vec<Identity>,
+    revocations: Arc<Revocations>,
 }
 
 impl ServerCertVerifier for SpiffeServerVerifier {
@@ -327,6 +360,16 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             now,
             self.algorithms.all,
         )?;
+        self.revocations
+            .check(
+                end_entity,
+                intermediates,
+                &self.roots,
+                self.algorithms.all,
+                now,
+                false,
+            )
+            .map_err(TlsError::InvalidCertificate)?;
         let identity = identity_of(end_entity).map_err(identity_error)?;
         if !self.expected.contains(&identity) {
             return Err(identity_error(PeerIdentityError::UnexpectedServer {
@@ -385,6 +428,7 @@ pub fn handshake_failure_reason(err: &std::io::Error) -> Reason {
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
                 Reason::CertificateNotYetValid
             }
+            CertificateError::Revoked => Reason::CertificateRevoked,
             CertificateError::UnknownIssuer | CertificateError::BadSignature => {
                 Reason::UntrustedCertificate
             }
@@ -447,6 +491,10 @@ mod tests {
                     CertificateError::UnknownIssuer,
                 )),
                 Reason::UntrustedCertificate,
+            ),
+            (
+                tls(TlsError::InvalidCertificate(CertificateError::Revoked)),
+                Reason::CertificateRevoked,
             ),
             (
                 tls(TlsError::InvalidCertificate(CertificateError::BadEncoding)),

@@ -50,6 +50,7 @@ async fn node(control: &ControlPlane, applied: &world::Applied, name: &str, host
         token: CaToken::File(token.path.clone()),
         renewal: RenewalPolicy::default(),
         key_log: None,
+        crl: None,
     };
     let settings = XdsSettings {
         address: control.istiod_url(),

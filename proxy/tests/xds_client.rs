@@ -88,6 +88,7 @@ async fn node(
         token: CaToken::Value(TOKEN.into()),
         renewal: RenewalPolicy::default(),
         key_log: None,
+        crl: None,
     };
     let settings = XdsSettings {
         address: url.into(),

@@ -91,6 +91,7 @@ reasons! {
     ExpiredCertificate => "expired_certificate": "The peer's certificate has expired.",
     CertificateNotYetValid => "certificate_not_yet_valid": "The peer's certificate is not valid yet.",
     UntrustedCertificate => "untrusted_certificate": "The peer's certificate does not chain to our roots.",
+    CertificateRevoked => "certificate_revoked": "The peer's certificate is on the CA's revocation list.",
     BadCertificate => "bad_certificate": "The peer's certificate is unusable.",
     PeerAlert => "peer_alert": "The peer aborted the handshake with a TLS alert.",
     NoSpiffeId => "no_spiffe_id": "The peer's certificate carries no Istio SPIFFE identity.",

@@ -45,6 +45,9 @@ pub enum CoreError {
         #[source]
         source: std::io::Error,
     },
+    /// The CA's revocation list could not be read.
+    #[error(transparent)]
+    Crl(#[from] crate::crl::CrlError),
 }
 
 /// A CA server to ask for certificates, the root to trust peers by, and
@@ -62,6 +65,9 @@ pub struct CaAccess {
     pub renewal: RenewalPolicy,
     /// Where to write the mesh connections' TLS secrets, if anywhere.
     pub key_log: Option<PathBuf>,
+    /// The CA's revocation list (PEM), whose revoked certificates peers may
+    /// not use ([`crate::crl`]).
+    pub crl: Option<PathBuf>,
 }
 
 /// The bearer token the CA checks.
@@ -203,6 +209,9 @@ impl ProxyCore {
                     source,
                 })?;
             trust = trust.with_key_log(writer);
+        }
+        if let Some(path) = &ca.crl {
+            trust = trust.with_revocations(crate::crl::Revocations::load(path)?);
         }
         let core = ProxyCore::new(settings, registry, policies, certs, trust);
         core.own.add(address_of(&ca.address));

@@ -172,6 +172,7 @@ impl Lab {
             token: CaToken::Value(TOKEN.into()),
             renewal: renewal.clone(),
             key_log: key_log.map(Into::into),
+            crl: None,
         };
         let mut proxies = Vec::new();
         for node in ["n1", "n2"] {

@@ -181,6 +181,7 @@ impl IstiodPlane {
             token: CaToken::File(self.token_file(node)),
             renewal,
             key_log,
+            crl: None,
         }
     }
 

@@ -264,6 +264,7 @@ impl LabCa {
             token: CaToken::Value(NODE_TOKEN.into()),
             renewal: options.renewal.clone(),
             key_log: options.key_log.clone(),
+            crl: None,
         };
         Ok(LabCa {
             plugin,

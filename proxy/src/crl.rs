@@ -29,7 +29,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
+use rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, SignatureVerificationAlgorithm, UnixTime,
+};
 use rustls::{CertificateError, OtherError, RootCertStore};
 use thiserror::Error;
 use webpki::{
@@ -107,6 +109,40 @@ impl List {
             }
         }
         false
+    }
+}
+
+/// What a verifier needs to check a chain against the lists in force.
+#[derive(Debug, Clone)]
+pub(crate) struct RevocationCheck {
+    /// The lists.
+    pub(crate) revocations: Arc<Revocations>,
+    /// The roots the chain was verified against.
+    pub(crate) roots: Arc<RootCertStore>,
+    /// The signature algorithms the verifier accepts.
+    pub(crate) algorithms: &'static [&'static dyn SignatureVerificationAlgorithm],
+}
+
+impl RevocationCheck {
+    /// [`Revocations::check`] of a client's (`client`) or a server's chain,
+    /// as the TLS error a verifier returns.
+    pub(crate) fn chain(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        client: bool,
+    ) -> Result<(), rustls::Error> {
+        self.revocations
+            .check(
+                end_entity,
+                intermediates,
+                &self.roots,
+                self.algorithms,
+                now,
+                client,
+            )
+            .map_err(rustls::Error::InvalidCertificate)
     }
 }
 
@@ -198,7 +234,7 @@ impl Revocations {
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         roots: &RootCertStore,
-        algorithms: &[&'static dyn rustls::pki_types::SignatureVerificationAlgorithm],
+        algorithms: &[&'static dyn SignatureVerificationAlgorithm],
         now: UnixTime,
         client: bool,
     ) -> Result<(), CertificateError> {

@@ -28,7 +28,7 @@ use rustls::{
 use thiserror::Error;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::crl::Revocations;
+use crate::crl::{RevocationCheck, Revocations};
 use crate::observe::refusal::Reason;
 
 /// The ALPN protocol HBONE negotiates: HTTP/2.
@@ -203,6 +203,14 @@ impl MeshTrust {
         self.provider.signature_verification_algorithms
     }
 
+    fn revocation_check(&self) -> RevocationCheck {
+        RevocationCheck {
+            revocations: self.revocations.clone(),
+            roots: self.roots.clone(),
+            algorithms: self.algorithms().all,
+        }
+    }
+
     /// The config a proxy serves HBONE with, as the workload whose SVID it holds.
     pub fn server_config(&self, svid: &Svid) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
         let inner =
@@ -212,9 +220,7 @@ impl MeshTrust {
         let verifier = Arc::new(SpiffeClientVerifier {
             inner,
             trust_domain: self.trust_domain.clone(),
-            roots: self.roots.clone(),
-            algorithms: self.algorithms(),
-            revocations: self.revocations.clone(),
+            revoked: self.revocation_check(),
         });
         let mut config = rustls::ServerConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -242,7 +248,7 @@ impl MeshTrust {
             roots: self.roots.clone(),
             algorithms: self.algorithms(),
             expected,
-            revocations: self.revocations.clone(),
+            revoked: self.revocation_check(),
         });
         let mut config = rustls::ClientConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -273,9 +279,7 @@ fn presented_chain(svid: &Svid) -> Vec<CertificateDer<'static>> {
 struct SpiffeClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     trust_domain: String,
-    roots: Arc<RootCertStore>,
-    algorithms: WebPkiSupportedAlgorithms,
-    revocations: Arc<Revocations>,
+    revoked: RevocationCheck,
 }
 
 impl ClientCertVerifier for SpiffeClientVerifier {
@@ -291,16 +295,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
     ) -> Result<ClientCertVerified, TlsError> {
         self.inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        self.revocations
-            .check(
-                end_entity,
-                intermediates,
-                &self.roots,
-                self.algorithms.all,
-                now,
-                true,
-            )
-            .map_err(TlsError::InvalidCertificate)?;
+        self.revoked.chain(end_entity, intermediates, now, true)?;
         let identity = identity_of(end_entity).map_err(identity_error)?;
         if identity.trust_domain() != self.trust_domain {
             return Err(identity_error(PeerIdentityError::ForeignTrustDomain {
@@ -340,7 +335,7 @@ struct SpiffeServerVerifier {
     roots: Arc<RootCertStore>,
     algorithms: WebPkiSupportedAlgorithms,
     expected: Vec<Identity>,
-    revocations: Arc<Revocations>,
+    revoked: RevocationCheck,
 }
 
 impl ServerCertVerifier for SpiffeServerVerifier {
@@ -360,16 +355,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             now,
             self.algorithms.all,
         )?;
-        self.revocations
-            .check(
-                end_entity,
-                intermediates,
-                &self.roots,
-                self.algorithms.all,
-                now,
-                false,
-            )
-            .map_err(TlsError::InvalidCertificate)?;
+        self.revoked.chain(end_entity, intermediates, now, false)?;
         let identity = identity_of(end_entity).map_err(identity_error)?;
         if !self.expected.contains(&identity) {
             return Err(identity_error(PeerIdentityError::UnexpectedServer {

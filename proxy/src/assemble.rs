@@ -199,6 +199,7 @@ impl NodeProxy {
 /// reported and the last good one stays in force.
 fn follow_crl(path: PathBuf, core: &Arc<ProxyCore>, stop: CancellationToken) {
     let revocations = core.trust.revocations().clone();
+    let core = core.clone();
     let watched = path.clone();
     tokio::spawn(crate::sources::file_watch::on_change(
         Duration::from_secs(2),
@@ -206,7 +207,8 @@ fn follow_crl(path: PathBuf, core: &Arc<ProxyCore>, stop: CancellationToken) {
         move || crate::sources::file_watch::stamp(&watched),
         move || match revocations.reload(&path) {
             Ok(lists) => {
-                tracing::info!(path = %path.display(), lists, "revocation list reloaded");
+                let closed = core.close_revoked().len();
+                tracing::info!(path = %path.display(), lists, closed, "revocation list reloaded");
                 true
             }
             Err(e) => {

@@ -26,6 +26,7 @@
 //! the mesh root signs no workload.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use rustls::pki_types::pem::PemObject;
@@ -150,6 +151,49 @@ impl RevocationCheck {
 #[derive(Debug, Default)]
 pub struct Revocations {
     lists: RwLock<Arc<Vec<List>>>,
+    /// Grows with each replacement, so a verdict on a chain can be kept
+    /// until the lists change ([`PeerChain`]).
+    generation: AtomicU64,
+}
+
+/// A peer's certificate chain as it presented it (leaf first), kept for
+/// as long as its connection lives, so that a new edition of the lists
+/// can judge connections already open; the last verdict is kept with the
+/// generation of the lists it was made with.
+#[derive(Debug)]
+pub struct PeerChain {
+    certs: Vec<CertificateDer<'static>>,
+    verdict: Mutex<Option<(u64, bool)>>,
+}
+
+impl PeerChain {
+    /// The chain `certs`, leaf first.
+    pub fn new(certs: Vec<CertificateDer<'static>>) -> Self {
+        PeerChain {
+            certs,
+            verdict: Mutex::new(None),
+        }
+    }
+
+    /// Whether the lists `check` holds now revoke a certificate of this
+    /// chain; computed once per edition of the lists.
+    pub(crate) fn revoked(&self, check: &RevocationCheck) -> bool {
+        let generation = check.revocations.generation.load(Ordering::Acquire);
+        let mut verdict = self.verdict.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((seen, revoked)) = *verdict
+            && seen == generation
+        {
+            return revoked;
+        }
+        let Some((leaf, intermediates)) = self.certs.split_first() else {
+            return false;
+        };
+        let revoked = check
+            .chain(leaf, intermediates, UnixTime::now(), true)
+            .is_err();
+        *verdict = Some((generation, revoked));
+        revoked
+    }
 }
 
 impl Revocations {
@@ -209,6 +253,7 @@ impl Revocations {
             .collect::<Result<Vec<_>, _>>()?;
         let count = lists.len();
         *self.lists.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(lists);
+        self.generation.fetch_add(1, Ordering::AcqRel);
         Ok(count)
     }
 

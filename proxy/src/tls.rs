@@ -203,7 +203,8 @@ impl MeshTrust {
         self.provider.signature_verification_algorithms
     }
 
-    fn revocation_check(&self) -> RevocationCheck {
+    /// What checking a chain against the lists in force takes.
+    pub(crate) fn revocation_check(&self) -> RevocationCheck {
         RevocationCheck {
             revocations: self.revocations.clone(),
             roots: self.roots.clone(),

@@ -16,6 +16,7 @@ use hbone_ca::Identity;
 use hbone_policies::authorization::MeshAuthorization;
 
 use crate::authorize::decide_peer;
+use crate::crl::{PeerChain, RevocationCheck};
 use crate::registry::{Registry, Workload};
 
 /// Set once, when a policy change denies a stream that is already open.
@@ -60,6 +61,8 @@ pub struct Stream {
     pub target: SocketAddr,
     /// The local workload the stream reaches, as it was when admitted.
     pub workload: Arc<Workload>,
+    /// The certificate chain the peer presented, for the revocation lists.
+    pub peer_chain: Arc<PeerChain>,
 }
 
 /// Every stream being carried, by an id of its own.
@@ -122,6 +125,26 @@ impl Established {
     /// Whether no stream is open.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Closes, and returns, every open stream whose peer presented a
+    /// certificate the lists in `check` now revoke.
+    pub(crate) fn recheck_certificates(&self, check: &RevocationCheck) -> Vec<Revoked> {
+        let streams = self.streams.lock().expect("established lock");
+        let mut revoked = Vec::new();
+        for (stream, revocation) in streams.values() {
+            if !stream.peer_chain.revoked(check) {
+                continue;
+            }
+            let reason = "the peer's certificate was revoked".to_string();
+            revocation.revoke(reason.clone());
+            revoked.push(Revoked {
+                peer: stream.peer_identity.to_string(),
+                target: stream.target,
+                reason,
+            });
+        }
+        revoked
     }
 
     /// Judges every open stream by `policies`, each against its workload as

@@ -25,6 +25,7 @@ use tracing::{Instrument, warn};
 
 use crate::authorize::decide_peer;
 use crate::authorize::open_streams::Stream;
+use crate::crl::PeerChain;
 use crate::net::copy::bidirectional;
 use crate::net::listen::Listening;
 use crate::observe::connection_log::TlsRecord;
@@ -91,7 +92,7 @@ async fn handle_connection(
         Ok(Err(e)) => return refuse(handshake_failure_reason(&e), &e),
         Err(_) => return refuse(Reason::HandshakeTimeout, &"no TLS handshake in time"),
     };
-    let (peer_identity, tls_version, tls_record) = {
+    let (peer_identity, tls_version, tls_record, peer_chain) = {
         let (_, session) = tls.get_ref();
         if session.alpn_protocol() != Some(ALPN_H2) {
             return refuse(
@@ -116,11 +117,16 @@ async fn handle_connection(
                 .map_or("-".into(), |c| format!("{:?}", c.suite())),
             alpn: "h2".into(),
         };
+        let chain = session
+            .peer_certificates()
+            .map(|certs| certs.iter().map(|c| c.clone().into_owned()).collect())
+            .unwrap_or_default();
         match identity {
             Ok(id) => (
                 id,
                 format!("{:?}", session.protocol_version()),
                 Arc::new(record),
+                Arc::new(PeerChain::new(chain)),
             ),
             Err(e) => return refuse(e.reason(), &e),
         }
@@ -197,6 +203,7 @@ async fn handle_connection(
                     tls: tls_record.clone(),
                     workload: workload.clone(),
                     peer_identity: peer_identity.clone(),
+                    peer_chain: peer_chain.clone(),
                     peer,
                     local,
                     active: active.clone(),
@@ -227,6 +234,7 @@ struct StreamContext {
     tls: Arc<TlsRecord>,
     workload: Arc<Workload>,
     peer_identity: Arc<Identity>,
+    peer_chain: Arc<PeerChain>,
     peer: SocketAddr,
     local: SocketAddr,
     active: Arc<AtomicUsize>,
@@ -456,11 +464,23 @@ impl StreamContext {
                 detail,
             ));
         }
+        // A certificate revoked after this connection's handshake: no new
+        // stream on it (the open ones are closed by ProxyCore::close_revoked).
+        if !self.core.trust.revocations().is_empty()
+            && self.peer_chain.revoked(&self.core.trust.revocation_check())
+        {
+            return Err(Refusal::new(
+                StatusCode::UNAUTHORIZED,
+                Reason::CertificateRevoked,
+                "the peer's certificate was revoked after this connection began",
+            ));
+        }
         let stream = Stream {
             peer_identity: self.peer_identity.clone(),
             src_ip: self.peer.ip(),
             target,
             workload: self.workload.clone(),
+            peer_chain: self.peer_chain.clone(),
         };
         let decision = decide_peer(
             &self.core.policies(),

@@ -362,6 +362,17 @@ impl ProxyCore {
         revoked
     }
 
+    /// Closes every open stream whose peer's certificate the revocation
+    /// lists now revoke (after a new edition); returns them.
+    pub fn close_revoked(&self) -> Vec<Revoked> {
+        let check = self.trust.revocation_check();
+        let revoked = self.established.recheck_certificates(&check);
+        for r in &revoked {
+            tracing::warn!(peer = %r.peer, target = %r.target, "open stream closed: the peer's certificate was revoked");
+        }
+        revoked
+    }
+
     /// Judges every open stream again with the policies and registry as
     /// they are now (after a workload's listed policies changed); closes
     /// those now denied and returns them.

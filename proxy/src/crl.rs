@@ -163,15 +163,26 @@ pub struct Revocations {
 #[derive(Debug)]
 pub struct PeerChain {
     certs: Vec<CertificateDer<'static>>,
+    /// The peer was the TLS client (else the server): the key usage checked.
+    client: bool,
     verdict: Mutex<Option<(u64, bool)>>,
 }
 
 impl PeerChain {
-    /// The chain `certs`, leaf first.
-    pub fn new(certs: Vec<CertificateDer<'static>>) -> Self {
+    /// A client's chain `certs`, leaf first (inbound).
+    pub fn client(certs: Vec<CertificateDer<'static>>) -> Self {
         PeerChain {
             certs,
+            client: true,
             verdict: Mutex::new(None),
+        }
+    }
+
+    /// A server's chain `certs`, leaf first (outbound).
+    pub fn server(certs: Vec<CertificateDer<'static>>) -> Self {
+        PeerChain {
+            client: false,
+            ..PeerChain::client(certs)
         }
     }
 
@@ -189,7 +200,7 @@ impl PeerChain {
             return false;
         };
         let revoked = check
-            .chain(leaf, intermediates, UnixTime::now(), true)
+            .chain(leaf, intermediates, UnixTime::now(), self.client)
             .is_err();
         *verdict = Some((generation, revoked));
         revoked

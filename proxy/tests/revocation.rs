@@ -244,3 +244,51 @@ async fn a_node_closes_and_refuses_a_workload_whose_certificate_is_revoked() {
     let (sent, received, n) = echo_roundtrip(tcp, 2048).await;
     assert_eq!((sent, n), (received, 2048));
 }
+
+/// Outbound: node A holds a pooled HBONE connection to node B's `echo`
+/// when it learns that `echo`'s certificate is revoked. The next tunnel
+/// does not ride that connection, and a new handshake is refused, so no
+/// byte reaches the revoked server.
+#[tokio::test]
+async fn a_node_stops_using_a_pooled_connection_to_a_revoked_server() {
+    use std::net::SocketAddr;
+
+    use support::{Lab, echo_roundtrip, echo_server, socks5_connect};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let lab = Lab::start(79).await;
+    let echo = SocketAddr::new(lab.ip("2.1"), 9000);
+    let _server = echo_server(echo).await;
+    let socks = lab.a.addrs.socks5.unwrap();
+    let tcp = socks5_connect(socks, lab.ip("1.1"), echo)
+        .await
+        .expect("a tunnel before any revocation");
+    let (sent, received, _) = echo_roundtrip(tcp, 512).await;
+    assert_eq!(sent, received);
+
+    let server: Identity = "spiffe://cluster.local/ns/demo/sa/echo".parse().unwrap();
+    let certificate = lab.b.core.certs.get(&server).await.unwrap();
+    let facts = hbone_ca::inspect::read_cert_facts(certificate.chain[0].as_ref()).unwrap();
+    let serial = hbone_ca::revocation::parse_serial(&facts.serial_hex).unwrap();
+    lab.a
+        .core
+        .trust
+        .revocations()
+        .replace(crl(&lab.authority, &[&serial]).as_bytes(), "test")
+        .unwrap();
+
+    if let Ok(mut tcp) = socks5_connect(socks, lab.ip("1.1"), echo).await {
+        let _ = tcp.write_all(b"through?").await;
+        let mut back = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut back)).await;
+        assert!(
+            back.is_empty(),
+            "a tunnel rode the pooled connection to a revoked server"
+        );
+    }
+    assert!(
+        support::log_text().contains("CertificateRevoked")
+            || support::log_text().contains("certificate_revoked"),
+        "node A said nothing of the revoked server"
+    );
+}

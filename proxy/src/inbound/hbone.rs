@@ -126,7 +126,7 @@ async fn handle_connection(
                 id,
                 format!("{:?}", session.protocol_version()),
                 Arc::new(record),
-                Arc::new(PeerChain::new(chain)),
+                Arc::new(PeerChain::client(chain)),
             ),
             Err(e) => return refuse(e.reason(), &e),
         }

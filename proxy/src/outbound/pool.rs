@@ -22,6 +22,7 @@ use rustls::pki_types::ServerName;
 use thiserror::Error;
 use tracing::{Instrument, debug, warn};
 
+use crate::crl::{PeerChain, RevocationCheck};
 use crate::observe::refusal::Reason;
 use crate::state::{CoreError, ProxyCore};
 use crate::tls::handshake_failure_reason;
@@ -69,22 +70,25 @@ struct Seen {
     current_cert: bool,
     /// Streams it carries now.
     active: usize,
+    /// The revocation lists now revoke the server's certificate.
+    revoked: bool,
 }
 
 /// The connections a new stream may go to, in the order they are tried:
-/// open, made with the current certificate (after a renewal, new streams
-/// go to a connection presenting the new one), below `max` streams.
+/// open, to a server whose certificate is not revoked, made with the
+/// current certificate (after a renewal, new streams go to a connection
+/// presenting the new one), below `max` streams.
 fn usable(seen: &[Seen], max: usize) -> impl Iterator<Item = usize> + '_ {
     seen.iter()
         .enumerate()
-        .filter(move |(_, c)| !c.closed && c.current_cert && c.active < max)
+        .filter(move |(_, c)| !c.closed && !c.revoked && c.current_cert && c.active < max)
         .map(|(i, _)| i)
 }
 
-/// Whether a connection leaves the pool: closed, or carrying nothing for
-/// `timeout` or longer.
+/// Whether a connection leaves the pool: closed, to a server whose
+/// certificate was revoked, or carrying nothing for `timeout` or longer.
 fn released(seen: Seen, idle_for: Duration, timeout: Duration) -> bool {
-    seen.closed || (seen.active == 0 && idle_for >= timeout)
+    seen.closed || seen.revoked || (seen.active == 0 && idle_for >= timeout)
 }
 
 /// What was negotiated on a connection (for `demo --explain` and the admin page).
@@ -203,15 +207,18 @@ struct PooledConnection {
     closed: Arc<AtomicBool>,
     idle_since: Mutex<Instant>,
     tls: TlsInfo,
+    /// The server's certificate chain, for the revocation lists.
+    server_chain: PeerChain,
 }
 
 impl PooledConnection {
     /// What the pool's rules look at, `cert` being the source's current one.
-    fn seen(&self, cert: &Arc<Svid>) -> Seen {
+    fn seen(&self, cert: &Arc<Svid>, revocations: Option<&RevocationCheck>) -> Seen {
         Seen {
             closed: self.closed.load(Ordering::Acquire),
             current_cert: Arc::ptr_eq(&self.cert, cert),
             active: self.active.load(Ordering::Acquire),
+            revoked: revocations.is_some_and(|check| self.server_chain.revoked(check)),
         }
     }
 }
@@ -299,8 +306,14 @@ impl Pool {
         let max = self.core.h2.max_streams_per_connection;
         let mut conns = self.conns.lock().expect("pool lock");
         let list = conns.get_mut(key)?;
-        list.retain(|c| !c.closed.load(Ordering::Acquire));
-        let seen: Vec<Seen> = list.iter().map(|c| c.seen(cert)).collect();
+        let trust = &self.core.trust;
+        let check = (!trust.revocations().is_empty()).then(|| trust.revocation_check());
+        // Closed connections, and those to a server since revoked, leave.
+        list.retain(|c| {
+            let seen = c.seen(cert, check.as_ref());
+            !seen.closed && !seen.revoked
+        });
+        let seen: Vec<Seen> = list.iter().map(|c| c.seen(cert, check.as_ref())).collect();
         for i in usable(&seen, max) {
             let conn = &list[i];
             let mut current = conn.active.load(Ordering::Acquire);
@@ -392,9 +405,13 @@ impl Pool {
             reason: handshake_failure_reason(&source),
             source,
         })?;
-        let info = {
+        let (info, server_chain) = {
             let (_, session) = tls.get_ref();
-            TlsInfo {
+            let chain = session
+                .peer_certificates()
+                .map(|certs| certs.iter().map(|c| c.clone().into_owned()).collect())
+                .unwrap_or_default();
+            let info = TlsInfo {
                 version: session
                     .protocol_version()
                     .map(|v| format!("{v:?}"))
@@ -409,7 +426,8 @@ impl Pool {
                     .unwrap_or_default(),
                 local,
                 peer: addr,
-            }
+            };
+            (info, PeerChain::server(chain))
         };
         let (sender, mut connection) = h2::client::Builder::new()
             .initial_window_size(h2s.stream_window)
@@ -458,6 +476,7 @@ impl Pool {
             closed,
             idle_since: Mutex::new(Instant::now()),
             tls: info,
+            server_chain,
         })
     }
 
@@ -562,10 +581,12 @@ async fn release_idle(pool: Weak<Pool>) {
         tokio::time::sleep(period).await;
         let Some(pool) = pool.upgrade() else { return };
         let timeout = pool.core.h2.pool_idle_timeout;
+        let trust = &pool.core.trust;
+        let check = (!trust.revocations().is_empty()).then(|| trust.revocation_check());
         let mut conns = pool.conns.lock().expect("pool lock");
         for list in conns.values_mut() {
             list.retain(|c| {
-                let seen = c.seen(&c.cert);
+                let seen = c.seen(&c.cert, check.as_ref());
                 let idle_for = c.idle_since.lock().expect("idle lock").elapsed();
                 let release = released(seen, idle_for, timeout);
                 if release && !seen.closed {
@@ -595,6 +616,7 @@ mod tests {
         closed: false,
         current_cert: true,
         active: 0,
+        revoked: false,
     };
 
     #[test]
@@ -639,6 +661,18 @@ mod tests {
                 &[],
             ),
             (
+                "to a server whose certificate was revoked since",
+                &[
+                    Seen {
+                        revoked: true,
+                        ..OPEN
+                    },
+                    OPEN,
+                ],
+                100,
+                &[1],
+            ),
+            (
                 "tried in order, the full one skipped",
                 &[OPEN, Seen { active: 1, ..OPEN }, OPEN],
                 1,
@@ -663,6 +697,16 @@ mod tests {
             ),
             ("idle, not yet", OPEN, minute / 2, false),
             ("idle, at the timeout", OPEN, minute, true),
+            (
+                "to a revoked server, at once, busy or not",
+                Seen {
+                    revoked: true,
+                    active: 2,
+                    ..OPEN
+                },
+                Duration::ZERO,
+                true,
+            ),
             (
                 "closed, at once",
                 Seen {

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hbone_ca::metrics::CaMetrics;
+use hbone_ca::revocation::RevocationList;
 use hbone_ca::server::{CaService, serve_listener};
 use hbone_ca::tokens::TokenFile;
 use hbone_ca::{AuthorityConfig, SigningAuthority};
@@ -100,6 +101,13 @@ async fn hbone_lab_and_ztunnel_carry_bytes_both_ways() {
     std::fs::write(&token_file, "zt-token").unwrap();
     let config_file = dir.path().join("ztunnel.yaml");
     std::fs::write(&config_file, ztunnel_config()).unwrap();
+    // The CA's revocation list, empty for now (step 3 fills it).
+    let crl_file = dir.path().join("crl.pem");
+    let empty = authority
+        .sign_revocation_list(&RevocationList::default(), Duration::from_secs(3600))
+        .unwrap()
+        .0;
+    std::fs::write(&crl_file, empty).unwrap();
 
     // ztunnel: dedicated mode for zt-pod, certificates from hbone-lab's CA.
     let log_file = std::fs::File::create(dir.path().join("ztunnel.log")).unwrap();
@@ -112,6 +120,7 @@ async fn hbone_lab_and_ztunnel_carry_bytes_both_ways() {
         .env("CA_ADDRESS", format!("https://{ca_addr}"))
         .env("CA_ROOT_CA", &root_file)
         .env("AUTH_TOKEN", &token_file)
+        .env("CRL_PATH", &crl_file)
         .env("UNSTABLE_ENABLE_SOCKS5", "true")
         .env("ENABLE_ORIG_SRC", "false")
         .env("RUST_LOG", "info")
@@ -137,7 +146,7 @@ async fn hbone_lab_and_ztunnel_carry_bytes_both_ways() {
         .unwrap(),
     );
     let proxy = ProxyHandle::start(
-        core,
+        core.clone(),
         &Listeners {
             pod_outbound_port: Some(15001),
             ..Listeners::default()
@@ -227,6 +236,60 @@ async fn hbone_lab_and_ztunnel_carry_bytes_both_ways() {
         logs.contains("src.identity=spiffe://cluster.local/ns/demo/sa/zt-sa"),
         "{logs}"
     );
+
+    // 3. Revocation (issue 31): the list `ca revoke` writes, naming
+    // hbone-lab's certificate for hb-pod, given to ztunnel (CRL_PATH,
+    // which it watches): ztunnel refuses hb-pod's tunnels from then on.
+    let hb_id: hbone_ca::Identity = "spiffe://cluster.local/ns/demo/sa/hb-sa".parse().unwrap();
+    let held = core.certs.get(&hb_id).await.unwrap();
+    let facts = hbone_ca::inspect::read_cert_facts(held.chain[0].as_ref()).unwrap();
+    let mut list = RevocationList::default();
+    list.revoke(
+        &hbone_ca::revocation::parse_serial(&facts.serial_hex).unwrap(),
+        None,
+    );
+    let (pem, _) = authority
+        .sign_revocation_list(&list, Duration::from_secs(3600))
+        .unwrap();
+    std::fs::write(&crl_file, pem).unwrap();
+    let mut tries = 0;
+    let mut last = None;
+    // ztunnel's watcher debounces: give it a few seconds to take the list.
+    while tries < 10 {
+        last = refused_once(&hb, target).await;
+        if last == Some(true) {
+            break;
+        }
+        tries += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        last,
+        Some(true),
+        "ztunnel still carried hb-pod's bytes with its certificate revoked:\n{}",
+        ztlog()
+    );
+    assert!(
+        ztlog().to_lowercase().contains("revoked"),
+        "ztunnel's log says nothing of the revocation:\n{}",
+        ztlog()
+    );
+
     proxy.shutdown(Duration::from_secs(1)).await;
     ca.shutdown().await;
+}
+
+/// One connection from hb-pod to `target` through hbone-lab: whether no
+/// byte came back (`None` when the connection could not even be made).
+async fn refused_once(hb: &NetNs, target: SocketAddr) -> Option<bool> {
+    let tcp = tcp_socket(Some(hb.sockets()), target, None, None)
+        .ok()?
+        .connect(target)
+        .await
+        .ok()?;
+    let (mut r, mut w) = tcp.into_split();
+    let _ = w.write_all(b"through?").await;
+    let mut back = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), r.read_to_end(&mut back)).await;
+    Some(back.is_empty())
 }

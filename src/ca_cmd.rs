@@ -12,7 +12,7 @@ use hbone_ca::inspect::{explain, pem_certs, read_cert_facts};
 use hbone_ca::metrics::CaMetrics;
 use hbone_ca::placement::{ApiServerPods, Placement, Places};
 use hbone_ca::plugin::{PluginCerts, write_with_mode};
-use hbone_ca::revocation::{RevocationList, explain_list, parse_serial, reason_named, serial_text};
+use hbone_ca::revocation::{explain_list, next_edition, parse_serial, reason_named, serial_text};
 use hbone_ca::server::{CaService, serve};
 use hbone_ca::token_review::{KubeTokenReviewer, TokenReviewAuthenticator};
 use hbone_ca::tokens::{Authenticator, TokenFile};
@@ -36,7 +36,7 @@ pub enum CaCommand {
     ///       --tokens tokens.yaml --write-root /tmp/root.pem
     ///   XDS_ADDRESS=https://127.0.0.1:15012 XDS_ROOT_CA=/tmp/root.pem \
     ///   CA_ADDRESS=https://127.0.0.1:15012 CA_ROOT_CA=/tmp/root.pem AUTH_TOKEN=/tmp/token ztunnel
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     #[command(verbatim_doc_comment)]
     /// Write a new root and intermediate in Istio's plug-in CA layout.
     ///
@@ -197,6 +197,15 @@ pub struct ServeArgs {
     /// With --xds: the mesh's root namespace.
     #[arg(long, default_value = "istio-system")]
     root_namespace: String,
+    /// Publish the CA's revocation list here (the file `ca revoke` extends
+    /// and proxies read with --crl / ztunnel with CRL_PATH): a fresh edition
+    /// at start and again at half of --crl-validity, so that the list
+    /// proxies hold is never past its next update. Needs --plugin-certs.
+    #[arg(long, value_name = "FILE", requires = "plugin_certs")]
+    crl: Option<PathBuf>,
+    /// How long each published edition is valid.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    crl_validity: Duration,
 }
 
 #[derive(Args)]
@@ -216,7 +225,7 @@ pub struct IssueArgs {
 
 pub async fn run(command: CaCommand) -> anyhow::Result<()> {
     match command {
-        CaCommand::Serve(args) => run_serve(args).await,
+        CaCommand::Serve(args) => run_serve(*args).await,
         CaCommand::Init { out, trust_domain } => {
             let trust_domain = validate_trust_domain(&trust_domain)?;
             let certs = PluginCerts::generate(&trust_domain)?;
@@ -257,12 +266,6 @@ fn run_revoke(args: RevokeArgs) -> anyhow::Result<()> {
     let authority = SigningAuthority::from_plugin(&certs, AuthorityConfig::new("cluster.local"))
         .with_context(|| format!("plug-in CA files in {}", args.plugin_certs.display()))?;
     let reason = args.reason.as_deref().map(reason_named).transpose()?;
-    let mut list = match std::fs::read_to_string(&args.crl) {
-        Ok(pem) => RevocationList::read(&pem, authority.issuer_pem())
-            .with_context(|| format!("{} (the list to extend)", args.crl.display()))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => RevocationList::default(),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", args.crl.display())),
-    };
     let mut serials = Vec::new();
     for text in &args.serials {
         serials.push(parse_serial(text)?);
@@ -274,16 +277,15 @@ fn run_revoke(args: RevokeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("reading {}", path.display()))?;
         serials.push(parse_serial(&leaf.serial_hex)?);
     }
-    for serial in &serials {
-        if list.revoke(serial, reason) {
-            println!("revoked serial {}", serial_text(serial));
-        } else {
-            println!("serial {} was already revoked", serial_text(serial));
+    let signed = next_edition(&authority, &args.crl, args.next_update, |list| {
+        for serial in &serials {
+            if list.revoke(serial, reason) {
+                println!("revoked serial {}", serial_text(serial));
+            } else {
+                println!("serial {} was already revoked", serial_text(serial));
+            }
         }
-    }
-    let (pem, signed) = authority.sign_revocation_list(&list, args.next_update)?;
-    write_with_mode(&args.crl, &pem, 0o644)
-        .with_context(|| format!("cannot write {}", args.crl.display()))?;
+    })?;
     println!(
         "wrote {}: edition #{}, {} revoked, next edition due in {}",
         args.crl.display(),
@@ -338,6 +340,9 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         std::fs::write(path, authority.root_pem())
             .with_context(|| format!("cannot write {}", path.display()))?;
         println!("root certificate written to {}", path.display());
+    }
+    if let Some(path) = &args.crl {
+        publish_revocations(authority.clone(), path.clone(), args.crl_validity)?;
     }
     let placement = Arc::new(Placement::default());
     if scoped && args.registry.is_none() {
@@ -422,6 +427,34 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     stop.cancel();
     let _ = follower.await;
     running.server.shutdown().await;
+    Ok(())
+}
+
+/// Writes a fresh edition of the revocation list at `path` now (failing
+/// if the file holds another CA's list), and again at half of `validity`,
+/// for as long as the process runs.
+fn publish_revocations(
+    authority: Arc<SigningAuthority>,
+    path: PathBuf,
+    validity: Duration,
+) -> anyhow::Result<()> {
+    let first = next_edition(&authority, &path, validity, |_| {})
+        .with_context(|| format!("publishing the revocation list {}", path.display()))?;
+    println!(
+        "revocation list {}: edition #{}, {} revoked, a new edition every {}",
+        path.display(),
+        first.number,
+        first.revoked.len(),
+        humantime::format_duration(validity / 2)
+    );
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(validity / 2).await;
+            if let Err(e) = next_edition(&authority, &path, validity, |_| {}) {
+                tracing::warn!(error = %e, "cannot publish the revocation list; proxies keep the last edition");
+            }
+        }
+    });
     Ok(())
 }
 

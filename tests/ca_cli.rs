@@ -418,6 +418,57 @@ fn revoke_writes_a_crl_that_openssl_checks() {
     assert!(story.contains("key-compromise"), "{story}");
     assert!(story.contains(&serial), "{story}");
 
+    // `ca serve --crl` publishes fresh editions (at start, then at half the
+    // validity), keeping every entry.
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_hbone-lab"))
+        .args([
+            "ca",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--plugin-certs",
+            s(&cacerts),
+            "--crl",
+            s(&crl),
+            "--crl-validity",
+            "2s",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let edition = || {
+        let text = String::from_utf8_lossy(
+            &hbone_lab_ok(&[
+                "ca",
+                "inspect",
+                s(&crl),
+                "--root",
+                s(&cacerts.join("ca-cert.pem")),
+            ])
+            .stdout,
+        )
+        .to_string();
+        let number = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Certificate revocation list #"))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        (number, text.contains("Revokes 2 certificate(s)"))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while edition().0 < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ca serve --crl published no new edition: {:?}",
+            edition()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let _ = serve.kill();
+    let _ = serve.wait();
+    assert!(edition().1, "a published edition lost entries");
+
     // Another CA's files do not extend this CA's list; a reason must exist.
     let other = dir.path().join("other");
     hbone_lab_ok(&["ca", "init", "--out", s(&other)]);

@@ -55,6 +55,24 @@ pub enum RevocationError {
     /// rcgen refused to sign the list.
     #[error("signing the CRL: {0}")]
     Sign(#[from] rcgen::Error),
+    /// The list's file could not be read or written.
+    #[error("{path}: {source}")]
+    File {
+        /// The list's file.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file holds a list, and not one this CA signed (or not a list).
+    #[error("{path} (the list to extend): {source}")]
+    Existing {
+        /// The list's file.
+        path: std::path::PathBuf,
+        /// Why it was not taken.
+        #[source]
+        source: Box<RevocationError>,
+    },
 }
 
 /// The reasons RFC 5280 defines, by the names the CLI takes.
@@ -253,6 +271,40 @@ impl SigningAuthority {
         };
         Ok((crl.pem()?, signed))
     }
+}
+
+/// Writes the next edition of the list in the PEM file at `path`: reads
+/// the current one (none yet: an empty list), checks that `authority`
+/// signed it, lets `change` add to it, signs it valid for `validity` and
+/// replaces the file whole (a reader never sees half a list). Used by `ca
+/// revoke` (one edition with new entries) and `ca serve --crl` (a fresh
+/// edition before each next update, so proxies never hold a stale list).
+pub fn next_edition(
+    authority: &SigningAuthority,
+    path: &std::path::Path,
+    validity: Duration,
+    change: impl FnOnce(&mut RevocationList),
+) -> Result<RevocationList, RevocationError> {
+    let file_error = |source| RevocationError::File {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut list = match std::fs::read_to_string(path) {
+        Ok(pem) => RevocationList::read(&pem, authority.issuer_pem()).map_err(|source| {
+            RevocationError::Existing {
+                path: path.to_path_buf(),
+                source: Box::new(source),
+            }
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => RevocationList::default(),
+        Err(e) => return Err(file_error(e)),
+    };
+    change(&mut list);
+    let (pem, signed) = authority.sign_revocation_list(&list, validity)?;
+    let partial = path.with_extension("pem.partial");
+    std::fs::write(&partial, pem).map_err(file_error)?;
+    std::fs::rename(&partial, path).map_err(file_error)?;
+    Ok(signed)
 }
 
 /// `ca inspect` for a CRL: who signed it, which edition, whether it is

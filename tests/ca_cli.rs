@@ -402,17 +402,18 @@ fn revoke_writes_a_crl_that_openssl_checks() {
         !verify(&revoked).status.success(),
         "the first stays revoked"
     );
-    let story = String::from_utf8_lossy(
-        &hbone_lab_ok(&[
+    // `ca inspect` of the list, checked with the issuing certificate.
+    let inspect_crl = || {
+        let out = hbone_lab_ok(&[
             "ca",
             "inspect",
             s(&crl),
             "--root",
             s(&cacerts.join("ca-cert.pem")),
-        ])
-        .stdout,
-    )
-    .to_string();
+        ]);
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let story = inspect_crl();
     assert!(story.contains("revocation list #2"), "{story}");
     assert!(story.contains("verified"), "{story}");
     assert!(story.contains("key-compromise"), "{story}");
@@ -438,17 +439,7 @@ fn revoke_writes_a_crl_that_openssl_checks() {
         .spawn()
         .unwrap();
     let edition = || {
-        let text = String::from_utf8_lossy(
-            &hbone_lab_ok(&[
-                "ca",
-                "inspect",
-                s(&crl),
-                "--root",
-                s(&cacerts.join("ca-cert.pem")),
-            ])
-            .stdout,
-        )
-        .to_string();
+        let text = inspect_crl();
         let number = text
             .lines()
             .find_map(|l| l.strip_prefix("Certificate revocation list #"))

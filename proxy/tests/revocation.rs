@@ -230,6 +230,14 @@ async fn a_node_closes_and_refuses_a_workload_whose_certificate_is_revoked() {
         revoked >= 1,
         "node B counted no certificate_revoked refusal"
     );
+    // Node A, the client's side, names the reason too (not h2_error).
+    let logs = support::log_text();
+    assert!(
+        logs.lines().any(|l| l.contains("127.78.1.1")
+            && l.contains("direction=\"socks5\"")
+            && l.contains("reason=certificate_revoked")),
+        "node A did not name the revocation:\n{logs}"
+    );
 
     revocations
         .replace(crl(&lab.authority, &[]).as_bytes(), "test")

@@ -185,7 +185,16 @@ impl TunnelError {
         match self {
             TunnelError::Connect { .. } => Reason::ConnectFailed,
             TunnelError::Tls { reason, .. } => *reason,
+            // Under TLS 1.3 a server judges the client's certificate after
+            // the client's handshake is done: its refusal arrives as an
+            // alert during the HTTP/2 handshake.
+            TunnelError::H2 { source, .. } if alerted_revoked(source) => Reason::CertificateRevoked,
             TunnelError::H2 { .. } => Reason::H2Error,
+            TunnelError::Refused { reason, .. }
+                if reason == Reason::CertificateRevoked.as_str() =>
+            {
+                Reason::CertificateRevoked
+            }
             TunnelError::Refused { status, .. } => match *status {
                 StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Reason::PolicyDenied,
                 StatusCode::BAD_REQUEST => Reason::BadRequest,
@@ -195,6 +204,20 @@ impl TunnelError {
             TunnelError::Timeout { .. } => Reason::Timeout,
         }
     }
+}
+
+/// Whether `error` is the peer's TLS alert that our certificate is revoked.
+fn alerted_revoked(error: &h2::Error) -> bool {
+    error
+        .get_io()
+        .and_then(|io| io.get_ref())
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|tls| {
+            matches!(
+                tls,
+                rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRevoked)
+            )
+        })
 }
 
 struct PooledConnection {

@@ -62,3 +62,64 @@ fn a_short_soak_loses_nothing_through_every_fault() {
     );
     assert!(report["proxies"]["node-s"]["processes"].as_u64() == Some(3));
 }
+
+/// `hbone-lab soak --churn` for 30 s (hbone-lab only): every way of ending
+/// a connection, pods coming and going, a control-plane restart — and once
+/// the load stops, descriptors and tasks back at the idle baseline.
+#[test]
+#[ignore = "needs root: it builds two pod network namespaces (test.sh runs it as root)"]
+fn a_short_churn_leaves_no_descriptor_or_task_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let json_path = dir.path().join("churn.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_hbone-lab"))
+        .args([
+            "soak",
+            "--churn",
+            "--duration",
+            "30s",
+            "--clients",
+            "8",
+            "--json",
+        ])
+        .arg(&json_path)
+        .env("RUST_LOG", "warn")
+        .env_remove("ZTUNNEL_BIN")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    let subjects = report["subjects"].as_array().unwrap();
+    assert_eq!(subjects.len(), 1, "{stdout}");
+    let s = &subjects[0];
+    assert_eq!(s["subject"], "hbone-lab");
+    assert!(s["fds_left_over"].as_i64().unwrap() <= 0, "{stdout}");
+    assert!(s["tasks_left_over"].as_i64().unwrap() <= 0, "{stdout}");
+    assert!(s["fds_back_after_s"].is_number(), "{stdout}");
+    // The churn happened: every way, pods, a restart; and the load showed
+    // in the readings (the peak above the baseline).
+    for way in [
+        "clean",
+        "client_reset",
+        "server_reset",
+        "half_closed",
+        "abandoned",
+    ] {
+        let tally = &s["ways"][way];
+        assert!(tally["attempted"].as_u64() > Some(20), "{way}: {stdout}");
+        assert_eq!(
+            tally["attempted"], tally["ended_as_meant"],
+            "{way}: {stdout}"
+        );
+    }
+    assert!(s["pods_added"].as_u64() >= Some(5), "{stdout}");
+    assert_eq!(s["pod_errors"], 0, "{stdout}");
+    assert_eq!(s["control_plane_restarts"], 1, "{stdout}");
+    assert!(
+        s["peak"]["fds"].as_u64() > s["baseline"]["fds"].as_u64(),
+        "{stdout}"
+    );
+    assert!(s["samples"].as_array().unwrap().len() > 30, "{stdout}");
+}

@@ -140,12 +140,53 @@ pub struct Shared {
     /// `HBONE_WORKER_THREADS`, ztunnel's `ZTUNNEL_WORKER_THREADS`); `None`
     /// leaves each at its own default (one per core; ztunnel 2).
     pub worker_threads: Option<usize>,
+    /// How long both meshes keep an unused pooled HBONE connection
+    /// (hbone-lab's `poolIdleTimeout`, ztunnel's `POOL_UNUSED_RELEASE_TIMEOUT`);
+    /// `None` leaves each at its default (5 minutes).
+    pub pool_idle: Option<Duration>,
+    /// The CA every control plane serves, to serve it again after a restart.
+    service: Arc<CaService>,
+    /// The policies every mesh subject enforces, as last set.
+    policies: String,
+    /// The registry's two benchmark pods, as [`registry_yaml`] wrote them.
+    base_registry: String,
+    /// Pods added beside the two ([`Shared::add_pod`]), by name.
+    extra_pods: std::collections::BTreeMap<String, ExtraPod>,
+}
+
+/// A pod beyond the benchmark's two, added and removed while a run goes
+/// on (the churn soak's pods that come and go): no traffic, only its
+/// listeners, its certificate and its place in every proxy's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtraPod {
+    /// Its name (and uid) in namespace `bench`, service account `churn`.
+    pub name: String,
+    /// Its address, configured inside `netns`.
+    pub ip: std::net::IpAddr,
+    /// `node-c` or `node-s`.
+    pub node: &'static str,
+    /// Its network namespace.
+    pub netns: PathBuf,
+}
+
+impl ExtraPod {
+    fn registry_line(&self) -> String {
+        format!(
+            "  - {{name: {}, namespace: bench, serviceAccount: churn, labels: {{app: churn}}, ips: [{}], node: {}, netns: {}}}\n",
+            self.name,
+            self.ip,
+            self.node,
+            self.netns.display()
+        )
+    }
 }
 
 /// The variable hbone-lab's runtime reads its worker-thread count from.
 pub const HBONE_WORKER_THREADS: &str = "HBONE_WORKER_THREADS";
 /// The variable ztunnel reads its worker-thread count from.
 pub const ZTUNNEL_WORKER_THREADS: &str = "ZTUNNEL_WORKER_THREADS";
+/// The variable ztunnel reads its pool's idle timeout from.
+const POOL_UNUSED_RELEASE_TIMEOUT: &str = "POOL_UNUSED_RELEASE_TIMEOUT";
 
 /// `var=threads` for a child's environment, or nothing for its default.
 fn worker_env(var: &'static str, threads: Option<usize>) -> Option<(&'static str, String)> {
@@ -251,7 +292,83 @@ impl Shared {
             nodes,
             dir,
             worker_threads: None,
+            pool_idle: None,
+            service,
+            policies: BENCH_POLICIES.to_string(),
+            base_registry: registry_text,
+            extra_pods: Default::default(),
         })
+    }
+
+    /// Rebuilds the registry and the mesh from the pods and policies held,
+    /// and serves the result to every subject fed over xDS.
+    fn rebuild(&mut self) -> Result<(), SubjectError> {
+        let mut text = self.base_registry.clone();
+        for pod in self.extra_pods.values() {
+            text.push_str(&pod.registry_line());
+        }
+        let loaded = parse_documents(&self.policies, "policies.yaml").map_err(setup)?;
+        self.registry = Registry::parse(&text, "registry.yaml").map_err(setup)?;
+        self.mesh = mesh(&self.registry, &istio_policies(&loaded, "istio-system"));
+        self.xds.update(&self.mesh);
+        Ok(())
+    }
+
+    /// Adds `pod` to what the control planes serve; its node agent hands it
+    /// over separately ([`ExtraPod::zds`]).
+    pub fn add_pod(&mut self, pod: ExtraPod) -> Result<(), SubjectError> {
+        self.extra_pods.insert(pod.name.clone(), pod);
+        self.rebuild()
+    }
+
+    /// The pod named `name` as its node agent hands it over.
+    pub fn zds_pod(&self, name: &str) -> Option<hbone_xds::zds::ZdsPod> {
+        let node = &self.extra_pods.get(name)?.node;
+        node_pods(&self.registry, node)
+            .into_iter()
+            .find(|p| p.name == name)
+    }
+
+    /// Takes the pod named `name` out of what the control planes serve.
+    pub fn remove_pod(&mut self, name: &str) -> Result<(), SubjectError> {
+        self.extra_pods.remove(name);
+        self.rebuild()
+    }
+
+    /// Restarts every control plane (the host's and the nodes'), as a
+    /// rolling istiod does: open xDS streams end, the server stops, and a
+    /// new one serves the same state on the same address; every proxy must
+    /// reconnect and resubscribe.
+    pub async fn restart_control_planes(&mut self) -> Result<(), SubjectError> {
+        const GRACE: Duration = Duration::from_secs(5);
+        self.xds.disconnect_clients();
+        self.host_control.server.stop_within(GRACE).await;
+        let addr = self.host_control.server.addr;
+        let mut tries = 0;
+        self.host_control = loop {
+            match hbone_xds::control_plane::serve(self.service.clone(), self.xds.clone(), addr, &[])
+                .await
+            {
+                Ok(control) => break control,
+                // The old listener's address may take a moment to come free.
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    tracing::debug!(error = %e, "the control plane's address is not free yet");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => {
+                    return Err(setup(format!(
+                        "restarting the control plane on {addr}: {e}"
+                    )));
+                }
+            }
+        };
+        for ((node, _), (ns, control)) in NODES.iter().zip(self.nodes.iter_mut()) {
+            control.server.stop_within(GRACE).await;
+            *control =
+                serve_node_control_plane(node, ns, self.service.clone(), self.xds.clone()).await?;
+        }
+        Ok(())
     }
 
     /// Replaces the policies every mesh subject enforces: the file
@@ -259,11 +376,10 @@ impl Shared {
     /// dedicated ztunnel reads, and what the control planes serve (subjects
     /// fed over xDS get it at once, open connections included).
     pub fn set_policies(&mut self, text: &str) -> Result<(), SubjectError> {
-        let loaded = parse_documents(text, "policies.yaml").map_err(setup)?;
+        parse_documents(text, "policies.yaml").map_err(setup)?;
         std::fs::write(self.dir.path().join("policies.yaml"), text).map_err(setup)?;
-        self.mesh = mesh(&self.registry, &istio_policies(&loaded, "istio-system"));
-        self.xds.update(&self.mesh);
-        Ok(())
+        self.policies = text.to_string();
+        self.rebuild()
     }
 
     /// Stops the CAs and the control plane.
@@ -303,6 +419,15 @@ impl Running {
             ztunnels: Vec::new(),
             agents: Vec::new(),
         }
+    }
+
+    /// The node agents handing the subject's shared-mode proxies their
+    /// pods, in node order (node-c, node-s); none for other subjects.
+    pub fn node_agents(&self) -> Vec<&NodeAgent> {
+        self.agents
+            .iter()
+            .chain(self.ztunnels.iter().map(|(_, agent)| agent))
+            .collect()
     }
 
     /// Every process of the subject, for memory and CPU accounting.
@@ -501,10 +626,8 @@ async fn start_hbone_lab(exe: &Path, shared: &Shared, feed: Feed) -> Result<Runn
     let mut children = Vec::new();
     let mut agents = Vec::new();
     let shared_mode = knows_shared_mode(exe);
-    for (node, ready) in [
-        ("node-c", own_loopback(1, 15021)),
-        ("node-s", own_loopback(2, 15021)),
-    ] {
+    for (host, node) in [(1, "node-c"), (2, "node-s")] {
+        let (ready, metrics) = (own_loopback(host, 15021), own_loopback(host, 15020));
         let (zds, pod_outbound) = if shared_mode {
             let socket = dir.join(format!("{node}-hbone-lab.sock"));
             let pods = node_pods(&shared.registry, node);
@@ -529,8 +652,12 @@ async fn start_hbone_lab(exe: &Path, shared: &Shared, feed: Feed) -> Result<Runn
                 (format!("xds: \"https://{control}\"\n"), control)
             }
         };
+        let pool = match shared.pool_idle {
+            Some(idle) => format!("h2: {{poolIdleTimeout: {}ms}}\n", idle.as_millis()),
+            None => String::new(),
+        };
         let config = format!(
-            "node: {node}\n{source}ca: {{address: \"https://{ca}\", rootCert: {}, tokenFile: {}}}\nlisteners:\n  hbonePort: 15008\n  readiness: \"{ready}\"\n{pod_outbound}{zds}bindSourceIp: false\ndrainGrace: 1s\n",
+            "node: {node}\n{source}ca: {{address: \"https://{ca}\", rootCert: {}, tokenFile: {}}}\nlisteners:\n  hbonePort: 15008\n  readiness: \"{ready}\"\n  metrics: \"{metrics}\"\n{pod_outbound}{zds}{pool}bindSourceIp: false\ndrainGrace: 1s\n",
             shared.root_file.display(),
             shared.token_file.display()
         );
@@ -621,10 +748,21 @@ async fn start_shared_ztunnels(binary: &Path, shared: &Shared) -> Result<Running
         ));
     }
     // The lab starts shared-mode ztunnels with an environment of its own;
-    // a script that `exec`s ztunnel (same pid) adds the thread count.
-    let binary = match shared.worker_threads {
-        Some(n) => &with_env(binary, ZTUNNEL_WORKER_THREADS, n, shared.dir.path())?,
-        None => binary,
+    // a script that `exec`s ztunnel (same pid) adds the thread count and
+    // the pool's idle timeout.
+    let env: Vec<(&str, String)> = worker_env(ZTUNNEL_WORKER_THREADS, shared.worker_threads)
+        .into_iter()
+        .chain(shared.pool_idle.map(|idle| {
+            (
+                POOL_UNUSED_RELEASE_TIMEOUT,
+                format!("{}ms", idle.as_millis()),
+            )
+        }))
+        .collect();
+    let binary = if env.is_empty() {
+        binary
+    } else {
+        &with_env(binary, &env, shared.dir.path())?
     };
     for ((node, _), (netns, control)) in NODES.iter().zip(&shared.nodes) {
         let spec = ZtunnelNodeSpec {
@@ -647,13 +785,18 @@ async fn start_shared_ztunnels(binary: &Path, shared: &Shared) -> Result<Running
     })
 }
 
-/// A script in `dir` that runs `binary` with `var=value` added to its
+/// A script in `dir` that runs `binary` with `env` added to its
 /// environment, `exec`ing it so that the pid measured is the binary's.
-fn with_env(binary: &Path, var: &str, value: usize, dir: &Path) -> Result<PathBuf, SubjectError> {
+fn with_env(binary: &Path, env: &[(&str, String)], dir: &Path) -> Result<PathBuf, SubjectError> {
     use std::os::unix::fs::PermissionsExt;
-    let script = dir.join(format!("{var}-{value}.sh"));
+    let assignments: Vec<String> = env
+        .iter()
+        .map(|(var, value)| format!("{var}={value}"))
+        .collect();
+    let script = dir.join(format!("ztunnel-{}.sh", assignments.join("-")));
     let text = format!(
-        "#!/bin/sh\n{var}={value} exec '{}' \"$@\"\n",
+        "#!/bin/sh\n{} exec '{}' \"$@\"\n",
+        assignments.join(" "),
         binary.display()
     );
     std::fs::write(&script, text).map_err(setup)?;

@@ -398,6 +398,18 @@ impl RunningCa {
         let _ = (&mut self.handle).await;
     }
 
+    /// Stops the server within `grace` (past it, the task is aborted), so
+    /// that its address is free again; what is left is a handle to a
+    /// stopped server, to be replaced.
+    pub async fn stop_within(&mut self, grace: std::time::Duration) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if tokio::time::timeout(grace, &mut self.handle).await.is_err() {
+            self.handle.abort();
+        }
+    }
+
     /// Waits until the server ends by itself (it does not, unless it fails).
     pub async fn wait(self) -> Result<(), tonic::transport::Error> {
         match self.handle.await {

@@ -18,6 +18,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod churn;
 pub mod load;
 pub mod report;
 pub mod schedule;
@@ -42,6 +43,7 @@ use hbone_xds::zds::{NodeAgent, ZdsError};
 use thiserror::Error;
 use tokio::time::Instant;
 
+use churn::samples::open_fds;
 use hbone_bench::proc_stats::rss_bytes;
 use hbone_bench::subjects::{
     BENCH_POLICIES, SubjectError, TOKEN, own_loopback, registry_yaml, spawn_proxy, wait_http_ready,
@@ -210,10 +212,6 @@ impl Drop for ProxyProcess {
 struct Peaks {
     live: Vec<(&'static str, u32)>,
     peaks: BTreeMap<String, ProxyPeak>,
-}
-
-fn open_fds(pid: u32) -> u64 {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64)
 }
 
 async fn sample_peaks(peaks: Arc<Mutex<Peaks>>) {

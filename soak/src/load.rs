@@ -96,7 +96,7 @@ impl Tally {
 }
 
 /// The name of an I/O failure, as the report counts it.
-fn io_reason(e: &std::io::Error) -> &'static str {
+pub(crate) fn io_reason(e: &std::io::Error) -> &'static str {
     use std::io::ErrorKind::*;
     match e.kind() {
         ConnectionRefused => "refused",
@@ -111,7 +111,7 @@ fn io_reason(e: &std::io::Error) -> &'static str {
     }
 }
 
-fn dial_reason(e: &DialError) -> &'static str {
+pub(crate) fn dial_reason(e: &DialError) -> &'static str {
     match e {
         DialError::Connect { source, .. } => io_reason(source),
         DialError::Refused { .. } => "refused_by_mesh",

@@ -82,6 +82,9 @@ pub struct XdsState {
     next_nonce: AtomicU64,
     /// Set once the server is going away: every stream ends, new ones are refused.
     closing: watch::Sender<bool>,
+    /// Counts [`XdsState::disconnect_clients`]: each bump ends the streams
+    /// open then, and their clients reconnect.
+    disconnects: watch::Sender<u64>,
 }
 
 impl XdsState {
@@ -96,6 +99,7 @@ impl XdsState {
             next_client: AtomicU64::new(1),
             next_nonce: AtomicU64::new(1),
             closing: watch::Sender::new(false),
+            disconnects: watch::Sender::new(0),
         })
     }
 
@@ -104,6 +108,12 @@ impl XdsState {
     /// elsewhere (or to the next server on this address).
     pub fn close_streams(&self) {
         self.closing.send_replace(true);
+    }
+
+    /// Ends every stream open now with UNAVAILABLE, as a restarting istiod
+    /// does, but keeps serving: the clients reconnect and resubscribe.
+    pub fn disconnect_clients(&self) {
+        self.disconnects.send_modify(|n| *n += 1);
     }
 
     /// Serves a changed mesh: every subscribed client gets the delta.
@@ -205,10 +215,16 @@ impl StreamTask {
         let mut snapshots = self.state.snapshot.subscribe();
         snapshots.mark_unchanged();
         let mut closing = self.state.closing.subscribe();
+        let mut disconnects = self.state.disconnects.subscribe();
+        disconnects.mark_unchanged();
         loop {
             tokio::select! {
                 _ = async { let _ = closing.wait_for(|c| *c).await; } => {
                     let _ = self.out.send(Err(Status::unavailable("the control plane is shutting down"))).await;
+                    break;
+                }
+                _ = disconnects.changed() => {
+                    let _ = self.out.send(Err(Status::unavailable("the control plane is restarting"))).await;
                     break;
                 }
                 message = inbound.message() => match message {

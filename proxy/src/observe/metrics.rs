@@ -168,6 +168,10 @@ pub struct ProxyMetrics {
     pub refusals: Family<RefusalLabels, Counter>,
     /// `tcp_sockets_open`: proxied connections open now.
     pub sockets_open: Gauge,
+    /// `hbone_runtime_tasks_alive`: the async tasks alive in the proxy's
+    /// runtime, read when the metrics are: a task that outlives its
+    /// connection shows here as a slope (the churn soak samples it).
+    tasks_alive: Gauge,
     /// Each label set's five counters, found in the families once: a new
     /// connection then costs one hash of its labels instead of five
     /// lookups (13 % of a new connection's instructions on each proxy).
@@ -199,6 +203,7 @@ impl Default for ProxyMetrics {
             failed: Family::default(),
             refusals: Family::default(),
             sockets_open: Gauge::default(),
+            tasks_alive: Gauge::default(),
             by_labels: Mutex::default(),
         };
         registry.register(
@@ -235,6 +240,11 @@ impl Default for ProxyMetrics {
             "tcp_sockets_open",
             "Proxied sockets currently open",
             m.sockets_open.clone(),
+        );
+        registry.register(
+            "hbone_runtime_tasks_alive",
+            "Async tasks alive in the proxy's runtime",
+            m.tasks_alive.clone(),
         );
         ProxyMetrics { registry, ..m }
     }
@@ -281,6 +291,11 @@ impl ProxyMetrics {
 
     /// Every metric in the OpenMetrics text format, as `/metrics` serves it.
     pub fn encode(&self) -> String {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let alive = runtime.metrics().num_alive_tasks();
+            self.tasks_alive
+                .set(i64::try_from(alive).unwrap_or(i64::MAX));
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");

@@ -154,6 +154,9 @@ pub struct Revocations {
     /// Grows with each replacement, so a verdict on a chain can be kept
     /// until the lists change ([`PeerChain`]).
     generation: AtomicU64,
+    /// Told the generation after each replacement: an open connection
+    /// waits on it to judge its peer again ([`Revocations::editions`]).
+    editions: tokio::sync::watch::Sender<u64>,
 }
 
 /// A peer's certificate chain as it presented it (leaf first), kept for
@@ -264,8 +267,15 @@ impl Revocations {
             .collect::<Result<Vec<_>, _>>()?;
         let count = lists.len();
         *self.lists.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(lists);
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        self.editions.send_replace(generation);
         Ok(count)
+    }
+
+    /// Changes each time new lists take force: a connection that must end
+    /// when its peer is revoked waits on it.
+    pub fn editions(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.editions.subscribe()
     }
 
     /// How many lists are in force.

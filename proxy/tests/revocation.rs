@@ -198,16 +198,38 @@ async fn a_node_closes_and_refuses_a_workload_whose_certificate_is_revoked() {
     let mut pong = [0u8; 4];
     held.read_exact(&mut pong).await.unwrap();
 
+    // Beside node A's, an HBONE connection of a peer of our own whose
+    // certificate is revoked with it, to watch the connection itself.
+    let held_svid = support::good(&lab);
+    let held_tls =
+        support::mesh_tls_as(&lab, SocketAddr::new(lab.ip("2.1"), 15008), &held_svid).await;
+    let (_send, h2_driver) = h2::client::handshake(held_tls).await.unwrap();
+    let mut revoked_session = tokio::spawn(h2_driver);
+
+    let serial_of = |der: &[u8]| {
+        let facts = hbone_ca::inspect::read_cert_facts(der).unwrap();
+        hbone_ca::revocation::parse_serial(&facts.serial_hex).unwrap()
+    };
     let client: Identity = CLIENT.parse().unwrap();
     let certificate = lab.a.core.certs.get(&client).await.unwrap();
-    let facts = hbone_ca::inspect::read_cert_facts(certificate.chain[0].as_ref()).unwrap();
-    let serial = hbone_ca::revocation::parse_serial(&facts.serial_hex).unwrap();
+    let serial = serial_of(certificate.chain[0].as_ref());
+    let own_serial = serial_of(held_svid.chain[0].as_ref());
     let revocations = lab.b.core.trust.revocations().clone();
     revocations
-        .replace(crl(&lab.authority, &[&serial]).as_bytes(), "test")
+        .replace(
+            crl(&lab.authority, &[&serial, &own_serial]).as_bytes(),
+            "test",
+        )
         .unwrap();
     // What following the file does after each new edition.
     let closed = lab.b.core.close_revoked();
+    // The whole HBONE connection ends, not only its streams.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), &mut revoked_session)
+            .await
+            .is_ok(),
+        "node B kept the revoked client's HBONE connection open"
+    );
     assert_eq!(closed.len(), 1, "{closed:?}");
     assert!(
         closed_within(&mut held, Duration::from_secs(5)).await,

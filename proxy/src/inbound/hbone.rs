@@ -172,12 +172,34 @@ async fn handle_connection(
         core.h2.keepalive_interval,
         core.h2.keepalive_timeout,
     ));
+    // A new edition of the revocation lists may name the peer: then the
+    // whole connection ends (its streams are closed by
+    // ProxyCore::close_revoked), as ztunnel ends it, instead of staying
+    // open, refusing stream after stream, until the peer's pool lets go.
+    let mut editions = core.trust.revocations().editions();
+    editions.mark_unchanged();
+    let mut watching = true;
     loop {
         let next = tokio::select! {
             n = connection.accept() => n,
             why = &mut keepalive => {
                 tracing::debug!(%why, "HBONE connection dropped: the peer stopped answering");
                 break;
+            }
+            edition = editions.changed(), if watching => {
+                if edition.is_err() {
+                    watching = false;
+                } else if peer_chain.revoked(&core.trust.revocation_check()) {
+                    watching = false;
+                    let mut report = core.report(DIRECTION, Some(peer), Some(local));
+                    report.record().src_identity = Some(peer_identity.clone());
+                    report.refuse(
+                        Reason::CertificateRevoked,
+                        "connection closed: the peer's certificate was revoked",
+                    );
+                    connection.abrupt_shutdown(h2::Reason::NO_ERROR);
+                }
+                continue;
             }
             _ = shutdown.cancelled(), if !draining => {
                 draining = true;

@@ -207,17 +207,21 @@ impl TunnelError {
 }
 
 /// Whether `error` is the peer's TLS alert that our certificate is revoked.
+/// The handshake's own error keeps the rustls error; h2 hands a stream
+/// waiting on that connection a copy that keeps only its text.
 fn alerted_revoked(error: &h2::Error) -> bool {
-    error
-        .get_io()
-        .and_then(|io| io.get_ref())
+    error.get_io().is_some_and(io_alerted_revoked)
+}
+
+fn io_alerted_revoked(io: &std::io::Error) -> bool {
+    let alert = rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRevoked);
+    match io
+        .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        .is_some_and(|tls| {
-            matches!(
-                tls,
-                rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRevoked)
-            )
-        })
+    {
+        Some(tls) => *tls == alert,
+        None => io.to_string() == alert.to_string(),
+    }
 }
 
 struct PooledConnection {
@@ -706,6 +710,23 @@ mod tests {
             let got: Vec<usize> = usable(seen, *max).collect();
             assert_eq!(&got, expected, "{name}");
         }
+    }
+
+    #[test]
+    fn a_revocation_alert_is_recognised_whole_or_as_the_copy_a_stream_gets() {
+        let alert = rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRevoked);
+        let whole = std::io::Error::new(std::io::ErrorKind::InvalidData, alert.clone());
+        let copy = std::io::Error::other(alert.to_string());
+        let other = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::AlertReceived(rustls::AlertDescription::BadCertificate),
+        );
+        assert!(io_alerted_revoked(&whole));
+        assert!(io_alerted_revoked(&copy));
+        assert!(!io_alerted_revoked(&other));
+        assert!(!alerted_revoked(&h2::Error::from(
+            h2::Reason::PROTOCOL_ERROR
+        )));
     }
 
     #[test]

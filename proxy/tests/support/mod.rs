@@ -414,9 +414,18 @@ pub async fn still_serving(lab: &Lab) {
 /// An mTLS connection (ALPN h2) to node B's HBONE port `to` with the good
 /// certificate, before any HTTP/2: a peer free to send any frame it likes.
 pub async fn mesh_tls(lab: &Lab, to: SocketAddr) -> tokio_rustls::client::TlsStream<TcpStream> {
+    mesh_tls_as(lab, to, &good(lab)).await
+}
+
+/// [`mesh_tls`] with the client certificate `svid`.
+pub async fn mesh_tls_as(
+    lab: &Lab,
+    to: SocketAddr,
+    svid: &hbone_ca::manager::Svid,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
     let trust = MeshTrust::new(std::slice::from_ref(&lab.root), "cluster.local").unwrap();
     let echo_id: hbone_ca::Identity = "spiffe://cluster.local/ns/demo/sa/echo".parse().unwrap();
-    let config = trust.client_config(&good(lab), vec![echo_id]).unwrap();
+    let config = trust.client_config(svid, vec![echo_id]).unwrap();
     let socket = TcpSocket::new_v4().unwrap();
     socket.bind(SocketAddr::new(lab.ip("1.1"), 0)).unwrap();
     let tcp = socket.connect(to).await.unwrap();

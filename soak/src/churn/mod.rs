@@ -421,7 +421,11 @@ fn pod_name(n: u32) -> String {
 
 /// Pods alternate between the two nodes.
 fn pod_node(n: u32) -> &'static str {
-    if n.is_multiple_of(2) { "node-c" } else { "node-s" }
+    if n.is_multiple_of(2) {
+        "node-c"
+    } else {
+        "node-s"
+    }
 }
 
 fn node_index(node: &str) -> usize {

@@ -57,7 +57,8 @@ fn demo_runs_every_scenario_explains_and_cleans_up() {
             "plaintext → hello-app (STRICT)",
             "certificate rotated mid-connection",
             "policy changed mid-connection",
-            "selector DENY mid-connection"
+            "selector DENY mid-connection",
+            "certificate revoked mid-connection"
         ]
     );
     for r in results.as_array().unwrap() {
@@ -72,7 +73,15 @@ fn demo_runs_every_scenario_explains_and_cleans_up() {
     let have_pg = !stderr.contains("running without the database");
     assert_eq!(verdicts[..3], ["allow", "deny", "deny"]);
     assert_eq!(verdicts[3], if have_pg { "allow" } else { "deny" });
-    assert_eq!(verdicts[4..], ["deny", "allow", "deny", "deny"]);
+    assert_eq!(verdicts[4..], ["deny", "allow", "deny", "deny", "deny"]);
+    assert!(
+        results[8]["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("closed the held connection and refused the next one"),
+        "{}",
+        results[8]
+    );
     assert!(
         results[1]["reason"]
             .as_str()
@@ -211,6 +220,7 @@ fn netns_demo_enforces_both_layers_and_ctrl_c_leaves_nothing_behind() {
         ("certificate rotated mid-connection", "allow"),
         ("policy changed mid-connection", "deny"),
         ("selector DENY mid-connection", "deny"),
+        ("certificate revoked mid-connection", "deny"),
     ];
     let expected: Vec<(String, String)> = expected
         .iter()
@@ -353,7 +363,14 @@ fn netns_demo_matches_every_prediction(dataplane: &str, extra: &[&str]) -> (Stri
     assert!(out.status.success(), "{dataplane}:\n{stdout}\n{stderr}");
     let results: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let results = results.as_array().unwrap();
-    assert_eq!(results.len(), 10, "{dataplane}: {results:#?}");
+    // The revocation scenario runs where both nodes run hbone-lab on the
+    // lab's own CA (not with ztunnel on a node, not on istiod).
+    let revocation = dataplane == "hbone-lab" && !extra.contains(&"--control-plane");
+    let len = if revocation { 11 } else { 10 };
+    assert_eq!(results.len(), len, "{dataplane}: {results:#?}");
+    if revocation {
+        assert_eq!(results[10]["observed"], "deny", "{:#}", results[10]);
+    }
     for r in &results[..9] {
         assert_eq!(r["expected"], r["observed"], "{dataplane}: {r:#}");
     }

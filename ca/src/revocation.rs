@@ -127,6 +127,29 @@ pub fn parse_serial(text: &str) -> Result<Vec<u8>, RevocationError> {
     Ok(trimmed(&bytes))
 }
 
+/// A serial written in decimal, as ztunnel's config dump prints it, as
+/// big-endian bytes without leading zeros.
+pub fn parse_decimal_serial(text: &str) -> Result<Vec<u8>, RevocationError> {
+    if text.is_empty() || !text.chars().all(|c| c.is_ascii_digit()) {
+        return Err(RevocationError::BadSerial(text.to_string()));
+    }
+    // Big-endian bytes, times ten plus each digit in turn.
+    let mut bytes: Vec<u8> = vec![0];
+    for digit in text.bytes().map(|b| b - b'0') {
+        let mut carry = u16::from(digit);
+        for byte in bytes.iter_mut().rev() {
+            let v = u16::from(*byte) * 10 + carry;
+            *byte = (v & 0xff) as u8;
+            carry = v >> 8;
+        }
+        while carry > 0 {
+            bytes.insert(0, (carry & 0xff) as u8);
+            carry >>= 8;
+        }
+    }
+    Ok(trimmed(&bytes))
+}
+
 /// `bytes` without leading zero bytes (at least one byte kept).
 fn trimmed(bytes: &[u8]) -> Vec<u8> {
     let first = bytes
@@ -397,6 +420,19 @@ mod tests {
             reason_name(reason_named("key-compromise").unwrap()),
             "key-compromise"
         );
+    }
+
+    #[test]
+    fn decimal_serials_are_read_as_ztunnel_prints_them() {
+        assert_eq!(parse_decimal_serial("2815").unwrap(), vec![0x0a, 0xff]);
+        assert_eq!(parse_decimal_serial("0").unwrap(), vec![0]);
+        // 2^128 + 1: past any machine integer.
+        let big = parse_decimal_serial("340282366920938463463374607431768211457").unwrap();
+        assert_eq!(big.len(), 17);
+        assert_eq!((big[0], big[16]), (1, 1));
+        assert!(big[1..16].iter().all(|b| *b == 0));
+        assert!(parse_decimal_serial("0a").is_err());
+        assert!(parse_decimal_serial("").is_err());
     }
 
     /// Editions accumulate: the second holds the first's entries and one

@@ -85,12 +85,20 @@ struct List {
 }
 
 impl List {
-    /// Whether one of `chain`'s certificates names this list's issuer and
-    /// its key verifies the list's signature.
-    fn signed_by_one_of(&self, chain: &[CertificateDer<'_>]) -> bool {
+    /// Whether one of `chain`'s certificates, or of the mesh's `roots`,
+    /// names this list's issuer and its key verifies the list's signature.
+    /// The roots count too: a peer need not send the certificate its
+    /// leaf's issuer is (ztunnel sends its leaf alone when the CA signs
+    /// with the root).
+    fn signed_by_one_of(
+        &self,
+        chain: &[CertificateDer<'_>],
+        roots: &[CertificateDer<'static>],
+    ) -> bool {
         let mut verified = self.verified_by.lock().unwrap_or_else(|e| e.into_inner());
-        if chain
-            .iter()
+        let mut candidates = chain.iter().chain(roots);
+        if candidates
+            .clone()
             .any(|c| verified.iter().any(|v| v.as_slice() == c.as_ref()))
         {
             return true;
@@ -98,7 +106,7 @@ impl List {
         let Ok((_, crl)) = X509Crl::from_der(&self.der) else {
             return false;
         };
-        for cert in chain {
+        for cert in candidates.by_ref() {
             let Ok((_, issuer)) = X509Certificate::from_der(cert.as_ref()) else {
                 continue;
             };
@@ -120,6 +128,8 @@ pub(crate) struct RevocationCheck {
     pub(crate) revocations: Arc<Revocations>,
     /// The roots the chain was verified against.
     pub(crate) roots: Arc<RootCertStore>,
+    /// The same roots as certificates, whose keys may have signed a list.
+    pub(crate) root_certs: Arc<Vec<CertificateDer<'static>>>,
     /// The signature algorithms the verifier accepts.
     pub(crate) algorithms: &'static [&'static dyn SignatureVerificationAlgorithm],
 }
@@ -139,6 +149,7 @@ impl RevocationCheck {
                 end_entity,
                 intermediates,
                 &self.roots,
+                &self.root_certs,
                 self.algorithms,
                 now,
                 client,
@@ -300,6 +311,7 @@ impl Revocations {
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         roots: &RootCertStore,
+        root_certs: &[CertificateDer<'static>],
         algorithms: &[&'static dyn SignatureVerificationAlgorithm],
         now: UnixTime,
         client: bool,
@@ -307,7 +319,7 @@ impl Revocations {
         let lists = self.current();
         let refs: Vec<&CertRevocationList<'_>> = lists
             .iter()
-            .filter(|list| list.signed_by_one_of(intermediates))
+            .filter(|list| list.signed_by_one_of(intermediates, root_certs))
             .map(|list| &list.parsed)
             .collect();
         if refs.is_empty() {

@@ -114,6 +114,9 @@ pub struct MeshTrust {
     key_log: Option<Arc<crate::keylog::KeyLogWriter>>,
     /// The CA's revocation lists, read at every handshake.
     revocations: Arc<Revocations>,
+    /// The roots as certificates: a list signed by one of them counts for
+    /// a peer that sent no issuer certificate.
+    root_certs: Arc<Vec<CertificateDer<'static>>>,
 }
 
 impl std::fmt::Debug for MeshTrust {
@@ -167,6 +170,7 @@ impl MeshTrust {
             provider: crypto_provider(),
             key_log: None,
             revocations: Revocations::none(),
+            root_certs: Arc::new(roots.to_vec()),
         })
     }
 
@@ -208,6 +212,7 @@ impl MeshTrust {
         RevocationCheck {
             revocations: self.revocations.clone(),
             roots: self.roots.clone(),
+            root_certs: self.root_certs.clone(),
             algorithms: self.algorithms().all,
         }
     }

@@ -145,6 +145,46 @@ async fn a_revoked_peer_is_refused_in_both_directions_and_editions_apply_at_once
     connected.unwrap();
 }
 
+/// A peer that presents its leaf alone (ztunnel does, when the CA's chain
+/// ends at the root that signed the leaf) is judged by a list the root
+/// signed: the list's signer is found among the mesh's roots.
+#[tokio::test]
+async fn a_peer_sending_its_leaf_alone_is_judged_by_the_roots_list() {
+    // A CA that signs leaves with the root itself: the generated
+    // intermediate made the root (a trust anchor need not be self-signed).
+    let generated = hbone_ca::plugin::PluginCerts::generate("cluster.local").unwrap();
+    let root_signs = hbone_ca::plugin::PluginCerts {
+        root_cert_pem: generated.ca_cert_pem.clone(),
+        cert_chain_pem: generated.ca_cert_pem.clone(),
+        ..generated
+    };
+    let ca =
+        SigningAuthority::from_plugin(&root_signs, AuthorityConfig::new("cluster.local")).unwrap();
+    let (mut client, client_serial) = svid(&ca, CLIENT);
+    let (server, _) = svid(&ca, SERVER);
+    client.chain.truncate(1);
+    let revocations = Arc::new(Revocations::default());
+    revocations
+        .replace(crl(&ca, &[&client_serial]).as_bytes(), "test")
+        .unwrap();
+    let trust = MeshTrust::from_pem(ca.root_pem(), "cluster.local")
+        .unwrap()
+        .with_revocations(revocations);
+    let plain = MeshTrust::from_pem(ca.root_pem(), "cluster.local").unwrap();
+    let expected = vec![SERVER.parse::<Identity>().unwrap()];
+    let (accepted, _) = handshake(
+        trust.server_config(&server).unwrap(),
+        plain.client_config(&client, expected).unwrap(),
+    )
+    .await;
+    let error = accepted.expect_err("a revoked leaf-only client was accepted");
+    assert_eq!(
+        handshake_failure_reason(&error),
+        Reason::CertificateRevoked,
+        "{error}"
+    );
+}
+
 /// Another CA's list, naming the same serial, revokes nothing here: a list
 /// counts only for certificates its issuer signed.
 #[tokio::test]

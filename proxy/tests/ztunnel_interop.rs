@@ -203,21 +203,9 @@ async fn hbone_lab_and_ztunnel_carry_bytes_both_ways() {
     assert_eq!(proxy.outbound.pool().dials(), 1, "it went over HBONE");
 
     // 2. ztunnel → hbone-lab: a client in zt-pod through ztunnel's SOCKS5.
-    let socks: SocketAddr = "127.0.0.1:15080".parse().unwrap();
-    let mut tcp = tcp_socket(Some(zt.sockets()), socks, None, None)
-        .unwrap()
-        .connect(socks)
+    let tcp = socks5_via_ztunnel(&zt)
         .await
-        .unwrap();
-    tcp.write_all(&[5, 1, 0]).await.unwrap();
-    let mut choice = [0u8; 2];
-    tcp.read_exact(&mut choice).await.unwrap();
-    let mut req = vec![5, 1, 0, 1, 10, 252, 0, 3];
-    req.extend_from_slice(&9000u16.to_be_bytes());
-    tcp.write_all(&req).await.unwrap();
-    let mut reply = [0u8; 10];
-    tcp.read_exact(&mut reply).await.unwrap();
-    assert_eq!(reply[1], 0, "ztunnel's SOCKS5 refused:\n{}", ztlog());
+        .unwrap_or_else(|code| panic!("ztunnel's SOCKS5 refused ({code}):\n{}", ztlog()));
     let (sent, received, n) = echo_roundtrip(tcp, 4 * 1024 * 1024).await;
     assert_eq!(
         (n, sent == received),
@@ -237,7 +225,53 @@ async fn hbone_lab_and_ztunnel_carry_bytes_both_ways() {
         "{logs}"
     );
 
-    // 3. Revocation (issue 31): the list `ca revoke` writes, naming
+    // 3. Revocation the other way (issue 31): a list naming ztunnel's
+    // certificate (its serial from its config dump, printed in decimal),
+    // given to hbone-lab's proxy while ztunnel holds a tunnel through it:
+    // the held tunnel ends, the next one carries nothing, counted as
+    // certificate_revoked. ztunnel sends its leaf and intermediate.
+    let mut held = socks5_via_ztunnel(&zt)
+        .await
+        .unwrap_or_else(|code| panic!("ztunnel's SOCKS5 refused ({code}):\n{}", ztlog()));
+    held.write_all(b"ping").await.unwrap();
+    let mut pong = [0u8; 4];
+    held.read_exact(&mut pong).await.unwrap();
+    let zt_serial = ztunnel_serial(&zt, "spiffe://cluster.local/ns/demo/sa/zt-sa").await;
+    let mut list = RevocationList::default();
+    list.revoke(&zt_serial, None);
+    let (pem, _) = authority
+        .sign_revocation_list(&list, Duration::from_secs(3600))
+        .unwrap();
+    core.trust
+        .revocations()
+        .replace(pem.as_bytes(), "test")
+        .unwrap();
+    core.close_revoked();
+    assert!(
+        support::closed_within(&mut held, Duration::from_secs(5)).await,
+        "hbone-lab kept ztunnel's tunnel open after revoking its certificate"
+    );
+    if let Ok(mut again) = socks5_via_ztunnel(&zt).await {
+        let _ = again.write_all(b"through?").await;
+        let mut back = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(3), again.read_to_end(&mut back)).await;
+        assert!(back.is_empty(), "bytes crossed from a revoked ztunnel");
+    }
+    let revoked = core.metrics.refusal_count(
+        hbone_proxy::observe::refusal::Direction::Inbound,
+        hbone_proxy::observe::refusal::Reason::CertificateRevoked,
+    );
+    assert!(revoked >= 1, "hbone-lab counted no certificate_revoked");
+    // Lifted again: ztunnel's tunnels work before step 4 revokes ours.
+    let (pem, _) = authority
+        .sign_revocation_list(&RevocationList::default(), Duration::from_secs(3600))
+        .unwrap();
+    core.trust
+        .revocations()
+        .replace(pem.as_bytes(), "test")
+        .unwrap();
+
+    // 4. Revocation (issue 31): the list `ca revoke` writes, naming
     // hbone-lab's certificate for hb-pod, given to ztunnel (CRL_PATH,
     // which it watches): ztunnel refuses hb-pod's tunnels from then on.
     let hb_id: hbone_ca::Identity = "spiffe://cluster.local/ns/demo/sa/hb-sa".parse().unwrap();
@@ -277,6 +311,51 @@ async fn hbone_lab_and_ztunnel_carry_bytes_both_ways() {
 
     proxy.shutdown(Duration::from_secs(1)).await;
     ca.shutdown().await;
+}
+
+/// A tunnel from zt-pod to hb-pod's echo through ztunnel's SOCKS5, or the
+/// SOCKS5 reply code it refused with.
+async fn socks5_via_ztunnel(zt: &NetNs) -> Result<tokio::net::TcpStream, u8> {
+    let socks: SocketAddr = "127.0.0.1:15080".parse().unwrap();
+    let mut tcp = tcp_socket(Some(zt.sockets()), socks, None, None)
+        .unwrap()
+        .connect(socks)
+        .await
+        .unwrap();
+    tcp.write_all(&[5, 1, 0]).await.unwrap();
+    let mut choice = [0u8; 2];
+    tcp.read_exact(&mut choice).await.unwrap();
+    let mut req = vec![5, 1, 0, 1, 10, 252, 0, 3];
+    req.extend_from_slice(&9000u16.to_be_bytes());
+    tcp.write_all(&req).await.unwrap();
+    let mut reply = [0u8; 10];
+    if tcp.read_exact(&mut reply).await.is_err() {
+        return Err(0xff);
+    }
+    match reply[1] {
+        0 => Ok(tcp),
+        code => Err(code),
+    }
+}
+
+/// The serial of the leaf ztunnel holds for `identity`, from its config
+/// dump (where it is decimal), as bytes.
+async fn ztunnel_serial(zt: &NetNs, identity: &str) -> Vec<u8> {
+    let admin: SocketAddr = "127.0.0.1:15000".parse().unwrap();
+    let (status, body) =
+        hbone_harness::ztunnel::http_get(Some(zt.sockets()), admin, "/config_dump")
+            .await
+            .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let dump: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let decimal = dump["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["identity"] == identity)
+        .and_then(|c| c["certChain"][0]["serialNumber"].as_str())
+        .unwrap_or_else(|| panic!("no certificate for {identity} in {dump}"));
+    hbone_ca::revocation::parse_decimal_serial(decimal).unwrap()
 }
 
 /// One connection from hb-pod to `target` through hbone-lab: whether no

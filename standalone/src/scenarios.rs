@@ -28,6 +28,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::lab::Lab;
+
+mod revocation;
 use crate::lab::plumbing::BROWSER_IP;
 use crate::lab::topology::{
     HELLO_HOST, HELLO_PORT, Mode, POSTGRES_HOST, POSTGRES_PORT, topology_for,
@@ -437,6 +439,8 @@ pub async fn run_all(lab: &Lab) -> Vec<ScenarioResult> {
     out.push(policy_change(lab, DenyScope::Namespace).await);
     // 10. The same with a selector-scoped DENY.
     out.push(policy_change(lab, DenyScope::Selector).await);
+    // 11. The gateway's certificate revoked mid-connection.
+    out.extend(revocation::revoked_mid_connection(lab).await);
     out
 }
 
@@ -574,57 +578,75 @@ async fn plaintext(lab: &Lab) -> ScenarioResult {
 /// for, SECRET_TTL, which the lab keeps short), seen in its config dump.
 async fn rotation(lab: &Lab) -> ScenarioResult {
     let gateway = lab.pod("hello-gateway").identity().clone();
-    if let Some(node1) = lab.node("node-1") {
-        let certs = &node1.core.certs;
-        let serial = |svid: std::sync::Arc<hbone_ca::Svid>| svid.leaf.serial_hex.clone();
-        let before = certs
-            .get(&gateway)
-            .await
-            .map(serial)
-            .map_err(|e| e.to_string());
-        let renew = async {
-            let mut rx = certs.watch(&gateway);
-            let generation = rx.borrow().generation;
-            certs.renew_now(&gateway);
-            tokio::time::timeout(
-                Duration::from_secs(5),
-                rx.wait_for(|s| s.generation > generation),
-            )
-            .await
-            .map_err(|_| "no renewal within 5 s".to_string())?
-            .map_err(|e| e.to_string())?;
-            certs
-                .get(&gateway)
-                .await
-                .map(serial)
-                .map_err(|e| e.to_string())
-        };
-        return rotate_while_held(lab, &gateway, before, renew, "").await;
-    }
-    let Some(z) = lab.ztunnel("node-1") else {
-        let none = Err("node-1 runs neither proxy".to_string());
-        return rotate_while_held(lab, &gateway, none, async { Err(String::new()) }, "").await;
-    };
-    let spiffe = gateway.to_string();
-    let before = z
-        .serial_of(&spiffe)
-        .await
-        .ok_or_else(|| "ztunnel holds no certificate for the gateway".to_string());
+    let before = current_serial(lab, "hello-gateway").await;
     let renew = async {
-        let limit = 2 * crate::lab::dataplane::ZTUNNEL_SECRET_TTL;
-        let deadline = std::time::Instant::now() + limit;
-        loop {
-            match z.serial_of(&spiffe).await {
-                Some(now) if Some(&now) != before.as_ref().ok() => return Ok(now),
-                _ if std::time::Instant::now() > deadline => {
-                    return Err(format!("ztunnel did not renew within {limit:?}"));
-                }
-                _ => tokio::time::sleep(Duration::from_millis(250)).await,
-            }
-        }
+        let before = before.as_deref().map_err(Clone::clone)?;
+        renewed_serial(lab, "hello-gateway", before).await
     };
-    let who = "ztunnel renewed the gateway's certificate by itself; its config dump's ";
+    let who = match lab.ztunnel(&lab.pod("hello-gateway").node) {
+        Some(_) => "ztunnel renewed the gateway's certificate by itself; its config dump's ",
+        None => "",
+    };
     rotate_while_held(lab, &gateway, before.clone(), renew, who).await
+}
+
+/// The serial (hex) of the certificate `pod`'s node proxy holds for it now.
+async fn current_serial(lab: &Lab, pod: &str) -> Result<String, String> {
+    let (id, node) = (lab.pod(pod).identity(), &lab.pod(pod).node);
+    if let Some(proxy) = lab.node(node) {
+        return proxy
+            .core
+            .certs
+            .get(id)
+            .await
+            .map(|svid| svid.leaf.serial_hex.clone())
+            .map_err(|e| e.to_string());
+    }
+    match lab.ztunnel(node) {
+        // ztunnel prints serials in decimal; as `ca inspect` prints them here.
+        Some(z) => z
+            .serial_of(&id.to_string())
+            .await
+            .ok_or_else(|| format!("ztunnel holds no certificate for {id}"))
+            .and_then(|decimal| {
+                hbone_ca::revocation::parse_decimal_serial(&decimal)
+                    .map(|bytes| hbone_ca::revocation::serial_text(&bytes))
+                    .map_err(|e| e.to_string())
+            }),
+        None => Err(format!("{node} runs neither proxy")),
+    }
+}
+
+/// The serial of `pod`'s next certificate once its node proxy has renewed
+/// it: hbone-lab's on request, ztunnel by itself (its certificates live
+/// [`crate::lab::dataplane::ZTUNNEL_SECRET_TTL`]), waited for.
+async fn renewed_serial(lab: &Lab, pod: &str, before: &str) -> Result<String, String> {
+    let (id, node) = (lab.pod(pod).identity(), &lab.pod(pod).node);
+    if let Some(proxy) = lab.node(node) {
+        let certs = &proxy.core.certs;
+        let mut rx = certs.watch(id);
+        let generation = rx.borrow().generation;
+        certs.renew_now(id);
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            rx.wait_for(|s| s.generation > generation),
+        )
+        .await
+        .map_err(|_| "no renewal within 5 s".to_string())?
+        .map_err(|e| e.to_string())?;
+        return current_serial(lab, pod).await;
+    }
+    let limit = 2 * crate::lab::dataplane::ZTUNNEL_SECRET_TTL;
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        match current_serial(lab, pod).await {
+            Ok(now) if now != before => return Ok(now),
+            _ if std::time::Instant::now() > deadline => {
+                return Err(format!("ztunnel did not renew within {limit:?}"));
+            }
+            _ => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
 }
 
 /// Holds a gateway → hello-app connection while `renew` replaces the

@@ -145,15 +145,7 @@ impl RevocationCheck {
         client: bool,
     ) -> Result<(), rustls::Error> {
         self.revocations
-            .check(
-                end_entity,
-                intermediates,
-                &self.roots,
-                &self.root_certs,
-                self.algorithms,
-                now,
-                client,
-            )
+            .check(end_entity, intermediates, self, now, client)
             .map_err(rustls::Error::InvalidCertificate)
     }
 }
@@ -304,22 +296,20 @@ impl Revocations {
     }
 
     /// Checks the chain `end_entity` + `intermediates`, already verified
-    /// against `roots`, against the lists: `CertificateError::Revoked`
+    /// against `trust`'s roots, against the lists: `CertificateError::Revoked`
     /// when one of them revokes a certificate of the chain.
-    pub(crate) fn check(
+    fn check(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        roots: &RootCertStore,
-        root_certs: &[CertificateDer<'static>],
-        algorithms: &[&'static dyn SignatureVerificationAlgorithm],
+        trust: &RevocationCheck,
         now: UnixTime,
         client: bool,
     ) -> Result<(), CertificateError> {
         let lists = self.current();
         let refs: Vec<&CertRevocationList<'_>> = lists
             .iter()
-            .filter(|list| list.signed_by_one_of(intermediates, root_certs))
+            .filter(|list| list.signed_by_one_of(intermediates, &trust.root_certs))
             .map(|list| &list.parsed)
             .collect();
         if refs.is_empty() {
@@ -339,8 +329,8 @@ impl Revocations {
             KeyUsage::server_auth()
         };
         match cert.verify_for_usage(
-            algorithms,
-            &roots.roots,
+            trust.algorithms,
+            &trust.roots.roots,
             intermediates,
             now,
             usage,

@@ -96,6 +96,14 @@ pub struct RevokeArgs {
     /// A certificate file whose serial to revoke (repeatable; a chain's first).
     #[arg(long = "cert", value_name = "FILE")]
     certs: Vec<PathBuf>,
+    /// A SPIFFE ID whose every certificate still valid to revoke, as the
+    /// issuance journal (--journal) lists them (repeatable).
+    #[arg(long = "identity", value_name = "SPIFFE_ID", requires = "journal")]
+    identities: Vec<String>,
+    /// The issuance journal `ca serve --journal` keeps: the serials each
+    /// identity was issued.
+    #[arg(long, value_name = "FILE")]
+    journal: Option<PathBuf>,
     /// Why: unspecified, key-compromise, ca-compromise, affiliation-changed,
     /// superseded, cessation-of-operation, certificate-hold, privilege-withdrawn.
     #[arg(long)]
@@ -206,6 +214,12 @@ pub struct ServeArgs {
     /// How long each published edition is valid.
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     crl_validity: Duration,
+    /// Record every certificate issued in this journal (one JSON line each:
+    /// serial, identity, validity), so that `ca revoke --identity` can
+    /// revoke all of a workload's. Entries past their validity are dropped
+    /// at start; a certificate that cannot be recorded is not issued.
+    #[arg(long, value_name = "FILE")]
+    journal: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -219,6 +233,10 @@ pub struct IssueArgs {
     /// Directory for cert.pem, key.pem, chain.pem and root.pem.
     #[arg(long)]
     out_dir: PathBuf,
+    /// Record the certificate in this issuance journal (as `ca serve
+    /// --journal` does), for `ca revoke --identity`.
+    #[arg(long, value_name = "FILE")]
+    journal: Option<PathBuf>,
     #[command(flatten)]
     authority: AuthorityArgs,
 }
@@ -276,6 +294,27 @@ fn run_revoke(args: RevokeArgs) -> anyhow::Result<()> {
         let leaf = read_cert_facts(certs[0].as_ref())
             .with_context(|| format!("reading {}", path.display()))?;
         serials.push(parse_serial(&leaf.serial_hex)?);
+    }
+    if let Some(path) = &args.journal {
+        let entries = hbone_ca::journal::read(path)?;
+        let now = std::time::SystemTime::now();
+        for identity in &args.identities {
+            let id: hbone_ca::Identity = identity
+                .parse()
+                .with_context(|| format!("--identity {identity}"))?;
+            let found = hbone_ca::journal::valid_for(&entries, &id.to_string(), now);
+            anyhow::ensure!(
+                !found.is_empty(),
+                "{} lists no certificate still valid for {id} (was it issued by a CA serving with --journal {0}?)",
+                path.display()
+            );
+            println!(
+                "{id}: {} certificate(s) still valid in {}",
+                found.len(),
+                path.display()
+            );
+            serials.extend(found.iter().map(|e| e.serial_bytes()));
+        }
     }
     let signed = next_edition(&authority, &args.crl, args.next_update, |list| {
         for serial in &serials {
@@ -354,14 +393,18 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
                 .display()
         );
     }
-    let service = Arc::new(
-        CaService::new(
-            authority,
-            authenticator.clone(),
-            Arc::new(CaMetrics::default()),
-        )
-        .with_placement(pods.unwrap_or_else(|| placement.clone())),
-    );
+    let mut service = CaService::new(
+        authority,
+        authenticator.clone(),
+        Arc::new(CaMetrics::default()),
+    )
+    .with_placement(pods.unwrap_or_else(|| placement.clone()));
+    if let Some(path) = &args.journal {
+        let journal = hbone_ca::journal::Journal::open(path, std::time::SystemTime::now())?;
+        println!("recording issued certificates in {}", path.display());
+        service = service.with_journal(Arc::new(journal));
+    }
+    let service = Arc::new(service);
     let _placing = match &args.registry {
         Some(path) if !args.xds => Some(follow_placement(path.clone(), placement.clone())?),
         _ => None,
@@ -499,6 +542,20 @@ fn run_issue(args: IssueArgs) -> anyhow::Result<()> {
     let authority = args.authority.build()?;
     let identity: Identity = args.spiffe_id.parse()?;
     let (key, issued) = authority.issue_with_new_key(&identity, Some(args.ttl))?;
+    if let Some(path) = &args.journal {
+        let journal = hbone_ca::journal::Journal::open(path, std::time::SystemTime::now())?;
+        journal.record(&hbone_ca::journal::Entry::new(
+            &issued.serial,
+            &identity.to_string(),
+            issued.not_before,
+            issued.not_after,
+        ))?;
+        println!(
+            "recorded serial {} in {}",
+            serial_text(&issued.serial),
+            path.display()
+        );
+    }
     std::fs::create_dir_all(&args.out_dir)
         .with_context(|| format!("cannot create {}", args.out_dir.display()))?;
     let files = [

@@ -26,6 +26,7 @@ pub mod grpc;
 pub mod handshake;
 pub mod identity;
 pub mod inspect;
+pub mod journal;
 pub mod manager;
 pub mod metrics;
 pub mod placement;

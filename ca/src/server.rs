@@ -94,6 +94,7 @@ pub struct CaService {
     authenticator: Arc<dyn Authenticator>,
     metrics: Arc<CaMetrics>,
     placement: Option<Arc<dyn Places>>,
+    journal: Option<Arc<crate::journal::Journal>>,
 }
 
 impl CaService {
@@ -108,7 +109,15 @@ impl CaService {
             authenticator,
             metrics,
             placement: None,
+            journal: None,
         }
+    }
+
+    /// Records every certificate issued in `journal` (for `ca revoke
+    /// --identity`); one that cannot be recorded is not handed out.
+    pub fn with_journal(mut self, journal: Arc<crate::journal::Journal>) -> Self {
+        self.journal = Some(journal);
+        self
     }
 
     /// Checks node-scoped grants against `placement`: a node's token then
@@ -244,6 +253,21 @@ impl CaService {
             n => Some(Duration::from_secs(n as u64)),
         };
         let issued = self.authority.sign_parsed(&csr, &identity, ttl)?;
+        if let Some(journal) = &self.journal {
+            let entry = crate::journal::Entry::new(
+                &issued.serial,
+                &identity.to_string(),
+                issued.not_before,
+                issued.not_after,
+            );
+            journal.record(&entry).map_err(|e| {
+                Refusal::new(
+                    "journal_unwritable",
+                    Code::Internal,
+                    format!("the certificate could not be recorded, so it is not issued: {e}"),
+                )
+            })?;
+        }
         let lifetime = issued
             .not_after
             .duration_since(issued.not_before)

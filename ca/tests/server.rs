@@ -273,3 +273,41 @@ async fn a_node_token_obtains_only_its_own_nodes_workloads() {
     assert!(message.contains("--registry"), "{message}");
     blind.ca.shutdown().await;
 }
+
+/// With a journal, every certificate served is recorded with its serial
+/// and identity (what `ca revoke --identity` reads).
+#[tokio::test]
+async fn a_journal_records_every_certificate_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("issued.jsonl");
+    let authority =
+        Arc::new(SigningAuthority::generate(AuthorityConfig::new("cluster.local")).unwrap());
+    let root_pem = authority.root_pem().to_string();
+    let tokens = Arc::new(TokenFile::parse(TOKENS, "tokens.yaml").unwrap());
+    let journal = hbone_ca::journal::Journal::open(&path, std::time::SystemTime::now()).unwrap();
+    let service = CaService::new(authority, tokens, Arc::new(CaMetrics::default()))
+        .with_journal(Arc::new(journal));
+    let ca = serve(Arc::new(service), "127.0.0.1:0".parse().unwrap(), &[])
+        .await
+        .unwrap();
+    let client = CaClient::new(&ca.url(), &root_pem, "node-token").unwrap();
+    let app = id("spiffe://cluster.local/ns/demo/sa/hello-app");
+    let (_, csr) = new_key_and_csr(&app).unwrap();
+    let chain = client
+        .create_certificate(&csr, DAY, Some(&app))
+        .await
+        .unwrap();
+    let facts = hbone_ca::inspect::read_cert_facts(
+        hbone_ca::inspect::pem_certs(&chain[0]).unwrap()[0].as_ref(),
+    )
+    .unwrap();
+    let entries = hbone_ca::journal::read(&path).unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].identity, app.to_string());
+    assert_eq!(
+        entries[0].serial_bytes(),
+        hbone_ca::revocation::parse_serial(&facts.serial_hex).unwrap()
+    );
+
+    ca.shutdown().await;
+}

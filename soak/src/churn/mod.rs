@@ -104,7 +104,7 @@ pub async fn run(
     )
     .await?;
     shared.pool_idle = Some(settings.pool_idle);
-    let plan = Plan::for_run(settings.duration, settings.pool_idle);
+    let plan = Plan::for_run(settings.duration, CONNECT_TIMEOUT, settings.pool_idle);
     let mut subjects = vec![Subject::HboneLab];
     if let Some(binary) = &settings.ztunnel {
         subjects.push(Subject::Ztunnel {
@@ -252,13 +252,14 @@ impl<'a> SubjectRun<'a> {
 
         let churn_start = Instant::now();
         let from = self.started.elapsed().as_secs_f64();
+        let mut after_pauses = Vec::new();
         for (at, event) in schedule::events(self.settings.duration, plan) {
             tokio::time::sleep_until(churn_start + at).await;
-            self.event(shared, event).await?;
-            if matches!(event, Event::LoadOff) {
+            if event == Event::LoadOn && !at.is_zero() {
+                // The end of a pause: what the pools and tasks came back to.
                 let now = self.read().await;
                 progress.say(&format!(
-                    "{}: {:>5.0} s  paused: {} fds, {:.1} MiB{}",
+                    "{}: {:>5.0} s  after a pause: {} fds, {:.1} MiB{}",
                     self.name,
                     churn_start.elapsed().as_secs_f64(),
                     now.fds,
@@ -267,7 +268,9 @@ impl<'a> SubjectRun<'a> {
                         .map(|t| format!(", {t} tasks"))
                         .unwrap_or_default()
                 ));
+                after_pauses.push(now);
             }
+            self.event(shared, event).await?;
         }
         let churn_seconds = churn_start.elapsed().as_secs_f64();
         self.load.send_replace(false);
@@ -310,6 +313,7 @@ impl<'a> SubjectRun<'a> {
             pod_errors: self.pod_errors.len() as u64,
             pod_error_examples: self.pod_errors.iter().take(5).cloned().collect(),
             control_plane_restarts: self.restarts,
+            after_pauses,
             baseline,
             peak: peak(&during),
             after,

@@ -34,6 +34,9 @@ pub struct SubjectChurn {
     pub pod_error_examples: Vec<String>,
     /// Control-plane restarts gone through.
     pub control_plane_restarts: u64,
+    /// The reading at the end of each pause of the load, when every
+    /// connection should have ended and the pools let go of them.
+    pub after_pauses: Vec<Sample>,
     /// The idle reading after warm-up.
     pub baseline: Sample,
     /// The most of each quantity seen during the churn.
@@ -158,6 +161,16 @@ impl ChurnReport {
                 },
                 per_hour(s.fds_per_hour, "")
             );
+            if let (Some(low), Some(high)) = (
+                s.after_pauses.iter().map(|p| p.fds).min(),
+                s.after_pauses.iter().map(|p| p.fds).max(),
+            ) {
+                let _ = writeln!(
+                    out,
+                    "  fds at the end of each of {} pauses: {low} to {high}",
+                    s.after_pauses.len()
+                );
+            }
             if let (Some(idle), Some(peak), Some(after)) =
                 (s.baseline.tasks, s.peak.tasks, s.after.tasks)
             {

@@ -23,31 +23,41 @@ pub enum Event {
     Restart,
 }
 
-/// The churn's rhythm.
+/// The churn's rhythm (seconds in JSON).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Plan {
     /// How long the load runs between pauses.
+    #[serde(serialize_with = "seconds")]
     pub load_for: Duration,
-    /// How long each pause lasts (longer than the pools' idle timeout).
+    /// How long each pause lasts: until the abandoned tunnels' dials have
+    /// timed out and the pools have released every connection gone idle.
+    #[serde(serialize_with = "seconds")]
     pub pause: Duration,
     /// A pod is added this often.
+    #[serde(serialize_with = "seconds")]
     pub pod_every: Duration,
     /// How long each pod lives.
+    #[serde(serialize_with = "seconds")]
     pub pod_life: Duration,
     /// The control planes restart this often.
+    #[serde(serialize_with = "seconds")]
     pub restart_every: Duration,
 }
 
+fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
 impl Plan {
-    /// The rhythm for a churn of `duration` with pools releasing an idle
-    /// connection after `pool_idle`: pauses long enough for the release
-    /// (which both meshes check every quarter of the timeout), loads of
-    /// 30 s, a pod every 4 s living 6 s, and a control-plane restart every
-    /// 90 s — at least one of each in a short run.
-    pub fn for_run(duration: Duration, pool_idle: Duration) -> Plan {
+    /// The rhythm for a churn of `duration`, where an unanswered dial
+    /// ends after `dial_timeout` and pools release an idle connection
+    /// after `pool_idle` (checked every quarter of it): pauses long enough
+    /// for both, loads of 30 s, a pod every 4 s living 6 s, and a
+    /// control-plane restart every 90 s — at least one of each in a short run.
+    pub fn for_run(duration: Duration, dial_timeout: Duration, pool_idle: Duration) -> Plan {
         Plan {
             load_for: Duration::from_secs(30).min(duration / 2),
-            pause: pool_idle * 3 / 2 + Duration::from_secs(1),
+            pause: dial_timeout + pool_idle * 3 / 2 + Duration::from_secs(1),
             pod_every: Duration::from_secs(4),
             pod_life: Duration::from_secs(6),
             restart_every: Duration::from_secs(90).min(duration / 2),
@@ -91,9 +101,9 @@ mod tests {
 
     #[test]
     fn a_short_run_has_a_pause_a_pod_and_a_restart() {
-        let plan = Plan::for_run(S(30), S(5));
+        let plan = Plan::for_run(S(30), S(1), S(4));
         assert_eq!(plan.load_for, S(15));
-        assert_eq!(plan.pause, Duration::from_millis(8500));
+        assert_eq!(plan.pause, S(8));
         let events = events(S(30), &plan);
         let kinds: Vec<Event> = events.iter().map(|(_, e)| *e).collect();
         assert_eq!(
@@ -115,7 +125,7 @@ mod tests {
 
     #[test]
     fn events_are_in_time_order_and_every_pod_that_comes_goes() {
-        let events = events(S(600), &Plan::for_run(S(600), S(5)));
+        let events = events(S(600), &Plan::for_run(S(600), S(10), S(5)));
         assert!(events.windows(2).all(|w| w[0].0 <= w[1].0));
         let added = events
             .iter()

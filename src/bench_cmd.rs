@@ -457,21 +457,21 @@ async fn run_sweep(
     };
     let report = report?;
     let subjects: Vec<&str> = subjects.iter().map(|s| s.name()).collect();
-    write_sweep(&report, &args.out, Some(&subjects))
+    write_sweep(&report, &args.out, Some((&subjects, args.worker_threads)))
 }
 
 /// The sweep's table on stdout, sweep.svg, and (for a run, not a replot)
-/// bench.json with the report whole.
+/// bench.json with the report whole, its subjects and worker threads.
 fn write_sweep(
     report: &SweepReport,
     out: &std::path::Path,
-    measured: Option<&[&str]>,
+    measured: Option<(&[&str], Option<u16>)>,
 ) -> anyhow::Result<()> {
     print!("{}", sweep::table(report));
     std::fs::create_dir_all(out)?;
-    if let Some(subjects) = measured {
+    if let Some((subjects, worker_threads)) = measured {
         let json = serde_json::json!({
-            "settings": {"connections": report.connections, "seconds": report.seconds, "policies": hbone_bench::subjects::BENCH_POLICIES},
+            "settings": {"connections": report.connections, "seconds": report.seconds, "worker_threads": worker_threads, "policies": hbone_bench::subjects::BENCH_POLICIES},
             "subjects": subjects,
             "sweep": report,
         });
@@ -498,7 +498,11 @@ async fn run_scale(
     let rows = measured?;
     print!("{}", scale::table(&rows));
     std::fs::create_dir_all(&args.out)?;
-    let json = serde_json::json!({"subjects": subjects.iter().map(|s| s.name()).collect::<Vec<_>>(), "scale": rows});
+    let json = serde_json::json!({
+        "settings": {"worker_threads": args.worker_threads, "policies": hbone_bench::subjects::BENCH_POLICIES},
+        "subjects": subjects.iter().map(|s| s.name()).collect::<Vec<_>>(),
+        "scale": rows,
+    });
     std::fs::write(
         args.out.join("bench.json"),
         serde_json::to_string_pretty(&json)?,

@@ -286,6 +286,9 @@ fn instruction_counts_are_reported_per_request_and_per_connection() {
 #[ignore = "needs root: the benchmark builds two pod network namespaces (test.sh runs it as root)"]
 fn the_scale_curves_have_a_row_per_size() {
     let (stdout, json, _out_dir) = bench_ok(&["--scale", "--quick"]);
+    // The run says how many worker threads it gave (none: the defaults).
+    assert!(json["settings"]["worker_threads"].is_null(), "{json}");
+    assert!(json["settings"]["policies"].is_string(), "{json}");
     let rows = json["scale"].as_array().unwrap();
     let curve = |scenario: &str, size: &str| -> Vec<f64> {
         rows.iter()
@@ -363,7 +366,8 @@ fn the_cost_ladder_measures_each_rung() {
 #[test]
 #[ignore = "needs root: the benchmark builds two pod network namespaces (test.sh runs it as root)"]
 fn the_sweep_has_every_step_for_every_subject() {
-    let (stdout, json, out_dir) = bench_ok(&["--sweep", "--quick"]);
+    let (stdout, json, out_dir) = bench_ok(&["--sweep", "--quick", "--worker-threads", "2"]);
+    assert_eq!(json["settings"]["worker_threads"], 2, "{json}");
     assert_eq!(json["subjects"], serde_json::json!(["direct", "hbone-lab"]));
     let sweep = &json["sweep"];
     assert_eq!(sweep["reference_subject"], "hbone-lab", "{sweep}");

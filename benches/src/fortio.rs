@@ -515,24 +515,6 @@ async fn drive(
     Ok((figures, fortio_cost, own_cost))
 }
 
-/// The server pod's echo on [`ECHO_PORT`]; stopped when dropped.
-struct Echo(tokio::task::JoinHandle<std::io::Result<()>>);
-
-impl Echo {
-    fn start(topology: &Topology) -> Result<Echo, SubjectError> {
-        let listener = topology
-            .server_listener(ECHO_PORT)
-            .map_err(|e| SubjectError::Setup(format!("the echo on {ECHO_PORT}: {e}")))?;
-        Ok(Echo(tokio::spawn(echo(listener))))
-    }
-}
-
-impl Drop for Echo {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// One generator's figures for one subject and load (medians over the repetitions).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Side {
@@ -662,7 +644,9 @@ pub async fn run(
         source,
     })?;
     let servers = Servers::start(topology)?;
-    let _echo = Echo::start(topology)?;
+    // fortio's target: an echo beside the own generator's server, on the
+    // same runtime, so that on the direct path only the generator differs.
+    servers.spawn(echo(servers.listen(topology, ECHO_PORT)?));
     let limit = Duration::from_secs_f64(settings.seconds * 3.0 + 30.0);
     let mut own_samples = Vec::new();
     let mut runs = Vec::new();

@@ -304,6 +304,14 @@ async fn ca_serve_xds_feeds_a_real_ztunnel_and_follows_policy_edits() {
     followed.unwrap();
 }
 
+/// A directory with plug-in CA files made by `ca init` in `<dir>/cacerts`.
+fn plugin_ca() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let cacerts = dir.path().join("cacerts");
+    hbone_lab_ok(&["ca", "init", "--out", s(&cacerts)]);
+    (dir, cacerts)
+}
+
 /// `ca issue` from the plug-in files in `cacerts` for service account
 /// `sa`, into `dir/<out>`, recorded in `journal` if given; the leaf's path.
 fn issue_from(cacerts: &Path, dir: &Path, sa: &str, out: &str, journal: Option<&Path>) -> PathBuf {
@@ -349,28 +357,25 @@ fn openssl_verify(cacerts: &Path, crl: &Path, cert: &Path) -> std::process::Outp
 #[test]
 #[ignore = "needs openssl (scripts/test.sh installs it and runs it as root)"]
 fn revoke_by_identity_takes_every_certificate_the_journal_lists() {
-    let dir = tempfile::tempdir().unwrap();
-    let cacerts = dir.path().join("cacerts");
-    hbone_lab_ok(&["ca", "init", "--out", s(&cacerts)]);
+    let (dir, cacerts) = plugin_ca();
     let journal = dir.path().join("issued.jsonl");
     let first = issue_from(&cacerts, dir.path(), "leaked", "leaked-1", Some(&journal));
     let renewed = issue_from(&cacerts, dir.path(), "leaked", "leaked-2", Some(&journal));
     let other = issue_from(&cacerts, dir.path(), "kept", "kept", Some(&journal));
     let crl = dir.path().join("crl.pem");
-    let revoke = |identity: &str| {
-        hbone_lab(&[
+    let revoke_with = |more: &[&str]| {
+        let mut args = vec![
             "ca",
             "revoke",
             "--plugin-certs",
             s(&cacerts),
             "--crl",
             s(&crl),
-            "--journal",
-            s(&journal),
-            "--identity",
-            identity,
-        ])
+        ];
+        args.extend_from_slice(more);
+        hbone_lab(&args)
     };
+    let revoke = |identity: &str| revoke_with(&["--journal", s(&journal), "--identity", identity]);
     let out = revoke("spiffe://cluster.local/ns/demo/sa/leaked");
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -397,16 +402,7 @@ fn revoke_by_identity_takes_every_certificate_the_journal_lists() {
         "{error}"
     );
     // --identity without a journal is refused before anything is written.
-    let out = hbone_lab(&[
-        "ca",
-        "revoke",
-        "--plugin-certs",
-        s(&cacerts),
-        "--crl",
-        s(&crl),
-        "--identity",
-        "spiffe://cluster.local/ns/demo/sa/kept",
-    ]);
+    let out = revoke_with(&["--identity", "spiffe://cluster.local/ns/demo/sa/kept"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--journal"));
 }
@@ -418,9 +414,7 @@ fn revoke_by_identity_takes_every_certificate_the_journal_lists() {
 #[test]
 #[ignore = "needs openssl (scripts/test.sh installs it and runs it as root)"]
 fn revoke_writes_a_crl_that_openssl_checks() {
-    let dir = tempfile::tempdir().unwrap();
-    let cacerts = dir.path().join("cacerts");
-    hbone_lab_ok(&["ca", "init", "--out", s(&cacerts)]);
+    let (dir, cacerts) = plugin_ca();
     let issue = |name: &str| issue_from(&cacerts, dir.path(), name, name, None);
     let (revoked, kept, later) = (issue("leaked"), issue("kept"), issue("later"));
     let crl = dir.path().join("crl.pem");

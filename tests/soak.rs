@@ -5,22 +5,31 @@
 
 use std::process::Command;
 
-#[test]
-#[ignore = "needs root: it builds two pod network namespaces (test.sh runs it as root)"]
-fn a_short_soak_loses_nothing_through_every_fault() {
+/// `hbone-lab soak <args> --clients 8` (no ztunnel): it passed; its
+/// standard output and JSON report.
+fn soak(args: &[&str]) -> (String, serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();
     let json_path = dir.path().join("soak.json");
     let out = Command::new(env!("CARGO_BIN_EXE_hbone-lab"))
-        .args(["soak", "--duration", "20s", "--clients", "8", "--json"])
+        .arg("soak")
+        .args(args)
+        .args(["--clients", "8", "--json"])
         .arg(&json_path)
         .env("RUST_LOG", "warn")
+        .env_remove("ZTUNNEL_BIN")
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    let report = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    (stdout, report)
+}
+
+#[test]
+#[ignore = "needs root: it builds two pod network namespaces (test.sh runs it as root)"]
+fn a_short_soak_loses_nothing_through_every_fault() {
+    let (stdout, report) = soak(&["--duration", "20s"]);
     let count = |key: &str| {
         report[key]
             .as_u64()
@@ -69,28 +78,7 @@ fn a_short_soak_loses_nothing_through_every_fault() {
 #[test]
 #[ignore = "needs root: it builds two pod network namespaces (test.sh runs it as root)"]
 fn a_short_churn_leaves_no_descriptor_or_task_behind() {
-    let dir = tempfile::tempdir().unwrap();
-    let json_path = dir.path().join("churn.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_hbone-lab"))
-        .args([
-            "soak",
-            "--churn",
-            "--duration",
-            "30s",
-            "--clients",
-            "8",
-            "--json",
-        ])
-        .arg(&json_path)
-        .env("RUST_LOG", "warn")
-        .env_remove("ZTUNNEL_BIN")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    let (stdout, report) = soak(&["--churn", "--duration", "30s"]);
     let subjects = report["subjects"].as_array().unwrap();
     assert_eq!(subjects.len(), 1, "{stdout}");
     let s = &subjects[0];

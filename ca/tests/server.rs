@@ -34,14 +34,24 @@ impl Lab {
     }
 
     async fn start_placing(placement: Option<Arc<Placement>>) -> Lab {
+        Lab::start_with(|service| match placement {
+            Some(placement) => service.with_placement(placement),
+            None => service,
+        })
+        .await
+    }
+
+    /// The CA with `configure` applied to its service.
+    async fn start_with(configure: impl FnOnce(CaService) -> CaService) -> Lab {
         let authority =
             Arc::new(SigningAuthority::generate(AuthorityConfig::new("cluster.local")).unwrap());
         let root_pem = authority.root_pem().to_string();
         let tokens = Arc::new(TokenFile::parse(TOKENS, "tokens.yaml").unwrap());
-        let mut service = CaService::new(authority, tokens, Arc::new(CaMetrics::default()));
-        if let Some(placement) = placement {
-            service = service.with_placement(placement);
-        }
+        let service = configure(CaService::new(
+            authority,
+            tokens,
+            Arc::new(CaMetrics::default()),
+        ));
         let ca = serve(Arc::new(service), "127.0.0.1:0".parse().unwrap(), &[])
             .await
             .unwrap();
@@ -55,6 +65,25 @@ impl Lab {
     fn metrics(&self) -> &CaMetrics {
         self.ca.service.metrics()
     }
+}
+
+/// `app`'s certificate as the node token obtains it on its behalf: the
+/// chain served and what its leaf says.
+async fn node_issues(lab: &Lab, app: &Identity) -> (Vec<String>, hbone_ca::inspect::CertFacts) {
+    let (_, csr) = new_key_and_csr(app).unwrap();
+    let chain = lab
+        .client("node-token")
+        .create_certificate(&csr, DAY, Some(app))
+        .await
+        .unwrap();
+    let facts = leaf_facts(&chain);
+    (chain, facts)
+}
+
+/// What the leaf of a served `chain` (PEM, leaf first) says.
+fn leaf_facts(chain: &[String]) -> hbone_ca::inspect::CertFacts {
+    hbone_ca::inspect::read_cert_facts(hbone_ca::inspect::pem_certs(&chain[0]).unwrap()[0].as_ref())
+        .unwrap()
 }
 
 fn id(s: &str) -> Identity {
@@ -80,16 +109,7 @@ async fn issues_in_dedicated_and_shared_mode() {
 
     // Shared mode: a node proxy asks on the workload's behalf.
     let app = id("spiffe://cluster.local/ns/demo/sa/hello-app");
-    let (_, csr) = new_key_and_csr(&app).unwrap();
-    let chain = lab
-        .client("node-token")
-        .create_certificate(&csr, DAY, Some(&app))
-        .await
-        .unwrap();
-    let facts = hbone_ca::inspect::read_cert_facts(
-        hbone_ca::inspect::pem_certs(&chain[0]).unwrap()[0].as_ref(),
-    )
-    .unwrap();
+    let (chain, facts) = node_issues(&lab, &app).await;
     assert_eq!(facts.uri_sans, vec![app.uri()]);
     assert_eq!(lab.metrics().issued(), 2);
     assert!(
@@ -280,27 +300,10 @@ async fn a_node_token_obtains_only_its_own_nodes_workloads() {
 async fn a_journal_records_every_certificate_served() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("issued.jsonl");
-    let authority =
-        Arc::new(SigningAuthority::generate(AuthorityConfig::new("cluster.local")).unwrap());
-    let root_pem = authority.root_pem().to_string();
-    let tokens = Arc::new(TokenFile::parse(TOKENS, "tokens.yaml").unwrap());
     let journal = hbone_ca::journal::Journal::open(&path, std::time::SystemTime::now()).unwrap();
-    let service = CaService::new(authority, tokens, Arc::new(CaMetrics::default()))
-        .with_journal(Arc::new(journal));
-    let ca = serve(Arc::new(service), "127.0.0.1:0".parse().unwrap(), &[])
-        .await
-        .unwrap();
-    let client = CaClient::new(&ca.url(), &root_pem, "node-token").unwrap();
+    let lab = Lab::start_with(|service| service.with_journal(Arc::new(journal))).await;
     let app = id("spiffe://cluster.local/ns/demo/sa/hello-app");
-    let (_, csr) = new_key_and_csr(&app).unwrap();
-    let chain = client
-        .create_certificate(&csr, DAY, Some(&app))
-        .await
-        .unwrap();
-    let facts = hbone_ca::inspect::read_cert_facts(
-        hbone_ca::inspect::pem_certs(&chain[0]).unwrap()[0].as_ref(),
-    )
-    .unwrap();
+    let (chain, facts) = node_issues(&lab, &app).await;
     let entries = hbone_ca::journal::read(&path).unwrap();
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].identity, app.to_string());
@@ -309,5 +312,5 @@ async fn a_journal_records_every_certificate_served() {
         hbone_ca::revocation::parse_serial(&facts.serial_hex).unwrap()
     );
 
-    ca.shutdown().await;
+    lab.ca.shutdown().await;
 }

@@ -704,6 +704,22 @@ async fn rotate_while_held(
     }
 }
 
+/// A connection from the gateway to hello-app (by `host`) and the status
+/// of its `GET /health`, answered within 5 s.
+async fn gateway_health(lab: &Lab, host: &str) -> Result<(TcpStream, u16), String> {
+    let mut tcp = lab
+        .dialer("hello-gateway")
+        .connect(host, HELLO_PORT)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (status, _) =
+        tokio::time::timeout(Duration::from_secs(5), http_get(&mut tcp, "/health", "*/*"))
+            .await
+            .map_err(|_| "no answer within 5 s".to_string())?
+            .map_err(|e| e.to_string())?;
+    Ok((tcp, status))
+}
+
 /// Where the DENY of the mid-connection scenarios applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum DenyScope {
@@ -758,19 +774,7 @@ fn closers(lab: &Lab, closed: usize) -> String {
 /// connection answers again.
 async fn policy_change(lab: &Lab, scope: DenyScope) -> ScenarioResult {
     let gateway = lab.pod("hello-gateway").identity().clone();
-    let connect = || async {
-        let mut tcp = lab
-            .dialer("hello-gateway")
-            .connect("hello-app.demo.svc.cluster.local", HELLO_PORT)
-            .await
-            .map_err(|e| e.to_string())?;
-        let (status, _) =
-            tokio::time::timeout(Duration::from_secs(5), http_get(&mut tcp, "/health", "*/*"))
-                .await
-                .map_err(|_| "no answer within 5 s".to_string())?
-                .map_err(|e| e.to_string())?;
-        Ok::<_, String>((tcp, status))
-    };
+    let connect = || gateway_health(lab, "hello-app.demo.svc.cluster.local");
     let original = lab.policies.istio.clone();
     let mut denying = original.clone();
     let result = async {

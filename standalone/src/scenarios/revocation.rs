@@ -18,9 +18,8 @@ use std::time::Duration;
 use hbone_ca::revocation::{RevocationList, parse_serial, reason_named};
 use hbone_proxy::observe::refusal::{Direction, Reason};
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 
-use super::{ScenarioResult, Verdict, current_serial, http_get, renewed_serial};
+use super::{ScenarioResult, Verdict, current_serial, gateway_health, renewed_serial};
 use crate::lab::Lab;
 use crate::lab::topology::{HELLO_HOST, HELLO_PORT};
 
@@ -39,19 +38,7 @@ pub(super) async fn revoked_mid_connection(lab: &Lab) -> Option<ScenarioResult> 
         .core
         .metrics
         .refusal_count(Direction::Inbound, Reason::CertificateRevoked);
-    let connect = || async {
-        let mut tcp = lab
-            .dialer("hello-gateway")
-            .connect(HELLO_HOST, HELLO_PORT)
-            .await
-            .map_err(|e| e.to_string())?;
-        let (status, _) =
-            tokio::time::timeout(Duration::from_secs(5), http_get(&mut tcp, "/health", "*/*"))
-                .await
-                .map_err(|_| "no answer within 5 s".to_string())?
-                .map_err(|e| e.to_string())?;
-        Ok::<(TcpStream, u16), String>((tcp, status))
-    };
+    let connect = || gateway_health(lab, HELLO_HOST);
     let result = async {
         let (mut held, before) = connect().await.map_err(|e| format!("before: {e}"))?;
         let serial = current_serial(lab, "hello-gateway").await?;

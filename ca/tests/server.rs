@@ -67,17 +67,16 @@ impl Lab {
     }
 }
 
-/// `app`'s certificate as the node token obtains it on its behalf: the
-/// chain served and what its leaf says.
-async fn node_issues(lab: &Lab, app: &Identity) -> (Vec<String>, hbone_ca::inspect::CertFacts) {
+/// What the leaf of `app`'s certificate says, as the node token obtains
+/// it on its behalf.
+async fn node_issues(lab: &Lab, app: &Identity) -> hbone_ca::inspect::CertFacts {
     let (_, csr) = new_key_and_csr(app).unwrap();
     let chain = lab
         .client("node-token")
         .create_certificate(&csr, DAY, Some(app))
         .await
         .unwrap();
-    let facts = leaf_facts(&chain);
-    (chain, facts)
+    leaf_facts(&chain)
 }
 
 /// What the leaf of a served `chain` (PEM, leaf first) says.
@@ -109,7 +108,7 @@ async fn issues_in_dedicated_and_shared_mode() {
 
     // Shared mode: a node proxy asks on the workload's behalf.
     let app = id("spiffe://cluster.local/ns/demo/sa/hello-app");
-    let (chain, facts) = node_issues(&lab, &app).await;
+    let facts = node_issues(&lab, &app).await;
     assert_eq!(facts.uri_sans, vec![app.uri()]);
     assert_eq!(lab.metrics().issued(), 2);
     assert!(
@@ -303,7 +302,7 @@ async fn a_journal_records_every_certificate_served() {
     let journal = hbone_ca::journal::Journal::open(&path, std::time::SystemTime::now()).unwrap();
     let lab = Lab::start_with(|service| service.with_journal(Arc::new(journal))).await;
     let app = id("spiffe://cluster.local/ns/demo/sa/hello-app");
-    let (chain, facts) = node_issues(&lab, &app).await;
+    let facts = node_issues(&lab, &app).await;
     let entries = hbone_ca::journal::read(&path).unwrap();
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].identity, app.to_string());

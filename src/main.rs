@@ -70,7 +70,22 @@ enum Command {
 /// A failed command prints its error and each cause on a line of its own
 /// and exits 1 — never anyhow's Debug form, which appends a stack
 /// backtrace whenever `RUST_BACKTRACE` is set (as many Rust users keep it).
+/// Lets jemalloc's background threads return freed pages to the kernel as
+/// they decay (ztunnel runs with `background_thread:true` too). Without
+/// them an arena purges only when it allocates again, so the pages a
+/// worker thread freed once its connections went idle stay resident: with
+/// 16 worker threads on two cores, memory per used-then-idle connection
+/// was 1.23× ztunnel's (0.98× with 2 threads).
+#[cfg(target_os = "linux")]
+fn purge_in_background() {
+    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+        eprintln!("note: jemalloc's background purging is off ({e}): idle memory is returned later");
+    }
+}
+
 fn main() -> std::process::ExitCode {
+    #[cfg(target_os = "linux")]
+    purge_in_background();
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -79,7 +79,9 @@ enum Command {
 #[cfg(target_os = "linux")]
 fn purge_in_background() {
     if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
-        eprintln!("note: jemalloc's background purging is off ({e}): idle memory is returned later");
+        eprintln!(
+            "note: jemalloc's background purging is off ({e}): idle memory is returned later"
+        );
     }
 }
 

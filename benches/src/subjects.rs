@@ -315,7 +315,7 @@ impl Shared {
     }
 
     /// Adds `pod` to what the control planes serve; its node agent hands it
-    /// over separately ([`ExtraPod::zds`]).
+    /// over separately ([`Shared::zds_pod`]).
     pub fn add_pod(&mut self, pod: ExtraPod) -> Result<(), SubjectError> {
         self.extra_pods.insert(pod.name.clone(), pod);
         self.rebuild()

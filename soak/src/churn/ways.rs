@@ -250,7 +250,7 @@ fn reset(tcp: TcpStream) {
 }
 
 /// Serves the linger port: echoes until the client's FIN, then holds its
-/// end open for [`LINGER`] before closing.
+/// end open for 2 s (`LINGER`) before closing.
 pub async fn linger_server(listener: TcpListener) {
     serve(listener, |mut tcp| async move {
         let mut buf = vec![0u8; 16 * 1024];

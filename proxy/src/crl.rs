@@ -96,7 +96,7 @@ impl List {
         roots: &[CertificateDer<'static>],
     ) -> bool {
         let mut verified = self.verified_by.lock().unwrap_or_else(|e| e.into_inner());
-        let mut candidates = chain.iter().chain(roots);
+        let candidates = chain.iter().chain(roots);
         if candidates
             .clone()
             .any(|c| verified.iter().any(|v| v.as_slice() == c.as_ref()))
@@ -106,7 +106,7 @@ impl List {
         let Ok((_, crl)) = X509Crl::from_der(&self.der) else {
             return false;
         };
-        for cert in candidates.by_ref() {
+        for cert in candidates {
             let Ok((_, issuer)) = X509Certificate::from_der(cert.as_ref()) else {
                 continue;
             };

@@ -169,6 +169,7 @@ fn config_dump(core: &ProxyCore) -> serde_json::Value {
         "h2": {
             "streamWindow": core.h2.stream_window, "connectionWindow": core.h2.connection_window,
             "maxFrameSize": core.h2.max_frame_size, "maxStreamsPerConnection": core.h2.max_streams_per_connection,
+            "parallelConnections": core.h2.parallel_connections,
         },
     })
 }

@@ -34,6 +34,7 @@
 //!   connectionWindow: 16777216      # 16 MiB
 //!   maxFrameSize: 1048576           # 1 MiB
 //!   maxStreamsPerConnection: 100    # client pool
+//!   parallelConnections: 0          # busy streams to one peer spread over this many connections (0: one per worker thread)
 //!   serverMaxStreams: 200           # per inbound connection
 //!   poolIdleTimeout: 300s
 //! connectionLog: 1000               # finished connections kept for /debug/connections
@@ -102,6 +103,12 @@ pub struct H2Settings {
     pub max_frame_size: u32,
     /// Most streams the client pool puts on one connection before dialing another (default 100).
     pub max_streams_per_connection: usize,
+    /// Over how many connections the client pool spreads streams to one
+    /// peer while they are busy (default 0: one per worker thread). One
+    /// HTTP/2 connection is driven by one task, so all its streams'
+    /// encryption runs on one thread at a time; a stream that finds every
+    /// connection busy gets a new one until there are this many.
+    pub parallel_connections: usize,
     /// Most CONNECT streams one inbound connection carries at once; past it, 503 (default 200).
     pub server_max_streams: usize,
     /// How long a pooled connection may sit without streams before it is closed (default 300 s).
@@ -128,6 +135,7 @@ impl Default for H2Settings {
             connection_window: 16 * 1024 * 1024,
             max_frame_size: 1024 * 1024,
             max_streams_per_connection: 100,
+            parallel_connections: 0,
             server_max_streams: 200,
             pool_idle_timeout: Duration::from_secs(300),
             connect_timeout: Duration::from_secs(10),

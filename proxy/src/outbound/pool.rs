@@ -6,6 +6,15 @@
 //! one HTTP/2 stream; a connection carries at most `maxStreamsPerConnection`
 //! streams, and concurrent first requests for one key share a single dial.
 //! Connections idle longer than `poolIdleTimeout` are released.
+//!
+//! Why a key may have several connections even below the stream limit: one
+//! HTTP/2 connection is driven by one task, which encrypts and decrypts
+//! every stream it carries, so however many worker threads the proxy has,
+//! the streams of one connection share one thread's worth of cipher work.
+//! A stream that finds every usable connection busy therefore gets a new
+//! one, until the key has `parallelConnections` (by default one per worker
+//! thread); past that, it joins the least busy. Streams one after another
+//! (a request loop, new connections in turn) still share one connection.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -83,6 +92,21 @@ fn usable(seen: &[Seen], max: usize) -> impl Iterator<Item = usize> + '_ {
         .enumerate()
         .filter(move |(_, c)| !c.closed && !c.revoked && c.current_cert && c.active < max)
         .map(|(i, _)| i)
+}
+
+/// Which connections a new stream may take, least busy first; none means
+/// dial. While fewer than `spread_to` connections are usable and each
+/// already carries a stream, a new connection is dialed instead, so busy
+/// streams spread over up to `spread_to` connections (and so threads).
+/// `spread_to` 0 or 1 never dials while one is usable.
+fn candidates(seen: &[Seen], max: usize, spread_to: usize) -> Vec<usize> {
+    let mut open: Vec<usize> = usable(seen, max).collect();
+    open.sort_by_key(|&i| seen[i].active);
+    let all_busy = open.first().is_none_or(|&i| seen[i].active > 0);
+    if all_busy && open.len() < spread_to {
+        open.clear();
+    }
+    open
 }
 
 /// Whether a connection leaves the pool: closed, to a server whose
@@ -293,6 +317,8 @@ impl Tunnel {
 /// The HBONE connections to other proxies, shared by every outbound connection of one proxy.
 pub struct Pool {
     core: Arc<ProxyCore>,
+    /// `parallelConnections`, 0 resolved to the runtime's worker threads.
+    parallel: usize,
     conns: Mutex<HashMap<PoolKey, Vec<Arc<PooledConnection>>>>,
     dialing: Mutex<HashMap<PoolKey, Arc<tokio::sync::Mutex<()>>>>,
     next_id: AtomicU64,
@@ -301,8 +327,13 @@ pub struct Pool {
 impl Pool {
     /// An empty pool, with a task that releases idle connections (so, inside a Tokio runtime).
     pub fn new(core: Arc<ProxyCore>) -> Arc<Self> {
+        let parallel = match core.h2.parallel_connections {
+            0 => tokio::runtime::Handle::current().metrics().num_workers(),
+            n => n,
+        };
         let pool = Arc::new(Pool {
             core,
+            parallel,
             conns: Mutex::new(HashMap::new()),
             dialing: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
@@ -326,10 +357,32 @@ impl Pool {
             .sum()
     }
 
+    /// Streams open now, all connections.
+    pub fn streams(&self) -> usize {
+        self.conns
+            .lock()
+            .expect("pool lock")
+            .values()
+            .flatten()
+            .map(|c| c.active.load(Ordering::Acquire))
+            .sum()
+    }
+
+    /// Over how many connections one key's busy streams spread.
+    pub fn parallel_connections(&self) -> usize {
+        self.parallel
+    }
+
     /// A slot on a pooled connection for `key`, if one may take a stream
-    /// ([`usable`]); the slot is taken atomically, so racing callers cannot
-    /// overfill a connection.
-    fn checkout(&self, key: &PoolKey, cert: &Arc<Svid>) -> Option<Arc<PooledConnection>> {
+    /// ([`candidates`]; `spread` false while another dial for the key is
+    /// under way, so this stream does not wait for it); the slot is taken
+    /// atomically, so racing callers cannot overfill a connection.
+    fn checkout(
+        &self,
+        key: &PoolKey,
+        cert: &Arc<Svid>,
+        spread: bool,
+    ) -> Option<Arc<PooledConnection>> {
         let max = self.core.h2.max_streams_per_connection;
         let mut conns = self.conns.lock().expect("pool lock");
         let list = conns.get_mut(key)?;
@@ -341,7 +394,8 @@ impl Pool {
             !seen.closed && !seen.revoked
         });
         let seen: Vec<Seen> = list.iter().map(|c| c.seen(cert, check.as_ref())).collect();
-        for i in usable(&seen, max) {
+        let spread_to = if spread { self.parallel } else { 0 };
+        for i in candidates(&seen, max, spread_to) {
             let conn = &list[i];
             let mut current = conn.active.load(Ordering::Acquire);
             while current < max {
@@ -366,7 +420,7 @@ impl Pool {
             .get(&key.source)
             .await
             .map_err(CoreError::from)?;
-        if let Some(conn) = self.checkout(key, &cert) {
+        if let Some(conn) = self.checkout(key, &cert, true) {
             return Ok(conn);
         }
         let gate = self
@@ -376,8 +430,18 @@ impl Pool {
             .entry(key.clone())
             .or_default()
             .clone();
-        let _dialing = gate.lock().await;
-        if let Some(conn) = self.checkout(key, &cert) {
+        let _dialing = match gate.try_lock() {
+            Ok(dialing) => dialing,
+            Err(_) => {
+                // Another stream is dialing for this key: a busy connection
+                // now beats a new one later.
+                if let Some(conn) = self.checkout(key, &cert, false) {
+                    return Ok(conn);
+                }
+                gate.lock().await
+            }
+        };
+        if let Some(conn) = self.checkout(key, &cert, true) {
             return Ok(conn);
         }
         let conn = Arc::new(self.dial(key, cert).await?);
@@ -708,6 +772,45 @@ mod tests {
         ];
         for (name, seen, max, expected) in cases {
             let got: Vec<usize> = usable(seen, *max).collect();
+            assert_eq!(&got, expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn busy_streams_spread_over_up_to_spread_to_connections_then_share_the_least_busy() {
+        let busy = |active| Seen { active, ..OPEN };
+        let cases: &[(&str, &[Seen], usize, &[usize])] = &[
+            ("empty pool: dial", &[], 4, &[]),
+            ("an idle connection is taken", &[busy(1), OPEN], 4, &[1, 0]),
+            (
+                "every one busy, room to spread: dial",
+                &[busy(1), busy(2)],
+                4,
+                &[],
+            ),
+            (
+                "every one busy, spread reached: the least busy first",
+                &[busy(3), busy(1), busy(2)],
+                3,
+                &[1, 2, 0],
+            ),
+            ("no spreading: the busy one", &[busy(5)], 1, &[0]),
+            ("another dial under way: the busy one", &[busy(5)], 0, &[0]),
+            (
+                "only usable connections count towards the spread",
+                &[
+                    Seen {
+                        current_cert: false,
+                        ..OPEN
+                    },
+                    busy(1),
+                ],
+                2,
+                &[],
+            ),
+        ];
+        for (name, seen, spread_to, expected) in cases {
+            let got = candidates(seen, 100, *spread_to);
             assert_eq!(&got, expected, "{name}");
         }
     }

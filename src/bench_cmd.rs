@@ -9,12 +9,12 @@ use hbone_bench::fortio::{self, CrossCheck};
 use hbone_bench::instructions::{self, InstructionSettings};
 use hbone_bench::report::{markdown, table};
 use hbone_bench::runner::{
-    BenchSettings, LADDER_SCENARIOS, Progress, SCENARIOS, Sample, run, summarize,
+    BenchSettings, LADDER_SCENARIOS, Progress, SCENARIOS, Sample, Summary, run, summarize,
 };
 use hbone_bench::subjects::{Shared, Subject, ZtunnelMode};
 use hbone_bench::sweep::{self, SweepReport, SweepSettings};
 use hbone_bench::topology::Topology;
-use hbone_bench::{chart, scale, scaling};
+use hbone_bench::{chart, scale, scaling, targets};
 
 /// Measure hbone-lab's proxy against no proxy and a real ztunnel, on the same
 /// two-pod network-namespace path (needs root), interleaved, with medians and
@@ -201,10 +201,14 @@ fn replot(json_path: &std::path::Path, out: &std::path::Path) -> anyhow::Result<
         })?;
     let names: Vec<String> = serde_json::from_value(saved["subjects"].clone())
         .with_context(|| format!("{}: `subjects` is missing", json_path.display()))?;
+    // Runs written before the samples were kept judge no targets.
+    let samples: Vec<Sample> = serde_json::from_value(saved["samples"].clone()).unwrap_or_default();
+    let judged = targets::judge(&samples);
     std::fs::create_dir_all(out)?;
-    std::fs::write(out.join("bench.md"), markdown(&summaries))?;
+    std::fs::write(out.join("bench.md"), with_targets(&summaries, &judged))?;
     std::fs::write(out.join("bench.svg"), chart::svg(&summaries, &names)?)?;
     println!("{}", table(&summaries));
+    print_targets(&judged);
     println!(
         "wrote {} and {}",
         out.join("bench.md").display(),
@@ -555,6 +559,26 @@ async fn run_fortio(
     Ok(())
 }
 
+/// The results' Markdown, followed by the targets judged from them.
+fn with_targets(summaries: &[Summary], judged: &[targets::Judged]) -> String {
+    let mut md = markdown(summaries);
+    if !judged.is_empty() {
+        md.push_str("\n## Issue 28's targets, hbone-lab ÷ ztunnel\n\n");
+        md.push_str(&targets::markdown(judged));
+    }
+    md
+}
+
+/// The targets judged from this run, when ztunnel ran beside hbone-lab.
+fn print_targets(judged: &[targets::Judged]) {
+    if !judged.is_empty() {
+        println!(
+            "targets (issue 28), hbone-lab ÷ ztunnel, the medians' ratio; \"ranges\" says whether the repetitions overlap:"
+        );
+        println!("{}", targets::markdown(judged));
+    }
+}
+
 /// The timed (or counted) run's table, bench.json, bench.md and bench.svg.
 fn write_results(
     args: &BenchArgs,
@@ -563,8 +587,10 @@ fn write_results(
     samples: &[Sample],
 ) -> anyhow::Result<()> {
     let summaries = summarize(samples);
+    let judged = targets::judge(samples);
     println!("{}", header(args));
     println!("{}", table(&summaries));
+    print_targets(&judged);
     let curves = scaling::curves(&summaries);
     if args.scaling {
         print!("{}", scaling::table(&curves));
@@ -579,11 +605,14 @@ fn write_results(
     if args.scaling {
         json["scaling"] = serde_json::to_value(&curves)?;
     }
+    if !judged.is_empty() {
+        json["targets"] = serde_json::to_value(&judged)?;
+    }
     std::fs::write(
         args.out.join("bench.json"),
         serde_json::to_string_pretty(&json)?,
     )?;
-    std::fs::write(args.out.join("bench.md"), markdown(&summaries))?;
+    std::fs::write(args.out.join("bench.md"), with_targets(&summaries, &judged))?;
     let names: Vec<String> = subjects.iter().map(|s| s.name().to_string()).collect();
     std::fs::write(args.out.join("bench.svg"), chart::svg(&summaries, &names)?)?;
     println!(

@@ -14,6 +14,7 @@
 //!   load generator, in the same run — do the two agree on the direct path?
 //! - [`proc_stats`]: CPU seconds, resident memory and context switches from /proc.
 //! - [`scale`]: how the cost grows — workloads known, policies in scope, open connections.
+//! - [`targets`]: issue 28's targets judged from a run's repetitions — ratio, spread, met or not.
 //! - [`report`]: table and Markdown (JSON comes from serde).
 //! - [`chart`]: the same results as an SVG chart.
 //!
@@ -32,4 +33,5 @@ pub mod scale;
 pub mod scaling;
 pub mod subjects;
 pub mod sweep;
+pub mod targets;
 pub mod topology;

@@ -154,11 +154,24 @@ fn replot_redraws_a_saved_run() {
         assert!(svg.contains(subject), "{subject} missing from the chart");
     }
     let md = std::fs::read_to_string(out_dir.path().join("bench.md")).unwrap();
+    let (results, targets) = md
+        .split_once("## Issue 28's targets")
+        .expect("the targets are judged from the saved samples");
     // The header row, then 6 scenarios × 3 subjects.
     assert_eq!(
-        md.lines().filter(|l| l.starts_with("| ")).count(),
+        results.lines().filter(|l| l.starts_with("| ")).count(),
         1 + 18,
         "{md}"
+    );
+    // The header row, then a row for each target the six scenarios measure.
+    assert_eq!(
+        targets.lines().filter(|l| l.starts_with("| ")).count(),
+        1 + 6,
+        "{md}"
+    );
+    assert!(
+        targets.contains("| requests/s, one connection | 4804–4968–5143 | 5216–5357–5490 | 0.93× | apart, behind |"),
+        "{targets}"
     );
 
     let broken = out_dir.path().join("broken.json");

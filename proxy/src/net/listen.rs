@@ -28,6 +28,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use futures::FutureExt;
 use thiserror::Error;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -178,13 +179,10 @@ pub(crate) async fn accept_loop<F, Fut>(
             src.identity = Empty,
             dst.workload = Empty,
         );
-        let served = handle(tcp, peer);
-        tasks.spawn(
-            async move {
-                served.await;
-                drop(permit);
-            }
-            .instrument(span),
-        );
+        // `map`, not an async block that awaits `served`: such a block keeps
+        // the captured future and the awaited one in separate slots, so an
+        // idle connection's task would hold its handler's state twice.
+        let served = handle(tcp, peer).map(move |()| drop(permit));
+        tasks.spawn(served.instrument(span));
     }
 }

@@ -67,9 +67,6 @@ enum Command {
     Wire(wire_cmd::WireArgs),
 }
 
-/// A failed command prints its error and each cause on a line of its own
-/// and exits 1 — never anyhow's Debug form, which appends a stack
-/// backtrace whenever `RUST_BACKTRACE` is set (as many Rust users keep it).
 /// Lets jemalloc's background threads return freed pages to the kernel as
 /// they decay (ztunnel runs with `background_thread:true` too). Without
 /// them an arena purges only when it allocates again, so the pages a
@@ -85,6 +82,9 @@ fn purge_in_background() {
     }
 }
 
+/// A failed command prints its error and each cause on a line of its own
+/// and exits 1 — never anyhow's Debug form, which appends a stack
+/// backtrace whenever `RUST_BACKTRACE` is set (as many Rust users keep it).
 fn main() -> std::process::ExitCode {
     #[cfg(target_os = "linux")]
     purge_in_background();

@@ -35,3 +35,14 @@ pub struct Summary {
     /// Each figure ÷ ztunnel's, when ztunnel ran.
     pub ratio_vs_ztunnel: BTreeMap<String, f64>,
 }
+
+/// The middle value (the mean of the two middle ones for an even count).
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}

@@ -64,9 +64,10 @@ use nix::sys::resource::{UsageWho, getrusage};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::figures::median;
 use crate::figures::{Sample, Summary};
 use crate::proc_stats::{context_switches, cpu_times};
-use crate::runner::{BenchSettings, Servers, median, start_warm, summarize};
+use crate::runner::{BenchSettings, Servers, start_warm, summarize};
 use crate::subjects::{Shared, Subject, SubjectError};
 use crate::topology::{SERVER_IP, Topology};
 

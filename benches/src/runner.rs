@@ -57,6 +57,7 @@ impl BenchSettings {
     }
 }
 
+use crate::figures::median;
 pub use crate::figures::{Sample, Summary};
 
 /// Every timed scenario, in the order they run.
@@ -503,17 +504,6 @@ pub async fn run(
     drop(servers);
     let _ = topology.capture(false);
     Ok(samples)
-}
-
-/// The middle value (the mean of the two middle ones for an even count).
-pub(crate) fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    let n = values.len();
-    if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
 }
 
 /// Medians per subject × scenario, and ratios measured in the same run.

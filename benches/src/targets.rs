@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::figures::Sample;
+use crate::figures::{Sample, median};
 
 /// Which way a figure is better.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -152,20 +152,12 @@ pub struct Spread {
 impl Spread {
     fn of(mut values: Vec<f64>) -> Option<Spread> {
         values.retain(|v| v.is_finite());
-        if values.is_empty() {
-            return None;
-        }
-        values.sort_by(f64::total_cmp);
-        let n = values.len();
-        let median = if n % 2 == 1 {
-            values[n / 2]
-        } else {
-            (values[n / 2 - 1] + values[n / 2]) / 2.0
-        };
+        let min = values.iter().copied().reduce(f64::min)?;
+        let max = values.iter().copied().reduce(f64::max)?;
         Some(Spread {
-            min: values[0],
-            median,
-            max: values[n - 1],
+            min,
+            median: median(values),
+            max,
         })
     }
 }
@@ -212,22 +204,27 @@ pub fn judge(samples: &[Sample]) -> Vec<Judged> {
         .collect()
 }
 
-fn values(t: &Target, samples: &[Sample], subject: &str) -> Vec<f64> {
-    let direct: BTreeMap<usize, f64> = samples
-        .iter()
-        .filter(|s| s.subject == "direct" && s.scenario == t.scenario)
-        .filter_map(|s| Some((s.repetition, *s.figures.get(t.key)?)))
-        .collect();
-    let direct_median = Spread::of(direct.values().copied().collect()).map(|s| s.median);
+/// `who`'s figure for `t`, each with its repetition.
+fn repetitions<'a>(
+    t: &'a Target,
+    samples: &'a [Sample],
+    who: &'a str,
+) -> impl Iterator<Item = (usize, f64)> + 'a {
     samples
         .iter()
-        .filter(|s| s.subject == subject && s.scenario == t.scenario)
-        .filter_map(|s| {
-            let v = *s.figures.get(t.key)?;
-            if !t.over_direct {
-                return Some(v);
-            }
-            let base = direct.get(&s.repetition).copied().or(direct_median)?;
+        .filter(move |s| s.subject == who && s.scenario == t.scenario)
+        .filter_map(|s| Some((s.repetition, *s.figures.get(t.key)?)))
+}
+
+fn values(t: &Target, samples: &[Sample], subject: &str) -> Vec<f64> {
+    if !t.over_direct {
+        return repetitions(t, samples, subject).map(|(_, v)| v).collect();
+    }
+    let direct: BTreeMap<usize, f64> = repetitions(t, samples, "direct").collect();
+    let direct_median = Spread::of(direct.values().copied().collect()).map(|s| s.median);
+    repetitions(t, samples, subject)
+        .filter_map(|(repetition, v)| {
+            let base = direct.get(&repetition).copied().or(direct_median)?;
             Some(v - base)
         })
         .collect()

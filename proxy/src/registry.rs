@@ -347,6 +347,18 @@ impl Index {
     }
 }
 
+/// `items`, each behind an `Arc`, in a list of exactly their number.
+///
+/// Not `into_iter().map(Arc::new).collect()`: the standard library collects
+/// that in place, into the parsed list's own allocation, which then stays
+/// as large as the parsed values were (344 bytes a workload, against 8 for
+/// its `Arc`) for as long as the registry lives.
+fn shared<T>(items: Vec<T>) -> Vec<Arc<T>> {
+    let mut out = Vec::with_capacity(items.len());
+    out.extend(items.into_iter().map(Arc::new));
+    out
+}
+
 impl Registry {
     /// Reads and validates the registry file at `path`.
     pub fn load(path: &Path) -> Result<Self, RegistryError> {
@@ -417,8 +429,8 @@ impl Registry {
                 }
             }
         }
-        let workloads: Vec<Arc<Workload>> = doc.workloads.into_iter().map(Arc::new).collect();
-        let services: Vec<Arc<Service>> = doc.services.into_iter().map(Arc::new).collect();
+        let workloads = shared(doc.workloads);
+        let services = shared(doc.services);
         Ok(Registry {
             trust_domain: doc.trust_domain,
             nodes: doc.nodes,

@@ -95,9 +95,11 @@ pub struct Workload {
     pub namespace: String,
     /// Its service account: with the namespace and trust domain, its SPIFFE identity.
     pub service_account: String,
-    /// Its labels, matched by service and policy selectors.
+    /// Its labels, matched by service and policy selectors. Shared: the
+    /// pods of one ReplicaSet carry the same labels, and the registry keeps
+    /// one copy of each distinct set (a map of one label is 640 bytes).
     #[serde(default)]
-    pub labels: BTreeMap<String, String>,
+    pub labels: Arc<BTreeMap<String, String>>,
     /// Its addresses, at least one; any of them identifies it as a source.
     pub ips: Vec<IpAddr>,
     /// The node it runs on, one of those under `nodes`.
@@ -111,9 +113,10 @@ pub struct Workload {
     /// (`state::pod_netns`). A pod handed over by a node agent needs none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<std::path::PathBuf>,
-    /// Filled in at load from the registry's trust domain.
+    /// Filled in at load from the registry's trust domain; shared by the
+    /// workloads of one service account, like the labels.
     #[serde(skip)]
-    pub identity: Option<Identity>,
+    pub identity: Option<Arc<Identity>>,
     /// The selector-scoped policy keys the workload's record lists (from
     /// xDS, where the selectors are not sent); empty in a registry file,
     /// whose policies' selectors are matched against `labels` instead.
@@ -138,7 +141,7 @@ impl Workload {
     /// Its SPIFFE identity, set when the registry is built (panics before).
     pub fn identity(&self) -> &Identity {
         self.identity
-            .as_ref()
+            .as_deref()
             .expect("identity is set when the registry loads")
     }
 }
@@ -159,9 +162,10 @@ pub struct Service {
     /// Service port → target port.
     pub ports: BTreeMap<u16, u16>,
     /// The labels of its endpoints; without one, its endpoints are the
-    /// workloads that name it (xDS).
+    /// workloads that name it (xDS). Kept once per distinct label map,
+    /// with the workloads' label sets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub selector: Option<BTreeMap<String, String>>,
+    pub selector: Option<Arc<BTreeMap<String, String>>>,
 }
 
 impl Service {
@@ -277,7 +281,7 @@ enum Addressed {
 struct Index {
     by_ip: std::collections::HashMap<IpAddr, Addressed>,
     /// The first workload of each identity (many pods share one).
-    by_identity: std::collections::HashMap<Identity, u32>,
+    by_identity: std::collections::HashMap<Arc<Identity>, u32>,
     /// For each service (same position), its endpoints' positions.
     endpoints: Vec<Vec<u32>>,
 }
@@ -310,7 +314,7 @@ impl Index {
         for (i, w) in workloads.iter().enumerate() {
             let i = i as u32;
             by_namespace.entry(&w.namespace).or_default().push(i);
-            for (k, v) in &w.labels {
+            for (k, v) in w.labels.iter() {
                 by_label.entry((&w.namespace, k, v)).or_default().push(i);
             }
             for key in &w.services {
@@ -344,6 +348,27 @@ impl Index {
             by_identity,
             endpoints,
         }
+    }
+}
+
+/// One copy of each distinct value, shared by everything that holds an
+/// equal one.
+struct Distinct<T>(std::collections::HashSet<Arc<T>>);
+
+impl<T> Default for Distinct<T> {
+    fn default() -> Self {
+        Distinct(std::collections::HashSet::new())
+    }
+}
+
+impl<T: Eq + std::hash::Hash> Distinct<T> {
+    /// The copy kept of `value`: the first equal one seen, else `value`.
+    fn one(&mut self, value: Arc<T>) -> Arc<T> {
+        if let Some(kept) = self.0.get(&*value) {
+            return kept.clone();
+        }
+        self.0.insert(value.clone());
+        value
     }
 }
 
@@ -388,16 +413,20 @@ impl Registry {
     /// trust domain, unless a workload comes with its own, as from xDS).
     pub fn from_file(mut doc: RegistryFile) -> Result<Self, FieldError> {
         let mut seen_ips = BTreeMap::new();
+        let mut label_sets = Distinct::default();
+        let mut identities = Distinct::default();
         for (i, w) in doc.workloads.iter_mut().enumerate() {
             if w.uid.is_empty() {
                 w.uid = hbone_xds::MeshWorkload::pod_uid(&w.namespace, &w.name);
             }
-            if w.identity.is_none() {
-                let identity =
-                    Identity::new(&doc.trust_domain, &w.namespace, &w.service_account)
-                        .map_err(|e| FieldError::new(format!("workloads[{i}]"), e.to_string()))?;
-                w.identity = Some(identity);
-            }
+            let identity = match w.identity.take() {
+                Some(identity) => identity,
+                None => Identity::new(&doc.trust_domain, &w.namespace, &w.service_account)
+                    .map(Arc::new)
+                    .map_err(|e| FieldError::new(format!("workloads[{i}]"), e.to_string()))?,
+            };
+            w.identity = Some(identities.one(identity));
+            w.labels = label_sets.one(std::mem::take(&mut w.labels));
             if !doc.nodes.iter().any(|n| n.name == w.node) {
                 return Err(FieldError::new(
                     format!("workloads[{i}].node"),
@@ -419,7 +448,8 @@ impl Registry {
                 }
             }
         }
-        for (i, s) in doc.services.iter().enumerate() {
+        for (i, s) in doc.services.iter_mut().enumerate() {
+            s.selector = s.selector.take().map(|selector| label_sets.one(selector));
             for vip in &s.vips {
                 if let Some(other) = seen_ips.insert(*vip, s.name.clone()) {
                     return Err(FieldError::new(
@@ -655,6 +685,34 @@ services:
         assert!(r.workload_by_ip("10.1.0.1".parse().unwrap()).is_none());
         let app = r.workloads[1].identity().clone();
         assert_eq!(r.workload_by_identity(&app).unwrap().name, "a1");
+    }
+
+    /// Equal label maps and identities are kept once, and a service's
+    /// selector joins the workloads' label sets; unequal ones stay apart.
+    #[test]
+    fn equal_labels_and_identities_are_kept_once() {
+        let r = Registry::parse(
+            "
+nodes: [{name: n1}]
+workloads:
+  - {name: a1, namespace: demo, serviceAccount: app, labels: {app: a}, ips: [10.0.0.1], node: n1}
+  - {name: a2, namespace: demo, serviceAccount: app, labels: {app: a}, ips: [10.0.0.2], node: n1}
+  - {name: b1, namespace: demo, serviceAccount: b, labels: {app: b}, ips: [10.0.0.3], node: n1}
+services:
+  - {name: a, namespace: demo, vips: [10.1.0.1], ports: {80: 8080}, selector: {app: a}}
+",
+            "r.yaml",
+        )
+        .unwrap();
+        let [a1, a2, b1] = [0, 1, 2].map(|i| &r.workloads[i]);
+        assert!(Arc::ptr_eq(&a1.labels, &a2.labels));
+        assert!(!Arc::ptr_eq(&a1.labels, &b1.labels));
+        let selector = r.services[0].selector.as_ref().unwrap();
+        assert!(Arc::ptr_eq(selector, &a1.labels));
+        let [ia1, ia2, ib1] = [a1, a2, b1].map(|w| w.identity.as_ref().unwrap());
+        assert!(Arc::ptr_eq(ia1, ia2));
+        assert!(!Arc::ptr_eq(ia1, ib1));
+        assert_eq!(ib1.to_string(), "spiffe://cluster.local/ns/demo/sa/b");
     }
 
     /// `registry: /dev/zero` is refused at once, not read until memory

@@ -174,7 +174,7 @@ async fn a_proxy_follows_the_cluster() {
         name: w.name.clone(),
         namespace: w.namespace.clone(),
         service_account: w.service_account.clone(),
-        labels: w.labels.clone(),
+        labels: (*w.labels).clone(),
         ip: Some(w.ips[0]),
         node: Some(w.node.clone()),
         named_ports: BTreeMap::new(),

@@ -286,10 +286,12 @@ mod tests {
         Workload {
             name: "gw-7f9c".into(),
             namespace: "demo".into(),
-            labels: labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            labels: std::sync::Arc::new(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
             ..Workload::default()
         }
     }

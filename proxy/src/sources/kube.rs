@@ -182,7 +182,7 @@ pub fn registry_file(snapshot: &ClusterSnapshot, trust_domain: &str) -> Registry
             name: pod.name.clone(),
             namespace: pod.namespace.clone(),
             service_account: pod.service_account.clone(),
-            labels: pod.labels.clone(),
+            labels: Arc::new(pod.labels.clone()),
             ips: vec![ip],
             node,
             protocol: if meshed(pod, snapshot) {
@@ -229,7 +229,7 @@ pub fn registry_file(snapshot: &ClusterSnapshot, trust_domain: &str) -> Registry
                 hostname: None,
                 vips: vec![vip],
                 ports,
-                selector: Some(s.selector.clone()),
+                selector: Some(Arc::new(s.selector.clone())),
             })
         })
         .collect();

@@ -184,7 +184,7 @@ pub fn registry_from(
                     } else {
                         Protocol::Tcp
                     },
-                    identity: Some(identity),
+                    identity: Some(Arc::new(identity)),
                     authorization_policies: r.policies,
                     service_ports: w
                         .services

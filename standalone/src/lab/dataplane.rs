@@ -96,7 +96,7 @@ pub fn mesh(registry: &Registry, policies: &IstioPolicies) -> Mesh {
             namespace: w.namespace.clone(),
             service_account: w.service_account.clone(),
             trust_domain: registry.trust_domain.clone(),
-            labels: w.labels.clone(),
+            labels: (*w.labels).clone(),
             ips: w.ips.clone(),
             node: w.node.clone(),
             hbone: w.protocol == Protocol::Hbone,

@@ -47,7 +47,7 @@ pub fn world_of(registry: &Registry) -> World {
                     name: w.name.clone(),
                     namespace: w.namespace.clone(),
                     service_account: w.service_account.clone(),
-                    labels: w.labels.clone(),
+                    labels: (*w.labels).clone(),
                     ip: *w.ips.first()?,
                     node: w.node.clone(),
                     captured: w.protocol == Protocol::Hbone,
@@ -65,7 +65,7 @@ pub fn world_of(registry: &Registry) -> World {
                     vip: *s.vips.first()?,
                     ports: s.ports.iter().map(|(p, t)| (*p, *t)).collect(),
                     named_targets: Vec::new(),
-                    selector: s.selector.clone().unwrap_or_default(),
+                    selector: s.selector.as_deref().cloned().unwrap_or_default(),
                 })
             })
             .collect(),

@@ -500,7 +500,7 @@ fn registry(
             name: p.name.to_string(),
             namespace: "demo".into(),
             service_account: p.service_account.to_string(),
-            labels: p.label_map(),
+            labels: p.label_map().into(),
             ips: vec![p.addr(mode)],
             node: p.node.to_string(),
             protocol: Protocol::Hbone,
@@ -514,7 +514,7 @@ fn registry(
         hostname: None,
         vips: vec![ip(vip)],
         ports: BTreeMap::from([(port, target)]),
-        selector: Some(BTreeMap::from([("app".to_string(), name.to_string())])),
+        selector: Some(BTreeMap::from([("app".to_string(), name.to_string())]).into()),
     };
     let (hello_vip, postgres_vip) = mode.vips();
     Registry::from_file(RegistryFile {

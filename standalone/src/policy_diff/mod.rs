@@ -441,7 +441,7 @@ impl Lab {
                 name: TARGET_APP.into(),
                 namespace: TARGET_NAMESPACE.into(),
                 service_account: TARGET_APP.into(),
-                labels: [("app".to_string(), TARGET_APP.to_string())].into(),
+                labels: std::sync::Arc::new([("app".to_string(), TARGET_APP.to_string())].into()),
                 ips: vec![ip(TARGET_IP)],
                 node: NODE.into(),
                 protocol: Protocol::Hbone,

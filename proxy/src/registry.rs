@@ -112,7 +112,7 @@ pub struct Workload {
     /// there, through a handle it keeps beside the registry
     /// (`state::pod_netns`). A pod handed over by a node agent needs none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub netns: Option<std::path::PathBuf>,
+    pub netns: Option<Box<Path>>,
     /// Filled in at load from the registry's trust domain; shared by the
     /// workloads of one service account, like the labels.
     #[serde(skip)]
@@ -121,11 +121,11 @@ pub struct Workload {
     /// xDS, where the selectors are not sent); empty in a registry file,
     /// whose policies' selectors are matched against `labels` instead.
     #[serde(skip)]
-    pub authorization_policies: Vec<String>,
+    pub authorization_policies: Box<[String]>,
     /// The services (`namespace/hostname`) whose endpoint the workload's
     /// record says it is (from xDS, where services carry no selector).
     #[serde(skip)]
-    pub services: Vec<String>,
+    pub services: Box<[String]>,
     /// For each of those services, its port → this workload's target port,
     /// where the control plane says so per workload (istiod does when the
     /// Service's target port is a name: the number is each pod's own).

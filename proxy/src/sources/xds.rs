@@ -185,7 +185,7 @@ pub fn registry_from(
                         Protocol::Tcp
                     },
                     identity: Some(Arc::new(identity)),
-                    authorization_policies: r.policies,
+                    authorization_policies: r.policies.into(),
                     service_ports: w
                         .services
                         .iter()

@@ -12,7 +12,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -95,11 +95,11 @@ impl PodNetns {
             return Ok(None);
         };
         let mut named = self.named.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(netns) = named.get(path) {
+        if let Some(netns) = named.get(&**path) {
             return Ok(Some(netns.clone()));
         }
         let netns = Netns::open(path)?;
-        named.insert(path.clone(), netns.clone());
+        named.insert(path.to_path_buf(), netns.clone());
         Ok(Some(netns))
     }
 
@@ -109,11 +109,11 @@ impl PodNetns {
         if named.is_empty() {
             return;
         }
-        let wanted: HashSet<&PathBuf> = registry
+        let wanted: HashSet<&Path> = registry
             .workloads
             .iter()
-            .filter_map(|w| w.netns.as_ref())
+            .filter_map(|w| w.netns.as_deref())
             .collect();
-        named.retain(|path, _| wanted.contains(path));
+        named.retain(|path, _| wanted.contains(path.as_path()));
     }
 }

@@ -268,7 +268,7 @@ pub fn node_pods(registry: &Registry, node: &str) -> Vec<ZdsPod> {
                 name: w.name.clone(),
                 namespace: w.namespace.clone(),
                 service_account: w.service_account.clone(),
-                netns: w.netns.clone()?,
+                netns: w.netns.as_deref()?.to_path_buf(),
             })
         })
         .collect()

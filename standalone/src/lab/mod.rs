@@ -504,7 +504,7 @@ fn registry(
             ips: vec![p.addr(mode)],
             node: p.node.to_string(),
             protocol: Protocol::Hbone,
-            netns: netns(p.name),
+            netns: netns(p.name).map(PathBuf::into_boxed_path),
             ..Workload::default()
         })
         .collect();

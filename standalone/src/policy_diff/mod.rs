@@ -445,7 +445,7 @@ impl Lab {
                 ips: vec![ip(TARGET_IP)],
                 node: NODE.into(),
                 protocol: Protocol::Hbone,
-                netns: Some(hb.target.path()),
+                netns: Some(hb.target.path().into()),
                 ..Workload::default()
             }],
             services: Vec::new(),

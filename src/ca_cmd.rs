@@ -507,7 +507,7 @@ fn place(placement: &Placement, registry: &Registry) {
         registry
             .workloads
             .iter()
-            .map(|w| (w.node.clone(), w.identity().clone())),
+            .map(|w| (w.node.to_string(), w.identity().clone())),
     );
 }
 

@@ -114,11 +114,11 @@ fn config_dump(core: &ProxyCore) -> serde_json::Value {
                 "uid": w.uid, "name": w.name, "namespace": w.namespace,
                 "serviceAccount": w.service_account, "trustDomain": w.identity().trust_domain(),
                 "workloadIps": w.ips, "node": w.node, "protocol": w.protocol,
-                "authorizationPolicies": w.authorization_policies, "services": w.services,
+                "authorizationPolicies": w.authorization_policies(), "services": w.services(),
                 "workloadName": w.name, "workloadType": "pod", "canonicalName": w.name,
                 "clusterId": "Kubernetes", "status": "Healthy", "networkMode": "Standard",
                 "capacity": 1,
-                "identity": w.identity().to_string(), "local": w.node == core.node,
+                "identity": w.identity().to_string(), "local": *w.node == *core.node,
             })
         })
         .collect();
@@ -131,10 +131,10 @@ fn config_dump(core: &ProxyCore) -> serde_json::Value {
             let endpoints: serde_json::Map<String, serde_json::Value> = registry
                 .workloads
                 .iter()
-                .filter(|w| s.selects(w) || w.services.contains(&key))
+                .filter(|w| s.selects(w) || w.services().contains(&key))
                 .map(|w| {
                     (
-                        w.uid.clone(),
+                        w.uid.to_string(),
                         json!({"workloadUid": w.uid, "port": s.ports, "status": "Healthy"}),
                     )
                 })

@@ -90,20 +90,22 @@ pub struct Node {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Workload {
     /// The pod's name.
-    pub name: String,
-    /// Its Kubernetes namespace.
-    pub namespace: String,
-    /// Its service account: with the namespace and trust domain, its SPIFFE identity.
-    pub service_account: String,
+    pub name: Box<str>,
+    /// Its Kubernetes namespace (one copy per distinct name, shared).
+    pub namespace: Arc<str>,
+    /// Its service account: with the namespace and trust domain, its
+    /// SPIFFE identity (one copy per distinct name, shared).
+    pub service_account: Arc<str>,
     /// Its labels, matched by service and policy selectors. Shared: the
     /// pods of one ReplicaSet carry the same labels, and the registry keeps
     /// one copy of each distinct set (a map of one label is 640 bytes).
     #[serde(default)]
     pub labels: Arc<BTreeMap<String, String>>,
     /// Its addresses, at least one; any of them identifies it as a source.
-    pub ips: Vec<IpAddr>,
-    /// The node it runs on, one of those under `nodes`.
-    pub node: String,
+    pub ips: Box<[IpAddr]>,
+    /// The node it runs on, one of those under `nodes` (shared, like the
+    /// namespace: a hundred nodes for a hundred thousand pods).
+    pub node: Arc<str>,
     /// Meshed (`HBONE`, the default) or plain `TCP`.
     #[serde(default)]
     pub protocol: Protocol,
@@ -117,24 +119,28 @@ pub struct Workload {
     /// workloads of one service account, like the labels.
     #[serde(skip)]
     pub identity: Option<Arc<Identity>>,
-    /// The selector-scoped policy keys the workload's record lists (from
-    /// xDS, where the selectors are not sent); empty in a registry file,
-    /// whose policies' selectors are matched against `labels` instead.
+    /// What its xDS record lists that a registry file leaves to selectors;
+    /// `None` for a file's workloads, which then pay one pointer for it.
     #[serde(skip)]
+    pub listed: Option<Box<Listed>>,
+    /// The control plane's uid for it (`Kubernetes//Pod/<ns>/<name>`, the
+    /// default), by which a node agent names the pod whose namespace it hands over.
+    #[serde(default, skip_serializing_if = "str::is_empty")]
+    pub uid: Box<str>,
+}
+
+/// What a workload's xDS record lists by name, where a registry file has
+/// selectors instead: istiod sends no selectors, only their results.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listed {
+    /// The selector-scoped policy keys that apply to it.
     pub authorization_policies: Box<[String]>,
-    /// The services (`namespace/hostname`) whose endpoint the workload's
-    /// record says it is (from xDS, where services carry no selector).
-    #[serde(skip)]
+    /// The services (`namespace/hostname`) it is an endpoint of.
     pub services: Box<[String]>,
     /// For each of those services, its port → this workload's target port,
     /// where the control plane says so per workload (istiod does when the
     /// Service's target port is a name: the number is each pod's own).
-    #[serde(skip)]
     pub service_ports: BTreeMap<String, BTreeMap<u16, u16>>,
-    /// The control plane's uid for it (`Kubernetes//Pod/<ns>/<name>`, the
-    /// default), by which a node agent names the pod whose namespace it hands over.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub uid: String,
 }
 
 impl Workload {
@@ -143,6 +149,28 @@ impl Workload {
         self.identity
             .as_deref()
             .expect("identity is set when the registry loads")
+    }
+
+    /// The selector-scoped policy keys its xDS record lists (none from a file).
+    pub fn authorization_policies(&self) -> &[String] {
+        self.listed
+            .as_deref()
+            .map_or(&[], |l| &l.authorization_policies)
+    }
+
+    /// The services its xDS record says it is an endpoint of (none from a file).
+    pub fn services(&self) -> &[String] {
+        self.listed.as_deref().map_or(&[], |l| &l.services)
+    }
+
+    /// Its own target port for `service`'s `port`, where its xDS record gives one.
+    pub fn service_target_port(&self, service: &str, port: u16) -> Option<u16> {
+        self.listed
+            .as_deref()?
+            .service_ports
+            .get(service)?
+            .get(&port)
+            .copied()
     }
 }
 
@@ -176,10 +204,10 @@ impl Service {
 
     /// Whether `w` is one of its endpoints.
     pub fn selects(&self, w: &Workload) -> bool {
-        w.namespace == self.namespace
+        *w.namespace == *self.namespace
             && match &self.selector {
                 Some(labels) => labels_match(labels, &w.labels),
-                None => w.services.contains(&self.key("cluster.local")),
+                None => w.services().contains(&self.key("cluster.local")),
             }
     }
 
@@ -317,7 +345,7 @@ impl Index {
             for (k, v) in w.labels.iter() {
                 by_label.entry((&w.namespace, k, v)).or_default().push(i);
             }
-            for key in &w.services {
+            for key in w.services() {
                 by_service.entry(key).or_default().push(i);
             }
         }
@@ -353,15 +381,15 @@ impl Index {
 
 /// One copy of each distinct value, shared by everything that holds an
 /// equal one.
-struct Distinct<T>(std::collections::HashSet<Arc<T>>);
+struct Distinct<T: ?Sized>(std::collections::HashSet<Arc<T>>);
 
-impl<T> Default for Distinct<T> {
+impl<T: ?Sized> Default for Distinct<T> {
     fn default() -> Self {
         Distinct(std::collections::HashSet::new())
     }
 }
 
-impl<T: Eq + std::hash::Hash> Distinct<T> {
+impl<T: Eq + std::hash::Hash + ?Sized> Distinct<T> {
     /// The copy kept of `value`: the first equal one seen, else `value`.
     fn one(&mut self, value: Arc<T>) -> Arc<T> {
         if let Some(kept) = self.0.get(&*value) {
@@ -415,9 +443,13 @@ impl Registry {
         let mut seen_ips = BTreeMap::new();
         let mut label_sets = Distinct::default();
         let mut identities = Distinct::default();
+        let mut names = Distinct::<str>::default();
         for (i, w) in doc.workloads.iter_mut().enumerate() {
+            for name in [&mut w.namespace, &mut w.service_account, &mut w.node] {
+                *name = names.one(std::mem::take(name));
+            }
             if w.uid.is_empty() {
-                w.uid = hbone_xds::MeshWorkload::pod_uid(&w.namespace, &w.name);
+                w.uid = hbone_xds::MeshWorkload::pod_uid(&w.namespace, &w.name).into();
             }
             let identity = match w.identity.take() {
                 Some(identity) => identity,
@@ -427,7 +459,7 @@ impl Registry {
             };
             w.identity = Some(identities.one(identity));
             w.labels = label_sets.one(std::mem::take(&mut w.labels));
-            if !doc.nodes.iter().any(|n| n.name == w.node) {
+            if !doc.nodes.iter().any(|n| *n.name == *w.node) {
                 return Err(FieldError::new(
                     format!("workloads[{i}].node"),
                     format!("node {:?} is not listed under nodes", w.node),
@@ -440,7 +472,7 @@ impl Registry {
                 ));
             }
             for ip in &w.ips {
-                if let Some(other) = seen_ips.insert(*ip, w.name.clone()) {
+                if let Some(other) = seen_ips.insert(*ip, w.name.to_string()) {
                     return Err(FieldError::new(
                         format!("workloads[{i}].ips"),
                         format!("{ip} is also used by workload {other}"),
@@ -496,7 +528,7 @@ impl Registry {
         &'a self,
         node: &'a str,
     ) -> impl Iterator<Item = &'a Arc<Workload>> + 'a {
-        self.workloads.iter().filter(move |w| w.node == node)
+        self.workloads.iter().filter(move |w| &*w.node == node)
     }
 
     /// A service by VIP or by hostname (`name.namespace.svc.cluster.local`, `name.namespace`, or `name`).
@@ -555,9 +587,7 @@ impl Registry {
         // 0: the target is named; the endpoint's record has its number.
         let target_port = match target_port {
             0 => workload
-                .service_ports
-                .get(&service.key(&self.trust_domain))
-                .and_then(|ports| ports.get(&port).copied())
+                .service_target_port(&service.key(&self.trust_domain), port)
                 .filter(|&t| t != 0)
                 .unwrap_or(port),
             n => n,
@@ -595,10 +625,13 @@ services:
         };
         let plain = Registry::from_file(file.clone()).unwrap();
         assert_eq!(addr(&plain), "127.0.2.2:81".parse().unwrap());
-        file.workloads[1].service_ports = BTreeMap::from([(
-            "demo/hello-app.demo.svc.cluster.local".to_string(),
-            BTreeMap::from([(81, 9090)]),
-        )]);
+        file.workloads[1].listed = Some(Box::new(Listed {
+            service_ports: BTreeMap::from([(
+                "demo/hello-app.demo.svc.cluster.local".to_string(),
+                BTreeMap::from([(81, 9090)]),
+            )]),
+            ..Listed::default()
+        }));
         let named = Registry::from_file(file).unwrap();
         assert_eq!(addr(&named), "127.0.2.2:9090".parse().unwrap());
     }
@@ -612,7 +645,7 @@ services:
                 addr,
                 service,
             } => {
-                assert_eq!(workload.name, "app");
+                assert_eq!(&*workload.name, "app");
                 assert_eq!(addr, "127.0.2.2:8000".parse().unwrap());
                 assert_eq!(service.unwrap().name, "hello-app");
             }
@@ -665,7 +698,7 @@ services:
         .unwrap();
         let endpoint = |vip: &str, pick| match r.resolve(format!("{vip}:80").parse().unwrap(), pick)
         {
-            Ok(Destination::Workload { workload, .. }) => Ok(workload.name.clone()),
+            Ok(Destination::Workload { workload, .. }) => Ok(workload.name.to_string()),
             Ok(other) => panic!("{other:?}"),
             Err(e) => Err(e),
         };
@@ -684,13 +717,13 @@ services:
         // A VIP is not a workload; the first workload of an identity answers for it.
         assert!(r.workload_by_ip("10.1.0.1".parse().unwrap()).is_none());
         let app = r.workloads[1].identity().clone();
-        assert_eq!(r.workload_by_identity(&app).unwrap().name, "a1");
+        assert_eq!(&*r.workload_by_identity(&app).unwrap().name, "a1");
     }
 
     /// Equal label maps and identities are kept once, and a service's
     /// selector joins the workloads' label sets; unequal ones stay apart.
     #[test]
-    fn equal_labels_and_identities_are_kept_once() {
+    fn equal_labels_identities_and_names_are_kept_once() {
         let r = Registry::parse(
             "
 nodes: [{name: n1}]
@@ -713,6 +746,12 @@ services:
         assert!(Arc::ptr_eq(ia1, ia2));
         assert!(!Arc::ptr_eq(ia1, ib1));
         assert_eq!(ib1.to_string(), "spiffe://cluster.local/ns/demo/sa/b");
+        // Names many pods share are kept once too, whichever field they are in.
+        assert!(Arc::ptr_eq(&a1.namespace, &b1.namespace));
+        assert!(Arc::ptr_eq(&a1.node, &b1.node));
+        assert!(Arc::ptr_eq(&a1.service_account, &a2.service_account));
+        assert!(!Arc::ptr_eq(&a1.service_account, &b1.service_account));
+        assert!(a1.listed.is_none() && a1.services().is_empty());
     }
 
     /// `registry: /dev/zero` is refused at once, not read until memory

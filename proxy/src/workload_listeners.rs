@@ -144,16 +144,19 @@ impl WorkloadListeners {
             let netns = match self.core.pods.of(w) {
                 Ok(netns) => netns,
                 Err(source) => {
-                    let workload = w.name.clone();
+                    let workload = w.name.to_string();
                     failed.push(StartError::Netns { workload, source });
                     continue;
                 }
             };
             let placement = Placement {
-                ips: w.ips.clone(),
+                ips: w.ips.to_vec(),
                 netns,
             };
-            wanted.insert((w.namespace.clone(), w.name.clone()), (w, placement));
+            wanted.insert(
+                (w.namespace.to_string(), w.name.to_string()),
+                (w, placement),
+            );
         }
         open.retain(|key, o| {
             let keep = wanted.get(key).is_some_and(|(_, p)| *p == o.placement);
@@ -171,7 +174,7 @@ impl WorkloadListeners {
             let stop = self.shutdown.child_token();
             match self.open(w, placement.netns.as_ref(), &stop) {
                 Ok(addrs) => {
-                    let uid = w.uid.clone();
+                    let uid = w.uid.to_string();
                     open.insert(
                         key,
                         Open {
@@ -180,7 +183,7 @@ impl WorkloadListeners {
                             stop,
                         },
                     );
-                    opened.push((w.name.clone(), addrs));
+                    opened.push((w.name.to_string(), addrs));
                 }
                 Err(e) => {
                     stop.cancel();

@@ -176,11 +176,11 @@ async fn istiod_feeds_hbone_lab_proxies_certificates_workloads_and_policies() {
         .registry()
         .workloads
         .iter()
-        .find(|w| w.name == "echo")
+        .find(|w| &*w.name == "echo")
         .cloned()
         .expect("istiod sent echo");
-    assert_eq!(echo.node, "n2");
-    assert_eq!(*echo.authorization_policies, ["demo/echo-clients"]);
+    assert_eq!(&*echo.node, "n2");
+    assert_eq!(echo.authorization_policies(), ["demo/echo-clients"]);
 
     assert!(
         reaches(&n1, SocketAddr::new(VIP.parse().unwrap(), 80)).await,

@@ -96,7 +96,7 @@ fn pods_and_services_become_the_registry() {
     let protocol = |name: &str, ns: &str| {
         file.workloads
             .iter()
-            .find(|w| w.name.starts_with(name) && w.namespace == ns)
+            .find(|w| w.name.starts_with(name) && &*w.namespace == ns)
             .map(|w| w.protocol)
     };
     assert_eq!(
@@ -123,10 +123,10 @@ fn pods_and_services_become_the_registry() {
     let sidecar = file
         .workloads
         .iter()
-        .find(|w| w.namespace == "hbone-demo")
+        .find(|w| &*w.namespace == "hbone-demo")
         .unwrap();
     assert_eq!(
-        sidecar.node, sidecar.name,
+        *sidecar.node, *sidecar.name,
         "a sidecar serves its own pod: its node is the pod"
     );
     let nodes: Vec<&str> = file.nodes.iter().map(|n| n.name.as_str()).collect();
@@ -171,12 +171,12 @@ async fn a_proxy_follows_the_cluster() {
     echo_server(SocketAddr::new(lab.ip("2.1"), 9000)).await;
     // The lab's own workloads, as the API server would list them, plus a new service.
     let as_pod = |w: &hbone_proxy::registry::Workload| PodFacts {
-        name: w.name.clone(),
-        namespace: w.namespace.clone(),
-        service_account: w.service_account.clone(),
+        name: w.name.to_string(),
+        namespace: w.namespace.to_string(),
+        service_account: w.service_account.to_string(),
         labels: (*w.labels).clone(),
         ip: Some(w.ips[0]),
-        node: Some(w.node.clone()),
+        node: Some(w.node.to_string()),
         named_ports: BTreeMap::new(),
     };
     let core = lab.a.core.clone();
@@ -348,19 +348,15 @@ async fn istiod_control_plane_api_server_becomes_the_registry() {
     let echo = registry
         .workloads
         .iter()
-        .find(|w| w.name == "echo")
+        .find(|w| &*w.name == "echo")
         .expect("the echo pod is a workload");
     assert_eq!(
-        (
-            echo.namespace.as_str(),
-            echo.service_account.as_str(),
-            echo.node.as_str()
-        ),
+        (&*echo.namespace, &*echo.service_account, &*echo.node),
         ("demo", "echo", "kind-worker")
     );
     assert_eq!(
-        echo.ips,
-        vec!["10.244.1.2".parse::<std::net::IpAddr>().unwrap()]
+        *echo.ips,
+        ["10.244.1.2".parse::<std::net::IpAddr>().unwrap()]
     );
     assert!(
         registry

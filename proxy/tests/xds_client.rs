@@ -153,11 +153,11 @@ async fn the_proxy_follows_the_control_plane_over_delta_ads() {
         .registry()
         .workloads
         .iter()
-        .find(|w| w.name == "echo")
+        .find(|w| &*w.name == "echo")
         .cloned()
         .unwrap();
     assert_eq!(
-        *echo.authorization_policies,
+        *echo.authorization_policies(),
         ["demo/echo-clients"],
         "the listed keys arrive with the workload"
     );

@@ -179,15 +179,15 @@ pub struct IstiodSent {
 fn istiod_sent(url: String, node: &hbone_proxy::ProxyHandle, workload: &str) -> Option<IstiodSent> {
     use hbone_policies::authorization::Scope;
     let registry = node.core.registry();
-    let w = registry.workloads.iter().find(|w| w.name == workload)?;
+    let w = registry.workloads.iter().find(|w| &*w.name == workload)?;
     let policies = node.core.policies();
     let root = policies.root_namespace().to_string();
     let applying: Vec<_> = policies
         .policies()
         .iter()
         .filter(|p| match p.scope {
-            Scope::WorkloadSelector => w.authorization_policies.contains(&p.key()),
-            Scope::Namespace => p.namespace == w.namespace,
+            Scope::WorkloadSelector => w.authorization_policies().contains(&p.key()),
+            Scope::Namespace => *p.namespace == *w.namespace,
             Scope::Global => p.namespace == root,
         })
         .collect();
@@ -201,7 +201,7 @@ fn istiod_sent(url: String, node: &hbone_proxy::ProxyHandle, workload: &str) -> 
             w.node,
             w.identity(),
             format!("{:?}", w.protocol).to_uppercase(),
-            w.authorization_policies.join(", ")
+            w.authorization_policies().join(", ")
         ),
         policies_yaml: hbone_policies::authorization::render::istiod_yaml(applying),
     })
@@ -596,7 +596,7 @@ async fn gather_ztunnel(lab: &Lab) -> Result<ZtunnelStory, ExplainError> {
         let ours = |l: &&String| {
             l.contains("access")
                 && (l.contains(&format!("src.addr={client}"))
-                    || (z.node != gateway.node && l.contains("src.workload=\"hello-gateway\"")))
+                    || (*z.node != *gateway.node && l.contains("src.workload=\"hello-gateway\"")))
         };
         let metrics = hbone_harness::ztunnel::http_get(
             Some(z.ztunnel.netns()),
@@ -622,9 +622,9 @@ async fn gather_ztunnel(lab: &Lab) -> Result<ZtunnelStory, ExplainError> {
     Ok(ZtunnelStory {
         dataplane: lab.dataplane.name(),
         xds_clients,
-        gateway: gateway.name.clone(),
+        gateway: gateway.name.to_string(),
         gateway_identity: gateway.identity().clone(),
-        hello: hello.name.clone(),
+        hello: hello.name.to_string(),
         hello_ip: hello.ips[0],
         status: answer.status_line,
         received: answer.received,

@@ -174,7 +174,7 @@ struct Witness<'a> {
 
 impl<'a> Witness<'a> {
     fn new(lab: &'a Lab, src: &'a str, dst: &'a str) -> Self {
-        let dst_node = lab.pod(dst).node.clone();
+        let dst_node = lab.pod(dst).node.to_string();
         let mut w = Witness {
             lab,
             src,

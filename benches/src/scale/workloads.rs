@@ -26,7 +26,16 @@ use crate::topology::Topology;
 /// The bench's registry plus `n` workloads spread over 100 nodes (none of
 /// them the proxy's) and a service for every ten.
 fn registry_text(topology: &Topology, n: usize) -> String {
-    let base = registry_yaml(topology);
+    scale_registry(&registry_yaml(topology), n)
+}
+
+/// `base` (a registry document that lists its nodes as a flow list, then
+/// its workloads) plus `n` workloads in namespace `scale` spread over 100
+/// nodes `scale-*`, a service account per hundred, one `app` label shared
+/// by ten (as a ReplicaSet's pods share theirs) and a service selecting
+/// each ten. The registry `scale_workloads` measures, and the micro-bench
+/// `registry_heap` counts the bytes of.
+pub fn scale_registry(base: &str, n: usize) -> String {
     let (nodes, workloads) = base
         .split_once("\nworkloads:\n")
         .expect("the bench registry lists nodes, then workloads");

@@ -29,7 +29,7 @@ pub fn decide(
         &WorkloadRef {
             namespace: &workload.namespace,
             labels: &workload.labels,
-            listed: &workload.authorization_policies,
+            listed: workload.authorization_policies(),
         },
         &Connection {
             principal,

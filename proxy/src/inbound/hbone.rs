@@ -81,7 +81,7 @@ async fn handle_connection(
         );
         return;
     };
-    span.record("dst.workload", workload.name.as_str());
+    span.record("dst.workload", &*workload.name);
     let config = match core.server_config(workload.identity()).await {
         Ok(c) => c,
         Err(e) => return refuse(Reason::NoCertificate, &e),

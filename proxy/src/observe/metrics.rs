@@ -71,7 +71,7 @@ fn canonical(w: &Workload) -> (String, String, String, String) {
     let label = |k: &str| w.labels.get(k).cloned();
     let app = label("app")
         .or_else(|| label("app.kubernetes.io/name"))
-        .unwrap_or_else(|| w.name.clone());
+        .unwrap_or_else(|| w.name.to_string());
     let service = label("service.istio.io/canonical-name").unwrap_or_else(|| app.clone());
     let version = label("version").unwrap_or_else(|| "latest".into());
     let revision = label("service.istio.io/canonical-revision").unwrap_or_else(|| version.clone());
@@ -99,8 +99,8 @@ impl ConnectionLabels {
         match source {
             Some(w) => {
                 let (svc, rev, app, ver) = canonical(w);
-                l.source_workload = w.name.clone();
-                l.source_workload_namespace = w.namespace.clone();
+                l.source_workload = w.name.to_string();
+                l.source_workload_namespace = w.namespace.to_string();
                 l.source_canonical_service = svc;
                 l.source_canonical_revision = rev;
                 l.source_app = app;
@@ -119,8 +119,8 @@ impl ConnectionLabels {
         }
         if let Some(w) = destination {
             let (svc, rev, app, ver) = canonical(w);
-            l.destination_workload = w.name.clone();
-            l.destination_workload_namespace = w.namespace.clone();
+            l.destination_workload = w.name.to_string();
+            l.destination_workload_namespace = w.namespace.to_string();
             l.destination_principal = w.identity().to_string();
             l.destination_canonical_service = svc;
             l.destination_canonical_revision = rev;

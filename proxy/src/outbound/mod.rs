@@ -256,7 +256,7 @@ fn connect_headers(source: &Workload, client: SocketAddr, service: Option<&Servi
         .labels
         .get("app")
         .cloned()
-        .unwrap_or_else(|| source.name.clone());
+        .unwrap_or_else(|| source.name.to_string());
     let version = source
         .labels
         .get("version")

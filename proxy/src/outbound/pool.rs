@@ -57,7 +57,7 @@ impl PoolKey {
     fn source_workload(&self, core: &ProxyCore) -> Option<Arc<crate::registry::Workload>> {
         let registry = core.registry();
         let ours = |w: &&Arc<crate::registry::Workload>| {
-            w.node == core.node && w.identity() == &self.source
+            *w.node == *core.node && w.identity() == &self.source
         };
         if let Some(ip) = self.source_ip {
             return registry.workload_by_ip(ip).filter(ours).cloned();

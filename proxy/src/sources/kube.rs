@@ -179,12 +179,12 @@ pub fn registry_file(snapshot: &ClusterSnapshot, trust_domain: &str) -> Registry
             false => pod.node.clone().unwrap_or_else(|| "unscheduled".into()),
         };
         workloads.push(Workload {
-            name: pod.name.clone(),
-            namespace: pod.namespace.clone(),
-            service_account: pod.service_account.clone(),
+            name: pod.name.as_str().into(),
+            namespace: pod.namespace.as_str().into(),
+            service_account: pod.service_account.as_str().into(),
             labels: Arc::new(pod.labels.clone()),
-            ips: vec![ip],
-            node,
+            ips: Box::new([ip]),
+            node: node.into(),
             protocol: if meshed(pod, snapshot) {
                 Protocol::Hbone
             } else {
@@ -193,7 +193,7 @@ pub fn registry_file(snapshot: &ClusterSnapshot, trust_domain: &str) -> Registry
             ..Workload::default()
         });
     }
-    let mut node_names: Vec<String> = workloads.iter().map(|w| w.node.clone()).collect();
+    let mut node_names: Vec<String> = workloads.iter().map(|w| w.node.to_string()).collect();
     node_names.sort();
     node_names.dedup();
     let services = snapshot

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::FieldError;
-use crate::registry::{Node, Protocol, Registry, RegistryFile, Service, Workload};
+use crate::registry::{Listed, Node, Protocol, Registry, RegistryFile, Service, Workload};
 use crate::state::ProxyCore;
 
 /// Where the control plane is and how to introduce ourselves.
@@ -173,25 +173,27 @@ pub fn registry_from(
                     })?;
                 nodes.insert(w.node.clone());
                 workloads.push(Workload {
-                    uid: w.uid,
-                    name: w.name,
-                    namespace: w.namespace,
-                    service_account: w.service_account,
-                    ips: w.ips,
-                    node: w.node,
+                    uid: w.uid.into(),
+                    name: w.name.into(),
+                    namespace: w.namespace.into(),
+                    service_account: w.service_account.into(),
+                    ips: w.ips.into(),
+                    node: w.node.into(),
                     protocol: if w.hbone {
                         Protocol::Hbone
                     } else {
                         Protocol::Tcp
                     },
                     identity: Some(Arc::new(identity)),
-                    authorization_policies: r.policies.into(),
-                    service_ports: w
-                        .services
-                        .iter()
-                        .map(|(key, pairs)| (key.clone(), pairs.iter().copied().collect()))
-                        .collect(),
-                    services: w.services.into_keys().collect(),
+                    listed: Some(Box::new(Listed {
+                        authorization_policies: r.policies.into(),
+                        service_ports: w
+                            .services
+                            .iter()
+                            .map(|(key, pairs)| (key.clone(), pairs.iter().copied().collect()))
+                            .collect(),
+                        services: w.services.into_keys().collect(),
+                    })),
                     ..Workload::default()
                 });
             }

@@ -105,7 +105,7 @@ async fn connection(
                     .registry()
                     .workloads
                     .iter()
-                    .any(|w| w.uid == uid && w.node == core.node);
+                    .any(|w| *w.uid == *uid && *w.node == *core.node);
                 if !ours {
                     // Served once the registry (or control plane) knows it.
                     info!(%uid, pod = ?who, "pod handed over before its workload record is known; held");

@@ -314,7 +314,7 @@ impl ProxyCore {
     /// Whether this proxy serves `w`: it runs on this node and, in shared
     /// mode, the node agent has handed its pod over.
     pub fn serves(&self, w: &crate::registry::Workload) -> bool {
-        w.node == self.node && (!self.pods.shared_mode() || self.pods.handed_over(&w.uid))
+        *w.node == *self.node && (!self.pods.shared_mode() || self.pods.handed_over(&w.uid))
     }
 
     /// Records which local workloads (by uid) have their listeners open.
@@ -396,7 +396,7 @@ impl ProxyCore {
         self.registry
             .load()
             .workload_by_ip(ip)
-            .filter(|w| w.node == self.node)
+            .filter(|w| *w.node == *self.node)
             .cloned()
     }
 

@@ -84,7 +84,7 @@ impl PodNetns {
     /// (opened on first use). `None` means the proxy's own namespace.
     pub fn of(&self, w: &Workload) -> Result<Option<Netns>, NetnsError> {
         if !w.uid.is_empty()
-            && let Some(netns) = self.handed().get(&w.uid)
+            && let Some(netns) = self.handed().get(&*w.uid)
         {
             return Ok(Some(netns.clone()));
         }

@@ -91,14 +91,14 @@ pub fn mesh(registry: &Registry, policies: &IstioPolicies) -> Mesh {
         .workloads
         .iter()
         .map(|w| MeshWorkload {
-            uid: w.uid.clone(),
-            name: w.name.clone(),
-            namespace: w.namespace.clone(),
-            service_account: w.service_account.clone(),
+            uid: w.uid.to_string(),
+            name: w.name.to_string(),
+            namespace: w.namespace.to_string(),
+            service_account: w.service_account.to_string(),
             trust_domain: registry.trust_domain.clone(),
             labels: (*w.labels).clone(),
-            ips: w.ips.clone(),
-            node: w.node.clone(),
+            ips: w.ips.to_vec(),
+            node: w.node.to_string(),
             hbone: w.protocol == Protocol::Hbone,
             services: registry
                 .services
@@ -261,13 +261,13 @@ pub fn node_pods(registry: &Registry, node: &str) -> Vec<ZdsPod> {
     registry
         .workloads
         .iter()
-        .filter(|w| w.node == node)
+        .filter(|w| &*w.node == node)
         .filter_map(|w| {
             Some(ZdsPod {
-                uid: w.uid.clone(),
-                name: w.name.clone(),
-                namespace: w.namespace.clone(),
-                service_account: w.service_account.clone(),
+                uid: w.uid.to_string(),
+                name: w.name.to_string(),
+                namespace: w.namespace.to_string(),
+                service_account: w.service_account.to_string(),
                 netns: w.netns.as_deref()?.to_path_buf(),
             })
         })

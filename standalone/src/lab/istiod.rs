@@ -44,12 +44,12 @@ pub fn world_of(registry: &Registry) -> World {
             .iter()
             .filter_map(|w| {
                 Some(WorldPod {
-                    name: w.name.clone(),
-                    namespace: w.namespace.clone(),
-                    service_account: w.service_account.clone(),
+                    name: w.name.to_string(),
+                    namespace: w.namespace.to_string(),
+                    service_account: w.service_account.to_string(),
                     labels: (*w.labels).clone(),
                     ip: *w.ips.first()?,
-                    node: w.node.clone(),
+                    node: w.node.to_string(),
                     captured: w.protocol == Protocol::Hbone,
                     named_ports: Default::default(),
                 })

@@ -497,12 +497,12 @@ fn registry(
     let workloads = PODS
         .iter()
         .map(|p| Workload {
-            name: p.name.to_string(),
+            name: p.name.into(),
             namespace: "demo".into(),
-            service_account: p.service_account.to_string(),
+            service_account: p.service_account.into(),
             labels: p.label_map().into(),
-            ips: vec![p.addr(mode)],
-            node: p.node.to_string(),
+            ips: Box::new([p.addr(mode)]),
+            node: p.node.into(),
             protocol: Protocol::Hbone,
             netns: netns(p.name).map(PathBuf::into_boxed_path),
             ..Workload::default()
@@ -680,7 +680,7 @@ impl Lab {
         self.registry
             .workloads
             .iter()
-            .find(|w| w.name == name)
+            .find(|w| &*w.name == name)
             .expect("a lab pod")
     }
 

@@ -442,7 +442,7 @@ impl Lab {
                 namespace: TARGET_NAMESPACE.into(),
                 service_account: TARGET_APP.into(),
                 labels: std::sync::Arc::new([("app".to_string(), TARGET_APP.to_string())].into()),
-                ips: vec![ip(TARGET_IP)],
+                ips: Box::new([ip(TARGET_IP)]),
                 node: NODE.into(),
                 protocol: Protocol::Hbone,
                 netns: Some(hb.target.path().into()),

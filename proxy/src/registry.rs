@@ -754,6 +754,20 @@ services:
         assert!(a1.listed.is_none() && a1.services().is_empty());
     }
 
+    /// A registry holds one `Arc<Workload>` per pod, a hundred thousand in a
+    /// large cluster: with its two reference counts the record fills
+    /// jemalloc's 160-byte size class, and a field added must not push it
+    /// into the next (192; `registry_heap` counts the rest).
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn a_workload_record_stays_in_the_160_byte_size_class() {
+        assert!(
+            std::mem::size_of::<Workload>() + 16 <= 160,
+            "{} bytes",
+            std::mem::size_of::<Workload>()
+        );
+    }
+
     /// `registry: /dev/zero` is refused at once, not read until memory
     /// runs out.
     #[test]

@@ -398,6 +398,28 @@ impl<T: Eq + std::hash::Hash + ?Sized> Distinct<T> {
         self.0.insert(value.clone());
         value
     }
+
+    /// A fresh copy of each value kept, to be shared in their place
+    /// ([`Distinct::one`] with each holder's value).
+    ///
+    /// Why: the values kept were allocated while the file was parsed, among
+    /// the parser's short-lived allocations and the equal values dropped
+    /// since, so each holds a page of otherwise freed memory resident — one
+    /// label map kept in ten left jemalloc's 640-byte slabs 10 % used, 580
+    /// bytes of RSS a workload. Copied once all that is freed, they pack
+    /// into the lowest free slots, and the pages the originals held go back.
+    fn repacked(&self) -> Distinct<T>
+    where
+        T: ToOwned,
+        Arc<T>: From<T::Owned>,
+    {
+        Distinct(
+            self.0
+                .iter()
+                .map(|kept| Arc::<T>::from(T::to_owned(kept)))
+                .collect(),
+        )
+    }
 }
 
 /// `items`, each behind an `Arc`, in a list of exactly their number.
@@ -490,6 +512,15 @@ impl Registry {
                     ));
                 }
             }
+        }
+        // Every duplicate and the parser's own allocations are freed by now:
+        // share fresh copies of the label maps kept (`Distinct::repacked`).
+        let mut label_sets = label_sets.repacked();
+        for w in &mut doc.workloads {
+            w.labels = label_sets.one(std::mem::take(&mut w.labels));
+        }
+        for s in &mut doc.services {
+            s.selector = s.selector.take().map(|selector| label_sets.one(selector));
         }
         let workloads = shared(doc.workloads);
         let services = shared(doc.services);

@@ -91,19 +91,31 @@ pub fn sizes(quick: bool) -> Sizes {
     }
 }
 
-/// RSS of a process once it has settled (two readings a second apart agree
-/// within 1 %), or after 10 s.
+/// RSS of a process once it has settled: a reading within 1 % of the one
+/// `QUIET` seconds before it, or the last after `LIMIT` seconds.
+///
+/// Not sooner: both proxies parse their whole registry or local config at
+/// start and free the parser's memory, and jemalloc (which both run, with
+/// background purging) hands freed pages back in steps spread over its
+/// decay time — readings taken every second for 25 s showed drops of 10 to
+/// 30 % at 5–7 s and again at 15–18 s, with equal readings in between. Two
+/// readings a second apart agreeing (this function's earlier rule) caught a
+/// pause between steps and counted the parser's garbage as the registry's.
 async fn settled_rss(pid: u32) -> u64 {
-    let mut last = rss_bytes(&[pid]);
-    for _ in 0..10 {
+    const QUIET: usize = 12;
+    const LIMIT: usize = 45;
+    let mut readings = vec![rss_bytes(&[pid])];
+    while readings.len() <= LIMIT {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let now = rss_bytes(&[pid]);
-        if now.abs_diff(last) * 100 <= last {
+        readings.push(now);
+        if let Some(&before) = readings.iter().rev().nth(QUIET)
+            && now.abs_diff(before) * 100 <= before
+        {
             return now;
         }
-        last = now;
     }
-    last
+    readings.last().copied().unwrap_or_default()
 }
 
 /// A child process killed when dropped.

@@ -155,6 +155,9 @@ pub async fn workloads(
     let mut all = vec![0];
     all.extend_from_slice(sizes);
     for subject in subjects {
+        if matches!(subject, Subject::Direct | Subject::Rung(_)) {
+            continue; // no registry to hold
+        }
         let mut base = None;
         for &n in &all {
             let text = registry_text(topology, n);

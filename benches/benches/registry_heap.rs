@@ -32,33 +32,33 @@ struct Counted;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 
+/// Counts `p`, just returned by jemalloc, if it is an allocation.
+///
+/// # Safety
+/// `p` is null or a live allocation of jemalloc's.
+unsafe fn counted(p: *mut u8) -> *mut u8 {
+    if !p.is_null() {
+        // SAFETY: the caller's promise.
+        LIVE.fetch_add(
+            unsafe { tikv_jemallocator::usable_size(p) },
+            Ordering::Relaxed,
+        );
+    }
+    p
+}
+
 // SAFETY: every call is passed to jemalloc as it came; the count only reads
 // the usable size of pointers jemalloc has just returned or is about to free.
 unsafe impl GlobalAlloc for Counted {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: the caller's contract is jemalloc's.
-        let p = unsafe { Jemalloc.alloc(layout) };
-        if !p.is_null() {
-            // SAFETY: `p` is a live jemalloc allocation.
-            LIVE.fetch_add(
-                unsafe { tikv_jemallocator::usable_size(p) },
-                Ordering::Relaxed,
-            );
-        }
-        p
+        // SAFETY: the caller's contract is jemalloc's; what it returns is
+        // null or its allocation.
+        unsafe { counted(Jemalloc.alloc(layout)) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: as `alloc`.
-        let p = unsafe { Jemalloc.alloc_zeroed(layout) };
-        if !p.is_null() {
-            // SAFETY: `p` is a live jemalloc allocation.
-            LIVE.fetch_add(
-                unsafe { tikv_jemallocator::usable_size(p) },
-                Ordering::Relaxed,
-            );
-        }
-        p
+        unsafe { counted(Jemalloc.alloc_zeroed(layout)) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
@@ -78,13 +78,9 @@ unsafe impl GlobalAlloc for Counted {
         let p = unsafe { Jemalloc.realloc(ptr, layout, new_size) };
         if !p.is_null() {
             LIVE.fetch_sub(old, Ordering::Relaxed);
-            // SAFETY: `p` is a live jemalloc allocation.
-            LIVE.fetch_add(
-                unsafe { tikv_jemallocator::usable_size(p) },
-                Ordering::Relaxed,
-            );
         }
-        p
+        // SAFETY: null or jemalloc's allocation.
+        unsafe { counted(p) }
     }
 }
 

@@ -219,11 +219,15 @@ async fn hbone_lab_and_ztunnel_carry_bytes_both_ways() {
         ca_metrics.issued() >= 1,
         "ztunnel obtained a certificate from hbone-lab's CA"
     );
+    // The inbound side reports when the stream ends, which ztunnel's close
+    // may bring a moment after the echo is back: wait for it, boundedly.
+    let seen = "src.identity=\"spiffe://cluster.local/ns/demo/sa/zt-sa\"";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !support::log_text().contains(seen) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let logs = support::log_text();
-    assert!(
-        logs.contains("src.identity=spiffe://cluster.local/ns/demo/sa/zt-sa"),
-        "{logs}"
-    );
+    assert!(logs.contains(seen), "no inbound report from zt-sa:\n{logs}");
 
     // 3. Revocation the other way (issue 31): a list naming ztunnel's
     // certificate (its serial from its config dump, printed in decimal),

@@ -385,7 +385,7 @@ impl Index {
 thread_local! {
     /// The names read so far by the [`Registry::parse`] running on this
     /// thread, if one is.
-    static NAMES_READ: std::cell::RefCell<Option<std::collections::HashSet<Arc<str>>>> =
+    static NAMES_READ: std::cell::RefCell<Option<Distinct<str>>> =
         const { std::cell::RefCell::new(None) };
 }
 
@@ -408,14 +408,7 @@ fn shared_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Arc<str>, D::Er
 
         fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<Arc<str>, E> {
             Ok(NAMES_READ.with_borrow_mut(|read| match read {
-                Some(read) => match read.get(name) {
-                    Some(kept) => kept.clone(),
-                    None => {
-                        let kept = Arc::<str>::from(name);
-                        read.insert(kept.clone());
-                        kept
-                    }
-                },
+                Some(read) => read.name(name),
                 None => Arc::from(name),
             }))
         }
@@ -441,7 +434,7 @@ impl Drop for ReadingNames {
 
 /// One copy of each distinct value, shared by everything that holds an
 /// equal one.
-struct Distinct<T: ?Sized>(std::collections::HashSet<Arc<T>>);
+pub(crate) struct Distinct<T: ?Sized>(std::collections::HashSet<Arc<T>>);
 
 impl<T: ?Sized> Default for Distinct<T> {
     fn default() -> Self {
@@ -479,6 +472,19 @@ impl<T: Eq + std::hash::Hash + ?Sized> Distinct<T> {
                 .map(|kept| Arc::<T>::from(T::to_owned(kept)))
                 .collect(),
         )
+    }
+}
+
+impl Distinct<str> {
+    /// The copy kept of `name`, made now if none is: a name read or
+    /// received per workload costs an allocation only the first time.
+    pub(crate) fn name(&mut self, name: &str) -> Arc<str> {
+        if let Some(kept) = self.0.get(name) {
+            return kept.clone();
+        }
+        let kept = Arc::<str>::from(name);
+        self.0.insert(kept.clone());
+        kept
     }
 }
 

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::FieldError;
-use crate::registry::{Node, Protocol, Registry, RegistryFile, Service, Workload};
+use crate::registry::{Distinct, Node, Protocol, Registry, RegistryFile, Service, Workload};
 use crate::state::ProxyCore;
 
 /// The label (on a namespace or a pod) whose value `ambient` meshes pods, and
@@ -170,6 +170,8 @@ fn meshed(pod: &PodFacts, snapshot: &ClusterSnapshot) -> bool {
 /// The registry a snapshot describes (as a file, before validation).
 pub fn registry_file(snapshot: &ClusterSnapshot, trust_domain: &str) -> RegistryFile {
     let mut workloads = Vec::new();
+    // Names many pods share, one allocation each (see `Distinct::name`).
+    let mut names = Distinct::default();
     for pod in &snapshot.pods {
         let Some(ip) = pod.ip else {
             continue;
@@ -180,11 +182,11 @@ pub fn registry_file(snapshot: &ClusterSnapshot, trust_domain: &str) -> Registry
         };
         workloads.push(Workload {
             name: pod.name.as_str().into(),
-            namespace: pod.namespace.as_str().into(),
-            service_account: pod.service_account.as_str().into(),
+            namespace: names.name(&pod.namespace),
+            service_account: names.name(&pod.service_account),
             labels: Arc::new(pod.labels.clone()),
             ips: Box::new([ip]),
-            node: node.into(),
+            node: names.name(&node),
             protocol: if meshed(pod, snapshot) {
                 Protocol::Hbone
             } else {

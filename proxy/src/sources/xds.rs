@@ -33,7 +33,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::FieldError;
-use crate::registry::{Listed, Node, Protocol, Registry, RegistryFile, Service, Workload};
+use crate::registry::{
+    Distinct, Listed, Node, Protocol, Registry, RegistryFile, Service, Workload,
+};
 use crate::state::ProxyCore;
 
 /// Where the control plane is and how to introduce ourselves.
@@ -160,6 +162,8 @@ pub fn registry_from(
     let mut nodes = BTreeSet::from([node.to_string()]);
     let mut workloads = Vec::new();
     let mut services = Vec::new();
+    // Names many records share, one allocation each (see `Distinct::name`).
+    let mut names = Distinct::default();
     for a in addresses {
         match a {
             ReceivedAddress::Workload(r) => {
@@ -175,10 +179,10 @@ pub fn registry_from(
                 workloads.push(Workload {
                     uid: w.uid.into(),
                     name: w.name.into(),
-                    namespace: w.namespace.into(),
-                    service_account: w.service_account.into(),
+                    namespace: names.name(&w.namespace),
+                    service_account: names.name(&w.service_account),
                     ips: w.ips.into(),
-                    node: w.node.into(),
+                    node: names.name(&w.node),
                     protocol: if w.hbone {
                         Protocol::Hbone
                     } else {

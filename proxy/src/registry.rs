@@ -445,11 +445,18 @@ impl<T: ?Sized> Default for Distinct<T> {
 impl<T: Eq + std::hash::Hash + ?Sized> Distinct<T> {
     /// The copy kept of `value`: the first equal one seen, else `value`.
     fn one(&mut self, value: Arc<T>) -> Arc<T> {
-        if let Some(kept) = self.0.get(&*value) {
+        self.kept(&value, || value.clone())
+    }
+
+    /// The copy kept of a value equal to `value`, else the one `make` makes
+    /// (and keeps).
+    fn kept(&mut self, value: &T, make: impl FnOnce() -> Arc<T>) -> Arc<T> {
+        if let Some(kept) = self.0.get(value) {
             return kept.clone();
         }
-        self.0.insert(value.clone());
-        value
+        let kept = make();
+        self.0.insert(kept.clone());
+        kept
     }
 
     /// A fresh copy of each value kept, to be shared in their place
@@ -479,12 +486,7 @@ impl Distinct<str> {
     /// The copy kept of `name`, made now if none is: a name read or
     /// received per workload costs an allocation only the first time.
     pub(crate) fn name(&mut self, name: &str) -> Arc<str> {
-        if let Some(kept) = self.0.get(name) {
-            return kept.clone();
-        }
-        let kept = Arc::<str>::from(name);
-        self.0.insert(kept.clone());
-        kept
+        self.kept(name, || Arc::from(name))
     }
 }
 
@@ -536,7 +538,7 @@ impl Registry {
         let mut names = Distinct::<str>::default();
         for (i, w) in doc.workloads.iter_mut().enumerate() {
             for name in [&mut w.namespace, &mut w.service_account, &mut w.node] {
-                *name = names.one(std::mem::take(name));
+                *name = names.one(name.clone());
             }
             if w.uid.is_empty() {
                 w.uid = hbone_xds::MeshWorkload::pod_uid(&w.namespace, &w.name).into();
@@ -548,7 +550,7 @@ impl Registry {
                     .map_err(|e| FieldError::new(format!("workloads[{i}]"), e.to_string()))?,
             };
             w.identity = Some(identities.one(identity));
-            w.labels = label_sets.one(std::mem::take(&mut w.labels));
+            w.labels = label_sets.one(w.labels.clone());
             if !doc.nodes.iter().any(|n| *n.name == *w.node) {
                 return Err(FieldError::new(
                     format!("workloads[{i}].node"),
@@ -585,7 +587,7 @@ impl Registry {
         // share fresh copies of the label maps kept (`Distinct::repacked`).
         let mut label_sets = label_sets.repacked();
         for w in &mut doc.workloads {
-            w.labels = label_sets.one(std::mem::take(&mut w.labels));
+            w.labels = label_sets.one(w.labels.clone());
         }
         for s in &mut doc.services {
             s.selector = s.selector.take().map(|selector| label_sets.one(selector));
